@@ -1,0 +1,34 @@
+"""Every table of Beacon; Alembic autogenerates from this metadata."""
+
+from service.db.base import Base
+from service.db.models.collection import Probe, Prompt, Run, Schedule
+from service.db.models.identity import IdempotencyKey, ServiceKey, User
+from service.db.models.tenancy import (
+    AuditEvent,
+    File,
+    Organization,
+    OrganizationInvitation,
+    OrganizationMember,
+    Workspace,
+    WorkspaceInvitation,
+    WorkspaceMember,
+)
+
+__all__ = [
+    "AuditEvent",
+    "Base",
+    "File",
+    "IdempotencyKey",
+    "Organization",
+    "OrganizationInvitation",
+    "OrganizationMember",
+    "Probe",
+    "Prompt",
+    "Run",
+    "Schedule",
+    "ServiceKey",
+    "User",
+    "Workspace",
+    "WorkspaceInvitation",
+    "WorkspaceMember",
+]

@@ -1,0 +1,103 @@
+"""Schedules, prompts, runs and probes (one provider's answer to one prompt in one run)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column
+
+from service.db.base import Base
+
+WORKSPACE_FK = "workspaces.id"
+
+
+class Schedule(Base):
+    """A workspace's cron schedule; the row exists only while the workspace is scheduled."""
+
+    __tablename__ = "schedules"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    cron: Mapped[str] = mapped_column(String(120))
+    time_zone: Mapped[str] = mapped_column(String(64), default="UTC")
+    # The next slot to fire; the ticker claims rows with next_run_time <= now.
+    next_run_time: Mapped[datetime] = mapped_column(index=True)
+    create_time: Mapped[datetime]
+    update_time: Mapped[datetime]
+
+
+class Prompt(Base):
+    __tablename__ = "prompts"
+    # Long texts cannot be indexed directly (PostgreSQL btree limit): dedupe on a hash.
+    __table_args__ = (
+        UniqueConstraint("workspace_id", "text_hash"),
+        Index("ix_prompts_ws_created", "workspace_id", "create_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey(WORKSPACE_FK, ondelete="CASCADE"))
+    text: Mapped[str] = mapped_column(Text)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    create_time: Mapped[datetime]
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # One run per schedule slot, however many tickers race.
+        UniqueConstraint("workspace_id", "scheduled_time"),
+        Index("ix_runs_ws_created", "workspace_id", "create_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    workspace_id: Mapped[str] = mapped_column(ForeignKey(WORKSPACE_FK, ondelete="CASCADE"))
+    trigger: Mapped[str] = mapped_column(String(20))  # manual | schedule | schedule_set
+    status: Mapped[str] = mapped_column(String(20))  # queued|running|succeeded|partial|...
+    scheduled_time: Mapped[datetime | None] = mapped_column(default=None)
+    # Requested subsets; empty means all prompts / all enabled providers at expansion.
+    prompt_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    providers: Mapped[list[str]] = mapped_column(JSON, default=list)
+    prompt_count: Mapped[int] = mapped_column(Integer, default=0)
+    create_time: Mapped[datetime]
+    # Outbox: NULL until the run's message is handed to the broker.
+    enqueue_time: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    start_time: Mapped[datetime | None] = mapped_column(default=None)
+    end_time: Mapped[datetime | None] = mapped_column(default=None)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    failure_reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Probe(Base):
+    """One (run, prompt, provider): its answer and analysis once it finishes."""
+
+    __tablename__ = "probes"
+    __table_args__ = (
+        UniqueConstraint("run_id", "prompt_id", "provider"),
+        Index("ix_probes_ws_created", "workspace_id", "create_time", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
+    workspace_id: Mapped[str] = mapped_column(ForeignKey(WORKSPACE_FK, ondelete="CASCADE"))
+    prompt_id: Mapped[str] = mapped_column(String(40))
+    prompt_text: Mapped[str] = mapped_column(Text)
+    provider: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20))  # pending | succeeded | failed | skipped
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    model: Mapped[str] = mapped_column(String(120), default="")
+    text: Mapped[str] = mapped_column(Text, default="")
+    # [{"url", "title", "domain", "brand"}]
+    citations: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    brand_mentioned: Mapped[bool] = mapped_column(Boolean, default=False)
+    brand_rank: Mapped[int] = mapped_column(Integer, default=0)
+    # [{"name", "rank"}]
+    competitors: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    brand_citations: Mapped[int] = mapped_column(Integer, default=0)
+    citation_count: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str] = mapped_column(Text, default="")
+    create_time: Mapped[datetime]
+    complete_time: Mapped[datetime | None] = mapped_column(default=None)

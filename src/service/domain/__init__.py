@@ -1,0 +1,1 @@
+"""Domain logic: rules, validation and access decisions, in plain Python without gRPC."""
