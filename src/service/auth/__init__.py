@@ -1,0 +1,1 @@
+"""Authentication: tokens, service keys and the caller's context."""

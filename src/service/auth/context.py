@@ -1,0 +1,83 @@
+"""The caller of the current RPC, set by the auth interceptor and read by servicers."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling.
+
+    A user token gives a user principal. A service key gives a service principal, which
+    acts for a user (`user_id` set) when the key has the `act_as` scope and the call names
+    the user in `x-beacon-act-as`.
+    """
+
+    user_id: str | None
+    email: str = ""
+    key_id: str | None = None
+    scopes: frozenset[str] = frozenset()
+
+    @property
+    def actor_id(self) -> str:
+        """The id recorded in audit events and used for idempotency and rate limits."""
+        return self.user_id or self.key_id or "anonymous"
+
+    @property
+    def is_service(self) -> bool:
+        return self.key_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What the auth check resolved for the RPC's resource."""
+
+    organization_id: str
+    workspace_id: str | None = None
+    organization_role: str | None = None  # owner | admin | member | billing_admin
+    workspace_role: str | None = None  # effective: owner | member
+    via_service_scope: bool = False
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Everything known about the current call."""
+
+    method: str  # full name, e.g. "beacon.v1.WorkspaceService/GetWorkspace"
+    request_id: str
+    peer: str = ""
+    principal: Principal | None = None
+    access: Access | None = None
+
+    def require_principal(self) -> Principal:
+        if self.principal is None:
+            raise RuntimeError("no principal: the RPC is not authenticated")
+        return self.principal
+
+    def require_user_id(self) -> str:
+        user_id = self.require_principal().user_id
+        if user_id is None:
+            raise RuntimeError("the principal does not act as a user")
+        return user_id
+
+    def require_access(self) -> Access:
+        if self.access is None:
+            raise RuntimeError("no access decision: the RPC has no resource-level auth rule")
+        return self.access
+
+
+_current: ContextVar[CallContext | None] = ContextVar("beacon_call", default=None)
+
+
+def current_call() -> CallContext:
+    """The context of the RPC being served (set by the interceptors)."""
+    call = _current.get()
+    if call is None:
+        raise RuntimeError("not inside a Beacon RPC")
+    return call
+
+
+def set_current_call(call: CallContext | None) -> None:
+    _current.set(call)
