@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     uvloop: bool = True
 
     # Authentication.
-    auth_secret: str = "beacon-dev-secret-change-me"  # HS256 secret; empty disables HS256
+    auth_secret: str = "beacon-dev-secret-change-me-in-production"  # HS256 secret; empty disables HS256
     auth_dev_issuer: str = "beacon-dev"
     auth_jwks_url: str = ""
     auth_issuer: str = ""
@@ -39,10 +39,12 @@ class Settings(BaseSettings):
     auth_jwks_cache_seconds: int = 300
     auth_leeway_seconds: int = 30
     signing_secret: str = ""  # for signed URLs; defaults to auth_secret
+    service_key_cache_seconds: float = 5.0  # a revoked key stops working within this time
 
     # Rate limits: every rule's request count is multiplied by this (load tests only).
     rate_limit_scale: float = 1.0
     rate_limit_strategy: str = "moving-window"
+    rate_limit_key_prefix: str = "beacon"  # Redis key prefix of the counters
 
     # Tenancy.
     workspace_retention_days: int = 30

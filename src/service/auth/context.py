@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +48,7 @@ class CallContext:
     method: str  # full name, e.g. "beacon.v1.WorkspaceService/GetWorkspace"
     request_id: str
     peer: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
     access: Access | None = None
 

@@ -1,0 +1,159 @@
+"""Users on first sight, and turning credentials into a Principal."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth import service_keys
+from service.auth.context import Principal
+from service.auth.tokens import Claims, TokenVerifier
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import User
+from service.domain.clock import new_id
+from service.domain.errors import PermissionDenied, Unauthenticated
+
+ACT_AS_SCOPE = "act_as"
+ClaimHook = Callable[[AsyncSession, User], Awaitable[None]]
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class TtlCache(Generic[K, V]):
+    """A small LRU with expiry, for per-process caches of hot lookups."""
+
+    def __init__(self, ttl_seconds: float, max_items: int = 10_000) -> None:
+        self.ttl = ttl_seconds
+        self.max_items = max_items
+        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        item = self._items.get(key)
+        if item is None or item[0] < time.monotonic():
+            return None
+        return item[1]
+
+    def put(self, key: K, value: V) -> None:
+        if self.ttl <= 0:
+            return
+        self._items[key] = (time.monotonic() + self.ttl, value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+
+
+async def _claim_invitations(session: AsyncSession, user: User) -> None:
+    from service.domain.invitations import claim_invitations
+
+    await claim_invitations(session, user)
+
+
+async def ensure_user(db: Database, claims: Claims, on_new_email: ClaimHook) -> str:
+    """The user id of the token's (issuer, subject), creating or refreshing the row.
+
+    A new user, or a changed email, claims the pending invitations of that email.
+    """
+    for _ in range(2):
+        try:
+            async with db.transaction() as session:
+                user = await session.scalar(
+                    select(User).where(User.issuer == claims.issuer, User.subject == claims.subject)
+                )
+                if user is None:
+                    user = User(
+                        id=new_id("user"),
+                        issuer=claims.issuer,
+                        subject=claims.subject,
+                        email=claims.email,
+                        email_verified=claims.email_verified,
+                        name=claims.name,
+                    )
+                    session.add(user)
+                    await session.flush()
+                    await on_new_email(session, user)
+                elif (user.email, user.name, user.email_verified) != (
+                    claims.email,
+                    claims.name,
+                    claims.email_verified,
+                ):
+                    email_changed = user.email != claims.email or (
+                        claims.email_verified and not user.email_verified
+                    )
+                    user.email, user.name = claims.email, claims.name
+                    user.email_verified = claims.email_verified
+                    await session.flush()
+                    if email_changed:
+                        await on_new_email(session, user)
+                return user.id
+        except IntegrityError:
+            continue  # a concurrent first call created the user: read it again
+    raise Unauthenticated("could not register the user", reason="USER_RACE")
+
+
+class Authenticator:
+    """Credentials → Principal, with short-lived caches so hot paths skip the database."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        verifier: TokenVerifier | None = None,
+        on_new_email: ClaimHook = _claim_invitations,
+    ) -> None:
+        self.db = db
+        self.verifier = verifier or TokenVerifier(settings)
+        self.on_new_email = on_new_email
+        self._users: TtlCache[Claims, str] = TtlCache(60.0)
+        self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
+            settings.service_key_cache_seconds
+        )
+        self._acted: TtlCache[str, str] = TtlCache(60.0)
+
+    async def authenticate(self, authorization: str | None, act_as: str | None) -> Principal:
+        if not authorization:
+            raise Unauthenticated("missing bearer token", reason="NO_CREDENTIALS")
+        scheme, _, token = authorization.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="NO_CREDENTIALS")
+        if service_keys.looks_like_key(token):
+            return await self._service_principal(token, act_as)
+        if act_as:
+            raise PermissionDenied("only service keys may act as another user", reason="ACT_AS")
+        claims = await self.verifier.verify(token)
+        user_id = self._users.get(claims)
+        if user_id is None:
+            user_id = await ensure_user(self.db, claims, self.on_new_email)
+            self._users.put(claims, user_id)
+        return Principal(user_id=user_id, email=claims.email)
+
+    async def _service_principal(self, secret: str, act_as: str | None) -> Principal:
+        key = self._keys.get(secret)
+        if key is None:
+            key = await service_keys.find_active_key(self.db, secret)
+            if key is None:
+                raise Unauthenticated("unknown or revoked service key", reason="BAD_SERVICE_KEY")
+            self._keys.put(secret, key)
+        scopes = frozenset(key.scopes)
+        if not act_as:
+            return Principal(user_id=None, key_id=key.id, scopes=scopes)
+        if ACT_AS_SCOPE not in scopes:
+            raise PermissionDenied("the service key lacks the act_as scope", reason="ACT_AS")
+        email = self._acted.get(act_as)
+        if email is None:
+            async with self.db.transaction(write=False) as session:
+                email = await session.scalar(select(User.email).where(User.id == act_as))
+            if email is None:
+                raise PermissionDenied(
+                    "x-beacon-act-as names no user", reason="ACT_AS_UNKNOWN_USER"
+                )
+            self._acted.put(act_as, email)
+        return Principal(user_id=act_as, email=email, key_id=key.id, scopes=scopes)

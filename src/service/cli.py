@@ -1,0 +1,201 @@
+"""The `beacon` command: serve, worker, ticker, dev, migrate, token, service-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from service.app import App
+from service.config import Settings
+from service.logs import configure_logging
+
+log = logging.getLogger("beacon")
+
+
+def _install_loop(settings: Settings) -> None:
+    if settings.uvloop:
+        with contextlib.suppress(ImportError):
+            import uvloop
+
+            uvloop.install()
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+
+
+async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
+    """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
+    from service.http.server import start_http
+    from service.server import start_server
+    from workers.broker import configure_broker
+
+    configure_broker(settings)
+    app = App.from_settings(settings)
+    embedded = None
+    if embedded_workers:
+        from workers.runtime import start_embedded
+
+        embedded = start_embedded(settings)
+    grpc_server = await start_server(app)
+    http_server = await start_http(app)
+    print(
+        f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
+        f"HTTP on port {http_server.port}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        await _until_signal()
+        log.info("shutting down: draining in-flight calls")
+    finally:
+        await grpc_server.stop()
+        await http_server.stop()
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+        await app.close()
+
+
+def _run(settings: Settings, main: Callable[[], Awaitable[Any]]) -> Any:
+    _install_loop(settings)
+    return asyncio.run(main())
+
+
+def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    _run(settings, lambda: serve(settings))
+    return 0
+
+
+def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
+    from service.db.migrate import upgrade
+
+    upgrade(settings.database_url)
+    print(DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr), file=sys.stderr)
+    _run(settings, lambda: serve(settings, embedded_workers=True))
+    return 0
+
+
+def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
+    from workers.runtime import run_worker
+
+    run_worker(settings)
+    return 0
+
+
+def cmd_ticker(settings: Settings, _args: argparse.Namespace) -> int:
+    from workers.ticker import run_ticker
+
+    run_ticker(settings)
+    return 0
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from service.db.migrate import upgrade
+
+    upgrade(settings.database_url, args.revision)
+    print(f"database at revision {args.revision}", file=sys.stderr)
+    return 0
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth.tokens import mint_dev_token
+
+    print(mint_dev_token(settings, email=args.email, name=args.name, ttl_seconds=args.ttl))
+    return 0
+
+
+def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
+    from service.auth import service_keys
+    from service.db.database import Database
+
+    async def main() -> int:
+        db = Database(settings.database_url)
+        try:
+            if args.action == "create":
+                secret, info = await service_keys.create_key(db, args.name, args.scope or [])
+                print(secret)
+                print(f"created {info.id} scopes={','.join(info.scopes)}", file=sys.stderr)
+            elif args.action == "list":
+                for key in await service_keys.list_keys(db):
+                    state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "active"
+                    print(f"{key.id}\t{key.name}\t{','.join(key.scopes)}\t{state}")
+            else:
+                await service_keys.revoke_key(db, args.key_id)
+                print(f"revoked {args.key_id}", file=sys.stderr)
+        finally:
+            await db.dispose()
+        return 0
+
+    result: int = asyncio.run(main())
+    return result
+
+
+DEV_BANNER = """
+Beacon dev: everything in one process on the embedded defaults (SQLite under ./var/,
+in-process broker). gRPC on {addr}, HTTP on {http}.
+
+  Mint a token:   .venv/bin/beacon token --email you@example.com
+  Call it:        TOKEN=$(.venv/bin/beacon token --email you@example.com)
+                  .venv/bin/buf curl --protocol grpc --http2-prior-knowledge \\
+                    -H "authorization: Bearer $TOKEN" -d '{{"name": "Acme", "domain": "acme.com"}}' \\
+                    http://{addr}/beacon.v1.WorkspaceService/CreateWorkspace
+  grpcurl:        grpcurl -plaintext -H "authorization: Bearer $TOKEN" \\
+                    -d '{{"name": "Acme"}}' {addr} beacon.v1.WorkspaceService/CreateWorkspace
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="beacon", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the gRPC server and HTTP side").set_defaults(fn=cmd_serve)
+    sub.add_parser("worker", help="run Dramatiq workers").set_defaults(fn=cmd_worker)
+    sub.add_parser("ticker", help="turn cron schedules into runs").set_defaults(fn=cmd_ticker)
+    sub.add_parser("dev", help="everything in one process, embedded defaults").set_defaults(
+        fn=cmd_dev
+    )
+    migrate = sub.add_parser("migrate", help="apply database migrations")
+    migrate.add_argument("--revision", default="head")
+    migrate.set_defaults(fn=cmd_migrate)
+    token = sub.add_parser("token", help="mint a development bearer token")
+    token.add_argument("--email", required=True)
+    token.add_argument("--name", default="")
+    token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")
+    token.set_defaults(fn=cmd_token)
+    keys = sub.add_parser("service-key", help="manage service keys")
+    key_sub = keys.add_subparsers(dest="action", required=True)
+    create = key_sub.add_parser("create")
+    create.add_argument("--name", required=True)
+    create.add_argument("--scope", action="append", help="act_as, workos (repeatable)")
+    key_sub.add_parser("list")
+    revoke = key_sub.add_parser("revoke")
+    revoke.add_argument("key_id")
+    keys.set_defaults(fn=cmd_service_key)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    try:
+        code: int = args.fn(settings, args)
+    except ValueError as exc:  # bad input on the command line or in the environment
+        print(f"beacon: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

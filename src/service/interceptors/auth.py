@@ -1,0 +1,99 @@
+"""Authentication and authorization from each RPC's `(beacon.v1.auth)` option.
+
+The level is enforced here, generically, from the request's resource field; handlers never
+re-code it. A caller who cannot see the resource gets NOT_FOUND, one who sees it without
+the required role PERMISSION_DENIED.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from beacon.v1 import options_pb2
+from service.auth.context import Access, Principal, current_call
+from service.auth.identity import Authenticator
+from service.db.database import Database
+from service.domain import access as acl
+from service.domain.errors import InvalidArgument, PermissionDenied
+from service.interceptors.base import Around
+from service.interceptors.rules import MethodRules
+
+ID_PATTERN = re.compile(r"^[a-z]{2,5}_[a-z0-9]{1,40}$")
+WORKSPACE_LEVELS = (
+    options_pb2.AUTH_LEVEL_WORKSPACE_MEMBER,
+    options_pb2.AUTH_LEVEL_WORKSPACE_OWNER,
+)
+ORGANIZATION_LEVELS = (
+    options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
+    options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
+)
+
+
+def resource_id(request: Any, fields: tuple[str, ...]) -> tuple[str, str]:
+    """(field, id) of the first non-empty resource field; INVALID_ARGUMENT when none is set."""
+    for path in fields:
+        value: Any = request
+        for part in path.split("."):
+            value = getattr(value, part)
+        if value:
+            if not isinstance(value, str) or not ID_PATTERN.match(value):
+                raise InvalidArgument(path, "is not a valid id")
+            return path, value
+    raise InvalidArgument(fields[0], "is required")
+
+
+class AuthAround(Around):
+    def __init__(self, authenticator: Authenticator, db: Database) -> None:
+        self.authenticator = authenticator
+        self.db = db
+
+    async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
+        call = current_call()
+        principal = await self.authenticator.authenticate(
+            call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")
+        )
+        call.principal = principal
+        if principal.user_id is None:
+            if not rules.service_scope or rules.service_scope not in principal.scopes:
+                raise PermissionDenied(
+                    "this RPC needs a user: a service key must act as one (x-beacon-act-as)",
+                    reason="USER_REQUIRED",
+                )
+            call.access = await self._service_access(rules, request)
+            return
+        if rules.level in WORKSPACE_LEVELS or rules.level in ORGANIZATION_LEVELS:
+            call.access = await self._user_access(rules, request, principal)
+
+    async def _user_access(self, rules: MethodRules, request: Any, who: Principal) -> Access:
+        _, target = resource_id(request, rules.resource_fields)
+        user_id = who.user_id
+        assert user_id is not None
+        async with self.db.transaction(write=False) as session:
+            if rules.level in WORKSPACE_LEVELS:
+                workspace_id = await acl.resource_workspace(session, target)
+                found = await acl.workspace_access(session, user_id, workspace_id)
+                if (
+                    rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
+                    and found.workspace_role != "owner"
+                ):
+                    raise PermissionDenied("requires the workspace owner role", reason="NOT_OWNER")
+                return found
+            organization_id = await acl.resource_organization(session, target)
+            found = await acl.organization_access(session, user_id, organization_id)
+        if (
+            rules.level == options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN
+            and found.organization_role not in acl.ORGANIZATION_ADMIN_ROLES
+        ):
+            raise PermissionDenied(
+                "requires the organization owner or admin role", reason="NOT_ORGANIZATION_ADMIN"
+            )
+        return found
+
+    async def _service_access(self, rules: MethodRules, request: Any) -> Access | None:
+        if not rules.resource_fields:
+            return None
+        _, target = resource_id(request, rules.resource_fields)
+        async with self.db.transaction(write=False) as session:
+            organization_id = await acl.resource_organization(session, target)
+        return Access(organization_id=organization_id, via_service_scope=True)

@@ -1,0 +1,88 @@
+"""Request logging and metrics: one structured JSON line and one metric sample per call.
+
+Creates the call context (request id, peer, metadata) that the inner interceptors fill in.
+Never logs tokens or request bodies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from prometheus_client import Counter, Histogram
+
+from service.auth.context import CallContext, set_current_call
+from service.domain.clock import new_id
+from service.interceptors.base import Around, Stream, Unary
+from service.interceptors.rules import MethodRules
+
+log = logging.getLogger("beacon.rpc")
+
+RPCS = Counter("beacon_rpc_total", "RPCs served", ["method", "code"])
+LATENCY = Histogram(
+    "beacon_rpc_seconds",
+    "RPC latency",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+MAX_REQUEST_ID = 100
+
+
+def _start(rules: MethodRules, context: Any) -> CallContext:
+    metadata = {k: v for k, v in context.invocation_metadata() or ()}
+    supplied = metadata.get("x-request-id", "")
+    request_id = supplied if 0 < len(supplied) <= MAX_REQUEST_ID else new_id("req")
+    call = CallContext(
+        method=rules.name, request_id=request_id, peer=context.peer(), metadata=metadata
+    )
+    set_current_call(call)
+    return call
+
+
+def _finish(call: CallContext, context: Any, started: float, failed: bool) -> None:
+    elapsed = time.perf_counter() - started
+    code = context.code()
+    if code is None:
+        code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+    code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    RPCS.labels(call.method, code_name).inc()
+    LATENCY.labels(call.method).observe(elapsed)
+    principal = call.principal
+    log.info(
+        "rpc",
+        extra={
+            "method": call.method,
+            "code": code_name,
+            "duration_ms": round(elapsed * 1000, 3),
+            "request_id": call.request_id,
+            "principal_id": principal.actor_id if principal else None,
+            "service_key_id": principal.key_id if principal else None,
+            "peer": call.peer,
+        },
+    )
+    set_current_call(None)
+
+
+class ObservabilityAround(Around):
+    async def call(self, rules: MethodRules, request: Any, context: Any, inner: Unary) -> Any:
+        call, started, failed = _start(rules, context), time.perf_counter(), True
+        try:
+            result = await inner(request, context)
+            failed = False
+            return result
+        finally:
+            _finish(call, context, started, failed)
+
+    async def stream(
+        self, rules: MethodRules, request: Any, context: Any, inner: Stream
+    ) -> AsyncIterator[Any]:
+        call, started, failed = _start(rules, context), time.perf_counter(), True
+        try:
+            async for item in inner(request, context):
+                yield item
+            failed = False
+        finally:
+            _finish(call, context, started, failed)

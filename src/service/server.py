@@ -1,0 +1,113 @@
+"""The grpc.aio server, built from one settings object.
+
+Health (NOT_SERVING while the database is unreachable), reflection, message size limits,
+maximum concurrent RPCs, and graceful shutdown: health goes NOT_SERVING, new calls are
+refused, in-flight calls drain within the grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.app import App
+from service.auth.identity import Authenticator
+from service.interceptors.auth import AuthAround
+from service.interceptors.base import WrappingInterceptor
+from service.interceptors.errors import ErrorsAround
+from service.interceptors.observability import ObservabilityAround
+from service.interceptors.ratelimit import RateLimitAround
+from service.servicers import add_servicers
+
+log = logging.getLogger("beacon.server")
+HEALTH_INTERVAL_SECONDS = 2.0
+
+
+def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
+    """Outermost first: observability, errors, auth, rate limits."""
+    authenticator = Authenticator(app.settings, app.db)
+    return [
+        WrappingInterceptor(ObservabilityAround()),
+        WrappingInterceptor(ErrorsAround()),
+        WrappingInterceptor(AuthAround(authenticator, app.db)),
+        WrappingInterceptor(RateLimitAround(app.settings)),
+    ]
+
+
+@dataclass
+class BeaconServer:
+    """A started server: its port, health servicer and background health task."""
+
+    app: App
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    services: list[str]
+    _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def _set_all(self, status: int) -> None:
+        for name in ("", *self.services):
+            await self.health.set(name, status)
+
+    async def monitor_health(self) -> None:
+        """Keeps health in step with database reachability."""
+        while True:
+            ok = await self.app.db.ping()
+            await self._set_all(
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new calls, drain in-flight ones."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self.health.enter_graceful_shutdown()
+        grace = self.app.settings.shutdown_grace_seconds if grace is None else grace
+        await self.server.stop(grace)
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_server(app: App, address: str | None = None) -> BeaconServer:
+    """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)."""
+    settings = app.settings
+    server = grpc.aio.server(
+        interceptors=build_interceptors(app),
+        options=[
+            ("grpc.max_send_message_length", settings.max_message_bytes),
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.so_reuseport", 1),
+            ("grpc.keepalive_time_ms", 60_000),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    services = add_servicers(server, app)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(address or settings.grpc_addr)
+    await server.start()
+    beacon = BeaconServer(app, server, port, health_servicer, services)
+    ok = await app.db.ping()
+    await beacon._set_all(
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    beacon._monitor = asyncio.create_task(beacon.monitor_health())
+    log.info("grpc server started", extra={"port": port, "services": services})
+    return beacon

@@ -1,0 +1,191 @@
+"""Shared fixtures: a migrated database and a running server per backend.
+
+Every test that uses `app`, `grpc_target`, `channel`, `stubs` or `new_user` runs on SQLite
+and, when PostgreSQL and Redis are reachable (BEACON_TEST_DATABASE_URL /
+BEACON_TEST_REDIS_URL, defaulting to the local servers), on PostgreSQL + Redis too. Each
+session creates uniquely named databases and drops them at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as redis_async
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from beacon.v1 import (
+    membership_service_pb2_grpc,
+    organization_service_pb2_grpc,
+    prompt_service_pb2_grpc,
+    run_service_pb2_grpc,
+    schedule_service_pb2_grpc,
+    workspace_service_pb2_grpc,
+)
+from service.app import App
+from service.auth.identity import _claim_invitations, ensure_user
+from service.auth.tokens import Claims, mint_dev_token
+from service.config import Settings
+from service.db.migrate import upgrade_async
+from service.server import BeaconServer, start_server
+from tests.support import PG_ADMIN_URL, REDIS_URL, postgres_available, with_database
+
+BACKENDS = ["sqlite", "postgres"] if postgres_available() else ["sqlite"]
+TEST_SECRET = "beacon-test-secret-0123456789abcdef"
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def session_id() -> str:
+    return uuid.uuid4().hex[:10]
+
+
+async def _admin_execute(sql: str) -> None:
+    engine = create_async_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        async with engine.connect() as conn:
+            await conn.exec_driver_sql(sql)
+    finally:
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def temporary_database(backend: str, tmp: Path, name: str) -> AsyncIterator[str]:
+    """A migrated, uniquely named database URL, dropped afterwards."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp / (name + '.db')}"
+        await upgrade_async(url)
+        yield url
+        return
+    await _admin_execute(f'CREATE DATABASE "{name}"')
+    try:
+        url = with_database(PG_ADMIN_URL, name)
+        await upgrade_async(url)
+        yield url
+    finally:
+        await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(backend: str, database_url: str, data_dir: Path, prefix: str, **over: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "redis_url": REDIS_URL if backend == "postgres" else "",
+        "grpc_addr": "127.0.0.1:0",
+        "http_addr": "127.0.0.1:0",
+        "data_dir": data_dir,
+        "auth_secret": TEST_SECRET,
+        "rate_limit_key_prefix": prefix,
+        "service_key_cache_seconds": 0,
+        "shutdown_grace_seconds": 5.0,
+        "uvloop": False,
+    }
+    values.update(over)
+    return Settings(**values)
+
+
+async def delete_redis_keys(prefix: str) -> None:
+    client = redis_async.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(scope="session")
+async def settings(
+    backend: str, session_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Settings]:
+    tmp = tmp_path_factory.mktemp(f"beacon-{backend}")
+    name = f"beacon_test_{session_id}"
+    prefix = f"beacon-test-{session_id}"
+    async with temporary_database(backend, tmp, name) as url:
+        yield make_settings(backend, url, tmp, prefix)
+    if backend == "postgres":
+        await delete_redis_keys(prefix)
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[App]:
+    application = App.from_settings(settings)
+    yield application
+    await application.close()
+
+
+@pytest.fixture(scope="session")
+async def beacon_server(app: App) -> AsyncIterator[BeaconServer]:
+    server = await start_server(app, "127.0.0.1:0")
+    yield server
+    await server.stop(grace=1.0)
+
+
+@pytest.fixture(scope="session")
+def grpc_target(beacon_server: BeaconServer) -> str:
+    return f"127.0.0.1:{beacon_server.port}"
+
+
+@pytest.fixture(scope="session")
+async def channel(grpc_target: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(grpc_target) as ch:
+        yield ch
+
+
+@pytest.fixture(scope="session")
+def stubs(channel: grpc.aio.Channel) -> SimpleNamespace:
+    return SimpleNamespace(
+        organizations=organization_service_pb2_grpc.OrganizationServiceStub(channel),
+        workspaces=workspace_service_pb2_grpc.WorkspaceServiceStub(channel),
+        memberships=membership_service_pb2_grpc.MembershipServiceStub(channel),
+        schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
+        prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
+        runs=run_service_pb2_grpc.RunServiceStub(channel),
+    )
+
+
+@dataclass
+class TestUser:
+    email: str
+    name: str
+    token: str
+    user_id: str
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+
+NewUser = Callable[..., Awaitable[TestUser]]
+
+
+@pytest.fixture
+def new_user(app: App, settings: Settings) -> NewUser:
+    """Factory of users with valid tokens; the user row exists when it returns."""
+
+    async def make(email: str | None = None, name: str | None = None) -> TestUser:
+        email = email or f"u{uuid.uuid4().hex[:12]}@example.com"
+        name = name if name is not None else email.split("@")[0].title()
+        token = mint_dev_token(settings, email=email, name=name)
+        claims = Claims(
+            issuer=settings.auth_dev_issuer,
+            subject=f"dev|{email.lower()}",
+            email=email.lower(),
+            email_verified=True,
+            name=name,
+        )
+        user_id = await ensure_user(app.db, claims, _claim_invitations)
+        return TestUser(email=email.lower(), name=name, token=token, user_id=user_id)
+
+    return make
+

@@ -1,0 +1,85 @@
+"""Helpers for tests that talk to Beacon as a client would."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+DETAIL_TYPES = {
+    "ErrorInfo": error_details_pb2.ErrorInfo,
+    "BadRequest": error_details_pb2.BadRequest,
+    "RetryInfo": error_details_pb2.RetryInfo,
+    "QuotaFailure": error_details_pb2.QuotaFailure,
+    "PreconditionFailure": error_details_pb2.PreconditionFailure,
+}
+
+PG_ADMIN_URL = os.environ.get(
+    "BEACON_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("BEACON_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def reachable(url: str, default_port: int) -> bool:
+    parts = urlsplit(url.replace("+asyncpg", ""))
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 1):
+            return True
+    except OSError:
+        return False
+
+
+def postgres_available() -> bool:
+    return reachable(PG_ADMIN_URL, 5432) and reachable(REDIS_URL, 6379)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@dataclass
+class RpcFailure:
+    """A failed call's code, message and rich-status details by type name."""
+
+    code: grpc.StatusCode
+    message: str
+    details: dict[str, Any]
+    trailers: dict[str, str]
+
+
+def failure(error: grpc.aio.AioRpcError) -> RpcFailure:
+    """Decodes a grpc error's google.rpc.Status details."""
+    details: dict[str, Any] = {}
+    trailers = {k: v for k, v in (error.trailing_metadata() or ())}
+    status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
+    if status is not None:
+        for item in status.details:
+            for name, cls in DETAIL_TYPES.items():
+                if item.Is(cls.DESCRIPTOR):
+                    message = cls()
+                    item.Unpack(message)
+                    details[name] = message
+    return RpcFailure(error.code(), error.details() or "", details, trailers)
+
+
+async def expect_error(code: grpc.StatusCode, awaitable: Any) -> RpcFailure:
+    """Awaits a call that must fail with `code`; returns the decoded failure."""
+    try:
+        await awaitable
+    except grpc.aio.AioRpcError as error:
+        got = failure(error)
+        assert got.code == code, f"expected {code}, got {got.code}: {got.message}"
+        return got
+    raise AssertionError(f"expected {code}, the call succeeded")
