@@ -1,0 +1,45 @@
+# Beacon: `make run` starts everything on embedded defaults; `make test` runs the suite.
+# Both set themselves up (virtual environment in .venv, install, migrations).
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test lint generate migrate bench setup clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/beacon dev
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy src
+	$(BIN)/buf lint
+	@if git rev-parse --verify --quiet main >/dev/null; then \
+		$(BIN)/buf breaking --against '.git#branch=main'; \
+	else echo "buf breaking: no main branch to compare against"; fi
+	@scripts/check-generated.sh
+
+generate: $(STAMP)
+	scripts/generate.sh
+
+migrate: $(STAMP)
+	$(BIN)/beacon migrate
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
