@@ -77,7 +77,9 @@ async def temporary_database(backend: str, tmp: Path, name: str) -> AsyncIterato
         await _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def make_settings(backend: str, database_url: str, data_dir: Path, prefix: str, **over: Any) -> Settings:
+def make_settings(
+    backend: str, database_url: str, data_dir: Path, prefix: str, **over: Any
+) -> Settings:
     values: dict[str, Any] = {
         "database_url": database_url,
         "redis_url": REDIS_URL if backend == "postgres" else "",
@@ -188,4 +190,3 @@ def new_user(app: App, settings: Settings) -> NewUser:
         return TestUser(email=email.lower(), name=name, token=token, user_id=user_id)
 
     return make
-

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.app import App
@@ -68,7 +68,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
         await app.close()
 
 
-def _run(settings: Settings, main: Callable[[], Awaitable[Any]]) -> Any:
+def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
     _install_loop(settings)
     return asyncio.run(main())
 

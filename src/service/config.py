@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     uvloop: bool = True
 
     # Authentication.
-    auth_secret: str = "beacon-dev-secret-change-me-in-production"  # HS256 secret; empty disables HS256
+    auth_secret: str = (
+        "beacon-dev-secret-change-me-in-production"  # HS256 secret; empty disables HS256
+    )
     auth_dev_issuer: str = "beacon-dev"
     auth_jwks_url: str = ""
     auth_issuer: str = ""

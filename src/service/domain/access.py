@@ -71,9 +71,7 @@ async def workspace_access(session: AsyncSession, user_id: str, workspace_id: st
     )
 
 
-async def organization_access(
-    session: AsyncSession, user_id: str, organization_id: str
-) -> Access:
+async def organization_access(session: AsyncSession, user_id: str, organization_id: str) -> Access:
     """The caller's organization role; NotFound when they are not a member."""
     role = await session.scalar(
         select(OrganizationMember.role).where(
@@ -105,9 +103,7 @@ async def resource_workspace(session: AsyncSession, resource_id: str) -> str:
 async def resource_organization(session: AsyncSession, resource_id: str) -> str:
     """The organization an organization- or workspace-scoped id belongs to."""
     if resource_id.startswith("org_"):
-        exists = await session.scalar(
-            select(Organization.id).where(Organization.id == resource_id)
-        )
+        exists = await session.scalar(select(Organization.id).where(Organization.id == resource_id))
         if exists is None:
             raise NotFound("organization", resource_id)
         return resource_id

@@ -30,7 +30,7 @@ class Page:
     def where(self, time_col: Any, id_col: Any, *, descending: bool = False) -> ColumnElement[bool]:
         """The filter continuing after the cursor in (time, id) order."""
         if self.after is None:
-            return and_(True)  # type: ignore[arg-type]
+            return and_(True)
         t, i = self.after
         if descending:
             return or_(time_col < t, and_(time_col == t, id_col < i))
@@ -63,7 +63,9 @@ def encode_token(scope: str, time: datetime, row_id: str) -> str:
 
 
 def _decode_token(token: str, scope: str) -> tuple[datetime, str]:
-    invalid = InvalidArgument("page_token", "is not a token returned by this list with these filters")
+    invalid = InvalidArgument(
+        "page_token", "is not a token returned by this list with these filters"
+    )
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
     except (binascii.Error, ValueError):

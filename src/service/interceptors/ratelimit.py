@@ -34,7 +34,7 @@ STRATEGIES: dict[str, type[RateLimiter]] = {
     "fixed-window": FixedWindowRateLimiter,
     "sliding-window-counter": SlidingWindowCounterRateLimiter,
 }
-KEY_NAMES = {
+KEY_NAMES: dict[int, str] = {
     options_pb2.RATE_LIMIT_KEY_USER: "user",
     options_pb2.RATE_LIMIT_KEY_WORKSPACE: "workspace",
     options_pb2.RATE_LIMIT_KEY_PEER: "peer",
@@ -55,7 +55,11 @@ def build_storage(settings: Settings) -> Storage:
 
 
 def _subject(limit: RateLimit, call: CallContext) -> str:
-    if limit.key == options_pb2.RATE_LIMIT_KEY_WORKSPACE and call.access and call.access.workspace_id:
+    if (
+        limit.key == options_pb2.RATE_LIMIT_KEY_WORKSPACE
+        and call.access
+        and call.access.workspace_id
+    ):
         return f"workspace:{call.access.workspace_id}"
     if limit.key == options_pb2.RATE_LIMIT_KEY_PEER or call.principal is None:
         return "peer:" + call.peer.rsplit(":", 1)[0]

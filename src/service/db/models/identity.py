@@ -48,4 +48,3 @@ class IdempotencyKey(Base):
     request_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     response: Mapped[bytes] = mapped_column(LargeBinary)
     create_time: Mapped[datetime]
-

@@ -46,9 +46,7 @@ class OrganizationInvitation(Base):
     __table_args__ = (UniqueConstraint("organization_id", "email"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE")
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     email: Mapped[str] = mapped_column(String(254), index=True)
     role: Mapped[str] = mapped_column(String(20))
     invited_by: Mapped[str | None] = mapped_column(
@@ -88,9 +86,7 @@ class Workspace(Timestamps, Base):
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE")
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(80))
     slug: Mapped[str] = mapped_column(String(50))
     domain: Mapped[str] = mapped_column(String(253), default="")
@@ -141,9 +137,7 @@ class AuditEvent(Base):
     __table_args__ = (Index("ix_audit_events_org_time", "organization_id", "create_time"),)
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    organization_id: Mapped[str] = mapped_column(
-        ForeignKey("organizations.id", ondelete="CASCADE")
-    )
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     workspace_id: Mapped[str | None] = mapped_column(String(40), default=None)
     actor_id: Mapped[str] = mapped_column(String(40))
     action: Mapped[str] = mapped_column(String(120))
