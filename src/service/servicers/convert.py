@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.config import Settings
+from service.db.models import Organization
+from service.domain import files, workspaces
+from service.domain.workspaces import WorkspaceView
 
 PROVIDER_TO_PROTO = {
     "openai": ws_pb.PROVIDER_OPENAI,
@@ -26,3 +33,62 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromDatetime(value)
     return ts
+
+
+ORGANIZATION_ROLE_TO_PROTO = {
+    "owner": org_pb.ORGANIZATION_ROLE_OWNER,
+    "admin": org_pb.ORGANIZATION_ROLE_ADMIN,
+    "member": org_pb.ORGANIZATION_ROLE_MEMBER,
+    "billing_admin": org_pb.ORGANIZATION_ROLE_BILLING_ADMIN,
+}
+ORGANIZATION_ROLE_FROM_PROTO = {v: k for k, v in ORGANIZATION_ROLE_TO_PROTO.items()}
+
+
+def organization_to_proto(org: Organization) -> org_pb.Organization:
+    """The Organization message of an organization row."""
+    return org_pb.Organization(
+        id=org.id,
+        name=org.name,
+        slug=org.slug,
+        workos_organization_id=org.workos_organization_id or "",
+        create_time=timestamp(org.create_time),
+        update_time=timestamp(org.update_time),
+    )
+
+
+def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspace:
+    """The Workspace message of a view; the icon URL is signed here (expiring GET URL)."""
+    return ws_pb.Workspace(
+        id=view.id,
+        organization_id=view.organization_id,
+        organization_name=view.organization_name,
+        organization_slug=view.organization_slug,
+        name=view.name,
+        slug=view.slug,
+        domain=view.domain,
+        icon_file_id=view.icon_file_id,
+        icon_url=files.download_url(settings, view.icon_file_id) if view.icon_file_id else "",
+        brand_aliases=view.brand_aliases,
+        competitors=[ws_pb.Competitor(name=c.name, domain=c.domain) for c in view.competitors],
+        enabled_providers=[PROVIDER_TO_PROTO[p] for p in view.enabled_providers],
+        schedule=ws_pb.WorkspaceSchedule(cron=view.cron, time_zone=view.time_zone),
+        create_time=timestamp(view.create_time),
+        update_time=timestamp(view.update_time),
+        etag=view.etag,
+    )
+
+
+async def workspace_messages(
+    session: AsyncSession, settings: Settings, workspace_ids: Sequence[str]
+) -> list[ws_pb.Workspace]:
+    """Workspace messages of the live workspaces among `workspace_ids`, in that order
+    (deleted or unknown ids are skipped). One query."""
+    views = await workspaces.load_views(session, workspace_ids)
+    return [workspace_to_proto(view, settings) for view in views]
+
+
+async def workspace_message(
+    session: AsyncSession, settings: Settings, workspace_id: str
+) -> ws_pb.Workspace:
+    """The Workspace message of one live workspace; NotFound when it is gone. One query."""
+    return workspace_to_proto(await workspaces.load_view(session, workspace_id), settings)

@@ -1,0 +1,167 @@
+"""Account deletion: the user, their memberships, invitations and uploads, and every
+organization in which they are the only member — never data other members still use."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.context import CallContext
+from service.db.models import (
+    File,
+    IdempotencyKey,
+    Organization,
+    OrganizationInvitation,
+    OrganizationMember,
+    User,
+    Workspace,
+    WorkspaceInvitation,
+    WorkspaceMember,
+)
+from service.domain import audit
+from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
+
+
+@dataclass(frozen=True, slots=True)
+class DeletedAccount:
+    """What `delete_account` removed; `file_ids` still have bytes in storage to delete."""
+
+    user_id: str
+    deleted_organization_ids: list[str]
+    file_ids: list[str]
+
+
+async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAccount:
+    """Deletes the caller's account, or nothing at all.
+
+    An organization whose only member (organization members and guests of its live
+    workspaces) is the caller is deleted with all its data. When the caller is the sole
+    owner of an organization that has other members, FailedPrecondition names each such
+    organization (type SOLE_OWNER) and nothing changes. Uploads still shown as the icon of a
+    workspace that survives pass to an owner of that workspace's organization; the other
+    uploads are deleted.
+    """
+    user_id = call.require_user_id()
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("user", user_id)
+    roles = dict(
+        (
+            await session.execute(
+                select(OrganizationMember.organization_id, OrganizationMember.role).where(
+                    OrganizationMember.user_id == user_id
+                )
+            )
+        ).tuples()
+    )
+    shared = await _organizations_with_others(session, user_id, list(roles))
+    other_owners = set(
+        await session.scalars(
+            select(OrganizationMember.organization_id).where(
+                OrganizationMember.organization_id.in_(list(roles)),
+                OrganizationMember.user_id != user_id,
+                OrganizationMember.role == "owner",
+            )
+        )
+    )
+    blocking = sorted(
+        org_id
+        for org_id, role in roles.items()
+        if role == "owner" and org_id in shared and org_id not in other_owners
+    )
+    if blocking:
+        raise FailedPrecondition(
+            "you are the only owner of organizations that have other members: make another "
+            "member an owner or remove the members first",
+            [
+                PreconditionViolation(
+                    "SOLE_OWNER", org_id, "the caller is the only owner and others are members"
+                )
+                for org_id in blocking
+            ],
+            reason="SOLE_OWNER",
+        )
+    doomed = sorted(org_id for org_id in roles if org_id not in shared)
+    guest_orgs = set(
+        await session.scalars(
+            select(Workspace.organization_id)
+            .join(WorkspaceMember, WorkspaceMember.workspace_id == Workspace.id)
+            .where(WorkspaceMember.user_id == user_id)
+        )
+    )
+    for org_id in sorted((set(roles) | guest_orgs) - set(doomed)):
+        audit.record(session, call, organization_id=org_id, target_ids=[user_id])
+    if doomed:
+        await session.execute(delete(Organization).where(Organization.id.in_(doomed)))
+    file_ids = await _release_uploads(session, user_id)
+    email = user.email.lower()
+    await session.execute(
+        delete(OrganizationInvitation).where(func.lower(OrganizationInvitation.email) == email)
+    )
+    await session.execute(
+        delete(WorkspaceInvitation).where(func.lower(WorkspaceInvitation.email) == email)
+    )
+    await session.execute(delete(IdempotencyKey).where(IdempotencyKey.principal_id == user_id))
+    await session.execute(delete(WorkspaceMember).where(WorkspaceMember.user_id == user_id))
+    await session.execute(delete(OrganizationMember).where(OrganizationMember.user_id == user_id))
+    await session.execute(delete(User).where(User.id == user_id))
+    return DeletedAccount(user_id, doomed, file_ids)
+
+
+async def _organizations_with_others(
+    session: AsyncSession, user_id: str, organization_ids: list[str]
+) -> set[str]:
+    """Those of `organization_ids` with a member or workspace guest other than `user_id`."""
+    with_members = await session.scalars(
+        select(OrganizationMember.organization_id).where(
+            OrganizationMember.organization_id.in_(organization_ids),
+            OrganizationMember.user_id != user_id,
+        )
+    )
+    with_guests = await session.scalars(
+        select(Workspace.organization_id)
+        .join(WorkspaceMember, WorkspaceMember.workspace_id == Workspace.id)
+        .where(
+            Workspace.organization_id.in_(organization_ids),
+            Workspace.delete_time.is_(None),
+            WorkspaceMember.user_id != user_id,
+        )
+    )
+    return set(with_members) | set(with_guests)
+
+
+async def _release_uploads(session: AsyncSession, user_id: str) -> list[str]:
+    """Hands icons of surviving workspaces to an owner of their organization; deletes the
+    user's other file rows and returns their ids (their bytes go after commit)."""
+    in_use = (
+        await session.execute(
+            select(File.id, Workspace.organization_id)
+            .join(Workspace, Workspace.icon_file_id == File.id)
+            .where(File.owner_id == user_id, Workspace.delete_time.is_(None))
+        )
+    ).tuples()
+    kept: set[str] = set()
+    for file_id, org_id in in_use:
+        heir = await session.scalar(
+            select(OrganizationMember.user_id)
+            .where(
+                OrganizationMember.organization_id == org_id,
+                OrganizationMember.user_id != user_id,
+                OrganizationMember.role == "owner",
+            )
+            .order_by(OrganizationMember.create_time)
+            .limit(1)
+        )
+        if heir is not None and file_id not in kept:
+            await session.execute(update(File).where(File.id == file_id).values(owner_id=heir))
+            kept.add(file_id)
+    doomed = [
+        file_id
+        for file_id in await session.scalars(select(File.id).where(File.owner_id == user_id))
+        if file_id not in kept
+    ]
+    if doomed:
+        await session.execute(delete(File).where(File.id.in_(doomed)))
+    return doomed

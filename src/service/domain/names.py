@@ -1,0 +1,71 @@
+"""Display names and URL slugs of organizations and workspaces: validation and derivation."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from service.domain.errors import InvalidArgument
+
+NAME_MIN = 2
+NAME_MAX = 80
+SLUG_MIN = 2
+SLUG_MAX = 50
+SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+# Control characters, line and paragraph separators: never part of a display name.
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+
+
+def clean_text(field: str, value: str, *, minimum: int, maximum: int) -> str:
+    """`value` trimmed, checked to be `minimum`..`maximum` characters without control characters."""
+    text = value.strip()
+    for char in text:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise InvalidArgument(field, f"must not contain control characters (U+{ord(char):04X})")
+    if len(text) < minimum:
+        if not text:
+            raise InvalidArgument(field, "is required")
+        raise InvalidArgument(field, f"must be at least {minimum} characters after trimming")
+    if len(text) > maximum:
+        raise InvalidArgument(field, f"must be at most {maximum} characters")
+    return text
+
+
+def display_name(field: str, value: str) -> str:
+    """A validated organization or workspace name: trimmed, 2-80 characters."""
+    return clean_text(field, value, minimum=NAME_MIN, maximum=NAME_MAX)
+
+
+def validate_slug(field: str, value: str) -> str:
+    """An explicit slug: `[a-z0-9-]`, 2-50 characters, no leading, trailing or double hyphen."""
+    if not SLUG_MIN <= len(value) <= SLUG_MAX:
+        raise InvalidArgument(field, f"must be {SLUG_MIN}-{SLUG_MAX} characters")
+    if not SLUG_PATTERN.fullmatch(value):
+        raise InvalidArgument(
+            field,
+            "may contain only lowercase letters, digits and single hyphens between them",
+        )
+    return value
+
+
+def derive_slug(name: str, *, fallback: str) -> str:
+    """A slug made from a name: accents folded, other characters turned into hyphens.
+
+    Names with too few Latin letters or digits (e.g. only CJK characters) get `fallback`.
+    """
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    slug = re.sub(r"[^a-z0-9]+", "-", folded).strip("-")[:SLUG_MAX].rstrip("-")
+    return slug if len(slug) >= SLUG_MIN else fallback
+
+
+def suffixed_slug(base: str, taken: set[str]) -> str:
+    """`base`, or `base-2`, `base-3`... : the first not in `taken`, at most 50 characters."""
+    if base not in taken:
+        return base
+    number = 2
+    while True:
+        suffix = f"-{number}"
+        candidate = base[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
+        if candidate not in taken:
+            return candidate
+        number += 1

@@ -1,0 +1,295 @@
+"""Organizations: creation, naming, navigation state, WorkOS links and the audit log."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import and_, select, true
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.context import CallContext
+from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
+from service.domain import audit
+from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
+from service.domain.clock import new_id, utcnow
+from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from service.domain.names import derive_slug, display_name
+from service.domain.paging import Page
+from service.domain.slugs import save_with_unique_slug
+from service.domain.visibility import accessible_workspaces, reachable_organizations
+
+WORKOS_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
+
+
+async def insert_organization(
+    session: AsyncSession, *, name: str, owner_id: str, personal: bool = False
+) -> Organization:
+    """A new organization named `name` (already validated) with `owner_id` as its owner.
+
+    The slug is derived from the name and suffixed when taken. `personal` marks the
+    owner's personal organization (at most one per user).
+    """
+    now = utcnow()
+    org = Organization(
+        id=new_id("org"),
+        name=name,
+        personal_owner_id=owner_id if personal else None,
+        create_time=now,
+        update_time=now,
+    )
+    await save_with_unique_slug(
+        session,
+        org,
+        column=Organization.slug,
+        scope=true,
+        base=derive_slug(name, fallback="organization"),
+        explicit=False,
+        taken_message="",
+    )
+    session.add(
+        OrganizationMember(organization_id=org.id, user_id=owner_id, role="owner", create_time=now)
+    )
+    await session.flush()
+    return org
+
+
+async def create_organization(session: AsyncSession, call: CallContext, name: str) -> Organization:
+    """Creates an organization owned by the caller."""
+    clean = display_name("name", name)
+    org = await insert_organization(session, name=clean, owner_id=call.require_user_id())
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+    return org
+
+
+async def list_my_organizations(
+    session: AsyncSession, user_id: str, page: Page
+) -> tuple[list[Organization], str]:
+    """The caller's organizations, oldest first, and the next page token."""
+    rows = list(
+        await session.scalars(
+            select(Organization)
+            .join(OrganizationMember, OrganizationMember.organization_id == Organization.id)
+            .where(
+                OrganizationMember.user_id == user_id,
+                page.where(Organization.create_time, Organization.id),
+            )
+            .order_by(Organization.create_time, Organization.id)
+            .limit(page.size + 1)
+        )
+    )
+    return rows[: page.size], page.next_token(rows)
+
+
+async def get_organization(session: AsyncSession, organization_id: str) -> Organization:
+    """The organization; NotFound when it does not exist."""
+    org = await session.get(Organization, organization_id)
+    if org is None:
+        raise NotFound("organization", organization_id)
+    return org
+
+
+UPDATABLE_ORGANIZATION_FIELDS = ("name",)
+
+
+async def update_organization(
+    session: AsyncSession,
+    call: CallContext,
+    organization_id: str,
+    *,
+    name: str,
+    paths: Sequence[str],
+) -> Organization:
+    """Renames the organization (only `name` is updatable; an empty mask means `name`)."""
+    for path in paths:
+        if path not in (*UPDATABLE_ORGANIZATION_FIELDS, "*"):
+            raise InvalidArgument("update_mask", f"{path!r} is not updatable; use 'name'")
+    clean = display_name("organization.name", name)
+    org = await get_organization(session, organization_id)
+    org.name = clean
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+    await session.flush()
+    return org
+
+
+# Navigation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NavigationWorkspace:
+    id: str
+    organization_id: str
+    name: str
+    slug: str
+
+
+@dataclass(frozen=True, slots=True)
+class NavigationState:
+    """Where the user is (current workspace and its organization) and what they reach."""
+
+    current_organization_id: str
+    current_workspace_id: str
+    organizations: list[Organization]
+    workspaces: list[NavigationWorkspace]
+
+
+async def navigation_state(session: AsyncSession, user_id: str) -> NavigationState:
+    """The user's navigation state.
+
+    The current workspace is the one stored with `set_current_workspace` while it is still
+    accessible, else the first accessible workspace by creation. The current organization
+    is that of the current workspace, else the first organization the user reaches.
+    """
+    stored = await session.scalar(select(User.current_workspace_id).where(User.id == user_id))
+    workspaces = [
+        NavigationWorkspace(*row)
+        for row in await session.execute(
+            select(Workspace.id, Workspace.organization_id, Workspace.name, Workspace.slug)
+            .where(accessible_workspaces(user_id))
+            .order_by(Workspace.create_time, Workspace.id)
+        )
+    ]
+    organizations = list(
+        await session.scalars(
+            select(Organization)
+            .where(reachable_organizations(user_id))
+            .order_by(Organization.create_time, Organization.id)
+        )
+    )
+    current = next((w for w in workspaces if w.id == stored), None)
+    if current is None and workspaces:
+        current = workspaces[0]
+    if current is not None:
+        current_org = current.organization_id
+    else:
+        current_org = organizations[0].id if organizations else ""
+    return NavigationState(
+        current_organization_id=current_org,
+        current_workspace_id=current.id if current else "",
+        organizations=organizations,
+        workspaces=workspaces,
+    )
+
+
+async def set_current_workspace(
+    session: AsyncSession, call: CallContext, workspace_id: str
+) -> NavigationState:
+    """Stores the caller's current workspace (access already checked) and returns the state."""
+    user_id = call.require_user_id()
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("user", user_id)
+    user.current_workspace_id = workspace_id
+    access = call.require_access()
+    audit.record(
+        session,
+        call,
+        organization_id=access.organization_id,
+        workspace_id=workspace_id,
+        target_ids=[user_id],
+    )
+    await session.flush()
+    return await navigation_state(session, user_id)
+
+
+# Access -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationAccessSummary:
+    organization_id: str
+    role: str
+    is_admin: bool
+    can_manage_billing: bool
+
+
+def access_summary(organization_id: str, role: str) -> OrganizationAccessSummary:
+    """What an organization role allows: admin (owner, admin), billing (owner, billing_admin)."""
+    return OrganizationAccessSummary(
+        organization_id=organization_id,
+        role=role,
+        is_admin=role in ORGANIZATION_ADMIN_ROLES,
+        can_manage_billing=role in BILLING_ROLES,
+    )
+
+
+# WorkOS -----------------------------------------------------------------------------------
+
+
+async def link_workos_organization(
+    session: AsyncSession, call: CallContext, organization_id: str, workos_organization_id: str
+) -> Organization:
+    """Links a WorkOS organization id; AlreadyExists when another organization holds it."""
+    workos_id = workos_organization_id.strip()
+    if not WORKOS_ID.fullmatch(workos_id):
+        raise InvalidArgument(
+            "workos_organization_id", "must be 'org_' followed by 1-64 letters or digits"
+        )
+    org = await get_organization(session, organization_id)
+    if org.workos_organization_id != workos_id:
+        holder = await session.scalar(
+            select(Organization.id).where(Organization.workos_organization_id == workos_id)
+        )
+        if holder is not None:
+            raise AlreadyExists("this WorkOS organization is linked to another organization")
+        org.workos_organization_id = workos_id
+        try:
+            async with session.begin_nested():
+                await session.flush()
+        except IntegrityError:
+            raise AlreadyExists(
+                "this WorkOS organization is linked to another organization"
+            ) from None
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+    return org
+
+
+async def unlink_workos_organization(
+    session: AsyncSession, call: CallContext, organization_id: str
+) -> Organization:
+    """Removes the organization's WorkOS link (harmless when there is none)."""
+    org = await get_organization(session, organization_id)
+    org.workos_organization_id = None
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+    await session.flush()
+    return org
+
+
+# Audit log --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    workspace_id: str = ""
+    actor_id: str = ""
+    action: str = ""
+
+    def scope(self, organization_id: str) -> str:
+        return f"audit|{organization_id}|{self.workspace_id}|{self.actor_id}|{self.action}"
+
+
+async def list_audit_events(
+    session: AsyncSession, organization_id: str, filters: AuditFilter, page: Page
+) -> tuple[list[AuditEvent], str]:
+    """The organization's audit events matching `filters`, newest first."""
+    conditions = [AuditEvent.organization_id == organization_id]
+    if filters.workspace_id:
+        conditions.append(AuditEvent.workspace_id == filters.workspace_id)
+    if filters.actor_id:
+        conditions.append(AuditEvent.actor_id == filters.actor_id)
+    if filters.action:
+        conditions.append(AuditEvent.action == filters.action)
+    rows = list(
+        await session.scalars(
+            select(AuditEvent)
+            .where(
+                and_(*conditions),
+                page.where(AuditEvent.create_time, AuditEvent.id, descending=True),
+            )
+            .order_by(AuditEvent.create_time.desc(), AuditEvent.id.desc())
+            .limit(page.size + 1)
+        )
+    )
+    return rows[: page.size], page.next_token(rows)
