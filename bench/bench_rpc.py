@@ -142,9 +142,8 @@ def ok_count(group: ServerGroup, method: str) -> int:
     for port in group.http_ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for line in text.decode().splitlines():
-            if line.startswith("beacon_rpc_total{") and f'method="{method}"' in line:
-                if 'code="OK"' in line:
-                    total += float(line.rsplit(" ", 1)[1])
+            if line.startswith("beacon_rpc_total{") and f'method="{method}",code="OK"' in line:
+                total += float(line.rsplit(" ", 1)[1])
     return int(total)
 
 
@@ -155,28 +154,30 @@ def run_group(
     health_reply = len(grpc_frame(health_pb2.HealthCheckResponse(status=1).SerializeToString()))
     get_body = grpc_frame(ws_pb.GetWorkspaceRequest(workspace_id=workspace_id).SerializeToString())
     results: dict[str, LoadResult] = {}
-    with serve(backend, processes, BEACON_RATE_LIMIT_SCALE="1000000") as group:
-        with tempfile.TemporaryDirectory() as tmp:
-            workdir = Path(tmp)
-            health = h2load(group.port, "grpc.health.v1.Health/Check", health_body, [], workdir)
-            # Warm-up requests are not in `done` but are in the traffic totals.
-            if health.data_bytes < health.requests * health_reply:
-                raise RuntimeError("health checks returned fewer response bytes than calls")
-            results["health"] = health
-            before = ok_count(group, GET_WORKSPACE)
-            get = h2load(
-                group.port,
-                GET_WORKSPACE,
-                get_body,
-                [f"authorization: Bearer {token}"],
-                workdir,
+    with (
+        serve(backend, processes, BEACON_RATE_LIMIT_SCALE="1000000") as group,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        workdir = Path(tmp)
+        health = h2load(group.port, "grpc.health.v1.Health/Check", health_body, [], workdir)
+        # Warm-up requests are not in `done` but are in the traffic totals.
+        if health.data_bytes < health.requests * health_reply:
+            raise RuntimeError("health checks returned fewer response bytes than calls")
+        results["health"] = health
+        before = ok_count(group, GET_WORKSPACE)
+        get = h2load(
+            group.port,
+            GET_WORKSPACE,
+            get_body,
+            [f"authorization: Bearer {token}"],
+            workdir,
+        )
+        succeeded = ok_count(group, GET_WORKSPACE) - before
+        if succeeded < get.requests:
+            raise RuntimeError(
+                f"GetWorkspace: h2load completed {get.requests} but only {succeeded} were OK"
             )
-            succeeded = ok_count(group, GET_WORKSPACE) - before
-            if succeeded < get.requests:
-                raise RuntimeError(
-                    f"GetWorkspace: h2load completed {get.requests} but only {succeeded} were OK"
-                )
-            results["get_workspace"] = get
+        results["get_workspace"] = get
     return results
 
 
