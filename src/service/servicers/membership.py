@@ -1,18 +1,246 @@
-"""MembershipService: not implemented yet; every RPC answers UNIMPLEMENTED."""
+"""MembershipService: workspace members, join codes and organization members.
+
+Each handler reads the request, calls one domain function in a unit of work and converts
+the result; the rules live in `service.domain.membership` and `service.domain.join_codes`.
+"""
 
 from __future__ import annotations
 
-import grpc
+from datetime import timedelta
 
-from beacon.v1 import membership_service_pb2, membership_service_pb2_grpc
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from beacon.v1 import membership_service_pb2 as pb
+from beacon.v1 import membership_service_pb2_grpc
+from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
+from service.auth.context import current_call
+from service.domain import join_codes, membership
+from service.domain.join_codes import JoinInfo
+from service.domain.membership import Member
+from service.servicers.convert import (
+    ORGANIZATION_ROLE_FROM_PROTO,
+    ORGANIZATION_ROLE_TO_PROTO,
+    timestamp,
+    workspace_message,
+)
+
+WORKSPACE_ROLE_TO_PROTO = {"owner": pb.WORKSPACE_ROLE_OWNER, "member": pb.WORKSPACE_ROLE_MEMBER}
+WORKSPACE_ROLE_FROM_PROTO = {v: k for k, v in WORKSPACE_ROLE_TO_PROTO.items()}
+_INVALID_ROLE = "invalid"  # an enum number the contract does not define
 
 
 class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    @property
+    def _join_code_ttl(self) -> timedelta:
+        return timedelta(hours=self.app.settings.join_code_ttl_hours)
+
+    async def ListMembers(
+        self, request: pb.ListMembersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMembersResponse:
+        async with self.app.db.transaction(write=False) as session:
+            page = await membership.list_members(
+                session,
+                request.workspace_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListMembersResponse(
+            members=[_workspace_member(m) for m in page.members],
+            next_page_token=page.next_page_token,
+        )
+
+    async def AddMember(
+        self, request: pb.AddMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkspaceMember:
+        async with self.app.db.transaction() as session:
+            member = await membership.add_member(
+                session,
+                current_call(),
+                request.workspace_id,
+                email=request.email,
+                role=_workspace_role(request.role),
+            )
+        return _workspace_member(member)
+
+    async def UpdateMemberRole(
+        self, request: pb.UpdateMemberRoleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.WorkspaceMember:
+        async with self.app.db.transaction() as session:
+            member = await membership.update_member_role(
+                session,
+                current_call(),
+                request.workspace_id,
+                user_id=request.user_id,
+                role=_workspace_role(request.role),
+            )
+        return _workspace_member(member)
+
+    async def RemoveMember(
+        self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveMemberResponse:
+        async with self.app.db.transaction() as session:
+            await membership.remove_member(
+                session,
+                current_call(),
+                request.workspace_id,
+                user_id=request.user_id,
+                email=request.email,
+            )
+        return pb.RemoveMemberResponse(success=True)
+
+    async def LeaveWorkspace(
+        self, request: pb.LeaveWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> Empty:
+        async with self.app.db.transaction() as session:
+            await membership.leave_workspace(session, current_call(), request.workspace_id)
+        return Empty()
+
+    async def GetJoinInfo(
+        self, request: pb.GetJoinInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinInfo:
+        async with self.app.db.transaction() as session:
+            info = await join_codes.get_join_info(
+                session, current_call(), request.workspace_id, default_ttl=self._join_code_ttl
+            )
+        return _join_info(info)
+
+    async def RotateJoinCode(
+        self, request: pb.RotateJoinCodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinInfo:
+        ttl_seconds = None
+        if request.HasField("ttl"):
+            ttl_seconds = request.ttl.seconds + request.ttl.nanos / 1e9
+        async with self.app.db.transaction() as session:
+            info = await join_codes.rotate_join_code(
+                session,
+                current_call(),
+                request.workspace_id,
+                ttl_seconds=ttl_seconds,
+                default_ttl=self._join_code_ttl,
+            )
+        return _join_info(info)
+
+    async def JoinWorkspaceByCode(
+        self, request: pb.JoinWorkspaceByCodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinWorkspaceByCodeResponse:
+        async with self.app.db.transaction() as session:
+            member = await join_codes.join_by_code(session, current_call(), request.code)
+            workspace = await workspace_message(session, self.app.settings, member.scope_id)
+        return pb.JoinWorkspaceByCodeResponse(
+            workspace=workspace, membership=_workspace_member(member)
+        )
+
+    async def ListOrganizationMembers(
+        self, request: pb.ListOrganizationMembersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListOrganizationMembersResponse:
+        async with self.app.db.transaction(write=False) as session:
+            page = await membership.list_organization_members(
+                session,
+                request.organization_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListOrganizationMembersResponse(
+            members=[_organization_member(m) for m in page.members],
+            next_page_token=page.next_page_token,
+        )
+
+    async def InviteOrganizationMember(
+        self, request: pb.InviteOrganizationMemberRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OrganizationMember:
+        async with self.app.db.transaction() as session:
+            member = await membership.invite_organization_member(
+                session,
+                current_call(),
+                request.organization_id,
+                email=request.email,
+                role=_organization_role(request.role),
+            )
+        return _organization_member(member)
+
+    async def UpdateOrganizationMemberRole(
+        self, request: pb.UpdateOrganizationMemberRoleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.OrganizationMember:
+        async with self.app.db.transaction() as session:
+            member = await membership.update_organization_member_role(
+                session,
+                current_call(),
+                request.organization_id,
+                user_id=request.user_id,
+                role=_organization_role(request.role),
+            )
+        return _organization_member(member)
+
+    async def RemoveOrganizationMember(
+        self, request: pb.RemoveOrganizationMemberRequest, context: grpc.aio.ServicerContext
+    ) -> Empty:
+        async with self.app.db.transaction() as session:
+            await membership.remove_organization_member(
+                session,
+                current_call(),
+                request.organization_id,
+                user_id=request.user_id,
+                email=request.email,
+            )
+        return Empty()
+
+
+def _workspace_role(value: pb.WorkspaceRole.ValueType) -> str:
+    if value == pb.WORKSPACE_ROLE_UNSPECIFIED:
+        return ""
+    return WORKSPACE_ROLE_FROM_PROTO.get(value, _INVALID_ROLE)
+
+
+def _organization_role(value: org_pb.OrganizationRole.ValueType) -> str:
+    if value == org_pb.ORGANIZATION_ROLE_UNSPECIFIED:
+        return ""
+    role: str = ORGANIZATION_ROLE_FROM_PROTO.get(value, _INVALID_ROLE)
+    return role
+
+
+def _state(member: Member) -> pb.MemberState.ValueType:
+    return pb.MEMBER_STATE_INVITED if member.invited else pb.MEMBER_STATE_ACTIVE
+
+
+def _workspace_member(member: Member) -> pb.WorkspaceMember:
+    return pb.WorkspaceMember(
+        workspace_id=member.scope_id,
+        user_id=member.user_id,
+        email=member.email,
+        display_name=member.display_name,
+        role=WORKSPACE_ROLE_TO_PROTO[member.role],
+        state=_state(member),
+        create_time=timestamp(member.create_time),
+    )
+
+
+def _organization_member(member: Member) -> pb.OrganizationMember:
+    return pb.OrganizationMember(
+        organization_id=member.scope_id,
+        user_id=member.user_id,
+        email=member.email,
+        display_name=member.display_name,
+        role=ORGANIZATION_ROLE_TO_PROTO[member.role],
+        state=_state(member),
+        create_time=timestamp(member.create_time),
+    )
+
+
+def _join_info(info: JoinInfo) -> pb.JoinInfo:
+    return pb.JoinInfo(
+        workspace_id=info.workspace_id,
+        code=info.code,
+        expire_time=timestamp(info.expire_time),
+    )
+
 
 def add(server: grpc.aio.Server, app: App) -> str:
-    membership_service_pb2_grpc.add_MembershipServiceServicer_to_server(MembershipServicer(app), server)
-    return str(membership_service_pb2.DESCRIPTOR.services_by_name["MembershipService"].full_name)
+    membership_service_pb2_grpc.add_MembershipServiceServicer_to_server(
+        MembershipServicer(app), server
+    )
+    return str(pb.DESCRIPTOR.services_by_name["MembershipService"].full_name)

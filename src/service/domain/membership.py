@@ -1,0 +1,651 @@
+"""Workspace and organization members and invitations (SPEC sections 3 and 4).
+
+The auth interceptor has already checked each RPC's level (workspace member or owner,
+organization admin) and put the caller's roles in `call.access`; the rules finer than a
+level live here: members may add members but only owners add or promote owners; in an
+organization only owners grant, revoke or remove `owner`.
+
+Last-owner rules, precisely:
+
+* **Organization**: at least one member with role `owner` always remains. Demoting or
+  removing the only owner fails with FAILED_PRECONDITION (violation type `LAST_OWNER`).
+* **Workspace**: the workspace's explicit members — the people `ListMembers` shows — keep at
+  least one whose *effective* role is owner: an explicit workspace owner, or an explicit
+  member who is an owner or admin of the workspace's organization. A removal, demotion or
+  departure that would leave none fails with `LAST_OWNER`. Organization owners and admins
+  who are not explicit members are not counted: the organization always keeps an owner, who
+  owns every workspace of it, so counting them would make the rule never apply; what the
+  rule protects is that the member list always names someone who manages the workspace.
+  A workspace whose explicit members never included an owner is not blocked by the rule.
+
+Concurrency: every change that counts owners first locks the workspace (or organization)
+row — `SELECT ... FOR UPDATE` on PostgreSQL; on SQLite the unit of work's write
+transactions start with `BEGIN IMMEDIATE`, which serializes writers — so two owners
+removing each other at the same time leave exactly one owner: the second change sees the
+first and fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.context import CallContext
+from service.db.models import (
+    Organization,
+    OrganizationInvitation,
+    OrganizationMember,
+    User,
+    Workspace,
+    WorkspaceInvitation,
+    WorkspaceMember,
+)
+from service.domain import audit
+from service.domain.access import (
+    ORGANIZATION_ADMIN_ROLES,
+    WORKSPACE_ROLE_RANK,
+    effective_workspace_role,
+)
+from service.domain.clock import new_id, utcnow
+from service.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+)
+from service.domain.invitations import find_verified_user, normalize_email
+from service.domain.paging import Page, parse_page
+
+WORKSPACE_ROLES = ("owner", "member")
+ORGANIZATION_ROLES = ("owner", "admin", "member", "billing_admin")
+USER_ID_MAX_LENGTH = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """An explicit member, or a pending invitation, of a workspace or an organization."""
+
+    scope_id: str  # the workspace or organization
+    id: str  # the user id, or the invitation id while invited (the list cursor)
+    user_id: str  # "" while invited
+    email: str
+    display_name: str
+    role: str
+    invited: bool
+    create_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MemberPage:
+    """One page of members, oldest first, and the token of the next page ("" at the end)."""
+
+    members: list[Member]
+    next_page_token: str
+
+
+# --- Workspace members ------------------------------------------------------------------
+
+
+async def list_members(
+    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str
+) -> MemberPage:
+    """The workspace's explicit members and pending invitations, oldest first."""
+    page = parse_page(page_size, page_token, scope=f"workspace-members:{workspace_id}")
+    return await _members_page(
+        session, page, WorkspaceMember, WorkspaceInvitation, "workspace_id", workspace_id
+    )
+
+
+async def add_member(
+    session: AsyncSession, call: CallContext, workspace_id: str, *, email: str, role: str
+) -> Member:
+    """Adds a member by email, or invites the email when no verified user has it.
+
+    `role` "" means member. Members may add members; only owners add owners. Adding an
+    existing member (or invitation) again returns it, raised to `role` when that is higher.
+    """
+    email = normalize_email(email)
+    role = _workspace_role(role, required=False)
+    access = call.require_access()
+    if role == "owner" and access.workspace_role != "owner":
+        raise PermissionDenied("only workspace owners may add owners")
+    workspace = await lock_workspace(session, workspace_id)
+    user = await find_verified_user(session, email)
+    if user is None:
+        return await _invite_to_workspace(session, call, workspace, email, role)
+    member = await session.get(WorkspaceMember, (workspace_id, user.id))
+    changed = member is None or WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]
+    if member is None:
+        member = WorkspaceMember(
+            workspace_id=workspace_id, user_id=user.id, role=role, create_time=utcnow()
+        )
+        session.add(member)
+        await session.execute(
+            delete(WorkspaceInvitation).where(
+                WorkspaceInvitation.workspace_id == workspace_id,
+                WorkspaceInvitation.email == email,
+            )
+        )
+    else:
+        member.role = max(member.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
+    if changed:
+        _audit(session, call, workspace, user.id)
+    await session.flush()
+    return _active(workspace_id, member.role, member.create_time, user)
+
+
+async def update_member_role(
+    session: AsyncSession, call: CallContext, workspace_id: str, *, user_id: str, role: str
+) -> Member:
+    """Changes an explicit member's role (owners only, by the RPC's level).
+
+    Fails with LAST_OWNER when the demotion would leave no owner among the members.
+    """
+    role = _workspace_role(role, required=True)
+    workspace = await lock_workspace(session, workspace_id)
+    member, user = await _workspace_member(session, workspace_id, user_id)
+    if role != member.role:
+        await _keep_workspace_owner(session, workspace, user_id, new_role=role)
+        member.role = role
+        _audit(session, call, workspace, user_id)
+        await session.flush()
+    return _active(workspace_id, member.role, member.create_time, user)
+
+
+async def remove_member(
+    session: AsyncSession, call: CallContext, workspace_id: str, *, user_id: str, email: str
+) -> None:
+    """Removes an explicit member, or (with `user_id` empty) cancels the invitation of `email`.
+
+    Fails with LAST_OWNER when the removal would leave no owner among the members.
+    """
+    if not user_id:
+        if not email.strip():
+            raise InvalidArgument("user_id", "is required (or email, to cancel an invitation)")
+        email = normalize_email(email)
+    workspace = await lock_workspace(session, workspace_id)
+    if not user_id:
+        await _cancel_workspace_invitation(session, call, workspace, email)
+        return
+    await _workspace_member(session, workspace_id, user_id)
+    await _keep_workspace_owner(session, workspace, user_id, new_role=None)
+    await _delete_workspace_member(session, call, workspace, user_id)
+
+
+async def leave_workspace(session: AsyncSession, call: CallContext, workspace_id: str) -> None:
+    """Removes the caller's own explicit membership.
+
+    Fails with LAST_OWNER when the caller is the members' last owner, and with
+    IMPLIED_MEMBERSHIP when the caller's access comes only from their organization role
+    (there is nothing to leave; an organization admin removes organization members).
+    """
+    user_id = call.require_user_id()
+    workspace = await lock_workspace(session, workspace_id)
+    member = await session.get(WorkspaceMember, (workspace_id, user_id))
+    if member is None:
+        raise FailedPrecondition(
+            "you are not an explicit member of this workspace: your access comes from your "
+            "organization role",
+            [
+                PreconditionViolation(
+                    "IMPLIED_MEMBERSHIP",
+                    workspace_id,
+                    "access is implied by the organization membership",
+                )
+            ],
+        )
+    await _keep_workspace_owner(session, workspace, user_id, new_role=None)
+    await _delete_workspace_member(session, call, workspace, user_id)
+
+
+async def add_workspace_member_if_absent(
+    session: AsyncSession, call: CallContext, workspace: Workspace, user_id: str
+) -> Member:
+    """The user's explicit membership, created with role member when there is none.
+
+    The caller must hold the workspace's row lock (see `lock_workspace`).
+    """
+    member = await session.get(WorkspaceMember, (workspace.id, user_id))
+    if member is None:
+        member = WorkspaceMember(
+            workspace_id=workspace.id, user_id=user_id, role="member", create_time=utcnow()
+        )
+        session.add(member)
+        _audit(session, call, workspace, user_id)
+        await session.flush()
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("user", user_id)
+    return _active(workspace.id, member.role, member.create_time, user)
+
+
+async def lock_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
+    """The live workspace, its row locked until the transaction ends; NotFound otherwise."""
+    workspace = await session.scalar(
+        select(Workspace)
+        .where(Workspace.id == workspace_id, Workspace.delete_time.is_(None))
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if workspace is None:
+        raise NotFound("workspace", workspace_id)
+    return workspace
+
+
+async def _invite_to_workspace(
+    session: AsyncSession, call: CallContext, workspace: Workspace, email: str, role: str
+) -> Member:
+    workspace_id = workspace.id
+    invitation = await session.scalar(
+        select(WorkspaceInvitation).where(
+            WorkspaceInvitation.workspace_id == workspace_id, WorkspaceInvitation.email == email
+        )
+    )
+    if invitation is None:
+        invitation = WorkspaceInvitation(
+            id=new_id("inv"),
+            workspace_id=workspace_id,
+            email=email,
+            role=role,
+            invited_by=call.require_principal().user_id,
+            create_time=utcnow(),
+        )
+        session.add(invitation)
+    elif WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[invitation.role]:
+        invitation.role = role
+    else:
+        return _invited(workspace_id, invitation)
+    _audit(session, call, workspace, invitation.id)
+    await session.flush()
+    return _invited(workspace_id, invitation)
+
+
+async def _cancel_workspace_invitation(
+    session: AsyncSession, call: CallContext, workspace: Workspace, email: str
+) -> None:
+    invitation_id = await session.scalar(
+        delete(WorkspaceInvitation)
+        .where(WorkspaceInvitation.workspace_id == workspace.id, WorkspaceInvitation.email == email)
+        .returning(WorkspaceInvitation.id)
+    )
+    if invitation_id is None:
+        raise NotFound("invitation", email)
+    _audit(session, call, workspace, invitation_id)
+
+
+async def _workspace_member(
+    session: AsyncSession, workspace_id: str, user_id: str
+) -> tuple[WorkspaceMember, User]:
+    row = None
+    if len(user_id) <= USER_ID_MAX_LENGTH:
+        row = (
+            await session.execute(
+                select(WorkspaceMember, User)
+                .join(User, User.id == WorkspaceMember.user_id)
+                .where(
+                    WorkspaceMember.workspace_id == workspace_id, WorkspaceMember.user_id == user_id
+                )
+            )
+        ).first()
+    if row is None:
+        raise NotFound("member", user_id[:USER_ID_MAX_LENGTH])
+    return row[0], row[1]
+
+
+async def _keep_workspace_owner(
+    session: AsyncSession, workspace: Workspace, user_id: str, *, new_role: str | None
+) -> None:
+    """Raises LAST_OWNER when the change (a removal when `new_role` is None) would leave
+    no explicit member whose effective role is owner."""
+    workspace_id, organization_id = workspace.id, workspace.organization_id
+    org_role_of = and_(
+        OrganizationMember.organization_id == organization_id,
+        OrganizationMember.user_id == WorkspaceMember.user_id,
+    )
+    target = (
+        await session.execute(
+            select(WorkspaceMember.role, OrganizationMember.role)
+            .outerjoin(OrganizationMember, org_role_of)
+            .where(WorkspaceMember.workspace_id == workspace_id, WorkspaceMember.user_id == user_id)
+        )
+    ).first()
+    if target is None:
+        return
+    workspace_role, org_role = target
+    after = effective_workspace_role(org_role, new_role) if new_role else None
+    if effective_workspace_role(org_role, workspace_role) != "owner" or after == "owner":
+        return
+    other = await session.scalar(
+        select(WorkspaceMember.user_id)
+        .outerjoin(OrganizationMember, org_role_of)
+        .where(
+            WorkspaceMember.workspace_id == workspace_id,
+            WorkspaceMember.user_id != user_id,
+            or_(
+                WorkspaceMember.role == "owner",
+                OrganizationMember.role.in_(ORGANIZATION_ADMIN_ROLES),
+            ),
+        )
+        .limit(1)
+    )
+    if other is None:
+        raise _last_owner("workspace", workspace_id)
+
+
+async def _delete_workspace_member(
+    session: AsyncSession, call: CallContext, workspace: Workspace, user_id: str
+) -> None:
+    await session.execute(
+        delete(WorkspaceMember).where(
+            WorkspaceMember.workspace_id == workspace.id, WorkspaceMember.user_id == user_id
+        )
+    )
+    _audit(session, call, workspace, user_id)
+
+
+def _audit(session: AsyncSession, call: CallContext, workspace: Workspace, target_id: str) -> None:
+    audit.record(
+        session,
+        call,
+        organization_id=workspace.organization_id,
+        workspace_id=workspace.id,
+        target_ids=[workspace.id, target_id],
+    )
+
+
+def _workspace_role(role: str, *, required: bool) -> str:
+    if not role and not required:
+        return "member"
+    if role not in WORKSPACE_ROLES:
+        raise InvalidArgument("role", "must be WORKSPACE_ROLE_OWNER or WORKSPACE_ROLE_MEMBER")
+    return role
+
+
+# --- Organization members ---------------------------------------------------------------
+
+
+async def list_organization_members(
+    session: AsyncSession, organization_id: str, *, page_size: int, page_token: str
+) -> MemberPage:
+    """The organization's members and pending invitations, oldest first."""
+    page = parse_page(page_size, page_token, scope=f"organization-members:{organization_id}")
+    return await _members_page(
+        session,
+        page,
+        OrganizationMember,
+        OrganizationInvitation,
+        "organization_id",
+        organization_id,
+    )
+
+
+async def invite_organization_member(
+    session: AsyncSession, call: CallContext, organization_id: str, *, email: str, role: str
+) -> Member:
+    """Adds a verified user with this email to the organization at once, or invites the email.
+
+    `role` "" means member; only owners grant owner. A member invited again with the same
+    role is returned unchanged; with another role it is ALREADY_EXISTS (use
+    UpdateOrganizationMemberRole). Inviting a pending email again updates its role.
+    """
+    email = normalize_email(email)
+    role = _organization_role(role, required=False)
+    if role == "owner":
+        _require_organization_owner(call, "only organization owners may grant owner")
+    await _lock_organization(session, organization_id)
+    user = await find_verified_user(session, email)
+    if user is None:
+        return await _invite_to_organization(session, call, organization_id, email, role)
+    member = await session.get(OrganizationMember, (organization_id, user.id))
+    if member is not None:
+        if member.role != role:
+            raise AlreadyExists(
+                f"{email} is already a member with role {member.role}; "
+                "change it with UpdateOrganizationMemberRole"
+            )
+        return _active(organization_id, member.role, member.create_time, user)
+    member = OrganizationMember(
+        organization_id=organization_id, user_id=user.id, role=role, create_time=utcnow()
+    )
+    session.add(member)
+    await session.execute(
+        delete(OrganizationInvitation).where(
+            OrganizationInvitation.organization_id == organization_id,
+            OrganizationInvitation.email == email,
+        )
+    )
+    audit.record(session, call, organization_id=organization_id, target_ids=[user.id])
+    await session.flush()
+    return _active(organization_id, member.role, member.create_time, user)
+
+
+async def update_organization_member_role(
+    session: AsyncSession, call: CallContext, organization_id: str, *, user_id: str, role: str
+) -> Member:
+    """Changes a member's organization role; only owners grant or revoke owner; the last
+    owner cannot be demoted (LAST_OWNER)."""
+    role = _organization_role(role, required=True)
+    await _lock_organization(session, organization_id)
+    member, user = await _organization_member(session, organization_id, user_id)
+    if role != member.role:
+        if "owner" in (role, member.role):
+            _require_organization_owner(call, "only organization owners may grant or revoke owner")
+        if member.role == "owner":
+            await _keep_organization_owner(session, organization_id, user_id)
+        member.role = role
+        audit.record(session, call, organization_id=organization_id, target_ids=[user_id])
+        await session.flush()
+    return _active(organization_id, member.role, member.create_time, user)
+
+
+async def remove_organization_member(
+    session: AsyncSession, call: CallContext, organization_id: str, *, user_id: str, email: str
+) -> None:
+    """Removes a member (and their explicit memberships of the organization's workspaces),
+    or with `user_id` empty cancels the invitation of `email`.
+
+    Only owners remove owners; the last owner cannot be removed (LAST_OWNER).
+    """
+    if not user_id:
+        if not email.strip():
+            raise InvalidArgument("user_id", "is required (or email, to cancel an invitation)")
+        invitation_id = await session.scalar(
+            delete(OrganizationInvitation)
+            .where(
+                OrganizationInvitation.organization_id == organization_id,
+                OrganizationInvitation.email == normalize_email(email),
+            )
+            .returning(OrganizationInvitation.id)
+        )
+        if invitation_id is None:
+            raise NotFound("invitation", email.strip().lower()[:254])
+        audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
+        return
+    await _lock_organization(session, organization_id)
+    member, _ = await _organization_member(session, organization_id, user_id)
+    if member.role == "owner":
+        _require_organization_owner(call, "only organization owners may remove owners")
+        await _keep_organization_owner(session, organization_id, user_id)
+    await session.delete(member)
+    # Leaving the organization also ends explicit access to its workspaces.
+    await session.execute(
+        delete(WorkspaceMember).where(
+            WorkspaceMember.user_id == user_id,
+            WorkspaceMember.workspace_id.in_(
+                select(Workspace.id).where(Workspace.organization_id == organization_id)
+            ),
+        )
+    )
+    audit.record(session, call, organization_id=organization_id, target_ids=[user_id])
+    await session.flush()
+
+
+async def _lock_organization(session: AsyncSession, organization_id: str) -> None:
+    found = await session.scalar(
+        select(Organization.id).where(Organization.id == organization_id).with_for_update()
+    )
+    if found is None:
+        raise NotFound("organization", organization_id)
+
+
+async def _invite_to_organization(
+    session: AsyncSession, call: CallContext, organization_id: str, email: str, role: str
+) -> Member:
+    invitation = await session.scalar(
+        select(OrganizationInvitation).where(
+            OrganizationInvitation.organization_id == organization_id,
+            OrganizationInvitation.email == email,
+        )
+    )
+    if invitation is not None and invitation.role == role:
+        return _invited(organization_id, invitation)
+    if invitation is None:
+        invitation = OrganizationInvitation(
+            id=new_id("inv"),
+            organization_id=organization_id,
+            email=email,
+            role=role,
+            invited_by=call.require_principal().user_id,
+            create_time=utcnow(),
+        )
+        session.add(invitation)
+    else:
+        if invitation.role == "owner":
+            _require_organization_owner(call, "only organization owners may revoke owner")
+        invitation.role = role
+    audit.record(session, call, organization_id=organization_id, target_ids=[invitation.id])
+    await session.flush()
+    return _invited(organization_id, invitation)
+
+
+async def _organization_member(
+    session: AsyncSession, organization_id: str, user_id: str
+) -> tuple[OrganizationMember, User]:
+    row = None
+    if len(user_id) <= USER_ID_MAX_LENGTH:
+        row = (
+            await session.execute(
+                select(OrganizationMember, User)
+                .join(User, User.id == OrganizationMember.user_id)
+                .where(
+                    OrganizationMember.organization_id == organization_id,
+                    OrganizationMember.user_id == user_id,
+                )
+            )
+        ).first()
+    if row is None:
+        raise NotFound("member", user_id[:USER_ID_MAX_LENGTH])
+    return row[0], row[1]
+
+
+async def _keep_organization_owner(
+    session: AsyncSession, organization_id: str, user_id: str
+) -> None:
+    other = await session.scalar(
+        select(OrganizationMember.user_id)
+        .where(
+            OrganizationMember.organization_id == organization_id,
+            OrganizationMember.role == "owner",
+            OrganizationMember.user_id != user_id,
+        )
+        .limit(1)
+    )
+    if other is None:
+        raise _last_owner("organization", organization_id)
+
+
+def _require_organization_owner(call: CallContext, message: str) -> None:
+    if call.require_access().organization_role != "owner":
+        raise PermissionDenied(message)
+
+
+def _organization_role(role: str, *, required: bool) -> str:
+    if not role and not required:
+        return "member"
+    if role not in ORGANIZATION_ROLES:
+        raise InvalidArgument(
+            "role",
+            "must be ORGANIZATION_ROLE_OWNER, _ADMIN, _MEMBER or _BILLING_ADMIN",
+        )
+    return role
+
+
+# --- Shared -----------------------------------------------------------------------------
+
+
+def _last_owner(kind: str, scope_id: str) -> FailedPrecondition:
+    return FailedPrecondition(
+        f"the {kind} must keep at least one owner: make another member owner first",
+        [PreconditionViolation("LAST_OWNER", scope_id, f"this is the {kind}'s last owner")],
+    )
+
+
+def _active(scope_id: str, role: str, create_time: datetime, user: User) -> Member:
+    return Member(
+        scope_id=scope_id,
+        id=user.id,
+        user_id=user.id,
+        email=user.email,
+        display_name=user.name,
+        role=role,
+        invited=False,
+        create_time=create_time,
+    )
+
+
+def _invited(scope_id: str, invitation: WorkspaceInvitation | OrganizationInvitation) -> Member:
+    return Member(
+        scope_id=scope_id,
+        id=invitation.id,
+        user_id="",
+        email=invitation.email,
+        display_name="",
+        role=invitation.role,
+        invited=True,
+        create_time=invitation.create_time,
+    )
+
+
+async def _members_page(
+    session: AsyncSession,
+    page: Page,
+    member_model: type[WorkspaceMember | OrganizationMember],
+    invitation_model: type[WorkspaceInvitation | OrganizationInvitation],
+    scope_column: str,
+    scope_id: str,
+) -> MemberPage:
+    """One page of the members and invitations of a workspace or organization, merged in
+    (create_time, id) order: each table gives the `size + 1` rows after the cursor."""
+    members: list[Any] = list(
+        await session.execute(
+            select(member_model, User)
+            .join(User, User.id == member_model.user_id)
+            .where(
+                getattr(member_model, scope_column) == scope_id,
+                page.where(member_model.create_time, member_model.user_id),
+            )
+            .order_by(member_model.create_time, member_model.user_id)
+            .limit(page.size + 1)
+        )
+    )
+    invitations: list[Any] = list(
+        await session.scalars(
+            select(invitation_model)
+            .where(
+                getattr(invitation_model, scope_column) == scope_id,
+                page.where(invitation_model.create_time, invitation_model.id),
+            )
+            .order_by(invitation_model.create_time, invitation_model.id)
+            .limit(page.size + 1)
+        )
+    )
+    rows = [_active(scope_id, m.role, m.create_time, u) for m, u in members]
+    rows += [_invited(scope_id, i) for i in invitations]
+    ordered = sorted(rows, key=lambda m: (m.create_time, m.id))[: page.size + 1]
+    return MemberPage(members=ordered[: page.size], next_page_token=page.next_token(ordered))

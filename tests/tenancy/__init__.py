@@ -1,0 +1,1 @@
+"""Tests of organizations, workspaces, members and join codes."""

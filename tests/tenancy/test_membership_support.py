@@ -1,0 +1,65 @@
+"""Helpers shared by the membership, join-code and invitation tests (no tests here).
+
+They talk to the server through the public RPCs, as a client would.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from beacon.v1 import membership_service_pb2 as pb
+from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
+from tests.support import unique
+
+
+async def create_workspace(stubs: SimpleNamespace, owner: Any, **fields: Any) -> ws_pb.Workspace:
+    """A new workspace (in the owner's personal organization unless fields say otherwise)."""
+    request = ws_pb.CreateWorkspaceRequest(name=unique("Team "), **fields)
+    reply: ws_pb.CreateWorkspaceResponse = await stubs.workspaces.CreateWorkspace(
+        request, metadata=owner.metadata
+    )
+    return reply.workspace
+
+
+async def create_organization(stubs: SimpleNamespace, owner: Any) -> org_pb.Organization:
+    request = org_pb.CreateOrganizationRequest(name=unique("Org "))
+    reply: org_pb.Organization = await stubs.organizations.CreateOrganization(
+        request, metadata=owner.metadata
+    )
+    return reply
+
+
+async def add_member(
+    stubs: SimpleNamespace,
+    workspace_id: str,
+    actor: Any,
+    email: str,
+    role: pb.WorkspaceRole.ValueType = pb.WORKSPACE_ROLE_MEMBER,
+) -> pb.WorkspaceMember:
+    request = pb.AddMemberRequest(workspace_id=workspace_id, email=email, role=role)
+    member: pb.WorkspaceMember = await stubs.memberships.AddMember(request, metadata=actor.metadata)
+    return member
+
+
+async def all_members(
+    stubs: SimpleNamespace, workspace_id: str, actor: Any, page_size: int = 0
+) -> list[pb.WorkspaceMember]:
+    """Every member and invitation, following next_page_token to the end."""
+    members: list[pb.WorkspaceMember] = []
+    token = ""
+    while True:
+        request = pb.ListMembersRequest(
+            workspace_id=workspace_id, page_size=page_size, page_token=token
+        )
+        reply = await stubs.memberships.ListMembers(request, metadata=actor.metadata)
+        members.extend(reply.members)
+        token = reply.next_page_token
+        if not token:
+            return members
+
+
+def roles_by_user(members: list[pb.WorkspaceMember]) -> dict[str, int]:
+    """user_id → role of the active members."""
+    return {m.user_id: m.role for m in members if m.state == pb.MEMBER_STATE_ACTIVE}
