@@ -1,18 +1,116 @@
-"""PromptService: not implemented yet; every RPC answers UNIMPLEMENTED."""
+"""PromptService: store, list, add and delete a workspace's prompts."""
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import Iterable
 
-from beacon.v1 import prompt_service_pb2, prompt_service_pb2_grpc
+import grpc
+from google.protobuf import empty_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from beacon.v1 import prompt_service_pb2 as pb
+from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
+from service.auth.context import current_call
+from service.db.models import Prompt
+from service.domain import audit, prompts
+from service.domain.clock import utcnow
+from service.servicers.convert import timestamp
+
+
+def prompt_to_proto(row: Prompt) -> pb.Prompt:
+    """The Prompt message of a prompt row."""
+    return pb.Prompt(
+        id=row.id,
+        workspace_id=row.workspace_id,
+        text=row.text,
+        create_time=timestamp(row.create_time),
+    )
+
+
+def record_workspace_change(
+    session: AsyncSession, workspace_id: str, target_ids: Iterable[str]
+) -> None:
+    """Adds the audit event of the current call, a change in `workspace_id`, to the session."""
+    call = current_call()
+    audit.record(
+        session,
+        call,
+        organization_id=call.require_access().organization_id,
+        workspace_id=workspace_id,
+        target_ids=[t for t in target_ids if t],
+    )
+
+
+def resolved_workspace_id() -> str:
+    """The workspace the auth check resolved from the request's resource."""
+    workspace_id = current_call().require_access().workspace_id
+    if workspace_id is None:
+        raise RuntimeError("the auth rule did not resolve a workspace")
+    return workspace_id
+
+
+def _prompt_messages(rows: Iterable[Prompt]) -> list[pb.Prompt]:
+    return [prompt_to_proto(row) for row in rows]
 
 
 class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    async def StorePrompts(
+        self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StorePromptsResponse:
+        async with self.app.db.transaction() as session:
+            stored = await prompts.store_prompts(
+                session, request.workspace_id, request.prompts, now=utcnow()
+            )
+            record_workspace_change(session, request.workspace_id, [request.workspace_id])
+        return pb.StorePromptsResponse(
+            prompts=_prompt_messages(stored.prompts),
+            duplicates_dropped=stored.duplicates_dropped,
+        )
+
+    async def ListPrompts(
+        self, request: pb.ListPromptsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPromptsResponse:
+        async with self.app.db.transaction(write=False) as session:
+            page = await prompts.list_prompts(
+                session,
+                request.workspace_id,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListPromptsResponse(
+            prompts=_prompt_messages(page.prompts),
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
+
+    async def AddPrompts(
+        self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddPromptsResponse:
+        async with self.app.db.transaction() as session:
+            added = await prompts.add_prompts(
+                session, request.workspace_id, request.prompts, now=utcnow()
+            )
+            record_workspace_change(
+                session, request.workspace_id, [row.id for row in added.prompts]
+            )
+        return pb.AddPromptsResponse(
+            added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
+        )
+
+    async def DeletePrompt(
+        self, request: pb.DeletePromptRequest, context: grpc.aio.ServicerContext
+    ) -> empty_pb2.Empty:
+        workspace_id = resolved_workspace_id()
+        async with self.app.db.transaction() as session:
+            await prompts.delete_prompt(session, workspace_id, request.prompt_id)
+            record_workspace_change(session, workspace_id, [request.prompt_id])
+        return empty_pb2.Empty()
+
 
 def add(server: grpc.aio.Server, app: App) -> str:
     prompt_service_pb2_grpc.add_PromptServiceServicer_to_server(PromptServicer(app), server)
-    return str(prompt_service_pb2.DESCRIPTOR.services_by_name["PromptService"].full_name)
+    return str(pb.DESCRIPTOR.services_by_name["PromptService"].full_name)

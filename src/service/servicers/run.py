@@ -1,18 +1,238 @@
-"""RunService: not implemented yet; every RPC answers UNIMPLEMENTED."""
+"""RunService: start, read, cancel and watch runs; their answers and visibility reports."""
 
 from __future__ import annotations
 
-import grpc
+from collections.abc import AsyncIterator
+from datetime import UTC
+from typing import Any
 
-from beacon.v1 import run_service_pb2, run_service_pb2_grpc
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from beacon.v1 import run_service_pb2 as pb
+from beacon.v1 import run_service_pb2_grpc
+from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.db.models import Probe
+from service.domain import reports, runs
+from service.domain.clock import utcnow
+from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.prompt import record_workspace_change, resolved_workspace_id
+from workers.dispatch import dispatch_pending_runs
+
+RUN_STATUS_TO_PROTO = {
+    "queued": pb.RUN_STATUS_QUEUED,
+    "running": pb.RUN_STATUS_RUNNING,
+    "succeeded": pb.RUN_STATUS_SUCCEEDED,
+    "partial": pb.RUN_STATUS_PARTIAL,
+    "failed": pb.RUN_STATUS_FAILED,
+    "canceled": pb.RUN_STATUS_CANCELED,
+}
+TRIGGER_TO_PROTO = {
+    "manual": pb.RUN_TRIGGER_MANUAL,
+    "schedule": pb.RUN_TRIGGER_SCHEDULE,
+    "schedule_set": pb.RUN_TRIGGER_SCHEDULE_SET,
+}
+START_STATUS_TO_PROTO = {
+    "queued": pb.START_RUN_STATUS_QUEUED,
+    "empty": pb.START_RUN_STATUS_EMPTY,
+    "no_providers": pb.START_RUN_STATUS_NO_PROVIDERS,
+}
+RESPONSE_STATUS_TO_PROTO = {
+    "pending": pb.RESPONSE_STATUS_PENDING,
+    "succeeded": pb.RESPONSE_STATUS_SUCCEEDED,
+    "failed": pb.RESPONSE_STATUS_FAILED,
+    "skipped": pb.RESPONSE_STATUS_SKIPPED,
+}
+GRANULARITY_FROM_PROTO = {pb.GRANULARITY_DAY: "day", pb.GRANULARITY_WEEK: "week"}
+
+
+def provider_name(value: int) -> str:
+    """The domain name of a Provider enum value; unknown values give a name domain refuses."""
+    return PROVIDER_FROM_PROTO.get(ws_pb.Provider.ValueType(value), f"provider {value}")
+
+
+def run_to_proto(view: runs.RunView) -> pb.Run:
+    """The Run message of a run view."""
+    run = view.run
+    return pb.Run(
+        id=run.id,
+        workspace_id=run.workspace_id,
+        status=RUN_STATUS_TO_PROTO.get(run.status, pb.RUN_STATUS_UNSPECIFIED),
+        trigger=TRIGGER_TO_PROTO.get(run.trigger, pb.RUN_TRIGGER_UNSPECIFIED),
+        scheduled_time=timestamp(run.scheduled_time),
+        create_time=timestamp(run.create_time),
+        end_time=timestamp(run.end_time),
+        providers=[PROVIDER_TO_PROTO[p] for p in view.providers if p in PROVIDER_TO_PROTO],
+        prompt_count=run.prompt_count,
+        progress=[
+            pb.ProviderProgress(
+                provider=PROVIDER_TO_PROTO.get(p.provider, ws_pb.PROVIDER_UNSPECIFIED),
+                total=p.total,
+                done=p.done,
+                failed=p.failed,
+            )
+            for p in view.progress
+        ],
+    )
+
+
+def _citation(raw: dict[str, Any]) -> pb.Citation:
+    return pb.Citation(
+        url=str(raw.get("url", "")),
+        title=str(raw.get("title", "")),
+        domain=str(raw.get("domain", "")),
+        brand=bool(raw.get("brand", False)),
+    )
+
+
+def response_to_proto(probe: Probe) -> pb.Response:
+    """The Response message of a finished probe."""
+    latency = Duration()
+    latency.FromMilliseconds(probe.latency_ms)
+    return pb.Response(
+        id=probe.id,
+        run_id=probe.run_id,
+        prompt_id=probe.prompt_id,
+        prompt_text=probe.prompt_text,
+        provider=PROVIDER_TO_PROTO.get(probe.provider, ws_pb.PROVIDER_UNSPECIFIED),
+        status=RESPONSE_STATUS_TO_PROTO.get(probe.status, pb.RESPONSE_STATUS_UNSPECIFIED),
+        model=probe.model,
+        text=probe.text,
+        citations=[_citation(c) for c in probe.citations or []],
+        brand_mentioned=probe.brand_mentioned,
+        brand_rank=probe.brand_rank,
+        competitors=[
+            pb.CompetitorMention(name=str(c.get("name", "")), rank=int(c.get("rank", 0)))
+            for c in sorted(probe.competitors or [], key=lambda c: int(c.get("rank", 0)))
+        ],
+        latency=latency,
+        error=probe.error,
+        attempts=probe.attempts,
+        create_time=timestamp(probe.complete_time),
+    )
+
+
+def _row_to_proto(row: reports.VisibilityRow) -> pb.VisibilityRow:
+    return pb.VisibilityRow(
+        provider=PROVIDER_TO_PROTO.get(row.provider, ws_pb.PROVIDER_UNSPECIFIED),
+        period_start=timestamp(row.period_start),
+        responses=row.responses,
+        mention_rate=row.mention_rate,
+        average_rank=row.average_rank,
+        brand_citation_share=row.brand_citation_share,
+        competitors=[
+            pb.CompetitorShare(
+                name=c.name, mentions=c.mentions, brand_share_of_voice=c.brand_share_of_voice
+            )
+            for c in row.competitors
+        ],
+    )
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    async def StartRun(
+        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StartRunResponse:
+        workspace_id = resolved_workspace_id()
+        async with self.app.db.transaction() as session:
+            outcome = await runs.start_run(
+                session,
+                workspace_id=workspace_id,
+                trigger="manual",
+                configured=self.app.settings.configured_providers(),
+                now=utcnow(),
+                prompt_ids=list(request.prompt_ids),
+                providers=[provider_name(p) for p in request.providers],
+            )
+            if outcome.run is not None:
+                record_workspace_change(session, workspace_id, [outcome.run.run.id])
+        if outcome.run is not None:
+            await dispatch_pending_runs(self.app.db, run_ids=[outcome.run.run.id])
+        return pb.StartRunResponse(
+            status=START_STATUS_TO_PROTO[outcome.status],
+            run=run_to_proto(outcome.run) if outcome.run is not None else None,
+            providers_without_credentials=[
+                PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
+            ],
+        )
+
+    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
+        async with self.app.db.transaction(write=False) as session:
+            view = await runs.get_run(session, resolved_workspace_id(), request.run_id)
+        return run_to_proto(view)
+
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunsResponse:
+        async with self.app.db.transaction(write=False) as session:
+            page = await runs.list_runs(
+                session,
+                resolved_workspace_id(),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListRunsResponse(
+            runs=[run_to_proto(view) for view in page.runs], next_page_token=page.next_page_token
+        )
+
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Run:
+        workspace_id = resolved_workspace_id()
+        async with self.app.db.transaction() as session:
+            view = await runs.cancel_run(session, workspace_id, request.run_id, now=utcnow())
+            record_workspace_change(session, workspace_id, [request.run_id])
+        return run_to_proto(view)
+
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.Run]:
+        async for view in runs.watch_run(self.app.db, resolved_workspace_id(), request.run_id):
+            yield run_to_proto(view)
+
+    async def ListResponses(
+        self, request: pb.ListResponsesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListResponsesResponse:
+        filters = runs.ResponseFilter(
+            run_id=request.run_id,
+            provider=provider_name(request.provider) if request.provider else "",
+            prompt_id=request.prompt_id,
+        )
+        async with self.app.db.transaction(write=False) as session:
+            page = await runs.list_responses(
+                session,
+                resolved_workspace_id(),
+                filters,
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
+        return pb.ListResponsesResponse(
+            responses=[response_to_proto(p) for p in page.responses],
+            next_page_token=page.next_page_token,
+        )
+
+    async def GetVisibilityReport(
+        self, request: pb.GetVisibilityReportRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VisibilityReport:
+        start, end, granularity = reports.validate_range(
+            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
+            request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            GRANULARITY_FROM_PROTO.get(request.granularity, ""),
+        )
+        workspace_id = resolved_workspace_id()
+        async with self.app.db.transaction(write=False) as session:
+            rows = await reports.visibility_report(
+                session, workspace_id, start=start, end=end, granularity=granularity
+            )
+        return pb.VisibilityReport(
+            workspace_id=workspace_id, rows=[_row_to_proto(row) for row in rows]
+        )
+
 
 def add(server: grpc.aio.Server, app: App) -> str:
     run_service_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(app), server)
-    return str(run_service_pb2.DESCRIPTOR.services_by_name["RunService"].full_name)
+    return str(pb.DESCRIPTOR.services_by_name["RunService"].full_name)

@@ -1,18 +1,79 @@
-"""ScheduleService: not implemented yet; every RPC answers UNIMPLEMENTED."""
+"""ScheduleService: a workspace's cron schedule, its immediate run and its timing."""
 
 from __future__ import annotations
 
 import grpc
 
-from beacon.v1 import schedule_service_pb2, schedule_service_pb2_grpc
+from beacon.v1 import schedule_service_pb2 as pb
+from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
+from service.domain import schedules
+from service.domain.clock import utcnow
+from service.servicers import convert
+from service.servicers.prompt import record_workspace_change
+from workers.dispatch import dispatch_pending_runs
+
+IMMEDIATE_RUN_STATUS_TO_PROTO = {
+    "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
+    "empty": pb.IMMEDIATE_RUN_STATUS_EMPTY,
+    "failed": pb.IMMEDIATE_RUN_STATUS_FAILED,
+    "not_requested": pb.IMMEDIATE_RUN_STATUS_NOT_REQUESTED,
+}
 
 
 class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
+    async def GetSchedule(
+        self, request: pb.GetScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Schedule:
+        async with self.app.db.transaction(write=False) as session:
+            state = await schedules.get_schedule(session, request.workspace_id)
+        return pb.Schedule(
+            workspace_id=request.workspace_id, cron=state.cron, time_zone=state.time_zone
+        )
+
+    async def SetSchedule(
+        self, request: pb.SetScheduleRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetScheduleResponse:
+        settings = self.app.settings
+        async with self.app.db.transaction() as session:
+            _, immediate = await schedules.set_schedule(
+                session,
+                workspace_id=request.workspace_id,
+                cron=request.cron,
+                time_zone=request.time_zone,
+                min_interval_minutes=settings.schedule_min_interval_minutes,
+                configured_providers=settings.configured_providers(),
+                now=utcnow(),
+            )
+            record_workspace_change(
+                session, request.workspace_id, [request.workspace_id, immediate.run_id]
+            )
+            workspace = await convert.workspace_message(session, settings, request.workspace_id)
+        if immediate.run_id:
+            await dispatch_pending_runs(self.app.db, run_ids=[immediate.run_id])
+        return pb.SetScheduleResponse(
+            workspace=workspace,
+            immediate_run=pb.ImmediateRun(
+                status=IMMEDIATE_RUN_STATUS_TO_PROTO[immediate.status],
+                run_id=immediate.run_id,
+                reason=immediate.reason,
+            ),
+        )
+
+    async def GetCronTiming(
+        self, request: pb.GetCronTimingRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CronTiming:
+        async with self.app.db.transaction(write=False) as session:
+            timing = await schedules.cron_timing(session, request.workspace_id)
+        return pb.CronTiming(
+            next_run_time=convert.timestamp(timing.next_run_time),
+            last_prompt_run_time=convert.timestamp(timing.last_prompt_run_time),
+        )
+
 
 def add(server: grpc.aio.Server, app: App) -> str:
     schedule_service_pb2_grpc.add_ScheduleServiceServicer_to_server(ScheduleServicer(app), server)
-    return str(schedule_service_pb2.DESCRIPTOR.services_by_name["ScheduleService"].full_name)
+    return str(pb.DESCRIPTOR.services_by_name["ScheduleService"].full_name)

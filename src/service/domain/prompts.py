@@ -1,0 +1,232 @@
+"""A workspace's prompts: the questions its runs ask every enabled provider.
+
+Texts are normalized (line breaks unified to "\\n", surrounding whitespace trimmed) and
+deduplicated by exact text; each must be 1-2000 characters without control characters other
+than newline and tab, and a workspace holds at most 500. Prompt mutations of one workspace are
+serialized by locking the workspace row, so concurrent replacements cannot interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.models import Prompt, Workspace
+from service.domain.clock import new_id
+from service.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
+from service.domain.paging import parse_page
+
+MAX_PROMPTS = 500
+MAX_PROMPT_LENGTH = 2000
+ALLOWED_CONTROL = frozenset("\n\t")
+# Violations reported in one error; the rest are summarized.
+MAX_VIOLATIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedPrompts:
+    """Valid, distinct prompt texts in request order and how many duplicates were dropped."""
+
+    texts: list[str]
+    duplicates_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrompts:
+    """Prompts written by a store or add, and how many request entries were duplicates."""
+
+    prompts: list[Prompt]
+    duplicates_dropped: int
+
+
+def text_hash(text: str) -> str:
+    """The sha256 hex digest of a prompt's text (its identity within a workspace)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalize_prompts(texts: Sequence[str], *, field: str = "prompts") -> NormalizedPrompts:
+    """Trims and validates each text and drops exact duplicates, keeping the first.
+
+    Raises InvalidArgument naming each bad entry as `prompts[i]` (its index in the request),
+    or `prompts` when more than 500 distinct texts remain.
+    """
+    violations: list[FieldViolation] = []
+    seen: set[str] = set()
+    kept: list[str] = []
+    for index, raw in enumerate(texts):
+        text = raw.replace("\r\n", "\n").replace("\r", "\n").strip()
+        problem = _problem(text)
+        if problem:
+            violations.append(FieldViolation(f"{field}[{index}]", problem))
+        elif text not in seen:
+            seen.add(text)
+            kept.append(text)
+    if violations:
+        shown = violations[:MAX_VIOLATIONS]
+        if len(violations) > MAX_VIOLATIONS:
+            shown.append(
+                FieldViolation(field, f"{len(violations) - MAX_VIOLATIONS} more entries are bad")
+            )
+        raise InvalidArgument(shown[0].field, shown[0].description, more=shown[1:])
+    if len(kept) > MAX_PROMPTS:
+        raise InvalidArgument(
+            field,
+            f"a workspace holds at most {MAX_PROMPTS} prompts; got {len(kept)} distinct ones",
+        )
+    return NormalizedPrompts(kept, len(texts) - len(kept))
+
+
+def _problem(text: str) -> str:
+    if not text:
+        return "must not be empty or only whitespace"
+    if len(text) > MAX_PROMPT_LENGTH:
+        return f"must be at most {MAX_PROMPT_LENGTH} characters (got {len(text)})"
+    for position, char in enumerate(text):
+        if char not in ALLOWED_CONTROL and unicodedata.category(char) == "Cc":
+            return (
+                f"must not contain control characters other than newline and tab "
+                f"(U+{ord(char):04X} at position {position})"
+            )
+    return ""
+
+
+async def _lock_workspace(session: AsyncSession, workspace_id: str) -> None:
+    found = await session.scalar(
+        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()
+    )
+    if found is None:
+        raise NotFound("workspace", workspace_id)
+
+
+async def _existing(session: AsyncSession, workspace_id: str) -> dict[str, Prompt]:
+    rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
+    return {row.text_hash: row for row in rows}
+
+
+def _new_prompt(workspace_id: str, text: str, create_time: datetime) -> Prompt:
+    return Prompt(
+        id=new_id("prm"),
+        workspace_id=workspace_id,
+        text=text,
+        text_hash=text_hash(text),
+        create_time=create_time,
+    )
+
+
+def _step(now: datetime, index: int) -> datetime:
+    # Microsecond steps keep the request order in "oldest first" listings.
+    return now + timedelta(microseconds=index)
+
+
+async def store_prompts(
+    session: AsyncSession, workspace_id: str, texts: Sequence[str], *, now: datetime
+) -> StoredPrompts:
+    """Replaces the workspace's prompts with `texts` (normalized); returns them in order.
+
+    Prompts whose text is kept retain their ids and creation times; the rest are deleted
+    (their past responses stay).
+    """
+    normalized = normalize_prompts(texts)
+    await _lock_workspace(session, workspace_id)
+    existing = await _existing(session, workspace_id)
+    wanted = {text_hash(text): text for text in normalized.texts}
+    stale = [row.id for key, row in existing.items() if key not in wanted]
+    if stale:
+        await session.execute(delete(Prompt).where(Prompt.id.in_(stale)))
+    result: list[Prompt] = []
+    for index, (key, text) in enumerate(wanted.items()):
+        row = existing.get(key)
+        if row is None:
+            row = _new_prompt(workspace_id, text, _step(now, index))
+            session.add(row)
+        result.append(row)
+    await session.flush()
+    return StoredPrompts(result, normalized.duplicates_dropped)
+
+
+async def add_prompts(
+    session: AsyncSession, workspace_id: str, texts: Sequence[str], *, now: datetime
+) -> StoredPrompts:
+    """Adds the texts not stored yet; returns the added prompts.
+
+    Raises FailedPrecondition when the workspace would hold more than 500 prompts.
+    """
+    normalized = normalize_prompts(texts)
+    await _lock_workspace(session, workspace_id)
+    existing = await _existing(session, workspace_id)
+    fresh = [text for text in normalized.texts if text_hash(text) not in existing]
+    total = len(existing) + len(fresh)
+    if total > MAX_PROMPTS:
+        raise FailedPrecondition(
+            f"a workspace holds at most {MAX_PROMPTS} prompts: it has {len(existing)} and "
+            f"{len(fresh)} would be added",
+            [
+                PreconditionViolation(
+                    "PROMPT_LIMIT", workspace_id, f"at most {MAX_PROMPTS} prompts per workspace"
+                )
+            ],
+        )
+    added = [_new_prompt(workspace_id, text, _step(now, i)) for i, text in enumerate(fresh)]
+    session.add_all(added)
+    await session.flush()
+    return StoredPrompts(added, len(texts) - len(fresh))
+
+
+async def delete_prompt(session: AsyncSession, workspace_id: str, prompt_id: str) -> None:
+    """Deletes one prompt of the workspace; NotFound when there is none by that id."""
+    await _lock_workspace(session, workspace_id)
+    result = await session.execute(
+        delete(Prompt).where(Prompt.id == prompt_id, Prompt.workspace_id == workspace_id)
+    )
+    if cast(CursorResult[Any], result).rowcount == 0:
+        raise NotFound("prompt", prompt_id)
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPage:
+    """One page of prompts, oldest first."""
+
+    prompts: list[Prompt]
+    next_page_token: str
+    total_size: int
+
+
+async def list_prompts(
+    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str
+) -> PromptPage:
+    """The workspace's prompts, oldest first, paged (1-500 per page, default 100), and
+    their total count."""
+    page = parse_page(
+        page_size, page_token, scope=f"prompts:{workspace_id}", default=100, maximum=MAX_PROMPTS
+    )
+    rows = list(
+        await session.scalars(
+            select(Prompt)
+            .where(Prompt.workspace_id == workspace_id, page.where(Prompt.create_time, Prompt.id))
+            .order_by(Prompt.create_time, Prompt.id)
+            .limit(page.size + 1)
+        )
+    )
+    total = await count_prompts(session, workspace_id)
+    return PromptPage(rows[: page.size], page.next_token(rows), total)
+
+
+async def count_prompts(session: AsyncSession, workspace_id: str) -> int:
+    """How many prompts the workspace holds."""
+    total = await session.scalar(
+        select(func.count()).select_from(Prompt).where(Prompt.workspace_id == workspace_id)
+    )
+    return int(total or 0)

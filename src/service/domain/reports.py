@@ -1,0 +1,183 @@
+"""Visibility reports: how answers mention the brand, per provider and UTC day or ISO week.
+
+Only answered probes count, placed in the period of their answer's time (`complete_time`).
+Counting happens in SQL (one grouped query for the answers, one over the competitors each
+answer mentions); the ratios are taken here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import ColumnElement, and_, case, func, literal_column, select, true
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import PROVIDERS
+from service.db.models import Probe, Workspace
+from service.domain.errors import InvalidArgument
+
+Granularity = Literal["day", "week"]
+MAX_RANGE = timedelta(days=366)
+
+
+@dataclass(frozen=True, slots=True)
+class CompetitorShare:
+    """Answers mentioning a competitor, and the brand's share of voice against it."""
+
+    name: str
+    mentions: int
+    brand_share_of_voice: float
+
+
+@dataclass(frozen=True, slots=True)
+class VisibilityRow:
+    """One provider in one period."""
+
+    provider: str
+    period_start: datetime
+    responses: int
+    mention_rate: float
+    average_rank: float
+    brand_citation_share: float
+    competitors: list[CompetitorShare]
+
+
+def validate_range(
+    start: datetime | None, end: datetime | None, granularity: str
+) -> tuple[datetime, datetime, Granularity]:
+    """Checks the report's range and granularity; InvalidArgument naming the bad field."""
+    if start is None:
+        raise InvalidArgument("start_time", "is required")
+    if end is None:
+        raise InvalidArgument("end_time", "is required")
+    if end <= start:
+        raise InvalidArgument("end_time", "must be after start_time")
+    if end - start > MAX_RANGE:
+        raise InvalidArgument("end_time", f"must be at most {MAX_RANGE.days} days after start_time")
+    if granularity == "day":
+        return start, end, "day"
+    if granularity == "week":
+        return start, end, "week"
+    raise InvalidArgument("granularity", "is required: DAY or WEEK")
+
+
+def _period_start(dialect: str, column: Any, granularity: Granularity) -> ColumnElement[Any]:
+    """SQL for the start of the UTC day or ISO week (Monday) containing `column`."""
+    # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression as the
+    # selected one.
+    if dialect == "postgresql":
+        return func.date_trunc(
+            literal_column(f"'{granularity}'"), func.timezone(literal_column("'UTC'"), column)
+        )
+    # SQLite stores UTC as text: 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
+    if granularity == "week":
+        return func.date(column, literal_column("'weekday 0'"), literal_column("'-6 days'"))
+    return func.date(column)
+
+
+def _as_utc(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+async def visibility_report(
+    session: AsyncSession,
+    workspace_id: str,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+) -> list[VisibilityRow]:
+    """Rows per (period, provider) with answers in [start, end), by period then provider.
+
+    mention_rate = answers mentioning the brand / answers; average_rank = mean brand rank over
+    answers that rank it; brand_citation_share = citations on the brand's domain / citations;
+    per competitor, brand_share_of_voice = brand mentions / (brand mentions + its mentions).
+    """
+    dialect = session.get_bind().dialect.name
+    period = _period_start(dialect, Probe.complete_time, granularity).label("period")
+    answered = and_(
+        Probe.workspace_id == workspace_id,
+        Probe.status == "succeeded",
+        Probe.complete_time >= start,
+        Probe.complete_time < end,
+    )
+    ranked = and_(Probe.brand_mentioned.is_(True), Probe.brand_rank > 0)
+    totals = await session.execute(
+        select(
+            period,
+            Probe.provider,
+            func.count(),
+            func.sum(case((Probe.brand_mentioned.is_(True), 1), else_=0)),
+            func.sum(case((ranked, Probe.brand_rank), else_=0)),
+            func.sum(case((ranked, 1), else_=0)),
+            func.sum(Probe.brand_citations),
+            func.sum(Probe.citation_count),
+        )
+        .where(answered)
+        .group_by(period, Probe.provider)
+    )
+    mentions = await _competitor_mentions(session, dialect, period, answered)
+    configured = await _competitor_names(session, workspace_id)
+    rows: list[VisibilityRow] = []
+    for key, provider, count, brand, rank_sum, ranked_count, brand_cites, cites in totals:
+        brand_mentions = int(brand or 0)
+        by_name = mentions.get((str(key), provider), {})
+        names = configured + sorted(set(by_name) - set(configured))
+        rows.append(
+            VisibilityRow(
+                provider=provider,
+                period_start=_as_utc(key),
+                responses=int(count),
+                mention_rate=_ratio(brand_mentions, int(count)),
+                average_rank=_ratio(int(rank_sum or 0), int(ranked_count or 0)),
+                brand_citation_share=_ratio(int(brand_cites or 0), int(cites or 0)),
+                competitors=[
+                    CompetitorShare(
+                        name,
+                        by_name.get(name, 0),
+                        _ratio(brand_mentions, brand_mentions + by_name.get(name, 0)),
+                    )
+                    for name in names
+                ],
+            )
+        )
+    order = {name: index for index, name in enumerate(PROVIDERS)}
+    rows.sort(key=lambda r: (r.period_start, order.get(r.provider, len(order)), r.provider))
+    return rows
+
+
+async def _competitor_mentions(
+    session: AsyncSession, dialect: str, period: Any, answered: ColumnElement[bool]
+) -> dict[tuple[str, str], dict[str, int]]:
+    """Answers mentioning each competitor, by (period key as text, provider)."""
+    if dialect == "postgresql":
+        element = func.json_array_elements(Probe.competitors).table_valued("value").alias("c")
+        name: Any = element.c.value.op("->>")(literal_column("'name'"))
+    else:
+        element = func.json_each(Probe.competitors).table_valued("value").alias("c")
+        name = func.json_extract(element.c.value, literal_column("'$.name'"))
+    result = await session.execute(
+        select(period, Probe.provider, name.label("name"), func.count(func.distinct(Probe.id)))
+        .select_from(Probe)
+        .join(element, true())
+        .where(answered)
+        .group_by(period, Probe.provider, name)
+    )
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for key, provider, competitor, count in result:
+        if competitor:
+            counts.setdefault((str(key), provider), {})[str(competitor)] = int(count)
+    return counts
+
+
+async def _competitor_names(session: AsyncSession, workspace_id: str) -> list[str]:
+    raw = await session.scalar(select(Workspace.competitors).where(Workspace.id == workspace_id))
+    return [str(c.get("name", "")) for c in raw or [] if c.get("name")]

@@ -1,0 +1,404 @@
+"""Collection runs: creation (the outbox), starting, progress, cancellation, watching, answers.
+
+A run is written with status "queued" and `enqueue_time` NULL; whoever wrote it hands it to the
+broker after committing (`workers.dispatch.dispatch_pending_runs`), and the ticker re-sends any
+left behind. A worker expands the run into probes, one per (prompt, provider), and ends it.
+
+Statuses: runs queued|running|succeeded|partial|failed|canceled; probes
+pending|succeeded|failed|skipped; triggers manual|schedule|schedule_set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, cast
+
+from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import PROVIDERS
+from service.db.database import Database
+from service.db.models import Probe, Prompt, Run, Workspace
+from service.domain.clock import new_id
+from service.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
+from service.domain.paging import parse_page
+from service.domain.prompts import MAX_PROMPTS, count_prompts
+
+Trigger = Literal["manual", "schedule", "schedule_set"]
+StartStatus = Literal["queued", "empty", "no_providers"]
+PROVIDER_NAMES = ", ".join(p.upper() for p in PROVIDERS)
+FINISHED_PROBE_STATUSES = ("succeeded", "failed")
+WATCH_POLL_SECONDS = 0.3
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderProgress:
+    """Probes of one provider in a run: total, succeeded (done), failed or skipped."""
+
+    provider: str
+    total: int
+    done: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunView:
+    """A run with the providers it asks and their progress."""
+
+    run: Run
+    providers: list[str]
+    progress: list[ProviderProgress]
+
+    @property
+    def fingerprint(self) -> tuple[object, ...]:
+        """Changes whenever anything a watcher sees changes."""
+        run = self.run
+        return (run.status, run.start_time, run.end_time, tuple(self.progress))
+
+
+@dataclass(frozen=True, slots=True)
+class StartOutcome:
+    """What StartRun did: queued a run, or nothing (no prompts, providers lacking keys)."""
+
+    status: StartStatus
+    run: RunView | None = None
+    providers_without_credentials: tuple[str, ...] = ()
+
+
+def _in_provider_order(names: Collection[str]) -> list[str]:
+    return [p for p in PROVIDERS if p in names]
+
+
+def validate_providers(names: Sequence[str]) -> list[str]:
+    """Lowercase provider names, validated (InvalidArgument naming `providers[i]`), deduplicated."""
+    result: list[str] = []
+    for index, name in enumerate(names):
+        if name not in PROVIDERS:
+            raise InvalidArgument(f"providers[{index}]", f"must name a provider ({PROVIDER_NAMES})")
+        if name not in result:
+            result.append(name)
+    return result
+
+
+async def create_run(
+    session: AsyncSession,
+    *,
+    workspace_id: str,
+    trigger: Trigger,
+    prompt_ids: Sequence[str] = (),
+    providers: Sequence[str] = (),
+    scheduled_time: datetime | None = None,
+    now: datetime,
+    prompt_count: int | None = None,
+) -> Run:
+    """Writes a queued run into the outbox (enqueue_time NULL); does not create probes.
+
+    Empty `prompt_ids` / `providers` mean every prompt / every enabled provider when the run
+    is expanded. `prompt_count` defaults to len(prompt_ids), or the workspace's prompt count.
+    """
+    if prompt_count is None:
+        prompt_count = len(prompt_ids) if prompt_ids else await count_prompts(session, workspace_id)
+    run = Run(
+        id=new_id("run"),
+        workspace_id=workspace_id,
+        trigger=trigger,
+        status="queued",
+        scheduled_time=scheduled_time,
+        prompt_ids=list(prompt_ids),
+        providers=list(providers),
+        prompt_count=prompt_count,
+        create_time=now,
+        enqueue_time=None,
+        cancel_requested=False,
+        failure_reason="",
+    )
+    session.add(run)
+    await session.flush()
+    return run
+
+
+async def start_run(
+    session: AsyncSession,
+    *,
+    workspace_id: str,
+    trigger: Trigger,
+    configured: Collection[str],
+    now: datetime,
+    prompt_ids: Sequence[str] = (),
+    providers: Sequence[str] = (),
+) -> StartOutcome:
+    """Starts a run over the given prompts (default all) and providers (default all enabled).
+
+    Explicit providers must be enabled and every one must have credentials (`configured`);
+    by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
+    none. EMPTY when there is no prompt to ask. Raises InvalidArgument (`prompt_ids[i]`,
+    `providers[i]`) and NotFound (a prompt id that is not the workspace's).
+    """
+    chosen_prompts = await _validate_prompt_ids(session, workspace_id, prompt_ids)
+    requested = validate_providers(providers)
+    enabled = await _enabled_providers(session, workspace_id)
+    for index, name in enumerate(providers):
+        if name not in enabled:
+            raise InvalidArgument(
+                f"providers[{index}]",
+                f"{name.upper()} is not enabled in this workspace (see SetEnabledProviders)",
+            )
+    count = len(chosen_prompts) if chosen_prompts else await count_prompts(session, workspace_id)
+    if count == 0:
+        return StartOutcome("empty")
+    if requested:
+        missing = [p for p in requested if p not in configured]
+        asked = requested
+    else:
+        asked = [p for p in enabled if p in configured]
+        missing = [] if asked else enabled
+    if missing or not asked:
+        return StartOutcome("no_providers", providers_without_credentials=tuple(missing))
+    run = await create_run(
+        session,
+        workspace_id=workspace_id,
+        trigger=trigger,
+        prompt_ids=chosen_prompts,
+        providers=asked,
+        now=now,
+        prompt_count=count,
+    )
+    return StartOutcome("queued", run=await _view(session, run))
+
+
+async def _validate_prompt_ids(
+    session: AsyncSession, workspace_id: str, prompt_ids: Sequence[str]
+) -> list[str]:
+    if len(prompt_ids) > MAX_PROMPTS:
+        raise InvalidArgument("prompt_ids", f"at most {MAX_PROMPTS} prompt ids")
+    unique: list[str] = []
+    for index, prompt_id in enumerate(prompt_ids):
+        if not prompt_id.startswith("prm_") or len(prompt_id) > 40:
+            raise InvalidArgument(f"prompt_ids[{index}]", "must be a prompt id (prm_...)")
+        if prompt_id not in unique:
+            unique.append(prompt_id)
+    if unique:
+        found = set(
+            await session.scalars(
+                select(Prompt.id).where(Prompt.workspace_id == workspace_id, Prompt.id.in_(unique))
+            )
+        )
+        for prompt_id in unique:
+            if prompt_id not in found:
+                raise NotFound("prompt", prompt_id)
+    return unique
+
+
+async def _enabled_providers(session: AsyncSession, workspace_id: str) -> list[str]:
+    enabled = await session.scalar(
+        select(Workspace.enabled_providers).where(Workspace.id == workspace_id)
+    )
+    return _in_provider_order(enabled or [])
+
+
+async def _progress(
+    session: AsyncSession, run_ids: Sequence[str]
+) -> dict[str, list[ProviderProgress]]:
+    """Per-provider probe counts of each run that has probes."""
+    if not run_ids:
+        return {}
+    stmt = (
+        select(
+            Probe.run_id,
+            Probe.provider,
+            func.count(),
+            func.sum(case((Probe.status == "succeeded", 1), else_=0)),
+            func.sum(case((Probe.status.in_(("failed", "skipped")), 1), else_=0)),
+        )
+        .where(Probe.run_id.in_(run_ids))
+        .group_by(Probe.run_id, Probe.provider)
+    )
+    counts: dict[str, dict[str, ProviderProgress]] = {}
+    for run_id, provider, total, done, failed in await session.execute(stmt):
+        counts.setdefault(run_id, {})[provider] = ProviderProgress(
+            provider, int(total), int(done or 0), int(failed or 0)
+        )
+    return {
+        run_id: [by_provider[p] for p in _in_provider_order(by_provider)]
+        + [by_provider[p] for p in sorted(set(by_provider) - set(PROVIDERS))]
+        for run_id, by_provider in counts.items()
+    }
+
+
+async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
+    progress = await _progress(session, [run.id for run in runs])
+    enabled: dict[str, list[str]] = {}
+    views = []
+    for run in runs:
+        if run.id in progress:
+            views.append(RunView(run, [p.provider for p in progress[run.id]], progress[run.id]))
+            continue
+        # Not expanded yet: every provider will ask every prompt.
+        providers = _in_provider_order(run.providers)
+        if not providers:
+            if run.workspace_id not in enabled:
+                enabled[run.workspace_id] = await _enabled_providers(session, run.workspace_id)
+            providers = enabled[run.workspace_id]
+        planned = [ProviderProgress(p, run.prompt_count, 0, 0) for p in providers]
+        views.append(RunView(run, providers, planned))
+    return views
+
+
+async def _view(session: AsyncSession, run: Run) -> RunView:
+    return (await _views(session, [run]))[0]
+
+
+async def _load_run(
+    session: AsyncSession, workspace_id: str, run_id: str, *, lock: bool = False
+) -> Run:
+    stmt = select(Run).where(Run.id == run_id, Run.workspace_id == workspace_id)
+    if lock:
+        stmt = stmt.with_for_update()
+    run = await session.scalar(stmt.execution_options(populate_existing=True))
+    if run is None:
+        raise NotFound("run", run_id)
+    return run
+
+
+async def get_run(session: AsyncSession, workspace_id: str, run_id: str) -> RunView:
+    """One run of the workspace with its progress; NotFound otherwise."""
+    return await _view(session, await _load_run(session, workspace_id, run_id))
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    """One page of runs, newest first."""
+
+    runs: list[RunView]
+    next_page_token: str
+
+
+async def list_runs(
+    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str
+) -> RunPage:
+    """The workspace's runs, newest first, paged (1-100 per page, default 50)."""
+    page = parse_page(page_size, page_token, scope=f"runs:{workspace_id}")
+    rows = list(
+        await session.scalars(
+            select(Run)
+            .where(
+                Run.workspace_id == workspace_id,
+                page.where(Run.create_time, Run.id, descending=True),
+            )
+            .order_by(Run.create_time.desc(), Run.id.desc())
+            .limit(page.size + 1)
+        )
+    )
+    return RunPage(await _views(session, rows[: page.size]), page.next_token(rows))
+
+
+async def cancel_run(
+    session: AsyncSession, workspace_id: str, run_id: str, *, now: datetime
+) -> RunView:
+    """Requests cancellation: pending probes are skipped and the run ends CANCELED at once
+    when it has no probes yet or had pending ones (workers skip probes of canceled runs).
+
+    Raises FailedPrecondition (RUN_ENDED) when the run has already ended.
+    """
+    run = await _load_run(session, workspace_id, run_id, lock=True)
+    if run.end_time is not None:
+        raise FailedPrecondition(
+            f"run {run_id} has already ended ({run.status})",
+            [PreconditionViolation("RUN_ENDED", run_id, f"the run ended with status {run.status}")],
+        )
+    await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
+    skipped = await session.execute(
+        update(Probe)
+        .where(Probe.run_id == run_id, Probe.status == "pending")
+        .values(status="skipped")
+    )
+    probes = await session.scalar(select(func.count()).where(Probe.run_id == run_id))
+    if cast(CursorResult[Any], skipped).rowcount or not probes:
+        # Whoever ends the run first wins; it ends exactly once.
+        await session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.end_time.is_(None))
+            .values(status="canceled", end_time=now)
+        )
+    return await _view(session, await _load_run(session, workspace_id, run_id))
+
+
+async def watch_run(
+    db: Database, workspace_id: str, run_id: str, *, poll_seconds: float = WATCH_POLL_SECONDS
+) -> AsyncIterator[RunView]:
+    """The run at once, then again whenever its status or progress changes; ends after the
+    run has ended. Polls the database (works across server replicas without a bus)."""
+    seen: tuple[object, ...] | None = None
+    while True:
+        async with db.transaction(write=False) as session:
+            view = await get_run(session, workspace_id, run_id)
+        if view.fingerprint != seen:
+            seen = view.fingerprint
+            yield view
+        if view.run.end_time is not None:
+            return
+        await asyncio.sleep(poll_seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFilter:
+    """Optional filters of ListResponses (empty: any)."""
+
+    run_id: str = ""
+    provider: str = ""
+    prompt_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponsePage:
+    """One page of finished probes, newest answer first."""
+
+    responses: list[Probe]
+    next_page_token: str
+
+
+async def list_responses(
+    session: AsyncSession,
+    workspace_id: str,
+    filters: ResponseFilter,
+    *,
+    page_size: int,
+    page_token: str,
+) -> ResponsePage:
+    """The workspace's answered and failed probes, newest first, filtered and paged.
+
+    NotFound when `run_id` names no run of the workspace; InvalidArgument for a bad provider.
+    """
+    conditions = [
+        Probe.workspace_id == workspace_id,
+        Probe.status.in_(FINISHED_PROBE_STATUSES),
+        Probe.complete_time.is_not(None),
+    ]
+    if filters.provider:
+        if filters.provider not in PROVIDERS:
+            raise InvalidArgument("provider", f"must name a provider ({PROVIDER_NAMES})")
+        conditions.append(Probe.provider == filters.provider)
+    if filters.run_id:
+        await _load_run(session, workspace_id, filters.run_id)
+        conditions.append(Probe.run_id == filters.run_id)
+    if filters.prompt_id:
+        conditions.append(Probe.prompt_id == filters.prompt_id)
+    scope = f"responses:{workspace_id}:{filters.run_id}:{filters.provider}:{filters.prompt_id}"
+    page = parse_page(page_size, page_token, scope=scope)
+    rows = list(
+        await session.scalars(
+            select(Probe)
+            .where(*conditions, page.where(Probe.complete_time, Probe.id, descending=True))
+            .order_by(Probe.complete_time.desc(), Probe.id.desc())
+            .limit(page.size + 1)
+        )
+    )
+    return ResponsePage(rows[: page.size], page.next_token(rows, time_attr="complete_time"))

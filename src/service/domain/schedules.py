@@ -1,0 +1,361 @@
+"""Cron schedules: validation, fire times across daylight-saving changes, the schedule row.
+
+A schedule is a standard 5-field cron expression (minute hour day-of-month month day-of-week,
+croniter syntax) evaluated in an IANA time zone. Fire times follow the usual cron conventions
+when the clocks change: a wall-clock time skipped by a spring-forward fires at the first
+instant after the gap, and a wall-clock time repeated by a fall-back fires once (at its first
+occurrence) unless the hour field is a wildcard (`*`, `*/2`), which keeps firing in real time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Literal
+from zoneinfo import ZoneInfo, available_timezones
+
+from croniter import CroniterBadDateError, CroniterError, croniter
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db.models import Run, Schedule, Workspace
+from service.domain import runs
+from service.domain.clock import utcnow
+from service.domain.errors import InvalidArgument
+
+DEFAULT_TIME_ZONE = "UTC"
+MAX_CRON_LENGTH = 120
+# How far ahead daylight-saving changes are examined for fire times squeezed together.
+HORIZON = timedelta(days=731)
+FIELD_NAMES = "minute hour day-of-month month day-of-week"
+MINUTES_PER_DAY = 24 * 60
+# Larger than any daylight-saving change in the tz database (they are 30 to 60 minutes).
+MAX_CLOCK_CHANGE_MINUTES = 180
+
+
+@dataclass(frozen=True, slots=True)
+class ValidSchedule:
+    """A cron expression (whitespace normalized) and time zone that passed every check."""
+
+    cron: str
+    time_zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A workspace's schedule: cron is empty (and next_run_time None) when unscheduled."""
+
+    cron: str
+    time_zone: str
+    next_run_time: datetime | None
+
+
+UNSCHEDULED = ScheduleState(cron="", time_zone=DEFAULT_TIME_ZONE, next_run_time=None)
+
+
+def parse_schedule(
+    cron: str,
+    time_zone: str = "",
+    min_interval: int | timedelta = 15,
+    *,
+    now: datetime | None = None,
+) -> ValidSchedule:
+    """Validates a cron expression and time zone (empty means UTC).
+
+    `min_interval` (minutes, or a timedelta) is the smallest allowed time between two
+    consecutive firings, daylight-saving changes within the next two years included.
+    Raises InvalidArgument naming `cron` or `time_zone`.
+    """
+    zone_name = parse_time_zone(time_zone)
+    expression = _parse_cron_syntax(cron)
+    start = now or utcnow()
+    try:
+        next_fire_time(expression, zone_name, start)
+    except CroniterBadDateError:
+        raise InvalidArgument(
+            "cron", "never fires: no date matches its day-of-month, month and day-of-week"
+        ) from None
+    limit = min_interval if isinstance(min_interval, timedelta) else timedelta(minutes=min_interval)
+    if limit > timedelta(0):
+        _check_minimum_interval(expression, zone_name, start, limit)
+    return ValidSchedule(cron=expression, time_zone=zone_name)
+
+
+def parse_time_zone(time_zone: str) -> str:
+    """The canonical IANA zone name (empty means UTC; case-insensitive).
+
+    Raises InvalidArgument naming `time_zone` for anything else.
+    """
+    name = _zone_names().get((time_zone.strip() or DEFAULT_TIME_ZONE).lower())
+    if name is None:
+        raise InvalidArgument("time_zone", "is not an IANA time zone name (e.g. Europe/Paris)")
+    return name
+
+
+def next_fire_time(cron: str, time_zone: str, after: datetime) -> datetime:
+    """The first firing of `cron` in `time_zone` strictly after `after` (aware), in UTC.
+
+    Raises CroniterBadDateError for an expression that never fires.
+    """
+    return next(fire_times(cron, time_zone, after))
+
+
+def fire_times(cron: str, time_zone: str, after: datetime) -> Iterator[datetime]:
+    """The firings of `cron` in `time_zone` strictly after `after` (aware), in UTC, in order."""
+    if after.tzinfo is None:
+        raise ValueError("after must be timezone-aware")
+    hourly = cron.split()[1].startswith("*")
+    fires = croniter(cron, after.astimezone(ZoneInfo(time_zone)))
+    while True:
+        fire: datetime = fires.get_next(datetime)
+        # The second pass through a repeated (fall-back) hour: a fixed hour has already fired.
+        if fire.fold and not hourly:
+            continue
+        result = fire.astimezone(UTC)
+        if result > after:
+            yield result
+
+
+@lru_cache(maxsize=1)
+def _zone_names() -> dict[str, str]:
+    """IANA zone names by their lowercase spelling."""
+    return {name.lower(): name for name in available_timezones()}
+
+
+def _parse_cron_syntax(cron: str) -> str:
+    if len(cron) > MAX_CRON_LENGTH:
+        raise InvalidArgument("cron", f"must be at most {MAX_CRON_LENGTH} characters")
+    fields = cron.split()
+    if not fields:
+        raise InvalidArgument("cron", f"is empty; expected 5 fields ({FIELD_NAMES})")
+    if len(fields) != 5:
+        hint = "; macros such as @daily are not supported" if fields[0].startswith("@") else ""
+        raise InvalidArgument(
+            "cron", f"must have 5 fields ({FIELD_NAMES}), got {len(fields)}{hint}"
+        )
+    expression = " ".join(fields)
+    try:
+        valid = croniter.is_valid(expression)
+        if valid:
+            croniter.expand(expression)
+    except (CroniterError, ValueError, KeyError, IndexError):
+        valid = False
+    if not valid:
+        raise InvalidArgument("cron", f"{expression!r} is not a valid cron expression")
+    return expression
+
+
+def _times_of_day(expression: str) -> list[int]:
+    """Minutes after midnight at which the expression fires on a matching day."""
+    expanded = croniter.expand(expression)[0]
+    minutes = range(60) if expanded[0] == ["*"] else [int(m) for m in expanded[0]]
+    hours = range(24) if expanded[1] == ["*"] else [int(h) for h in expanded[1]]
+    return sorted({h * 60 + m for h in hours for m in minutes})
+
+
+def _check_minimum_interval(
+    expression: str, zone_name: str, start: datetime, limit: timedelta
+) -> None:
+    limit_minutes = limit / timedelta(minutes=1)
+    times = _times_of_day(expression)
+    # On the wall clock every matching day fires at the same times.
+    gaps = [(b - a, a, b) for a, b in itertools.pairwise(times)]
+    across_midnight = MINUTES_PER_DAY - times[-1] + times[0]
+    if across_midnight < limit_minutes + MAX_CLOCK_CHANGE_MINUTES and _consecutive_days_match(
+        expression, start
+    ):
+        gaps.append((across_midnight, times[-1], times[0]))
+    wall_gap, earlier, later = min(gaps, default=(MINUTES_PER_DAY, 0, 0))
+    if wall_gap < limit_minutes:
+        _refuse(wall_gap, f"{_hhmm(earlier)} and {_hhmm(later)}", limit)
+    # A clock change shifts real time by its size: only look closer when that could matter.
+    for instant, shift in _clock_changes(ZoneInfo(zone_name), start, start + HORIZON):
+        if wall_gap - shift / timedelta(minutes=1) < limit_minutes:
+            _check_around(expression, zone_name, instant, limit)
+
+
+def _check_around(expression: str, zone_name: str, instant: datetime, limit: timedelta) -> None:
+    """Walks the real fire times around one clock change, looking for two closer than limit."""
+    zone = ZoneInfo(zone_name)
+    fires = fire_times(expression, zone_name, instant - timedelta(days=2))
+    previous = next(fires)
+    while previous < instant + timedelta(days=2):
+        fire = next(fires)
+        gap = fire - previous
+        if gap < limit:
+            first, second = previous.astimezone(zone), fire.astimezone(zone)
+            _refuse(
+                gap / timedelta(minutes=1),
+                f"{first:%Y-%m-%d %H:%M} and {second:%H:%M} {zone_name} (a daylight-saving change)",
+                limit,
+            )
+        previous = fire
+
+
+def _refuse(gap_minutes: float, where: str, limit: timedelta) -> None:
+    raise InvalidArgument(
+        "cron",
+        f"fires {_minutes(gap_minutes)} apart ({where}); schedules may fire at most once every "
+        f"{_minutes(limit / timedelta(minutes=1))}",
+    )
+
+
+def _minutes(count: float) -> str:
+    return f"{count:g} minute{'' if count == 1 else 's'}"
+
+
+def _hhmm(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _consecutive_days_match(expression: str, start: datetime) -> bool:
+    """Whether the expression's days ever include two consecutive calendar days."""
+    day_fields = " ".join(expression.split()[2:])
+    days = croniter(f"0 0 {day_fields}", start.replace(tzinfo=None))
+    previous: date | None = None
+    end = (start + HORIZON).date()
+    while True:
+        try:
+            day = days.get_next(datetime).date()
+        except CroniterBadDateError:
+            return False
+        if previous is not None and day - previous == timedelta(days=1):
+            return True
+        if day > end:
+            return False
+        previous = day
+
+
+def _clock_changes(
+    zone: ZoneInfo, start: datetime, end: datetime
+) -> list[tuple[datetime, timedelta]]:
+    """UTC instants in [start, end) at which the zone's offset changes, with the change's size."""
+    changes: list[tuple[datetime, timedelta]] = []
+    step = timedelta(days=1)
+    low = start
+    while low < end:
+        high = low + step
+        before, after = low.astimezone(zone).utcoffset(), high.astimezone(zone).utcoffset()
+        if before != after and before is not None and after is not None:
+            left, right = low, high
+            while right - left > timedelta(minutes=1):
+                middle = left + (right - left) / 2
+                if middle.astimezone(zone).utcoffset() == before:
+                    left = middle
+                else:
+                    right = middle
+            changes.append((right, abs(after - before)))
+        low = high
+    return changes
+
+
+async def get_schedule(session: AsyncSession, workspace_id: str) -> ScheduleState:
+    """The workspace's schedule, or UNSCHEDULED."""
+    row = await session.get(Schedule, workspace_id)
+    if row is None:
+        return UNSCHEDULED
+    return ScheduleState(cron=row.cron, time_zone=row.time_zone, next_run_time=row.next_run_time)
+
+
+async def save_schedule(
+    session: AsyncSession, workspace_id: str, schedule: ValidSchedule | None, *, now: datetime
+) -> ScheduleState:
+    """Stores (or, with None, deletes) the workspace's schedule; bumps the workspace's etag.
+
+    The next run time is the first firing after `now`.
+    """
+    await session.execute(
+        update(Workspace)
+        .where(Workspace.id == workspace_id)
+        .values(version=Workspace.version + 1, update_time=now)
+    )
+    if schedule is None:
+        await session.execute(delete(Schedule).where(Schedule.workspace_id == workspace_id))
+        return UNSCHEDULED
+    next_run = next_fire_time(schedule.cron, schedule.time_zone, now)
+    row = await session.get(Schedule, workspace_id, with_for_update=True)
+    if row is None:
+        session.add(
+            Schedule(
+                workspace_id=workspace_id,
+                cron=schedule.cron,
+                time_zone=schedule.time_zone,
+                next_run_time=next_run,
+                create_time=now,
+                update_time=now,
+            )
+        )
+    else:
+        row.cron, row.time_zone = schedule.cron, schedule.time_zone
+        row.next_run_time, row.update_time = next_run, now
+    await session.flush()
+    return ScheduleState(cron=schedule.cron, time_zone=schedule.time_zone, next_run_time=next_run)
+
+
+@dataclass(frozen=True, slots=True)
+class CronTiming:
+    """When the schedule fires next and when the workspace's last run was created."""
+
+    next_run_time: datetime | None
+    last_prompt_run_time: datetime | None
+
+
+async def cron_timing(session: AsyncSession, workspace_id: str) -> CronTiming:
+    """The workspace's next scheduled run (None when unscheduled) and last run (None if none)."""
+    state = await get_schedule(session, workspace_id)
+    last = await session.scalar(
+        select(func.max(Run.create_time)).where(Run.workspace_id == workspace_id)
+    )
+    return CronTiming(next_run_time=state.next_run_time, last_prompt_run_time=last)
+
+
+@dataclass(frozen=True, slots=True)
+class ImmediateRun:
+    """The run SetSchedule triggers: queued (run_id), empty, failed (reason), not_requested."""
+
+    status: Literal["queued", "empty", "failed", "not_requested"]
+    run_id: str = ""
+    reason: str = ""
+
+
+async def set_schedule(
+    session: AsyncSession,
+    *,
+    workspace_id: str,
+    cron: str,
+    time_zone: str,
+    min_interval_minutes: int,
+    configured_providers: Collection[str],
+    now: datetime,
+) -> tuple[ScheduleState, ImmediateRun]:
+    """Sets (or, with an empty cron, clears) the schedule; setting one starts a run at once.
+
+    Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
+    """
+    schedule = (
+        parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
+    )
+    state = await save_schedule(session, workspace_id, schedule, now=now)
+    if schedule is None:
+        return state, ImmediateRun("not_requested")
+    outcome = await runs.start_run(
+        session,
+        workspace_id=workspace_id,
+        trigger="schedule_set",
+        configured=configured_providers,
+        now=now,
+    )
+    if outcome.run is not None:
+        return state, ImmediateRun("queued", run_id=outcome.run.run.id)
+    if outcome.status == "empty":
+        return state, ImmediateRun("empty")
+    missing = ", ".join(p.upper() for p in outcome.providers_without_credentials)
+    reason = (
+        f"no enabled provider has credentials configured on the server ({missing})"
+        if missing
+        else "the workspace has no enabled providers"
+    )
+    return state, ImmediateRun("failed", reason=reason)
