@@ -48,7 +48,13 @@ def test_codes_are_shown_grouped() -> None:
 
 @pytest.mark.parametrize(
     "typed",
-    ["ABCD-2345-EFGH", "abcd-2345-efgh", "abcd 2345 efgh", " AbCd2345eFgH ", "ABCD–2345—EFGH"],
+    [
+        "ABCD-2345-EFGH",
+        "abcd-2345-efgh",
+        "abcd 2345 efgh",
+        " AbCd2345eFgH ",
+        "ABCD\u20132345\u2014EFGH",
+    ],
 )
 def test_typed_codes_are_normalized(typed: str) -> None:
     assert normalize_code(typed) == "ABCD2345EFGH"
