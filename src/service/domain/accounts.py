@@ -47,15 +47,12 @@ async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAcc
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound("user", user_id)
-    roles = dict(
-        (
-            await session.execute(
-                select(OrganizationMember.organization_id, OrganizationMember.role).where(
-                    OrganizationMember.user_id == user_id
-                )
-            )
-        ).tuples()
+    rows = await session.execute(
+        select(OrganizationMember.organization_id, OrganizationMember.role).where(
+            OrganizationMember.user_id == user_id
+        )
     )
+    roles: dict[str, str] = {org_id: role for org_id, role in rows}
     shared = await _organizations_with_others(session, user_id, list(roles))
     other_owners = set(
         await session.scalars(
@@ -135,13 +132,11 @@ async def _organizations_with_others(
 async def _release_uploads(session: AsyncSession, user_id: str) -> list[str]:
     """Hands icons of surviving workspaces to an owner of their organization; deletes the
     user's other file rows and returns their ids (their bytes go after commit)."""
-    in_use = (
-        await session.execute(
-            select(File.id, Workspace.organization_id)
-            .join(Workspace, Workspace.icon_file_id == File.id)
-            .where(File.owner_id == user_id, Workspace.delete_time.is_(None))
-        )
-    ).tuples()
+    in_use = await session.execute(
+        select(File.id, Workspace.organization_id)
+        .join(Workspace, Workspace.icon_file_id == File.id)
+        .where(File.owner_id == user_id, Workspace.delete_time.is_(None))
+    )
     kept: set[str] = set()
     for file_id, org_id in in_use:
         heir = await session.scalar(

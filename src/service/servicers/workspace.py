@@ -1,18 +1,170 @@
-"""WorkspaceService: not implemented yet; every RPC answers UNIMPLEMENTED."""
+"""WorkspaceService: workspaces, icon uploads, enabled providers and account deletion.
+
+Each handler reads the request, calls one domain function (`service.domain.workspaces`,
+`files`, `accounts`) in a unit of work and converts the result with `convert`.
+"""
 
 from __future__ import annotations
 
 import grpc
+from google.protobuf.empty_pb2 import Empty
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from beacon.v1 import workspace_service_pb2, workspace_service_pb2_grpc
+from beacon.v1 import workspace_service_pb2 as pb
+from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
+from service.auth.context import current_call
+from service.domain import accounts, files, idempotency, workspaces
+from service.domain.paging import parse_page
+from service.domain.workspaces import Competitor, NewWorkspace, WorkspacePatch
+from service.servicers.convert import (
+    PROVIDER_FROM_PROTO,
+    PROVIDER_TO_PROTO,
+    organization_to_proto,
+    timestamp,
+    workspace_message,
+    workspace_to_proto,
+)
+
+
+def _competitors(messages: list[pb.Competitor]) -> list[Competitor]:
+    return [Competitor(name=c.name, domain=c.domain) for c in messages]
 
 
 class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
+        self.storage = files.storage_for(app.settings)
+
+    async def CreateWorkspace(
+        self, request: pb.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateWorkspaceResponse:
+        call = current_call()
+        new = NewWorkspace(
+            name=request.name,
+            slug=request.slug,
+            domain=request.domain,
+            organization_id=request.organization_id,
+            organization_name=request.organization_name,
+            icon_file_id=request.icon_file_id,
+            brand_aliases=list(request.brand_aliases),
+            competitors=_competitors(list(request.competitors)),
+        )
+
+        async def create(session: AsyncSession) -> pb.CreateWorkspaceResponse:
+            created = await workspaces.create_workspace(session, call, new)
+            return pb.CreateWorkspaceResponse(
+                workspace=await workspace_message(session, self.app.settings, created.workspace_id),
+                organization=organization_to_proto(created.organization),
+                is_first_workspace=created.is_first_workspace,
+            )
+
+        return await idempotency.run_once(
+            self.app.db,
+            principal_id=call.require_principal().actor_id,
+            method=call.method,
+            request_id=request.request_id,
+            response_type=pb.CreateWorkspaceResponse,
+            create=create,
+        )
+
+    async def ListWorkspaces(
+        self, request: pb.ListWorkspacesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListWorkspacesResponse:
+        user_id = current_call().require_user_id()
+        page = parse_page(
+            request.page_size,
+            request.page_token,
+            scope=f"workspaces|{user_id}|{request.organization_id}",
+        )
+        async with self.app.db.transaction(write=False) as session:
+            views, token = await workspaces.list_views(
+                session, user_id, request.organization_id, page
+            )
+        return pb.ListWorkspacesResponse(
+            workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
+            next_page_token=token,
+        )
+
+    async def GetWorkspace(
+        self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Workspace:
+        async with self.app.db.transaction(write=False) as session:
+            return await workspace_message(session, self.app.settings, request.workspace_id)
+
+    async def UpdateWorkspace(
+        self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Workspace:
+        call = current_call()
+        given = request.workspace
+        patch = WorkspacePatch(
+            name=given.name,
+            slug=given.slug,
+            domain=given.domain,
+            icon_file_id=given.icon_file_id,
+            brand_aliases=list(given.brand_aliases),
+            competitors=_competitors(list(given.competitors)),
+        )
+        async with self.app.db.transaction() as session:
+            await workspaces.update_workspace(
+                session, call, given.id, patch, list(request.update_mask.paths), given.etag
+            )
+            return await workspace_message(session, self.app.settings, given.id)
+
+    async def DeleteWorkspace(
+        self, request: pb.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> Empty:
+        async with self.app.db.transaction() as session:
+            await workspaces.delete_workspace(
+                session, current_call(), request.workspace_id, request.etag
+            )
+        return Empty()
+
+    async def GenerateWorkspaceIconUploadUrl(
+        self,
+        request: pb.GenerateWorkspaceIconUploadUrlRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.GenerateWorkspaceIconUploadUrlResponse:
+        user_id = current_call().require_user_id()
+        async with self.app.db.transaction() as session:
+            ticket = await files.create_upload(session, self.app.settings, user_id)
+        return pb.GenerateWorkspaceIconUploadUrlResponse(
+            upload_url=ticket.url,
+            storage_id=ticket.file_id,
+            expire_time=timestamp(ticket.expire_time),
+            max_bytes=ticket.max_bytes,
+        )
+
+    async def GetEnabledProviders(
+        self, request: pb.GetEnabledProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetEnabledProvidersResponse:
+        async with self.app.db.transaction(write=False) as session:
+            providers = await workspaces.get_enabled_providers(session, request.workspace_id)
+        return pb.GetEnabledProvidersResponse(providers=[PROVIDER_TO_PROTO[p] for p in providers])
+
+    async def SetEnabledProviders(
+        self, request: pb.SetEnabledProvidersRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Workspace:
+        names = [PROVIDER_FROM_PROTO.get(p, "") for p in request.providers]
+        async with self.app.db.transaction() as session:
+            await workspaces.set_enabled_providers(
+                session, current_call(), request.workspace_id, names
+            )
+            return await workspace_message(session, self.app.settings, request.workspace_id)
+
+    async def DeleteAccount(
+        self, request: pb.DeleteAccountRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteAccountResponse:
+        async with self.app.db.transaction() as session:
+            deleted = await accounts.delete_account(session, current_call())
+        await files.delete_bytes(self.storage, deleted.file_ids)
+        return pb.DeleteAccountResponse(
+            user_id=deleted.user_id, deleted_organization_ids=deleted.deleted_organization_ids
+        )
 
 
 def add(server: grpc.aio.Server, app: App) -> str:
-    workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(WorkspaceServicer(app), server)
-    return str(workspace_service_pb2.DESCRIPTOR.services_by_name["WorkspaceService"].full_name)
+    workspace_service_pb2_grpc.add_WorkspaceServiceServicer_to_server(
+        WorkspaceServicer(app), server
+    )
+    return str(pb.DESCRIPTOR.services_by_name["WorkspaceService"].full_name)
