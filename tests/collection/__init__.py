@@ -1,0 +1,1 @@
+"""Tests of the collection API: schedules, prompts, runs, responses and reports."""
