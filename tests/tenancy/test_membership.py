@@ -23,6 +23,7 @@ from tests.tenancy.test_membership_support import (
 )
 
 OWNER, MEMBER = pb.WORKSPACE_ROLE_OWNER, pb.WORKSPACE_ROLE_MEMBER
+_UNDEFINED = pb.WorkspaceRole.ValueType(9)  # a number the contract does not define
 
 
 def _assert_last_owner(failure: RpcFailure, workspace_id: str) -> None:
@@ -37,7 +38,7 @@ async def _remove(stubs: SimpleNamespace, workspace_id: str, actor: Any, user_id
 
 
 async def _set_role(
-    stubs: SimpleNamespace, workspace_id: str, actor: Any, user_id: str, role: int
+    stubs: SimpleNamespace, workspace_id: str, actor: Any, user_id: str, role: Any
 ) -> pb.WorkspaceMember:
     member: pb.WorkspaceMember = await stubs.memberships.UpdateMemberRole(
         pb.UpdateMemberRoleRequest(workspace_id=workspace_id, user_id=user_id, role=role),
@@ -243,7 +244,10 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
         (pb.AddMemberRequest(workspace_id=workspace.id, email=""), "email"),
         (pb.AddMemberRequest(workspace_id=workspace.id, email="a\x00b@example.com"), "email"),
         (pb.AddMemberRequest(workspace_id=workspace.id, email="x" * 250 + "@example.com"), "email"),
-        (pb.AddMemberRequest(workspace_id=workspace.id, email="a@example.com", role=7), "role"),
+        (
+            pb.AddMemberRequest(workspace_id=workspace.id, email="a@example.com", role=_UNDEFINED),
+            "role",
+        ),
     ]
     for request, field in cases:
         bad = await expect_error(
@@ -251,7 +255,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
             stubs.memberships.AddMember(request, metadata=owner.metadata),
         )
         assert bad.details["BadRequest"].field_violations[0].field == field
-    for role in (pb.WORKSPACE_ROLE_UNSPECIFIED, 9):
+    for role in (pb.WORKSPACE_ROLE_UNSPECIFIED, _UNDEFINED):
         bad = await expect_error(
             grpc.StatusCode.INVALID_ARGUMENT,
             _set_role(stubs, workspace.id, owner, owner.user_id, role),
