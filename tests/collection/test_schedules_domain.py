@@ -114,8 +114,10 @@ def test_time_zone_names_are_canonicalized() -> None:
     assert parse_schedule(" 0   0 * *  * ", "", 15, now=NOW).cron == "0 0 * * *"
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_next_fire_time_in_utc_and_zones() -> None:
