@@ -1,0 +1,185 @@
+"""Fixtures and helpers shared by the ticker, worker, pipeline and end-to-end tests (no tests).
+
+Ticker and worker tests run against their own migrated database (per backend), so that ticks
+at arbitrary times never touch another test's schedules, and against the in-process broker so
+that they can wait for the queues to drain. The end-to-end tests use the shared server instead.
+Test modules import the fixtures they use from here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import delete
+
+from service.config import PROVIDERS, Settings
+from service.db.database import Database
+from service.db.models import Organization, Prompt, Schedule, Workspace
+from service.domain.clock import new_id, utcnow
+from tests.conftest import temporary_database
+from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
+from workers.actors import declare_actors
+from workers.broker import configure_broker
+from workers.context import WorkerContext
+from workers.runtime import Embedded, start_embedded
+
+
+@pytest.fixture(scope="session")
+async def collection_db(
+    backend: str, session_id: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Database]:
+    """A database of the collection tests only (dropped at the end of the session)."""
+    tmp = tmp_path_factory.mktemp(f"collection-{backend}")
+    async with temporary_database(backend, tmp, f"beacon_collection_{session_id}") as url:
+        db = Database(url)
+        yield db
+        await db.dispose()
+
+
+@pytest.fixture(scope="session")
+async def fake_server() -> AsyncIterator[FakeProviderServer]:
+    async with FakeProviderServer(latency=0.0) as server:
+        yield server
+
+
+@pytest.fixture
+def fake_provider(fake_server: FakeProviderServer) -> Iterator[FakeProviderServer]:
+    """The fake providers, with faults, scripts, latency and counters reset around the test."""
+    fake_server.reset()
+    yield fake_server
+    fake_server.reset()
+
+
+def provider_settings(server: FakeProviderServer) -> dict[str, Any]:
+    """Settings giving every provider a key and the fake server's base URL."""
+    values: dict[str, Any] = {}
+    for name in PROVIDERS:
+        values[f"{name}_api_key"] = FAKE_API_KEY
+        values[f"{name}_base_url"] = server.base_url(name)
+    return values
+
+
+def derive_settings(base: Settings, **over: Any) -> Settings:
+    return Settings(**{**base.model_dump(), **over})
+
+
+@pytest.fixture
+def worker_settings(
+    settings: Settings, collection_db: Database, fake_provider: FakeProviderServer
+) -> Settings:
+    """Settings of an in-process worker on the private database and the fake providers."""
+    return derive_settings(
+        settings,
+        database_url=collection_db.url,
+        redis_url="",
+        broker_url="",
+        worker_concurrency=16,
+        provider_concurrency=16,
+        probe_max_attempts=3,
+        probe_backoff_seconds=0.01,
+        probe_backoff_max_seconds=0.05,
+        provider_timeout_seconds=5.0,
+        **provider_settings(fake_provider),
+    )
+
+
+@pytest.fixture
+def stub_broker() -> StubBroker:
+    """A fresh in-process broker with Beacon's actors, that no worker consumes."""
+    broker = StubBroker()
+    broker.emit_after("process_boot")
+    declare_actors(broker)
+    return broker
+
+
+@pytest.fixture
+async def context(
+    worker_settings: Settings, collection_db: Database, stub_broker: StubBroker
+) -> AsyncIterator[WorkerContext]:
+    """A worker context on the test's event loop, sending to `stub_broker`."""
+    ctx = WorkerContext.create(worker_settings, stub_broker, db=collection_db)
+    yield ctx
+    await ctx.close(dispose_db=False)
+
+
+@pytest.fixture
+def embedded(worker_settings: Settings) -> Iterator[Embedded]:
+    """An in-process worker (no ticker) consuming the configured in-process broker."""
+    configure_broker(worker_settings).flush_all()
+    running = start_embedded(worker_settings, ticker=False, worker_threads=16)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+async def no_schedules(collection_db: Database) -> None:
+    """Ticks in this test see only the schedules it creates."""
+    async with collection_db.transaction() as session:
+        await session.execute(delete(Schedule))
+
+
+async def make_workspace(
+    db: Database,
+    *,
+    prompts: Sequence[str] = ("best crm for startups",),
+    providers: Sequence[str] = ("openai", "anthropic"),
+    name: str = "Acme",
+    domain: str = "acme.com",
+    aliases: Sequence[str] = (),
+    competitors: Sequence[tuple[str, str]] = (),
+    deleted: bool = False,
+) -> str:
+    """A workspace (in its own organization) with prompts and enabled providers; its id."""
+    now = utcnow()
+    org_id, ws_id = new_id("org"), new_id("ws")
+    suffix = uuid.uuid4().hex[:10]
+    async with db.transaction() as session:
+        session.add(Organization(id=org_id, name=f"Org {suffix}", slug=f"org-{suffix}"))
+        await session.flush()
+        session.add(
+            Workspace(
+                id=ws_id,
+                organization_id=org_id,
+                name=name,
+                slug=f"ws-{suffix}",
+                domain=domain,
+                brand_aliases=list(aliases),
+                competitors=[{"name": n, "domain": d} for n, d in competitors],
+                enabled_providers=list(providers),
+                delete_time=now if deleted else None,
+            )
+        )
+        await session.flush()
+        for index, text in enumerate(prompts):
+            session.add(
+                Prompt(
+                    id=new_id("prm"),
+                    workspace_id=ws_id,
+                    text=text,
+                    text_hash=f"{suffix}-{index}",
+                    create_time=now,
+                )
+            )
+    return ws_id
+
+
+async def add_schedule(
+    db: Database, workspace_id: str, cron: str, next_run_time: datetime, time_zone: str = "UTC"
+) -> None:
+    now = utcnow()
+    async with db.transaction() as session:
+        session.add(
+            Schedule(
+                workspace_id=workspace_id,
+                cron=cron,
+                time_zone=time_zone,
+                next_run_time=next_run_time,
+                create_time=now,
+                update_time=now,
+            )
+        )
