@@ -11,6 +11,9 @@ from PIL import Image
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from service.db.models import OrganizationMember, WorkspaceMember
+from service.domain.clock import utcnow
 from tests.support import unique
 
 
@@ -81,3 +84,23 @@ async def all_workspaces(
         token = reply.next_page_token
         if not token:
             return result
+
+
+async def grant_organization_role(app: App, organization_id: str, user_id: str, role: str) -> None:
+    """Makes `user_id` a member of the organization with `role` (test setup, straight in SQL)."""
+    async with app.db.transaction() as session:
+        session.add(
+            OrganizationMember(
+                organization_id=organization_id, user_id=user_id, role=role, create_time=utcnow()
+            )
+        )
+
+
+async def grant_workspace_role(app: App, workspace_id: str, user_id: str, role: str) -> None:
+    """Makes `user_id` an explicit member of the workspace (a guest unless in the org)."""
+    async with app.db.transaction() as session:
+        session.add(
+            WorkspaceMember(
+                workspace_id=workspace_id, user_id=user_id, role=role, create_time=utcnow()
+            )
+        )
