@@ -75,7 +75,7 @@ def test_invalid_slugs_are_refused_naming_the_field(slug: str) -> None:
         ("Bücher.example", "xn--bcher-kva.example"),
         ("xn--bcher-kva.example", "xn--bcher-kva.example"),
         ("日本.jp", "xn--wgv71a.jp"),
-        ("ＡＣＭＥ.com", "acme.com"),
+        ("\uff21\uff23\uff2d\uff25.com", "acme.com"),  # fullwidth letters
         ("", ""),
         ("   ", ""),
     ],

@@ -57,7 +57,7 @@ async def test_personal_organization_is_created_once_and_named_after_the_user(
 
 async def test_bad_input_writes_nothing_and_names_the_field(stubs: Stubs, new_user: Any) -> None:
     user = await new_user()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"name": " x "}, "name"),
         ({"name": "Fine", "domain": "http://10.0.0.1"}, "domain"),
         ({"name": "Fine", "slug": "Bad Slug"}, "slug"),
