@@ -29,12 +29,12 @@ async def process_run(run_id: str) -> None:
     await expand_run(await worker_context(), run_id)
 
 
-async def process_probe(probe_id: str) -> None:
-    """Asks one provider one prompt and stores the analysed answer."""
+async def process_probe(probe_id: str, attempt: int = 1) -> None:
+    """Asks one provider one prompt (attempt number `attempt`) and stores the analysed answer."""
     from workers.context import worker_context
     from workers.probes import run_probe
 
-    await run_probe(await worker_context(), probe_id)
+    await run_probe(await worker_context(), probe_id, attempt)
 
 
 def declare_actors(broker: dramatiq.Broker) -> None:
@@ -62,8 +62,9 @@ def run_message(run_id: str) -> dramatiq.Message[None]:
     )
 
 
-def probe_message(probe_id: str) -> dramatiq.Message[None]:
-    """The message asking a worker to run `probe_id`."""
+def probe_message(probe_id: str, attempt: int = 1) -> dramatiq.Message[None]:
+    """The message asking a worker to make attempt number `attempt` of `probe_id`."""
+    args: tuple[str] | tuple[str, int] = (probe_id,) if attempt == 1 else (probe_id, attempt)
     return dramatiq.Message(
-        queue_name=PROBE_QUEUE, actor_name=PROCESS_PROBE, args=(probe_id,), kwargs={}, options={}
+        queue_name=PROBE_QUEUE, actor_name=PROCESS_PROBE, args=args, kwargs={}, options={}
     )

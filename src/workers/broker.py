@@ -67,8 +67,10 @@ def reset_brokers() -> None:
 
 
 def _build(url: str) -> dramatiq.Broker:
+    from workers.context import WorkerResources
+
     middleware = [m() for m in dramatiq.middleware.default_middleware]
-    middleware.append(AsyncIO())
+    middleware += [AsyncIO(), WorkerResources()]
     if not url:
         return StubBroker(middleware=middleware)
     scheme = urlsplit(url).scheme

@@ -14,16 +14,14 @@ from sqlalchemy import select
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule
-from tests.collection.test_pipeline_fixtures import (  # noqa: F401 (fixtures)
-    add_schedule,
-    collection_db,
-    derive_settings,
-    make_workspace,
-    no_schedules,
-    stub_broker,
-)
+from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection.test_pipeline_fixtures import add_schedule, derive_settings, make_workspace
 from workers.actors import RUN_QUEUE, declare_actors
 from workers.ticker import tick
+
+collection_db = fixtures.collection_db
+stub_broker = fixtures.stub_broker
+no_schedules = fixtures.no_schedules
 
 pytestmark = pytest.mark.usefixtures("no_schedules")
 

@@ -1,0 +1,131 @@
+"""What one worker process shares between its messages.
+
+One database engine, one HTTP client (a keep-alive pool sized to the worker's concurrency), one
+adapter and one concurrency limit per provider, and the batchers that coalesce probe reads and
+writes. They belong to the event loop that Dramatiq's AsyncIO middleware runs, so they are built
+lazily on that loop by the first message and closed when the worker shuts down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import httpx
+from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.middleware import Middleware
+
+from service.config import PROVIDERS, Settings
+from service.db.database import Database
+from workers.broker import current_broker
+from workers.probes import ProbeStore
+from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
+
+log = logging.getLogger(__name__)
+
+# Connections kept beyond the worker's concurrency, for retries racing a closing connection.
+POOL_HEADROOM = 8
+
+_settings: Settings | None = None
+_contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
+
+
+@dataclass(slots=True)
+class WorkerContext:
+    """The resources a worker's actors use; see the module docstring."""
+
+    settings: Settings
+    db: Database
+    broker: dramatiq.Broker
+    http: httpx.AsyncClient
+    adapters: dict[str, ProviderAdapter]
+    limits: dict[str, asyncio.Semaphore]
+    store: ProbeStore
+
+    @classmethod
+    def create(
+        cls, settings: Settings, broker: dramatiq.Broker, *, db: Database | None = None
+    ) -> WorkerContext:
+        """Builds the context on the running event loop; `db` defaults to a new engine."""
+        size = settings.worker_concurrency + POOL_HEADROOM
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+            timeout=settings.provider_timeout_seconds,
+        )
+        database = db or Database(settings.database_url)
+        adapters = {
+            name: build_adapter(config, http) for name, config in provider_configs(settings).items()
+        }
+        return cls(
+            settings=settings,
+            db=database,
+            broker=broker,
+            http=http,
+            adapters=adapters,
+            limits={name: asyncio.Semaphore(settings.provider_concurrency) for name in PROVIDERS},
+            store=ProbeStore(database),
+        )
+
+    async def close(self, *, dispose_db: bool = True) -> None:
+        await self.http.aclose()
+        if dispose_db:
+            await self.db.dispose()
+
+
+def provider_configs(settings: Settings) -> dict[str, ProviderConfig]:
+    """How to reach each provider that has an API key configured."""
+    return {
+        name: ProviderConfig(
+            name=name,
+            api_key=settings.provider_key(name),
+            base_url=str(getattr(settings, f"{name}_base_url")),
+            model=str(getattr(settings, f"{name}_model")),
+            timeout=settings.provider_timeout_seconds,
+            api=settings.openai_api if name == "openai" else "",
+        )
+        for name in sorted(settings.configured_providers())
+    }
+
+
+def install(settings: Settings) -> None:
+    """Sets the settings that worker contexts of this process are built from."""
+    global _settings
+    _settings = settings
+
+
+async def worker_context() -> WorkerContext:
+    """The context of the running event loop, built on first use."""
+    loop = asyncio.get_running_loop()
+    context = _contexts.get(loop)
+    if context is None:
+        if _settings is None:
+            raise RuntimeError("worker settings not installed: call workers.context.install")
+        context = WorkerContext.create(_settings, current_broker())
+        _contexts[loop] = context
+    return context
+
+
+async def close_worker_context() -> None:
+    """Closes the running loop's context, if it has one."""
+    context = _contexts.pop(asyncio.get_running_loop(), None)
+    if context is not None:
+        await context.close()
+
+
+class WorkerResources(Middleware):
+    """Closes the worker's context on its event loop before the AsyncIO middleware stops it.
+
+    Declared after `AsyncIO`: `after_*` hooks run in reverse order, so this one runs first.
+    """
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        thread = get_event_loop_thread()
+        if thread is None:
+            return
+        try:
+            thread.run_coroutine(close_worker_context())
+        except Exception:
+            log.exception("closing the worker's resources failed")

@@ -1,0 +1,307 @@
+"""One probe: ask one provider one prompt, analyse the answer, store it exactly once.
+
+A probe message may arrive twice (at-least-once delivery): the result is written only while
+the probe is still pending, and a message for a finished probe makes no provider call. Retryable
+provider failures (timeouts, 429, 5xx) are retried by a delayed message carrying the next attempt
+number, after the provider's Retry-After or an exponential backoff, up to
+`probe_max_attempts`; other failures are stored with the provider's message. Reads and writes go
+through `ProbeStore`, which batches them across the probes in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Table, bindparam, select, update
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import Probe, Run, Workspace
+from service.domain.clock import utcnow
+from workers import metrics
+from workers.actors import probe_message
+from workers.analysis import BrandSpec, CompetitorSpec, analyse
+from workers.batching import Batcher
+from workers.providers import Answer, ProviderError
+from workers.providers.urls import host_within, normalize_domain
+from workers.runs import (
+    PENDING,
+    PROBE_FAILED,
+    PROBE_SUCCEEDED,
+    finish_runs,
+    skip_remaining_probes,
+)
+
+if TYPE_CHECKING:
+    from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+# Dramatiq refuses delays of 7 days or more; no provider asks for anything close.
+MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTask:
+    """What a worker needs to run one probe, read in one query."""
+
+    id: str
+    run_id: str
+    workspace_id: str
+    provider: str
+    prompt_text: str
+    status: str
+    run_ended: bool
+    # The run was canceled or its workspace deleted: the probe is skipped.
+    abandoned: bool
+    brand: BrandSpec
+    competitors: tuple[CompetitorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """A probe's terminal outcome, written only if the probe is still pending."""
+
+    probe_id: str
+    run_id: str
+    status: str
+    attempts: int
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+RESULT_COLUMNS = (
+    "model",
+    "text",
+    "citations",
+    "brand_mentioned",
+    "brand_rank",
+    "competitors",
+    "brand_citations",
+    "citation_count",
+    "latency_ms",
+    "error",
+)
+EMPTY_RESULT: dict[str, Any] = {
+    "model": "",
+    "text": "",
+    "citations": [],
+    "brand_mentioned": False,
+    "brand_rank": 0,
+    "competitors": [],
+    "brand_citations": 0,
+    "citation_count": 0,
+    "latency_ms": 0,
+    "error": "",
+}
+
+
+class ProbeStore:
+    """Probe reads and result writes, batched across the probes in flight on one event loop.
+
+    After each batch of results commits, the runs they belong to are checked for completion.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._loads: Batcher[str, ProbeTask | None] = Batcher(self._load_many)
+        self._saves: Batcher[ProbeResult, None] = Batcher(self._save_many)
+
+    async def load(self, probe_id: str) -> ProbeTask | None:
+        """The probe with its run's state and its workspace's brand; None if it is gone."""
+        return await self._loads.submit(probe_id)
+
+    async def save(self, result: ProbeResult) -> None:
+        """Stores a terminal result (no-op if the probe already ended) and ends finished runs."""
+        await self._saves.submit(result)
+
+    async def _load_many(self, probe_ids: Sequence[str]) -> list[ProbeTask | None]:
+        query = (
+            select(
+                Probe.id,
+                Probe.run_id,
+                Probe.workspace_id,
+                Probe.provider,
+                Probe.prompt_text,
+                Probe.status,
+                Run.end_time,
+                Run.cancel_requested,
+                Workspace.delete_time,
+                Workspace.name,
+                Workspace.domain,
+                Workspace.brand_aliases,
+                Workspace.competitors,
+            )
+            .join(Run, Run.id == Probe.run_id)
+            .join(Workspace, Workspace.id == Probe.workspace_id)
+            .where(Probe.id.in_(set(probe_ids)))
+        )
+        async with self.db.transaction(write=False) as session:
+            rows = (await session.execute(query)).all()
+        tasks = {row.id: _task(row) for row in rows}
+        return [tasks.get(probe_id) for probe_id in probe_ids]
+
+    async def _save_many(self, results: Sequence[ProbeResult]) -> list[None]:
+        now = utcnow()
+        table = Probe.__table__
+        assert isinstance(table, Table)
+        statement = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"), table.c.status == PENDING)
+            .values(
+                status=bindparam("b_status"),
+                attempts=bindparam("b_attempts"),
+                complete_time=now,
+                **{column: bindparam(f"b_{column}") for column in RESULT_COLUMNS},
+            )
+        )
+        params = [
+            {
+                "b_id": result.probe_id,
+                "b_status": result.status,
+                "b_attempts": result.attempts,
+                **{f"b_{k}": v for k, v in (EMPTY_RESULT | result.values).items()},
+            }
+            for result in results
+        ]
+        async with self.db.transaction() as session:
+            await session.execute(statement, params)
+        await finish_runs(self.db, {result.run_id for result in results})
+        return [None] * len(results)
+
+
+def _task(row: Any) -> ProbeTask:
+    competitors = tuple(
+        CompetitorSpec(name=str(item.get("name", "")), domain=str(item.get("domain") or ""))
+        for item in row.competitors or ()
+        if isinstance(item, dict) and item.get("name")
+    )
+    return ProbeTask(
+        id=row.id,
+        run_id=row.run_id,
+        workspace_id=row.workspace_id,
+        provider=row.provider,
+        prompt_text=row.prompt_text,
+        status=row.status,
+        run_ended=row.end_time is not None,
+        abandoned=bool(row.cancel_requested) or row.delete_time is not None,
+        brand=BrandSpec(
+            name=row.name, domain=row.domain or "", aliases=tuple(row.brand_aliases or ())
+        ),
+        competitors=competitors,
+    )
+
+
+async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> None:
+    """Runs attempt number `attempt` of one probe (see the module docstring)."""
+    task = await context.store.load(probe_id)
+    if task is None:
+        log.info("probe %s no longer exists", probe_id)
+        return
+    if task.status != PENDING:
+        if not task.run_ended:
+            # A crash between storing the result and ending the run: finish the job.
+            await finish_runs(context.db, [task.run_id])
+        return
+    if task.abandoned:
+        await skip_remaining_probes(context.db, task.run_id)
+        await finish_runs(context.db, [task.run_id])
+        return
+    result = await _ask(context, task, attempt)
+    if result is not None:
+        await context.store.save(result)
+        metrics.PROBES_FINISHED.labels(task.provider, result.status).inc()
+
+
+async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeResult | None:
+    """The probe's result, or None when another attempt has been scheduled."""
+    adapter = context.adapters.get(task.provider)
+    if adapter is None:
+        message = (
+            f"no API key configured for {task.provider} "
+            f"(BEACON_{task.provider.upper()}_API_KEY on the workers)"
+        )
+        return _failed(task, attempt, message)
+    async with context.limits[task.provider]:
+        metrics.PROBES_IN_FLIGHT.inc()
+        started = time.perf_counter()
+        try:
+            answer = await adapter.ask(task.prompt_text)
+        except ProviderError as exc:
+            if exc.retryable and attempt < context.settings.probe_max_attempts:
+                await _retry_later(context, task, attempt, exc)
+                return None
+            return _failed(task, attempt, _describe(exc))
+        except Exception as exc:
+            # A defect, not the provider: record it so that the run still ends.
+            log.exception("probe %s: unexpected error from the %s adapter", task.id, task.provider)
+            return _failed(task, attempt, f"internal error: {type(exc).__name__}")
+        finally:
+            metrics.PROBES_IN_FLIGHT.dec()
+            metrics.PROVIDER_SECONDS.labels(task.provider).observe(time.perf_counter() - started)
+    return _succeeded(task, attempt, answer)
+
+
+def _describe(exc: ProviderError) -> str:
+    return f"{exc.message} (HTTP {exc.status})" if exc.status is not None else exc.message
+
+
+def _failed(task: ProbeTask, attempt: int, message: str) -> ProbeResult:
+    return ProbeResult(task.id, task.run_id, PROBE_FAILED, attempt, {"error": message})
+
+
+def _succeeded(task: ProbeTask, attempt: int, answer: Answer) -> ProbeResult:
+    analysis = analyse(answer.text, answer.citations, task.brand, task.competitors)
+    brand_domain = normalize_domain(task.brand.domain)
+    citations = [
+        {
+            "url": citation.url,
+            "title": citation.title,
+            "domain": citation.domain,
+            "brand": host_within(citation.domain, brand_domain),
+        }
+        for citation in answer.citations
+    ]
+    values = {
+        "model": answer.model,
+        "text": answer.text,
+        "citations": citations,
+        "brand_mentioned": analysis.brand_mentioned,
+        "brand_rank": analysis.brand_rank or 0,
+        "competitors": [{"name": c.name, "rank": c.rank} for c in analysis.competitors],
+        "brand_citations": analysis.brand_citations,
+        "citation_count": analysis.citation_count,
+        "latency_ms": answer.latency_ms,
+    }
+    return ProbeResult(task.id, task.run_id, PROBE_SUCCEEDED, attempt, values)
+
+
+def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
+    """Seconds before attempt `attempt + 1`: the provider's Retry-After when it gave one,
+    otherwise exponential backoff with jitter, capped at `probe_backoff_max_seconds`."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_DELAY_SECONDS)
+    backoff = settings.probe_backoff_seconds * 2.0 ** (attempt - 1)
+    return min(backoff, settings.probe_backoff_max_seconds) * random.uniform(0.5, 1.0)
+
+
+async def _retry_later(
+    context: WorkerContext, task: ProbeTask, attempt: int, exc: ProviderError
+) -> None:
+    delay = retry_delay(context.settings, attempt, exc.retry_after)
+    async with context.db.transaction() as session:
+        # Shown on the pending response until it ends: how often it was tried, and why not yet.
+        await session.execute(
+            update(Probe)
+            .where(Probe.id == task.id, Probe.status == PENDING)
+            .values(attempts=attempt, error=_describe(exc))
+        )
+    message = probe_message(task.id, attempt + 1)
+    await asyncio.to_thread(context.broker.enqueue, message, delay=round(delay * 1000))
+    metrics.PROBE_RETRIES.labels(task.provider).inc()
+    log.info("probe %s: %s; attempt %d in %.1fs", task.id, _describe(exc), attempt + 1, delay)

@@ -1,0 +1,253 @@
+"""A run's life in the workers: expansion into probes, and its end once every probe is done.
+
+`expand_run` turns a queued run into one probe row per (prompt, provider) and one message per
+probe. Rows are inserted under the probes' unique key, so a redelivered run message inserts
+nothing new and only re-sends the probes still pending. `finish_runs` ends a run exactly once
+(`UPDATE ... WHERE end_time IS NULL`) when none of its probes is pending any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Final
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import PROVIDERS
+from service.db.database import Database
+from service.db.models import Probe, Prompt, Run, Workspace
+from service.domain.clock import new_id, utcnow
+from workers import metrics
+from workers.actors import probe_message
+from workers.broker import send_messages
+from workers.statements import insert_ignoring_duplicates
+
+if TYPE_CHECKING:
+    from workers.context import WorkerContext
+
+log = logging.getLogger(__name__)
+
+# Run statuses (runs.status).
+QUEUED: Final = "queued"
+RUNNING: Final = "running"
+SUCCEEDED: Final = "succeeded"
+PARTIAL: Final = "partial"
+FAILED: Final = "failed"
+CANCELED: Final = "canceled"
+
+# Probe statuses (probes.status); the last three are terminal.
+PENDING: Final = "pending"
+PROBE_SUCCEEDED: Final = "succeeded"
+PROBE_FAILED: Final = "failed"
+SKIPPED: Final = "skipped"
+
+ROWS_PER_INSERT = 1000
+IDS_PER_QUERY = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Expansion:
+    """What `expand_run` did: probes created now and probe messages sent."""
+
+    created: int
+    sent: int
+
+
+async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
+    """Creates the run's probes (first delivery only) and sends a message per pending probe.
+
+    A run whose workspace has no prompts, or no enabled provider with credentials, ends FAILED
+    with the reason; a run canceled before expansion ends CANCELED; an ended run is left alone.
+    """
+    db = context.db
+    now = utcnow()
+    created = 0
+    async with db.transaction() as session:
+        row = (
+            await session.execute(
+                select(Run, Workspace.enabled_providers, Workspace.delete_time)
+                .join(Workspace, Workspace.id == Run.workspace_id)
+                .where(Run.id == run_id)
+            )
+        ).one_or_none()
+        if row is None:
+            log.info("run %s no longer exists", run_id)
+            return Expansion(0, 0)
+        run, enabled, deleted = row
+        if run.end_time is not None:
+            return Expansion(0, 0)
+        if run.cancel_requested or deleted is not None:
+            if run.status == QUEUED:
+                await _end_run(session, run_id, CANCELED, now)
+                return Expansion(0, 0)
+        elif run.status == QUEUED:
+            prompts = await _prompts_of(session, run)
+            providers = _providers_of(run, enabled, context.settings.configured_providers())
+            reason = _empty_reason(prompts, providers, bool(run.providers))
+            if reason:
+                await _end_run(session, run_id, FAILED, now, reason)
+                return Expansion(0, 0)
+            created = await _insert_probes(db, session, run, prompts, providers, now)
+            await session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == QUEUED)
+                .values(
+                    status=RUNNING,
+                    start_time=now,
+                    providers=providers,
+                    prompt_count=len(prompts),
+                )
+            )
+    async with db.transaction(write=False) as session:
+        pending = list(
+            (
+                await session.scalars(
+                    select(Probe.id)
+                    .where(Probe.run_id == run_id, Probe.status == PENDING)
+                    .order_by(Probe.prompt_id, Probe.provider)
+                )
+            ).all()
+        )
+    if pending:
+        messages = [probe_message(probe_id) for probe_id in pending]
+        await asyncio.to_thread(send_messages, context.broker, messages)
+    elif created == 0:
+        # Every probe already ended (a redelivery after a crash): make sure the run did too.
+        await finish_runs(db, [run_id])
+    metrics.PROBES_CREATED.inc(created)
+    return Expansion(created, len(pending))
+
+
+async def _prompts_of(session: AsyncSession, run: Run) -> list[tuple[str, str]]:
+    query = select(Prompt.id, Prompt.text).where(Prompt.workspace_id == run.workspace_id)
+    if run.prompt_ids:
+        query = query.where(Prompt.id.in_(run.prompt_ids))
+    rows = await session.execute(query.order_by(Prompt.create_time, Prompt.id))
+    return [(prompt_id, text) for prompt_id, text in rows.all()]
+
+
+def _providers_of(run: Run, enabled: Sequence[str], configured: Iterable[str]) -> list[str]:
+    """The run's requested providers; by default the enabled ones that have credentials."""
+    chosen = set(run.providers) if run.providers else set(enabled) & set(configured)
+    return [name for name in PROVIDERS if name in chosen]
+
+
+def _empty_reason(prompts: Sequence[object], providers: Sequence[str], requested: bool) -> str:
+    if not prompts:
+        return "the workspace has no prompts to ask"
+    if not providers:
+        if requested:
+            return "none of the requested providers is enabled"
+        return "no enabled provider has credentials configured"
+    return ""
+
+
+async def _insert_probes(
+    db: Database,
+    session: AsyncSession,
+    run: Run,
+    prompts: Sequence[tuple[str, str]],
+    providers: Sequence[str],
+    now: datetime,
+) -> int:
+    rows = [
+        {
+            "id": new_id("rsp"),
+            "run_id": run.id,
+            "workspace_id": run.workspace_id,
+            "prompt_id": prompt_id,
+            "prompt_text": text,
+            "provider": provider,
+            "status": PENDING,
+            "create_time": now,
+        }
+        for prompt_id, text in prompts
+        for provider in providers
+    ]
+    statement = insert_ignoring_duplicates(
+        db, Probe, (Probe.run_id, Probe.prompt_id, Probe.provider)
+    )
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        await session.execute(statement, rows[start : start + ROWS_PER_INSERT])
+    return len(rows)
+
+
+async def _end_run(
+    session: AsyncSession, run_id: str, status: str, now: datetime, reason: str = ""
+) -> bool:
+    result = await session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.end_time.is_(None))
+        .values(status=status, end_time=now, failure_reason=reason)
+    )
+    ended = bool(getattr(result, "rowcount", 0))
+    if ended:
+        metrics.RUNS_ENDED.labels(status).inc()
+    return ended
+
+
+def final_status(counts: Counter[str]) -> str | None:
+    """The status a run ends with given its probes' statuses; None while one is pending.
+
+    Skipped probes mean the run was canceled before every probe finished.
+    """
+    if not counts or counts[PENDING]:
+        return None
+    if counts[SKIPPED]:
+        return CANCELED
+    if not counts[PROBE_FAILED]:
+        return SUCCEEDED
+    return PARTIAL if counts[PROBE_SUCCEEDED] else FAILED
+
+
+async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
+    """Ends each open run whose probes are all terminal; returns the runs ended by this call.
+
+    Call it after the transaction that made a probe terminal has committed: of two workers
+    finishing a run's last two probes concurrently, the later check then sees both.
+    """
+    open_ids = sorted(set(run_ids))
+    ended: list[str] = []
+    for start in range(0, len(open_ids), IDS_PER_QUERY):
+        chunk = open_ids[start : start + IDS_PER_QUERY]
+        async with db.transaction() as session:
+            runs = list(
+                (
+                    await session.scalars(
+                        select(Run.id).where(Run.id.in_(chunk), Run.end_time.is_(None))
+                    )
+                ).all()
+            )
+            if not runs:
+                continue
+            counts: dict[str, Counter[str]] = {run_id: Counter() for run_id in runs}
+            rows = await session.execute(
+                select(Probe.run_id, Probe.status, func.count())
+                .where(Probe.run_id.in_(runs))
+                .group_by(Probe.run_id, Probe.status)
+            )
+            for run_id, probe_status, count in rows.tuples():
+                counts[run_id][probe_status] = count
+            now = utcnow()
+            for run_id in runs:
+                status = final_status(counts[run_id])
+                if status is not None and await _end_run(session, run_id, status, now):
+                    ended.append(run_id)
+    return ended
+
+
+async def skip_remaining_probes(db: Database, run_id: str) -> int:
+    """Marks the run's pending probes skipped (the run was canceled); returns how many."""
+    async with db.transaction() as session:
+        result = await session.execute(
+            update(Probe)
+            .where(Probe.run_id == run_id, Probe.status == PENDING)
+            .values(status=SKIPPED, complete_time=utcnow(), error="the run was canceled")
+        )
+    return int(getattr(result, "rowcount", 0))

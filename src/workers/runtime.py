@@ -1,0 +1,174 @@
+"""Running the workers: the `beacon worker` process, and everything in-process for `beacon dev`.
+
+A worker is Dramatiq's own `Worker` with the AsyncIO middleware: every actor is a coroutine on
+one event loop, and each worker thread waits for one message's coroutine, so the number of
+threads (`worker_concurrency`) is the number of probes in flight. The database reads and writes
+of those probes are batched (`workers.probes.ProbeStore`), which keeps one process's CPU for
+the provider calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+
+import dramatiq
+from dramatiq import Worker
+
+from service.config import Settings
+from service.db.database import Database
+from workers import metrics
+from workers.broker import configure_broker
+from workers.context import install
+from workers.ticker import Ticker
+
+log = logging.getLogger(__name__)
+
+# How often an idle consumer polls its queue (ms): also bounds how late a stop is noticed.
+WORKER_TIMEOUT_MS = 250
+# Consecutive idle observations `drain` requires, against a message between two queues.
+QUIET_CHECKS = 3
+POLL_SECONDS = 0.005
+
+_embedded: Embedded | None = None
+
+
+def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
+    """A Dramatiq worker over Beacon's queues (not started)."""
+    install(settings)
+    return Worker(
+        broker,
+        worker_threads=threads or settings.worker_concurrency,
+        worker_timeout=WORKER_TIMEOUT_MS,
+    )
+
+
+def run_worker(settings: Settings) -> None:
+    """The `beacon worker` process: consumes until SIGTERM/SIGINT, then finishes in-flight
+    messages (up to `shutdown_grace_seconds`; the rest go back to the queue) and exits."""
+    broker = configure_broker(settings)
+    metrics.serve_metrics(_metrics_address(settings))
+    worker = build_worker(settings, broker)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("worker: signal %d, stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.start()
+    log.info("worker started: %d threads", worker.worker_threads)
+    while not stop.wait(timeout=1.0):
+        pass
+    worker.stop(timeout=round(settings.shutdown_grace_seconds * 1000))
+    broker.close()
+    log.info("worker stopped")
+
+
+@dataclass
+class Embedded:
+    """A worker (and optionally a ticker loop) running in background threads of this process."""
+
+    broker: dramatiq.Broker
+    worker: Worker
+    ticker: Ticker | None = None
+    _ticker_thread: threading.Thread | None = None
+    _ticker_loop: asyncio.AbstractEventLoop | None = None
+    _stopped: bool = field(default=False)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stops the ticker, then the worker (finishing in-flight messages within `timeout`)."""
+        global _embedded
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.ticker is not None and self._ticker_loop is not None:
+            self._ticker_loop.call_soon_threadsafe(self.ticker.stop)
+        if self._ticker_thread is not None:
+            self._ticker_thread.join(timeout)
+        self.worker.stop(timeout=round(timeout * 1000))
+        if _embedded is self:
+            _embedded = None
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Blocks until no message is queued, delayed or being processed (in-process broker).
+
+        Raises TimeoutError after `timeout` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < QUIET_CHECKS:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"messages still pending after {timeout:g}s")
+            quiet = 0 if self._busy() else quiet + 1
+            time.sleep(POLL_SECONDS)
+
+    def _busy(self) -> bool:
+        queues = getattr(self.broker, "queues", {})
+        if not isinstance(queues, dict):
+            raise TypeError("drain needs the in-process broker; poll the database instead")
+        if any(queue.unfinished_tasks for queue in queues.values()):
+            return True
+        if self.worker.work_queue.unfinished_tasks:
+            return True
+        return any(
+            consumer.delay_queue.unfinished_tasks for consumer in self.worker.consumers.values()
+        )
+
+
+def start_embedded(
+    settings: Settings, *, ticker: bool = True, worker_threads: int | None = None
+) -> Embedded:
+    """Starts a worker, and a ticker loop unless `ticker=False`, in background threads.
+
+    Used by `beacon dev` and the tests; call `.stop()` when done. The broker is whatever
+    `settings` selects (the in-process one when no broker URL is set).
+    """
+    global _embedded
+    broker = configure_broker(settings)
+    worker = build_worker(settings, broker, worker_threads)
+    worker.start()
+    embedded = Embedded(broker=broker, worker=worker)
+    if ticker:
+        started = threading.Event()
+        embedded._ticker_thread = threading.Thread(
+            target=_ticker_thread, args=(settings, broker, embedded, started), daemon=True
+        )
+        embedded._ticker_thread.start()
+        started.wait(10.0)
+    _embedded = embedded
+    return embedded
+
+
+def _ticker_thread(
+    settings: Settings, broker: dramatiq.Broker, embedded: Embedded, started: threading.Event
+) -> None:
+    async def main() -> None:
+        db = Database(settings.database_url)
+        embedded.ticker = Ticker(settings, db, broker)
+        embedded._ticker_loop = asyncio.get_running_loop()
+        started.set()
+        try:
+            await embedded.ticker.run()
+        finally:
+            await db.dispose()
+
+    asyncio.run(main())
+
+
+def drain(timeout: float = 30.0) -> None:
+    """Waits for the embedded worker's in-process queues to empty (see `Embedded.drain`)."""
+    if _embedded is None:
+        raise RuntimeError("no embedded worker is running: call start_embedded first")
+    _embedded.drain(timeout)
+
+
+def _metrics_address(settings: Settings) -> str:
+    # Served only when the deployment names an address for it.
+    return str(getattr(settings, "worker_metrics_addr", "")) if settings.metrics_enabled else ""

@@ -1,0 +1,278 @@
+"""The ticker: turns due cron schedules into runs, safely however many tickers run.
+
+Each tick claims due schedules in batches (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so
+concurrent tickers take disjoint batches; on SQLite the write transaction is exclusive), inserts
+one run per (workspace, slot) under the runs' unique key, advances each schedule's next run time
+past now and commits; only then are the new runs sent to the broker (the outbox, see
+`workers.dispatch`). Missed slots collapse into one run for the latest of them. Every tick ends
+with a sweep of runs that were written but never sent, by any process.
+
+The cost of a tick follows the number of due schedules: schedules are found through the index
+on `next_run_time`, runs through the one on `enqueue_time`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dramatiq
+from croniter import CroniterBadDateError
+from sqlalchemy import select, update
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import Run, Schedule, Workspace
+from service.domain.clock import new_id, utcnow
+from service.domain.schedules import next_fire_time
+from workers import metrics
+from workers.broker import configure_broker
+from workers.dispatch import dispatch_pending_runs
+from workers.runs import QUEUED
+from workers.statements import insert_ignoring_duplicates
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_TRIGGER = "schedule"
+# Slots missed for longer than this are found from here instead of walked one by one.
+CATCH_UP_WINDOW = timedelta(days=2)
+# A schedule whose next time cannot be computed is looked at again after this long.
+BROKEN_SCHEDULE_RETRY = timedelta(days=1)
+# Outbox sweeps per tick at most (each sends up to `ticker_batch_size` runs).
+MAX_SWEEPS = 100
+PURGE_INTERVAL = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class TickResult:
+    """What one tick did."""
+
+    claimed: int  # due schedules advanced
+    created: int  # runs created (a slot that already had its run creates none)
+    dispatched: int  # run messages sent, including the sweep of older unsent runs
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One batch of due schedules, advanced; the runs it created (not yet sent)."""
+
+    claimed: int
+    run_ids: list[str]
+
+
+async def tick(
+    db: Database, settings: Settings, now: datetime, *, broker: dramatiq.Broker | None = None
+) -> TickResult:
+    """Fires every schedule due at `now`, then sends unsent runs (see the module docstring)."""
+    started = time.perf_counter()
+    claimed = created = dispatched = 0
+    batch_size = settings.ticker_batch_size
+    while True:
+        claim = await claim_due_schedules(db, now, batch_size)
+        claimed += claim.claimed
+        created += len(claim.run_ids)
+        if claim.run_ids:
+            dispatched += await dispatch_pending_runs(
+                db, run_ids=claim.run_ids, limit=len(claim.run_ids), broker=broker
+            )
+        if claim.claimed < batch_size:
+            break
+    for _ in range(MAX_SWEEPS):
+        swept = await dispatch_pending_runs(db, limit=batch_size, broker=broker)
+        dispatched += swept
+        if swept < batch_size:
+            break
+    metrics.TICKS.inc()
+    metrics.TICK_SECONDS.observe(time.perf_counter() - started)
+    metrics.SCHEDULES_CLAIMED.inc(claimed)
+    metrics.RUNS_CREATED.inc(created)
+    return TickResult(claimed=claimed, created=created, dispatched=dispatched)
+
+
+async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
+    """Claims up to `limit` schedules due at `now`: creates their runs, advances them, commits.
+
+    Schedules of deleted workspaces are advanced without a run.
+    """
+    query = (
+        select(
+            Schedule.workspace_id,
+            Schedule.cron,
+            Schedule.time_zone,
+            Schedule.next_run_time,
+            Workspace.delete_time,
+        )
+        .join(Workspace, Workspace.id == Schedule.workspace_id)
+        .where(Schedule.next_run_time <= now)
+        .order_by(Schedule.next_run_time)
+        .limit(limit)
+    )
+    if not db.is_sqlite:
+        query = query.with_for_update(skip_locked=True, of=Schedule)
+    fire_times = FireTimes(now)
+    async with db.transaction() as session:
+        rows = (await session.execute(query)).all()
+        if not rows:
+            return Claim(0, [])
+        runs: list[dict[str, object]] = []
+        advance: dict[datetime, list[str]] = defaultdict(list)
+        for workspace_id, cron, time_zone, due, deleted in rows:
+            slot, following = fire_times.get(cron, time_zone, due)
+            advance[following].append(workspace_id)
+            if slot is not None and deleted is None:
+                runs.append(_scheduled_run(workspace_id, slot, now))
+        run_ids: list[str] = []
+        if runs:
+            statement = insert_ignoring_duplicates(
+                db, Run, (Run.workspace_id, Run.scheduled_time)
+            ).returning(Run.id)
+            run_ids = list((await session.scalars(statement, runs)).all())
+        for following, workspace_ids in advance.items():
+            await session.execute(
+                update(Schedule)
+                .where(Schedule.workspace_id.in_(workspace_ids))
+                .values(next_run_time=following, update_time=now)
+            )
+    return Claim(len(rows), run_ids)
+
+
+def _scheduled_run(workspace_id: str, slot: datetime, now: datetime) -> dict[str, object]:
+    return {
+        "id": new_id("run"),
+        "workspace_id": workspace_id,
+        "trigger": SCHEDULE_TRIGGER,
+        "status": QUEUED,
+        "scheduled_time": slot,
+        "prompt_ids": [],
+        "providers": [],
+        "prompt_count": 0,
+        "create_time": now,
+        "cancel_requested": False,
+        "failure_reason": "",
+    }
+
+
+class FireTimes:
+    """Slot computations for one tick, shared by the schedules with the same cron and due time."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self._cache: dict[tuple[str, str, datetime], tuple[datetime | None, datetime]] = {}
+
+    def get(self, cron: str, time_zone: str, due: datetime) -> tuple[datetime | None, datetime]:
+        """(the slot to run, the next run time): see `fire_slot`."""
+        key = (cron, time_zone, due)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = fire_slot(cron, time_zone, due, self.now)
+        return found
+
+
+def fire_slot(
+    cron: str, time_zone: str, due: datetime, now: datetime
+) -> tuple[datetime | None, datetime]:
+    """The slot to run for a schedule due at `due`, and its next run time after `now`.
+
+    The slots are `due` itself and every firing after it; the latest one at or before `now` is
+    run (missed slots collapse into it). A schedule that can no longer fire gets no slot and is
+    looked at again after `BROKEN_SCHEDULE_RETRY`.
+    """
+    slot = due
+    try:
+        if now - due > CATCH_UP_WINDOW:
+            recent = next_fire_time(cron, time_zone, now - CATCH_UP_WINDOW)
+            if recent <= now:
+                slot = recent
+        while True:
+            following = next_fire_time(cron, time_zone, slot)
+            if following > now:
+                return slot, following
+            slot = following
+    except (CroniterBadDateError, ValueError, KeyError) as exc:
+        log.error("schedule %r in %s cannot fire: %s", cron, time_zone, exc)
+        return None, now + BROKEN_SCHEDULE_RETRY
+
+
+async def purge_deleted(db: Database, settings: Settings, now: datetime) -> int:
+    """Purges workspaces past their retention, when the tenancy domain provides it."""
+    try:
+        from service.domain.workspaces import purge_deleted_workspaces
+    except ImportError:
+        return 0
+    return await purge_deleted_workspaces(db, now, retention_days=settings.workspace_retention_days)
+
+
+class Ticker:
+    """The ticker loop: a tick every `ticker_interval_seconds` until stopped."""
+
+    def __init__(self, settings: Settings, db: Database, broker: dramatiq.Broker) -> None:
+        self.settings = settings
+        self.db = db
+        self.broker = broker
+        self.stopping = asyncio.Event()
+        self._last_purge: datetime | None = None
+
+    async def run(self) -> None:
+        """Ticks until `stop` is called; a failed tick is logged and retried next interval."""
+        while not self.stopping.is_set():
+            await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stopping.wait(), timeout=self.settings.ticker_interval_seconds
+                )
+
+    async def run_once(self) -> TickResult | None:
+        now = utcnow()
+        try:
+            result = await tick(self.db, self.settings, now, broker=self.broker)
+            if self._last_purge is None or now - self._last_purge >= PURGE_INTERVAL:
+                self._last_purge = now
+                purged = await purge_deleted(self.db, self.settings, now)
+                if purged:
+                    log.info("purged %d deleted workspaces", purged)
+        except Exception:
+            log.exception("tick failed; retrying at the next interval")
+            return None
+        if result.claimed or result.dispatched:
+            log.info(
+                "tick: %d schedules due, %d runs created, %d sent",
+                result.claimed,
+                result.created,
+                result.dispatched,
+            )
+        return result
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+def run_ticker(settings: Settings) -> None:
+    """The `beacon ticker` process: ticks until SIGTERM or SIGINT, then exits cleanly."""
+    broker = configure_broker(settings)
+    metrics.serve_metrics(_metrics_address(settings))
+    asyncio.run(_run_until_signal(settings, broker))
+
+
+async def _run_until_signal(settings: Settings, broker: dramatiq.Broker) -> None:
+    db = Database(settings.database_url)
+    ticker = Ticker(settings, db, broker)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, ticker.stop)
+    log.info("ticker started: every %gs", settings.ticker_interval_seconds)
+    try:
+        await ticker.run()
+    finally:
+        await db.dispose()
+        log.info("ticker stopped")
+
+
+def _metrics_address(settings: Settings) -> str:
+    # Served only when the deployment names an address for it.
+    return str(getattr(settings, "ticker_metrics_addr", "")) if settings.metrics_enabled else ""
