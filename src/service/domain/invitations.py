@@ -71,14 +71,7 @@ async def claim_invitations(session: AsyncSession, user: User) -> None:
     email = user.email.strip().lower()
     now = utcnow()
 
-    workspace_roles = {
-        workspace_id: role
-        for workspace_id, role in await session.execute(
-            delete(WorkspaceInvitation)
-            .where(WorkspaceInvitation.email == email)
-            .returning(WorkspaceInvitation.workspace_id, WorkspaceInvitation.role)
-        )
-    }
+    workspace_roles = await _take_invitations(session, WorkspaceInvitation, "workspace_id", email)
     if workspace_roles:
         live = await session.scalars(
             select(Workspace.id)
@@ -107,14 +100,9 @@ async def claim_invitations(session: AsyncSession, user: User) -> None:
             elif WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]:
                 member.role = role
 
-    organization_roles = {
-        organization_id: role
-        for organization_id, role in await session.execute(
-            delete(OrganizationInvitation)
-            .where(OrganizationInvitation.email == email)
-            .returning(OrganizationInvitation.organization_id, OrganizationInvitation.role)
-        )
-    }
+    organization_roles = await _take_invitations(
+        session, OrganizationInvitation, "organization_id", email
+    )
     if organization_roles:
         await session.execute(
             select(Organization.id)
@@ -138,3 +126,18 @@ async def claim_invitations(session: AsyncSession, user: User) -> None:
                     )
                 )
     await session.flush()
+
+
+async def _take_invitations(
+    session: AsyncSession,
+    model: type[WorkspaceInvitation | OrganizationInvitation],
+    scope_column: str,
+    email: str,
+) -> dict[str, str]:
+    """Deletes the email's invitations of one kind; returns workspace/organization id → role."""
+    rows = await session.execute(
+        delete(model)
+        .where(model.email == email)
+        .returning(getattr(model, scope_column), model.role)
+    )
+    return {scope_id: role for scope_id, role in rows}
