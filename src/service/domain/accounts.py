@@ -70,8 +70,8 @@ async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAcc
     )
     if blocking:
         raise FailedPrecondition(
-            "you are the only owner of organizations that have other members: make another "
-            "member an owner or remove the members first",
+            f"you are the only owner of organizations that have other members "
+            f"({', '.join(blocking)}): make another member an owner or remove the members first",
             [
                 PreconditionViolation(
                     "SOLE_OWNER", org_id, "the caller is the only owner and others are members"
