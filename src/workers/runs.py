@@ -232,7 +232,7 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
                 .where(Probe.run_id.in_(runs))
                 .group_by(Probe.run_id, Probe.status)
             )
-            for run_id, probe_status, count in rows.tuples():
+            for run_id, probe_status, count in rows:
                 counts[run_id][probe_status] = count
             now = utcnow()
             for run_id in runs:

@@ -8,18 +8,19 @@ Test modules import the fixtures they use from here.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
-from service.db.models import Organization, Prompt, Schedule, Workspace
+from service.db.models import Organization, Probe, Prompt, Run, Schedule, Workspace
 from service.domain.clock import new_id, utcnow
 from tests.conftest import temporary_database
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
@@ -107,13 +108,73 @@ async def context(
     await ctx.close(dispose_db=False)
 
 
+StartWorker = Callable[..., Embedded]
+
+
 @pytest.fixture
-def embedded(worker_settings: Settings) -> Iterator[Embedded]:
-    """An in-process worker (no ticker) consuming the configured in-process broker."""
-    configure_broker(worker_settings).flush_all()
-    running = start_embedded(worker_settings, ticker=False, worker_threads=16)
-    yield running
-    running.stop()
+def start_worker(worker_settings: Settings) -> Iterator[StartWorker]:
+    """Starts an in-process worker (no ticker) with `worker_settings` changed by keywords."""
+    started: list[Embedded] = []
+
+    def start(**over: Any) -> Embedded:
+        changed = derive_settings(worker_settings, **over) if over else worker_settings
+        configure_broker(changed).flush_all()
+        running = start_embedded(changed, ticker=False, worker_threads=8)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.stop()
+
+
+async def drained(worker: Embedded) -> None:
+    """Waits (30 s at most) for the worker's queues to empty, without blocking this loop: the
+    fake providers run on it."""
+    await asyncio.to_thread(worker.drain, 30.0)
+
+
+async def insert_run(
+    db: Database,
+    workspace_id: str,
+    *,
+    prompt_ids: Sequence[str] = (),
+    providers: Sequence[str] = (),
+    trigger: str = "manual",
+) -> str:
+    """A queued run, as StartRun writes it (not yet sent)."""
+    run_id = new_id("run")
+    async with db.transaction() as session:
+        session.add(
+            Run(
+                id=run_id,
+                workspace_id=workspace_id,
+                trigger=trigger,
+                status="queued",
+                prompt_ids=list(prompt_ids),
+                providers=list(providers),
+                create_time=utcnow(),
+            )
+        )
+    return run_id
+
+
+async def load_run(db: Database, run_id: str) -> Run:
+    async with db.transaction(write=False) as session:
+        run = await session.get(Run, run_id)
+        assert run is not None
+        session.expunge_all()
+        return run
+
+
+async def load_probes(db: Database, run_id: str) -> list[Probe]:
+    async with db.transaction(write=False) as session:
+        query = (
+            select(Probe).where(Probe.run_id == run_id).order_by(Probe.prompt_text, Probe.provider)
+        )
+        probes = list((await session.scalars(query)).all())
+        session.expunge_all()
+        return probes
 
 
 @pytest.fixture
