@@ -51,17 +51,40 @@ class ProviderProgress:
 
 @dataclass(frozen=True, slots=True)
 class RunView:
-    """A run with the providers it asks and their progress."""
+    """A snapshot of a run with the providers it asks and their progress."""
 
-    run: Run
+    id: str
+    workspace_id: str
+    status: str
+    trigger: str
+    scheduled_time: datetime | None
+    create_time: datetime
+    start_time: datetime | None
+    end_time: datetime | None
+    prompt_count: int
     providers: list[str]
     progress: list[ProviderProgress]
+
+    @classmethod
+    def of(cls, run: Run, providers: list[str], progress: list[ProviderProgress]) -> RunView:
+        return cls(
+            id=run.id,
+            workspace_id=run.workspace_id,
+            status=run.status,
+            trigger=run.trigger,
+            scheduled_time=run.scheduled_time,
+            create_time=run.create_time,
+            start_time=run.start_time,
+            end_time=run.end_time,
+            prompt_count=run.prompt_count,
+            providers=providers,
+            progress=progress,
+        )
 
     @property
     def fingerprint(self) -> tuple[object, ...]:
         """Changes whenever anything a watcher sees changes."""
-        run = self.run
-        return (run.status, run.start_time, run.end_time, tuple(self.progress))
+        return (self.status, self.start_time, self.end_time, tuple(self.progress))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +262,7 @@ async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
     views = []
     for run in runs:
         if run.id in progress:
-            views.append(RunView(run, [p.provider for p in progress[run.id]], progress[run.id]))
+            views.append(RunView.of(run, [p.provider for p in progress[run.id]], progress[run.id]))
             continue
         # Not expanded yet: every provider will ask every prompt.
         providers = _in_provider_order(run.providers)
@@ -248,7 +271,7 @@ async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
                 enabled[run.workspace_id] = await _enabled_providers(session, run.workspace_id)
             providers = enabled[run.workspace_id]
         planned = [ProviderProgress(p, run.prompt_count, 0, 0) for p in providers]
-        views.append(RunView(run, providers, planned))
+        views.append(RunView.of(run, providers, planned))
     return views
 
 
@@ -343,7 +366,7 @@ async def watch_run(
         if view.fingerprint != seen:
             seen = view.fingerprint
             yield view
-        if view.run.end_time is not None:
+        if view.end_time is not None:
             return
         await asyncio.sleep(poll_seconds)
 

@@ -349,7 +349,7 @@ async def set_schedule(
         now=now,
     )
     if outcome.run is not None:
-        return state, ImmediateRun("queued", run_id=outcome.run.run.id)
+        return state, ImmediateRun("queued", run_id=outcome.run.id)
     if outcome.status == "empty":
         return state, ImmediateRun("empty")
     missing = ", ".join(p.upper() for p in outcome.providers_without_credentials)

@@ -81,11 +81,12 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
-        return pb.ListPromptsResponse(
-            prompts=_prompt_messages(page.prompts),
-            next_page_token=page.next_page_token,
-            total_size=page.total_size,
-        )
+            # Inside the transaction: its end expires the rows.
+            return pb.ListPromptsResponse(
+                prompts=_prompt_messages(page.prompts),
+                next_page_token=page.next_page_token,
+                total_size=page.total_size,
+            )
 
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext

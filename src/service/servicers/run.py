@@ -54,17 +54,16 @@ def provider_name(value: int) -> str:
 
 def run_to_proto(view: runs.RunView) -> pb.Run:
     """The Run message of a run view."""
-    run = view.run
     return pb.Run(
-        id=run.id,
-        workspace_id=run.workspace_id,
-        status=RUN_STATUS_TO_PROTO.get(run.status, pb.RUN_STATUS_UNSPECIFIED),
-        trigger=TRIGGER_TO_PROTO.get(run.trigger, pb.RUN_TRIGGER_UNSPECIFIED),
-        scheduled_time=timestamp(run.scheduled_time),
-        create_time=timestamp(run.create_time),
-        end_time=timestamp(run.end_time),
+        id=view.id,
+        workspace_id=view.workspace_id,
+        status=RUN_STATUS_TO_PROTO.get(view.status, pb.RUN_STATUS_UNSPECIFIED),
+        trigger=TRIGGER_TO_PROTO.get(view.trigger, pb.RUN_TRIGGER_UNSPECIFIED),
+        scheduled_time=timestamp(view.scheduled_time),
+        create_time=timestamp(view.create_time),
+        end_time=timestamp(view.end_time),
         providers=[PROVIDER_TO_PROTO[p] for p in view.providers if p in PROVIDER_TO_PROTO],
-        prompt_count=run.prompt_count,
+        prompt_count=view.prompt_count,
         progress=[
             pb.ProviderProgress(
                 provider=PROVIDER_TO_PROTO.get(p.provider, ws_pb.PROVIDER_UNSPECIFIED),
@@ -149,9 +148,9 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 providers=[provider_name(p) for p in request.providers],
             )
             if outcome.run is not None:
-                record_workspace_change(session, workspace_id, [outcome.run.run.id])
+                record_workspace_change(session, workspace_id, [outcome.run.id])
         if outcome.run is not None:
-            await dispatch_pending_runs(self.app.db, run_ids=[outcome.run.run.id])
+            await dispatch_pending_runs(self.app.db, run_ids=[outcome.run.id])
         return pb.StartRunResponse(
             status=START_STATUS_TO_PROTO[outcome.status],
             run=run_to_proto(outcome.run) if outcome.run is not None else None,
@@ -210,10 +209,11 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
-        return pb.ListResponsesResponse(
-            responses=[response_to_proto(p) for p in page.responses],
-            next_page_token=page.next_page_token,
-        )
+            # Inside the transaction: its end expires the rows.
+            return pb.ListResponsesResponse(
+                responses=[response_to_proto(p) for p in page.responses],
+                next_page_token=page.next_page_token,
+            )
 
     async def GetVisibilityReport(
         self, request: pb.GetVisibilityReportRequest, context: grpc.aio.ServicerContext

@@ -1,0 +1,213 @@
+"""ScheduleService through a real server: get, set (with the immediate run), clear, timing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import grpc
+from sqlalchemy import select
+
+from beacon.v1 import run_service_pb2 as run_pb
+from beacon.v1 import schedule_service_pb2 as pb
+from service.app import App
+from service.db.models import AuditEvent, Run
+from service.domain.schedules import next_fire_time
+from tests.collection.builders import insert_prompts, make_workspace
+from tests.conftest import NewUser
+from tests.support import expect_error
+
+
+async def set_schedule(
+    collection: SimpleNamespace, user: object, workspace_id: str, cron: str, time_zone: str = ""
+) -> pb.SetScheduleResponse:
+    reply: pb.SetScheduleResponse = await collection.schedules.SetSchedule(
+        pb.SetScheduleRequest(workspace_id=workspace_id, cron=cron, time_zone=time_zone),
+        metadata=user.metadata,  # type: ignore[attr-defined]
+    )
+    return reply
+
+
+async def test_setting_a_schedule_queues_an_immediate_run(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await insert_prompts(app, tenant.workspace_id, ["best crm?", "cheapest crm?"])
+    before = datetime.now(UTC)
+
+    reply = await set_schedule(collection, user, tenant.workspace_id, "0 6 * * 1-5", "Europe/Paris")
+
+    assert reply.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_QUEUED
+    assert reply.immediate_run.run_id.startswith("run_")
+    assert reply.workspace.id == tenant.workspace_id
+    assert reply.workspace.schedule.cron == "0 6 * * 1-5"
+    assert reply.workspace.schedule.time_zone == "Europe/Paris"
+    run = await collection.runs.GetRun(
+        run_pb.GetRunRequest(run_id=reply.immediate_run.run_id), metadata=user.metadata
+    )
+    assert run.trigger == run_pb.RUN_TRIGGER_SCHEDULE_SET
+    assert run.status == run_pb.RUN_STATUS_QUEUED
+    assert run.prompt_count == 2
+
+    schedule = await collection.schedules.GetSchedule(
+        pb.GetScheduleRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    assert (schedule.workspace_id, schedule.cron, schedule.time_zone) == (
+        tenant.workspace_id,
+        "0 6 * * 1-5",
+        "Europe/Paris",
+    )
+    timing = await collection.schedules.GetCronTiming(
+        pb.GetCronTimingRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    next_run = timing.next_run_time.ToDatetime(tzinfo=UTC)
+    assert next_run == next_fire_time("0 6 * * 1-5", "Europe/Paris", before)
+    assert next_run.astimezone(next_run.tzinfo).minute == 0
+    assert timing.last_prompt_run_time.ToDatetime(tzinfo=UTC) == run.create_time.ToDatetime(
+        tzinfo=UTC
+    )
+
+
+async def test_a_workspace_without_prompts_is_empty(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    reply = await set_schedule(collection, user, tenant.workspace_id, "0 0 * * *")
+    assert reply.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_EMPTY
+    assert reply.immediate_run.run_id == ""
+    assert reply.workspace.schedule.cron == "0 0 * * *"
+    assert reply.workspace.schedule.time_zone == "UTC"
+    timing = await collection.schedules.GetCronTiming(
+        pb.GetCronTimingRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    assert timing.HasField("next_run_time")
+    assert not timing.HasField("last_prompt_run_time")
+
+
+async def test_providers_without_credentials_fail_the_immediate_run(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id, enabled=["google", "cohere"])
+    await insert_prompts(app, tenant.workspace_id, ["q"])
+    reply = await set_schedule(collection, user, tenant.workspace_id, "0 0 * * *")
+    assert reply.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_FAILED
+    assert "GOOGLE, COHERE" in reply.immediate_run.reason
+    # The schedule itself is set.
+    assert reply.workspace.schedule.cron == "0 0 * * *"
+
+
+async def test_clearing_the_schedule(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await set_schedule(collection, user, tenant.workspace_id, "0 0 * * *")
+    reply = await set_schedule(collection, user, tenant.workspace_id, "")
+    assert reply.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_NOT_REQUESTED
+    assert reply.workspace.schedule.cron == ""
+    schedule = await collection.schedules.GetSchedule(
+        pb.GetScheduleRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    assert schedule.cron == ""
+    timing = await collection.schedules.GetCronTiming(
+        pb.GetCronTimingRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    assert not timing.HasField("next_run_time")
+    # Clearing an unscheduled workspace is harmless.
+    again = await set_schedule(collection, user, tenant.workspace_id, "  ")
+    assert again.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_NOT_REQUESTED
+
+
+async def test_too_frequent_or_invalid_schedules_are_refused_without_change(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await insert_prompts(app, tenant.workspace_id, ["q"])
+    await set_schedule(collection, user, tenant.workspace_id, "0 0 * * *")
+    for cron, time_zone, field in [
+        ("*/5 * * * *", "", "cron"),
+        ("0,10 * * * *", "", "cron"),
+        ("0 0 * *", "", "cron"),
+        ("not a cron at all", "", "cron"),
+        ("0 0 * * *", "Nowhere/City", "time_zone"),
+    ]:
+        failure = await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            set_schedule(collection, user, tenant.workspace_id, cron, time_zone),
+        )
+        violations = failure.details["BadRequest"].field_violations
+        assert [v.field for v in violations] == [field], cron
+        assert field in failure.message
+    schedule = await collection.schedules.GetSchedule(
+        pb.GetScheduleRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    assert schedule.cron == "0 0 * * *"
+    async with app.db.transaction(write=False) as session:
+        runs = list(
+            await session.scalars(select(Run).where(Run.workspace_id == tenant.workspace_id))
+        )
+    assert len(runs) == 1  # only the first, valid SetSchedule started a run
+
+
+async def test_set_schedule_is_audited(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await insert_prompts(app, tenant.workspace_id, ["q"])
+    reply = await set_schedule(collection, user, tenant.workspace_id, "30 8 * * *")
+    async with app.db.transaction(write=False) as session:
+        events = [
+            (e.action, e.actor_id, e.organization_id, e.target_ids)
+            for e in await session.scalars(
+                select(AuditEvent).where(AuditEvent.workspace_id == tenant.workspace_id)
+            )
+        ]
+    assert events == [
+        (
+            "beacon.v1.ScheduleService/SetSchedule",
+            user.user_id,
+            tenant.organization_id,
+            [tenant.workspace_id, reply.immediate_run.run_id],
+        )
+    ]
+
+
+async def test_other_tenants_see_nothing(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    owner, stranger = await new_user(), await new_user()
+    tenant = await make_workspace(app, owner.user_id)
+    await set_schedule(collection, owner, tenant.workspace_id, "0 0 * * *")
+    for call in (
+        collection.schedules.GetSchedule(
+            pb.GetScheduleRequest(workspace_id=tenant.workspace_id), metadata=stranger.metadata
+        ),
+        collection.schedules.GetCronTiming(
+            pb.GetCronTimingRequest(workspace_id=tenant.workspace_id), metadata=stranger.metadata
+        ),
+        set_schedule(collection, stranger, tenant.workspace_id, ""),
+    ):
+        await expect_error(grpc.StatusCode.NOT_FOUND, call)
+    schedule = await collection.schedules.GetSchedule(
+        pb.GetScheduleRequest(workspace_id=tenant.workspace_id), metadata=owner.metadata
+    )
+    assert schedule.cron == "0 0 * * *"
+
+
+async def test_next_run_time_follows_the_time_zone(
+    app: App, collection: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await set_schedule(collection, user, tenant.workspace_id, "0 9 * * *", "Asia/Tokyo")
+    timing = await collection.schedules.GetCronTiming(
+        pb.GetCronTimingRequest(workspace_id=tenant.workspace_id), metadata=user.metadata
+    )
+    next_run = timing.next_run_time.ToDatetime(tzinfo=UTC)
+    assert (next_run.hour, next_run.minute) == (0, 0)  # 09:00 in Tokyo (UTC+9)
+    assert timedelta(0) < next_run - datetime.now(UTC) <= timedelta(days=1)
