@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from beacon.v1 import organization_service_pb2 as org_pb
+from tests.conftest import NewUser
 from tests.support import expect_error
 
 SERVICES = {
@@ -29,7 +33,7 @@ async def test_health_is_serving(channel: grpc.aio.Channel) -> None:
 async def test_reflection_lists_all_six_services(channel: grpc.aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
     async for reply in stub.ServerReflectionInfo(requests()):
@@ -38,7 +42,7 @@ async def test_reflection_lists_all_six_services(channel: grpc.aio.Channel) -> N
         break
 
 
-async def test_unauthenticated_call_is_refused_with_error_info(stubs) -> None:  # type: ignore[no-untyped-def]
+async def test_unauthenticated_call_is_refused_with_error_info(stubs: SimpleNamespace) -> None:
     failure = await expect_error(
         grpc.StatusCode.UNAUTHENTICATED,
         stubs.organizations.ListMyOrganizations(org_pb.ListMyOrganizationsRequest()),
@@ -49,7 +53,7 @@ async def test_unauthenticated_call_is_refused_with_error_info(stubs) -> None:  
     assert info.metadata["request_id"]
 
 
-async def test_dev_token_is_accepted(stubs, new_user) -> None:  # type: ignore[no-untyped-def]
+async def test_dev_token_is_accepted(stubs: SimpleNamespace, new_user: NewUser) -> None:
     user = await new_user()
     try:
         await stubs.organizations.ListMyOrganizations(

@@ -126,9 +126,9 @@ class Authenticator:
             raise Unauthenticated("authorization must be 'Bearer <token>'", reason="NO_CREDENTIALS")
         if service_keys.looks_like_key(token):
             return await self._service_principal(token, act_as)
+        claims = await self.verifier.verify(token)  # bad credentials are UNAUTHENTICATED first
         if act_as:
             raise PermissionDenied("only service keys may act as another user", reason="ACT_AS")
-        claims = await self.verifier.verify(token)
         user_id = self._users.get(claims)
         if user_id is None:
             user_id = await ensure_user(self.db, claims, self.on_new_email)

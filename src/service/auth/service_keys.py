@@ -59,7 +59,8 @@ async def create_key(db: Database, name: str, scopes: list[str]) -> tuple[str, K
 async def list_keys(db: Database) -> list[KeyInfo]:
     async with db.transaction(write=False) as session:
         keys = (await session.scalars(select(ServiceKey).order_by(ServiceKey.create_time))).all()
-    return [_info(k) for k in keys]
+        # Read inside the transaction: ending a read-only one expires the loaded rows.
+        return [_info(k) for k in keys]
 
 
 async def revoke_key(db: Database, key_id: str) -> None:
@@ -81,7 +82,7 @@ async def find_active_key(db: Database, secret: str) -> KeyInfo | None:
                 ServiceKey.secret_hash == hash_secret(secret), ServiceKey.revoke_time.is_(None)
             )
         )
-    return _info(key) if key else None
+        return _info(key) if key else None
 
 
 def _info(key: ServiceKey) -> KeyInfo:

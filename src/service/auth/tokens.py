@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -42,14 +43,18 @@ class JwksCache:
         self.ttl = ttl_seconds
         self._client = client
         self._keys: dict[str, jwt.PyJWK] = {}
-        self._fetched_at = 0.0
+        self._fetched_at = -math.inf  # never: the first call fetches
+        # After a failed refresh the cached keys serve until then, so that an outage of the
+        # identity provider does not send every call to it (one after another, under the lock).
+        self._retry_at = -math.inf
         self._lock = asyncio.Lock()
 
     async def key(self, kid: str) -> jwt.PyJWK:
         now = time.monotonic()
-        if now - self._fetched_at > self.ttl or (
+        stale = now - self._fetched_at > self.ttl or (
             kid not in self._keys and now - self._fetched_at > JWKS_MIN_REFETCH_SECONDS
-        ):
+        )
+        if stale and now >= self._retry_at:
             await self._refresh(stale_before=now)
         found = self._keys.get(kid)
         if found is None:
@@ -58,8 +63,8 @@ class JwksCache:
 
     async def _refresh(self, stale_before: float) -> None:
         async with self._lock:
-            if self._fetched_at >= stale_before:
-                return  # another call refreshed while we waited
+            if self._fetched_at >= stale_before or self._retry_at > stale_before:
+                return  # another call refreshed (or failed to) while we waited
             try:
                 client = self._client or httpx.AsyncClient(timeout=5.0)
                 try:
@@ -75,6 +80,7 @@ class JwksCache:
                     raise Unauthenticated(
                         "cannot verify the token: key set unavailable", reason="JWKS_UNAVAILABLE"
                     ) from exc
+                self._retry_at = time.monotonic() + JWKS_MIN_REFETCH_SECONDS
                 return
             self._keys = {k.key_id: k for k in jwk_set.keys if k.key_id}
             self._fetched_at = time.monotonic()

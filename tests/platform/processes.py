@@ -1,0 +1,166 @@
+"""Real processes for platform tests: `beacon serve` and a private `redis-server`.
+
+Output goes to files (never to pipes nobody reads), shown when a process misbehaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+import redis.asyncio as redis_async
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+BEACON = Path(sys.executable).parent / "beacon"
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], *, what: str, within: float = 15.0
+) -> T:
+    """Polls `check` until it returns a value other than None/False, or fails after `within` s."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def health_status(target: str, service: str = "") -> int | None:
+    """The health status a server reports, or None when it does not answer."""
+    async with grpc.aio.insecure_channel(target) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=1.0
+            )
+        except grpc.aio.AioRpcError:
+            return None
+    return int(reply.status)
+
+
+@dataclass
+class BeaconProcess:
+    """A `beacon serve` subprocess on its own gRPC port."""
+
+    process: asyncio.subprocess.Process
+    port: int
+    log_path: Path
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @classmethod
+    async def start(cls, tmp: Path, env: Mapping[str, str]) -> BeaconProcess:
+        """Starts `beacon serve` with `env` (BEACON_* settings) and waits until it is SERVING."""
+        pytest.importorskip("service.http.server", reason="`beacon serve` needs the HTTP side")
+        port = free_port()
+        log_path = tmp / f"beacon-serve-{port}.log"
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
+        full_env.update(
+            {
+                "BEACON_GRPC_ADDR": f"127.0.0.1:{port}",
+                "BEACON_HTTP_ADDR": "127.0.0.1:0",
+                "BEACON_DATA_DIR": str(tmp),
+                "BEACON_LOG_LEVEL": "WARNING",
+                **env,
+            }
+        )
+        with log_path.open("wb") as log:
+            process = await asyncio.create_subprocess_exec(
+                str(BEACON), "serve", env=full_env, stdout=log, stderr=log
+            )
+        server = cls(process, port, log_path)
+        await server.wait_serving()
+        return server
+
+    async def wait_serving(self) -> None:
+        async def serving() -> bool:
+            if self.process.returncode is not None:
+                raise AssertionError(f"beacon serve exited early:\n{self.log()}")
+            status = await health_status(self.target)
+            return status == int(health_pb2.HealthCheckResponse.SERVING)
+
+        await eventually(serving, what=f"beacon serve on {self.target} to be SERVING", within=30)
+
+    async def stop(self) -> int:
+        """SIGTERM, then the exit code (killed if it does not exit within 20 s)."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 20)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+                raise AssertionError(f"beacon serve ignored SIGTERM:\n{self.log()}") from None
+        assert self.process.returncode is not None
+        return self.process.returncode
+
+
+@dataclass
+class RedisProcess:
+    """A private, non-persistent redis-server that a test may kill (never the shared one)."""
+
+    process: asyncio.subprocess.Process
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @classmethod
+    async def start(cls, port: int | None = None) -> RedisProcess:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed")
+        port = port or free_port()
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        server = cls(process, port)
+
+        async def answers() -> bool:
+            client = redis_async.from_url(server.url)
+            try:
+                return bool(await client.ping())
+            except OSError:
+                return False
+            except redis_async.RedisError:
+                return False
+            finally:
+                await client.aclose()
+
+        await eventually(answers, what=f"redis-server on port {port}")
+        return server
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
