@@ -1,0 +1,268 @@
+"""End to end, as a client sees it: a schedule's runs are asked, analysed, reported, repeated.
+
+On SQLite the worker and ticker run in this process on the in-process broker (as `beacon dev`
+does); on PostgreSQL + Redis they are real `beacon worker` and `beacon ticker` processes on a
+Redis namespace of their own. Either way the providers are the local fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, TypeVar
+
+import pytest
+import redis.asyncio as redis_async
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import update
+
+from beacon.v1 import prompt_service_pb2 as prompt_pb
+from beacon.v1 import run_service_pb2 as run_pb
+from beacon.v1 import schedule_service_pb2 as schedule_pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from service.config import Settings
+from service.db.models import Schedule
+from service.domain.clock import utcnow
+from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection.test_pipeline_fixtures import derive_settings, provider_settings
+from tests.conftest import NewUser
+from tests.fakes.provider_server import FakeProviderServer
+from tests.support import REDIS_URL, unique
+from workers.broker import configure_broker, reset_brokers
+from workers.runtime import start_embedded
+
+fake_server = fixtures.fake_server
+fake_provider = fixtures.fake_provider
+
+BEACON = Path(sys.executable).parent / "beacon"
+T = TypeVar("T")
+
+BEST = "which crm should a startup pick"
+EMAIL = "crm with the best email sync"
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """Polls `check` until it returns something, failing after 30 seconds."""
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                result = await check()
+                if result is not None:
+                    return result
+                await asyncio.sleep(0.1)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+def pipeline_settings(settings: Settings, server: FakeProviderServer, broker_url: str) -> Settings:
+    return derive_settings(
+        settings,
+        broker_url=broker_url,
+        ticker_interval_seconds=0.3,
+        worker_concurrency=16,
+        provider_concurrency=16,
+        **provider_settings(server),
+    )
+
+
+@contextlib.asynccontextmanager
+async def embedded_pipeline(settings: Settings) -> AsyncIterator[None]:
+    configure_broker(settings)
+    running = start_embedded(settings, ticker=True, worker_threads=8)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(running.stop)
+        reset_brokers()
+
+
+@contextlib.asynccontextmanager
+async def process_pipeline(settings: Settings, namespace: str, logs: Path) -> AsyncIterator[None]:
+    """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
+    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same Redis
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
+    for name, value in settings.model_dump().items():
+        if value is not None and name != "data_dir":
+            env[f"BEACON_{name.upper()}"] = str(value)
+    env["BEACON_LOG_JSON"] = "false"
+    processes: list[tuple[asyncio.subprocess.Process, Path]] = []
+    try:
+        for command in ("worker", "ticker"):
+            log = logs / f"beacon-{command}.log"
+            with log.open("wb") as out:
+                process = await asyncio.create_subprocess_exec(
+                    str(BEACON), command, env=env, stdout=out, stderr=out
+                )
+            processes.append((process, log))
+        yield
+    finally:
+        for process, _ in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGTERM)
+        for process, log in processes:
+            try:
+                async with asyncio.timeout(15):
+                    code = await process.wait()
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+                raise AssertionError(f"{log.name} ignored SIGTERM:\n{log.read_text()}") from None
+            assert code == 0, f"{log.name} exited with {code}:\n{log.read_text()}"
+        reset_brokers()
+        client = redis_async.from_url(REDIS_URL)
+        try:
+            keys = [key async for key in client.scan_iter(match=f"{namespace}*")]
+            if keys:
+                await client.delete(*keys)
+        finally:
+            await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def pipeline(
+    backend: str, settings: Settings, server: FakeProviderServer, tmp: Path
+) -> AsyncIterator[None]:
+    if backend == "sqlite":
+        async with embedded_pipeline(pipeline_settings(settings, server, "")):
+            yield
+        return
+    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
+    url = f"{REDIS_URL}?namespace={namespace}"
+    async with process_pipeline(pipeline_settings(settings, server, url), namespace, tmp):
+        yield
+
+
+async def wait_for_end(collection: SimpleNamespace, run_id: str, metadata: Any) -> run_pb.Run:
+    """The run once it has ended, followed with WatchRun (no polling by the client)."""
+    last: run_pb.Run | None = None
+    async with asyncio.timeout(60):
+        async for update in collection.runs.WatchRun(
+            run_pb.WatchRunRequest(run_id=run_id), metadata=metadata
+        ):
+            last = update
+    assert last is not None and last.HasField("end_time"), last
+    return last
+
+
+async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
+    backend: str,
+    settings: Settings,
+    app: App,
+    stubs: SimpleNamespace,
+    collection: SimpleNamespace,
+    new_user: NewUser,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    user = await new_user()
+    md = user.metadata
+    created = await stubs.workspaces.CreateWorkspace(
+        ws_pb.CreateWorkspaceRequest(
+            name="Acme",
+            domain="acme.com",
+            organization_name=unique("Org "),
+            competitors=[ws_pb.Competitor(name="HubSpot", domain="hubspot.com")],
+        ),
+        metadata=md,
+    )
+    ws = created.workspace.id
+    await stubs.workspaces.SetEnabledProviders(
+        ws_pb.SetEnabledProvidersRequest(
+            workspace_id=ws, providers=[ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC]
+        ),
+        metadata=md,
+    )
+    await collection.prompts.StorePrompts(
+        prompt_pb.StorePromptsRequest(workspace_id=ws, prompts=[BEST, EMAIL]), metadata=md
+    )
+    fake_provider.script(
+        BEST,
+        "HubSpot is common, yet Acme is the better pick for startups.",
+        [("https://acme.com/startups", "Acme for startups"), ("https://g2.com/crm", "G2")],
+    )
+    fake_provider.script(EMAIL, "HubSpot syncs email well.", [("https://hubspot.com/", "HubSpot")])
+
+    async with pipeline(backend, settings, fake_provider, tmp_path):
+        # Setting the schedule runs it at once.
+        reply = await collection.schedules.SetSchedule(
+            schedule_pb.SetScheduleRequest(workspace_id=ws, cron="0 6 * * *"), metadata=md
+        )
+        assert reply.immediate_run.status == schedule_pb.IMMEDIATE_RUN_STATUS_QUEUED
+        run = await wait_for_end(collection, reply.immediate_run.run_id, md)
+        assert run.status == run_pb.RUN_STATUS_SUCCEEDED
+        assert sorted((p.provider, p.total, p.done) for p in run.progress) == [
+            (ws_pb.PROVIDER_OPENAI, 2, 2),
+            (ws_pb.PROVIDER_ANTHROPIC, 2, 2),
+        ]
+
+        listed = await collection.runs.ListResponses(
+            run_pb.ListResponsesRequest(workspace_id=ws, run_id=run.id), metadata=md
+        )
+        answers = {(r.prompt_text, r.provider): r for r in listed.responses}
+        assert len(answers) == 4
+        for provider in (ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC):
+            best, email = answers[BEST, provider], answers[EMAIL, provider]
+            assert best.status == run_pb.RESPONSE_STATUS_SUCCEEDED
+            assert (best.brand_mentioned, best.brand_rank) == (True, 2)
+            assert [(c.name, c.rank) for c in best.competitors] == [("HubSpot", 1)]
+            assert [(c.domain, c.brand) for c in best.citations] == [
+                ("acme.com", True),
+                ("g2.com", False),
+            ]
+            assert (email.brand_mentioned, email.brand_rank) == (False, 0)
+
+        start = Timestamp()
+        start.FromDatetime(utcnow() - timedelta(days=1))
+        end = Timestamp()
+        end.FromDatetime(utcnow() + timedelta(days=1))
+        report = await collection.runs.GetVisibilityReport(
+            run_pb.GetVisibilityReportRequest(
+                workspace_id=ws,
+                start_time=start,
+                end_time=end,
+                granularity=run_pb.GRANULARITY_DAY,
+            ),
+            metadata=md,
+        )
+        by_provider: dict[int, list[run_pb.VisibilityRow]] = {}
+        for row in report.rows:
+            by_provider.setdefault(row.provider, []).append(row)
+        assert set(by_provider) == {ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC}
+        for rows in by_provider.values():
+            assert sum(row.responses for row in rows) == 2
+            assert all(row.mention_rate == pytest.approx(0.5) for row in rows)
+            assert all(row.brand_citation_share == pytest.approx(1 / 3) for row in rows)
+
+        # The next slot is due (rather than waiting until 06:00): the ticker fires it.
+        async with app.db.transaction() as session:
+            await session.execute(
+                update(Schedule)
+                .where(Schedule.workspace_id == ws)
+                .values(next_run_time=utcnow() - timedelta(minutes=1))
+            )
+
+        async def scheduled_run() -> run_pb.Run | None:
+            runs = await collection.runs.ListRuns(
+                run_pb.ListRunsRequest(workspace_id=ws), metadata=md
+            )
+            found = [r for r in runs.runs if r.trigger == run_pb.RUN_TRIGGER_SCHEDULE]
+            return found[0] if found else None
+
+        fired = await eventually(scheduled_run, "the ticker to fire the due slot")
+        fired = await wait_for_end(collection, fired.id, md)
+        assert fired.status == run_pb.RUN_STATUS_SUCCEEDED
+        assert fired.HasField("scheduled_time")
+        timing = await collection.schedules.GetCronTiming(
+            schedule_pb.GetCronTimingRequest(workspace_id=ws), metadata=md
+        )
+        assert timing.next_run_time.ToDatetime() > utcnow().replace(tzinfo=None)
+        assert fake_provider.requests() == 8
