@@ -1,0 +1,341 @@
+"""RunService through a real server: start, read, list, cancel and watch runs."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import grpc
+import pytest
+from sqlalchemy import select
+
+from beacon.v1 import run_service_pb2 as pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from service.db.models import Probe, Run
+from service.domain.clock import utcnow
+from tests.collection.builders import (
+    end_run,
+    finish_probe,
+    insert_probe,
+    insert_prompts,
+    insert_run,
+    make_workspace,
+)
+from tests.conftest import NewUser
+from tests.conftest import TestUser as Caller
+from tests.support import expect_error
+
+OPENAI, ANTHROPIC, GOOGLE = ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC, ws_pb.PROVIDER_GOOGLE
+
+
+@pytest.fixture
+async def owner(new_user: NewUser) -> Caller:
+    return await new_user()
+
+
+@pytest.fixture
+async def workspace_id(app: App, owner: Caller) -> str:
+    tenant = await make_workspace(app, owner.user_id, enabled=["openai", "anthropic", "google"])
+    return tenant.workspace_id
+
+
+def progress(run: pb.Run) -> list[tuple[int, int, int, int]]:
+    return [(p.provider, p.total, p.done, p.failed) for p in run.progress]
+
+
+async def start(
+    collection: SimpleNamespace, user: Caller, workspace_id: str, **fields: Any
+) -> pb.StartRunResponse:
+    reply: pb.StartRunResponse = await collection.runs.StartRun(
+        pb.StartRunRequest(workspace_id=workspace_id, **fields), metadata=user.metadata
+    )
+    return reply
+
+
+async def get_run(collection: SimpleNamespace, user: Caller, run_id: str) -> pb.Run:
+    run: pb.Run = await collection.runs.GetRun(
+        pb.GetRunRequest(run_id=run_id), metadata=user.metadata
+    )
+    return run
+
+
+async def run_count(app: App, workspace_id: str) -> int:
+    async with app.db.transaction(write=False) as session:
+        return len(
+            list(await session.scalars(select(Run.id).where(Run.workspace_id == workspace_id)))
+        )
+
+
+async def test_start_run_queues_every_prompt_on_the_providers_with_keys(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    await insert_prompts(app, workspace_id, ["a", "b", "c"])
+    reply = await start(collection, owner, workspace_id)
+    assert reply.status == pb.START_RUN_STATUS_QUEUED
+    run = reply.run
+    assert run.id.startswith("run_")
+    assert (run.workspace_id, run.status, run.trigger) == (
+        workspace_id,
+        pb.RUN_STATUS_QUEUED,
+        pb.RUN_TRIGGER_MANUAL,
+    )
+    # Google is enabled but the server has no key for it: it is left out.
+    assert list(run.providers) == [OPENAI, ANTHROPIC]
+    assert run.prompt_count == 3
+    assert progress(run) == [(OPENAI, 3, 0, 0), (ANTHROPIC, 3, 0, 0)]
+    assert not run.HasField("end_time")
+    assert await get_run(collection, owner, run.id) == run
+    async with app.db.transaction(write=False) as session:
+        row = await session.get(Run, run.id)
+        assert row is not None
+        assert (row.status, row.providers, row.prompt_ids) == (
+            "queued",
+            ["openai", "anthropic"],
+            [],
+        )
+
+
+async def test_start_run_on_a_subset(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    ids = await insert_prompts(app, workspace_id, ["a", "b", "c"])
+    reply = await start(
+        collection, owner, workspace_id, prompt_ids=[ids[2], ids[0], ids[2]], providers=[ANTHROPIC]
+    )
+    assert reply.status == pb.START_RUN_STATUS_QUEUED
+    assert list(reply.run.providers) == [ANTHROPIC]
+    assert progress(reply.run) == [(ANTHROPIC, 2, 0, 0)]
+    async with app.db.transaction(write=False) as session:
+        row = await session.get(Run, reply.run.id)
+        assert row is not None and row.prompt_ids == [ids[2], ids[0]]
+
+
+async def test_empty_and_no_providers_start_nothing(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    empty = await start(collection, owner, workspace_id)
+    assert empty.status == pb.START_RUN_STATUS_EMPTY
+    assert not empty.HasField("run")
+    await insert_prompts(app, workspace_id, ["a"])
+    missing = await start(collection, owner, workspace_id, providers=[OPENAI, GOOGLE])
+    assert missing.status == pb.START_RUN_STATUS_NO_PROVIDERS
+    assert list(missing.providers_without_credentials) == [GOOGLE]
+    assert not missing.HasField("run")
+    only_google = (
+        await make_workspace(app, owner.user_id, enabled=["google", "cohere"])
+    ).workspace_id
+    await insert_prompts(app, only_google, ["a"])
+    none = await start(collection, owner, only_google)
+    assert none.status == pb.START_RUN_STATUS_NO_PROVIDERS
+    assert list(none.providers_without_credentials) == [GOOGLE, ws_pb.PROVIDER_COHERE]
+    assert await run_count(app, workspace_id) == 0
+    assert await run_count(app, only_google) == 0
+
+
+async def test_bad_start_requests(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    await insert_prompts(app, workspace_id, ["a"])
+    other = (await make_workspace(app, owner.user_id)).workspace_id
+    foreign = await insert_prompts(app, other, ["theirs"])
+    for fields, code, field in [
+        (
+            {"providers": [ws_pb.PROVIDER_UNSPECIFIED]},
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "providers[0]",
+        ),
+        ({"providers": [OPENAI, 42]}, grpc.StatusCode.INVALID_ARGUMENT, "providers[1]"),
+        ({"providers": [ws_pb.PROVIDER_MISTRAL]}, grpc.StatusCode.INVALID_ARGUMENT, "providers[0]"),
+        ({"prompt_ids": ["nope"]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids[0]"),
+        ({"prompt_ids": ["prm_unknown"]}, grpc.StatusCode.NOT_FOUND, ""),
+        ({"prompt_ids": foreign}, grpc.StatusCode.NOT_FOUND, ""),
+    ]:
+        failure = await expect_error(code, start(collection, owner, workspace_id, **fields))
+        if field:
+            assert [v.field for v in failure.details["BadRequest"].field_violations] == [field]
+    assert (
+        "MISTRAL is not enabled"
+        in (
+            await expect_error(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                start(collection, owner, workspace_id, providers=[ws_pb.PROVIDER_MISTRAL]),
+            )
+        ).message
+    )
+    assert await run_count(app, workspace_id) == 0
+
+
+async def test_progress_comes_from_probes(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id, providers=["openai", "anthropic"], prompt_count=2)
+    for provider, status in [
+        ("openai", "succeeded"),
+        ("openai", "failed"),
+        ("anthropic", "succeeded"),
+        ("anthropic", "pending"),
+    ]:
+        await insert_probe(app, run_id, f"prm_{status}", provider, status=status)
+    run = await get_run(collection, owner, run_id)
+    assert run.status == pb.RUN_STATUS_RUNNING
+    assert progress(run) == [(OPENAI, 2, 1, 1), (ANTHROPIC, 2, 1, 0)]
+
+
+async def test_list_runs_newest_first_in_pages(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    base = utcnow() - timedelta(hours=1)
+    ids = [
+        await insert_run(app, workspace_id, create_time=base + timedelta(minutes=i))
+        for i in range(5)
+    ]
+    seen: list[str] = []
+    token = ""
+    pages = 0
+    while True:
+        page = await collection.runs.ListRuns(
+            pb.ListRunsRequest(workspace_id=workspace_id, page_size=2, page_token=token),
+            metadata=owner.metadata,
+        )
+        seen.extend(run.id for run in page.runs)
+        pages += 1
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == ids[::-1]
+    assert pages == 3
+
+
+async def test_cancel_a_run_that_has_no_probes_yet(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    await insert_prompts(app, workspace_id, ["a"])
+    run = (await start(collection, owner, workspace_id)).run
+    canceled = await collection.runs.CancelRun(
+        pb.CancelRunRequest(run_id=run.id), metadata=owner.metadata
+    )
+    assert canceled.status == pb.RUN_STATUS_CANCELED
+    assert canceled.HasField("end_time")
+    failure = await expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        collection.runs.CancelRun(pb.CancelRunRequest(run_id=run.id), metadata=owner.metadata),
+    )
+    assert failure.details["PreconditionFailure"].violations[0].type == "RUN_ENDED"
+    async with app.db.transaction(write=False) as session:
+        row = await session.get(Run, run.id)
+        assert row is not None and row.cancel_requested
+
+
+async def test_cancel_skips_pending_probes(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id, prompt_count=3)
+    for prompt, status in [("p1", "succeeded"), ("p2", "pending"), ("p3", "pending")]:
+        await insert_probe(app, run_id, prompt, "openai", status=status)
+    canceled = await collection.runs.CancelRun(
+        pb.CancelRunRequest(run_id=run_id), metadata=owner.metadata
+    )
+    assert canceled.status == pb.RUN_STATUS_CANCELED
+    assert progress(canceled) == [(OPENAI, 3, 1, 2)]
+    async with app.db.transaction(write=False) as session:
+        statuses = sorted(await session.scalars(select(Probe.status).where(Probe.run_id == run_id)))
+    assert statuses == ["skipped", "skipped", "succeeded"]
+
+
+async def test_cancel_leaves_a_finishing_run_to_its_worker(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id, prompt_count=1)
+    await insert_probe(app, run_id, "p1", "openai", status="succeeded")
+    reply = await collection.runs.CancelRun(
+        pb.CancelRunRequest(run_id=run_id), metadata=owner.metadata
+    )
+    # Every probe has finished: the worker ends the run with its real outcome.
+    assert reply.status == pb.RUN_STATUS_RUNNING
+    async with app.db.transaction(write=False) as session:
+        row = await session.get(Run, run_id)
+        assert row is not None and row.cancel_requested and row.end_time is None
+
+
+async def test_strangers_see_no_runs(
+    app: App, collection: SimpleNamespace, new_user: NewUser, owner: Caller, workspace_id: str
+) -> None:
+    stranger = await new_user()
+    run_id = await insert_run(app, workspace_id)
+    for call in (
+        collection.runs.GetRun(pb.GetRunRequest(run_id=run_id), metadata=stranger.metadata),
+        collection.runs.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=stranger.metadata),
+        collection.runs.ListRuns(
+            pb.ListRunsRequest(workspace_id=workspace_id), metadata=stranger.metadata
+        ),
+        start(collection, stranger, workspace_id),
+        collection.runs.GetRun(pb.GetRunRequest(run_id="run_missing"), metadata=owner.metadata),
+    ):
+        await expect_error(grpc.StatusCode.NOT_FOUND, call)
+    assert (await get_run(collection, owner, run_id)).status == pb.RUN_STATUS_RUNNING
+
+
+async def next_message(call: Any) -> pb.Run | None:
+    message = await asyncio.wait_for(call.read(), timeout=10)
+    return None if message is grpc.aio.EOF else message
+
+
+async def test_watch_run_streams_progress_until_the_run_ends(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id, providers=["openai"], prompt_count=2)
+    first = await insert_probe(app, run_id, "p1", "openai", status="pending")
+    second = await insert_probe(app, run_id, "p2", "openai", status="pending")
+    call = collection.runs.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=owner.metadata)
+
+    initial = await next_message(call)
+    assert initial is not None and progress(initial) == [(OPENAI, 2, 0, 0)]
+    await finish_probe(app, first)
+    update = await next_message(call)
+    assert update is not None and progress(update) == [(OPENAI, 2, 1, 0)]
+    await finish_probe(app, second, "failed", error="provider said no")
+    await end_run(app, run_id, "partial")
+    seen = [await next_message(call)]
+    while seen[-1] is not None and seen[-1].status != pb.RUN_STATUS_PARTIAL:
+        seen.append(await next_message(call))
+    final = seen[-1]
+    assert final is not None and progress(final) == [(OPENAI, 2, 1, 1)]
+    assert final.HasField("end_time")
+    assert await next_message(call) is None
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_watching_an_ended_run_sends_it_once(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id, status="succeeded")
+    await end_run(app, run_id, "succeeded")
+    call = collection.runs.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=owner.metadata)
+    messages = [message async for message in call]
+    assert [m.status for m in messages] == [pb.RUN_STATUS_SUCCEEDED]
+
+
+async def test_a_client_can_stop_watching(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    run_id = await insert_run(app, workspace_id)
+    call = collection.runs.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=owner.metadata)
+    assert await next_message(call) is not None
+    call.cancel()
+    assert await asyncio.wait_for(call.code(), timeout=5) == grpc.StatusCode.CANCELLED
+    # The server is unharmed and the run untouched.
+    assert (await get_run(collection, owner, run_id)).status == pb.RUN_STATUS_RUNNING
+
+
+async def test_watching_a_stranger_s_run_is_not_found(
+    app: App, collection: SimpleNamespace, new_user: NewUser, workspace_id: str
+) -> None:
+    stranger = await new_user()
+    run_id = await insert_run(app, workspace_id)
+    call = collection.runs.WatchRun(pb.WatchRunRequest(run_id=run_id), metadata=stranger.metadata)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await next_message(call)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
