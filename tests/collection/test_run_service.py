@@ -141,7 +141,7 @@ async def test_bad_start_requests(
     await insert_prompts(app, workspace_id, ["a"])
     other = (await make_workspace(app, owner.user_id)).workspace_id
     foreign = await insert_prompts(app, other, ["theirs"])
-    for fields, code, field in [
+    cases: list[tuple[dict[str, Any], grpc.StatusCode, str]] = [
         (
             {"providers": [ws_pb.PROVIDER_UNSPECIFIED]},
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -152,7 +152,8 @@ async def test_bad_start_requests(
         ({"prompt_ids": ["nope"]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids[0]"),
         ({"prompt_ids": ["prm_unknown"]}, grpc.StatusCode.NOT_FOUND, ""),
         ({"prompt_ids": foreign}, grpc.StatusCode.NOT_FOUND, ""),
-    ]:
+    ]
+    for fields, code, field in cases:
         failure = await expect_error(code, start(collection, owner, workspace_id, **fields))
         if field:
             assert [v.field for v in failure.details["BadRequest"].field_violations] == [field]
