@@ -64,7 +64,7 @@ def failure(error: grpc.aio.AioRpcError) -> RpcFailure:
     """Decodes a grpc error's google.rpc.Status details."""
     details: dict[str, Any] = {}
     trailers = {k: v for k, v in (error.trailing_metadata() or ())}
-    status: status_pb2.Status | None = rpc_status.from_call(error)  # type: ignore[arg-type]
+    status: status_pb2.Status | None = rpc_status.from_call(error)
     if status is not None:
         for item in status.details:
             for name, cls in DETAIL_TYPES.items():
