@@ -226,7 +226,7 @@ async def test_visibility_report_validation(
     collection: SimpleNamespace, owner: Caller, workspace_id: str
 ) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    for fields, field in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"end_time": stamp(start), "granularity": pb.GRANULARITY_DAY}, "start_time"),
         ({"start_time": stamp(start), "granularity": pb.GRANULARITY_DAY}, "end_time"),
         (
@@ -246,7 +246,8 @@ async def test_visibility_report_validation(
             "end_time",
         ),
         ({"start_time": stamp(start), "end_time": stamp(start + timedelta(days=1))}, "granularity"),
-    ]:
+    ]
+    for fields, field in cases:
         failure = await expect_error(
             grpc.StatusCode.INVALID_ARGUMENT,
             collection.runs.GetVisibilityReport(
