@@ -1,0 +1,171 @@
+"""Rate limits as a client meets them: exact counts per window and per user, limits that apply
+only to some requests, one budget across server processes, and Redis outages."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+import redis.asyncio as redis_async
+
+from beacon.v1 import membership_service_pb2 as member_pb
+from beacon.v1 import membership_service_pb2_grpc, organization_service_pb2_grpc
+from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from service.config import Settings
+from tests.conftest import TEST_SECRET, NewUser, delete_redis_keys, make_settings
+from tests.platform.assertions import expect_refusal, passes_auth
+from tests.platform.probes import ProbeState, start_probe_server
+from tests.platform.processes import BeaconProcess, RedisProcess, eventually
+from tests.support import REDIS_URL, RpcFailure
+
+if TYPE_CHECKING:
+    from tests.conftest import TestUser
+
+JOIN = member_pb.JoinWorkspaceByCodeRequest(code="NOPE-NOPE-NOPE")
+JOIN_QUOTA = "5 per 900s per user"
+
+
+def join(stub: Any, user: TestUser) -> Any:
+    return stub.JoinWorkspaceByCode(JOIN, metadata=user.metadata)
+
+
+async def expect_rate_limited(call: Any, quota: str, subject: str, period: int) -> RpcFailure:
+    got = await expect_refusal(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", call)
+    delay = got.details["RetryInfo"].retry_delay.seconds
+    assert 0 < delay <= period
+    [violation] = got.details["QuotaFailure"].violations
+    assert (violation.subject, violation.description) == (subject, quota)
+    assert got.trailers["retry-after"] == str(delay)
+    return got
+
+
+async def test_join_by_code_allows_exactly_five_calls_per_window_per_user(
+    stubs: SimpleNamespace, new_user: NewUser
+) -> None:
+    user, other = await new_user(), await new_user()
+    for _ in range(5):
+        await passes_auth(join(stubs.memberships, user))
+    for _ in range(2):
+        await expect_rate_limited(
+            join(stubs.memberships, user), JOIN_QUOTA, f"user:{user.user_id}", 900
+        )
+    # Another user's budget is untouched.
+    for _ in range(5):
+        await passes_auth(join(stubs.memberships, other))
+
+
+async def test_create_workspace_limit_counts_only_creates_that_make_an_organization(
+    stubs: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+
+    def create(organization_name: str = "") -> Any:
+        request = ws_pb.CreateWorkspaceRequest(
+            name="Rate Limited", domain="example.com", organization_name=organization_name
+        )
+        return stubs.workspaces.CreateWorkspace(request, metadata=user.metadata)
+
+    for _ in range(4):
+        await passes_auth(create())
+    for i in range(3):
+        await passes_auth(create(organization_name=f"Limited Org {i}"))
+    await expect_rate_limited(
+        create(organization_name="One Too Many"),
+        "3 per 3600s per user",
+        f"user:{user.user_id}",
+        3600,
+    )
+    await passes_auth(create())
+
+
+async def test_two_server_processes_share_one_budget(
+    backend: str, settings: Settings, new_user: NewUser, tmp_path: Path
+) -> None:
+    if backend != "postgres":
+        pytest.skip("several processes share limits through Redis (PostgreSQL + Redis backend)")
+    prefix = f"beacon-test-multi-{uuid.uuid4().hex[:8]}"
+    env = {
+        "BEACON_DATABASE_URL": settings.database_url,
+        "BEACON_REDIS_URL": REDIS_URL,
+        "BEACON_RATE_LIMIT_KEY_PREFIX": prefix,
+        "BEACON_AUTH_SECRET": TEST_SECRET,
+    }
+    servers = [await BeaconProcess.start(tmp_path, env)]
+    try:
+        servers.append(await BeaconProcess.start(tmp_path, env))
+        user = await new_user()
+        channels = [grpc.aio.insecure_channel(s.target) for s in servers]
+        stubs = [membership_service_pb2_grpc.MembershipServiceStub(c) for c in channels]
+        try:
+            for i in range(5):
+                await passes_auth(join(stubs[i % 2], user))
+            for stub in stubs:
+                await expect_rate_limited(join(stub, user), JOIN_QUOTA, f"user:{user.user_id}", 900)
+        finally:
+            for channel in channels:
+                await channel.close()
+    finally:
+        for server in servers:
+            await server.stop()
+        await delete_redis_keys(prefix)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisProcess]:
+    redis = await RedisProcess.start()
+    yield redis
+    await redis.kill()
+
+
+async def test_redis_outage_fails_closed_or_open_as_each_rule_declares(
+    app: App, backend: str, new_user: NewUser, private_redis: RedisProcess, tmp_path: Path
+) -> None:
+    prefix = f"beacon-test-outage-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(
+        backend, app.settings.database_url, tmp_path, prefix, redis_url=private_redis.url
+    )
+    server = await start_probe_server(App(settings=settings, db=app.db), ProbeState())
+    user = await new_user()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            memberships = membership_service_pb2_grpc.MembershipServiceStub(channel)
+            organizations = organization_service_pb2_grpc.OrganizationServiceStub(channel)
+            await join(memberships, user)
+            client = redis_async.from_url(private_redis.url)
+            try:
+                assert [k async for k in client.scan_iter(match=f"{prefix}*")], "counted in Redis"
+            finally:
+                await client.aclose()
+
+            await private_redis.kill()
+            await expect_refusal(
+                grpc.StatusCode.UNAVAILABLE, "RATE_LIMITER_UNAVAILABLE", join(memberships, user)
+            )
+            await organizations.ListMyOrganizations(
+                org_pb.ListMyOrganizationsRequest(), metadata=user.metadata
+            )
+
+            # When Redis is back, the closed rule opens again without a restart.
+            restarted = await RedisProcess.start(private_redis.port)
+            try:
+
+                async def joins() -> bool:
+                    try:
+                        await join(memberships, user)
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
+                        return False
+                    return True
+
+                await eventually(joins, what="JoinWorkspaceByCode once Redis is back")
+            finally:
+                await restarted.kill()
+    finally:
+        await server.stop(grace=1.0)
