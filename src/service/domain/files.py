@@ -29,6 +29,7 @@ from service.config import Settings
 from service.db.models import File
 from service.domain.clock import new_id, utcnow
 from service.domain.errors import NotFound
+from service.domain.inputs import require_id
 
 PENDING = "pending"
 UPLOADED = "uploaded"
@@ -203,9 +204,11 @@ async def uploaded_file(session: AsyncSession, file_id: str) -> File | None:
     return file if file is not None and file.state == UPLOADED else None
 
 
-async def require_own_upload(session: AsyncSession, owner_id: str, file_id: str) -> str:
+async def require_own_upload(session: AsyncSession, owner_id: str, field: str, file_id: str) -> str:
     """`file_id` when it names a file `owner_id` uploaded; NotFound otherwise (even when
-    it exists but belongs to someone else, so ids of other users' files leak nothing)."""
+    it exists but belongs to someone else, so ids of other users' files leak nothing).
+    A malformed id is InvalidArgument naming `field`."""
+    require_id(field, file_id)
     found = await session.scalar(
         select(File.id).where(File.id == file_id, File.owner_id == owner_id, File.state == UPLOADED)
     )

@@ -36,7 +36,7 @@ def normalize_hostname(field: str, value: str) -> str:
     try:
         ascii_host = idna.encode(host, uts46=True).decode("ascii").lower()
     except (idna.IDNAError, UnicodeError) as exc:
-        raise InvalidArgument(field, f"is not a valid domain name ({exc})") from None
+        raise InvalidArgument(field, f"is not a valid domain name ({str(exc)[:100]})") from None
     labels = ascii_host.split(".")
     if len(labels) < 2:
         raise InvalidArgument(field, "must be a full domain name such as example.com")
@@ -55,7 +55,7 @@ def _host_part(field: str, text: str) -> str:
         host = parts.hostname
         _ = parts.port  # raises on a malformed port
     except ValueError as exc:
-        raise InvalidArgument(field, f"is not a valid domain or URL ({exc})") from None
+        raise InvalidArgument(field, f"is not a valid domain or URL ({str(exc)[:100]})") from None
     if not host:
         raise InvalidArgument(field, "is not a valid domain or URL")
     host = host.rstrip(".")

@@ -16,12 +16,14 @@ from service.domain import audit
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
 from service.domain.clock import new_id, utcnow
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from service.domain.inputs import quote, require_id
 from service.domain.names import derive_slug, display_name
 from service.domain.paging import Page
 from service.domain.slugs import save_with_unique_slug
 from service.domain.visibility import accessible_workspaces, reachable_organizations
 
 WORKOS_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
+ACTION = re.compile(r"^beacon\.v1\.[A-Za-z]{1,40}/[A-Za-z]{1,60}$")
 
 
 async def insert_organization(
@@ -105,7 +107,7 @@ async def update_organization(
     """Renames the organization (only `name` is updatable; an empty mask means `name`)."""
     for path in paths:
         if path not in (*UPDATABLE_ORGANIZATION_FIELDS, "*"):
-            raise InvalidArgument("update_mask", f"{path!r} is not updatable; use 'name'")
+            raise InvalidArgument("update_mask", f"{quote(path)} is not updatable; use 'name'")
     clean = display_name("organization.name", name)
     org = await get_organization(session, organization_id)
     org.name = clean
@@ -266,6 +268,17 @@ class AuditFilter:
     actor_id: str = ""
     action: str = ""
 
+    def validate(self) -> None:
+        """InvalidArgument for a filter that cannot match anything."""
+        if self.workspace_id:
+            require_id("workspace_id", self.workspace_id)
+        if self.actor_id:
+            require_id("actor_id", self.actor_id)
+        if self.action and not ACTION.fullmatch(self.action):
+            raise InvalidArgument(
+                "action", "must be an RPC full name such as beacon.v1.WorkspaceService/GetWorkspace"
+            )
+
     def scope(self, organization_id: str) -> str:
         return f"audit|{organization_id}|{self.workspace_id}|{self.actor_id}|{self.action}"
 
@@ -274,6 +287,7 @@ async def list_audit_events(
     session: AsyncSession, organization_id: str, filters: AuditFilter, page: Page
 ) -> tuple[list[AuditEvent], str]:
     """The organization's audit events matching `filters`, newest first."""
+    filters.validate()
     conditions = [AuditEvent.organization_id == organization_id]
     if filters.workspace_id:
         conditions.append(AuditEvent.workspace_id == filters.workspace_id)

@@ -20,6 +20,7 @@ from service.domain.access import ORGANIZATION_ADMIN_ROLES, organization_access
 from service.domain.clock import new_id, utcnow
 from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
+from service.domain.inputs import quote, require_id
 from service.domain.names import clean_text, derive_slug, display_name, validate_slug
 from service.domain.organizations import insert_organization
 from service.domain.paging import Page
@@ -188,6 +189,7 @@ async def list_views(
         accessible_workspaces(user_id), page.where(Workspace.create_time, Workspace.id)
     )
     if organization_id:
+        require_id("organization_id", organization_id)
         reachable = await session.scalar(
             select(Organization.id).where(
                 Organization.id == organization_id, reachable_organizations(user_id)
@@ -271,6 +273,7 @@ async def create_workspace(
         select(exists().where(accessible_workspaces(user_id)).select_from(Workspace))
     )
     if request.organization_id:
+        require_id("organization_id", request.organization_id)
         access = await organization_access(session, user_id, request.organization_id)
         if access.organization_role not in ORGANIZATION_ADMIN_ROLES:
             raise PermissionDenied(
@@ -284,7 +287,7 @@ async def create_workspace(
     else:
         org = await _personal_organization(session, call, user_id)
     if request.icon_file_id:
-        await files.require_own_upload(session, user_id, request.icon_file_id)
+        await files.require_own_upload(session, user_id, "icon_file_id", request.icon_file_id)
     now = utcnow()
     workspace = Workspace(
         id=new_id("ws"),
@@ -373,7 +376,7 @@ def update_paths(paths: Sequence[str]) -> list[str]:
         if path not in UPDATABLE_FIELDS:
             raise InvalidArgument(
                 "update_mask",
-                f"{path!r} is not updatable; updatable: {', '.join(UPDATABLE_FIELDS)}",
+                f"{quote(path)} is not updatable; updatable: {', '.join(UPDATABLE_FIELDS)}",
             )
         if path not in result:
             result.append(path)
@@ -404,8 +407,8 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
     """Aborted when `etag` is set and is not the current version's."""
     if etag and etag != str(version):
         raise Aborted(
-            f"{field_name} {etag!r} is stale: the workspace changed (current etag "
-            f"{str(version)!r}); read it again and retry",
+            f"{field_name} {quote(etag)} is stale: the workspace changed (current etag "
+            f"'{version}'); read it again and retry",
             reason="ETAG_MISMATCH",
         )
 
@@ -445,7 +448,9 @@ async def update_workspace(
     check_etag("workspace.etag", etag, workspace.version)
     icon = values.get("icon_file_id")
     if icon and icon != workspace.icon_file_id:
-        await files.require_own_upload(session, call.require_user_id(), icon)
+        await files.require_own_upload(
+            session, call.require_user_id(), "workspace.icon_file_id", icon
+        )
     changed = {k: v for k, v in values.items() if getattr(workspace, k) != v}
     new_slug = changed.pop("slug", None)
     for key, value in changed.items():
