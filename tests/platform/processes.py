@@ -22,6 +22,8 @@ import pytest
 import redis.asyncio as redis_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from service.config import Settings
+
 BEACON = Path(sys.executable).parent / "beacon"
 T = TypeVar("T")
 
@@ -57,6 +59,17 @@ async def health_status(target: str, service: str = "") -> int | None:
         except grpc.aio.AioRpcError:
             return None
     return int(reply.status)
+
+
+def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """BEACON_* variables for a `beacon serve` on the same database, Redis and secret."""
+    return {
+        "BEACON_DATABASE_URL": settings.database_url,
+        "BEACON_REDIS_URL": settings.redis_url,
+        "BEACON_RATE_LIMIT_KEY_PREFIX": settings.rate_limit_key_prefix,
+        "BEACON_AUTH_SECRET": settings.auth_secret,
+        **extra,
+    }
 
 
 @dataclass

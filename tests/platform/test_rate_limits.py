@@ -19,11 +19,11 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from tests.conftest import TEST_SECRET, NewUser, delete_redis_keys, make_settings
+from tests.conftest import NewUser, delete_redis_keys, make_settings
 from tests.platform.assertions import expect_refusal, passes_auth
 from tests.platform.probes import ProbeState, start_probe_server
-from tests.platform.processes import BeaconProcess, RedisProcess, eventually
-from tests.support import REDIS_URL, RpcFailure
+from tests.platform.processes import BeaconProcess, RedisProcess, eventually, serve_env
+from tests.support import RpcFailure
 
 if TYPE_CHECKING:
     from tests.conftest import TestUser
@@ -91,12 +91,7 @@ async def test_two_server_processes_share_one_budget(
     if backend != "postgres":
         pytest.skip("several processes share limits through Redis (PostgreSQL + Redis backend)")
     prefix = f"beacon-test-multi-{uuid.uuid4().hex[:8]}"
-    env = {
-        "BEACON_DATABASE_URL": settings.database_url,
-        "BEACON_REDIS_URL": REDIS_URL,
-        "BEACON_RATE_LIMIT_KEY_PREFIX": prefix,
-        "BEACON_AUTH_SECRET": TEST_SECRET,
-    }
+    env = serve_env(settings, BEACON_RATE_LIMIT_KEY_PREFIX=prefix)
     servers = [await BeaconProcess.start(tmp_path, env)]
     try:
         servers.append(await BeaconProcess.start(tmp_path, env))
