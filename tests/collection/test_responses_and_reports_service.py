@@ -157,6 +157,11 @@ async def test_bad_filters(
         grpc.StatusCode.INVALID_ARGUMENT, responses(collection, owner, workspace_id, provider=99)
     )
     assert [v.field for v in failure.details["BadRequest"].field_violations] == ["provider"]
+    for filters in ({"prompt_id": "prm_\x00"}, {"run_id": "ws_notarun"}):
+        hostile = await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT, responses(collection, owner, workspace_id, **filters)
+        )
+        assert [v.field for v in hostile.details["BadRequest"].field_violations] == list(filters)
     page = await collection.runs.ListResponses(
         pb.ListResponsesRequest(workspace_id=theirs.workspace_id, page_size=1),
         metadata=stranger.metadata,

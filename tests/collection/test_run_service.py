@@ -150,6 +150,8 @@ async def test_bad_start_requests(
         ({"providers": [OPENAI, 42]}, grpc.StatusCode.INVALID_ARGUMENT, "providers[1]"),
         ({"providers": [ws_pb.PROVIDER_MISTRAL]}, grpc.StatusCode.INVALID_ARGUMENT, "providers[0]"),
         ({"prompt_ids": ["nope"]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids[0]"),
+        ({"prompt_ids": ["prm_a", "prm_\x00"]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids[1]"),
+        ({"prompt_ids": ["prm_" + "a" * 100]}, grpc.StatusCode.INVALID_ARGUMENT, "prompt_ids[0]"),
         ({"prompt_ids": ["prm_unknown"]}, grpc.StatusCode.NOT_FOUND, ""),
         ({"prompt_ids": foreign}, grpc.StatusCode.NOT_FOUND, ""),
     ]

@@ -6,6 +6,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from service.domain.errors import InvalidArgument
 from service.domain.schedules import fire_times, next_fire_time, parse_schedule
@@ -178,3 +180,22 @@ def test_a_year_of_firings_advances_strictly() -> None:
     times = [next(fires) for _ in range(365)]
     gaps = {b - a for a, b in itertools.pairwise(times)}
     assert gaps == {timedelta(hours=23), timedelta(hours=24), timedelta(hours=25)}
+
+
+CRON_FIELD = st.one_of(
+    st.text(alphabet="0123456789*/-,LW#?H janmonFEBsun", max_size=12),
+    st.text(max_size=6),
+    st.integers(-(10**30), 10**30).map(str),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(CRON_FIELD, max_size=7).map(" ".join), st.text(max_size=12))
+def test_hostile_input_is_refused_as_invalid_argument_only(cron: str, time_zone: str) -> None:
+    try:
+        schedule = parse_schedule(cron, time_zone, 15, now=NOW)
+    except InvalidArgument as error:
+        assert error.violations[0].field in ("cron", "time_zone")
+    else:
+        first, second = itertools.islice(fire_times(schedule.cron, schedule.time_zone, NOW), 2)
+        assert second - first >= timedelta(minutes=15)

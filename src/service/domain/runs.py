@@ -11,6 +11,7 @@ pending|succeeded|failed|skipped; triggers manual|schedule|schedule_set.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,6 +38,8 @@ StartStatus = Literal["queued", "empty", "no_providers"]
 PROVIDER_NAMES = ", ".join(p.upper() for p in PROVIDERS)
 FINISHED_PROBE_STATUSES = ("succeeded", "failed")
 WATCH_POLL_SECONDS = 0.3
+ID_PATTERN = re.compile(r"[a-z]+_[a-z0-9]+")
+MAX_ID_LENGTH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,16 @@ class StartOutcome:
     status: StartStatus
     run: RunView | None = None
     providers_without_credentials: tuple[str, ...] = ()
+
+
+def check_id(field: str, value: str, prefix: str) -> None:
+    """InvalidArgument naming `field` unless `value` has the shape of a `prefix_...` id."""
+    if (
+        len(value) > MAX_ID_LENGTH
+        or not ID_PATTERN.fullmatch(value)
+        or not value.startswith(f"{prefix}_")
+    ):
+        raise InvalidArgument(field, f"must be an id of the form {prefix}_...")
 
 
 def _in_provider_order(names: Collection[str]) -> list[str]:
@@ -204,8 +217,7 @@ async def _validate_prompt_ids(
         raise InvalidArgument("prompt_ids", f"at most {MAX_PROMPTS} prompt ids")
     unique: list[str] = []
     for index, prompt_id in enumerate(prompt_ids):
-        if not prompt_id.startswith("prm_") or len(prompt_id) > 40:
-            raise InvalidArgument(f"prompt_ids[{index}]", "must be a prompt id (prm_...)")
+        check_id(f"prompt_ids[{index}]", prompt_id, "prm")
         if prompt_id not in unique:
             unique.append(prompt_id)
     if unique:
@@ -410,9 +422,11 @@ async def list_responses(
             raise InvalidArgument("provider", f"must name a provider ({PROVIDER_NAMES})")
         conditions.append(Probe.provider == filters.provider)
     if filters.run_id:
+        check_id("run_id", filters.run_id, "run")
         await _load_run(session, workspace_id, filters.run_id)
         conditions.append(Probe.run_id == filters.run_id)
     if filters.prompt_id:
+        check_id("prompt_id", filters.prompt_id, "prm")
         conditions.append(Probe.prompt_id == filters.prompt_id)
     scope = f"responses:{workspace_id}:{filters.run_id}:{filters.provider}:{filters.prompt_id}"
     page = parse_page(page_size, page_token, scope=scope)
