@@ -157,7 +157,8 @@ async def test_bad_filters(
         grpc.StatusCode.INVALID_ARGUMENT, responses(collection, owner, workspace_id, provider=99)
     )
     assert [v.field for v in failure.details["BadRequest"].field_violations] == ["provider"]
-    for filters in ({"prompt_id": "prm_\x00"}, {"run_id": "ws_notarun"}):
+    hostile_filters: list[dict[str, Any]] = [{"prompt_id": "prm_\x00"}, {"run_id": "ws_notarun"}]
+    for filters in hostile_filters:
         hostile = await expect_error(
             grpc.StatusCode.INVALID_ARGUMENT, responses(collection, owner, workspace_id, **filters)
         )
