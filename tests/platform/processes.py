@@ -25,6 +25,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.config import Settings
 
 BEACON = Path(sys.executable).parent / "beacon"
+BEACON_SERVICES = frozenset(
+    f"beacon.v1.{name}Service"
+    for name in ("Organization", "Workspace", "Membership", "Schedule", "Prompt", "Run")
+)
 T = TypeVar("T")
 
 

@@ -23,18 +23,10 @@ from service.config import Settings
 from service.server import BeaconServer, start_server
 from tests.conftest import make_settings
 from tests.platform.assertions import expect_refusal
-from tests.platform.processes import eventually, free_port, health_status
+from tests.platform.processes import BEACON_SERVICES, eventually, free_port, health_status
 from tests.support import PG_ADMIN_URL, postgres_available
 
-SERVICES = (
-    "",
-    "beacon.v1.OrganizationService",
-    "beacon.v1.WorkspaceService",
-    "beacon.v1.MembershipService",
-    "beacon.v1.ScheduleService",
-    "beacon.v1.PromptService",
-    "beacon.v1.RunService",
-)
+SERVICES = ("", *sorted(BEACON_SERVICES))
 SERVING = int(health_pb2.HealthCheckResponse.SERVING)
 NOT_SERVING = int(health_pb2.HealthCheckResponse.NOT_SERVING)
 

@@ -11,21 +11,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from tests.conftest import NewUser
+from tests.platform.processes import BEACON_SERVICES
 from tests.support import expect_error
-
-SERVICES = {
-    "beacon.v1.OrganizationService",
-    "beacon.v1.WorkspaceService",
-    "beacon.v1.MembershipService",
-    "beacon.v1.ScheduleService",
-    "beacon.v1.PromptService",
-    "beacon.v1.RunService",
-}
 
 
 async def test_health_is_serving(channel: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
-    for service in ("", *SERVICES):
+    for service in ("", *BEACON_SERVICES):
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
 
@@ -38,7 +30,7 @@ async def test_reflection_lists_all_six_services(channel: grpc.aio.Channel) -> N
 
     async for reply in stub.ServerReflectionInfo(requests()):
         names = {s.name for s in reply.list_services_response.service}
-        assert names >= SERVICES | {"grpc.health.v1.Health"}
+        assert names >= BEACON_SERVICES | {"grpc.health.v1.Health"}
         break
 
 
