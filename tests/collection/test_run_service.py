@@ -187,6 +187,18 @@ async def test_progress_comes_from_probes(
     assert progress(run) == [(OPENAI, 2, 1, 1), (ANTHROPIC, 2, 1, 0)]
 
 
+async def test_a_scheduled_run_before_expansion_plans_the_current_prompts(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    # The ticker writes runs without subsets or counts; the worker fills them in.
+    await insert_prompts(app, workspace_id, ["a", "b"])
+    run_id = await insert_run(app, workspace_id, providers=(), prompt_count=0, status="queued")
+    run = await get_run(collection, owner, run_id)
+    assert list(run.providers) == [OPENAI, ANTHROPIC, GOOGLE]
+    assert run.prompt_count == 2
+    assert progress(run) == [(OPENAI, 2, 0, 0), (ANTHROPIC, 2, 0, 0), (GOOGLE, 2, 0, 0)]
+
+
 async def test_list_runs_newest_first_in_pages(
     app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
 ) -> None:

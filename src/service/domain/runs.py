@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, cast
 
@@ -271,19 +271,27 @@ async def _progress(
 async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
     progress = await _progress(session, [run.id for run in runs])
     enabled: dict[str, list[str]] = {}
+    prompt_counts: dict[str, int] = {}
     views = []
     for run in runs:
         if run.id in progress:
             views.append(RunView.of(run, [p.provider for p in progress[run.id]], progress[run.id]))
             continue
-        # Not expanded yet: every provider will ask every prompt.
+        # Not expanded yet: every provider will ask every prompt. A run written without its
+        # subsets (the ticker's) asks the workspace's current prompts and enabled providers.
+        workspace_id = run.workspace_id
         providers = _in_provider_order(run.providers)
         if not providers:
-            if run.workspace_id not in enabled:
-                enabled[run.workspace_id] = await _enabled_providers(session, run.workspace_id)
-            providers = enabled[run.workspace_id]
-        planned = [ProviderProgress(p, run.prompt_count, 0, 0) for p in providers]
-        views.append(RunView.of(run, providers, planned))
+            if workspace_id not in enabled:
+                enabled[workspace_id] = await _enabled_providers(session, workspace_id)
+            providers = enabled[workspace_id]
+        count = run.prompt_count or len(run.prompt_ids)
+        if not count and run.status == "queued":
+            if workspace_id not in prompt_counts:
+                prompt_counts[workspace_id] = await count_prompts(session, workspace_id)
+            count = prompt_counts[workspace_id]
+        planned = [ProviderProgress(p, count, 0, 0) for p in providers]
+        views.append(replace(RunView.of(run, providers, planned), prompt_count=count))
     return views
 
 
