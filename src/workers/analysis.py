@@ -73,7 +73,7 @@ _UNSPACED = (
     "\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f\U00020000-\U0002ffff"
 )
 _UNSPACED_CHAR = re.compile(f"[{_UNSPACED}]")
-_SPACED_WORD_CHAR = f"[^\\W{_UNSPACED}]"
+_SPACED_WORD_CHAR = re.compile(f"[^\\W{_UNSPACED}]")
 
 _URL_CHARS = r"[^\s<>\[\]{}\"'`]"
 _LABEL = r"[^\W_](?:[\w-]*[^\W_])?"
@@ -82,6 +82,7 @@ _SCHEME_URL = re.compile(rf"(?<![\w.+-])(?:https?|ftp)://{_URL_CHARS}+", re.IGNO
 _EMAIL = re.compile(rf"[\w.+-]+@({_HOST})(?![\w-])")
 _BARE_HOST = re.compile(rf"(?<![\w@.-])({_HOST})(?![\w-])(?:/{_URL_CHARS}*)?")
 _HOST_ONLY = re.compile(_HOST)
+_TOKEN = re.compile(r"\S+")
 _TRAILING = ".,;:!?*_~'\""
 _CLOSERS = {")": "(", "]": "[", ">": "<"}
 
@@ -151,19 +152,26 @@ def _first_mentions(text: str, entities: Sequence[_Entity]) -> list[int | None]:
     candidates: list[tuple[int, int, int, int]] = []  # (weight, start, end, entity)
     for index, entity in enumerate(entities):
         for name in entity.names:
-            for match in _name_pattern(name).finditer(masked):
-                candidates.append((match.end() - match.start(), match.start(), match.end(), index))
-        for span in spans:
-            for domain in entity.domains:
-                if host_within(span.host, domain):
-                    candidates.append((len(domain), span.start, span.end, index))
+            candidates.extend(
+                (end - start, start, end, index) for start, end in _words(name, masked)
+            )
+    owners: dict[str, list[int]] = {}
+    for index, entity in enumerate(entities):
+        for domain in entity.domains:
+            owners.setdefault(domain, []).append(index)
+    for span in spans:
+        labels = span.host.split(".")
+        for cut in range(len(labels)):  # the host itself, then each parent domain
+            domain = ".".join(labels[cut:])
+            for index in owners.get(domain, ()):
+                candidates.append((len(domain), span.start, span.end, index))
     candidates.sort(key=lambda candidate: (-candidate[0], candidate[1], candidate[3]))
-    taken: list[tuple[int, int]] = []
+    taken = bytearray(len(text))  # 1 where an accepted mention stands
     first: list[int | None] = [None] * len(entities)
     for _, start, end, index in candidates:
-        if any(start < other_end and other_start < end for other_start, other_end in taken):
+        if taken.find(1, start, end) != -1:
             continue
-        taken.append((start, end))
+        taken[start:end] = b"\x01" * (end - start)
         position = first[index]
         first[index] = start if position is None else min(position, start)
     return first
@@ -172,13 +180,29 @@ def _first_mentions(text: str, entities: Sequence[_Entity]) -> list[int | None]:
 def _host_spans(text: str) -> tuple[list[_Span], str]:
     """The hosts written in ``text`` and the text with every URL, address and host blanked."""
     spans: list[_Span] = []
-    masked = text
+    for token in _TOKEN.finditer(text):
+        # Hosts hold no whitespace and at least one dot: scanning only such tokens is much faster
+        # than running the patterns over the whole text.
+        if "." in token.group():
+            spans += _token_hosts(token.group(), token.start())
+    if not spans:
+        return spans, text
+    pieces: list[str] = []
+    done = 0
+    for span in sorted(spans, key=lambda span: span.start):
+        pieces += [text[done : span.start], " " * (span.end - span.start)]
+        done = span.end
+    pieces.append(text[done:])
+    return spans, "".join(pieces)
+
+
+def _token_hosts(token: str, offset: int) -> list[_Span]:
+    spans: list[_Span] = []
     for pattern in (_SCHEME_URL, _EMAIL, _BARE_HOST):
-        found = list(_host_matches(pattern, masked))
-        for span in found:
-            masked = masked[: span.start] + " " * (span.end - span.start) + masked[span.end :]
-        spans += found
-    return spans, masked
+        for span in _host_matches(pattern, token):
+            token = token[: span.start] + " " * (span.end - span.start) + token[span.end :]
+            spans.append(_Span(span.start + offset, span.end + offset, span.host))
+    return spans
 
 
 def _host_matches(pattern: re.Pattern[str], text: str) -> Iterator[_Span]:
@@ -201,9 +225,28 @@ def _trim_url(url: str) -> str:
     return url
 
 
+def _words(name: str, text: str) -> Iterator[tuple[int, int]]:
+    """Spans where ``name`` stands in ``text`` as a word of its own."""
+    pattern, bounded_before, bounded_after = _name_pattern(name)
+    for match in pattern.finditer(text):
+        start, end = match.span()
+        if bounded_before and start > 0 and _SPACED_WORD_CHAR.match(text, start - 1):
+            continue
+        if bounded_after and end < len(text) and _SPACED_WORD_CHAR.match(text, end):
+            continue
+        yield start, end
+
+
 @lru_cache(maxsize=1024)
-def _name_pattern(name: str) -> re.Pattern[str]:
+def _name_pattern(name: str) -> tuple[re.Pattern[str], bool, bool]:
+    """The name's pattern and whether each end needs a word boundary.
+
+    Boundaries are checked at each hit rather than in the pattern: a leading look-behind would
+    stop the regex engine from scanning for the name's first characters quickly.
+    """
     body = r"\s+".join(re.escape(part) for part in name.split())
-    before = "" if _UNSPACED_CHAR.match(name[0]) else f"(?<!{_SPACED_WORD_CHAR})"
-    after = "" if _UNSPACED_CHAR.match(name[-1]) else f"(?!{_SPACED_WORD_CHAR})"
-    return re.compile(before + body + after, re.IGNORECASE)
+    return (
+        re.compile(body, re.IGNORECASE),
+        not _UNSPACED_CHAR.match(name[0]),
+        not _UNSPACED_CHAR.match(name[-1]),
+    )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import unicodedata
+from functools import lru_cache
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import idna
 
 
+@lru_cache(maxsize=8192)  # answers repeat the same few hosts; IDNA checks are slow
 def normalize_domain(url_or_host: str) -> str:
     """Return the lowercase hostname of a URL or bare host, without a leading ``www.``.
 
@@ -25,7 +27,7 @@ def normalize_domain(url_or_host: str) -> str:
     except ValueError:
         return ""
     host = host.rstrip(".")
-    if not host:
+    if not host or any(char.isspace() for char in host):
         return ""
     host = _unicode_host(host)
     return host.removeprefix("www.")
