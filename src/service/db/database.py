@@ -51,8 +51,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("beacon_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        options = conn.get_execution_options()
+        if options.get("isolation_level") == "AUTOCOMMIT":
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get("beacon_write") else "BEGIN")
 
 
 class Database:
@@ -68,10 +70,15 @@ class Database:
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
         """A session in one transaction, committed on success and rolled back on error.
 
-        `write=False` marks read-only work (on SQLite it does not take the write lock).
+        `write=False` marks read-only work: it runs without BEGIN/ROLLBACK round trips
+        (autocommit; each statement sees its own snapshot) and never takes SQLite's write
+        lock.
         """
+        options: dict[str, Any] = (
+            {"beacon_write": True} if write else {"isolation_level": "AUTOCOMMIT"}
+        )
         async with self._sessions() as session:
-            await session.connection(execution_options={"beacon_write": write})
+            await session.connection(execution_options=options)
             try:
                 yield session
             except BaseException:
