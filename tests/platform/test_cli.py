@@ -1,0 +1,111 @@
+"""The `beacon` command as an operator runs it: dev tokens and the service key life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import jwt
+import pytest
+from sqlalchemy import select
+
+from service.auth import service_keys
+from service.auth.tokens import TokenVerifier
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import ServiceKey
+from tests.platform.processes import BEACON
+
+
+async def run_beacon(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Runs `beacon ARGS` with only `env` as its BEACON_* settings: (exit code, stdout, stderr)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
+    process = await asyncio.create_subprocess_exec(
+        str(BEACON),
+        *args,
+        env={**full_env, "BEACON_LOG_LEVEL": "WARNING", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_token_verifies_with_the_secret_and_only_with_it() -> None:
+    secret = "cli-test-secret-0123456789abcdef0123"
+    (code, out, err), (empty_code, _, empty_err) = await asyncio.gather(
+        run_beacon(
+            "token",
+            *("--email", "Someone@Example.com", "--name", "Some One", "--ttl", "600"),
+            env={"BEACON_AUTH_SECRET": secret},
+        ),
+        run_beacon("token", "--email", "a@example.com", env={"BEACON_AUTH_SECRET": ""}),
+    )
+    assert code == 0, err
+    token = out.strip()
+    claims = jwt.decode(token, secret, algorithms=["HS256"], audience="beacon", issuer="beacon-dev")
+    assert (claims["sub"], claims["name"], claims["exp"] - claims["iat"]) == (
+        "dev|someone@example.com",
+        "Some One",
+        600,
+    )
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(
+            token, "another-secret-0123456789abcdef012", algorithms=["HS256"], audience="beacon"
+        )
+    verified = await TokenVerifier(Settings(auth_secret=secret)).verify(token)
+    assert (verified.email, verified.name) == ("someone@example.com", "Some One")
+    # Without a secret there are no development tokens: a clear message, not a traceback.
+    assert empty_code == 2 and "BEACON_AUTH_SECRET is empty" in empty_err
+    assert "Traceback" not in empty_err
+
+
+async def test_service_key_create_list_revoke_round_trip(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
+    env = {"BEACON_DATABASE_URL": url}
+    code, _, err = await run_beacon("migrate", env=env)
+    assert code == 0, err
+
+    created = await asyncio.gather(
+        run_beacon("service-key", "create", "--name", "billing-sync", "--scope", "act_as",
+                   "--scope", "workos", env=env),
+        run_beacon("service-key", "create", "--name", "reporting", env=env),
+    )  # fmt: skip
+    keys = []
+    for code, out, err in created:
+        assert code == 0, err
+        match = re.search(r"created (key_[a-z0-9]+) scopes=(\S*)", err)
+        assert match is not None, err
+        keys.append((out.strip(), match.group(1), match.group(2)))
+    (revoked_secret, revoked_id, scopes), (kept_secret, kept_id, _) = keys
+    assert scopes == "act_as,workos" and revoked_secret.startswith("bk_")
+
+    db = Database(url)
+    try:
+        found = await service_keys.find_active_key(db, revoked_secret)
+        assert found is not None and (found.id, found.scopes) == (revoked_id, ("act_as", "workos"))
+        async with db.transaction(write=False) as session:
+            stored = await session.scalar(
+                select(ServiceKey.secret_hash).where(ServiceKey.id == revoked_id)
+            )
+        assert stored == service_keys.hash_secret(revoked_secret) != revoked_secret
+
+        code, _, err = await run_beacon("service-key", "revoke", revoked_id, env=env)
+        assert code == 0 and f"revoked {revoked_id}" in err
+        code, out, err = await run_beacon("service-key", "list", env=env)
+        assert code == 0, err
+        today = datetime.now(UTC).strftime("%Y-%m-%d")
+        assert sorted(out.strip().splitlines()) == sorted(
+            [
+                f"{revoked_id}\tbilling-sync\tact_as,workos\trevoked {today}",
+                f"{kept_id}\treporting\t\tactive",
+            ]
+        )
+        assert await service_keys.find_active_key(db, revoked_secret) is None
+        assert await service_keys.find_active_key(db, kept_secret) is not None
+    finally:
+        await db.dispose()
