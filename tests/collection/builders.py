@@ -15,6 +15,7 @@ from sqlalchemy import select, update
 
 from service.app import App
 from service.db.models import (
+    AuditEvent,
     Organization,
     OrganizationMember,
     Probe,
@@ -172,3 +173,14 @@ async def end_run(app: App, run_id: str, status: str) -> None:
             .where(Run.id == run_id, Run.end_time.is_(None))
             .values(status=status, end_time=utcnow())
         )
+
+
+async def audited_actions(app: App, workspace_id: str) -> list[tuple[str, list[str]]]:
+    """(RPC, target ids) of the workspace's audit events, oldest first."""
+    async with app.db.transaction(write=False) as session:
+        rows = await session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.workspace_id == workspace_id)
+            .order_by(AuditEvent.create_time)
+        )
+        return [(row.action.rsplit("/", 1)[-1], list(row.target_ids)) for row in rows]

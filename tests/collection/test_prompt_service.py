@@ -10,7 +10,7 @@ import pytest
 
 from beacon.v1 import prompt_service_pb2 as pb
 from service.app import App
-from tests.collection.builders import add_workspace_member, make_workspace
+from tests.collection.builders import add_workspace_member, audited_actions, make_workspace
 from tests.conftest import NewUser
 from tests.conftest import TestUser as Caller
 from tests.support import expect_error
@@ -197,3 +197,21 @@ async def test_members_may_edit_and_strangers_see_nothing(
     ):
         await expect_error(grpc.StatusCode.NOT_FOUND, call)
     assert [p.text for p in await listed(collection, owner, workspace_id)] == ["from a member"]
+
+
+async def test_changes_are_audited_and_reads_are_not(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    stored = await store(collection, owner, workspace_id, ["a"])
+    added = await collection.prompts.AddPrompts(
+        pb.AddPromptsRequest(workspace_id=workspace_id, prompts=["b"]), metadata=owner.metadata
+    )
+    await listed(collection, owner, workspace_id)
+    await collection.prompts.DeletePrompt(
+        pb.DeletePromptRequest(prompt_id=stored.prompts[0].id), metadata=owner.metadata
+    )
+    assert await audited_actions(app, workspace_id) == [
+        ("StorePrompts", [workspace_id]),
+        ("AddPrompts", [added.added[0].id]),
+        ("DeletePrompt", [stored.prompts[0].id]),
+    ]

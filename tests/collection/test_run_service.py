@@ -17,6 +17,7 @@ from service.app import App
 from service.db.models import Probe, Run
 from service.domain.clock import utcnow
 from tests.collection.builders import (
+    audited_actions,
     end_run,
     finish_probe,
     insert_probe,
@@ -239,6 +240,10 @@ async def test_cancel_a_run_that_has_no_probes_yet(
         collection.runs.CancelRun(pb.CancelRunRequest(run_id=run.id), metadata=owner.metadata),
     )
     assert failure.details["PreconditionFailure"].violations[0].type == "RUN_ENDED"
+    assert await audited_actions(app, workspace_id) == [
+        ("StartRun", [run.id]),
+        ("CancelRun", [run.id]),
+    ]
     async with app.db.transaction(write=False) as session:
         row = await session.get(Run, run.id)
         assert row is not None and row.cancel_requested
