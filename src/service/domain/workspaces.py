@@ -114,30 +114,30 @@ def _competitors_from_json(raw: Iterable[dict[str, Any]]) -> list[Competitor]:
 # Reads ------------------------------------------------------------------------------------
 
 
-def _views_query() -> Select[Any]:
-    return (
-        select(
-            Workspace.id,
-            Workspace.organization_id,
-            Organization.name,
-            Organization.slug,
-            Workspace.name,
-            Workspace.slug,
-            Workspace.domain,
-            Workspace.icon_file_id,
-            Workspace.brand_aliases,
-            Workspace.competitors,
-            Workspace.enabled_providers,
-            Schedule.cron,
-            Schedule.time_zone,
-            Workspace.create_time,
-            Workspace.update_time,
-            Workspace.version,
-        )
-        .join(Organization, Organization.id == Workspace.organization_id)
-        .outerjoin(Schedule, Schedule.workspace_id == Workspace.id)
-        .where(Workspace.delete_time.is_(None))
+# Built once: the columns of a WorkspaceView, organization and schedule joined.
+_VIEWS: Select[Any] = (
+    select(
+        Workspace.id,
+        Workspace.organization_id,
+        Organization.name,
+        Organization.slug,
+        Workspace.name,
+        Workspace.slug,
+        Workspace.domain,
+        Workspace.icon_file_id,
+        Workspace.brand_aliases,
+        Workspace.competitors,
+        Workspace.enabled_providers,
+        Schedule.cron,
+        Schedule.time_zone,
+        Workspace.create_time,
+        Workspace.update_time,
+        Workspace.version,
     )
+    .join(Organization, Organization.id == Workspace.organization_id)
+    .outerjoin(Schedule, Schedule.workspace_id == Workspace.id)
+    .where(Workspace.delete_time.is_(None))
+)
 
 
 def _view(row: Any) -> WorkspaceView:
@@ -165,14 +165,14 @@ async def load_views(session: AsyncSession, workspace_ids: Sequence[str]) -> lis
     """Views of the live workspaces among `workspace_ids`, in the order given (one query)."""
     if not workspace_ids:
         return []
-    rows = await session.execute(_views_query().where(Workspace.id.in_(set(workspace_ids))))
+    rows = await session.execute(_VIEWS.where(Workspace.id.in_(set(workspace_ids))))
     by_id = {view.id: view for view in map(_view, rows)}
     return [by_id[i] for i in workspace_ids if i in by_id]
 
 
 async def load_view(session: AsyncSession, workspace_id: str) -> WorkspaceView:
     """The view of one live workspace; NotFound when it is gone."""
-    row = (await session.execute(_views_query().where(Workspace.id == workspace_id))).first()
+    row = (await session.execute(_VIEWS.where(Workspace.id == workspace_id))).first()
     if row is None:
         raise NotFound("workspace", workspace_id)
     return _view(row)
@@ -185,7 +185,7 @@ async def list_views(
 
     NotFound when `organization_id` names an organization the user does not reach.
     """
-    query = _views_query().where(
+    query = _VIEWS.where(
         accessible_workspaces(user_id), page.where(Workspace.create_time, Workspace.id)
     )
     if organization_id:
