@@ -6,7 +6,7 @@ results are inserted as a worker would write them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -184,3 +184,15 @@ async def audited_actions(app: App, workspace_id: str) -> list[tuple[str, list[s
             .order_by(AuditEvent.create_time)
         )
         return [(row.action.rsplit("/", 1)[-1], list(row.target_ids)) for row in rows]
+
+
+async def all_pages(fetch: Callable[[str], Awaitable[Any]], field: str) -> list[Any]:
+    """Every item of a List RPC: `fetch(page_token)` is called until next_page_token is empty."""
+    items: list[Any] = []
+    token = ""
+    while True:
+        page = await fetch(token)
+        items.extend(getattr(page, field))
+        token = page.next_page_token
+        if not token:
+            return items

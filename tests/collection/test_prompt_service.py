@@ -10,7 +10,12 @@ import pytest
 
 from beacon.v1 import prompt_service_pb2 as pb
 from service.app import App
-from tests.collection.builders import add_workspace_member, audited_actions, make_workspace
+from tests.collection.builders import (
+    add_workspace_member,
+    all_pages,
+    audited_actions,
+    make_workspace,
+)
 from tests.conftest import NewUser
 from tests.conftest import TestUser as Caller
 from tests.support import expect_error
@@ -37,17 +42,13 @@ async def store(
 async def listed(
     collection: SimpleNamespace, user: Caller, workspace_id: str, page_size: int = 0
 ) -> list[Any]:
-    result: list[Any] = []
-    token = ""
-    while True:
-        page = await collection.prompts.ListPrompts(
+    return await all_pages(
+        lambda token: collection.prompts.ListPrompts(
             pb.ListPromptsRequest(workspace_id=workspace_id, page_size=page_size, page_token=token),
             metadata=user.metadata,
-        )
-        result.extend(page.prompts)
-        token = page.next_page_token
-        if not token:
-            return result
+        ),
+        "prompts",
+    )
 
 
 async def test_store_replaces_the_set(

@@ -14,7 +14,7 @@ from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.domain.clock import utcnow
-from tests.collection.builders import insert_probe, insert_run, make_workspace
+from tests.collection.builders import all_pages, insert_probe, insert_run, make_workspace
 from tests.conftest import NewUser
 from tests.conftest import TestUser as Caller
 from tests.support import expect_error
@@ -35,19 +35,15 @@ async def workspace_id(app: App, owner: Caller) -> str:
 async def responses(
     collection: SimpleNamespace, user: Caller, workspace_id: str, page_size: int = 0, **filters: Any
 ) -> list[pb.Response]:
-    result: list[pb.Response] = []
-    token = ""
-    while True:
-        page = await collection.runs.ListResponses(
+    return await all_pages(
+        lambda token: collection.runs.ListResponses(
             pb.ListResponsesRequest(
                 workspace_id=workspace_id, page_size=page_size, page_token=token, **filters
             ),
             metadata=user.metadata,
-        )
-        result.extend(page.responses)
-        token = page.next_page_token
-        if not token:
-            return result
+        ),
+        "responses",
+    )
 
 
 async def test_a_response_carries_the_answer_and_its_analysis(
