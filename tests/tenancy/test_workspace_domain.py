@@ -1,0 +1,106 @@
+"""The workspace and organization domain functions against a real database (no server)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from service.app import App
+from service.auth.context import Access, CallContext, Principal
+from service.domain import organizations, workspaces
+from service.domain.errors import Aborted, AlreadyExists, InvalidArgument
+from service.domain.workspaces import NewWorkspace, WorkspacePatch
+from tests.support import unique
+
+
+def call_as(
+    user_id: str, method: str = "beacon.v1.WorkspaceService/CreateWorkspace"
+) -> CallContext:
+    return CallContext(method=method, request_id=unique("req-"), principal=Principal(user_id))
+
+
+async def test_slug_collisions_in_one_organization(app: App, new_user: Any) -> None:
+    user = await new_user()
+    call = call_as(user.user_id)
+    async with app.db.transaction() as session:
+        org = await organizations.create_organization(session, call, unique("Org "))
+    slugs = []
+    for _ in range(3):
+        async with app.db.transaction() as session:
+            created = await workspaces.create_workspace(
+                session, call, NewWorkspace(name="Acme Europe", organization_id=org.id)
+            )
+            slugs.append((await workspaces.load_view(session, created.workspace_id)).slug)
+    assert slugs == ["acme-europe", "acme-europe-2", "acme-europe-3"]
+    with pytest.raises(AlreadyExists):
+        async with app.db.transaction() as session:
+            await workspaces.create_workspace(
+                session,
+                call,
+                NewWorkspace(name="Other", slug="acme-europe-2", organization_id=org.id),
+            )
+
+
+async def test_organization_slugs_are_global_and_suffixed(app: App, new_user: Any) -> None:
+    name = unique("Shared Name ")
+    slugs = []
+    for _ in range(3):
+        user = await new_user()
+        async with app.db.transaction() as session:
+            org = await organizations.create_organization(session, call_as(user.user_id), name)
+            slugs.append(org.slug)
+    base = name.lower().replace(" ", "-")
+    assert slugs == [base, f"{base}-2", f"{base}-3"]
+
+
+async def test_update_checks_etag_and_bumps_version_only_on_change(app: App, new_user: Any) -> None:
+    user = await new_user()
+    call = call_as(user.user_id, "beacon.v1.WorkspaceService/UpdateWorkspace")
+    async with app.db.transaction() as session:
+        created = await workspaces.create_workspace(session, call, NewWorkspace(name="Etag Ws"))
+    workspace_id = created.workspace_id
+    async with app.db.transaction() as session:
+        await workspaces.update_workspace(
+            session, call, workspace_id, WorkspacePatch(name="Etag Ws"), ["name"], etag="1"
+        )
+        assert (await workspaces.load_view(session, workspace_id)).etag == "1"  # no change
+        await workspaces.update_workspace(
+            session, call, workspace_id, WorkspacePatch(domain="Etag.example"), ["domain"], "1"
+        )
+        view = await workspaces.load_view(session, workspace_id)
+    assert (view.etag, view.domain) == ("2", "etag.example")
+    with pytest.raises(Aborted):
+        async with app.db.transaction() as session:
+            await workspaces.update_workspace(
+                session, call, workspace_id, WorkspacePatch(name="Late"), ["name"], etag="1"
+            )
+    with pytest.raises(InvalidArgument) as error:
+        async with app.db.transaction() as session:
+            await workspaces.update_workspace(
+                session, call, workspace_id, WorkspacePatch(slug="x"), ["slug"]
+            )
+    assert error.value.violations[0].field == "workspace.slug"
+    async with app.db.transaction(write=False) as session:
+        assert (await workspaces.load_view(session, workspace_id)).name == "Etag Ws"
+
+
+async def test_navigation_prefers_the_stored_workspace(app: App, new_user: Any) -> None:
+    user = await new_user()
+    call = call_as(user.user_id)
+    async with app.db.transaction() as session:
+        first = await workspaces.create_workspace(session, call, NewWorkspace(name="First"))
+        second = await workspaces.create_workspace(
+            session, call, NewWorkspace(name="Second", organization_name="Second Org")
+        )
+    async with app.db.transaction(write=False) as session:
+        state = await organizations.navigation_state(session, user.user_id)
+    assert state.current_workspace_id == first.workspace_id
+    set_call = call_as(user.user_id, "beacon.v1.OrganizationService/SetCurrentWorkspace")
+    set_call.access = Access(
+        organization_id=second.organization.id, workspace_id=second.workspace_id
+    )
+    async with app.db.transaction() as session:
+        state = await organizations.set_current_workspace(session, set_call, second.workspace_id)
+    assert state.current_workspace_id == second.workspace_id
+    assert state.current_organization_id == second.organization.id
