@@ -94,7 +94,7 @@ async def test_beacon_serve_drains_and_exits_zero_on_sigterm(
     settings: Settings, tmp_path: Path
 ) -> None:
     server = await BeaconProcess.start(
-        tmp_path, serve_env(settings, BEACON_SHUTDOWN_GRACE_SECONDS="1")
+        tmp_path, serve_env(settings, BEACON_SHUTDOWN_GRACE_SECONDS="30")
     )
     try:
         async with grpc.aio.insecure_channel(server.target) as channel:
@@ -102,11 +102,11 @@ async def test_beacon_serve_drains_and_exits_zero_on_sigterm(
             assert (await asyncio.wait_for(watch.read(), 10)).status == SERVING
             server.process.send_signal(signal.SIGTERM)
             assert (await asyncio.wait_for(watch.read(), 10)).status == NOT_SERVING
-            # The open watch is an in-flight call: it is held until the grace period ends.
+            # The open watch is an in-flight call: the process waits for it...
             assert server.process.returncode is None
+            watch.cancel()
+            # ...and, with nothing left in flight, exits cleanly long before the grace ends.
             code = await asyncio.wait_for(server.process.wait(), 20)
             assert code == 0, server.log()
-            ended = await asyncio.wait_for(watch.code(), 10)
-            assert ended in (grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE)
     finally:
         await server.stop()
