@@ -58,12 +58,18 @@ async def insert_organization(
     return org
 
 
+async def _recorded(session: AsyncSession, call: CallContext, org: Organization) -> Organization:
+    """`org` after writing the audit event of the change made to it."""
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+    await session.flush()
+    return org
+
+
 async def create_organization(session: AsyncSession, call: CallContext, name: str) -> Organization:
     """Creates an organization owned by the caller."""
     clean = display_name("name", name)
     org = await insert_organization(session, name=clean, owner_id=call.require_user_id())
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
-    return org
+    return await _recorded(session, call, org)
 
 
 async def list_my_organizations(
@@ -111,9 +117,7 @@ async def update_organization(
     clean = display_name("organization.name", name)
     org = await get_organization(session, organization_id)
     org.name = clean
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
-    await session.flush()
-    return org
+    return await _recorded(session, call, org)
 
 
 # Navigation -------------------------------------------------------------------------------
@@ -244,8 +248,7 @@ async def link_workos_organization(
             raise AlreadyExists(
                 "this WorkOS organization is linked to another organization"
             ) from None
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
-    return org
+    return await _recorded(session, call, org)
 
 
 async def unlink_workos_organization(
@@ -254,9 +257,7 @@ async def unlink_workos_organization(
     """Removes the organization's WorkOS link (harmless when there is none)."""
     org = await get_organization(session, organization_id)
     org.workos_organization_id = None
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
-    await session.flush()
-    return org
+    return await _recorded(session, call, org)
 
 
 # Audit log --------------------------------------------------------------------------------

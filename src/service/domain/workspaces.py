@@ -413,7 +413,8 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
         )
 
 
-def _audit(session: AsyncSession, call: CallContext, workspace: Workspace) -> None:
+def audit_workspace(session: AsyncSession, call: CallContext, workspace: Workspace) -> None:
+    """Records the audit event of a change to `workspace` (target: the workspace)."""
     audit.record(
         session,
         call,
@@ -467,7 +468,7 @@ async def update_workspace(
         )
     if changed or new_slug is not None:
         workspace.version += 1
-    _audit(session, call, workspace)
+    audit_workspace(session, call, workspace)
     await session.flush()
 
 
@@ -483,7 +484,7 @@ async def delete_workspace(
     workspace.join_code = None
     workspace.join_code_expire_time = None
     await session.execute(delete(Schedule).where(Schedule.workspace_id == workspace_id))
-    _audit(session, call, workspace)
+    audit_workspace(session, call, workspace)
     await session.flush()
 
 
@@ -547,5 +548,5 @@ async def set_enabled_providers(
     if workspace.enabled_providers != clean:
         workspace.enabled_providers = clean
         workspace.version += 1
-    _audit(session, call, workspace)
+    audit_workspace(session, call, workspace)
     await session.flush()
