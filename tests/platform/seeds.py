@@ -8,29 +8,36 @@ from service.db.models import Organization, OrganizationMember, Run, Workspace
 from service.domain.clock import new_id, utcnow
 
 
-async def seed_organization(app: App, user_id: str, role: str = "owner") -> str:
-    """A new organization with `user_id` as a member of `role`; returns its id."""
+async def seed_organization(app: App, user_id: str, *members: str) -> str:
+    """A new organization owned by `user_id`, with `members` as plain members; its id."""
     org_id = new_id("org")
+    roles = {user_id: "owner", **dict.fromkeys(members, "member")}
     async with app.db.transaction() as session:
         session.add(Organization(id=org_id, name="Seeded Org", slug=org_id.replace("_", "-")))
         await session.flush()
-        session.add(
-            OrganizationMember(
-                organization_id=org_id, user_id=user_id, role=role, create_time=utcnow()
-            )
+        session.add_all(
+            OrganizationMember(organization_id=org_id, user_id=u, role=r, create_time=utcnow())
+            for u, r in roles.items()
         )
     return org_id
 
 
-async def seed_run(app: App, user_id: str) -> str:
-    """A queued run in a new workspace of a new organization that `user_id` owns."""
-    org_id = await seed_organization(app, user_id)
-    workspace_id, run_id = new_id("ws"), new_id("run")
+async def seed_workspace(app: App, user_id: str, *members: str) -> str:
+    """A workspace in a new organization (owner `user_id`, plain `members`); its id."""
+    org_id = await seed_organization(app, user_id, *members)
+    workspace_id = new_id("ws")
     async with app.db.transaction() as session:
         session.add(
             Workspace(id=workspace_id, organization_id=org_id, name="Seeded", slug="seeded")
         )
-        await session.flush()
+    return workspace_id
+
+
+async def seed_run(app: App, user_id: str) -> str:
+    """A queued run in a new workspace that `user_id` owns; its id."""
+    workspace_id = await seed_workspace(app, user_id)
+    run_id = new_id("run")
+    async with app.db.transaction() as session:
         session.add(
             Run(
                 id=run_id,

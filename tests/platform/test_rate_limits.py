@@ -16,6 +16,7 @@ import redis.asyncio as redis_async
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import membership_service_pb2_grpc, organization_service_pb2_grpc
 from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
@@ -23,6 +24,7 @@ from tests.conftest import NewUser, delete_redis_keys, make_settings
 from tests.platform.assertions import expect_refusal, passes_auth
 from tests.platform.probes import ProbeState, start_probe_server
 from tests.platform.processes import BeaconProcess, RedisProcess, eventually, serve_env
+from tests.platform.seeds import seed_workspace
 from tests.support import RpcFailure
 
 if TYPE_CHECKING:
@@ -83,6 +85,25 @@ async def test_create_workspace_limit_counts_only_creates_that_make_an_organizat
         3600,
     )
     await passes_auth(create())
+
+
+async def test_start_run_budget_is_shared_by_the_members_of_a_workspace(
+    stubs: SimpleNamespace, new_user: NewUser, app: App
+) -> None:
+    owner, member = await new_user(), await new_user()
+    workspace_id = await seed_workspace(app, owner.user_id, member.user_id)
+    elsewhere = await seed_workspace(app, owner.user_id)
+
+    def start(user: TestUser, workspace: str = workspace_id) -> Any:
+        request = run_pb.StartRunRequest(workspace_id=workspace)
+        return stubs.runs.StartRun(request, metadata=user.metadata)
+
+    for user in (owner, member, owner):
+        await passes_auth(start(user))
+    await expect_rate_limited(
+        start(member), "3 per 60s per workspace", f"workspace:{workspace_id}", 60
+    )
+    await passes_auth(start(owner, elsewhere))
 
 
 async def test_two_server_processes_share_one_budget(
