@@ -1,0 +1,73 @@
+"""Calling any Beacon RPC generically, from its method descriptor (no tests here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import MethodDescriptor
+from google.protobuf.message import Message
+
+from service.interceptors.rules import all_methods
+from tests.support import RpcFailure, failure
+
+Metadata = tuple[tuple[str, str], ...]
+CALL_TIMEOUT_SECONDS = 15.0
+
+
+def bearer(token: str) -> Metadata:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def rpc_path(method: MethodDescriptor) -> str:
+    """The gRPC path, e.g. "/beacon.v1.WorkspaceService/GetWorkspace"."""
+    return f"/{method.containing_service.full_name}/{method.name}"
+
+
+def methods_by_path() -> dict[str, MethodDescriptor]:
+    """Every Beacon RPC by its gRPC path."""
+    return {rpc_path(method): method for method in all_methods()}
+
+
+def request_class(method: MethodDescriptor) -> type[Message]:
+    return message_factory.GetMessageClass(method.input_type)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a call ended: its status code and, when it failed, the decoded failure."""
+
+    code: grpc.StatusCode
+    failure: RpcFailure | None = None
+
+    def describe(self) -> str:
+        if self.failure is None:
+            return str(self.code.name)
+        return f"{self.code.name}: {self.failure.message[:200]}"
+
+
+async def invoke(
+    channel: grpc.aio.Channel, method: MethodDescriptor, request: Message, metadata: Metadata
+) -> Outcome:
+    """Calls the RPC (reading a server stream to its end) and reports how it ended."""
+    path = rpc_path(method)
+    response = message_factory.GetMessageClass(method.output_type)
+    try:
+        if method.server_streaming:
+            stream = channel.unary_stream(
+                path,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response.FromString,
+            )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            async for _ in stream:
+                pass
+        else:
+            await channel.unary_unary(
+                path,
+                request_serializer=type(request).SerializeToString,
+                response_deserializer=response.FromString,
+            )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+    except grpc.aio.AioRpcError as error:
+        return Outcome(error.code(), failure(error))
+    return Outcome(grpc.StatusCode.OK)

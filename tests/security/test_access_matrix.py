@@ -1,0 +1,348 @@
+"""Every RPC by every kind of caller, with the status each must get.
+
+The expected code of a cell follows from the RPC's `(beacon.v1.auth)` option and the caller's
+relation to the target: UNAUTHENTICATED without valid credentials; NOT_FOUND when the caller
+cannot see the target; PERMISSION_DENIED when they see it without the role (or are a service
+key the RPC does not admit); otherwise the call passes auth and succeeds — or meets the one
+domain rule its table entry names. Each cell runs against a fresh tenant (`World`), and a
+call that fails leaves that tenant's rows exactly as they were.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TypeAlias
+
+import grpc
+import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from beacon.v1 import membership_service_pb2 as member_pb
+from beacon.v1 import options_pb2
+from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import prompt_service_pb2 as prompt_pb
+from beacon.v1 import run_service_pb2 as run_pb
+from beacon.v1 import schedule_service_pb2 as schedule_pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from service.auth import service_keys
+from service.config import Settings
+from service.interceptors.rules import MethodRules, method_rules
+from tests.security import world as w
+from tests.security.calls import invoke, methods_by_path
+from tests.security.snapshots import Rows, column, rows_of
+from tests.security.world import World, build_world
+
+Code: TypeAlias = grpc.StatusCode
+OK: Code = Code.OK
+UNAUTHENTICATED: Code = Code.UNAUTHENTICATED
+PERMISSION_DENIED: Code = Code.PERMISSION_DENIED
+NOT_FOUND: Code = Code.NOT_FOUND
+
+# What each user caller may see of the target: (organization role, effective workspace role).
+VISIBILITY: dict[str, tuple[str | None, str | None]] = {
+    w.OTHER_TENANT: (None, None),
+    w.GUEST: (None, "member"),
+    w.WORKSPACE_MEMBER: (None, "member"),
+    w.WORKSPACE_OWNER: (None, "owner"),
+    w.ORG_MEMBER: ("member", "member"),
+    w.ORG_ADMIN: ("admin", "owner"),
+    w.ORG_OWNER: ("owner", "owner"),
+    w.BILLING_ADMIN: ("billing_admin", None),
+}
+KEY_SCOPES = {w.SERVICE_KEY: frozenset[str](), w.WORKOS_KEY: frozenset({"workos"})}
+
+
+def expected_refusal(rules: MethodRules, caller: str) -> Code | None:
+    """The code that refuses `caller`, or None when the call passes auth."""
+    if caller in (w.NO_TOKEN, w.EXPIRED_TOKEN, w.WRONG_SIGNATURE):
+        return UNAUTHENTICATED
+    if caller in KEY_SCOPES:
+        admitted = bool(rules.service_scope) and rules.service_scope in KEY_SCOPES[caller]
+        return None if admitted else PERMISSION_DENIED
+    org_role, ws_role = VISIBILITY[caller]
+    level = rules.level
+    if level == options_pb2.AUTH_LEVEL_PROTECTED:
+        return None
+    if level == options_pb2.AUTH_LEVEL_WORKSPACE_MEMBER:
+        return None if ws_role else NOT_FOUND
+    if level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER:
+        if ws_role is None:
+            return NOT_FOUND
+        return None if ws_role == "owner" else PERMISSION_DENIED
+    if level == options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER:
+        return None if org_role else NOT_FOUND
+    if level == options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN:
+        if org_role is None:
+            return NOT_FOUND
+        return None if org_role in ("owner", "admin") else PERMISSION_DENIED
+    raise AssertionError(f"{rules.name}: auth level {level} has no expectation")
+
+
+def fresh_email() -> str:
+    return f"sec-invitee-{uuid.uuid4().hex[:12]}@example.com"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How to call one RPC against a world, and which callers that pass auth still meet a
+    domain rule (with the code they get)."""
+
+    request: Callable[[World], Message]
+    outcomes: Mapping[str, Code] = field(default_factory=dict)
+
+
+ORG = "/beacon.v1.OrganizationService/"
+WS = "/beacon.v1.WorkspaceService/"
+MEMBERS = "/beacon.v1.MembershipService/"
+SCHEDULES = "/beacon.v1.ScheduleService/"
+PROMPTS = "/beacon.v1.PromptService/"
+RUNS = "/beacon.v1.RunService/"
+
+TABLE: dict[str, Entry] = {
+    ORG + "CreateOrganization": Entry(
+        lambda x: org_pb.CreateOrganizationRequest(name=f"Org {uuid.uuid4().hex[:8]}")
+    ),
+    ORG + "ListMyOrganizations": Entry(lambda x: org_pb.ListMyOrganizationsRequest()),
+    ORG + "GetOrganization": Entry(
+        lambda x: org_pb.GetOrganizationRequest(organization_id=x.organization_id)
+    ),
+    ORG + "UpdateOrganization": Entry(
+        lambda x: org_pb.UpdateOrganizationRequest(
+            organization=org_pb.Organization(id=x.organization_id, name="Renamed Org"),
+            update_mask=FieldMask(paths=["name"]),
+        )
+    ),
+    ORG + "GetNavigationState": Entry(lambda x: org_pb.GetNavigationStateRequest()),
+    ORG + "SetCurrentWorkspace": Entry(
+        lambda x: org_pb.SetCurrentWorkspaceRequest(workspace_id=x.workspace_id)
+    ),
+    ORG + "GetOrganizationAccess": Entry(
+        lambda x: org_pb.GetOrganizationAccessRequest(organization_id=x.organization_id)
+    ),
+    ORG + "ResolveWorkosOrganizationId": Entry(
+        lambda x: org_pb.ResolveWorkosOrganizationIdRequest(organization_id=x.organization_id)
+    ),
+    ORG + "LinkWorkosOrganization": Entry(
+        lambda x: org_pb.LinkWorkosOrganizationRequest(
+            organization_id=x.organization_id, workos_organization_id=f"org_{uuid.uuid4().hex}"
+        )
+    ),
+    ORG + "UnlinkWorkosOrganization": Entry(
+        lambda x: org_pb.UnlinkWorkosOrganizationRequest(organization_id=x.organization_id)
+    ),
+    ORG + "ListAuditEvents": Entry(
+        lambda x: org_pb.ListAuditEventsRequest(organization_id=x.organization_id)
+    ),
+    WS + "CreateWorkspace": Entry(
+        lambda x: ws_pb.CreateWorkspaceRequest(name=f"Workspace {uuid.uuid4().hex[:8]}")
+    ),
+    WS + "ListWorkspaces": Entry(lambda x: ws_pb.ListWorkspacesRequest()),
+    WS + "GetWorkspace": Entry(lambda x: ws_pb.GetWorkspaceRequest(workspace_id=x.workspace_id)),
+    WS + "UpdateWorkspace": Entry(
+        lambda x: ws_pb.UpdateWorkspaceRequest(
+            workspace=ws_pb.Workspace(id=x.workspace_id, name="Renamed Workspace"),
+            update_mask=FieldMask(paths=["name"]),
+        )
+    ),
+    WS + "DeleteWorkspace": Entry(
+        lambda x: ws_pb.DeleteWorkspaceRequest(workspace_id=x.workspace_id)
+    ),
+    WS + "GenerateWorkspaceIconUploadUrl": Entry(
+        lambda x: ws_pb.GenerateWorkspaceIconUploadUrlRequest()
+    ),
+    WS + "GetEnabledProviders": Entry(
+        lambda x: ws_pb.GetEnabledProvidersRequest(workspace_id=x.workspace_id)
+    ),
+    WS + "SetEnabledProviders": Entry(
+        lambda x: ws_pb.SetEnabledProvidersRequest(
+            workspace_id=x.workspace_id, providers=[ws_pb.PROVIDER_GOOGLE]
+        )
+    ),
+    # The caller is never the target organization's only owner: the founder stays.
+    WS + "DeleteAccount": Entry(lambda x: ws_pb.DeleteAccountRequest()),
+    MEMBERS + "ListMembers": Entry(
+        lambda x: member_pb.ListMembersRequest(workspace_id=x.workspace_id)
+    ),
+    MEMBERS + "AddMember": Entry(
+        lambda x: member_pb.AddMemberRequest(
+            workspace_id=x.workspace_id, email=fresh_email(), role=member_pb.WORKSPACE_ROLE_MEMBER
+        )
+    ),
+    MEMBERS + "UpdateMemberRole": Entry(
+        lambda x: member_pb.UpdateMemberRoleRequest(
+            workspace_id=x.workspace_id, user_id=x.member_id, role=member_pb.WORKSPACE_ROLE_OWNER
+        )
+    ),
+    MEMBERS + "RemoveMember": Entry(
+        lambda x: member_pb.RemoveMemberRequest(workspace_id=x.workspace_id, user_id=x.member_id)
+    ),
+    # Access through the organization role leaves no explicit membership to leave.
+    MEMBERS + "LeaveWorkspace": Entry(
+        lambda x: member_pb.LeaveWorkspaceRequest(workspace_id=x.workspace_id),
+        outcomes=dict.fromkeys((w.ORG_MEMBER, w.ORG_ADMIN, w.ORG_OWNER), Code.FAILED_PRECONDITION),
+    ),
+    MEMBERS + "GetJoinInfo": Entry(
+        lambda x: member_pb.GetJoinInfoRequest(workspace_id=x.workspace_id)
+    ),
+    MEMBERS + "RotateJoinCode": Entry(
+        lambda x: member_pb.RotateJoinCodeRequest(workspace_id=x.workspace_id)
+    ),
+    MEMBERS + "JoinWorkspaceByCode": Entry(
+        lambda x: member_pb.JoinWorkspaceByCodeRequest(code=x.join_code)
+    ),
+    MEMBERS + "ListOrganizationMembers": Entry(
+        lambda x: member_pb.ListOrganizationMembersRequest(organization_id=x.organization_id)
+    ),
+    MEMBERS + "InviteOrganizationMember": Entry(
+        lambda x: member_pb.InviteOrganizationMemberRequest(
+            organization_id=x.organization_id,
+            email=fresh_email(),
+            role=org_pb.ORGANIZATION_ROLE_MEMBER,
+        )
+    ),
+    MEMBERS + "UpdateOrganizationMemberRole": Entry(
+        lambda x: member_pb.UpdateOrganizationMemberRoleRequest(
+            organization_id=x.organization_id,
+            user_id=x.org_member_id,
+            role=org_pb.ORGANIZATION_ROLE_ADMIN,
+        )
+    ),
+    MEMBERS + "RemoveOrganizationMember": Entry(
+        lambda x: member_pb.RemoveOrganizationMemberRequest(
+            organization_id=x.organization_id, user_id=x.org_member_id
+        )
+    ),
+    SCHEDULES + "GetSchedule": Entry(
+        lambda x: schedule_pb.GetScheduleRequest(workspace_id=x.workspace_id)
+    ),
+    SCHEDULES + "SetSchedule": Entry(
+        lambda x: schedule_pb.SetScheduleRequest(workspace_id=x.workspace_id, cron="0 9 * * 1")
+    ),
+    SCHEDULES + "GetCronTiming": Entry(
+        lambda x: schedule_pb.GetCronTimingRequest(workspace_id=x.workspace_id)
+    ),
+    PROMPTS + "StorePrompts": Entry(
+        lambda x: prompt_pb.StorePromptsRequest(
+            workspace_id=x.workspace_id, prompts=["Which CRM do you recommend?"]
+        )
+    ),
+    PROMPTS + "ListPrompts": Entry(
+        lambda x: prompt_pb.ListPromptsRequest(workspace_id=x.workspace_id)
+    ),
+    PROMPTS + "AddPrompts": Entry(
+        lambda x: prompt_pb.AddPromptsRequest(
+            workspace_id=x.workspace_id, prompts=["Which analytics tool is best?"]
+        )
+    ),
+    PROMPTS + "DeletePrompt": Entry(lambda x: prompt_pb.DeletePromptRequest(prompt_id=x.prompt_id)),
+    RUNS + "StartRun": Entry(lambda x: run_pb.StartRunRequest(workspace_id=x.workspace_id)),
+    RUNS + "GetRun": Entry(lambda x: run_pb.GetRunRequest(run_id=x.run_id)),
+    RUNS + "ListRuns": Entry(lambda x: run_pb.ListRunsRequest(workspace_id=x.workspace_id)),
+    RUNS + "CancelRun": Entry(lambda x: run_pb.CancelRunRequest(run_id=x.run_id)),
+    RUNS + "WatchRun": Entry(lambda x: run_pb.WatchRunRequest(run_id=x.ended_run_id)),
+    RUNS + "ListResponses": Entry(
+        lambda x: run_pb.ListResponsesRequest(workspace_id=x.workspace_id)
+    ),
+    RUNS + "GetVisibilityReport": Entry(
+        lambda x: run_pb.GetVisibilityReportRequest(
+            workspace_id=x.workspace_id,
+            start_time=Timestamp(seconds=int(time.time()) - 7 * 86400),
+            end_time=Timestamp(seconds=int(time.time())),
+            granularity=run_pb.GRANULARITY_DAY,
+        )
+    ),
+}
+
+CELLS = [(path, caller) for path in TABLE for caller in w.CALLERS]
+
+
+def cell_id(cell: tuple[str, str]) -> str:
+    path, caller = cell
+    return f"{path.rsplit('/', 1)[1]}-{caller}"
+
+
+def test_the_table_has_one_entry_per_rpc() -> None:
+    assert set(TABLE) == set(method_rules()) == set(methods_by_path())
+
+
+def test_every_rpc_requires_credentials() -> None:
+    open_levels = (options_pb2.AUTH_LEVEL_UNSPECIFIED, options_pb2.AUTH_LEVEL_OPEN)
+    assert [p for p, rules in method_rules().items() if rules.level in open_levels] == []
+
+
+def test_domain_outcomes_are_only_named_for_callers_that_pass_auth() -> None:
+    rules = method_rules()
+    for path, entry in TABLE.items():
+        for caller in entry.outcomes:
+            assert expected_refusal(rules[path], caller) is None, (path, caller)
+
+
+@pytest.fixture(scope="module")
+async def keys(app: App) -> AsyncIterator[dict[str, str]]:
+    """Secrets of a service key without scopes and of one with the `workos` scope."""
+    plain, plain_info = await service_keys.create_key(app.db, "security matrix", [])
+    workos, workos_info = await service_keys.create_key(app.db, "security matrix", ["workos"])
+    yield {w.SERVICE_KEY: plain, w.WORKOS_KEY: workos}
+    for info in (plain_info, workos_info):
+        await service_keys.revoke_key(app.db, info.id)
+
+
+async def world_rows(app: App, world: World) -> Rows:
+    """Every row that belongs to the world's tenant and people."""
+    people = [world.founder.user_id, world.member_id, world.org_member_id]
+    if world.caller is not None:
+        people.append(world.caller.user_id)
+    org, ws = world.organization_id, world.workspace_id
+    by_org = {
+        name: column(name, "organization_id") == org
+        for name in ("organization_members", "organization_invitations", "workspaces")
+    }
+    by_ws = {
+        name: column(name, "workspace_id") == ws
+        for name in ("workspace_members", "workspace_invitations", "schedules", "prompts", "runs")
+    }
+    return await rows_of(
+        app,
+        {
+            "organizations": column("organizations", "id") == org,
+            "audit_events": column("audit_events", "organization_id") == org,
+            "users": column("users", "id").in_(people),
+            "files": column("files", "owner_id").in_(people),
+            **by_org,
+            **by_ws,
+        },
+    )
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[cell_id(c) for c in CELLS])
+async def test_access(
+    cell: tuple[str, str],
+    app: App,
+    settings: Settings,
+    channel: grpc.aio.Channel,
+    stubs: SimpleNamespace,
+    keys: dict[str, str],
+) -> None:
+    path, caller = cell
+    entry = TABLE[path]
+    world = await build_world(app, settings, stubs.memberships, caller, keys)
+    refusal = expected_refusal(method_rules()[path], caller)
+    expected = refusal or entry.outcomes.get(caller, OK)
+    before = await world_rows(app, world)
+
+    outcome = await invoke(channel, methods_by_path()[path], entry.request(world), world.metadata)
+
+    assert outcome.code == expected, f"{cell_id(cell)}: expected {expected.name}, got " + (
+        outcome.describe()
+    )
+    if outcome.failure is not None:
+        assert outcome.failure.message
+        assert "ErrorInfo" in outcome.failure.details
+        assert await world_rows(app, world) == before, "a refused call changed the tenant"
