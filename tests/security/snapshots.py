@@ -1,48 +1,81 @@
-"""Fingerprints of database rows, to show that a refused or failed call wrote nothing."""
+"""Snapshots of database rows, to show that a refused or failed call wrote nothing."""
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Iterable
+from dataclasses import dataclass
 
-from sqlalchemy import ColumnElement, Table, select
+from sqlalchemy import ColumnElement, false, func, or_, select
 
 from service.app import App
 from service.db.base import Base
+from tests.security.world import World
 
-Rows = dict[str, list[tuple[object, ...]]]
+TABLES = {table.name: table for table in Base.metadata.sorted_tables}
+ORGANIZATION_TABLES = ("organization_members", "organization_invitations", "workspaces")
+WORKSPACE_TABLES = (
+    "workspace_members",
+    "workspace_invitations",
+    "schedules",
+    "prompts",
+    "runs",
+    "probes",
+)
 
 
-def _tables() -> dict[str, Table]:
-    return {table.name: table for table in Base.metadata.sorted_tables}
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Row counts of every table, and every row of the given tenants."""
+
+    counts: dict[str, int]
+    rows: dict[str, list[tuple[object, ...]]]
+
+    def changes(self, other: Snapshot) -> list[str]:
+        """The tables whose counts or tenant rows differ."""
+        names = sorted(set(self.counts) | set(self.rows))
+        return [
+            name
+            for name in names
+            if self.counts.get(name) != other.counts.get(name)
+            or self.rows.get(name) != other.rows.get(name)
+        ]
 
 
-async def rows_of(app: App, filters: dict[str, ColumnElement[bool]]) -> Rows:
-    """Every row of each named table that its filter selects, in a stable order."""
-    result: Rows = {}
+def _column(table: str, name: str) -> ColumnElement[object]:
+    return TABLES[table].c[name]
+
+
+def tenant_filters(world: World) -> dict[str, ColumnElement[bool]]:
+    """For each table, what selects the rows of the world's tenant and people."""
+    people = [world.founder.user_id, world.member.user_id, world.org_member.user_id]
+    if world.caller is not None:
+        people.append(world.caller.user_id)
+    org, ws = world.organization_id, world.workspace_id
+    return {
+        "organizations": _column("organizations", "id") == org,
+        "audit_events": _column("audit_events", "organization_id") == org,
+        "users": _column("users", "id").in_(people),
+        "files": _column("files", "owner_id").in_(people),
+        "idempotency_keys": _column("idempotency_keys", "principal_id").in_(people),
+        **{name: _column(name, "organization_id") == org for name in ORGANIZATION_TABLES},
+        **{name: _column(name, "workspace_id") == ws for name in WORKSPACE_TABLES},
+    }
+
+
+async def snapshot(app: App, *worlds: World, counts: bool = False) -> Snapshot:
+    """The rows of the worlds' tenants (and, with `counts`, the row count of every table)."""
+    filters: dict[str, list[ColumnElement[bool]]] = {}
+    for world in worlds:
+        for name, where in tenant_filters(world).items():
+            filters.setdefault(name, []).append(where)
+    rows: dict[str, list[tuple[object, ...]]] = {}
+    sizes: dict[str, int] = {}
     async with app.db.transaction(write=False) as session:
-        for name, where in filters.items():
-            table = _tables()[name]
-            rows = (await session.execute(select(table).where(where))).all()
-            result[name] = sorted((tuple(row) for row in rows), key=repr)
-    return result
-
-
-async def database_fingerprint(app: App) -> dict[str, str]:
-    """A digest of every row of every table (for a small, test-owned database)."""
-    digests: dict[str, str] = {}
-    async with app.db.transaction(write=False) as session:
-        for name, table in _tables().items():
-            rows = (await session.execute(select(table))).all()
-            digests[name] = _digest(repr(tuple(row)) for row in rows)
-    return digests
-
-
-def _digest(items: Iterable[str]) -> str:
-    lines = sorted(items)
-    return f"{len(lines)}:{hashlib.sha256(chr(10).join(lines).encode()).hexdigest()[:16]}"
-
-
-def column(table: str, name: str) -> ColumnElement[object]:
-    """A column of a table by name (for filters)."""
-    return _tables()[table].c[name]
+        for name, wheres in filters.items():
+            found = (await session.execute(select(TABLES[name]).where(or_(false(), *wheres)))).all()
+            rows[name] = sorted((tuple(row) for row in found), key=repr)
+        if counts:
+            for name, table in TABLES.items():
+                sizes[name] = int(
+                    await session.scalar(select(func.count()).select_from(table)) or 0
+                )
+    return Snapshot(sizes, rows)

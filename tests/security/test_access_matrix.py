@@ -36,7 +36,7 @@ from service.config import Settings
 from service.interceptors.rules import MethodRules, method_rules
 from tests.security import world as w
 from tests.security.calls import invoke, methods_by_path
-from tests.security.snapshots import Rows, column, rows_of
+from tests.security.snapshots import snapshot
 from tests.security.world import World, build_world
 
 Code: TypeAlias = grpc.StatusCode
@@ -177,11 +177,15 @@ TABLE: dict[str, Entry] = {
     ),
     MEMBERS + "UpdateMemberRole": Entry(
         lambda x: member_pb.UpdateMemberRoleRequest(
-            workspace_id=x.workspace_id, user_id=x.member_id, role=member_pb.WORKSPACE_ROLE_OWNER
+            workspace_id=x.workspace_id,
+            user_id=x.member.user_id,
+            role=member_pb.WORKSPACE_ROLE_OWNER,
         )
     ),
     MEMBERS + "RemoveMember": Entry(
-        lambda x: member_pb.RemoveMemberRequest(workspace_id=x.workspace_id, user_id=x.member_id)
+        lambda x: member_pb.RemoveMemberRequest(
+            workspace_id=x.workspace_id, user_id=x.member.user_id
+        )
     ),
     # Access through the organization role leaves no explicit membership to leave.
     MEMBERS + "LeaveWorkspace": Entry(
@@ -210,13 +214,13 @@ TABLE: dict[str, Entry] = {
     MEMBERS + "UpdateOrganizationMemberRole": Entry(
         lambda x: member_pb.UpdateOrganizationMemberRoleRequest(
             organization_id=x.organization_id,
-            user_id=x.org_member_id,
+            user_id=x.org_member.user_id,
             role=org_pb.ORGANIZATION_ROLE_ADMIN,
         )
     ),
     MEMBERS + "RemoveOrganizationMember": Entry(
         lambda x: member_pb.RemoveOrganizationMemberRequest(
-            organization_id=x.organization_id, user_id=x.org_member_id
+            organization_id=x.organization_id, user_id=x.org_member.user_id
         )
     ),
     SCHEDULES + "GetSchedule": Entry(
@@ -294,33 +298,6 @@ async def keys(app: App) -> AsyncIterator[dict[str, str]]:
         await service_keys.revoke_key(app.db, info.id)
 
 
-async def world_rows(app: App, world: World) -> Rows:
-    """Every row that belongs to the world's tenant and people."""
-    people = [world.founder.user_id, world.member_id, world.org_member_id]
-    if world.caller is not None:
-        people.append(world.caller.user_id)
-    org, ws = world.organization_id, world.workspace_id
-    by_org = {
-        name: column(name, "organization_id") == org
-        for name in ("organization_members", "organization_invitations", "workspaces")
-    }
-    by_ws = {
-        name: column(name, "workspace_id") == ws
-        for name in ("workspace_members", "workspace_invitations", "schedules", "prompts", "runs")
-    }
-    return await rows_of(
-        app,
-        {
-            "organizations": column("organizations", "id") == org,
-            "audit_events": column("audit_events", "organization_id") == org,
-            "users": column("users", "id").in_(people),
-            "files": column("files", "owner_id").in_(people),
-            **by_org,
-            **by_ws,
-        },
-    )
-
-
 @pytest.mark.parametrize("cell", CELLS, ids=[cell_id(c) for c in CELLS])
 async def test_access(
     cell: tuple[str, str],
@@ -335,7 +312,7 @@ async def test_access(
     world = await build_world(app, settings, stubs.memberships, caller, keys)
     refusal = expected_refusal(method_rules()[path], caller)
     expected = refusal or entry.outcomes.get(caller, OK)
-    before = await world_rows(app, world)
+    before = await snapshot(app, world)
 
     outcome = await invoke(channel, methods_by_path()[path], entry.request(world), world.metadata)
 
@@ -345,4 +322,4 @@ async def test_access(
     if outcome.failure is not None:
         assert outcome.failure.message
         assert "ErrorInfo" in outcome.failure.details
-        assert await world_rows(app, world) == before, "a refused call changed the tenant"
+        assert before.changes(await snapshot(app, world)) == [], "a refused call wrote"

@@ -99,8 +99,8 @@ class World:
     run_id: str  # queued, not ended
     ended_run_id: str
     join_code: str  # display form, live
-    member_id: str  # an explicit workspace member (role member), not the caller
-    org_member_id: str  # an organization member (role member), not the caller
+    member: Person  # an explicit workspace member (role member), not the caller
+    org_member: Person  # an organization member (role member), not the caller
     founder: Person  # organization owner and explicit workspace owner
     caller: Person | None  # the user caller, if the caller is a user
     metadata: Metadata
@@ -242,8 +242,8 @@ async def build_world(
         run_id=run_id,
         ended_run_id=ended_run_id,
         join_code=display_code(code),
-        member_id=member.user_id,
-        org_member_id=org_member.user_id,
+        member=member,
+        org_member=org_member,
         founder=founder,
         caller=user,
         metadata=metadata,
