@@ -116,9 +116,14 @@ class BeaconProcess:
         return server
 
     async def wait_serving(self) -> None:
+        """Until health is SERVING and the start-up banner is out: only then does the process
+        handle SIGTERM (it installs its signal handlers after printing the banner)."""
+
         async def serving() -> bool:
             if self.process.returncode is not None:
                 raise AssertionError(f"beacon serve exited early:\n{self.log()}")
+            if "beacon: gRPC on" not in self.log():
+                return False
             status = await health_status(self.target)
             return status == int(health_pb2.HealthCheckResponse.SERVING)
 
