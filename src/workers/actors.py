@@ -3,16 +3,25 @@
 Like the servicers, actors only translate: a message's arguments become a call into
 `workers.runs` or `workers.probes`, run on the worker's event loop with the process's shared
 resources (`workers.context`). Every actor tolerates duplicate delivery.
+
+A probe message carries up to `PROBES_PER_MESSAGE` probes of one run, asked concurrently on the
+worker's event loop: with Dramatiq's AsyncIO middleware each message holds a worker thread until
+its coroutine ends, so batching keeps hundreds of provider calls in flight with a few dozen
+threads, and spreads Dramatiq's per-message cost (fetch, decode, ack) over many probes. Each
+probe is still done at most once, whichever message (or redelivery) carries it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import dramatiq
 
 RUN_QUEUE = "beacon-runs"
 PROBE_QUEUE = "beacon-probes"
 PROCESS_RUN = "process_run"
-PROCESS_PROBE = "process_probe"
+PROCESS_PROBES = "process_probes"
+PROBES_PER_MESSAGE = 10
 
 # Unexpected failures (database down, a bug) are retried by Dramatiq's Retries middleware;
 # provider failures are retried by the probe logic itself, which honours Retry-After.
@@ -29,19 +38,19 @@ async def process_run(run_id: str) -> None:
     await expand_run(await worker_context(), run_id)
 
 
-async def process_probe(probe_id: str, attempt: int = 1) -> None:
-    """Asks one provider one prompt (attempt number `attempt`) and stores the analysed answer."""
+async def process_probes(probe_ids: list[str], attempt: int = 1) -> None:
+    """Makes attempt number `attempt` of each probe: asks, analyses and stores the answers."""
     from workers.context import worker_context
-    from workers.probes import run_probe
+    from workers.probes import run_probes
 
-    await run_probe(await worker_context(), probe_id, attempt)
+    await run_probes(await worker_context(), probe_ids, attempt)
 
 
 def declare_actors(broker: dramatiq.Broker) -> None:
     """Declares Beacon's actors on `broker` (once per broker)."""
     for name, queue, fn in (
         (PROCESS_RUN, RUN_QUEUE, process_run),
-        (PROCESS_PROBE, PROBE_QUEUE, process_probe),
+        (PROCESS_PROBES, PROBE_QUEUE, process_probes),
     ):
         if name in broker.actors:
             continue
@@ -62,9 +71,18 @@ def run_message(run_id: str) -> dramatiq.Message[None]:
     )
 
 
-def probe_message(probe_id: str, attempt: int = 1) -> dramatiq.Message[None]:
-    """The message asking a worker to make attempt number `attempt` of `probe_id`."""
-    args: tuple[str] | tuple[str, int] = (probe_id,) if attempt == 1 else (probe_id, attempt)
+def probe_message(probe_ids: Sequence[str], attempt: int = 1) -> dramatiq.Message[None]:
+    """The message asking a worker to make attempt number `attempt` of these probes."""
+    ids = list(probe_ids)
+    args: tuple[list[str]] | tuple[list[str], int] = (ids,) if attempt == 1 else (ids, attempt)
     return dramatiq.Message(
-        queue_name=PROBE_QUEUE, actor_name=PROCESS_PROBE, args=args, kwargs={}, options={}
+        queue_name=PROBE_QUEUE, actor_name=PROCESS_PROBES, args=args, kwargs={}, options={}
     )
+
+
+def probe_messages(probe_ids: Sequence[str]) -> list[dramatiq.Message[None]]:
+    """First-attempt messages for these probes, `PROBES_PER_MESSAGE` to a message."""
+    return [
+        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE])
+        for start in range(0, len(probe_ids), PROBES_PER_MESSAGE)
+    ]

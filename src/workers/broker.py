@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import current_millis
@@ -20,6 +21,7 @@ from dramatiq.middleware import AsyncIO
 from service.config import Settings
 
 DEFAULT_NAMESPACE = "beacon"
+REDIS_CONNECTIONS = 512
 # Messages per Redis pipeline round trip when sending in bulk.
 PIPELINE_CHUNK = 2000
 
@@ -76,8 +78,10 @@ def _build(url: str) -> dramatiq.Broker:
     scheme = urlsplit(url).scheme
     if scheme in ("redis", "rediss", "unix"):
         redis_url, namespace = _split_namespace(url)
+        # Every worker thread may hold a connection (acks); wait for one rather than fail.
+        pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
         return RedisBroker(  # type: ignore[no-untyped-call]
-            url=redis_url, namespace=namespace, middleware=middleware
+            client=redis.Redis(connection_pool=pool), namespace=namespace, middleware=middleware
         )
     if scheme in ("amqp", "amqps"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker

@@ -21,6 +21,7 @@ from dramatiq.middleware import Middleware
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from workers.broker import current_broker
+from workers.http import build_client
 from workers.probes import ProbeStore
 from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
 
@@ -42,6 +43,8 @@ class WorkerContext:
     broker: dramatiq.Broker
     http: httpx.AsyncClient
     adapters: dict[str, ProviderAdapter]
+    # Provider calls in flight: at most `worker_concurrency` in all, `provider_concurrency` each.
+    in_flight: asyncio.Semaphore
     limits: dict[str, asyncio.Semaphore]
     store: ProbeStore
 
@@ -50,9 +53,8 @@ class WorkerContext:
         cls, settings: Settings, broker: dramatiq.Broker, *, db: Database | None = None
     ) -> WorkerContext:
         """Builds the context on the running event loop; `db` defaults to a new engine."""
-        size = settings.worker_concurrency + POOL_HEADROOM
-        http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
+        http = build_client(
+            max_connections=settings.worker_concurrency + POOL_HEADROOM,
             timeout=settings.provider_timeout_seconds,
         )
         database = db or Database(settings.database_url)
@@ -65,6 +67,7 @@ class WorkerContext:
             broker=broker,
             http=http,
             adapters=adapters,
+            in_flight=asyncio.Semaphore(settings.worker_concurrency),
             limits={name: asyncio.Semaphore(settings.provider_concurrency) for name in PROVIDERS},
             store=ProbeStore(database),
         )

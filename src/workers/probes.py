@@ -31,9 +31,11 @@ from workers.batching import Batcher
 from workers.providers import Answer, ProviderError
 from workers.providers.urls import host_within, normalize_domain
 from workers.runs import (
+    CANCELED_REASON,
     PENDING,
     PROBE_FAILED,
     PROBE_SUCCEEDED,
+    SKIPPED,
     finish_runs,
     skip_remaining_probes,
 )
@@ -43,6 +45,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# How stale a run's "canceled" flag may be when a probe is about to be asked.
+ABANDON_CHECK_SECONDS = 1.0
+ABANDON_CACHE_SIZE = 10_000
 # Dramatiq refuses delays of 7 days or more; no provider asks for anything close.
 MAX_RETRY_DELAY_SECONDS = 24 * 3600.0
 
@@ -111,6 +116,33 @@ class ProbeStore:
         self.db = db
         self._loads: Batcher[str, ProbeTask | None] = Batcher(self._load_many)
         self._saves: Batcher[ProbeResult, None] = Batcher(self._save_many)
+        self._abandon_checks: Batcher[str, bool] = Batcher(self._abandoned_many)
+        self._abandoned: dict[str, tuple[float, bool]] = {}
+
+    async def abandoned(self, run_id: str) -> bool:
+        """Whether the run was canceled or its workspace deleted, as of a second ago at most."""
+        now = time.monotonic()
+        cached = self._abandoned.get(run_id)
+        if cached is not None and now - cached[0] < ABANDON_CHECK_SECONDS:
+            return cached[1]
+        answer = await self._abandon_checks.submit(run_id)
+        if len(self._abandoned) > ABANDON_CACHE_SIZE:
+            self._abandoned.clear()
+        self._abandoned[run_id] = (now, answer)
+        return answer
+
+    async def _abandoned_many(self, run_ids: Sequence[str]) -> list[bool]:
+        query = (
+            select(Run.id, Run.cancel_requested, Workspace.delete_time)
+            .join(Workspace, Workspace.id == Run.workspace_id)
+            .where(Run.id.in_(set(run_ids)))
+        )
+        async with self.db.transaction(write=False) as session:
+            found = {
+                run_id: bool(canceled) or deleted is not None
+                for run_id, canceled, deleted in await session.execute(query)
+            }
+        return [found.get(run_id, True) for run_id in run_ids]
 
     async def load(self, probe_id: str) -> ProbeTask | None:
         """The probe with its run's state and its workspace's brand; None if it is gone."""
@@ -197,6 +229,21 @@ def _task(row: Any) -> ProbeTask:
     )
 
 
+async def run_probes(context: WorkerContext, probe_ids: Sequence[str], attempt: int = 1) -> None:
+    """Runs attempt number `attempt` of each probe, concurrently.
+
+    Every probe is tried even when another fails; the first failure (the database is down,
+    say) is then raised so that the message is delivered again: finished probes skip.
+    """
+    outcomes = await asyncio.gather(
+        *(run_probe(context, probe_id, attempt) for probe_id in probe_ids),
+        return_exceptions=True,
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
 async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> None:
     """Runs attempt number `attempt` of one probe (see the module docstring)."""
     task = await context.store.load(probe_id)
@@ -227,7 +274,12 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
             f"(BEACON_{task.provider.upper()}_API_KEY on the workers)"
         )
         return _failed(task, attempt, message)
-    async with context.limits[task.provider]:
+    async with context.in_flight, context.limits[task.provider]:
+        # The wait for a slot may have been long: do not ask for a run canceled meanwhile.
+        if await context.store.abandoned(task.run_id):
+            return ProbeResult(
+                task.id, task.run_id, SKIPPED, attempt - 1, {"error": CANCELED_REASON}
+            )
         metrics.PROBES_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
@@ -301,7 +353,7 @@ async def _retry_later(
             .where(Probe.id == task.id, Probe.status == PENDING)
             .values(attempts=attempt, error=_describe(exc))
         )
-    message = probe_message(task.id, attempt + 1)
+    message = probe_message([task.id], attempt + 1)
     await asyncio.to_thread(context.broker.enqueue, message, delay=round(delay * 1000))
     metrics.PROBE_RETRIES.labels(task.provider).inc()
     log.info("probe %s: %s; attempt %d in %.1fs", task.id, _describe(exc), attempt + 1, delay)

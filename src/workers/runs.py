@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Final
 
-from sqlalchemy import func, select, update
+from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import PROVIDERS
@@ -24,7 +24,7 @@ from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
 from service.domain.clock import new_id, utcnow
 from workers import metrics
-from workers.actors import probe_message
+from workers.actors import probe_messages
 from workers.broker import send_messages
 from workers.statements import insert_ignoring_duplicates
 
@@ -46,6 +46,8 @@ PENDING: Final = "pending"
 PROBE_SUCCEEDED: Final = "succeeded"
 PROBE_FAILED: Final = "failed"
 SKIPPED: Final = "skipped"
+
+CANCELED_REASON = "the run was canceled"
 
 ROWS_PER_INSERT = 1000
 IDS_PER_QUERY = 500
@@ -115,8 +117,7 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
             ).all()
         )
     if pending:
-        messages = [probe_message(probe_id) for probe_id in pending]
-        await asyncio.to_thread(send_messages, context.broker, messages)
+        await asyncio.to_thread(send_messages, context.broker, probe_messages(pending))
     elif created == 0:
         # Every probe already ended (a redelivery after a crash): make sure the run did too.
         await finish_runs(db, [run_id])
@@ -214,28 +215,29 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
     """
     open_ids = sorted(set(run_ids))
     ended: list[str] = []
+    pending = exists().where(Probe.run_id == Run.id, Probe.status == PENDING)
     for start in range(0, len(open_ids), IDS_PER_QUERY):
         chunk = open_ids[start : start + IDS_PER_QUERY]
-        async with db.transaction() as session:
-            runs = list(
-                (
-                    await session.scalars(
-                        select(Run.id).where(Run.id.in_(chunk), Run.end_time.is_(None))
-                    )
-                ).all()
+        # Most checks find a pending probe: a cheap read settles them.
+        async with db.transaction(write=False) as session:
+            done = list(
+                await session.scalars(
+                    select(Run.id).where(Run.id.in_(chunk), Run.end_time.is_(None), ~pending)
+                )
             )
-            if not runs:
-                continue
-            counts: dict[str, Counter[str]] = {run_id: Counter() for run_id in runs}
+        if not done:
+            continue
+        async with db.transaction() as session:
+            counts: dict[str, Counter[str]] = {run_id: Counter() for run_id in done}
             rows = await session.execute(
                 select(Probe.run_id, Probe.status, func.count())
-                .where(Probe.run_id.in_(runs))
+                .where(Probe.run_id.in_(done))
                 .group_by(Probe.run_id, Probe.status)
             )
             for run_id, probe_status, count in rows:
                 counts[run_id][probe_status] = count
             now = utcnow()
-            for run_id in runs:
+            for run_id in done:
                 status = final_status(counts[run_id])
                 if status is not None and await _end_run(session, run_id, status, now):
                     ended.append(run_id)
@@ -248,6 +250,6 @@ async def skip_remaining_probes(db: Database, run_id: str) -> int:
         result = await session.execute(
             update(Probe)
             .where(Probe.run_id == run_id, Probe.status == PENDING)
-            .values(status=SKIPPED, complete_time=utcnow(), error="the run was canceled")
+            .values(status=SKIPPED, complete_time=utcnow(), error=CANCELED_REASON)
         )
     return int(getattr(result, "rowcount", 0))

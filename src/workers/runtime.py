@@ -1,16 +1,19 @@
 """Running the workers: the `beacon worker` process, and everything in-process for `beacon dev`.
 
 A worker is Dramatiq's own `Worker` with the AsyncIO middleware: every actor is a coroutine on
-one event loop, and each worker thread waits for one message's coroutine, so the number of
-threads (`worker_concurrency`) is the number of probes in flight. The database reads and writes
-of those probes are batched (`workers.probes.ProbeStore`), which keeps one process's CPU for
-the provider calls.
+one event loop, and each worker thread waits for one message's coroutine. A probe message
+carries several probes (`workers.actors.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
+calls in flight need only a few dozen threads: twice as many as the concurrency strictly
+needs, so that a message still waiting for its slowest answer does not leave slots idle (a
+semaphore of `worker_concurrency` caps the calls). The database reads and writes of the probes
+are batched (`workers.probes.ProbeStore`), which keeps one process's CPU for the provider calls.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 import threading
 import time
@@ -23,12 +26,15 @@ from dramatiq import Worker
 from service.config import Settings
 from service.db.database import Database
 from workers import metrics
+from workers.actors import PROBES_PER_MESSAGE
 from workers.broker import configure_broker
 from workers.context import install
 from workers.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
+MIN_THREADS = 4
+THREADS_PER_MESSAGE_SLOT = 4
 # How often an idle consumer polls its queue (ms): also bounds how late a stop is noticed.
 WORKER_TIMEOUT_MS = 250
 # Consecutive idle observations `drain` requires, against a message between two queues.
@@ -43,9 +49,14 @@ def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | Non
     install(settings)
     return Worker(
         broker,
-        worker_threads=threads or settings.worker_concurrency,
+        worker_threads=threads or worker_threads(settings.worker_concurrency),
         worker_timeout=WORKER_TIMEOUT_MS,
     )
+
+
+def worker_threads(concurrency: int) -> int:
+    """Threads for `concurrency` provider calls in flight (see the module docstring)."""
+    return max(MIN_THREADS, THREADS_PER_MESSAGE_SLOT * math.ceil(concurrency / PROBES_PER_MESSAGE))
 
 
 def run_worker(settings: Settings) -> None:
@@ -53,6 +64,8 @@ def run_worker(settings: Settings) -> None:
     messages (up to `shutdown_grace_seconds`; the rest go back to the queue) and exits."""
     broker = configure_broker(settings)
     metrics.serve_metrics(_metrics_address(settings))
+    if settings.uvloop:
+        _use_uvloop()
     worker = build_worker(settings, broker)
     stop = threading.Event()
 
@@ -69,6 +82,15 @@ def run_worker(settings: Settings) -> None:
     worker.stop(timeout=round(settings.shutdown_grace_seconds * 1000))
     broker.close()
     log.info("worker stopped")
+
+
+def _use_uvloop() -> None:
+    """Runs the worker's event loop (created by Dramatiq's AsyncIO middleware) on uvloop."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
 @dataclass

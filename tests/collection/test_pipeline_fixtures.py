@@ -34,9 +34,12 @@ from workers.runtime import Embedded, start_embedded
 async def collection_db(
     backend: str, session_id: str, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Database]:
-    """A database of the collection tests only (dropped at the end of the session)."""
+    """A database of the collection tests only (dropped at the end of the session).
+
+    Each test module that uses it gets its own (the name carries a random part)."""
     tmp = tmp_path_factory.mktemp(f"collection-{backend}")
-    async with temporary_database(backend, tmp, f"beacon_collection_{session_id}") as url:
+    name = f"beacon_collection_{session_id}_{uuid.uuid4().hex[:6]}"
+    async with temporary_database(backend, tmp, name) as url:
         db = Database(url)
         yield db
         await db.dispose()

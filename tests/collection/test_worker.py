@@ -99,7 +99,7 @@ async def test_redelivered_messages_change_nothing(
     for _ in range(2):
         worker.broker.enqueue(run_message(run_id))
         for probe in probes:
-            worker.broker.enqueue(probe_message(probe.id))
+            worker.broker.enqueue(probe_message([probe.id]))
     await drained(worker)
 
     assert fake_provider.requests() == 2  # no provider call for a finished probe
