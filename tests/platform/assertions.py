@@ -1,12 +1,16 @@
-"""Assertions on refused calls as a client sees them: code, ErrorInfo reason and domain."""
+"""Assertions on calls as a client sees them (code, ErrorInfo reason and domain) and on the
+request log line the server writes for them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable
 from typing import Any
 
 import grpc
+import pytest
 
+from tests.platform.processes import eventually
 from tests.support import RpcFailure, expect_error
 
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
@@ -35,3 +39,18 @@ async def passes_auth(call: Awaitable[Any]) -> Any:
             grpc.StatusCode.UNKNOWN,
         ), f"{error.code()}: {error.details()}"
         return None
+
+
+async def rpc_log_record(caplog: pytest.LogCaptureFixture, request_id: str) -> logging.LogRecord:
+    """The `beacon.rpc` line of a call. A refused call's status reaches the client before the
+    server has finished logging it, so the line is awaited rather than expected at once."""
+
+    async def logged() -> logging.LogRecord | None:
+        found = [
+            r
+            for r in caplog.records
+            if r.name == "beacon.rpc" and getattr(r, "request_id", None) == request_id
+        ]
+        return found[0] if found else None
+
+    return await eventually(logged, what=f"the request log line of {request_id}", within=5)

@@ -24,7 +24,7 @@ from service.db.models import User
 from service.domain import errors as e
 from service.domain.clock import new_id
 from tests.conftest import NewUser
-from tests.platform.assertions import expect_refusal
+from tests.platform.assertions import expect_refusal, rpc_log_record
 from tests.platform.probes import RAISE_HEADER, STREAM_ITEMS_HEADER, Failure, ProbeState
 from tests.platform.seeds import seed_organization, seed_run
 from tests.support import RpcFailure, failure
@@ -240,7 +240,7 @@ async def test_unexpected_exception_is_internal_with_only_the_request_id(
     [logged] = [r for r in caplog.records if r.name == "beacon.errors"]
     assert logged.exc_info is not None and SECRET_TEXT in str(logged.exc_info[1])
     assert getattr(logged, "request_id", None) == request_id
-    [line] = [r for r in caplog.records if r.name == "beacon.rpc"]
+    line = await rpc_log_record(caplog, request_id)
     assert getattr(line, "code", None) == "INTERNAL"
 
 
