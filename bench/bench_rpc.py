@@ -142,7 +142,11 @@ def ok_count(group: ServerGroup, method: str) -> int:
     for port in group.http_ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for line in text.decode().splitlines():
-            if line.startswith("beacon_rpc_total{") and f'method="{method}",code="OK"' in line:
+            labels = line[line.find("{") + 1 : line.find("}")].split(",")
+            if line.startswith("beacon_rpc_total{") and {
+                f'method="{method}"',
+                'code="OK"',
+            } <= set(labels):
                 total += float(line.rsplit(" ", 1)[1])
     return int(total)
 

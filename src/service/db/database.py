@@ -9,12 +9,16 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 from sqlalchemy.pool import StaticPool
+
+# Anything a read can run on: an ORM session or a Core connection (`Database.read`).
+Reader = AsyncSession | AsyncConnection
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -88,6 +92,16 @@ class Database:
                 await session.commit()
             else:
                 await session.rollback()
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        """A Core connection in autocommit for hot read paths (no ORM session, no BEGIN).
+
+        Several times cheaper per call than `transaction(write=False)`; use it for
+        single-statement reads served on every RPC (access checks, GetWorkspace).
+        """
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
     async def ping(self) -> bool:
         """True when the database answers."""

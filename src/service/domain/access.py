@@ -7,9 +7,9 @@ role implied by the organization membership. Deleted workspaces are invisible.
 from __future__ import annotations
 
 from sqlalchemy import and_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import Access
+from service.db.database import Reader
 from service.db.models import (
     Organization,
     OrganizationMember,
@@ -41,7 +41,7 @@ def effective_workspace_role(org_role: str | None, workspace_role: str | None) -
     return max(candidates, key=WORKSPACE_ROLE_RANK.__getitem__)
 
 
-async def workspace_access(session: AsyncSession, user_id: str, workspace_id: str) -> Access:
+async def workspace_access(session: Reader, user_id: str, workspace_id: str) -> Access:
     """The caller's access to a live workspace; NotFound when they have none."""
     stmt = (
         select(Workspace.organization_id, OrganizationMember.role, WorkspaceMember.role)
@@ -71,7 +71,7 @@ async def workspace_access(session: AsyncSession, user_id: str, workspace_id: st
     )
 
 
-async def organization_access(session: AsyncSession, user_id: str, organization_id: str) -> Access:
+async def organization_access(session: Reader, user_id: str, organization_id: str) -> Access:
     """The caller's organization role; NotFound when they are not a member."""
     role = await session.scalar(
         select(OrganizationMember.role).where(
@@ -84,7 +84,7 @@ async def organization_access(session: AsyncSession, user_id: str, organization_
     return Access(organization_id=organization_id, organization_role=role)
 
 
-async def resource_workspace(session: AsyncSession, resource_id: str) -> str:
+async def resource_workspace(session: Reader, resource_id: str) -> str:
     """The workspace a workspace-scoped resource id (ws_, run_, prm_, rsp_) belongs to."""
     prefix = resource_id.split("_", 1)[0]
     model = {"run": Run, "prm": Prompt, "rsp": Probe}.get(prefix)
@@ -100,7 +100,7 @@ async def resource_workspace(session: AsyncSession, resource_id: str) -> str:
     return str(workspace_id)
 
 
-async def resource_organization(session: AsyncSession, resource_id: str) -> str:
+async def resource_organization(session: Reader, resource_id: str) -> str:
     """The organization an organization- or workspace-scoped id belongs to."""
     if resource_id.startswith("org_"):
         exists = await session.scalar(select(Organization.id).where(Organization.id == resource_id))

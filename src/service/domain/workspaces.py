@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import CallContext
 from service.config import PROVIDERS
-from service.db.database import Database
+from service.db.database import Database, Reader
 from service.db.models import Organization, Schedule, User, Workspace, WorkspaceMember
 from service.domain import audit, files
 from service.domain.access import ORGANIZATION_ADMIN_ROLES, organization_access
@@ -161,7 +161,7 @@ def _view(row: Any) -> WorkspaceView:
     )
 
 
-async def load_views(session: AsyncSession, workspace_ids: Sequence[str]) -> list[WorkspaceView]:
+async def load_views(session: Reader, workspace_ids: Sequence[str]) -> list[WorkspaceView]:
     """Views of the live workspaces among `workspace_ids`, in the order given (one query)."""
     if not workspace_ids:
         return []
@@ -170,7 +170,7 @@ async def load_views(session: AsyncSession, workspace_ids: Sequence[str]) -> lis
     return [by_id[i] for i in workspace_ids if i in by_id]
 
 
-async def load_view(session: AsyncSession, workspace_id: str) -> WorkspaceView:
+async def load_view(session: Reader, workspace_id: str) -> WorkspaceView:
     """The view of one live workspace; NotFound when it is gone."""
     row = (await session.execute(_VIEWS.where(Workspace.id == workspace_id))).first()
     if row is None:

@@ -69,7 +69,7 @@ class AuthAround(Around):
         _, target = resource_id(request, rules.resource_fields)
         user_id = who.user_id
         assert user_id is not None
-        async with self.db.transaction(write=False) as session:
+        async with self.db.read() as session:
             if rules.level in WORKSPACE_LEVELS:
                 workspace_id = await acl.resource_workspace(session, target)
                 found = await acl.workspace_access(session, user_id, workspace_id)
@@ -94,6 +94,6 @@ class AuthAround(Around):
         if not rules.resource_fields:
             return None
         _, target = resource_id(request, rules.resource_fields)
-        async with self.db.transaction(write=False) as session:
+        async with self.db.read() as session:
             organization_id = await acl.resource_organization(session, target)
         return Access(organization_id=organization_id, via_service_scope=True)

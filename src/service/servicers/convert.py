@@ -6,11 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
+from service.db.database import Reader
 from service.db.models import Organization
 from service.domain import files, workspaces
 from service.domain.workspaces import WorkspaceView
@@ -79,7 +79,7 @@ def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspa
 
 
 async def workspace_messages(
-    session: AsyncSession, settings: Settings, workspace_ids: Sequence[str]
+    session: Reader, settings: Settings, workspace_ids: Sequence[str]
 ) -> list[ws_pb.Workspace]:
     """Workspace messages of the live workspaces among `workspace_ids`, in that order
     (deleted or unknown ids are skipped). One query."""
@@ -88,7 +88,7 @@ async def workspace_messages(
 
 
 async def workspace_message(
-    session: AsyncSession, settings: Settings, workspace_id: str
+    session: Reader, settings: Settings, workspace_id: str
 ) -> ws_pb.Workspace:
     """The Workspace message of one live workspace; NotFound when it is gone. One query."""
     return workspace_to_proto(await workspaces.load_view(session, workspace_id), settings)

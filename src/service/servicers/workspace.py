@@ -90,8 +90,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def GetWorkspace(
         self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
-        async with self.app.db.transaction(write=False) as session:
-            return await workspace_message(session, self.app.settings, request.workspace_id)
+        async with self.app.db.read() as conn:
+            return await workspace_message(conn, self.app.settings, request.workspace_id)
 
     async def UpdateWorkspace(
         self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
