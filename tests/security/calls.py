@@ -48,9 +48,15 @@ class Outcome:
 
 
 async def invoke(
-    channel: grpc.aio.Channel, method: MethodDescriptor, request: Message, metadata: Metadata
+    channel: grpc.aio.Channel,
+    method: MethodDescriptor,
+    request: Message,
+    metadata: Metadata,
+    *,
+    stream_limit: int | None = None,
 ) -> Outcome:
-    """Calls the RPC (reading a server stream to its end) and reports how it ended."""
+    """Calls the RPC and reports how it ended; a server stream is read to its end, or
+    canceled after `stream_limit` messages."""
     path = rpc_path(method)
     response = message_factory.GetMessageClass(method.output_type)
     try:
@@ -60,8 +66,12 @@ async def invoke(
                 request_serializer=type(request).SerializeToString,
                 response_deserializer=response.FromString,
             )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+            received = 0
             async for _ in stream:
-                pass
+                received += 1
+                if stream_limit is not None and received >= stream_limit:
+                    stream.cancel()
+                    break
         else:
             await channel.unary_unary(
                 path,

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -16,6 +16,7 @@ from service.app import App
 from service.db.models import Probe
 from service.domain import reports, runs
 from service.domain.clock import utcnow
+from service.domain.errors import InvalidArgument
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
 from service.servicers.prompt import record_workspace_change, resolved_workspace_id
 from workers.dispatch import dispatch_pending_runs
@@ -129,6 +130,20 @@ def _row_to_proto(row: reports.VisibilityRow) -> pb.VisibilityRow:
     )
 
 
+def _report_time(
+    request: pb.GetVisibilityReportRequest, field: Literal["start_time", "end_time"]
+) -> datetime | None:
+    """The timestamp field as a UTC datetime (None when unset); a timestamp outside
+    0001-01-01..9999-12-31 or with nanos outside 0..999,999,999 is InvalidArgument."""
+    if not request.HasField(field):
+        return None
+    try:
+        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+    return value
+
+
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
@@ -219,8 +234,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.GetVisibilityReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.VisibilityReport:
         start, end, granularity = reports.validate_range(
-            request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None,
-            request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None,
+            _report_time(request, "start_time"),
+            _report_time(request, "end_time"),
             GRANULARITY_FROM_PROTO.get(request.granularity, ""),
         )
         workspace_id = resolved_workspace_id()

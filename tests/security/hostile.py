@@ -1,0 +1,336 @@
+"""Hypothesis strategies for hostile requests, generated from the message descriptors.
+
+A strategy draws a *spec*: field name → value, where a value is a scalar, a list, a nested
+spec, or a `Ref` to an id of one of the fuzzing tenants. Refs are resolved when the request is
+built, against the tenants of that moment (they are rebuilt after a call that changed them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
+from hypothesis import strategies as st
+
+from tests.security.world import World
+
+Spec = dict[str, Any]
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+UINT32 = (0, 2**32 - 1)
+UINT64 = (0, 2**64 - 1)
+TIMESTAMP_SECONDS = (-62_135_596_800, 253_402_300_799)  # 0001-01-01 .. 9999-12-31
+MAX_DEPTH = 2
+
+HOSTILE_LITERALS = [
+    "\x00",
+    "a\x00b",
+    "' OR 1=1 --",
+    "'; DROP TABLE users; --",
+    "%",
+    "_",
+    "%_%",
+    "\\",
+    "\\%",
+    '"',
+    "*",
+    " ",
+    "\t\n\r",
+    "\u202e\u200b\ufeff",
+    "../../etc/passwd",
+    "${jndi:ldap://x}",
+    "<script>alert(1)</script>",
+    "\uff21\uff22\uff23",  # full-width letters
+    "ws_",
+    "org_",
+    "WS_ABC",
+    "ws_" + "a" * 41,
+    "ws_abc def",
+    "null",
+    "-1",
+    "9" * 40,
+]
+# (value repeated, how many times): 10k-100k characters, at most ~200 kB encoded.
+HUGE = st.builds(
+    lambda unit, count: unit * (count // len(unit.encode())),
+    st.sampled_from(["x", "é", "%", "\x00", "😀", "ws_"]),
+    st.integers(10_000, 200_000),
+)
+SHORT_TEXT = st.one_of(
+    st.sampled_from(HOSTILE_LITERALS),
+    st.text(st.characters(codec="utf-8"), max_size=40),  # any code point but surrogates
+    st.text(
+        st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, codec="utf-8"), max_size=8
+    ),
+    st.text(st.characters(max_codepoint=0x1F), max_size=8),  # control characters, NUL
+)
+HOSTILE_TEXT = st.one_of(st.just(""), SHORT_TEXT, HUGE)
+
+# Values that get past the first checks of a field, so that calls reach deeper code.
+PLAUSIBLE: dict[str, list[str]] = {
+    "name": ["Acme Tracking", "Ab", "  Padded Name  ", "A" * 80, "A" * 81],
+    "organization_name": ["Acme Corp", "Zz"],
+    "slug": ["acme", "a-b", "-bad-", "UPPER", "a" * 50, "a" * 51],
+    "domain": [
+        "acme.com",
+        "https://Acme.COM/path?q=1",
+        "localhost",
+        "xn--bcher-kva.example",
+        "a..b",
+    ],
+    "cron": ["0 9 * * 1", "*/5 * * * *", "0 0 31 2 *", "* * * * * *", "@hourly", "60 * * * *"],
+    "time_zone": ["UTC", "Europe/Paris", "Mars/Olympus", "America/Argentina/ComodRivadavia"],
+    "workos_organization_id": ["org_01ABC", "org_", "org_" + "a" * 65],
+    "action": ["beacon.v1.WorkspaceService/CreateWorkspace", "CreateWorkspace"],
+    "prompts": ["What is the best CRM?", "  padded prompt  ", "p" * 2000, "p" * 2001],
+    "brand_aliases": ["Acme", "ACME Inc."],
+    "request_id": ["req-1", "00000000-0000-0000-0000-000000000000"],
+    "etag": ["1", "2", "0", "-1", 'W/"1"'],
+    "page_token": ["", "abc", "eyJ9"],
+    "email": ["new-person@example.com", "UPPER@EXAMPLE.COM", "no-at-sign", "a@b", "@example.com"],
+    "code": ["ABCD-EFGH-JKMN", "abcd efgh jkmn", "0000-0000-0000"],
+}
+MASK_PATHS = [
+    "name",
+    "domain",
+    "slug",
+    "brand_aliases",
+    "competitors",
+    "icon_file_id",
+    "enabled_providers",
+    "id",
+    "etag",
+    "organization_id",
+    "schedule",
+    "schedule.cron",
+    "workspace.name",
+    "name.first",
+    "*",
+    "NAME",
+    "",
+    "a" * 1000,
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """An id (or email, or join code) of one of the tenants, maybe twisted."""
+
+    tenant: str  # "own" | "other"
+    kind: str
+    twist: str = ""  # "" | "prefix" | "upper" | "padded" | "longer"
+
+
+# Which ids each field may hold, by field name (and for `id`, by its message).
+FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "organization_id": ("organization",),
+    "workspace_id": ("workspace",),
+    "prompt_id": ("prompt",),
+    "prompt_ids": ("prompt",),
+    "run_id": ("run", "ended_run"),
+    "user_id": ("member", "org_member", "caller", "founder"),
+    "actor_id": ("caller", "founder"),
+    "code": ("join_code",),
+    "email": ("member_email", "org_member_email", "caller_email"),
+    "beacon.v1.Organization.id": ("organization",),
+    "beacon.v1.Workspace.id": ("workspace",),
+}
+ANY_ID_KINDS = ("organization", "workspace", "prompt", "run", "member")
+
+
+def resolve_ref(ref: Ref, own: World, other: World) -> str:
+    world = own if ref.tenant == "own" else other
+    assert world.caller is not None
+    value = {
+        "organization": world.organization_id,
+        "workspace": world.workspace_id,
+        "prompt": world.prompt_id,
+        "run": world.run_id,
+        "ended_run": world.ended_run_id,
+        "member": world.member.user_id,
+        "org_member": world.org_member.user_id,
+        "caller": world.caller.user_id,
+        "founder": world.founder.user_id,
+        "join_code": world.join_code,
+        "member_email": world.member.email,
+        "org_member_email": world.org_member.email,
+        "caller_email": world.caller.email,
+    }[ref.kind]
+    if ref.twist == "prefix" and "_" in value:
+        prefix, rest = value.split("_", 1)
+        return ("org" if prefix != "org" else "ws") + "_" + rest
+    if ref.twist == "upper":
+        return value.upper()
+    if ref.twist == "padded":
+        return f" {value} "
+    if ref.twist == "longer":
+        return value + "0"
+    return value
+
+
+def _refs(kinds: tuple[str, ...]) -> st.SearchStrategy[Ref]:
+    return st.builds(
+        Ref,
+        st.sampled_from(["own", "own", "own", "other"]),
+        st.sampled_from(kinds),
+        st.sampled_from(["", "", "", "", "prefix", "upper", "padded", "longer"]),
+    )
+
+
+def _string(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    kinds = FIELD_KINDS.get(field.full_name) or FIELD_KINDS.get(field.name)
+    options: list[st.SearchStrategy[Any]] = [HOSTILE_TEXT, _refs(kinds or ANY_ID_KINDS)]
+    if kinds:
+        options.append(_refs(kinds))  # twice: a fitting id is the way into deep code
+    if field.name in PLAUSIBLE:
+        options.append(st.sampled_from(PLAUSIBLE[field.name]))
+    return st.one_of(*options)
+
+
+def _integer(field: FieldDescriptor) -> st.SearchStrategy[int]:
+    low, high = {
+        FieldDescriptor.CPPTYPE_INT32: INT32,
+        FieldDescriptor.CPPTYPE_INT64: INT64,
+        FieldDescriptor.CPPTYPE_UINT32: UINT32,
+        FieldDescriptor.CPPTYPE_UINT64: UINT64,
+    }[field.cpp_type]
+    edges = [v for v in (0, 1, -1, 10, 100, 1000, 1001, low, high) if low <= v <= high]
+    return st.one_of(st.sampled_from(edges), st.integers(low, high))
+
+
+def _enum(field: FieldDescriptor) -> st.SearchStrategy[int]:
+    assert field.enum_type is not None
+    numbers = [value.number for value in field.enum_type.values]
+    return st.one_of(
+        st.sampled_from(numbers),
+        st.integers(min(numbers) - 3, max(numbers) + 3),
+        st.sampled_from(list(INT32)),
+    )
+
+
+def _scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _string(field)
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return st.binary(max_size=64)
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        return _enum(field)
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return st.floats(allow_nan=True, allow_infinity=True, width=32)
+    return _integer(field)
+
+
+def _long_list(field: FieldDescriptor) -> st.SearchStrategy[list[Any]]:
+    """Hundreds to thousands of items (past every cap), cheap to draw."""
+    if field.type == FieldDescriptor.TYPE_STRING:
+        item: st.SearchStrategy[Any] = st.one_of(
+            _refs(FIELD_KINDS.get(field.name, ANY_ID_KINDS)),
+            st.sampled_from(PLAUSIBLE.get(field.name, ["item"])),
+        )
+        return st.builds(
+            lambda first, n: [
+                first if isinstance(first, Ref) else f"{first} {i}" for i in range(n)
+            ],
+            item,
+            st.integers(100, 2100),
+        )
+    return st.builds(lambda first, n: [first] * n, _scalar(field), st.integers(100, 2100))
+
+
+def _timestamp() -> st.SearchStrategy[Spec]:
+    return st.fixed_dictionaries(
+        {
+            "seconds": st.one_of(
+                st.integers(*TIMESTAMP_SECONDS),
+                st.sampled_from(
+                    [0, -1, *INT64, TIMESTAMP_SECONDS[0] - 1, TIMESTAMP_SECONDS[1] + 1]
+                ),
+            ),
+            "nanos": st.one_of(
+                st.just(0), st.integers(0, 999_999_999), st.sampled_from([-1, 10**9, *INT32])
+            ),
+        }
+    )
+
+
+def _duration() -> st.SearchStrategy[Spec]:
+    return st.fixed_dictionaries(
+        {
+            "seconds": st.one_of(
+                st.sampled_from([0, 1, -1, 3599, 3600, 86_400, 90 * 86_400, 90 * 86_400 + 1]),
+                st.integers(*INT64),
+            ),
+            "nanos": st.one_of(st.just(0), st.sampled_from([-1, 999_999_999, 10**9, *INT32])),
+        }
+    )
+
+
+def _field_mask() -> st.SearchStrategy[Spec]:
+    paths = st.one_of(st.sampled_from(MASK_PATHS), SHORT_TEXT)
+    return st.fixed_dictionaries({"paths": st.lists(paths, max_size=5)})
+
+
+def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Spec]:
+    special = {
+        "google.protobuf.Timestamp": _timestamp,
+        "google.protobuf.Duration": _duration,
+        "google.protobuf.FieldMask": _field_mask,
+    }.get(descriptor.full_name)
+    if special is not None:
+        return special()
+    fields: dict[str, st.SearchStrategy[Any]] = {}
+    for field in descriptor.fields:
+        value: st.SearchStrategy[Any]
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if depth >= MAX_DEPTH or field.message_type is None:
+                continue
+            value = _message(field.message_type, depth + 1)
+            if field.is_repeated:
+                value = st.lists(value, max_size=3)
+        elif field.is_repeated:
+            value = st.one_of(st.lists(_scalar(field), max_size=4), _long_list(field))
+        else:
+            value = _scalar(field)
+        fields[field.name] = st.one_of(st.none(), value)
+    return st.fixed_dictionaries(fields)
+
+
+@cache
+def request_specs(descriptor: Descriptor) -> st.SearchStrategy[Spec]:
+    """Specs of hostile requests of this message type."""
+    return _message(descriptor, 0)
+
+
+def build_request(descriptor: Descriptor, spec: Spec, own: World, other: World) -> Message:
+    """The message a spec describes, with its refs resolved against the tenants."""
+    message = message_factory.GetMessageClass(descriptor)()
+    _fill(message, spec, own, other)
+    return message
+
+
+def _fill(message: Message, spec: Spec, own: World, other: World) -> None:
+    def value(item: Any) -> Any:
+        return resolve_ref(item, own, other) if isinstance(item, Ref) else item
+
+    for field in message.DESCRIPTOR.fields:
+        given = spec.get(field.name)
+        if given is None:
+            continue
+        target = getattr(message, field.name)
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.is_repeated:
+                for item in given:
+                    _fill(target.add(), item, own, other)
+            else:
+                target.SetInParent()  # present even when every field is left unset
+                _fill(target, given, own, other)
+        elif field.is_repeated:
+            target.extend(value(item) for item in given)
+        else:
+            setattr(message, field.name, value(given))

@@ -1,0 +1,142 @@
+"""Hostile requests to every RPC, generated from the descriptors with hypothesis.
+
+Properties, for every call: the status is never INTERNAL, UNKNOWN or DATA_LOSS (nor a
+timeout or an unavailable server); every error carries an ErrorInfo and a message; and a call
+that fails writes nothing (row counts of every table, and every row of the two tenants the
+requests aim at, are the same before and after). The caller owns one tenant's organization;
+requests mix hostile values with that tenant's ids, the other tenant's ids and twisted ids.
+
+The module runs its own server on its own database with scaled-up rate limits, so its
+snapshots see only its own writes.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import update
+
+from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
+from service.app import App
+from service.db.models import WorkspaceMember
+from service.server import start_server
+from tests.conftest import delete_redis_keys, make_settings, temporary_database
+from tests.security import world as w
+from tests.security.calls import Metadata, bearer, invoke, methods_by_path
+from tests.security.hostile import build_request, request_specs
+from tests.security.snapshots import snapshot
+from tests.security.world import World, build_world
+
+# Examples per RPC: bounded so the module runs in about a minute per backend; raise it with
+# BEACON_FUZZ_EXAMPLES for a longer hunt.
+EXAMPLES_PER_RPC = int(os.environ.get("BEACON_FUZZ_EXAMPLES", "30"))
+BROKEN = {
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DATA_LOSS,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.UNAUTHENTICATED,  # the caller's token is valid
+}
+PATHS = sorted(methods_by_path())
+
+
+async def fresh_world(app: App, memberships: MembershipServiceStub) -> World:
+    """A tenant whose organization the fuzzing caller co-owns (with its founder)."""
+    return await build_world(app, app.settings, memberships, w.ORG_OWNER, {})
+
+
+@dataclass
+class Target:
+    """The server under fuzzing and the two tenants requests aim at: `own` (the caller's)
+    and `other`. Both are rebuilt when a successful call changed them, so that later calls
+    still reach deep code."""
+
+    app: App
+    channel: grpc.aio.Channel
+    memberships: MembershipServiceStub
+    own: World
+    other: World
+
+    async def rebuild(self) -> None:
+        self.own = await fresh_world(self.app, self.memberships)
+        self.other = await fresh_world(self.app, self.memberships)
+
+    @property
+    def metadata(self) -> Metadata:
+        assert self.own.caller is not None
+        return bearer(self.own.caller.token)
+
+
+@pytest.fixture(scope="module")
+async def target(backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
+    tmp = tmp_path_factory.mktemp(f"fuzz-{backend}")
+    name = f"beacon_fuzz_{uuid.uuid4().hex[:10]}"
+    prefix = f"beacon-fuzz-{name}"
+    async with temporary_database(backend, tmp, name) as url:
+        app = App.from_settings(make_settings(backend, url, tmp, prefix, rate_limit_scale=1000.0))
+        server = await start_server(app, "127.0.0.1:0")
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                memberships = MembershipServiceStub(channel)
+                yield Target(
+                    app,
+                    channel,
+                    memberships,
+                    await fresh_world(app, memberships),
+                    await fresh_world(app, memberships),
+                )
+        finally:
+            await server.stop(grace=1.0)
+            await app.close()
+    if backend == "postgres":
+        await delete_redis_keys(prefix)
+
+
+async def test_snapshots_see_a_write(target: Target) -> None:
+    """The instrument works: a changed role shows in the tenant's snapshot."""
+    world = await fresh_world(target.app, target.memberships)
+    before = await snapshot(target.app, world, counts=True)
+    async with target.app.db.transaction() as session:
+        await session.execute(
+            update(WorkspaceMember)
+            .where(WorkspaceMember.user_id == world.member.user_id)
+            .values(role="owner")
+        )
+    assert before.changes(await snapshot(target.app, world, counts=True)) == ["workspace_members"]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.rsplit("/", 1)[1] for p in PATHS])
+@settings(
+    max_examples=EXAMPLES_PER_RPC,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(data=st.data())
+async def test_hostile_requests(path: str, data: st.DataObject, target: Target) -> None:
+    method = methods_by_path()[path]
+    spec = data.draw(request_specs(method.input_type), label="request")
+    request = build_request(method.input_type, spec, target.own, target.other)
+    before = await snapshot(target.app, target.own, target.other, counts=True)
+
+    outcome = await invoke(target.channel, method, request, target.metadata, stream_limit=1)
+
+    after = await snapshot(target.app, target.own, target.other, counts=True)
+    event(outcome.code.name)  # --hypothesis-show-statistics: how deep the calls went
+    assert outcome.code not in BROKEN, outcome.describe()
+    if outcome.failure is None:
+        if before.changes(after):
+            await target.rebuild()
+        return
+    info = outcome.failure.details.get("ErrorInfo")
+    assert info is not None and info.reason and info.domain == "beacon", outcome.describe()
+    assert outcome.failure.message.strip(), outcome.describe()
+    assert before.changes(after) == [], f"{outcome.describe()} yet wrote"
