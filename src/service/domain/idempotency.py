@@ -13,11 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.database import Database
 from service.db.models import IdempotencyKey
 from service.domain.clock import utcnow
-from service.domain.errors import InvalidArgument
+from service.domain.inputs import require_request_id
 
 M = TypeVar("M", bound=Message)
-
-MAX_REQUEST_ID = 100
 
 
 async def run_once(
@@ -35,8 +33,7 @@ async def run_once(
     concurrent calls with the same id both run, but only one commits (the key is unique)
     and the other replays the winner's response.
     """
-    if len(request_id) > MAX_REQUEST_ID:
-        raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+    require_request_id(request_id)
     if not request_id:
         async with db.transaction() as session:
             return await create(session)

@@ -7,7 +7,6 @@ the required role PERMISSION_DENIED.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from beacon.v1 import options_pb2
@@ -16,10 +15,10 @@ from service.auth.identity import Authenticator
 from service.db.database import Database
 from service.domain import access as acl
 from service.domain.errors import InvalidArgument, PermissionDenied
+from service.domain.inputs import require_id
 from service.interceptors.base import Around
 from service.interceptors.rules import MethodRules
 
-ID_PATTERN = re.compile(r"^[a-z]{2,5}_[a-z0-9]{1,40}$")
 WORKSPACE_LEVELS = (
     options_pb2.AUTH_LEVEL_WORKSPACE_MEMBER,
     options_pb2.AUTH_LEVEL_WORKSPACE_OWNER,
@@ -37,9 +36,7 @@ def resource_id(request: Any, fields: tuple[str, ...]) -> tuple[str, str]:
         for part in path.split("."):
             value = getattr(value, part)
         if value:
-            if not isinstance(value, str) or not ID_PATTERN.match(value):
-                raise InvalidArgument(path, "is not a valid id")
-            return path, value
+            return path, require_id(path, value)
     raise InvalidArgument(fields[0], "is required")
 
 

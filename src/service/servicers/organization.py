@@ -14,7 +14,6 @@ from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_call
 from service.domain import idempotency, organizations
-from service.domain.inputs import require_request_id
 from service.domain.organizations import AuditFilter, NavigationState
 from service.domain.paging import parse_page
 from service.servicers.convert import (
@@ -41,7 +40,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
             self.app.db,
             principal_id=call.require_principal().actor_id,
             method=call.method,
-            request_id=require_request_id(request.request_id),
+            request_id=request.request_id,
             response_type=pb.Organization,
             create=create,
         )

@@ -15,7 +15,6 @@ from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_call
 from service.domain import accounts, files, idempotency, workspaces
-from service.domain.inputs import require_request_id
 from service.domain.paging import parse_page
 from service.domain.workspaces import Competitor, NewWorkspace, WorkspacePatch
 from service.servicers.convert import (
@@ -64,7 +63,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             self.app.db,
             principal_id=call.require_principal().actor_id,
             method=call.method,
-            request_id=require_request_id(request.request_id),
+            request_id=request.request_id,
             response_type=pb.CreateWorkspaceResponse,
             create=create,
         )
