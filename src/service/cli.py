@@ -13,6 +13,7 @@ from typing import Any
 
 from service.app import App
 from service.config import Settings
+from service.domain.errors import DomainError
 from service.logs import configure_logging
 
 log = logging.getLogger("beacon")
@@ -26,43 +27,41 @@ def _install_loop(settings: Settings) -> None:
             uvloop.install()
 
 
-async def _until_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
-
-
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
     from service.http.server import start_http
     from service.server import start_server
     from workers.broker import configure_broker
 
+    # Handlers first: a signal during start-up still leads to an orderly stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     configure_broker(settings)
     app = App.from_settings(settings)
     embedded = None
-    if embedded_workers:
-        from workers.runtime import start_embedded
-
-        embedded = start_embedded(settings)
-    grpc_server = await start_server(app)
-    http_server = await start_http(app)
-    print(
-        f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
-        f"HTTP on port {http_server.port}",
-        file=sys.stderr,
-        flush=True,
-    )
+    grpc_server = http_server = None
     try:
-        await _until_signal()
+        if embedded_workers:
+            from workers.runtime import start_embedded
+
+            embedded = start_embedded(settings)
+        grpc_server = await start_server(app)
+        http_server = await start_http(app)
+        print(
+            f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
+            f"HTTP on port {http_server.port}",
+            file=sys.stderr,
+            flush=True,
+        )
+        await stop.wait()
         log.info("shutting down: draining in-flight calls")
     finally:
-        await grpc_server.stop()
-        await http_server.stop()
+        if grpc_server is not None:
+            await grpc_server.stop()
+        if http_server is not None:
+            await http_server.stop()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         await app.close()
@@ -191,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_level, settings.log_json)
     try:
         code: int = args.fn(settings, args)
-    except ValueError as exc:  # bad input on the command line or in the environment
+    except (ValueError, DomainError) as exc:  # bad input on the command line or environment
         print(f"beacon: {exc}", file=sys.stderr)
         return 2
     return code

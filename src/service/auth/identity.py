@@ -21,6 +21,7 @@ from service.domain.clock import new_id
 from service.domain.errors import PermissionDenied, Unauthenticated
 
 ACT_AS_SCOPE = "act_as"
+USER_CACHE_SECONDS = 5.0
 ClaimHook = Callable[[AsyncSession, User], Awaitable[None]]
 
 K = TypeVar("K")
@@ -111,7 +112,8 @@ class Authenticator:
         self.db = db
         self.verifier = verifier or TokenVerifier(settings)
         self.on_new_email = on_new_email
-        self._users: TtlCache[Claims, str] = TtlCache(60.0)
+        # Short: a deleted account's token must map to a fresh user soon after.
+        self._users: TtlCache[Claims, str] = TtlCache(USER_CACHE_SECONDS)
         self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
             settings.service_key_cache_seconds
         )

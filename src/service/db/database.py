@@ -91,6 +91,8 @@ class Database:
             if write:
                 await session.commit()
             else:
+                # Keep what was read usable after the block: rollback would expire it.
+                session.expunge_all()
                 await session.rollback()
 
     @asynccontextmanager

@@ -109,7 +109,9 @@ def translate(exc: BaseException) -> e.DomainError | None:
         return e.Aborted(
             "a concurrent request changed the same data; retry", reason="CONCURRENT_MODIFICATION"
         )
-    if isinstance(exc, OperationalError | ConnectionError | OSError) or (
+    # Connection errors here come from the database driver (the rate limiter and the
+    # broker handle their own); other OSErrors (files, ...) are bugs and stay INTERNAL.
+    if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     ):
         return e.Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
