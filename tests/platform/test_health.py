@@ -24,7 +24,7 @@ from service.server import BeaconServer, start_server
 from tests.conftest import make_settings
 from tests.platform.assertions import expect_refusal
 from tests.platform.processes import BEACON_SERVICES, eventually, free_port, health_status
-from tests.support import PG_ADMIN_URL, postgres_available
+from tests.support import PG_ADMIN_URL
 
 SERVICES = ("", *sorted(BEACON_SERVICES))
 SERVING = int(health_pb2.HealthCheckResponse.SERVING)
@@ -132,12 +132,11 @@ def proxied(url: str, proxy: TcpProxy) -> str:
 
 @pytest.fixture
 def pg_upstream(backend: str) -> Iterator[tuple[str, int]]:
-    if backend != "postgres" or not postgres_available():
-        pytest.skip("needs the PostgreSQL backend")
     parsed = make_url(PG_ADMIN_URL)
     yield parsed.host or "127.0.0.1", parsed.port or 5432
 
 
+@pytest.mark.postgres_only
 async def test_postgres_outage_turns_health_not_serving_and_back(
     settings: Settings, pg_upstream: tuple[str, int], tmp_path: Path
 ) -> None:

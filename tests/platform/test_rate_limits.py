@@ -106,11 +106,10 @@ async def test_start_run_budget_is_shared_by_the_members_of_a_workspace(
     await passes_auth(start(owner, elsewhere))
 
 
+@pytest.mark.postgres_only
 async def test_two_server_processes_share_one_budget(
     backend: str, settings: Settings, new_user: NewUser, tmp_path: Path
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("several processes share limits through Redis (PostgreSQL + Redis backend)")
     prefix = f"beacon-test-multi-{uuid.uuid4().hex[:8]}"
     env = serve_env(settings, BEACON_RATE_LIMIT_KEY_PREFIX=prefix)
     servers = [await BeaconProcess.start(tmp_path, env)]
