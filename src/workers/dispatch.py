@@ -18,8 +18,10 @@ from sqlalchemy import select, update
 from service.db.database import Database
 from service.db.models import Run
 from service.domain.clock import utcnow
+from workers import metrics
 from workers.actors import run_message
 from workers.broker import current_broker, send_messages
+from workers.statements import id_in
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ async def dispatch_pending_runs(
                     break
                 sent += await _dispatch_chunk(db, target, chunk, limit - sent)
     except Exception:
+        metrics.DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
     return sent
 
@@ -69,22 +72,27 @@ async def dispatch_pending_runs(
 async def _dispatch_chunk(
     db: Database, broker: dramatiq.Broker, run_ids: Sequence[str] | None, limit: int
 ) -> int:
-    query = select(Run.id).where(Run.enqueue_time.is_(None))
+    candidates = select(Run.id).where(Run.enqueue_time.is_(None))
     if run_ids is not None:
-        query = query.where(Run.id.in_(run_ids))
-    query = query.limit(limit)
+        candidates = candidates.where(id_in(db, Run.id, run_ids))
+    candidates = candidates.limit(limit)
     if not db.is_sqlite:
         # Another dispatcher holding a run is already sending it: skip it rather than wait.
-        query = query.with_for_update(skip_locked=True)
+        candidates = candidates.with_for_update(skip_locked=True)
+    # Stamp first, send, then commit: the rows stay locked while they are sent, and a failed
+    # send rolls the stamps back.
+    stamp = (
+        update(Run)
+        .where(Run.id.in_(candidates.scalar_subquery()))
+        .values(enqueue_time=utcnow())
+        .returning(Run.id)
+        .execution_options(synchronize_session=False)
+    )
     async with db.transaction() as session:
-        ids = list((await session.scalars(query)).all())
+        ids = list(await session.scalars(stamp))
         if not ids:
             return 0
         # The send blocks on the network: keep it off the event loop.
         await asyncio.to_thread(send_messages, broker, [run_message(run_id) for run_id in ids])
-        await session.execute(
-            update(Run)
-            .where(Run.id.in_(ids), Run.enqueue_time.is_(None))
-            .values(enqueue_time=utcnow())
-        )
+    metrics.RUNS_DISPATCHED.inc(len(ids))
     return len(ids)

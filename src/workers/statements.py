@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from sqlalchemy import ColumnElement, String, any_, bindparam
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -21,3 +22,13 @@ def insert_ignoring_duplicates(
     """
     dialect = sqlite if db.is_sqlite else postgresql
     return dialect.insert(model).on_conflict_do_nothing(index_elements=list(unique_key))
+
+
+def id_in(
+    db: Database, column: InstrumentedAttribute[str], ids: Sequence[str]
+) -> ColumnElement[bool]:
+    """`column IN ids`: one array parameter on PostgreSQL (the same SQL for any number of ids,
+    so compiled once), a list of parameters on SQLite."""
+    if db.is_sqlite:
+        return column.in_(ids)
+    return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))

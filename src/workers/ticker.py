@@ -15,27 +15,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from croniter import CroniterBadDateError
-from sqlalchemy import select, update
+from sqlalchemy import JSON, String, Table, bindparam, func, literal, select, update
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
+from service.db.types import UTCDateTime
 from service.domain.clock import new_id, utcnow
 from service.domain.schedules import next_fire_time
 from workers import metrics
 from workers.broker import configure_broker
 from workers.dispatch import dispatch_pending_runs
 from workers.runs import QUEUED
-from workers.statements import insert_ignoring_duplicates
+from workers.statements import id_in, insert_ignoring_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +105,18 @@ async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
 
     Schedules of deleted workspaces are advanced without a run.
     """
+    # A correlated lookup rather than a join: the planner may hash-join every workspace.
+    delete_time = (
+        select(Workspace.delete_time).where(Workspace.id == Schedule.workspace_id)
+    ).scalar_subquery()
     query = (
         select(
             Schedule.workspace_id,
             Schedule.cron,
             Schedule.time_zone,
             Schedule.next_run_time,
-            Workspace.delete_time,
+            delete_time,
         )
-        .join(Workspace, Workspace.id == Schedule.workspace_id)
         .where(Schedule.next_run_time <= now)
         .order_by(Schedule.next_run_time)
         .limit(limit)
@@ -120,42 +128,93 @@ async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
         rows = (await session.execute(query)).all()
         if not rows:
             return Claim(0, [])
-        runs: list[dict[str, object]] = []
+        runs: list[tuple[str, datetime]] = []
         advance: dict[datetime, list[str]] = defaultdict(list)
         for workspace_id, cron, time_zone, due, deleted in rows:
             slot, following = fire_times.get(cron, time_zone, due)
             advance[following].append(workspace_id)
             if slot is not None and deleted is None:
-                runs.append(_scheduled_run(workspace_id, slot, now))
-        run_ids: list[str] = []
-        if runs:
-            statement = insert_ignoring_duplicates(
-                db, Run, (Run.workspace_id, Run.scheduled_time)
-            ).returning(Run.id)
-            run_ids = list((await session.scalars(statement, runs)).all())
+                runs.append((workspace_id, slot))
+        run_ids = await _insert_runs(db, session, runs, now) if runs else []
         for following, workspace_ids in advance.items():
+            # The due-time bound lets the planner use its index whatever the table's size.
             await session.execute(
                 update(Schedule)
-                .where(Schedule.workspace_id.in_(workspace_ids))
+                .where(
+                    Schedule.next_run_time <= now,
+                    id_in(db, Schedule.workspace_id, workspace_ids),
+                )
                 .values(next_run_time=following, update_time=now)
+                .execution_options(synchronize_session=False)
             )
     return Claim(len(rows), run_ids)
 
 
-def _scheduled_run(workspace_id: str, slot: datetime, now: datetime) -> dict[str, object]:
-    return {
-        "id": new_id("run"),
-        "workspace_id": workspace_id,
-        "trigger": SCHEDULE_TRIGGER,
-        "status": QUEUED,
-        "scheduled_time": slot,
-        "prompt_ids": [],
-        "providers": [],
-        "prompt_count": 0,
-        "create_time": now,
-        "cancel_requested": False,
-        "failure_reason": "",
+async def _insert_runs(
+    db: Database, session: AsyncSession, slots: list[tuple[str, datetime]], now: datetime
+) -> list[str]:
+    """Inserts a queued scheduled run per (workspace, slot) unless the slot has one already;
+    returns the ids of the runs inserted."""
+    ids = [new_id("run") for _ in slots]
+    if db.is_sqlite:
+        rows = [
+            {**SCHEDULED_RUN, "id": run_id, "workspace_id": ws, "scheduled_time": slot}
+            | {"create_time": now}
+            for run_id, (ws, slot) in zip(ids, slots, strict=True)
+        ]
+        statement = insert_ignoring_duplicates(
+            db, Run, (Run.workspace_id, Run.scheduled_time)
+        ).returning(Run.id)
+        return list(await session.scalars(statement, rows))
+    # PostgreSQL: one INSERT ... SELECT over arrays, whatever the batch size.
+    parameters = {
+        "ids": ids,
+        "workspace_ids": [ws for ws, _ in slots],
+        "slots": [slot for _, slot in slots],
+        "now": now,
     }
+    return list(await session.scalars(_unnest_insert(), parameters))
+
+
+SCHEDULED_RUN: dict[str, object] = {
+    "trigger": SCHEDULE_TRIGGER,
+    "status": QUEUED,
+    "prompt_ids": [],
+    "providers": [],
+    "prompt_count": 0,
+    "cancel_requested": False,
+    "failure_reason": "",
+}
+
+
+@functools.cache
+def _unnest_insert() -> Any:
+    """INSERT INTO runs ... SELECT FROM unnest(:ids, :workspace_ids, :slots) ON CONFLICT DO
+    NOTHING RETURNING id (PostgreSQL)."""
+    source = select(
+        func.unnest(bindparam("ids", type_=postgresql.ARRAY(String))).label("id"),
+        func.unnest(bindparam("workspace_ids", type_=postgresql.ARRAY(String))).label("ws"),
+        func.unnest(bindparam("slots", type_=postgresql.ARRAY(UTCDateTime()))).label("slot"),
+    ).subquery()
+    constants = {
+        name: literal(value, JSON if isinstance(value, list) else None)
+        for name, value in SCHEDULED_RUN.items()
+    }
+    rows = select(
+        source.c.id,
+        source.c.ws,
+        source.c.slot,
+        bindparam("now", type_=UTCDateTime()),
+        *constants.values(),
+    )
+    table = Run.__table__
+    assert isinstance(table, Table)
+    return (
+        postgresql.insert(table)
+        .from_select(["id", "workspace_id", "scheduled_time", "create_time", *constants], rows)
+        .on_conflict_do_nothing(index_elements=[table.c.workspace_id, table.c.scheduled_time])
+        .returning(table.c.id)
+    )
 
 
 class FireTimes:

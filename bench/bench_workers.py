@@ -1,0 +1,257 @@
+"""Worker benchmark: probes per second from one `beacon worker` process against slow providers.
+
+The fake providers (their own process) answer after 200 ms, so `concurrency` probes in flight
+allow at most concurrency / 0.2 probes per second: the table compares the measured rate with
+that bound, and reports the worker's CPU time per probe. One run of 5,000 probes per level
+(1,250 prompts x 4 providers), on PostgreSQL + Redis. With py-spy installed, an extra run at
+concurrency 100 is profiled and its CPU samples split by component.
+
+  python -m bench.bench_workers [--probes N] [--levels 25,50,100,200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import func, insert, select
+
+from bench._common import (
+    Process,
+    fake_providers,
+    profile_shares,
+    provider_env,
+    py_spy,
+    redis_namespace,
+    table,
+    wait_until,
+    worker_env,
+)
+from bench._servers import BEACON, Backend, scratch_backend
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import Organization, Probe, Prompt, Run, Workspace
+from service.domain.clock import new_id, utcnow
+from workers.broker import configure_broker, reset_brokers
+from workers.dispatch import dispatch_pending_runs
+
+LATENCY = 0.2
+PROVIDERS = ("openai", "anthropic", "mistral", "cohere")
+PROFILED_LEVEL = 100
+
+
+@dataclass(frozen=True)
+class Measure:
+    concurrency: int
+    probes: int
+    seconds: float
+    cpu_seconds: float
+    succeeded: int
+
+    @property
+    def rate(self) -> float:
+        return self.probes / self.seconds
+
+    @property
+    def bound(self) -> float:
+        return self.concurrency / LATENCY
+
+
+async def seed_workspace(db: Database, prompts: int) -> str:
+    """A workspace with `prompts` prompts and the benchmark's providers enabled."""
+    now = utcnow()
+    suffix = uuid.uuid4().hex[:10]
+    org_id, ws_id = new_id("org"), new_id("ws")
+    async with db.transaction() as session:
+        session.add(Organization(id=org_id, name="Bench", slug=f"bench-{suffix}"))
+        await session.flush()
+        session.add(
+            Workspace(
+                id=ws_id,
+                organization_id=org_id,
+                name="Acme",
+                slug=f"bench-{suffix}",
+                domain="acme.com",
+                competitors=[{"name": "HubSpot", "domain": "hubspot.com"}],
+                enabled_providers=list(PROVIDERS),
+            )
+        )
+        await session.flush()
+        rows = [
+            {
+                "id": new_id("prm"),
+                "workspace_id": ws_id,
+                "text": f"best crm for a team of {n} people, acme.com or hubspot.com?",
+                "text_hash": f"{suffix}-{n}",
+                "create_time": now,
+            }
+            for n in range(prompts)
+        ]
+        await session.execute(insert(Prompt), rows)
+    return ws_id
+
+
+async def run_once(db: Database, workspace_id: str, seconds: float) -> tuple[str, float]:
+    """Starts a run over every prompt and waits for its end; (run id, seconds it took)."""
+    run_id = new_id("run")
+    async with db.transaction() as session:
+        session.add(
+            Run(
+                id=run_id,
+                workspace_id=workspace_id,
+                trigger="manual",
+                status="queued",
+                create_time=utcnow(),
+            )
+        )
+    await dispatch_pending_runs(db, run_ids=[run_id])
+
+    async def ended() -> bool:
+        async with db.transaction(write=False) as session:
+            end = await session.scalar(select(Run.end_time).where(Run.id == run_id))
+        return end is not None
+
+    await wait_until(ended, f"run {run_id} to end", seconds)
+    async with db.transaction(write=False) as session:
+        start, end = (
+            await session.execute(select(Run.start_time, Run.end_time).where(Run.id == run_id))
+        ).one()
+    return run_id, _seconds(start, end)
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float:
+    assert start is not None and end is not None
+    return (end - start).total_seconds()
+
+
+async def succeeded(db: Database, run_id: str) -> int:
+    async with db.transaction(write=False) as session:
+        count = await session.scalar(
+            select(func.count()).where(Probe.run_id == run_id, Probe.status == "succeeded")
+        )
+    return int(count or 0)
+
+
+async def measure(
+    backend: Backend, root: str, concurrency: int, probes: int, profile: Path | None
+) -> Measure:
+    prompts = probes // len(PROVIDERS)
+    with redis_namespace() as broker_url:
+        env = worker_env(
+            backend,
+            broker_url,
+            BEACON_WORKER_CONCURRENCY=str(concurrency),
+            BEACON_PROVIDER_CONCURRENCY=str(concurrency),
+            **provider_env(root),
+        )
+        settings = Settings(database_url=backend.database_url, broker_url=broker_url)
+        configure_broker(settings)
+        db = Database(backend.database_url, pool_size=4)
+        worker = Process([BEACON, "worker"], env, f"worker-{concurrency}")
+        try:
+            # A small run first: the worker is up, its connections warm.
+            warm = await seed_workspace(db, 2)
+            await run_once(db, warm, seconds=60)
+            workspace = await seed_workspace(db, prompts)
+            spy = _start_profile(worker.pid, profile) if profile else None
+            cpu_before = worker.cpu_seconds()
+            run_id, seconds = await run_once(db, workspace, seconds=600)
+            cpu = worker.cpu_seconds() - cpu_before
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                spy.wait(timeout=30)
+            worker.check_alive()
+            done = await succeeded(db, run_id)
+        finally:
+            worker.stop()
+            await db.dispose()
+            reset_brokers()
+    return Measure(concurrency, prompts * len(PROVIDERS), seconds, cpu, done)
+
+
+def _start_profile(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
+    binary = py_spy()
+    if binary is None:
+        return None
+    # --gil: samples of the thread holding the GIL, i.e. where the process spends CPU.
+    command = [binary, "record", f"--pid={pid}", "--rate=200", "--gil", "--format=raw"]
+    return subprocess.Popen(
+        [*command, f"--output={output}", "--nonblocking"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def main() -> list[str]:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--probes", type=int, default=5000)
+    parser.add_argument("--levels", default="25,50,100,200")
+    args = parser.parse_args()
+    levels = [int(level) for level in args.levels.split(",")]
+    lines: list[str] = []
+    with scratch_backend() as backend, fake_providers(LATENCY) as root:
+        if backend.name != "postgres+redis":
+            raise SystemExit("the worker benchmark needs PostgreSQL and Redis")
+        results = [
+            asyncio.run(measure(backend, root, level, args.probes, None)) for level in levels
+        ]
+        shares: list[tuple[str, float]] = []
+        profiled: Measure | None = None
+        if py_spy() is not None:
+            output = Path(tempfile.mkdtemp(prefix="beacon-bench-")) / "worker.collapsed"
+            profiled = asyncio.run(measure(backend, root, PROFILED_LEVEL, args.probes, output))
+            time.sleep(0.5)
+            if output.exists():
+                shares = profile_shares(output)
+    lines.append(
+        f"Worker benchmark (one `beacon worker` process, {backend.name}; fake providers "
+        f"answering in {LATENCY * 1000:.0f} ms; {results[0].probes} probes per level)"
+    )
+    rows = [
+        (
+            r.concurrency,
+            f"{r.bound:.0f}",
+            f"{r.rate:.0f}",
+            f"{r.rate / r.bound:.2f}",
+            f"{r.cpu_seconds / r.probes * 1000:.2f}",
+            f"{r.cpu_seconds / r.seconds * 100:.0f}%",
+            f"{r.seconds:.1f}",
+            f"{r.succeeded}/{r.probes}",
+        )
+        for r in results
+    ]
+    lines += table(
+        (
+            "concurrency",
+            "bound/s",
+            "probes/s",
+            "vs bound",
+            "cpu ms/probe",
+            "cpu use",
+            "seconds",
+            "succeeded",
+        ),
+        rows,
+    )
+    lines.append("target: vs bound >= 0.80 at concurrency 100 (>= 400 probes/s)")
+    if profiled is not None and shares:
+        lines.append(
+            f"where the worker's CPU goes (py-spy, concurrency {PROFILED_LEVEL}, "
+            f"{profiled.rate:.0f} probes/s while profiled):"
+        )
+        lines += table(("component", "share"), [(n, f"{s * 100:.0f}%") for n, s in shares])
+    elif profiled is None:
+        lines.append("(install py-spy for a CPU profile of the worker)")
+    return lines
+
+
+if __name__ == "__main__":
+    print("\n".join(main()))
