@@ -21,7 +21,7 @@ from service.domain.clock import utcnow
 from workers import metrics
 from workers.actors import run_message
 from workers.broker import current_broker, send_messages
-from workers.statements import id_in
+from workers.statements import commit_without_waiting_for_disk, id_in
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ async def _dispatch_chunk(
         .execution_options(synchronize_session=False)
     )
     async with db.transaction() as session:
+        await commit_without_waiting_for_disk(db, session)
         ids = list(await session.scalars(stamp))
         if not ids:
             return 0

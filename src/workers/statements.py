@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam
+from sqlalchemy import ColumnElement, String, any_, bindparam, text
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
 from service.db.base import Base
@@ -32,3 +33,14 @@ def id_in(
     if db.is_sqlite:
         return column.in_(ids)
     return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+
+
+async def commit_without_waiting_for_disk(db: Database, session: AsyncSession) -> None:
+    """Lets the current transaction commit without waiting for its WAL flush (PostgreSQL).
+
+    Only for transactions whose loss in a database crash is harmless: the ticker's (a lost
+    claim leaves its schedules due, so the slots are claimed again; a lost outbox stamp means a
+    run is sent twice). Any later synchronous commit flushes them anyway.
+    """
+    if not db.is_sqlite:
+        await session.execute(text("SET LOCAL synchronous_commit TO OFF"))

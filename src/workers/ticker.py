@@ -40,7 +40,11 @@ from workers import metrics
 from workers.broker import configure_broker
 from workers.dispatch import dispatch_pending_runs
 from workers.runs import QUEUED
-from workers.statements import id_in, insert_ignoring_duplicates
+from workers.statements import (
+    commit_without_waiting_for_disk,
+    id_in,
+    insert_ignoring_duplicates,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +82,27 @@ async def tick(
     started = time.perf_counter()
     claimed = created = dispatched = 0
     batch_size = settings.ticker_batch_size
-    while True:
-        claim = await claim_due_schedules(db, now, batch_size)
-        claimed += claim.claimed
-        created += len(claim.run_ids)
-        if claim.run_ids:
-            dispatched += await dispatch_pending_runs(
-                db, run_ids=claim.run_ids, limit=len(claim.run_ids), broker=broker
-            )
-        if claim.claimed < batch_size:
-            break
+    # Each batch's runs are sent while the next batch is claimed (two connections at work).
+    sending: asyncio.Task[int] | None = None
+    try:
+        while True:
+            claim = await claim_due_schedules(db, now, batch_size)
+            claimed += claim.claimed
+            created += len(claim.run_ids)
+            if sending is not None:
+                dispatched += await sending
+                sending = None
+            if claim.run_ids:
+                sending = asyncio.create_task(
+                    dispatch_pending_runs(
+                        db, run_ids=claim.run_ids, limit=len(claim.run_ids), broker=broker
+                    )
+                )
+            if claim.claimed < batch_size:
+                break
+    finally:
+        if sending is not None:  # dispatching never raises: its failures are logged
+            dispatched += await sending
     for _ in range(MAX_SWEEPS):
         swept = await dispatch_pending_runs(db, limit=batch_size, broker=broker)
         dispatched += swept
@@ -125,6 +140,7 @@ async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
         query = query.with_for_update(skip_locked=True, of=Schedule)
     fire_times = FireTimes(now)
     async with db.transaction() as session:
+        await commit_without_waiting_for_disk(db, session)
         rows = (await session.execute(query)).all()
         if not rows:
             return Claim(0, [])
