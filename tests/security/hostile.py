@@ -7,6 +7,9 @@ built, against the tenants of that moment (they are rebuilt after a call that ch
 
 from __future__ import annotations
 
+import string
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -19,6 +22,7 @@ from hypothesis import strategies as st
 from tests.security.world import World
 
 Spec = dict[str, Any]
+Strategy = st.SearchStrategy[Spec]
 INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 UINT32 = (0, 2**32 - 1)
@@ -53,6 +57,7 @@ HOSTILE_LITERALS = [
     "null",
     "-1",
     "9" * 40,
+    "eyJ9",  # base64 of "{}": a page token's shape
 ]
 # (value repeated, how many times): 10k-100k characters, at most ~200 kB encoded.
 HUGE = st.builds(
@@ -69,6 +74,7 @@ SHORT_TEXT = st.one_of(
     st.text(st.characters(max_codepoint=0x1F), max_size=8),  # control characters, NUL
 )
 HOSTILE_TEXT = st.one_of(st.just(""), SHORT_TEXT, HUGE)
+BENIGN = string.ascii_letters + string.digits + " -"
 
 # Values that get past the first checks of a field, so that calls reach deeper code.
 PLAUSIBLE: dict[str, list[str]] = {
@@ -89,8 +95,8 @@ PLAUSIBLE: dict[str, list[str]] = {
     "prompts": ["What is the best CRM?", "  padded prompt  ", "p" * 2000, "p" * 2001],
     "brand_aliases": ["Acme", "ACME Inc."],
     "request_id": ["req-1", "00000000-0000-0000-0000-000000000000"],
-    "etag": ["1", "2", "0", "-1", 'W/"1"'],
-    "page_token": ["", "abc", "eyJ9"],
+    "etag": ["", "", "1", "2", "0", "-1", 'W/"1"'],
+    "page_token": [""],
     "email": ["new-person@example.com", "UPPER@EXAMPLE.COM", "no-at-sign", "a@b", "@example.com"],
     "code": ["ABCD-EFGH-JKMN", "abcd efgh jkmn", "0000-0000-0000"],
 }
@@ -276,35 +282,109 @@ def _field_mask() -> st.SearchStrategy[Spec]:
     return st.fixed_dictionaries({"paths": st.lists(paths, max_size=5)})
 
 
-def _message(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Spec]:
-    special = {
-        "google.protobuf.Timestamp": _timestamp,
-        "google.protobuf.Duration": _duration,
-        "google.protobuf.FieldMask": _field_mask,
-    }.get(descriptor.full_name)
-    if special is not None:
-        return special()
+def _mild_scalar(field: FieldDescriptor) -> st.SearchStrategy[Any]:
+    """A value likely to pass the field's checks."""
+    if field.type == FieldDescriptor.TYPE_STRING:
+        kinds = FIELD_KINDS.get(field.full_name) or FIELD_KINDS.get(field.name)
+        if kinds:
+            return st.builds(Ref, st.just("own"), st.sampled_from(kinds))
+        if field.name in PLAUSIBLE:
+            return st.sampled_from(PLAUSIBLE[field.name])
+        return st.just("")  # ids of files, slugs of responses...: unset is the valid value
+    if field.type == FieldDescriptor.TYPE_ENUM:
+        assert field.enum_type is not None
+        return st.sampled_from([value.number for value in field.enum_type.values])
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        return st.booleans()
+    if field.type == FieldDescriptor.TYPE_BYTES:
+        return st.just(b"")
+    if field.cpp_type in (FieldDescriptor.CPPTYPE_DOUBLE, FieldDescriptor.CPPTYPE_FLOAT):
+        return st.floats(0, 1)
+    return st.integers(0, 50)
+
+
+def _mild_timestamp(name: str) -> st.SearchStrategy[Spec]:
+    """Within the last 60 days; a start_time in the first half, so it precedes end_time."""
+    now = int(time.time())
+    low, high = (
+        (now - 60 * 86_400, now - 31 * 86_400)
+        if name.startswith("start")
+        else (
+            now - 30 * 86_400,
+            now,
+        )
+    )
+    return st.fixed_dictionaries({"seconds": st.integers(low, high)})
+
+
+def _mild_duration(name: str) -> st.SearchStrategy[Spec]:
+    return st.fixed_dictionaries({"seconds": st.integers(3600, 60 * 86_400)})
+
+
+def _mild_field_mask(name: str) -> st.SearchStrategy[Spec]:
+    paths = st.sampled_from(MASK_PATHS[:6])
+    return st.fixed_dictionaries({"paths": st.lists(paths, min_size=1, max_size=3, unique=True)})
+
+
+WELL_KNOWN: dict[str, tuple[Callable[[], Strategy], Callable[[str], Strategy]]] = {
+    "google.protobuf.Timestamp": (_timestamp, _mild_timestamp),
+    "google.protobuf.Duration": (_duration, _mild_duration),
+    "google.protobuf.FieldMask": (_field_mask, _mild_field_mask),
+}
+
+
+def _message(
+    descriptor: Descriptor, depth: int, mild: bool, name: str = ""
+) -> st.SearchStrategy[Spec]:
+    """Specs of the message (in the field `name`): every field hostile or unset, or with
+    `mild` most fields set and likely valid."""
+    if descriptor.full_name in WELL_KNOWN:
+        hostile, plausible = WELL_KNOWN[descriptor.full_name]
+        return plausible(name) if mild else hostile()
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for field in descriptor.fields:
         value: st.SearchStrategy[Any]
         if field.type == FieldDescriptor.TYPE_MESSAGE:
             if depth >= MAX_DEPTH or field.message_type is None:
                 continue
-            value = _message(field.message_type, depth + 1)
+            value = _message(field.message_type, depth + 1, mild, field.name)
             if field.is_repeated:
                 value = st.lists(value, max_size=3)
+        elif field.is_repeated and mild:
+            value = st.lists(_mild_scalar(field), max_size=3)
         elif field.is_repeated:
             value = st.one_of(st.lists(_scalar(field), max_size=4), _long_list(field))
         else:
-            value = _scalar(field)
-        fields[field.name] = st.one_of(st.none(), value)
+            value = _mild_scalar(field) if mild else _scalar(field)
+        fields[field.name] = _mostly(value) if mild else st.one_of(value, st.none())
     return st.fixed_dictionaries(fields)
+
+
+def _mostly(value: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """The value three times in four, else unset (some fields exclude each other, e.g.
+    organization_id and organization_name)."""
+    return st.builds(
+        lambda keep, drawn: drawn if keep else None,
+        st.sampled_from([True, True, True, False]),
+        value,
+    )
+
+
+def _with_one_field_from(mild: Spec, wild: Spec, name: str) -> Spec:
+    return {**mild, name: wild.get(name)}
 
 
 @cache
 def request_specs(descriptor: Descriptor) -> st.SearchStrategy[Spec]:
-    """Specs of hostile requests of this message type."""
-    return _message(descriptor, 0)
+    """Specs of requests of this message type: every field hostile; every field likely
+    valid (to reach deep code); or likely valid but for one hostile field."""
+    wild, mild = _message(descriptor, 0, mild=False), _message(descriptor, 0, mild=True)
+    if not descriptor.fields:
+        return wild
+    one_hostile = st.builds(
+        _with_one_field_from, mild, wild, st.sampled_from([f.name for f in descriptor.fields])
+    )
+    return st.one_of(wild, mild, one_hostile)
 
 
 def build_request(descriptor: Descriptor, spec: Spec, own: World, other: World) -> Message:
