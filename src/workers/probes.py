@@ -11,6 +11,7 @@ through `ProbeStore`, which batches them across the probes in flight.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Select, Update, bindparam, select, update
 
 from service.config import Settings
 from service.db.database import Database
@@ -39,6 +40,7 @@ from workers.runs import (
     finish_runs,
     skip_remaining_probes,
 )
+from workers.statements import id_in, table_of
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -133,14 +135,14 @@ class ProbeStore:
 
     async def _abandoned_many(self, run_ids: Sequence[str]) -> list[bool]:
         query = (
-            select(Run.id, Run.cancel_requested, Workspace.delete_time)
-            .join(Workspace, Workspace.id == Run.workspace_id)
-            .where(Run.id.in_(set(run_ids)))
+            select(RUNS.c.id, RUNS.c.cancel_requested, WORKSPACES.c.delete_time)
+            .select_from(RUNS.join(WORKSPACES, WORKSPACES.c.id == RUNS.c.workspace_id))
+            .where(id_in(self.db, RUNS.c.id, set(run_ids)))
         )
         async with self.db.transaction(write=False) as session:
+            rows = await (await session.connection()).execute(query)
             found = {
-                run_id: bool(canceled) or deleted is not None
-                for run_id, canceled, deleted in await session.execute(query)
+                run_id: bool(canceled) or deleted is not None for run_id, canceled, deleted in rows
             }
         return [found.get(run_id, True) for run_id in run_ids]
 
@@ -153,58 +155,72 @@ class ProbeStore:
         await self._saves.submit(result)
 
     async def _load_many(self, probe_ids: Sequence[str]) -> list[ProbeTask | None]:
-        query = (
-            select(
-                Probe.id,
-                Probe.run_id,
-                Probe.workspace_id,
-                Probe.provider,
-                Probe.prompt_text,
-                Probe.status,
-                Run.end_time,
-                Run.cancel_requested,
-                Workspace.delete_time,
-                Workspace.name,
-                Workspace.domain,
-                Workspace.brand_aliases,
-                Workspace.competitors,
-            )
-            .join(Run, Run.id == Probe.run_id)
-            .join(Workspace, Workspace.id == Probe.workspace_id)
-            .where(Probe.id.in_(set(probe_ids)))
-        )
+        query = _load_query().where(id_in(self.db, PROBES.c.id, set(probe_ids)))
         async with self.db.transaction(write=False) as session:
-            rows = (await session.execute(query)).all()
+            rows = (await (await session.connection()).execute(query)).all()
         tasks = {row.id: _task(row) for row in rows}
         return [tasks.get(probe_id) for probe_id in probe_ids]
 
     async def _save_many(self, results: Sequence[ProbeResult]) -> list[None]:
         now = utcnow()
-        table = Probe.__table__
-        assert isinstance(table, Table)
-        statement = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"), table.c.status == PENDING)
-            .values(
-                status=bindparam("b_status"),
-                attempts=bindparam("b_attempts"),
-                complete_time=now,
-                **{column: bindparam(f"b_{column}") for column in RESULT_COLUMNS},
-            )
-        )
         params = [
             {
                 "b_id": result.probe_id,
                 "b_status": result.status,
                 "b_attempts": result.attempts,
+                "b_complete_time": now,
                 **{f"b_{k}": v for k, v in (EMPTY_RESULT | result.values).items()},
             }
             for result in results
         ]
         async with self.db.transaction() as session:
-            await session.execute(statement, params)
+            await (await session.connection()).execute(_save_statement(), params)
         await finish_runs(self.db, {result.run_id for result in results})
         return [None] * len(results)
+
+
+PROBES = table_of(Probe)
+RUNS = table_of(Run)
+WORKSPACES = table_of(Workspace)
+
+
+@functools.cache
+def _load_query() -> Select[Any]:
+    """A probe with its run's state and its workspace's brand (filtered by the caller)."""
+    return select(
+        PROBES.c.id,
+        PROBES.c.run_id,
+        PROBES.c.workspace_id,
+        PROBES.c.provider,
+        PROBES.c.prompt_text,
+        PROBES.c.status,
+        RUNS.c.end_time,
+        RUNS.c.cancel_requested,
+        WORKSPACES.c.delete_time,
+        WORKSPACES.c.name,
+        WORKSPACES.c.domain,
+        WORKSPACES.c.brand_aliases,
+        WORKSPACES.c.competitors,
+    ).select_from(
+        PROBES.join(RUNS, RUNS.c.id == PROBES.c.run_id).join(
+            WORKSPACES, WORKSPACES.c.id == PROBES.c.workspace_id
+        )
+    )
+
+
+@functools.cache
+def _save_statement() -> Update:
+    """Writes one result (executed with a list of them) while the probe is still pending."""
+    return (
+        update(PROBES)
+        .where(PROBES.c.id == bindparam("b_id"), PROBES.c.status == PENDING)
+        .values(
+            status=bindparam("b_status"),
+            attempts=bindparam("b_attempts"),
+            complete_time=bindparam("b_complete_time"),
+            **{column: bindparam(f"b_{column}") for column in RESULT_COLUMNS},
+        )
+    )
 
 
 def _task(row: Any) -> ProbeTask:

@@ -26,7 +26,7 @@ from service.domain.clock import new_id, utcnow
 from workers import metrics
 from workers.actors import probe_messages
 from workers.broker import send_messages
-from workers.statements import insert_ignoring_duplicates
+from workers.statements import id_in, insert_ignoring_duplicates, table_of
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -215,16 +215,16 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
     """
     open_ids = sorted(set(run_ids))
     ended: list[str] = []
-    pending = exists().where(Probe.run_id == Run.id, Probe.status == PENDING)
+    runs, probes = table_of(Run), table_of(Probe)
+    pending = exists().where(probes.c.run_id == runs.c.id, probes.c.status == PENDING)
     for start in range(0, len(open_ids), IDS_PER_QUERY):
         chunk = open_ids[start : start + IDS_PER_QUERY]
         # Most checks find a pending probe: a cheap read settles them.
+        query = select(runs.c.id).where(
+            id_in(db, runs.c.id, chunk), runs.c.end_time.is_(None), ~pending
+        )
         async with db.transaction(write=False) as session:
-            done = list(
-                await session.scalars(
-                    select(Run.id).where(Run.id.in_(chunk), Run.end_time.is_(None), ~pending)
-                )
-            )
+            done = list((await (await session.connection()).execute(query)).scalars())
         if not done:
             continue
         async with db.transaction() as session:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, String, any_, bindparam, text
+from sqlalchemy import ColumnElement, String, Table, any_, bindparam, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
@@ -26,13 +26,21 @@ def insert_ignoring_duplicates(
 
 
 def id_in(
-    db: Database, column: InstrumentedAttribute[str], ids: Sequence[str]
+    db: Database, column: ColumnElement[str] | InstrumentedAttribute[str], ids: Iterable[str]
 ) -> ColumnElement[bool]:
     """`column IN ids`: one array parameter on PostgreSQL (the same SQL for any number of ids,
     so compiled once), a list of parameters on SQLite."""
     if db.is_sqlite:
-        return column.in_(ids)
+        return column.in_(list(ids))
     return column == any_(bindparam(None, list(ids), type_=postgresql.ARRAY(String)))
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's table, for Core statements on hot paths (no ORM compilation or row
+    processing)."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 async def commit_without_waiting_for_disk(db: Database, session: AsyncSession) -> None:

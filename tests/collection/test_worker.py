@@ -7,11 +7,14 @@ import time
 
 from sqlalchemy import update
 
+from service.config import Settings
 from service.db.database import Database
-from service.db.models import Run
+from service.db.models import Probe, Run, Workspace
+from service.domain.clock import new_id, utcnow
 from tests.collection import test_pipeline_fixtures as fixtures
 from tests.collection.test_pipeline_fixtures import (
     StartWorker,
+    derive_settings,
     drained,
     insert_run,
     load_probes,
@@ -21,6 +24,7 @@ from tests.collection.test_pipeline_fixtures import (
 from tests.fakes.provider_server import FakeProviderServer, Fault
 from workers.actors import probe_message, run_message
 from workers.dispatch import dispatch_pending_runs
+from workers.probes import retry_delay
 
 collection_db = fixtures.collection_db
 fake_server = fixtures.fake_server
@@ -258,3 +262,73 @@ async def test_a_run_whose_providers_all_lack_credentials_fails(
     run = await load_run(collection_db, run_id)
     assert run.status == "failed"
     assert run.failure_reason == "no enabled provider has credentials configured"
+
+
+async def test_provider_timeouts_are_retried_then_recorded(
+    collection_db: Database, fake_provider: FakeProviderServer, start_worker: StartWorker
+) -> None:
+    ws = await make_workspace(collection_db, prompts=(PROMPT,), providers=("openai",))
+    fake_provider.inject("openai", Fault("hang"), Fault("hang"))
+    worker = start_worker(provider_timeout_seconds=0.3, probe_max_attempts=2)
+    run_id = await insert_run(collection_db, ws)
+
+    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await drained(worker)
+
+    (probe,) = await load_probes(collection_db, run_id)
+    assert (probe.status, probe.attempts) == ("failed", 2)
+    assert probe.error.startswith("no response within 0.3s")
+    assert fake_provider.requests("openai") == 2
+
+
+async def test_probes_of_a_deleted_workspace_are_skipped(
+    collection_db: Database, fake_provider: FakeProviderServer, start_worker: StartWorker
+) -> None:
+    ws = await make_workspace(collection_db, prompts=(PROMPT, "crm for agencies"))
+    worker = start_worker()
+    run_id = await insert_run(collection_db, ws)
+    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await drained(worker)
+    # A second run is expanded, then the workspace is deleted before its probes are asked.
+    second = await insert_run(collection_db, ws)
+    async with collection_db.transaction() as session:
+        await session.execute(
+            update(Run).where(Run.id == second).values(status="running", start_time=utcnow())
+        )
+        session.add_all(
+            Probe(
+                id=new_id("rsp"),
+                run_id=second,
+                workspace_id=ws,
+                prompt_id=new_id("prm"),
+                prompt_text=f"question {n}",
+                provider="openai",
+                status="pending",
+                create_time=utcnow(),
+            )
+            for n in range(3)
+        )
+        await session.execute(
+            update(Workspace).where(Workspace.id == ws).values(delete_time=utcnow())
+        )
+    requests_before = fake_provider.requests()
+
+    for probe in await load_probes(collection_db, second):
+        worker.broker.enqueue(probe_message([probe.id]))
+    await drained(worker)
+
+    assert [p.status for p in await load_probes(collection_db, second)] == ["skipped"] * 3
+    assert (await load_run(collection_db, second)).status == "canceled"
+    assert fake_provider.requests() == requests_before
+
+
+def test_retry_delays_honour_retry_after_and_grow_without_it(worker_settings: Settings) -> None:
+    settings = derive_settings(
+        worker_settings, probe_backoff_seconds=2.0, probe_backoff_max_seconds=30.0
+    )
+    assert retry_delay(settings, 1, 7.5) == 7.5
+    assert retry_delay(settings, 3, 0.0) == 0.0
+    first, third, tenth = (retry_delay(settings, n, None) for n in (1, 3, 10))
+    assert 1.0 <= first <= 2.0  # 2 s with jitter down to half
+    assert 4.0 <= third <= 8.0
+    assert 15.0 <= tenth <= 30.0  # capped
