@@ -10,6 +10,7 @@ call that fails leaves that tenant's rows exactly as they were.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -33,9 +34,10 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth import service_keys
 from service.config import Settings
+from service.domain.clock import new_id
 from service.interceptors.rules import MethodRules, method_rules
 from tests.security import world as w
-from tests.security.calls import invoke, methods_by_path
+from tests.security.calls import Outcome, invoke, methods_by_path
 from tests.security.snapshots import snapshot
 from tests.security.world import World, build_world
 
@@ -298,6 +300,31 @@ async def keys(app: App) -> AsyncIterator[dict[str, str]]:
         await service_keys.revoke_key(app.db, info.id)
 
 
+def ghost(world: World) -> World:
+    """The world with every resource id replaced by a well-formed one that names nothing."""
+    return dataclasses.replace(
+        world,
+        organization_id=new_id("org"),
+        workspace_id=new_id("ws"),
+        prompt_id=new_id("prm"),
+        run_id=new_id("run"),
+        ended_run_id=new_id("run"),
+    )
+
+
+def as_seen(outcome: Outcome, world: World) -> tuple[str, str, dict[str, str]]:
+    """What a NOT_FOUND tells the caller, with the world's ids masked: message, reason and
+    ErrorInfo metadata (without the request id)."""
+    assert outcome.failure is not None
+    info = outcome.failure.details["ErrorInfo"]
+    ids = (world.organization_id, world.workspace_id, world.prompt_id, world.run_id)
+    message = outcome.failure.message
+    for id_ in (*ids, world.ended_run_id):
+        message = message.replace(id_, "<id>")
+    metadata = {k: v for k, v in info.metadata.items() if k != "request_id"}
+    return message, info.reason, metadata
+
+
 @pytest.mark.parametrize("cell", CELLS, ids=[cell_id(c) for c in CELLS])
 async def test_access(
     cell: tuple[str, str],
@@ -323,3 +350,37 @@ async def test_access(
         assert outcome.failure.message
         assert "ErrorInfo" in outcome.failure.details
         assert before.changes(await snapshot(app, world)) == [], "a refused call wrote"
+    if expected == NOT_FOUND:
+        # Exactly as if it did not exist: the answer for ids that name nothing.
+        absent = ghost(world)
+        missing = await invoke(
+            channel, methods_by_path()[path], entry.request(absent), world.metadata
+        )
+        assert as_seen(outcome, world) == as_seen(missing, absent)
+
+
+async def test_a_workspace_id_reveals_nothing_of_its_organization_to_outsiders(
+    app: App,
+    settings: Settings,
+    channel: grpc.aio.Channel,
+    stubs: SimpleNamespace,
+    keys: dict[str, str],
+) -> None:
+    """UpdateOrganization also accepts a workspace id (the seed's form): an outsider naming
+    another tenant's workspace gets the answer of a workspace that does not exist."""
+    world = await build_world(app, settings, stubs.memberships, w.OTHER_TENANT, keys)
+    method = methods_by_path()[ORG + "UpdateOrganization"]
+
+    def rename(x: World) -> org_pb.UpdateOrganizationRequest:
+        return org_pb.UpdateOrganizationRequest(
+            workspace_id=x.workspace_id,
+            organization=org_pb.Organization(name="Renamed Org"),
+            update_mask=FieldMask(paths=["name"]),
+        )
+
+    real = await invoke(channel, method, rename(world), world.metadata)
+    absent = ghost(world)
+    missing = await invoke(channel, method, rename(absent), world.metadata)
+    assert real.code == missing.code == NOT_FOUND
+    assert as_seen(real, world) == as_seen(missing, absent)
+    assert world.organization_id not in (real.failure.message if real.failure else "")

@@ -118,4 +118,12 @@ async def resource_organization(session: Reader, resource_id: str) -> str:
     return str(org_id)
 
 
+def not_found(resource_id: str) -> NotFound:
+    """NotFound for the resource a caller named, by its id's prefix; never the workspace or
+    organization it belongs to, which would confirm that it exists."""
+    prefix = resource_id.split("_", 1)[0]
+    names = {"org": "organization", "ws": "workspace", **_RESOURCE_NAMES}
+    return NotFound(names.get(prefix, "resource"), resource_id)
+
+
 _RESOURCE_NAMES = {"run": "run", "prm": "prompt", "rsp": "response"}

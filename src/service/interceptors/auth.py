@@ -14,7 +14,7 @@ from service.auth.context import Access, Principal, current_call
 from service.auth.identity import Authenticator
 from service.db.database import Database
 from service.domain import access as acl
-from service.domain.errors import InvalidArgument, PermissionDenied
+from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import require_id
 from service.interceptors.base import Around
 from service.interceptors.rules import MethodRules
@@ -66,18 +66,25 @@ class AuthAround(Around):
         _, target = resource_id(request, rules.resource_fields)
         user_id = who.user_id
         assert user_id is not None
-        async with self.db.read() as session:
-            if rules.level in WORKSPACE_LEVELS:
-                workspace_id = await acl.resource_workspace(session, target)
-                found = await acl.workspace_access(session, user_id, workspace_id)
-                if (
-                    rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
-                    and found.workspace_role != "owner"
-                ):
-                    raise PermissionDenied("requires the workspace owner role", reason="NOT_OWNER")
-                return found
-            organization_id = await acl.resource_organization(session, target)
-            found = await acl.organization_access(session, user_id, organization_id)
+        try:
+            async with self.db.read() as session:
+                if rules.level in WORKSPACE_LEVELS:
+                    workspace_id = await acl.resource_workspace(session, target)
+                    found = await acl.workspace_access(session, user_id, workspace_id)
+                    if (
+                        rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
+                        and found.workspace_role != "owner"
+                    ):
+                        raise PermissionDenied(
+                            "requires the workspace owner role", reason="NOT_OWNER"
+                        )
+                    return found
+                organization_id = await acl.resource_organization(session, target)
+                found = await acl.organization_access(session, user_id, organization_id)
+        except NotFound:
+            # Name what was asked for: another tenant's run must look absent, not confirm
+            # that it exists by naming (and showing the id of) its workspace.
+            raise acl.not_found(target) from None
         if (
             rules.level == options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN
             and found.organization_role not in acl.ORGANIZATION_ADMIN_ROLES
