@@ -38,8 +38,7 @@ async def dispatch_pending_runs(
 ) -> int:
     """Sends a `process_run` message for each run not yet enqueued; returns how many were sent.
 
-    `run_ids` restricts the sweep to those runs, otherwise up to `limit` of the oldest pending
-    runs are sent. Rows are locked while they are sent (`FOR UPDATE SKIP LOCKED` on PostgreSQL)
+    `run_ids` restricts the sweep to those runs, otherwise up to `limit` pending runs are sent. Rows are locked while they are sent (`FOR UPDATE SKIP LOCKED` on PostgreSQL)
     so concurrent dispatchers do not send the same run twice; broker errors are logged and
     swallowed, leaving the runs for the ticker's next sweep. `broker` defaults to the configured
     one.

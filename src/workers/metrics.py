@@ -6,6 +6,8 @@ import logging
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from service.config import Settings
+
 log = logging.getLogger(__name__)
 
 TICKS = Counter("beacon_ticker_ticks_total", "Ticks completed.")
@@ -36,9 +38,14 @@ PROBES_IN_FLIGHT = Gauge("beacon_probes_in_flight", "Provider calls in progress.
 RUNS_ENDED = Counter("beacon_runs_ended_total", "Runs that ended, by final status.", ["status"])
 
 
-def serve_metrics(address: str) -> None:
-    """Serves /metrics on `host:port` in a background thread; empty address: not served."""
-    if not address:
+def serve_metrics(settings: Settings, process: str) -> None:
+    """Serves /metrics for the `process` ("worker" or "ticker") in a background thread.
+
+    The address comes from `settings.<process>_metrics_addr` (`host:port`); without one, or
+    with `metrics_enabled` off, nothing is served.
+    """
+    address = str(getattr(settings, f"{process}_metrics_addr", ""))
+    if not address or not settings.metrics_enabled:
         return
     host, _, port = address.rpartition(":")
     start_http_server(int(port), addr=host or "0.0.0.0")

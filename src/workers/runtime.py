@@ -3,10 +3,12 @@
 A worker is Dramatiq's own `Worker` with the AsyncIO middleware: every actor is a coroutine on
 one event loop, and each worker thread waits for one message's coroutine. A probe message
 carries several probes (`workers.actors.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
-calls in flight need only a few dozen threads: twice as many as the concurrency strictly
-needs, so that a message still waiting for its slowest answer does not leave slots idle (a
-semaphore of `worker_concurrency` caps the calls). The database reads and writes of the probes
-are batched (`workers.probes.ProbeStore`), which keeps one process's CPU for the provider calls.
+calls in flight need only a few dozen threads. There are `THREADS_PER_MESSAGE_SLOT` times as
+many as the calls strictly need: a probe leaves its provider slot when the answer arrives but
+its message holds the thread until every probe in it is stored, and the spare messages keep
+the slots busy meanwhile (a semaphore of `worker_concurrency` caps the calls). The database
+reads and writes of the probes are batched (`workers.probes.ProbeStore`), which keeps one
+process's CPU for the provider calls.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def run_worker(settings: Settings) -> None:
     """The `beacon worker` process: consumes until SIGTERM/SIGINT, then finishes in-flight
     messages (up to `shutdown_grace_seconds`; the rest go back to the queue) and exits."""
     broker = configure_broker(settings)
-    metrics.serve_metrics(_metrics_address(settings))
+    metrics.serve_metrics(settings, "worker")
     if settings.uvloop:
         _use_uvloop()
     worker = build_worker(settings, broker)
@@ -189,8 +191,3 @@ def drain(timeout: float = 30.0) -> None:
     if _embedded is None:
         raise RuntimeError("no embedded worker is running: call start_embedded first")
     _embedded.drain(timeout)
-
-
-def _metrics_address(settings: Settings) -> str:
-    # Served only when the deployment names an address for it.
-    return str(getattr(settings, "worker_metrics_addr", "")) if settings.metrics_enabled else ""

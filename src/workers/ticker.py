@@ -330,7 +330,7 @@ class Ticker:
 def run_ticker(settings: Settings) -> None:
     """The `beacon ticker` process: ticks until SIGTERM or SIGINT, then exits cleanly."""
     broker = configure_broker(settings)
-    metrics.serve_metrics(_metrics_address(settings))
+    metrics.serve_metrics(settings, "ticker")
     asyncio.run(_run_until_signal(settings, broker))
 
 
@@ -346,8 +346,3 @@ async def _run_until_signal(settings: Settings, broker: dramatiq.Broker) -> None
     finally:
         await db.dispose()
         log.info("ticker stopped")
-
-
-def _metrics_address(settings: Settings) -> str:
-    # Served only when the deployment names an address for it.
-    return str(getattr(settings, "ticker_metrics_addr", "")) if settings.metrics_enabled else ""
