@@ -111,7 +111,7 @@ EMPTY_RESULT: dict[str, Any] = {
 class ProbeStore:
     """Probe reads and result writes, batched across the probes in flight on one event loop.
 
-    After each batch of results commits, the runs they belong to are checked for completion.
+    Runs are checked for completion after the results that may complete them have committed.
     """
 
     def __init__(self, db: Database) -> None:
@@ -119,6 +119,8 @@ class ProbeStore:
         self._loads: Batcher[str, ProbeTask | None] = Batcher(self._load_many)
         self._saves: Batcher[ProbeResult, None] = Batcher(self._save_many)
         self._abandon_checks: Batcher[str, bool] = Batcher(self._abandoned_many)
+        # Its own batcher, so that the next results are written while runs are checked.
+        self._completion_checks: Batcher[str, None] = Batcher(self._finish_many)
         self._abandoned: dict[str, tuple[float, bool]] = {}
 
     async def abandoned(self, run_id: str) -> bool:
@@ -151,8 +153,14 @@ class ProbeStore:
         return await self._loads.submit(probe_id)
 
     async def save(self, result: ProbeResult) -> None:
-        """Stores a terminal result (no-op if the probe already ended) and ends finished runs."""
+        """Stores a terminal result (no-op if the probe already ended), then ends its run if
+        that was the run's last pending probe."""
         await self._saves.submit(result)
+        await self._completion_checks.submit(result.run_id)
+
+    async def _finish_many(self, run_ids: Sequence[str]) -> list[None]:
+        await finish_runs(self.db, run_ids)
+        return [None] * len(run_ids)
 
     async def _load_many(self, probe_ids: Sequence[str]) -> list[ProbeTask | None]:
         query = _load_query().where(id_in(self.db, PROBES.c.id, set(probe_ids)))
@@ -175,7 +183,6 @@ class ProbeStore:
         ]
         async with self.db.transaction() as session:
             await (await session.connection()).execute(_save_statement(), params)
-        await finish_runs(self.db, {result.run_id for result in results})
         return [None] * len(results)
 
 
