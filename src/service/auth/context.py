@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,9 @@ class Access:
     organization_role: str | None = None  # owner | admin | member | billing_admin
     workspace_role: str | None = None  # effective: owner | member
     via_service_scope: bool = False
+    # The workspace as read by the check (a service.domain.workspaces.WorkspaceView), so a
+    # handler that shows it needs no second query.
+    workspace: Any = None
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ role implied by the organization membership. Deleted workspaces are invisible.
 
 from __future__ import annotations
 
-from sqlalchemy import and_, select
+from sqlalchemy import select
 
 from service.auth.context import Access
 from service.db.database import Reader
@@ -17,7 +17,6 @@ from service.db.models import (
     Prompt,
     Run,
     Workspace,
-    WorkspaceMember,
 )
 from service.domain.errors import NotFound
 
@@ -39,36 +38,6 @@ def effective_workspace_role(org_role: str | None, workspace_role: str | None) -
     if not candidates:
         return None
     return max(candidates, key=WORKSPACE_ROLE_RANK.__getitem__)
-
-
-async def workspace_access(session: Reader, user_id: str, workspace_id: str) -> Access:
-    """The caller's access to a live workspace; NotFound when they have none."""
-    stmt = (
-        select(Workspace.organization_id, OrganizationMember.role, WorkspaceMember.role)
-        .select_from(Workspace)
-        .outerjoin(
-            OrganizationMember,
-            and_(
-                OrganizationMember.organization_id == Workspace.organization_id,
-                OrganizationMember.user_id == user_id,
-            ),
-        )
-        .outerjoin(
-            WorkspaceMember,
-            and_(WorkspaceMember.workspace_id == Workspace.id, WorkspaceMember.user_id == user_id),
-        )
-        .where(Workspace.id == workspace_id, Workspace.delete_time.is_(None))
-    )
-    row = (await session.execute(stmt)).first()
-    role = effective_workspace_role(row[1], row[2]) if row else None
-    if row is None or role is None:
-        raise NotFound("workspace", workspace_id)
-    return Access(
-        organization_id=row[0],
-        workspace_id=workspace_id,
-        organization_role=row[1],
-        workspace_role=role,
-    )
 
 
 async def organization_access(session: Reader, user_id: str, organization_id: str) -> Access:

@@ -11,12 +11,23 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
+from service.auth.context import Access, CallContext
 from service.config import PROVIDERS
 from service.db.database import Database, Reader
-from service.db.models import Organization, Schedule, User, Workspace, WorkspaceMember
+from service.db.models import (
+    Organization,
+    OrganizationMember,
+    Schedule,
+    User,
+    Workspace,
+    WorkspaceMember,
+)
 from service.domain import audit, files
-from service.domain.access import ORGANIZATION_ADMIN_ROLES, organization_access
+from service.domain.access import (
+    ORGANIZATION_ADMIN_ROLES,
+    effective_workspace_role,
+    organization_access,
+)
 from service.domain.clock import new_id, utcnow
 from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
@@ -168,6 +179,37 @@ async def load_views(session: Reader, workspace_ids: Sequence[str]) -> list[Work
     rows = await session.execute(_VIEWS.where(Workspace.id.in_(set(workspace_ids))))
     by_id = {view.id: view for view in map(_view, rows)}
     return [by_id[i] for i in workspace_ids if i in by_id]
+
+
+async def authorize_view(session: Reader, user_id: str, workspace_id: str) -> Access:
+    """The caller's access to a live workspace together with its view, in one query.
+
+    NotFound when the workspace is gone or the caller has no effective role on it. This is
+    the auth interceptor's workspace check: handlers showing the workspace reuse the view.
+    """
+    stmt = _VIEWS.add_columns(OrganizationMember.role, WorkspaceMember.role).outerjoin(
+        OrganizationMember,
+        and_(
+            OrganizationMember.organization_id == Workspace.organization_id,
+            OrganizationMember.user_id == user_id,
+        ),
+    )
+    stmt = stmt.outerjoin(
+        WorkspaceMember,
+        and_(WorkspaceMember.workspace_id == Workspace.id, WorkspaceMember.user_id == user_id),
+    ).where(Workspace.id == workspace_id)
+    row = (await session.execute(stmt)).first()
+    role = effective_workspace_role(row[-2], row[-1]) if row else None
+    if row is None or role is None:
+        raise NotFound("workspace", workspace_id)
+    view = _view(row)
+    return Access(
+        organization_id=view.organization_id,
+        workspace_id=workspace_id,
+        organization_role=row[-2],
+        workspace_role=role,
+        workspace=view,
+    )
 
 
 async def load_view(session: Reader, workspace_id: str) -> WorkspaceView:
@@ -525,18 +567,6 @@ def clean_providers(field_name: str, providers: Sequence[str]) -> list[str]:
                 f"{field_name}[{index}]", f"must be one of {', '.join(PROVIDERS)}"
             )
     return [p for p in PROVIDERS if p in providers]
-
-
-async def get_enabled_providers(session: AsyncSession, workspace_id: str) -> list[str]:
-    """The providers the workspace's runs ask."""
-    providers = await session.scalar(
-        select(Workspace.enabled_providers).where(
-            Workspace.id == workspace_id, Workspace.delete_time.is_(None)
-        )
-    )
-    if providers is None:
-        raise NotFound("workspace", workspace_id)
-    return list(providers)
 
 
 async def set_enabled_providers(

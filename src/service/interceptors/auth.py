@@ -14,6 +14,7 @@ from service.auth.context import Access, Principal, current_call
 from service.auth.identity import Authenticator
 from service.db.database import Database
 from service.domain import access as acl
+from service.domain import workspaces
 from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import require_id
 from service.interceptors.base import Around
@@ -70,7 +71,7 @@ class AuthAround(Around):
             async with self.db.read() as session:
                 if rules.level in WORKSPACE_LEVELS:
                     workspace_id = await acl.resource_workspace(session, target)
-                    found = await acl.workspace_access(session, user_id, workspace_id)
+                    found = await workspaces.authorize_view(session, user_id, workspace_id)
                     if (
                         rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
                         and found.workspace_role != "owner"

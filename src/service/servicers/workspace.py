@@ -89,8 +89,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def GetWorkspace(
         self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
-        async with self.app.db.read() as conn:
-            return await workspace_message(conn, self.app.settings, request.workspace_id)
+        view = current_call().require_access().workspace  # read by the access check
+        return workspace_to_proto(view, self.app.settings)
 
     async def UpdateWorkspace(
         self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
@@ -138,9 +138,10 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def GetEnabledProviders(
         self, request: pb.GetEnabledProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetEnabledProvidersResponse:
-        async with self.app.db.transaction(write=False) as session:
-            providers = await workspaces.get_enabled_providers(session, request.workspace_id)
-        return pb.GetEnabledProvidersResponse(providers=[PROVIDER_TO_PROTO[p] for p in providers])
+        view = current_call().require_access().workspace  # read by the access check
+        return pb.GetEnabledProvidersResponse(
+            providers=[PROVIDER_TO_PROTO[p] for p in view.enabled_providers]
+        )
 
     async def SetEnabledProviders(
         self, request: pb.SetEnabledProvidersRequest, context: grpc.aio.ServicerContext
