@@ -145,7 +145,7 @@ def py_spy() -> str | None:
 CATEGORIES = (
     ("database", ("sqlalchemy", "asyncpg", "aiosqlite")),
     ("broker (dramatiq, redis)", ("dramatiq", "/redis/")),
-    ("HTTP client (httpx)", ("httpx", "httpcore", "h11", "anyio")),
+    ("HTTP client (httpx, aiohttp)", ("httpx", "aiohttp", "yarl", "multidict", "workers/http")),
     ("answer analysis", ("workers/analysis", "/re/", "unicodedata")),
     ("provider adapters", ("workers/providers",)),
     ("json", ("/json/",)),
