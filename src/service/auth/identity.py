@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service_keys
+from service.auth.cache import TtlCache
 from service.auth.context import Principal
 from service.auth.tokens import Claims, TokenVerifier
 from service.config import Settings
@@ -23,32 +21,6 @@ from service.domain.errors import PermissionDenied, Unauthenticated
 ACT_AS_SCOPE = "act_as"
 USER_CACHE_SECONDS = 5.0
 ClaimHook = Callable[[AsyncSession, User], Awaitable[None]]
-
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class TtlCache(Generic[K, V]):
-    """A small LRU with expiry, for per-process caches of hot lookups."""
-
-    def __init__(self, ttl_seconds: float, max_items: int = 10_000) -> None:
-        self.ttl = ttl_seconds
-        self.max_items = max_items
-        self._items: OrderedDict[K, tuple[float, V]] = OrderedDict()
-
-    def get(self, key: K) -> V | None:
-        item = self._items.get(key)
-        if item is None or item[0] < time.monotonic():
-            return None
-        return item[1]
-
-    def put(self, key: K, value: V) -> None:
-        if self.ttl <= 0:
-            return
-        self._items[key] = (time.monotonic() + self.ttl, value)
-        self._items.move_to_end(key)
-        while len(self._items) > self.max_items:
-            self._items.popitem(last=False)
 
 
 async def _claim_invitations(session: AsyncSession, user: User) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import jwt
 
+from service.auth.cache import TtlCache
 from service.config import Settings
 from service.domain.errors import Unauthenticated
 
@@ -22,6 +23,8 @@ ASYMMETRIC_ALGORITHMS = ("RS256", "ES256")
 DEV_AUDIENCE = "beacon"
 # An unknown key id triggers at most one JWKS refetch per this many seconds.
 JWKS_MIN_REFETCH_SECONDS = 30.0
+# Verified tokens are remembered (never past their expiry) so hot paths skip the crypto.
+VERIFIED_CACHE_SECONDS = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +100,18 @@ class TokenVerifier:
             if settings.auth_jwks_url
             else None
         )
+        self._verified: TtlCache[str, Claims] = TtlCache(VERIFIED_CACHE_SECONDS)
 
     async def verify(self, token: str) -> Claims:
+        """The claims of a valid token; cached until the token expires (verification is pure)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            return cached
+        claims, expires = await self._verify(token)
+        self._verified.put(token, claims, ttl=expires - time.time())
+        return claims
+
+    async def _verify(self, token: str) -> tuple[Claims, float]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -126,7 +139,7 @@ class TokenVerifier:
             )
         else:
             raise Unauthenticated(f"unsupported token algorithm {alg!r}", reason="BAD_ALGORITHM")
-        return _claims(claims)
+        return _claims(claims), float(claims["exp"])
 
     def _decode(
         self, token: str, key: Any, alg: str, *, issuer: str | None, audience: str | None
