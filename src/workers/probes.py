@@ -1,7 +1,8 @@
 """One probe: ask one provider one prompt, analyse the answer, store it exactly once.
 
-A probe message may arrive twice (at-least-once delivery): the result is written only while
-the probe is still pending, and a message for a finished probe makes no provider call. Retryable
+A probe may be delivered twice (at-least-once delivery, in the same or another message): the
+result is written only while the probe is still pending, and a finished probe makes no provider
+call. Retryable
 provider failures (timeouts, 429, 5xx) are retried by a delayed message carrying the next attempt
 number, after the provider's Retry-After or an exponential backoff, up to
 `probe_max_attempts`; other failures are stored with the provider's message. Reads and writes go

@@ -171,11 +171,10 @@ async def _insert_probes(
         for prompt_id, text in prompts
         for provider in providers
     ]
-    statement = insert_ignoring_duplicates(
-        db, Probe, (Probe.run_id, Probe.prompt_id, Probe.provider)
-    )
+    statement = insert_ignoring_duplicates(db, Probe, ("run_id", "prompt_id", "provider"))
+    connection = await session.connection()
     for start in range(0, len(rows), ROWS_PER_INSERT):
-        await session.execute(statement, rows[start : start + ROWS_PER_INSERT])
+        await connection.execute(statement, rows[start : start + ROWS_PER_INSERT])
     return len(rows)
 
 

@@ -14,15 +14,14 @@ from service.db.base import Base
 from service.db.database import Database
 
 
-def insert_ignoring_duplicates(
-    db: Database, model: type[Base], unique_key: Sequence[InstrumentedAttribute[Any]]
-) -> Any:
-    """`INSERT ... ON CONFLICT (unique_key) DO NOTHING` for the database's dialect.
-
-    Executed with a list of rows, SQLAlchemy batches it into multi-row INSERTs.
-    """
+def insert_ignoring_duplicates(db: Database, model: type[Base], unique_key: Sequence[str]) -> Any:
+    """`INSERT ... ON CONFLICT (unique_key) DO NOTHING` into the model's table (Core: execute it
+    on a connection, with a list of rows for a batched multi-row INSERT)."""
     dialect = sqlite if db.is_sqlite else postgresql
-    return dialect.insert(model).on_conflict_do_nothing(index_elements=list(unique_key))
+    table = table_of(model)
+    return dialect.insert(table).on_conflict_do_nothing(
+        index_elements=[table.c[name] for name in unique_key]
+    )
 
 
 def id_in(

@@ -26,7 +26,7 @@ from typing import Any
 
 import dramatiq
 from croniter import CroniterBadDateError
-from sqlalchemy import JSON, String, Table, bindparam, func, literal, select, update
+from sqlalchemy import JSON, String, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +44,7 @@ from workers.statements import (
     commit_without_waiting_for_disk,
     id_in,
     insert_ignoring_duplicates,
+    table_of,
 )
 
 log = logging.getLogger(__name__)
@@ -178,10 +179,11 @@ async def _insert_runs(
             | {"create_time": now}
             for run_id, (ws, slot) in zip(ids, slots, strict=True)
         ]
+        table = table_of(Run)
         statement = insert_ignoring_duplicates(
-            db, Run, (Run.workspace_id, Run.scheduled_time)
-        ).returning(Run.id)
-        return list(await session.scalars(statement, rows))
+            db, Run, ("workspace_id", "scheduled_time")
+        ).returning(table.c.id)
+        return list((await (await session.connection()).execute(statement, rows)).scalars())
     # PostgreSQL: one INSERT ... SELECT over arrays, whatever the batch size.
     parameters = {
         "ids": ids,
@@ -223,8 +225,7 @@ def _unnest_insert() -> Any:
         bindparam("now", type_=UTCDateTime()),
         *constants.values(),
     )
-    table = Run.__table__
-    assert isinstance(table, Table)
+    table = table_of(Run)
     return (
         postgresql.insert(table)
         .from_select(["id", "workspace_id", "scheduled_time", "create_time", *constants], rows)
