@@ -76,30 +76,57 @@ async def test_due_schedule_creates_one_queued_run_and_advances(
     assert (result.claimed, result.created, result.dispatched) == (1, 1, 1)
 
 
-async def test_missed_slots_collapse_into_one_run_for_the_latest(
-    collection_db: Database, tick_settings: Settings, stub_broker: StubBroker
+@pytest.mark.parametrize(
+    ("cron", "time_zone", "due", "now", "slot", "following"),
+    [
+        pytest.param(
+            "*/15 * * * *",
+            "UTC",
+            "2026-05-04T06:00:00",
+            "2026-05-04T10:20:00",
+            "2026-05-04T10:15:00",
+            "2026-05-04T10:30:00",
+            id="missed slots collapse into the latest",
+        ),
+        pytest.param(
+            "0 9 * * 1",
+            "UTC",
+            "2025-01-06T09:00:00",
+            "2026-05-06T12:00:00",
+            "2026-05-04T09:00:00",
+            "2026-05-11T09:00:00",
+            id="missed for months: the latest Monday",
+        ),
+        pytest.param(
+            "0 9 * * *",
+            "America/New_York",
+            "2026-11-23T14:00:00",
+            "2026-11-23T14:00:05",
+            "2026-11-23T14:00:00",
+            "2026-11-24T14:00:00",
+            id="09:00 in New York is 14:00 UTC in November",
+        ),
+    ],
+)
+async def test_one_run_for_the_latest_due_slot(
+    collection_db: Database,
+    tick_settings: Settings,
+    stub_broker: StubBroker,
+    cron: str,
+    time_zone: str,
+    due: str,
+    now: str,
+    slot: str,
+    following: str,
 ) -> None:
     ws = await make_workspace(collection_db)
-    await add_schedule(collection_db, ws, "*/15 * * * *", at("2026-05-04T06:00:00"))
+    await add_schedule(collection_db, ws, cron, at(due), time_zone)
 
-    await tick(collection_db, tick_settings, at("2026-05-04T10:20:00"), broker=stub_broker)
-
-    (run,) = await runs_of(collection_db, ws)
-    assert run.scheduled_time == at("2026-05-04T10:15:00")
-    assert (await schedule_of(collection_db, ws)).next_run_time == at("2026-05-04T10:30:00")
-
-
-async def test_schedules_missed_for_months_fire_once(
-    collection_db: Database, tick_settings: Settings, stub_broker: StubBroker
-) -> None:
-    ws = await make_workspace(collection_db)
-    await add_schedule(collection_db, ws, "0 9 * * 1", at("2025-01-06T09:00:00"))
-
-    await tick(collection_db, tick_settings, at("2026-05-06T12:00:00"), broker=stub_broker)
+    await tick(collection_db, tick_settings, at(now), broker=stub_broker)
 
     (run,) = await runs_of(collection_db, ws)
-    assert run.scheduled_time == at("2026-05-04T09:00:00")  # the latest Monday 09:00
-    assert (await schedule_of(collection_db, ws)).next_run_time == at("2026-05-11T09:00:00")
+    assert run.scheduled_time == at(slot)
+    assert (await schedule_of(collection_db, ws)).next_run_time == at(following)
 
 
 async def test_schedules_not_due_are_untouched(
@@ -127,22 +154,6 @@ async def test_deleted_workspace_is_advanced_without_a_run(
 
     assert await runs_of(collection_db, ws) == []
     assert (await schedule_of(collection_db, ws)).next_run_time == at("2026-05-04T11:00:00")
-
-
-async def test_time_zone_of_the_schedule_sets_the_slots(
-    collection_db: Database, tick_settings: Settings, stub_broker: StubBroker
-) -> None:
-    ws = await make_workspace(collection_db)
-    # 09:00 in New York is 14:00 UTC in November (EST, UTC-5).
-    await add_schedule(
-        collection_db, ws, "0 9 * * *", at("2026-11-23T14:00:00"), "America/New_York"
-    )
-
-    await tick(collection_db, tick_settings, at("2026-11-23T14:00:05"), broker=stub_broker)
-
-    (run,) = await runs_of(collection_db, ws)
-    assert run.scheduled_time == at("2026-11-23T14:00:00")
-    assert (await schedule_of(collection_db, ws)).next_run_time == at("2026-11-24T14:00:00")
 
 
 async def test_spring_forward_gap_fires_right_after_the_gap(
