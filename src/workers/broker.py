@@ -22,6 +22,10 @@ from service.config import Settings
 
 DEFAULT_NAMESPACE = "beacon"
 REDIS_CONNECTIONS = 512
+# Per million broker commands, how many also requeue the messages of workers that died
+# (no heartbeat for a minute). Dramatiq's 0.1% can leave them for minutes on a quiet queue;
+# 1% finds them within seconds, for a scan of the heartbeat set.
+MAINTENANCE_CHANCE = 10_000
 # Messages per Redis pipeline round trip when sending in bulk.
 PIPELINE_CHUNK = 2000
 
@@ -81,7 +85,10 @@ def _build(url: str) -> dramatiq.Broker:
         # Every worker thread may hold a connection (acks); wait for one rather than fail.
         pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
         return RedisBroker(  # type: ignore[no-untyped-call]
-            client=redis.Redis(connection_pool=pool), namespace=namespace, middleware=middleware
+            client=redis.Redis(connection_pool=pool),
+            namespace=namespace,
+            middleware=middleware,
+            maintenance_chance=MAINTENANCE_CHANCE,
         )
     if scheme in ("amqp", "amqps"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
