@@ -10,3 +10,12 @@ if ! diff -r -q -x __pycache__ "$tmp/beacon" generated/beacon; then
   exit 1
 fi
 echo "generated/ is up to date"
+
+# docs/api.md's per-RPC table is generated from the contract too.
+cp docs/api.md "$tmp/api.md"
+"${PYTHON:-.venv/bin/python}" scripts/api_table.py --update "$tmp/api.md" >/dev/null
+if ! diff -q "$tmp/api.md" docs/api.md >/dev/null; then
+  echo "docs/api.md's RPC table is stale: run '.venv/bin/python scripts/api_table.py --update docs/api.md'" >&2
+  exit 1
+fi
+echo "docs/api.md's RPC table is up to date"
