@@ -26,7 +26,6 @@ from tests.conftest import temporary_database
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
 from workers.actors import declare_actors
 from workers.broker import configure_broker
-from workers.context import WorkerContext
 from workers.runtime import Embedded, start_embedded
 
 
@@ -96,19 +95,8 @@ def worker_settings(
 def stub_broker() -> StubBroker:
     """A fresh in-process broker with Beacon's actors, that no worker consumes."""
     broker = StubBroker()
-    broker.emit_after("process_boot")
     declare_actors(broker)
     return broker
-
-
-@pytest.fixture
-async def context(
-    worker_settings: Settings, collection_db: Database, stub_broker: StubBroker
-) -> AsyncIterator[WorkerContext]:
-    """A worker context on the test's event loop, sending to `stub_broker`."""
-    ctx = WorkerContext.create(worker_settings, stub_broker, db=collection_db)
-    yield ctx
-    await ctx.close(dispose_db=False)
 
 
 StartWorker = Callable[..., Embedded]
