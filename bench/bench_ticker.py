@@ -34,7 +34,7 @@ from service.db.database import Database
 from service.db.models import Run, Schedule
 from workers import dispatch, ticker
 from workers.actors import RUN_QUEUE
-from workers.broker import configure_broker, send_messages, split_namespace
+from workers.broker import configure_broker, redis_options, send_messages
 
 NOW = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
 DUE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -165,7 +165,7 @@ async def count_runs(url: str) -> tuple[int, int]:
 
 def sent_run_ids(broker_url: str) -> list[str]:
     """The run ids of every process_run message waiting in the namespace's queue."""
-    _, namespace = split_namespace(broker_url)
+    namespace = redis_options(broker_url).namespace
     client = redis.Redis.from_url(REDIS_URL)
     try:
         ids: list[str] = []

@@ -1,8 +1,11 @@
 """The Dramatiq broker of this process, chosen from the settings.
 
 `redis://` (or `rediss://`) selects Redis, `amqp://` RabbitMQ, and an empty URL an in-process
-broker for `beacon dev` and the tests. A `namespace` query parameter on a Redis URL prefixes
-every key, so several deployments (or test sessions) can share one Redis database.
+broker for `beacon dev` and the tests. On a Redis URL, a `namespace` query parameter prefixes
+every key, so several deployments (or test sessions) can share one Redis database, and
+`heartbeat_timeout` (milliseconds, default 60000) sets how long a silent worker is given before
+its unacknowledged messages go back to the queue; `maintenance_chance` (per million broker
+commands, default 10000) how often commands look for such messages.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
@@ -21,6 +25,7 @@ from dramatiq.middleware import AsyncIO
 from service.config import Settings
 
 DEFAULT_NAMESPACE = "beacon"
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 REDIS_CONNECTIONS = 512
 # Per million broker commands, how many also requeue the messages of workers that died
 # (no heartbeat for a minute). Dramatiq's 0.1% can leave them for minutes on a quiet queue;
@@ -81,14 +86,15 @@ def _build(url: str) -> dramatiq.Broker:
         return StubBroker(middleware=middleware)
     scheme = urlsplit(url).scheme
     if scheme in ("redis", "rediss", "unix"):
-        redis_url, namespace = split_namespace(url)
+        options = redis_options(url)
         # Every worker thread may hold a connection (acks); wait for one rather than fail.
-        pool = redis.BlockingConnectionPool.from_url(redis_url, max_connections=REDIS_CONNECTIONS)
+        pool = redis.BlockingConnectionPool.from_url(options.url, max_connections=REDIS_CONNECTIONS)
         return RedisBroker(  # type: ignore[no-untyped-call]
             client=redis.Redis(connection_pool=pool),
-            namespace=namespace,
+            namespace=options.namespace,
+            heartbeat_timeout=options.heartbeat_timeout_ms,
+            maintenance_chance=options.maintenance_chance,
             middleware=middleware,
-            maintenance_chance=MAINTENANCE_CHANCE,
         )
     if scheme in ("amqp", "amqps"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -97,13 +103,42 @@ def _build(url: str) -> dramatiq.Broker:
     raise ValueError(f"unsupported broker URL scheme {scheme!r}: use redis://, amqp:// or empty")
 
 
-def split_namespace(url: str) -> tuple[str, str]:
-    """The Redis URL without its `namespace` parameter, and the namespace (or the default)."""
+@dataclass(frozen=True, slots=True)
+class RedisOptions:
+    """A Redis broker URL's Beacon parameters, taken out of the URL given to redis-py."""
+
+    url: str
+    namespace: str = DEFAULT_NAMESPACE
+    # After this long without a heartbeat a worker counts as dead and its messages are requeued.
+    heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS
+    # Per million broker commands, how many also look for dead workers' messages.
+    maintenance_chance: int = MAINTENANCE_CHANCE
+
+
+def redis_options(url: str) -> RedisOptions:
+    """Reads `namespace` (key prefix), `heartbeat_timeout` (ms) and `maintenance_chance` (per
+    million commands) from a Redis URL's query; the rest of the URL is redis-py's."""
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    namespace = next((v for k, v in query if k == "namespace"), "") or DEFAULT_NAMESPACE
-    rest = urlencode([(k, v) for k, v in query if k != "namespace"])
-    return urlunsplit(parts._replace(query=rest)), namespace
+    names = ("namespace", "heartbeat_timeout", "maintenance_chance")
+    ours = {k: v for k, v in query if k in names}
+    rest = urlencode([(k, v) for k, v in query if k not in names])
+    return RedisOptions(
+        url=urlunsplit(parts._replace(query=rest)),
+        namespace=ours.get("namespace") or DEFAULT_NAMESPACE,
+        heartbeat_timeout_ms=_whole(ours, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT_MS),
+        maintenance_chance=_whole(ours, "maintenance_chance", MAINTENANCE_CHANCE),
+    )
+
+
+def _whole(options: dict[str, str], name: str, default: int) -> int:
+    try:
+        value = int(options.get(name) or default)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(f"{name} in the broker URL must be a whole number, not {options[name]!r}")
+    return value
 
 
 def send_messages(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[None]]) -> None:

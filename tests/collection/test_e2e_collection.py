@@ -14,6 +14,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,14 +31,22 @@ from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from service.db.models import Schedule
+from service.db.models import Run, Schedule
 from service.domain.clock import utcnow
 from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import derive_settings, provider_settings
+from tests.collection.test_pipeline_fixtures import (
+    derive_settings,
+    insert_run,
+    load_probes,
+    load_run,
+    make_workspace,
+    provider_settings,
+)
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer
 from tests.support import REDIS_URL, unique
 from workers.broker import configure_broker, reset_brokers
+from workers.dispatch import dispatch_pending_runs
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -85,46 +94,78 @@ async def embedded_pipeline(settings: Settings) -> AsyncIterator[None]:
         reset_brokers()
 
 
-@contextlib.asynccontextmanager
-async def process_pipeline(settings: Settings, namespace: str, logs: Path) -> AsyncIterator[None]:
-    """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
-    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same Redis
+def beacon_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `beacon` process `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
     for name, value in settings.model_dump().items():
         if value is not None and name != "data_dir":
             env[f"BEACON_{name.upper()}"] = str(value)
     env["BEACON_LOG_JSON"] = "false"
-    processes: list[tuple[asyncio.subprocess.Process, Path]] = []
+    return env
+
+
+@dataclass
+class Beacon:
+    """A `beacon` subprocess whose output goes to a log file."""
+
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @classmethod
+    async def start(cls, command: str, env: dict[str, str], log: Path) -> Beacon:
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                str(BEACON), command, env=env, stdout=out, stderr=out
+            )
+        return cls(process, log)
+
+    async def stop(self) -> None:
+        """SIGTERM; the process must exit cleanly within 15 seconds."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                code = await self.process.wait()
+        except TimeoutError:
+            await self.kill()
+            raise AssertionError(
+                f"{self.log.name} ignored SIGTERM:\n{self.log.read_text()}"
+            ) from None
+        assert code == 0, f"{self.log.name} exited with {code}:\n{self.log.read_text()}"
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+async def delete_namespace(namespace: str) -> None:
+    client = redis_async.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def process_pipeline(settings: Settings, namespace: str, logs: Path) -> AsyncIterator[None]:
+    """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
+    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same Redis
+    env = beacon_env(settings)
+    processes: list[Beacon] = []
     try:
         for command in ("worker", "ticker"):
-            log = logs / f"beacon-{command}.log"
-            with log.open("wb") as out:
-                process = await asyncio.create_subprocess_exec(
-                    str(BEACON), command, env=env, stdout=out, stderr=out
-                )
-            processes.append((process, log))
+            processes.append(await Beacon.start(command, env, logs / f"beacon-{command}.log"))
         yield
     finally:
-        for process, _ in processes:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-        for process, log in processes:
-            try:
-                async with asyncio.timeout(15):
-                    code = await process.wait()
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-                raise AssertionError(f"{log.name} ignored SIGTERM:\n{log.read_text()}") from None
-            assert code == 0, f"{log.name} exited with {code}:\n{log.read_text()}"
-        reset_brokers()
-        client = redis_async.from_url(REDIS_URL)
         try:
-            keys = [key async for key in client.scan_iter(match=f"{namespace}*")]
-            if keys:
-                await client.delete(*keys)
+            for process in processes:
+                await process.stop()
         finally:
-            await client.aclose()
+            reset_brokers()
+            await delete_namespace(namespace)
 
 
 @contextlib.asynccontextmanager
@@ -266,3 +307,60 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
         )
         assert timing.next_run_time.ToDatetime() > utcnow().replace(tzinfo=None)
         assert fake_provider.requests() == 8
+
+
+async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
+    backend: str,
+    settings: Settings,
+    app: App,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    if backend != "postgres":
+        pytest.skip("redelivery after kill -9 is the Redis broker's (PostgreSQL + Redis run)")
+    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
+    # A worker silent for 2 s counts as dead; every broker command looks for such workers.
+    url = f"{REDIS_URL}?namespace={namespace}&heartbeat_timeout=2000&maintenance_chance=1000000"
+    worker_settings = derive_settings(
+        pipeline_settings(settings, fake_provider, url),
+        worker_concurrency=4,
+        provider_concurrency=4,
+    )
+    fake_provider.set_latency(0.5)
+    prompts = [f"which crm for team {n}" for n in range(6)]
+    ws = await make_workspace(app.db, prompts=prompts, providers=("openai", "anthropic"))
+    configure_broker(worker_settings)
+    env = beacon_env(worker_settings)
+    first = await Beacon.start("worker", env, tmp_path / "worker-1.log")
+    second: Beacon | None = None
+    try:
+        run_id = await insert_run(app.db, ws)
+        await dispatch_pending_runs(app.db, run_ids=[run_id])
+        async with asyncio.timeout(30):
+            await fake_provider.wait_for_requests(2)
+        await first.kill()  # SIGKILL with provider calls in flight and messages unacknowledged
+        answered_before = fake_provider.requests()
+        second = await Beacon.start("worker", env, tmp_path / "worker-2.log")
+
+        async def ended() -> Run | None:
+            run = await load_run(app.db, run_id)
+            return run if run.end_time is not None else None
+
+        run = await eventually(ended, "the second worker to finish the run")
+        await second.stop()
+    finally:
+        await first.kill()
+        if second is not None:
+            await second.kill()
+        reset_brokers()
+        await delete_namespace(namespace)
+
+    assert run.status == "succeeded"
+    probes = await load_probes(app.db, run_id)
+    assert sorted((p.prompt_text, p.provider) for p in probes) == sorted(
+        (prompt, provider) for prompt in prompts for provider in ("openai", "anthropic")
+    )
+    assert all(p.status == "succeeded" and p.text for p in probes)
+    # The (at least two) probes in flight at the kill were asked again, yet stored once.
+    assert answered_before >= 2
+    assert fake_provider.requests() >= len(probes) + 2
