@@ -16,9 +16,12 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.message import Message
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
@@ -29,9 +32,10 @@ from service.db.models import WorkspaceMember
 from service.server import start_server
 from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
-from tests.security.calls import Metadata, bearer, invoke, methods_by_path
+from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path
 from tests.security.hostile import build_request, request_specs
 from tests.security.snapshots import snapshot
+from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
 
 # Examples per RPC: bounded so the module runs in about a minute per backend; raise it with
@@ -69,6 +73,9 @@ class Target:
     async def rebuild(self) -> None:
         self.own = await fresh_world(self.app, self.memberships)
         self.other = await fresh_world(self.app, self.memberships)
+
+    def __repr__(self) -> str:  # falsifying examples name the tenants, not their tokens
+        return f"Target(own={self.own.workspace_id}, other={self.other.workspace_id})"
 
     @property
     def metadata(self) -> Metadata:
@@ -114,6 +121,26 @@ async def test_snapshots_see_a_write(target: Target) -> None:
     assert before.changes(await snapshot(target.app, world, counts=True)) == ["workspace_members"]
 
 
+async def assert_sound(target: Target, method: MethodDescriptor, request: Message) -> Outcome:
+    """Calls the RPC and checks the properties; rebuilds the tenants after a call that
+    changed them."""
+    before = await snapshot(target.app, target.own, target.other, counts=True)
+
+    outcome = await invoke(target.channel, method, request, target.metadata, stream_limit=1)
+
+    after = await snapshot(target.app, target.own, target.other, counts=True)
+    assert outcome.code not in BROKEN, outcome.describe()
+    if outcome.failure is None:
+        if before.changes(after):
+            await target.rebuild()
+        return outcome
+    info = outcome.failure.details.get("ErrorInfo")
+    assert info is not None and info.reason and info.domain == "beacon", outcome.describe()
+    assert outcome.failure.message.strip(), outcome.describe()
+    assert before.changes(after) == [], f"{outcome.describe()} yet wrote"
+    return outcome
+
+
 @pytest.mark.parametrize("path", PATHS, ids=[p.rsplit("/", 1)[1] for p in PATHS])
 @settings(
     max_examples=EXAMPLES_PER_RPC,
@@ -125,18 +152,50 @@ async def test_hostile_requests(path: str, data: st.DataObject, target: Target) 
     method = methods_by_path()[path]
     spec = data.draw(request_specs(method.input_type), label="request")
     request = build_request(method.input_type, spec, target.own, target.other)
-    before = await snapshot(target.app, target.own, target.other, counts=True)
-
-    outcome = await invoke(target.channel, method, request, target.metadata, stream_limit=1)
-
-    after = await snapshot(target.app, target.own, target.other, counts=True)
+    outcome = await assert_sound(target, method, request)
     event(outcome.code.name)  # --hypothesis-show-statistics: how deep the calls went
-    assert outcome.code not in BROKEN, outcome.describe()
-    if outcome.failure is None:
-        if before.changes(after):
-            await target.rebuild()
-        return
-    info = outcome.failure.details.get("ErrorInfo")
-    assert info is not None and info.reason and info.domain == "beacon", outcome.describe()
-    assert outcome.failure.message.strip(), outcome.describe()
-    assert before.changes(after) == [], f"{outcome.describe()} yet wrote"
+
+
+def string_fields(descriptor: Descriptor, prefix: str = "") -> list[str]:
+    """Dotted paths of the string fields of a request and of the messages it holds."""
+    paths: list[str] = []
+    for field in descriptor.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            paths.append(prefix + field.name)
+        elif field.message_type is not None and not prefix:
+            paths.extend(string_fields(field.message_type, f"{field.name}."))
+    return paths
+
+
+def with_nul(request: Message, path: str) -> Message:
+    """A copy of `request` whose field at `path` holds a NUL (appended to a repeated one)."""
+    copy = type(request)()
+    copy.CopyFrom(request)
+    holder: Any = copy
+    *parents, name = path.split(".")
+    for parent in parents:
+        field = holder.DESCRIPTOR.fields_by_name[parent]
+        holder = getattr(holder, parent).add() if field.is_repeated else getattr(holder, parent)
+    if holder.DESCRIPTOR.fields_by_name[name].is_repeated:
+        getattr(holder, name).append("a\x00b")
+    else:
+        setattr(holder, name, "a\x00b")
+    return copy
+
+
+NUL_CASES = [
+    (path, field) for path in PATHS for field in string_fields(methods_by_path()[path].input_type)
+]
+
+
+@pytest.mark.parametrize(
+    "case", NUL_CASES, ids=[f"{p.rsplit('/', 1)[1]}-{f}" for p, f in NUL_CASES]
+)
+async def test_nul_in_any_string_field_of_a_valid_request(
+    case: tuple[str, str], target: Target
+) -> None:
+    """PostgreSQL refuses NUL in text: every string field, in a request that would
+    otherwise succeed, must be checked before it reaches a query."""
+    path, field = case
+    method = methods_by_path()[path]
+    await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))

@@ -59,6 +59,7 @@ from service.domain.errors import (
     PermissionDenied,
     PreconditionViolation,
 )
+from service.domain.inputs import ID_PATTERN
 from service.domain.invitations import find_verified_user, normalize_email
 from service.domain.paging import Page, parse_page
 
@@ -283,7 +284,7 @@ async def _workspace_member(
     session: AsyncSession, workspace_id: str, user_id: str
 ) -> tuple[WorkspaceMember, User]:
     row = None
-    if len(user_id) <= USER_ID_MAX_LENGTH:
+    if ID_PATTERN.fullmatch(user_id):  # a malformed id names nobody (PostgreSQL refuses NUL)
         row = (
             await session.execute(
                 select(WorkspaceMember, User)
@@ -528,7 +529,7 @@ async def _organization_member(
     session: AsyncSession, organization_id: str, user_id: str
 ) -> tuple[OrganizationMember, User]:
     row = None
-    if len(user_id) <= USER_ID_MAX_LENGTH:
+    if ID_PATTERN.fullmatch(user_id):  # a malformed id names nobody (PostgreSQL refuses NUL)
         row = (
             await session.execute(
                 select(OrganizationMember, User)
