@@ -20,10 +20,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, TypeVar
 
+import dramatiq
 import pytest
 import redis.asyncio as redis_async
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import update
+from sqlalchemy import Select, delete, func, select, text, update
 
 from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
@@ -31,8 +32,9 @@ from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from service.db.models import Run, Schedule
-from service.domain.clock import utcnow
+from service.db.database import Database
+from service.db.models import Organization, Run, Schedule
+from service.domain.clock import new_id, utcnow
 from tests.collection import test_pipeline_fixtures as fixtures
 from tests.collection.test_pipeline_fixtures import (
     derive_settings,
@@ -45,12 +47,14 @@ from tests.collection.test_pipeline_fixtures import (
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer
 from tests.support import REDIS_URL, unique
+from workers.actors import RUN_QUEUE
 from workers.broker import configure_broker, reset_brokers
 from workers.dispatch import dispatch_pending_runs
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
 fake_provider = fixtures.fake_provider
+collection_db = fixtures.collection_db
 
 BEACON = Path(sys.executable).parent / "beacon"
 T = TypeVar("T")
@@ -364,3 +368,95 @@ async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
     # The (at least two) probes in flight at the kill were asked again, yet stored once.
     assert answered_before >= 2
     assert fake_provider.requests() >= len(probes) + 2
+
+
+SEED_SCHEDULES = text(
+    "INSERT INTO schedules (workspace_id, cron, time_zone, next_run_time, create_time, "
+    "update_time) SELECT id, '0 * * * *', 'UTC', :due, :now, :now FROM workspaces "
+    "WHERE organization_id = :organization"
+)
+SEED_WORKSPACES = text(
+    "INSERT INTO workspaces (id, organization_id, name, slug, domain, brand_aliases, "
+    "competitors, enabled_providers, version, create_time, update_time) "
+    "SELECT :prefix || g, :organization, 'Workspace ' || g, 'ws-' || g, '', '[]', '[]', "
+    "'[\"openai\"]', 1, :now, :now FROM generate_series(1, :count) AS g"
+)
+
+
+async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
+    backend: str, settings: Settings, collection_db: Database, tmp_path: Path
+) -> None:
+    if backend != "postgres":
+        pytest.skip("ticker processes share PostgreSQL and Redis")
+    count = 20_000
+    now = utcnow()
+    organization = new_id("org")
+    async with collection_db.transaction() as session:
+        await session.execute(delete(Schedule))  # this database's other tests are done with them
+        session.add(Organization(id=organization, name="Many", slug=organization))
+        await session.flush()
+        parameters = {"now": now, "organization": organization, "prefix": f"{organization}-"}
+        await session.execute(SEED_WORKSPACES, {**parameters, "count": count})
+        await session.execute(SEED_SCHEDULES, {**parameters, "due": now - timedelta(minutes=1)})
+    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
+    ticker_settings = derive_settings(
+        settings,
+        database_url=collection_db.url,
+        broker_url=f"{REDIS_URL}?namespace={namespace}",
+        ticker_batch_size=500,
+        ticker_interval_seconds=0.2,
+    )
+    env = beacon_env(ticker_settings)
+    runs = select(func.count()).select_from(Run).where(Run.workspace_id.like(f"{organization}-%"))
+
+    async def counted(query: Select[int]) -> int:
+        async with collection_db.transaction(write=False) as session:
+            return int(await session.scalar(query) or 0)
+
+    async def some_runs() -> int | None:
+        return await counted(runs) or None
+
+    async def all_sent() -> bool | None:
+        due = select(func.count()).where(Schedule.next_run_time <= now).select_from(Schedule)
+        unsent = runs.where(Run.enqueue_time.is_(None))
+        return (await counted(due) == 0 and await counted(unsent) == 0) or None
+
+    first = await Beacon.start("ticker", env, tmp_path / "ticker-1.log")
+    second: Beacon | None = None
+    try:
+        created = await eventually(some_runs, "the first ticker to create runs")
+        await first.kill()  # SIGKILL in the middle of the tick
+        second = await Beacon.start("ticker", env, tmp_path / "ticker-2.log")
+        await eventually(all_sent, "the second ticker to fire and send everything")
+        await second.stop()
+        sent = await sent_run_ids(namespace)
+    finally:
+        await first.kill()
+        if second is not None:
+            await second.kill()
+        await delete_namespace(namespace)
+
+    assert created < count  # the kill did interrupt the first tick
+    async with collection_db.transaction(write=False) as session:
+        rows = (
+            await session.execute(
+                select(Run.id, Run.workspace_id, Run.scheduled_time).where(
+                    Run.workspace_id.like(f"{organization}-%")
+                )
+            )
+        ).all()
+    assert len(rows) == count
+    assert len({(ws, slot) for _, ws, slot in rows}) == count  # one run per workspace and slot
+    assert {run_id for run_id, _, _ in rows} <= set(sent)  # every run reached the broker
+
+
+async def sent_run_ids(namespace: str) -> list[str]:
+    """Run ids of the process_run messages waiting in the namespace's queue."""
+    client = redis_async.from_url(REDIS_URL)
+    try:
+        return [
+            dramatiq.Message.decode(data).args[0]
+            async for _, data in client.hscan_iter(f"{namespace}:{RUN_QUEUE}.msgs", count=5000)
+        ]
+    finally:
+        await client.aclose()
