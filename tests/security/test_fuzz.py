@@ -3,8 +3,10 @@
 Properties, for every call: the status is never INTERNAL, UNKNOWN or DATA_LOSS (nor a
 timeout or an unavailable server); every error carries an ErrorInfo and a message; and a call
 that fails writes nothing (row counts of every table, and every row of the two tenants the
-requests aim at, are the same before and after). The caller owns one tenant's organization;
-requests mix hostile values with that tenant's ids, the other tenant's ids and twisted ids.
+requests aim at, are the same before and after); and a call that succeeds leaves the other
+tenant as it was (but for joining it with its join code). The caller co-owns one tenant's
+organization; requests mix hostile values with that tenant's ids, the other tenant's ids and
+twisted ids.
 
 The module runs its own server on its own database with scaled-up rate limits, so its
 snapshots see only its own writes.
@@ -32,7 +34,7 @@ from service.db.models import WorkspaceMember
 from service.server import start_server
 from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
-from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path
+from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path, rpc_path
 from tests.security.hostile import build_request, request_specs
 from tests.security.snapshots import snapshot
 from tests.security.test_access_matrix import TABLE
@@ -51,6 +53,7 @@ BROKEN = {
     grpc.StatusCode.UNAUTHENTICATED,  # the caller's token is valid
 }
 PATHS = sorted(methods_by_path())
+JOIN_BY_CODE = "/beacon.v1.MembershipService/JoinWorkspaceByCode"
 
 
 async def fresh_world(app: App, memberships: MembershipServiceStub) -> World:
@@ -124,20 +127,25 @@ async def test_snapshots_see_a_write(target: Target) -> None:
 async def assert_sound(target: Target, method: MethodDescriptor, request: Message) -> Outcome:
     """Calls the RPC and checks the properties; rebuilds the tenants after a call that
     changed them."""
-    before = await snapshot(target.app, target.own, target.other, counts=True)
+    before = await snapshot(target.app, target.own, counts=True)
+    theirs = await snapshot(target.app, target.other)
 
     outcome = await invoke(target.channel, method, request, target.metadata, stream_limit=1)
 
-    after = await snapshot(target.app, target.own, target.other, counts=True)
+    after = await snapshot(target.app, target.own, counts=True)
+    changed_theirs = theirs.changes(await snapshot(target.app, target.other))
     assert outcome.code not in BROKEN, outcome.describe()
     if outcome.failure is None:
-        if before.changes(after):
+        # A join code is a credential; nothing else lets the caller touch the other tenant.
+        if rpc_path(method) != JOIN_BY_CODE:
+            assert changed_theirs == [], f"{outcome.describe()} changed the other tenant"
+        if changed_theirs or before.changes(after):
             await target.rebuild()
         return outcome
     info = outcome.failure.details.get("ErrorInfo")
     assert info is not None and info.reason and info.domain == "beacon", outcome.describe()
     assert outcome.failure.message.strip(), outcome.describe()
-    assert before.changes(after) == [], f"{outcome.describe()} yet wrote"
+    assert before.changes(after) == changed_theirs == [], f"{outcome.describe()} yet wrote"
     return outcome
 
 
