@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
 from sqlalchemy import update
 
 from service.config import Settings
@@ -23,6 +24,7 @@ from tests.collection.test_pipeline_fixtures import (
 )
 from tests.fakes.provider_server import FakeProviderServer, Fault
 from workers.actors import probe_message, run_message
+from workers.broker import RedisOptions, configure_broker, redis_options
 from workers.dispatch import dispatch_pending_runs
 from workers.probes import retry_delay
 
@@ -332,3 +334,26 @@ def test_retry_delays_honour_retry_after_and_grow_without_it(worker_settings: Se
     assert 1.0 <= first <= 2.0  # 2 s with jitter down to half
     assert 4.0 <= third <= 8.0
     assert 15.0 <= tenth <= 30.0  # capped
+
+
+def test_broker_url_options_are_read_and_kept_from_redis() -> None:
+    options = redis_options(
+        "redis://:secret@cache:6380/3?namespace=acme&heartbeat_timeout=5000"
+        "&maintenance_chance=250&socket_timeout=5"
+    )
+    assert options == RedisOptions(
+        url="redis://:secret@cache:6380/3?socket_timeout=5",
+        namespace="acme",
+        heartbeat_timeout_ms=5000,
+        maintenance_chance=250,
+    )
+    assert redis_options("redis://cache/0") == RedisOptions(url="redis://cache/0")
+    with pytest.raises(ValueError, match="heartbeat_timeout"):
+        redis_options("redis://cache/0?heartbeat_timeout=soon")
+
+
+def test_configuring_the_broker_twice_gives_the_same_broker(worker_settings: Settings) -> None:
+    first = configure_broker(worker_settings)
+    again = configure_broker(derive_settings(worker_settings, worker_concurrency=3))
+    assert again is first
+    assert {"process_run", "process_probes"} <= set(first.actors)
