@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dramatiq
 import pytest
 from dramatiq.brokers.stub import StubBroker
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service.config import Settings
 from service.db.database import Database
-from service.db.models import Run, Schedule
+from service.db.models import Run, Schedule, Workspace
+from service.domain.clock import utcnow
 from tests.collection import test_pipeline_fixtures as fixtures
 from tests.collection.test_pipeline_fixtures import add_schedule, derive_settings, make_workspace
 from workers.actors import RUN_QUEUE, declare_actors
-from workers.ticker import tick
+from workers.ticker import Ticker, tick
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker
@@ -286,3 +287,26 @@ async def test_tick_leaves_later_schedules_for_later(
     assert result.claimed == 3
     assert await runs_of(collection_db, later) == []
     assert (await schedule_of(collection_db, later)).next_run_time == at("2026-05-04T12:00:00")
+
+
+async def test_the_ticker_loop_purges_workspaces_past_their_retention(
+    collection_db: Database, tick_settings: Settings, stub_broker: StubBroker
+) -> None:
+    expired = await make_workspace(collection_db, deleted=True)
+    recent = await make_workspace(collection_db, deleted=True)
+    async with collection_db.transaction() as session:
+        await session.execute(
+            update(Workspace)
+            .where(Workspace.id == expired)
+            .values(
+                delete_time=utcnow() - timedelta(days=tick_settings.workspace_retention_days + 1)
+            )
+        )
+
+    await Ticker(tick_settings, collection_db, stub_broker).run_once()
+
+    async with collection_db.transaction(write=False) as session:
+        remaining = set(
+            await session.scalars(select(Workspace.id).where(Workspace.id.in_([expired, recent])))
+        )
+    assert remaining == {recent}
