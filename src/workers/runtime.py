@@ -50,6 +50,9 @@ _embedded: Embedded | None = None
 def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
     """A Dramatiq worker over Beacon's queues (not started)."""
     install(settings)
+    # httpx logs every request at INFO: hundreds of lines a second, with URLs that may carry
+    # provider parameters. Probe outcomes are logged (and counted) by the workers instead.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     return Worker(
         broker,
         worker_threads=threads or worker_threads(settings.worker_concurrency),
