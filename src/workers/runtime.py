@@ -51,7 +51,7 @@ def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | Non
     """A Dramatiq worker over Beacon's queues (not started)."""
     install(settings)
     # httpx logs every request at INFO: hundreds of lines a second, with URLs that may carry
-    # provider parameters. Probe outcomes are logged (and counted) by the workers instead.
+    # provider parameters. Probe outcomes are counted in the workers' metrics instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     return Worker(
         broker,
