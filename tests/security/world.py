@@ -177,13 +177,14 @@ def _workspace(session: AsyncSession, org_id: str, owner_id: str, join_code: str
 async def build_world(
     app: App,
     settings: Settings,
-    channel_stub: membership_service_pb2_grpc.MembershipServiceStub,
+    memberships: membership_service_pb2_grpc.MembershipServiceStub,
     caller: str,
     keys: dict[str, str],
 ) -> World:
     """A fresh target tenant and a caller of kind `caller` (one of CALLERS).
 
-    `keys` maps SERVICE_KEY and WORKOS_KEY to service key secrets.
+    `keys` maps SERVICE_KEY and WORKOS_KEY to service key secrets; the guest joins through
+    `memberships` (JoinWorkspaceByCode), as a guest would.
     """
     code = generate_code()
     now = utcnow()
@@ -232,7 +233,7 @@ async def build_world(
     await end_run(app, ended_run_id, "succeeded")
     metadata = _metadata(settings, caller, user, keys)
     if caller == GUEST:
-        await channel_stub.JoinWorkspaceByCode(
+        await memberships.JoinWorkspaceByCode(
             member_pb.JoinWorkspaceByCodeRequest(code=display_code(code)), metadata=metadata
         )
     return World(
