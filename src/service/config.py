@@ -83,13 +83,17 @@ class Settings(BaseSettings):
     mistral_base_url: str = "https://api.mistral.ai/v1"
     mistral_model: str = "mistral-medium-latest"
     cohere_api_key: str = ""
-    cohere_base_url: str = "https://api.cohere.com"
+    cohere_base_url: str = "https://api.cohere.com/v2"
     cohere_model: str = "command-a-03-2025"
     provider_timeout_seconds: float = 60.0
 
     log_level: str = "INFO"
     log_json: bool = True
     metrics_enabled: bool = True
+    # Prometheus endpoints of `beacon worker` / `beacon ticker` (host:port; empty = none).
+    # `beacon serve` serves /metrics on its HTTP side.
+    worker_metrics_addr: str = ""
+    ticker_metrics_addr: str = ""
 
     @property
     def is_sqlite(self) -> bool:
