@@ -30,13 +30,16 @@ HEALTH_INTERVAL_SECONDS = 2.0
 
 
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
-    """Outermost first: observability, errors, auth, rate limits."""
+    """One interceptor running each concern in turn, outermost first: observability,
+    errors, auth, rate limits (each lives in its own module)."""
     authenticator = Authenticator(app.settings, app.db)
     return [
-        WrappingInterceptor(ObservabilityAround()),
-        WrappingInterceptor(ErrorsAround()),
-        WrappingInterceptor(AuthAround(authenticator, app.db)),
-        WrappingInterceptor(RateLimitAround(app.settings)),
+        WrappingInterceptor(
+            ObservabilityAround(),
+            ErrorsAround(),
+            AuthAround(authenticator, app.db),
+            RateLimitAround(app.settings),
+        )
     ]
 
 
