@@ -313,6 +313,7 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
         assert fake_provider.requests() == 8
 
 
+@pytest.mark.postgres_only  # redelivery after kill -9 is the Redis broker's
 async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
     backend: str,
     settings: Settings,
@@ -320,8 +321,6 @@ async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
     fake_provider: FakeProviderServer,
     tmp_path: Path,
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("redelivery after kill -9 is the Redis broker's (PostgreSQL + Redis run)")
     namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
     # A worker silent for 2 s counts as dead; every broker command looks for such workers.
     url = f"{REDIS_URL}?namespace={namespace}&heartbeat_timeout=2000&maintenance_chance=1000000"
@@ -383,11 +382,10 @@ SEED_WORKSPACES = text(
 )
 
 
+@pytest.mark.postgres_only  # ticker processes share PostgreSQL and Redis
 async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
     backend: str, settings: Settings, collection_db: Database, tmp_path: Path
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("ticker processes share PostgreSQL and Redis")
     count = 20_000
     now = utcnow()
     organization = new_id("org")
