@@ -62,10 +62,10 @@ HOSTILE_LITERALS = [
 
 
 def _huge(unit: str, length: int) -> str:
-    """`unit` repeated to `length` characters, at most 200 kB of UTF-8 (so that a request
+    """`unit` repeated to `length` characters, at most 150 kB of UTF-8 (so that a request
     of many such fields stays under the 4 MiB message cap)."""
     widest = max(len(char.encode()) for char in unit)
-    return (unit * length)[: min(length, 200_000 // widest)]
+    return (unit * length)[: min(length, 150_000 // widest)]
 
 
 HUGE = st.builds(
@@ -245,9 +245,10 @@ def _long_list(field: FieldDescriptor) -> st.SearchStrategy[list[Any]]:
             _refs(FIELD_KINDS.get(field.name, ANY_ID_KINDS)),
             st.sampled_from(PLAUSIBLE.get(field.name, ["item"])),
         )
+        # Items of at most ~50 characters: 2,100 of them stay far below the 4 MiB cap.
         return st.builds(
             lambda first, n: [
-                first if isinstance(first, Ref) else f"{first} {i}" for i in range(n)
+                first if isinstance(first, Ref) else f"{first[:40]} {i}" for i in range(n)
             ],
             item,
             st.integers(100, 2100),

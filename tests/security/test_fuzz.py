@@ -77,8 +77,12 @@ class Target:
         self.own = await fresh_world(self.app, self.memberships)
         self.other = await fresh_world(self.app, self.memberships)
 
-    def __repr__(self) -> str:  # falsifying examples name the tenants, not their tokens
+    def __repr__(self) -> str:
         return f"Target(own={self.own.workspace_id}, other={self.other.workspace_id})"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """Hypothesis prints falsifying examples with this: the tenants, not their tokens."""
+        printer.text(repr(self))
 
     @property
     def metadata(self) -> Metadata:
