@@ -9,6 +9,7 @@ session creates uniquely named databases and drops them at the end.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis_async
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from beacon.v1 import (
@@ -38,6 +40,15 @@ from service.server import BeaconServer, start_server
 from tests.support import PG_ADMIN_URL, REDIS_URL, postgres_available, with_database
 
 BACKENDS = ["sqlite", "postgres"] if postgres_available() else ["sqlite"]
+
+# Property tests draw the same examples on every run, so a red CI run is reproducible and
+# never a coin toss; BEACON_FUZZ_RANDOM=1 explores new examples (failures are saved in
+# .hypothesis/ and replayed first).
+hypothesis_settings.register_profile("repeatable", derandomize=True, print_blob=True)
+hypothesis_settings.register_profile("explore", derandomize=False, print_blob=True)
+hypothesis_settings.load_profile(
+    "explore" if os.environ.get("BEACON_FUZZ_RANDOM") else "repeatable"
+)
 TEST_SECRET = "beacon-test-secret-0123456789abcdef"
 
 
