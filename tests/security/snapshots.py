@@ -61,21 +61,44 @@ def tenant_filters(world: World) -> dict[str, ColumnElement[bool]]:
     }
 
 
-async def snapshot(app: App, *worlds: World, counts: bool = False) -> Snapshot:
-    """The rows of the worlds' tenants (and, with `counts`, the row count of every table)."""
-    filters: dict[str, list[ColumnElement[bool]]] = {}
-    for world in worlds:
-        for name, where in tenant_filters(world).items():
-            filters.setdefault(name, []).append(where)
-    rows: dict[str, list[tuple[object, ...]]] = {}
+async def snapshots(app: App, *worlds: World, counts: bool = False) -> list[Snapshot]:
+    """A snapshot per world (with `counts`, the first also holds every table's row count).
+
+    One query per table serves every world (each row is tagged with the worlds it belongs
+    to), and one query counts every table: a snapshot is cheap enough to take twice per call.
+    """
+    per_world: list[dict[str, list[tuple[object, ...]]]] = [{} for _ in worlds]
+    filters = [tenant_filters(world) for world in worlds]
     sizes: dict[str, int] = {}
     async with app.db.transaction(write=False) as session:
-        for name, wheres in filters.items():
-            found = (await session.execute(select(TABLES[name]).where(or_(false(), *wheres)))).all()
-            rows[name] = sorted((tuple(row) for row in found), key=repr)
+        for name, table in TABLES.items():
+            wheres = [f[name] for f in filters if name in f]
+            if not wheres:
+                continue
+            width = len(table.columns)
+            tags = [where.label(f"in_world_{i}") for i, where in enumerate(wheres)]
+            query = select(table, *tags).where(or_(false(), *wheres))
+            for rows in per_world:
+                rows[name] = []
+            for row in (await session.execute(query)).all():
+                for index, rows in enumerate(per_world):
+                    if row[width + index]:
+                        rows[name].append(tuple(row[:width]))
         if counts:
-            for name, table in TABLES.items():
-                sizes[name] = int(
-                    await session.scalar(select(func.count()).select_from(table)) or 0
+            query = select(
+                *(
+                    select(func.count()).select_from(table).scalar_subquery().label(name)
+                    for name, table in TABLES.items()
                 )
-    return Snapshot(sizes, rows)
+            )
+            found = (await session.execute(query)).one()
+            sizes = {name: int(found[i]) for i, name in enumerate(TABLES)}
+    return [
+        Snapshot(sizes if index == 0 else {}, {k: sorted(v, key=repr) for k, v in rows.items()})
+        for index, rows in enumerate(per_world)
+    ]
+
+
+async def snapshot(app: App, world: World, counts: bool = False) -> Snapshot:
+    """The rows of the world's tenant (and, with `counts`, every table's row count)."""
+    return (await snapshots(app, world, counts=counts))[0]

@@ -36,7 +36,7 @@ from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
 from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path, rpc_path
 from tests.security.hostile import build_request, request_specs
-from tests.security.snapshots import snapshot
+from tests.security.snapshots import snapshots
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
 
@@ -115,29 +115,31 @@ async def target(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Asyn
         await delete_redis_keys(prefix)
 
 
-async def test_snapshots_see_a_write(target: Target) -> None:
-    """The instrument works: a changed role shows in the tenant's snapshot."""
-    world = await fresh_world(target.app, target.memberships)
-    before = await snapshot(target.app, world, counts=True)
+async def test_snapshots_see_a_write_in_its_tenant_only(target: Target) -> None:
+    """The instrument works: a changed role shows in its tenant's snapshot, not the other's."""
+    mine = await fresh_world(target.app, target.memberships)
+    theirs = await fresh_world(target.app, target.memberships)
+    before = await snapshots(target.app, mine, theirs, counts=True)
     async with target.app.db.transaction() as session:
         await session.execute(
             update(WorkspaceMember)
-            .where(WorkspaceMember.user_id == world.member.user_id)
+            .where(WorkspaceMember.user_id == theirs.member.user_id)
             .values(role="owner")
         )
-    assert before.changes(await snapshot(target.app, world, counts=True)) == ["workspace_members"]
+    after = await snapshots(target.app, mine, theirs, counts=True)
+    assert before[0].changes(after[0]) == []
+    assert before[1].changes(after[1]) == ["workspace_members"]
 
 
 async def assert_sound(target: Target, method: MethodDescriptor, request: Message) -> Outcome:
     """Calls the RPC and checks the properties; rebuilds the tenants after a call that
     changed them."""
-    before = await snapshot(target.app, target.own, counts=True)
-    theirs = await snapshot(target.app, target.other)
+    before, theirs = await snapshots(target.app, target.own, target.other, counts=True)
 
     outcome = await invoke(target.channel, method, request, target.metadata, stream_limit=1)
 
-    after = await snapshot(target.app, target.own, counts=True)
-    changed_theirs = theirs.changes(await snapshot(target.app, target.other))
+    after, theirs_after = await snapshots(target.app, target.own, target.other, counts=True)
+    changed_theirs = theirs.changes(theirs_after)
     assert outcome.code not in BROKEN, outcome.describe()
     if outcome.failure is None:
         # A join code is a credential; nothing else lets the caller touch the other tenant.
