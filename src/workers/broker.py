@@ -1,11 +1,19 @@
 """The Dramatiq broker of this process, chosen from the settings.
 
-`redis://` (or `rediss://`) selects Redis, `amqp://` RabbitMQ, and an empty URL an in-process
-broker for `beacon dev` and the tests. On a Redis URL, a `namespace` query parameter prefixes
-every key, so several deployments (or test sessions) can share one Redis database, and
-`heartbeat_timeout` (milliseconds, default 60000) sets how long a silent worker is given before
-its unacknowledged messages go back to the queue; `maintenance_chance` (per million broker
-commands, default 10000) how often commands look for such messages.
+`redis://` (or `rediss://`) selects Redis, `amqp://` (or `amqps://`) RabbitMQ, and an empty URL
+an in-process broker for `beacon dev` and the tests. On a Redis URL, a `namespace` query
+parameter prefixes every key, so several deployments (or test sessions) can share one Redis
+database, and `heartbeat_timeout` (milliseconds, default 60000) sets how long a silent worker is
+given before its unacknowledged messages go back to the queue; `maintenance_chance` (per million
+broker commands, default 10000) how often commands look for such messages.
+
+On a RabbitMQ URL the path is the virtual host (`amqp://user:pass@host:5672/beacon`; `%2F` or
+none for `/`), and the query takes pika's connection parameters (`heartbeat` in seconds,
+`connection_attempts`, `retry_delay`, `socket_timeout`, `blocked_connection_timeout`, ...)
+plus Beacon's `prefetch` (messages each consumer holds unacknowledged, default two per worker
+thread) and `confirm_delivery` (default true: a send returns once RabbitMQ has the message on
+disk). Queues are durable and messages persistent, so a RabbitMQ restart loses none that was
+confirmed. A URL that cannot be used is refused at start-up with an error naming its variable.
 """
 
 from __future__ import annotations
@@ -18,10 +26,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import dramatiq
+import pika
+import pika.exceptions
 import redis
+from dramatiq.brokers.rabbitmq import MAX_ENQUEUE_ATTEMPTS, RabbitmqBroker
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO
+from dramatiq.common import dq_name
+from dramatiq.errors import ConnectionClosed
+from dramatiq.middleware import AsyncIO, Middleware
 
 from service.config import Settings
 
@@ -32,8 +45,10 @@ REDIS_CONNECTIONS = 512
 # (no heartbeat for a minute). Dramatiq's 0.1% can leave them for minutes on a quiet queue;
 # 1% finds them within seconds, for a scan of the heartbeat set.
 MAINTENANCE_CHANCE = 10_000
-# Messages per Redis pipeline round trip when sending in bulk.
+# Messages per Redis pipeline round trip (or RabbitMQ transaction) when sending in bulk.
 PIPELINE_CHUNK = 2000
+MAX_PREFETCH = 65_535  # AMQP's prefetch count is 16 bits; 0 (unlimited) is not offered
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
 _lock = threading.Lock()
 _brokers: dict[str, dramatiq.Broker] = {}
@@ -53,7 +68,12 @@ def configure_broker(settings: Settings) -> dramatiq.Broker:
     with _lock:
         broker = _brokers.get(url)
         if broker is None:
-            broker = _build(url)
+            try:
+                broker = _build(url)
+            except ValueError as exc:
+                # The URL may hold a password: name the variable, never echo the value.
+                variable = "BEACON_BROKER_URL" if settings.broker_url else "BEACON_REDIS_URL"
+                raise ValueError(f"{variable} is not a usable broker URL: {exc}") from None
             declare_actors(broker)
             _brokers[url] = broker
         dramatiq.set_broker(broker)
@@ -98,10 +118,10 @@ def _build(url: str) -> dramatiq.Broker:
             middleware=middleware,
         )
     if scheme in ("amqp", "amqps"):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        return RabbitmqBroker(url=url, middleware=middleware)
-    raise ValueError(f"unsupported broker URL scheme {scheme!r}: use redis://, amqp:// or empty")
+        return BeaconRabbitmqBroker(rabbitmq_options(url), middleware)
+    raise ValueError(
+        f"unsupported scheme {scheme!r}: use redis://, rediss://, amqp://, amqps:// or empty"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +152,108 @@ def redis_options(url: str) -> RedisOptions:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class RabbitmqOptions:
+    """A RabbitMQ broker URL's Beacon parameters, taken out of the URL given to pika."""
+
+    url: str
+    # Messages each consumer may hold unacknowledged; None: Dramatiq's two per worker thread.
+    prefetch: int | None = None
+    # Wait for RabbitMQ to confirm (persist) every message sent.
+    confirm_delivery: bool = True
+
+
+def rabbitmq_options(url: str) -> RabbitmqOptions:
+    """Reads `prefetch` and `confirm_delivery` from an amqp(s):// URL's query and checks the
+    rest with pika (host, port, virtual host, `heartbeat` and pika's other parameters)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    names = ("prefetch", "confirm_delivery")
+    ours = {k: v for k, v in query if k in names}
+    rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k not in names])))
+    if not parts.hostname:
+        raise ValueError("a RabbitMQ URL needs a host: amqp://user:password@host:5672/vhost")
+    pika.URLParameters(rest)  # ValueError naming a bad port or parameter
+    prefetch: int | None = None
+    if "prefetch" in ours:
+        prefetch = _whole(ours, "prefetch", 0)
+        if not 1 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch in the broker URL must be between 1 and {MAX_PREFETCH}")
+    return RabbitmqOptions(
+        url=rest,
+        prefetch=prefetch,
+        confirm_delivery=_flag(ours, "confirm_delivery", default=True),
+    )
+
+
+def _flag(options: dict[str, str], name: str, *, default: bool) -> bool:
+    value = options.get(name, "").lower()
+    if not value:
+        return default
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"{name} in the broker URL must be true or false, not {options[name]!r}")
+
+
+class BeaconRabbitmqBroker(RabbitmqBroker):
+    """Dramatiq's RabbitMQ broker (durable queues, persistent messages) with the URL's
+    prefetch and confirmed bulk sends."""
+
+    def __init__(self, options: RabbitmqOptions, middleware: list[Middleware]) -> None:
+        super().__init__(
+            url=options.url, confirm_delivery=options.confirm_delivery, middleware=middleware
+        )
+        self.prefetch = options.prefetch
+
+    def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Any:
+        # Delay queues keep Dramatiq's large prefetch: their messages wait in the worker.
+        if self.prefetch is not None and queue_name != dq_name(queue_name):
+            prefetch = self.prefetch
+        return super().consume(queue_name, prefetch, timeout)
+
+    def publish_many(self, messages: Sequence[dramatiq.Message[None]]) -> None:
+        """Sends `messages`, `PIPELINE_CHUNK` to one transaction: with `confirm_delivery`
+        each chunk costs one round trip (its commit returns once RabbitMQ has it) rather than
+        one per message. A chunk that fails with the connection is sent again on a new one."""
+        if not self.confirm_delivery:
+            for message in messages:
+                self.enqueue(message)
+            return
+        for queue_name in {message.queue_name for message in messages}:
+            self.declare_queue(queue_name, ensure=True)
+        for chunk in _chunks(messages, PIPELINE_CHUNK):
+            attempts = 0
+            while True:
+                try:
+                    channel = self._transaction_channel()
+                    for message in chunk:
+                        channel.basic_publish(
+                            exchange="",
+                            routing_key=message.queue_name,
+                            body=message.encode(),
+                            properties=PERSISTENT,
+                        )
+                    channel.tx_commit()
+                    break
+                except (pika.exceptions.AMQPConnectionError, pika.exceptions.AMQPChannelError) as e:
+                    self.state.transaction_channel = None
+                    del self.connection
+                    attempts += 1
+                    if attempts >= MAX_ENQUEUE_ATTEMPTS:
+                        raise ConnectionClosed(e) from None  # type: ignore[no-untyped-call]
+
+    def _transaction_channel(self) -> Any:
+        """This thread's channel in transaction mode (a channel in confirm mode cannot be)."""
+        channel = getattr(self.state, "transaction_channel", None)
+        if channel is None or not channel.is_open:
+            channel = self.connection.channel()
+            channel.tx_select()
+            self.state.transaction_channel = channel
+        return channel
+
+
 def _whole(options: dict[str, str], name: str, default: int) -> int:
     try:
         value = int(options.get(name) or default)
@@ -146,14 +268,17 @@ def send_messages(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[N
     """Enqueues many messages at once.
 
     On Redis a chunk of `PIPELINE_CHUNK` messages is written in one round trip, in the layout
-    Dramatiq's own enqueue script uses (the namespace's queue list and message hash); other
-    brokers enqueue one by one. Enqueue middleware hooks are not run on the Redis path: none of
-    Beacon's middleware acts on enqueue.
+    Dramatiq's own enqueue script uses (the namespace's queue list and message hash); on
+    RabbitMQ a chunk is one transaction; the in-process broker enqueues one by one. Enqueue
+    middleware hooks are not run on the bulk paths: none of Beacon's middleware acts on enqueue.
     """
     if not messages:
         return
     if isinstance(broker, RedisBroker):
         _send_redis(broker, messages)
+        return
+    if isinstance(broker, BeaconRabbitmqBroker):
+        broker.publish_many(messages)
         return
     for message in messages:
         broker.enqueue(message)
