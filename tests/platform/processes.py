@@ -1,4 +1,4 @@
-"""Real processes for platform tests: `beacon serve` and a private `redis-server`.
+"""Real processes for tests: `beacon serve`, a private `redis-server` and `rabbitmq-server`.
 
 Output goes to files (never to pipes nobody reads), shown when a process misbehaves.
 """
@@ -6,6 +6,7 @@ Output goes to files (never to pipes nobody reads), shown when a process misbeha
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
+import pika
+import pika.exceptions
 import pytest
 import redis.asyncio as redis_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -29,6 +32,7 @@ BEACON_SERVICES = frozenset(
     f"beacon.v1.{name}Service"
     for name in ("Organization", "Workspace", "Membership", "Schedule", "Prompt", "Run")
 )
+RABBITMQ_SERVER = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")  # the script, not the wrapper
 T = TypeVar("T")
 
 
@@ -186,3 +190,98 @@ class RedisProcess:
         if self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
+
+
+@dataclass
+class RabbitmqNode:
+    """A private `rabbitmq-server` node (own name, ports and data directory) that a test may
+    kill and start again on the same data: never the machine's own server."""
+
+    directory: Path
+    name: str
+    port: int
+    dist_port: int
+    process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    @classmethod
+    async def start(cls, directory: Path) -> RabbitmqNode:
+        node = cls.prepare(directory)
+        await node.boot()
+        return node
+
+    @classmethod
+    def prepare(cls, directory: Path) -> RabbitmqNode:
+        """A node on free ports whose files live in `directory` (not started)."""
+        if shutil.which("rabbitmq-server") is None or not RABBITMQ_SERVER.exists():
+            pytest.skip("rabbitmq-server is not installed")
+        directory.mkdir(parents=True, exist_ok=True)
+        node = cls(directory, f"beacon-test-{directory.name}@localhost", free_port(), free_port())
+        # Our own configuration files, so the machine's (listeners on 5672) do not apply.
+        (directory / "rabbitmq.conf").write_text(f"listeners.tcp.1 = 127.0.0.1:{node.port}\n")
+        (directory / "rabbitmq-env.conf").write_text("")
+        (directory / "enabled_plugins").write_text("[].\n")
+        return node
+
+    def _env(self) -> dict[str, str]:
+        d = self.directory
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")},
+            "HOME": str(d),  # its own Erlang cookie
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONFIG_FILE": str(d / "rabbitmq.conf"),
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_SCHEMA_DIR": str(d / "schema"),
+            "RABBITMQ_GENERATED_CONFIG_DIR": str(d / "config"),
+            "RABBITMQ_PID_FILE": str(d / "rabbitmq.pid"),
+        }
+
+    async def boot(self) -> None:
+        """Starts the node (again, on the same data) and waits until it accepts clients."""
+        log = (self.directory / "server.log").open("ab")
+        self.process = await asyncio.create_subprocess_exec(
+            str(RABBITMQ_SERVER),
+            env=self._env(),
+            stdout=log,
+            stderr=log,
+            start_new_session=True,  # its own process group: the script, erl and beam
+        )
+        log.close()
+
+        async def answers() -> bool:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise AssertionError(f"rabbitmq-server exited:\n{self.log()}")
+            try:
+                connection = await asyncio.to_thread(pika.BlockingConnection, self._parameters())
+            except pika.exceptions.AMQPError:
+                return False
+            connection.close()
+            return True
+
+        await eventually(answers, what=f"rabbitmq node {self.name}", within=90)
+
+    def _parameters(self) -> pika.URLParameters:
+        return pika.URLParameters(f"{self.url}?connection_attempts=1&socket_timeout=1")
+
+    def log(self) -> str:
+        return (self.directory / "server.log").read_text(errors="replace")[-4000:]
+
+    async def kill(self) -> None:
+        """SIGKILL to the whole node, as a crash or a power cut would stop it."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        await self.process.wait()
+        self.process = None
