@@ -211,12 +211,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked postgres_only are not run (nor reported as skipped) on SQLite."""
+    """Tests marked postgres_only are not run (nor reported as skipped) on SQLite, nor the
+    RabbitMQ variants of tests with a `broker` parameter (SQLite runs the in-process broker)."""
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        on_sqlite = callspec is not None and callspec.params.get("backend") == "sqlite"
-        (drop if on_sqlite and item.get_closest_marker("postgres_only") else keep).append(item)
+        params = callspec.params if callspec is not None else {}
+        on_sqlite = params.get("backend") == "sqlite"
+        postgres_only = item.get_closest_marker("postgres_only") or params.get("broker") not in (
+            None,
+            "redis",
+        )
+        (drop if on_sqlite and postgres_only else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

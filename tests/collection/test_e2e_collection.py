@@ -1,8 +1,10 @@
 """End to end, as a client sees it: a schedule's runs are asked, analysed, reported, repeated.
 
 On SQLite the worker and ticker run in this process on the in-process broker (as `beacon dev`
-does); on PostgreSQL + Redis they are real `beacon worker` and `beacon ticker` processes on a
-Redis namespace of their own. Either way the providers are the local fake.
+does); on PostgreSQL they are real `beacon worker` and `beacon ticker` processes, once on a Redis
+namespace of their own and, where RabbitMQ is reachable (BEACON_TEST_AMQP_URL), once on a
+RabbitMQ virtual host of their own (the `broker` parameter). Either way the providers are the
+local fake.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import dramatiq
+import pika
 import pytest
+import redis
 import redis.asyncio as redis_async
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Select, delete, func, select, text, update
@@ -35,6 +39,7 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Run, Schedule
 from service.domain.clock import new_id, utcnow
+from tests.brokers import rabbitmq_available, temporary_vhost
 from tests.collection import test_pipeline_fixtures as fixtures
 from tests.collection.test_pipeline_fixtures import (
     derive_settings,
@@ -46,9 +51,10 @@ from tests.collection.test_pipeline_fixtures import (
 )
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer
+from tests.platform.processes import RabbitmqNode
 from tests.support import REDIS_URL, unique
 from workers.actors import RUN_QUEUE
-from workers.broker import configure_broker, reset_brokers
+from workers.broker import configure_broker, redis_options, reset_brokers
 from workers.dispatch import dispatch_pending_runs
 from workers.runtime import start_embedded
 
@@ -61,6 +67,13 @@ T = TypeVar("T")
 
 BEST = "which crm should a startup pick"
 EMAIL = "crm with the best email sync"
+BROKERS = ["redis", "rabbitmq"] if rabbitmq_available() else ["redis"]
+
+
+@pytest.fixture(params=BROKERS)
+def broker(request: pytest.FixtureRequest) -> str:
+    """The broker of the `beacon` processes on PostgreSQL (SQLite runs the in-process one)."""
+    return str(request.param)
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
@@ -154,9 +167,25 @@ async def delete_namespace(namespace: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def process_pipeline(settings: Settings, namespace: str, logs: Path) -> AsyncIterator[None]:
+async def broker_url(broker: str, **options: str) -> AsyncIterator[str]:
+    """A URL of `broker` on a namespace (Redis) or virtual host (RabbitMQ) of its own, with
+    `options` in its query; the namespace or virtual host is deleted afterwards."""
+    query = "".join(f"&{name}={value}" for name, value in options.items())
+    if broker == "rabbitmq":
+        async with temporary_vhost("beacon-e2e") as url:
+            yield f"{url}?{query[1:]}" if query else url
+        return
+    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{REDIS_URL}?namespace={namespace}{query}"
+    finally:
+        await delete_namespace(namespace)
+
+
+@contextlib.asynccontextmanager
+async def process_pipeline(settings: Settings, logs: Path) -> AsyncIterator[None]:
     """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
-    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same Redis
+    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same broker
     env = beacon_env(settings)
     processes: list[Beacon] = []
     try:
@@ -169,20 +198,20 @@ async def process_pipeline(settings: Settings, namespace: str, logs: Path) -> As
                 await process.stop()
         finally:
             reset_brokers()
-            await delete_namespace(namespace)
 
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    backend: str, settings: Settings, server: FakeProviderServer, tmp: Path
+    backend: str, broker: str, settings: Settings, server: FakeProviderServer, tmp: Path
 ) -> AsyncIterator[None]:
     if backend == "sqlite":
         async with embedded_pipeline(pipeline_settings(settings, server, "")):
             yield
         return
-    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
-    url = f"{REDIS_URL}?namespace={namespace}"
-    async with process_pipeline(pipeline_settings(settings, server, url), namespace, tmp):
+    async with (
+        broker_url(broker) as url,
+        process_pipeline(pipeline_settings(settings, server, url), tmp),
+    ):
         yield
 
 
@@ -200,6 +229,7 @@ async def wait_for_end(collection: SimpleNamespace, run_id: str, metadata: Any) 
 
 async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
     backend: str,
+    broker: str,
     settings: Settings,
     app: App,
     stubs: SimpleNamespace,
@@ -236,7 +266,7 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
     )
     fake_provider.script(EMAIL, "HubSpot syncs email well.", [("https://hubspot.com/", "HubSpot")])
 
-    async with pipeline(backend, settings, fake_provider, tmp_path):
+    async with pipeline(backend, broker, settings, fake_provider, tmp_path):
         # Setting the schedule runs it at once.
         reply = await collection.schedules.SetSchedule(
             schedule_pb.SetScheduleRequest(workspace_id=ws, cron="0 6 * * *"), metadata=md
@@ -313,60 +343,123 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
         assert fake_provider.requests() == 8
 
 
-@pytest.mark.postgres_only  # redelivery after kill -9 is the Redis broker's
+# Redis requeues a dead worker's messages once it misses heartbeats (2 s here; every broker
+# command looks for such workers); RabbitMQ as soon as the worker's connection drops.
+KILL_OPTIONS = {
+    "redis": {"heartbeat_timeout": "2000", "maintenance_chance": "1000000"},
+    "rabbitmq": {},
+}
+
+
+def kill_test_settings(settings: Settings, server: FakeProviderServer, url: str) -> Settings:
+    """Four provider calls at a time, each taking half a second: a kill finds some in flight."""
+    server.set_latency(0.5)
+    return derive_settings(
+        pipeline_settings(settings, server, url), worker_concurrency=4, provider_concurrency=4
+    )
+
+
+async def run_ended(db: Database, run_id: str) -> Run:
+    async def ended() -> Run | None:
+        run = await load_run(db, run_id)
+        return run if run.end_time is not None else None
+
+    return await eventually(ended, f"run {run_id} to end")
+
+
+async def assert_every_probe_stored_once(db: Database, run: Run, prompts: list[str]) -> None:
+    assert run.status == "succeeded"
+    probes = await load_probes(db, run.id)
+    assert sorted((p.prompt_text, p.provider) for p in probes) == sorted(
+        (prompt, provider) for prompt in prompts for provider in ("openai", "anthropic")
+    )
+    assert all(p.status == "succeeded" and p.text for p in probes)
+
+
+@pytest.mark.postgres_only  # real worker processes share PostgreSQL and the broker
 async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
+    backend: str,
+    broker: str,
+    settings: Settings,
+    app: App,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    prompts = [f"which crm for team {n}" for n in range(6)]
+    ws = await make_workspace(app.db, prompts=prompts, providers=("openai", "anthropic"))
+    async with broker_url(broker, **KILL_OPTIONS[broker]) as url:
+        worker_settings = kill_test_settings(settings, fake_provider, url)
+        configure_broker(worker_settings)
+        env = beacon_env(worker_settings)
+        first = await Beacon.start("worker", env, tmp_path / "worker-1.log")
+        second: Beacon | None = None
+        try:
+            run_id = await insert_run(app.db, ws)
+            await dispatch_pending_runs(app.db, run_ids=[run_id])
+            async with asyncio.timeout(30):
+                await fake_provider.wait_for_requests(2)
+            await first.kill()  # SIGKILL with provider calls in flight, messages unacknowledged
+            answered_before = fake_provider.requests()
+            second = await Beacon.start("worker", env, tmp_path / "worker-2.log")
+            run = await run_ended(app.db, run_id)
+            await second.stop()
+        finally:
+            await first.kill()
+            if second is not None:
+                await second.kill()
+            reset_brokers()
+
+    await assert_every_probe_stored_once(app.db, run, prompts)
+    # The (at least two) probes in flight at the kill were asked again, yet stored once.
+    assert answered_before >= 2
+    assert fake_provider.requests() >= len(prompts) * 2 + 2
+
+
+@pytest.mark.postgres_only  # real worker and ticker processes share PostgreSQL
+async def test_a_rabbitmq_crash_mid_run_loses_no_message(
     backend: str,
     settings: Settings,
     app: App,
     fake_provider: FakeProviderServer,
     tmp_path: Path,
 ) -> None:
-    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
-    # A worker silent for 2 s counts as dead; every broker command looks for such workers.
-    url = f"{REDIS_URL}?namespace={namespace}&heartbeat_timeout=2000&maintenance_chance=1000000"
-    worker_settings = derive_settings(
-        pipeline_settings(settings, fake_provider, url),
-        worker_concurrency=4,
-        provider_concurrency=4,
-    )
-    fake_provider.set_latency(0.5)
-    prompts = [f"which crm for team {n}" for n in range(6)]
+    """A private RabbitMQ node is killed (SIGKILL) with probes queued, in flight and being sent,
+    then booted again on its data: durable queues and confirmed, persistent messages bring the
+    run to its end with every probe stored once."""
+    node = await RabbitmqNode.start(tmp_path / uuid.uuid4().hex[:8])
+    prompts = [f"which crm for region {n}" for n in range(10)]
     ws = await make_workspace(app.db, prompts=prompts, providers=("openai", "anthropic"))
+    worker_settings = kill_test_settings(settings, fake_provider, node.url)
     configure_broker(worker_settings)
     env = beacon_env(worker_settings)
-    first = await Beacon.start("worker", env, tmp_path / "worker-1.log")
-    second: Beacon | None = None
+    processes = [
+        await Beacon.start(command, env, tmp_path / f"{command}.log")
+        for command in ("worker", "ticker")
+    ]
     try:
         run_id = await insert_run(app.db, ws)
         await dispatch_pending_runs(app.db, run_ids=[run_id])
         async with asyncio.timeout(30):
             await fake_provider.wait_for_requests(2)
-        await first.kill()  # SIGKILL with provider calls in flight and messages unacknowledged
+        await node.kill()  # 20 probes: some answered, some in flight, the rest queued
         answered_before = fake_provider.requests()
-        second = await Beacon.start("worker", env, tmp_path / "worker-2.log")
-
-        async def ended() -> Run | None:
-            run = await load_run(app.db, run_id)
-            return run if run.end_time is not None else None
-
-        run = await eventually(ended, "the second worker to finish the run")
-        await second.stop()
+        # A run started during the outage waits in the outbox: the ticker sends it later.
+        late_id = await insert_run(app.db, ws)
+        await dispatch_pending_runs(app.db, run_ids=[late_id])
+        await node.boot()
+        run = await run_ended(app.db, run_id)
+        late = await run_ended(app.db, late_id)
+        for process in processes:
+            await process.stop()
     finally:
-        await first.kill()
-        if second is not None:
-            await second.kill()
+        for process in processes:
+            await process.kill()
         reset_brokers()
-        await delete_namespace(namespace)
+        await node.kill()
 
-    assert run.status == "succeeded"
-    probes = await load_probes(app.db, run_id)
-    assert sorted((p.prompt_text, p.provider) for p in probes) == sorted(
-        (prompt, provider) for prompt in prompts for provider in ("openai", "anthropic")
-    )
-    assert all(p.status == "succeeded" and p.text for p in probes)
-    # The (at least two) probes in flight at the kill were asked again, yet stored once.
-    assert answered_before >= 2
-    assert fake_provider.requests() >= len(probes) + 2
+    assert answered_before < len(prompts) * 2  # the crash did come mid-run
+    await assert_every_probe_stored_once(app.db, run, prompts)
+    await assert_every_probe_stored_once(app.db, late, prompts)
 
 
 SEED_SCHEDULES = text(
@@ -382,9 +475,9 @@ SEED_WORKSPACES = text(
 )
 
 
-@pytest.mark.postgres_only  # ticker processes share PostgreSQL and Redis
+@pytest.mark.postgres_only  # ticker processes share PostgreSQL and the broker
 async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
-    backend: str, settings: Settings, collection_db: Database, tmp_path: Path
+    backend: str, broker: str, settings: Settings, collection_db: Database, tmp_path: Path
 ) -> None:
     count = 20_000
     now = utcnow()
@@ -396,15 +489,6 @@ async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
         parameters = {"now": now, "organization": organization, "prefix": f"{organization}-"}
         await session.execute(SEED_WORKSPACES, {**parameters, "count": count})
         await session.execute(SEED_SCHEDULES, {**parameters, "due": now - timedelta(minutes=1)})
-    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
-    ticker_settings = derive_settings(
-        settings,
-        database_url=collection_db.url,
-        broker_url=f"{REDIS_URL}?namespace={namespace}",
-        ticker_batch_size=500,
-        ticker_interval_seconds=0.2,
-    )
-    env = beacon_env(ticker_settings)
     runs = select(func.count()).select_from(Run).where(Run.workspace_id.like(f"{organization}-%"))
 
     async def counted(query: Select[int]) -> int:
@@ -419,20 +503,28 @@ async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
         unsent = runs.where(Run.enqueue_time.is_(None))
         return (await counted(due) == 0 and await counted(unsent) == 0) or None
 
-    first = await Beacon.start("ticker", env, tmp_path / "ticker-1.log")
-    second: Beacon | None = None
-    try:
-        created = await eventually(some_runs, "the first ticker to create runs")
-        await first.kill()  # SIGKILL in the middle of the tick
-        second = await Beacon.start("ticker", env, tmp_path / "ticker-2.log")
-        await eventually(all_sent, "the second ticker to fire and send everything")
-        await second.stop()
-        sent = await sent_run_ids(namespace)
-    finally:
-        await first.kill()
-        if second is not None:
-            await second.kill()
-        await delete_namespace(namespace)
+    async with broker_url(broker) as url:
+        ticker_settings = derive_settings(
+            settings,
+            database_url=collection_db.url,
+            broker_url=url,
+            ticker_batch_size=500,
+            ticker_interval_seconds=0.2,
+        )
+        env = beacon_env(ticker_settings)
+        first = await Beacon.start("ticker", env, tmp_path / "ticker-1.log")
+        second: Beacon | None = None
+        try:
+            created = await eventually(some_runs, "the first ticker to create runs")
+            await first.kill()  # SIGKILL in the middle of the tick
+            second = await Beacon.start("ticker", env, tmp_path / "ticker-2.log")
+            await eventually(all_sent, "the second ticker to fire and send everything")
+            await second.stop()
+            sent = await asyncio.to_thread(sent_run_ids, url)
+        finally:
+            await first.kill()
+            if second is not None:
+                await second.kill()
 
     assert created < count  # the kill did interrupt the first tick
     async with collection_db.transaction(write=False) as session:
@@ -448,13 +540,34 @@ async def test_a_ticker_killed_mid_tick_loses_and_duplicates_no_run(
     assert {run_id for run_id, _, _ in rows} <= set(sent)  # every run reached the broker
 
 
-async def sent_run_ids(namespace: str) -> list[str]:
-    """Run ids of the process_run messages waiting in the namespace's queue."""
-    client = redis_async.from_url(REDIS_URL)
+def sent_run_ids(url: str) -> list[str]:
+    """Run ids of the process_run messages waiting in the broker's run queue."""
+    if url.startswith("amqp"):
+        return [dramatiq.Message.decode(body).args[0] for body in _rabbitmq_messages(url)]
+    namespace = redis_options(url).namespace
+    client = redis.Redis.from_url(REDIS_URL)
     try:
         return [
             dramatiq.Message.decode(data).args[0]
-            async for _, data in client.hscan_iter(f"{namespace}:{RUN_QUEUE}.msgs", count=5000)
+            for _, data in client.hscan_iter(f"{namespace}:{RUN_QUEUE}.msgs", count=5000)
         ]
     finally:
-        await client.aclose()
+        client.close()
+
+
+def _rabbitmq_messages(url: str) -> list[bytes]:
+    """The bodies of every message in the run queue (taken off it: the vhost goes next)."""
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        channel = connection.channel()
+        waiting = channel.queue_declare(RUN_QUEUE, passive=True).method.message_count
+        bodies: list[bytes] = []
+        for method, _, body in channel.consume(RUN_QUEUE, auto_ack=True, inactivity_timeout=5):
+            if method is None:
+                break
+            bodies.append(body)
+            if len(bodies) == waiting:
+                break
+        return bodies
+    finally:
+        connection.close()
