@@ -18,6 +18,7 @@ confirmed. A URL that cannot be used is refused at start-up with an error naming
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -118,6 +119,10 @@ def _build(url: str) -> dramatiq.Broker:
             middleware=middleware,
         )
     if scheme in ("amqp", "amqps"):
+        # pika logs each connection at INFO and each failed attempt with a traceback: while
+        # RabbitMQ restarts, hundreds. Dramatiq's consumers and the dispatcher report outages.
+        logging.getLogger("pika").setLevel(logging.WARNING)
+        logging.getLogger("pika.adapters").setLevel(logging.CRITICAL)
         return BeaconRabbitmqBroker(rabbitmq_options(url), middleware)
     raise ValueError(
         f"unsupported scheme {scheme!r}: use redis://, rediss://, amqp://, amqps:// or empty"
