@@ -1,4 +1,4 @@
-"""Helpers of the collection benchmarks: fake providers, Redis namespaces, CPU time, tables."""
+"""Helpers of the collection benchmarks: fake providers, broker namespaces, CPU time, tables."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
 import redis
 
 from bench._servers import REDIS_URL, Backend
 from service.config import PROVIDERS
+from tests.brokers import rabbitmq_available, temporary_vhost
 from tests.fakes.dialects import API_ROOTS
 from tests.fakes.provider_server import FAKE_API_KEY
 
@@ -37,6 +38,24 @@ def redis_namespace() -> Iterator[str]:
         for start in range(0, len(keys), 1000):
             client.delete(*keys[start : start + 1000])
         client.close()
+
+
+def available_brokers() -> list[str]:
+    """The brokers a benchmark can run on here: Redis, and RabbitMQ when it answers
+    (BEACON_TEST_AMQP_URL, default the local server)."""
+    return ["redis", "rabbitmq"] if rabbitmq_available() else ["redis"]
+
+
+@contextlib.asynccontextmanager
+async def broker_namespace(broker: str) -> AsyncIterator[str]:
+    """A URL of `broker` ("redis" or "rabbitmq") on a namespace or virtual host of its own,
+    deleted afterwards."""
+    if broker == "rabbitmq":
+        async with temporary_vhost("beacon-bench") as url:
+            yield url
+        return
+    with redis_namespace() as url:
+        yield url
 
 
 @contextlib.contextmanager

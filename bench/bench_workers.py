@@ -3,10 +3,11 @@
 The fake providers (their own process) answer after 200 ms, so `concurrency` probes in flight
 allow at most concurrency / 0.2 probes per second: the table compares the measured rate with
 that bound, and reports the worker's CPU time per probe. One run of 5,000 probes per level
-(1,250 prompts x 4 providers), on PostgreSQL + Redis. With py-spy installed, an extra run at
-concurrency 100 is profiled and its CPU samples split by component.
+(1,250 prompts x 4 providers), on PostgreSQL with each broker: Redis, and RabbitMQ (confirmed
+deliveries, its default) where it answers. With py-spy installed, an extra run at concurrency
+100 on the first broker is profiled and its CPU samples split by component.
 
-  python -m bench.bench_workers [--probes N] [--levels 25,50,100,200]
+  python -m bench.bench_workers [--probes N] [--levels 25,50,100,200] [--brokers redis,rabbitmq]
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from sqlalchemy import func, insert, select
 
 from bench._common import (
     Process,
+    available_brokers,
+    broker_namespace,
     fake_providers,
     profile_shares,
     provider_env,
     py_spy,
-    redis_namespace,
     table,
     wait_until,
     worker_env,
@@ -50,6 +52,7 @@ PROFILED_LEVEL = 100
 
 @dataclass(frozen=True)
 class Measure:
+    broker: str
     concurrency: int
     probes: int
     seconds: float
@@ -152,10 +155,10 @@ async def succeeded(db: Database, run_id: str) -> tuple[int, float]:
 
 
 async def measure(
-    backend: Backend, root: str, concurrency: int, probes: int, profile: Path | None
+    backend: Backend, broker: str, root: str, concurrency: int, probes: int, profile: Path | None
 ) -> Measure:
     prompts = probes // len(PROVIDERS)
-    with redis_namespace() as broker_url:
+    async with broker_namespace(broker) as broker_url:
         env = worker_env(
             backend,
             broker_url,
@@ -185,7 +188,7 @@ async def measure(
             worker.stop()
             await db.dispose()
             reset_brokers()
-    return Measure(concurrency, prompts * len(PROVIDERS), seconds, cpu, done, latency)
+    return Measure(broker, concurrency, prompts * len(PROVIDERS), seconds, cpu, done, latency)
 
 
 def _start_profile(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
@@ -205,29 +208,36 @@ def main() -> list[str]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--probes", type=int, default=5000)
     parser.add_argument("--levels", default="25,50,100,200")
+    parser.add_argument("--brokers", default=",".join(available_brokers()))
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
+    brokers = args.brokers.split(",")
     lines: list[str] = []
     with scratch_backend() as backend, fake_providers(LATENCY) as root:
         if backend.name != "postgres+redis":
             raise SystemExit("the worker benchmark needs PostgreSQL and Redis")
         results = [
-            asyncio.run(measure(backend, root, level, args.probes, None)) for level in levels
+            asyncio.run(measure(backend, broker, root, level, args.probes, None))
+            for broker in brokers
+            for level in levels
         ]
         shares: list[tuple[str, float]] = []
         profiled: Measure | None = None
         if py_spy() is not None:
             output = Path(tempfile.mkdtemp(prefix="beacon-bench-")) / "worker.collapsed"
-            profiled = asyncio.run(measure(backend, root, PROFILED_LEVEL, args.probes, output))
+            profiled = asyncio.run(
+                measure(backend, brokers[0], root, PROFILED_LEVEL, args.probes, output)
+            )
             time.sleep(0.5)
             if output.exists():
                 shares = profile_shares(output)
     lines.append(
-        f"Worker benchmark (one `beacon worker` process, {backend.name}; fake providers "
+        f"Worker benchmark (one `beacon worker` process, PostgreSQL; fake providers "
         f"answering in {LATENCY * 1000:.0f} ms; {results[0].probes} probes per level)"
     )
     rows = [
         (
+            r.broker,
             r.concurrency,
             f"{r.bound:.0f}",
             f"{r.rate:.0f}",
@@ -243,6 +253,7 @@ def main() -> list[str]:
     ]
     lines += table(
         (
+            "broker",
             "concurrency",
             "bound/s",
             "probes/s",
@@ -263,7 +274,7 @@ def main() -> list[str]:
     )
     if profiled is not None and shares:
         lines.append(
-            f"where the worker's CPU goes (py-spy, concurrency {PROFILED_LEVEL}, "
+            f"where the worker's CPU goes (py-spy, {profiled.broker}, concurrency {PROFILED_LEVEL}, "
             f"{profiled.rate:.0f} probes/s while profiled):"
         )
         lines += table(("component", "share"), [(n, f"{s * 100:.0f}%") for n, s in shares])
