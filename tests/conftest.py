@@ -218,10 +218,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
         on_sqlite = params.get("backend") == "sqlite"
-        postgres_only = item.get_closest_marker("postgres_only") or params.get("broker") not in (
-            None,
-            "redis",
-        )
+        postgres_only = bool(item.get_closest_marker("postgres_only"))
+        postgres_only |= params.get("broker", "redis") != "redis"
         (drop if on_sqlite and postgres_only else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
