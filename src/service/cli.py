@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.app import App
-from service.config import Settings
+from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
 from service.logs import configure_logging
 
@@ -73,15 +74,42 @@ def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, Any]]) -> An
 
 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    settings.check_secrets()
     _run(settings, lambda: serve(settings))
     return 0
+
+
+def dev_secrets(settings: Settings) -> list[str]:
+    """Fills in the secrets `beacon dev` may run without; returns what the banner must say.
+
+    Only `dev` gets the public development auth secret (so that `beacon token` works with
+    no configuration) and a random, per-process signing secret (signed URLs of a previous
+    run stop working, which a development server can afford).
+    """
+    settings.check_secrets(dev=True)
+    notes = []
+    if not settings.auth_secret and not settings.auth_jwks_url:
+        settings.auth_secret = DEV_AUTH_SECRET
+        notes.append(
+            "Auth: the PUBLIC development secret (anyone can mint tokens). `beacon serve`"
+            " refuses it: set BEACON_AUTH_SECRET in production."
+        )
+    if not settings.signing_secret:
+        settings.signing_secret = secrets.token_urlsafe(48)
+        notes.append(
+            "Signed URLs: a random secret for this process only (set BEACON_SIGNING_SECRET"
+            " to keep URLs valid across restarts)."
+        )
+    return notes
 
 
 def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
     from service.db.migrate import upgrade
 
+    notes = dev_secrets(settings)
     upgrade(settings.database_url)
-    print(DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr), file=sys.stderr)
+    banner = DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr)
+    print(banner + "".join(f"  {note}\n" for note in notes), file=sys.stderr)
     _run(settings, lambda: serve(settings, embedded_workers=True))
     return 0
 
@@ -89,6 +117,7 @@ def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.runtime import run_worker
 
+    settings.check_secrets()
     run_worker(settings)
     return 0
 
@@ -96,6 +125,7 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_ticker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.ticker import run_ticker
 
+    settings.check_secrets()
     run_ticker(settings)
     return 0
 
@@ -111,6 +141,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from service.auth.tokens import mint_dev_token
 
+    # Without BEACON_AUTH_SECRET this mints with the development secret, which only
+    # `beacon dev` accepts.
+    if not settings.auth_secret:
+        settings.auth_secret = DEV_AUTH_SECRET
     print(mint_dev_token(settings, email=args.email, name=args.name, ttl_seconds=args.ttl))
     return 0
 

@@ -50,11 +50,13 @@ class CallContext:
     """Everything known about the current call."""
 
     method: str  # full name, e.g. "beacon.v1.WorkspaceService/GetWorkspace"
-    request_id: str
+    request_id: str  # the server's own id of the call (identifies its audit event)
+    correlation_id: str = ""  # the client's `x-request-id`, when it sent a sane one
     peer: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
     access: Access | None = None
+    page_key: bytes = b""  # signs page tokens (derived from BEACON_SIGNING_SECRET)
 
     def require_principal(self) -> Principal:
         if self.principal is None:

@@ -36,6 +36,8 @@ UPLOADED = "uploaded"
 # Signed GET URLs expire on a grid of this many seconds, so that repeated reads of one
 # workspace return the same icon URL (cacheable) for a while.
 URL_EXPIRY_GRID_SECONDS = 300
+# Servers behind one load balancer may disagree on the time by this much.
+URL_CLOCK_SKEW_SECONDS = 5
 _FILE_ID = re.compile(r"^file_[a-z2-7]{16}$")
 
 
@@ -106,6 +108,19 @@ def signature_valid(settings: Settings, method: str, path: str, expires: str, si
         return False
     expected = _signature(settings, method, path, int(expires))
     return hmac.compare_digest(expected, sig)
+
+
+def expires_too_far(settings: Settings, method: str, expires: int, now: float) -> bool:
+    """Whether `expires` lies further ahead than any URL this server signs for `method`.
+
+    Such a URL was not made by `signed_url` under the current TTLs (a leaked key, or one
+    signed before the TTL was shortened), so it is refused even with a valid signature.
+    """
+    if method == "POST":
+        lifetime = settings.upload_url_ttl_seconds
+    else:
+        lifetime = settings.icon_url_ttl_seconds + URL_EXPIRY_GRID_SECONDS
+    return expires > now + lifetime + URL_CLOCK_SKEW_SECONDS
 
 
 def upload_path(file_id: str) -> str:

@@ -52,7 +52,10 @@ def _signed(request: web.Request, method: str, path: str) -> web.Response | None
     sig = request.query.get("sig", "")
     if not files.signature_valid(settings, method, path, expires, sig):
         return _error(403, "BAD_SIGNATURE", "the URL signature is missing or invalid")
-    if int(expires) < time.time():
+    now = time.time()
+    if files.expires_too_far(settings, method, int(expires), now):
+        return _error(403, "EXPIRES_TOO_FAR", "the URL expires later than this server allows")
+    if int(expires) < now:
         return _error(410, "URL_EXPIRED", "the URL has expired; request a new one")
     return None
 
