@@ -157,13 +157,26 @@ def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
         db = Database(settings.database_url)
         try:
             if args.action == "create":
-                secret, info = await service_keys.create_key(db, args.name, args.scope or [])
+                secret, info = await service_keys.create_key(
+                    db,
+                    args.name,
+                    args.scope or [],
+                    organization_ids=args.organization or [],
+                    all_organizations=args.all_organizations,
+                )
                 print(secret)
-                print(f"created {info.id} scopes={','.join(info.scopes)}", file=sys.stderr)
+                print(
+                    f"created {info.id} scopes={','.join(info.scopes)}"
+                    f" organizations={info.describe_organizations()}",
+                    file=sys.stderr,
+                )
             elif args.action == "list":
                 for key in await service_keys.list_keys(db):
                     state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "active"
-                    print(f"{key.id}\t{key.name}\t{','.join(key.scopes)}\t{state}")
+                    print(
+                        f"{key.id}\t{key.name}\t{','.join(key.scopes)}"
+                        f"\t{key.describe_organizations()}\t{state}"
+                    )
             else:
                 await service_keys.revoke_key(db, args.key_id)
                 print(f"revoked {args.key_id}", file=sys.stderr)
@@ -211,6 +224,18 @@ def parser() -> argparse.ArgumentParser:
     create = key_sub.add_parser("create")
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", help="act_as, workos (repeatable)")
+    bound = create.add_mutually_exclusive_group(required=True)
+    bound.add_argument(
+        "--organization",
+        action="append",
+        metavar="ORG_ID",
+        help="an organization the key may touch (repeatable)",
+    )
+    bound.add_argument(
+        "--all-organizations",
+        action="store_true",
+        help="the key may touch every organization (platform-internal keys only)",
+    )
     key_sub.add_parser("list")
     revoke = key_sub.add_parser("revoke")
     revoke.add_argument("key_id")

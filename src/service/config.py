@@ -123,7 +123,9 @@ class Settings(BaseSettings):
     @cached_property
     def page_token_key(self) -> bytes:
         """The key of page tokens, derived from the signing secret (one secret, two uses)."""
-        return hmac.new(self.effective_signing_secret, b"beacon page tokens", hashlib.sha256).digest()
+        return hmac.new(
+            self.effective_signing_secret, b"beacon page tokens", hashlib.sha256
+        ).digest()
 
     def check_secrets(self, *, dev: bool = False) -> None:
         """Raises ConfigError naming the variable when the secrets do not allow a start.
@@ -174,6 +176,4 @@ def _require_strong(variable: str, value: str, *, optional: bool) -> None:
     if not value:
         raise ConfigError(f"{variable} is not set; {GENERATE_HINT}")
     if len(value.encode()) < MIN_SECRET_BYTES:
-        raise ConfigError(
-            f"{variable} is shorter than {MIN_SECRET_BYTES} bytes; {GENERATE_HINT}"
-        )
+        raise ConfigError(f"{variable} is shorter than {MIN_SECRET_BYTES} bytes; {GENERATE_HINT}")

@@ -205,7 +205,10 @@ async def test_user_is_created_on_first_sight_and_refreshed_when_the_name_change
 
 
 async def new_key(app: App, *scopes: str) -> tuple[str, str]:
-    secret, info = await service_keys.create_key(app.db, f"svc-{uuid.uuid4().hex[:8]}", [*scopes])
+    """A platform-internal key (bound to all organizations) with `scopes`."""
+    secret, info = await service_keys.create_key(
+        app.db, f"svc-{uuid.uuid4().hex[:8]}", [*scopes], all_organizations=True
+    )
     return secret, info.id
 
 

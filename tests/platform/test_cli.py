@@ -72,13 +72,14 @@ async def test_service_key_create_list_revoke_round_trip(tmp_path: Path) -> None
 
     created = await asyncio.gather(
         run_beacon("service-key", "create", "--name", "billing-sync", "--scope", "act_as",
-                   "--scope", "workos", env=env),
-        run_beacon("service-key", "create", "--name", "reporting", env=env),
+                   "--scope", "workos", "--all-organizations", env=env),
+        run_beacon("service-key", "create", "--name", "reporting", "--all-organizations",
+                   env=env),
     )  # fmt: skip
     keys = []
     for code, out, err in created:
         assert code == 0, err
-        match = re.search(r"created (key_[a-z0-9]+) scopes=(\S*)", err)
+        match = re.search(r"created (key_[a-z0-9]+) scopes=(\S*) organizations=\*", err)
         assert match is not None, err
         keys.append((out.strip(), match.group(1), match.group(2)))
     (revoked_secret, revoked_id, scopes), (kept_secret, kept_id, _) = keys
@@ -101,8 +102,8 @@ async def test_service_key_create_list_revoke_round_trip(tmp_path: Path) -> None
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         assert sorted(out.strip().splitlines()) == sorted(
             [
-                f"{revoked_id}\tbilling-sync\tact_as,workos\trevoked {today}",
-                f"{kept_id}\treporting\t\tactive",
+                f"{revoked_id}\tbilling-sync\tact_as,workos\t*\trevoked {today}",
+                f"{kept_id}\treporting\t\t*\tactive",
             ]
         )
         assert await service_keys.find_active_key(db, revoked_secret) is None

@@ -161,7 +161,10 @@ async def test_each_error_kind_reaches_the_client_with_its_code_and_details(
         case.code, case.reason, create_failing(probes, user, name, request_id)
     )
     assert set(got.details) == case.details
-    assert got.details["ErrorInfo"].metadata["request_id"] == request_id
+    ids = got.details["ErrorInfo"].metadata
+    # The server names the call; the client's x-request-id is echoed as the correlation id.
+    assert ids["correlation_id"] == request_id != ids["request_id"]
+    assert ids["request_id"].startswith("req_")
     assert SECRET_TEXT not in got.message
     made = case.make()
     if isinstance(made, e.DomainError):

@@ -13,13 +13,15 @@ class Principal:
 
     A user token gives a user principal. A service key gives a service principal, which
     acts for a user (`user_id` set) when the key has the `act_as` scope and the call names
-    the user in `x-beacon-act-as`.
+    the user in `x-beacon-act-as`. `key_organizations` bounds what a key may touch (None:
+    no bound, for user tokens and `--all-organizations` keys).
     """
 
     user_id: str | None
     email: str = ""
     key_id: str | None = None
     scopes: frozenset[str] = frozenset()
+    key_organizations: frozenset[str] | None = None
 
     @property
     def actor_id(self) -> str:
