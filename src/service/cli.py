@@ -30,7 +30,7 @@ def _install_loop(settings: Settings) -> None:
 
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
-    from service.http.server import start_http
+    from service.http.server import start_http, start_metrics
     from service.server import start_server
     from workers.broker import configure_broker
 
@@ -42,7 +42,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     configure_broker(settings)
     app = App.from_settings(settings)
     embedded = None
-    grpc_server = http_server = None
+    grpc_server = http_server = metrics_server = None
     try:
         if embedded_workers:
             from workers.runtime import start_embedded
@@ -50,9 +50,11 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
             embedded = start_embedded(settings)
         grpc_server = await start_server(app)
         http_server = await start_http(app)
+        metrics_server = await start_metrics(app)
+        metrics = f", metrics on port {metrics_server.port}" if metrics_server else ""
         print(
             f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
-            f"HTTP on port {http_server.port}",
+            f"HTTP on port {http_server.port}{metrics}",
             file=sys.stderr,
             flush=True,
         )
@@ -63,6 +65,8 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
             await grpc_server.stop()
         if http_server is not None:
             await http_server.stop()
+        if metrics_server is not None:
+            await metrics_server.stop()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         await app.close()
