@@ -16,7 +16,8 @@ from service.auth import service_keys
 from service.auth.tokens import TokenVerifier
 from service.config import DEV_AUTH_SECRET, Settings
 from service.db.database import Database
-from service.db.models import ServiceKey
+from service.db.models import Organization, ServiceKey
+from service.domain.clock import new_id
 from tests.platform.processes import BEACON
 
 
@@ -112,3 +113,40 @@ async def test_service_key_create_list_revoke_round_trip(tmp_path: Path) -> None
         assert await service_keys.find_active_key(db, kept_secret) is not None
     finally:
         await db.dispose()
+
+
+async def test_service_key_create_is_bound_to_organizations(tmp_path: Path) -> None:
+    """Exactly one of `--organization ORG` (repeatable, existing organizations) or
+    `--all-organizations`; `list` shows what each key may touch."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'bound.db'}"
+    env = {"BEACON_DATABASE_URL": url}
+    code, _, err = await run_beacon("migrate", env=env)
+    assert code == 0, err
+    db = Database(url)
+    try:
+        org_ids = [new_id("org"), new_id("org")]
+        async with db.transaction() as session:
+            session.add_all(Organization(id=o, name=o, slug=o.replace("_", "-")) for o in org_ids)
+    finally:
+        await db.dispose()
+    create = ("service-key", "create", "--name", "sync", "--scope", "act_as")
+    neither, both, unknown, malformed = await asyncio.gather(
+        run_beacon(*create, env=env),
+        run_beacon(*create, "--organization", org_ids[0], "--all-organizations", env=env),
+        run_beacon(*create, "--organization", new_id("org"), env=env),
+        run_beacon(*create, "--organization", "ws_notanorganization", env=env),
+    )
+    for code, out, err in (neither, both, unknown, malformed):
+        assert code == 2 and not out.strip(), err
+    assert "--organization" in neither[2] and "--all-organizations" in neither[2]
+    assert "organization_ids" in unknown[2] and "organization_ids" in malformed[2]
+    code, out, err = await run_beacon(
+        *create, "--organization", org_ids[0], "--organization", org_ids[1], env=env
+    )
+    assert code == 0 and out.startswith("bk_"), err
+    bound = ",".join(sorted(org_ids))
+    assert f"organizations={bound}" in err
+    code, listed, err = await run_beacon("service-key", "list", env=env)
+    assert code == 0, err
+    [line] = listed.strip().splitlines()
+    assert line.split("\t")[2:] == ["act_as", bound, "active"]
