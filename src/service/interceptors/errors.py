@@ -138,7 +138,11 @@ async def _abort(context: Any, exc: BaseException) -> None:
         log.error(
             "unhandled exception",
             exc_info=exc,
-            extra={"method": call.method, "request_id": call.request_id},
+            extra={
+                "method": call.method,
+                "request_id": call.request_id,
+                "correlation_id": call.correlation_id,
+            },
         )
         error = e.DomainError(f"internal error (request id {call.request_id})", reason="INTERNAL")
         status = status_pb2.Status(
