@@ -138,7 +138,11 @@ class ListMyOrganizationsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response's next_page_token."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -528,7 +532,11 @@ class ListAuditEventsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
