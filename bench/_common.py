@@ -17,7 +17,7 @@ from pathlib import Path
 
 import redis
 
-from bench._servers import REDIS_URL, Backend
+from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, REDIS_URL, Backend
 from service.config import PROVIDERS
 from tests.brokers import rabbitmq_available, temporary_vhost
 from tests.fakes.dialects import API_ROOTS
@@ -92,6 +92,8 @@ def worker_env(backend: Backend, broker_url: str, **extra: str) -> dict[str, str
         BEACON_DATABASE_URL=backend.database_url,
         BEACON_REDIS_URL=backend.redis_url,
         BEACON_BROKER_URL=broker_url,
+        BEACON_AUTH_SECRET=BENCH_SECRET,
+        BEACON_SIGNING_SECRET=BENCH_SIGNING_SECRET,
         BEACON_LOG_LEVEL="WARNING",
         BEACON_LOG_JSON="false",
     )

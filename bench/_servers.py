@@ -26,6 +26,7 @@ PG_ADMIN_URL = os.environ.get(
 REDIS_URL = os.environ.get("BEACON_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 BEACON = str(Path(sys.executable).with_name("beacon"))
 BENCH_SECRET = "beacon-bench-secret-0123456789abcdef"
+BENCH_SIGNING_SECRET = "beacon-bench-signing-secret-0123456789abcdef"
 
 
 def port_open(host: str, port: int) -> bool:
@@ -87,6 +88,7 @@ def bench_env(backend: Backend, **extra: str) -> dict[str, str]:
         "BEACON_DATABASE_URL": backend.database_url,
         "BEACON_REDIS_URL": backend.redis_url,
         "BEACON_AUTH_SECRET": BENCH_SECRET,
+        "BEACON_SIGNING_SECRET": BENCH_SIGNING_SECRET,
         "BEACON_RATE_LIMIT_KEY_PREFIX": f"beacon-bench-{uuid.uuid4().hex[:8]}",
         "BEACON_LOG_LEVEL": "INFO",
     }
@@ -100,7 +102,7 @@ class ServerGroup:
 
     port: int
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    http_ports: list[int] = field(default_factory=list)
+    metrics_ports: list[int] = field(default_factory=list)
 
     def stop(self) -> None:
         for proc in self.processes:
@@ -120,6 +122,7 @@ def serve(backend: Backend, count: int, **extra_env: str) -> Iterator[ServerGrou
         backend,
         BEACON_GRPC_ADDR=f"127.0.0.1:{group.port}",
         BEACON_HTTP_ADDR="127.0.0.1:0",
+        BEACON_METRICS_ADDR="127.0.0.1:0",
         **extra_env,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="beacon-bench-logs-"))
@@ -133,13 +136,13 @@ def serve(backend: Backend, count: int, **extra_env: str) -> Iterator[ServerGrou
                 stderr=err_path.open("wb"),
             )
             group.processes.append(proc)
-            group.http_ports.append(_wait_started(proc, err_path))
+            group.metrics_ports.append(_wait_started(proc, err_path))
         yield group
     finally:
         group.stop()
 
 
-_STARTED = re.compile(rb"beacon: gRPC on \S+, HTTP on port (\d+)")
+_STARTED = re.compile(rb"beacon: gRPC on \S+, HTTP on port \d+, metrics on port (\d+)")
 
 
 def _wait_started(proc: subprocess.Popen[bytes], log: Path, timeout: float = 60) -> int:

@@ -139,7 +139,7 @@ def _data_bytes(output: str) -> int:
 def ok_count(group: ServerGroup, method: str) -> int:
     """OK calls of `method` counted by the servers' own metrics."""
     total = 0.0
-    for port in group.http_ports:
+    for port in group.metrics_ports:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
         for line in text.decode().splitlines():
             labels = line[line.find("{") + 1 : line.find("}")].split(",")

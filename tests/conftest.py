@@ -50,6 +50,7 @@ hypothesis_settings.load_profile(
     "explore" if os.environ.get("BEACON_FUZZ_RANDOM") else "repeatable"
 )
 TEST_SECRET = "beacon-test-secret-0123456789abcdef"
+TEST_SIGNING_SECRET = "beacon-test-signing-secret-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -98,6 +99,8 @@ def make_settings(
         "http_addr": "127.0.0.1:0",
         "data_dir": data_dir,
         "auth_secret": TEST_SECRET,
+        "signing_secret": TEST_SIGNING_SECRET,
+        "metrics_addr": "",
         "rate_limit_key_prefix": prefix,
         "service_key_cache_seconds": 0,
         "shutdown_grace_seconds": 5.0,

@@ -6,13 +6,14 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service.app import App
-from service.config import Settings
+from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
 from service.logs import configure_logging
 
@@ -29,7 +30,7 @@ def _install_loop(settings: Settings) -> None:
 
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
-    from service.http.server import start_http
+    from service.http.server import start_http, start_metrics
     from service.server import start_server
     from workers.broker import configure_broker
 
@@ -41,7 +42,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     configure_broker(settings)
     app = App.from_settings(settings)
     embedded = None
-    grpc_server = http_server = None
+    grpc_server = http_server = metrics_server = None
     try:
         if embedded_workers:
             from workers.runtime import start_embedded
@@ -49,9 +50,11 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
             embedded = start_embedded(settings)
         grpc_server = await start_server(app)
         http_server = await start_http(app)
+        metrics_server = await start_metrics(app)
+        metrics = f", metrics on port {metrics_server.port}" if metrics_server else ""
         print(
             f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
-            f"HTTP on port {http_server.port}",
+            f"HTTP on port {http_server.port}{metrics}",
             file=sys.stderr,
             flush=True,
         )
@@ -62,6 +65,8 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
             await grpc_server.stop()
         if http_server is not None:
             await http_server.stop()
+        if metrics_server is not None:
+            await metrics_server.stop()
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         await app.close()
@@ -73,15 +78,42 @@ def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, Any]]) -> An
 
 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
+    settings.check_secrets()
     _run(settings, lambda: serve(settings))
     return 0
+
+
+def dev_secrets(settings: Settings) -> list[str]:
+    """Fills in the secrets `beacon dev` may run without; returns what the banner must say.
+
+    Only `dev` gets the public development auth secret (so that `beacon token` works with
+    no configuration) and a random, per-process signing secret (signed URLs of a previous
+    run stop working, which a development server can afford).
+    """
+    settings.check_secrets(dev=True)
+    notes = []
+    if not settings.auth_secret and not settings.auth_jwks_url:
+        settings.auth_secret = DEV_AUTH_SECRET
+        notes.append(
+            "Auth: the PUBLIC development secret (anyone can mint tokens). `beacon serve`"
+            " refuses it: set BEACON_AUTH_SECRET in production."
+        )
+    if not settings.signing_secret:
+        settings.signing_secret = secrets.token_urlsafe(48)
+        notes.append(
+            "Signed URLs: a random secret for this process only (set BEACON_SIGNING_SECRET"
+            " to keep URLs valid across restarts)."
+        )
+    return notes
 
 
 def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
     from service.db.migrate import upgrade
 
+    notes = dev_secrets(settings)
     upgrade(settings.database_url)
-    print(DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr), file=sys.stderr)
+    banner = DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr)
+    print(banner + "".join(f"  {note}\n" for note in notes), file=sys.stderr)
     _run(settings, lambda: serve(settings, embedded_workers=True))
     return 0
 
@@ -89,6 +121,7 @@ def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.runtime import run_worker
 
+    settings.check_secrets()
     run_worker(settings)
     return 0
 
@@ -96,6 +129,7 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
 def cmd_ticker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.ticker import run_ticker
 
+    settings.check_secrets()
     run_ticker(settings)
     return 0
 
@@ -111,6 +145,10 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     from service.auth.tokens import mint_dev_token
 
+    # Without BEACON_AUTH_SECRET this mints with the development secret, which only
+    # `beacon dev` accepts.
+    if not settings.auth_secret:
+        settings.auth_secret = DEV_AUTH_SECRET
     print(mint_dev_token(settings, email=args.email, name=args.name, ttl_seconds=args.ttl))
     return 0
 
@@ -123,13 +161,26 @@ def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
         db = Database(settings.database_url)
         try:
             if args.action == "create":
-                secret, info = await service_keys.create_key(db, args.name, args.scope or [])
+                secret, info = await service_keys.create_key(
+                    db,
+                    args.name,
+                    args.scope or [],
+                    organization_ids=args.organization or [],
+                    all_organizations=args.all_organizations,
+                )
                 print(secret)
-                print(f"created {info.id} scopes={','.join(info.scopes)}", file=sys.stderr)
+                print(
+                    f"created {info.id} scopes={','.join(info.scopes)}"
+                    f" organizations={info.describe_organizations()}",
+                    file=sys.stderr,
+                )
             elif args.action == "list":
                 for key in await service_keys.list_keys(db):
                     state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "active"
-                    print(f"{key.id}\t{key.name}\t{','.join(key.scopes)}\t{state}")
+                    print(
+                        f"{key.id}\t{key.name}\t{','.join(key.scopes)}"
+                        f"\t{key.describe_organizations()}\t{state}"
+                    )
             else:
                 await service_keys.revoke_key(db, args.key_id)
                 print(f"revoked {args.key_id}", file=sys.stderr)
@@ -177,6 +228,18 @@ def parser() -> argparse.ArgumentParser:
     create = key_sub.add_parser("create")
     create.add_argument("--name", required=True)
     create.add_argument("--scope", action="append", help="act_as, workos (repeatable)")
+    bound = create.add_mutually_exclusive_group(required=True)
+    bound.add_argument(
+        "--organization",
+        action="append",
+        metavar="ORG_ID",
+        help="an organization the key may touch (repeatable)",
+    )
+    bound.add_argument(
+        "--all-organizations",
+        action="store_true",
+        help="the key may touch every organization (platform-internal keys only)",
+    )
     key_sub.add_parser("list")
     revoke = key_sub.add_parser("revoke")
     revoke.add_argument("key_id")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import cached_property
 from pathlib import Path
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROVIDERS = ("openai", "anthropic", "google", "perplexity", "mistral", "cohere")
+# The HS256 secret only `beacon dev` may use (and `beacon token` mints with when none is set):
+# it is public, so `serve`, `worker` and `ticker` refuse to start on it.
+DEV_AUTH_SECRET = "beacon-dev-secret-change-me-in-production"
+MIN_SECRET_BYTES = 32
+GENERATE_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+class ConfigError(ValueError):
+    """The environment does not allow this process to start; the message says how to fix it."""
 
 
 class Settings(BaseSettings):
@@ -31,16 +42,14 @@ class Settings(BaseSettings):
     uvloop: bool = True
 
     # Authentication.
-    auth_secret: str = (
-        "beacon-dev-secret-change-me-in-production"  # HS256 secret; empty disables HS256
-    )
+    auth_secret: str = ""  # HS256 secret (>= 32 bytes); empty disables HS256
     auth_dev_issuer: str = "beacon-dev"
     auth_jwks_url: str = ""
     auth_issuer: str = ""
     auth_audience: str = ""
     auth_jwks_cache_seconds: int = 300
     auth_leeway_seconds: int = 30
-    signing_secret: str = ""  # for signed URLs; defaults to auth_secret
+    signing_secret: str = ""  # signed URLs and page tokens (>= 32 bytes); required
     service_key_cache_seconds: float = 5.0  # a revoked key stops working within this time
 
     # Rate limits: every rule's request count is multiplied by this (load tests only).
@@ -90,8 +99,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     metrics_enabled: bool = True
-    # Prometheus endpoints of `beacon worker` / `beacon ticker` (host:port; empty = none).
-    # `beacon serve` serves /metrics on its HTTP side.
+    # Prometheus endpoints (host:port; empty = none). `beacon serve` serves /metrics on its
+    # own address, never on the public HTTP side that serves uploads.
+    metrics_addr: str = "127.0.0.1:9464"
     worker_metrics_addr: str = ""
     ticker_metrics_addr: str = ""
 
@@ -105,7 +115,48 @@ class Settings(BaseSettings):
 
     @cached_property
     def effective_signing_secret(self) -> bytes:
-        return (self.signing_secret or self.auth_secret or "beacon-signing").encode()
+        """The key of signed URLs; there is no fallback (a missing one is a start-up error)."""
+        if not self.signing_secret:
+            raise ConfigError(f"BEACON_SIGNING_SECRET is not set; {GENERATE_HINT}")
+        return self.signing_secret.encode()
+
+    @cached_property
+    def page_token_key(self) -> bytes:
+        """The key of page tokens, derived from the signing secret (one secret, two uses)."""
+        return hmac.new(
+            self.effective_signing_secret, b"beacon page tokens", hashlib.sha256
+        ).digest()
+
+    def check_secrets(self, *, dev: bool = False) -> None:
+        """Raises ConfigError naming the variable when the secrets do not allow a start.
+
+        Outside `dev` (serve, worker, ticker): BEACON_AUTH_SECRET must be set (unless a JWKS
+        URL is), must not be the built-in development value and must have >= 32 bytes;
+        BEACON_SIGNING_SECRET must be set, >= 32 bytes, and differ from the auth secret. A
+        JWKS URL needs BEACON_AUTH_ISSUER and BEACON_AUTH_AUDIENCE, in every command.
+        """
+        if self.auth_jwks_url and not (self.auth_issuer and self.auth_audience):
+            raise ConfigError(
+                "BEACON_AUTH_JWKS_URL is set without BEACON_AUTH_ISSUER and BEACON_AUTH_AUDIENCE:"
+                " tokens of any issuer or audience signed by that key set would be accepted"
+            )
+        if dev:
+            return
+        if self.auth_secret == DEV_AUTH_SECRET:
+            raise ConfigError(
+                "BEACON_AUTH_SECRET is the public development secret (only `beacon dev` may use"
+                f" it); {GENERATE_HINT}"
+            )
+        if not self.auth_secret and not self.auth_jwks_url:
+            raise ConfigError(
+                f"BEACON_AUTH_SECRET is not set (and no BEACON_AUTH_JWKS_URL); {GENERATE_HINT}"
+            )
+        _require_strong("BEACON_AUTH_SECRET", self.auth_secret, optional=True)
+        _require_strong("BEACON_SIGNING_SECRET", self.signing_secret, optional=False)
+        if self.signing_secret == self.auth_secret:
+            raise ConfigError(
+                f"BEACON_SIGNING_SECRET must differ from BEACON_AUTH_SECRET; {GENERATE_HINT}"
+            )
 
     @cached_property
     def effective_public_http_url(self) -> str:
@@ -117,3 +168,12 @@ class Settings(BaseSettings):
     def configured_providers(self) -> frozenset[str]:
         """Providers that have credentials."""
         return frozenset(p for p in PROVIDERS if self.provider_key(p))
+
+
+def _require_strong(variable: str, value: str, *, optional: bool) -> None:
+    if not value and optional:
+        return
+    if not value:
+        raise ConfigError(f"{variable} is not set; {GENERATE_HINT}")
+    if len(value.encode()) < MIN_SECRET_BYTES:
+        raise ConfigError(f"{variable} is shorter than {MIN_SECRET_BYTES} bytes; {GENERATE_HINT}")

@@ -35,7 +35,7 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     authenticator = Authenticator(app.settings, app.db)
     return [
         WrappingInterceptor(
-            ObservabilityAround(),
+            ObservabilityAround(app.settings.page_token_key),
             ErrorsAround(),
             AuthAround(authenticator, app.db),
             RateLimitAround(app.settings),

@@ -42,14 +42,15 @@ async def passes_auth(call: Awaitable[Any]) -> Any:
 
 
 async def rpc_log_record(caplog: pytest.LogCaptureFixture, request_id: str) -> logging.LogRecord:
-    """The `beacon.rpc` line of a call. A refused call's status reaches the client before the
-    server has finished logging it, so the line is awaited rather than expected at once."""
+    """The `beacon.rpc` line of a call the client sent with `x-request-id: request_id` (the
+    line's correlation id). A refused call's status reaches the client before the server
+    has finished logging it, so the line is awaited rather than expected at once."""
 
     async def logged() -> logging.LogRecord | None:
         found = [
             r
             for r in caplog.records
-            if r.name == "beacon.rpc" and getattr(r, "request_id", None) == request_id
+            if r.name == "beacon.rpc" and getattr(r, "correlation_id", None) == request_id
         ]
         return found[0] if found else None
 

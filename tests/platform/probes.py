@@ -53,7 +53,7 @@ class ProbeState:
         return call
 
     def call_with_request_id(self, request_id: str) -> CallContext:
-        found = [c for c in self.calls if c.request_id == request_id]
+        found = [c for c in self.calls if c.correlation_id == request_id]
         assert len(found) == 1, f"expected one recorded call with request id {request_id}"
         return found[0]
 

@@ -76,6 +76,8 @@ def serve_env(settings: Settings, **extra: str) -> dict[str, str]:
         "BEACON_REDIS_URL": settings.redis_url,
         "BEACON_RATE_LIMIT_KEY_PREFIX": settings.rate_limit_key_prefix,
         "BEACON_AUTH_SECRET": settings.auth_secret,
+        "BEACON_SIGNING_SECRET": settings.signing_secret,
+        "BEACON_METRICS_ADDR": "",
         **extra,
     }
 

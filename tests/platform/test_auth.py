@@ -32,7 +32,7 @@ from service.app import App
 from service.auth import service_keys, tokens
 from service.auth.context import CallContext
 from service.auth.tokens import mint_dev_token
-from service.config import Settings
+from service.config import DEV_AUTH_SECRET, Settings
 from service.db.models import User
 from service.domain.errors import Unauthenticated
 from tests.conftest import NewUser, make_settings
@@ -205,7 +205,10 @@ async def test_user_is_created_on_first_sight_and_refreshed_when_the_name_change
 
 
 async def new_key(app: App, *scopes: str) -> tuple[str, str]:
-    secret, info = await service_keys.create_key(app.db, f"svc-{uuid.uuid4().hex[:8]}", [*scopes])
+    """A platform-internal key (bound to all organizations) with `scopes`."""
+    secret, info = await service_keys.create_key(
+        app.db, f"svc-{uuid.uuid4().hex[:8]}", [*scopes], all_organizations=True
+    )
     return secret, info.id
 
 
@@ -484,6 +487,33 @@ async def test_rs256_and_es256_tokens_from_the_jwks_are_accepted(
 
 async def test_dev_tokens_still_work_beside_the_jwks(jwks: JwksServer) -> None:
     await jwks.call(mint_dev_token(jwks.settings, email=unique_email()))
+
+
+async def test_with_a_jwks_hs256_tokens_are_refused_unless_a_secret_is_set(
+    jwks: JwksServer, app: App
+) -> None:
+    """No HS256 secret is configured (the default): HS256 tokens, even signed with the
+    development secret, are refused, while JWKS tokens work."""
+    fields = jwks.settings.model_dump(exclude={"auth_secret"})
+    settings = Settings(**fields)
+    assert settings.auth_secret == ""
+    state = ProbeState()
+    server = await start_probe_server(App(settings=settings, db=app.db), state)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = organization_service_pb2_grpc.OrganizationServiceStub(channel)
+            for secret in (DEV_AUTH_SECRET, jwks.settings.auth_secret):
+                token = mint_dev_token(
+                    settings.model_copy(update={"auth_secret": secret}), email=unique_email()
+                )
+                await expect_refusal(
+                    UNAUTHENTICATED,
+                    "BAD_ALGORITHM",
+                    stub.ListMyOrganizations(LIST_MINE, metadata=bearer(token)),
+                )
+            await state.traced(stub.ListMyOrganizations, LIST_MINE, bearer(jwks.rsa.sign()))
+    finally:
+        await server.stop(grace=1.0)
 
 
 async def test_bad_jwks_tokens_are_unauthenticated(jwks: JwksServer, app: App) -> None:

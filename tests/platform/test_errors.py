@@ -161,7 +161,10 @@ async def test_each_error_kind_reaches_the_client_with_its_code_and_details(
         case.code, case.reason, create_failing(probes, user, name, request_id)
     )
     assert set(got.details) == case.details
-    assert got.details["ErrorInfo"].metadata["request_id"] == request_id
+    ids = got.details["ErrorInfo"].metadata
+    # The server names the call; the client's x-request-id is echoed as the correlation id.
+    assert ids["correlation_id"] == request_id != ids["request_id"]
+    assert ids["request_id"].startswith("req_")
     assert SECRET_TEXT not in got.message
     made = case.make()
     if isinstance(made, e.DomainError):
@@ -234,12 +237,15 @@ async def test_unexpected_exception_is_internal_with_only_the_request_id(
         "INTERNAL",
         create_failing(probes, await new_user(), "unexpected", request_id),
     )
-    assert got.message == f"internal error (request id {request_id})"
+    server_id = got.details["ErrorInfo"].metadata["request_id"]
+    assert got.message == f"internal error (request id {server_id})"
+    assert got.details["ErrorInfo"].metadata["correlation_id"] == request_id
     assert all(SECRET_TEXT not in str(detail) for detail in got.details.values())
     assert all(SECRET_TEXT not in value for value in map(str, got.trailers.values()))
     [logged] = [r for r in caplog.records if r.name == "beacon.errors"]
     assert logged.exc_info is not None and SECRET_TEXT in str(logged.exc_info[1])
-    assert getattr(logged, "request_id", None) == request_id
+    assert getattr(logged, "request_id", None) == server_id
+    assert getattr(logged, "correlation_id", None) == request_id
     line = await rpc_log_record(caplog, request_id)
     assert getattr(line, "code", None) == "INTERNAL"
 

@@ -102,7 +102,7 @@ PLAUSIBLE: dict[str, list[str]] = {
     "brand_aliases": ["Acme", "ACME Inc."],
     "request_id": ["req-1", "00000000-0000-0000-0000-000000000000"],
     "etag": ["", "", "1", "2", "0", "-1", 'W/"1"'],
-    "page_token": [""],
+    "page_token": ["", "eyJ9", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", "not-a-token"],
     "email": ["new-person@example.com", "UPPER@EXAMPLE.COM", "no-at-sign", "a@b", "@example.com"],
     "code": ["ABCD-EFGH-JKMN", "abcd efgh jkmn", "0000-0000-0000"],
 }

@@ -292,9 +292,14 @@ def test_domain_outcomes_are_only_named_for_callers_that_pass_auth() -> None:
 
 @pytest.fixture(scope="module")
 async def keys(app: App) -> AsyncIterator[dict[str, str]]:
-    """Secrets of a service key without scopes and of one with the `workos` scope."""
-    plain, plain_info = await service_keys.create_key(app.db, "security matrix", [])
-    workos, workos_info = await service_keys.create_key(app.db, "security matrix", ["workos"])
+    """Secrets of a service key without scopes and of one with the `workos` scope (both
+    platform-internal: bound to all organizations, as each cell builds its own tenants)."""
+    plain, plain_info = await service_keys.create_key(
+        app.db, "security matrix", [], all_organizations=True
+    )
+    workos, workos_info = await service_keys.create_key(
+        app.db, "security matrix", ["workos"], all_organizations=True
+    )
     yield {w.SERVICE_KEY: plain, w.WORKOS_KEY: workos}
     for info in (plain_info, workos_info):
         await service_keys.revoke_key(app.db, info.id)

@@ -14,10 +14,15 @@ snapshots see only its own writes.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -31,6 +36,7 @@ from sqlalchemy import update
 from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
 from service.db.models import WorkspaceMember
+from service.domain.paging import encode_token
 from service.server import start_server
 from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
@@ -213,3 +219,54 @@ async def test_nul_in_any_string_field_of_a_valid_request(
     path, field = case
     method = methods_by_path()[path]
     await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+_CURSOR = json.dumps(["2026-01-01T00:00:00+00:00", "ws_aaaaaaaaaaaaaaaa"]).encode()
+# Page tokens no server issued: garbage, truncated or edited shapes, and tokens signed with
+# other keys (including the public constant earlier versions used, for the guessable
+# scopes of those versions) over valid-looking and broken payloads.
+BAD_PAGE_TOKENS: dict[str, str] = {
+    "garbage": "not a page token",
+    "non-ascii": "t\u00f6k\u00e9n",
+    "bad padding": "abcde",
+    "mac only": _b64(b"\x00" * 16),
+    "noise": _b64(bytes(range(200))),
+    "huge": "A" * 5000,
+    "json without a mac": _b64(_CURSOR),
+    "another key": encode_token(b"k" * 32, "any|scope", datetime.now(UTC), "ws_aaaaaaaaaaaaaaaa"),
+    "old public key, broken payload": _b64(
+        hmac.new(b"beacon-page-token", b"orgs|x|garbage", hashlib.sha256).digest()[:12] + b"garbage"
+    ),
+    "truncated": encode_token(b"k" * 32, "s", datetime.now(UTC), "ws_a")[:-7],
+}
+LIST_PATHS = [p for p in PATHS if "page_token" in methods_by_path()[p].input_type.fields_by_name]
+PAGE_TOKEN_CASES = [(path, kind) for path in LIST_PATHS for kind in BAD_PAGE_TOKENS]
+
+
+def test_every_list_rpc_takes_a_page_token() -> None:
+    """The forged-token case below covers every List RPC."""
+    lists = [p for p in PATHS if p.rsplit("/", 1)[1].startswith("List")]
+    assert lists and set(lists) <= set(LIST_PATHS)
+
+
+@pytest.mark.parametrize(
+    "case", PAGE_TOKEN_CASES, ids=[f"{p.rsplit('/', 1)[1]}-{k}" for p, k in PAGE_TOKEN_CASES]
+)
+async def test_forged_or_garbage_page_token_is_invalid_argument_on_page_token(
+    case: tuple[str, str], target: Target
+) -> None:
+    """In a request that would otherwise succeed, a page token the server did not issue to
+    this caller for this list is INVALID_ARGUMENT naming `page_token`, never INTERNAL."""
+    path, kind = case
+    method = methods_by_path()[path]
+    request = TABLE[path].request(target.own)
+    request.page_token = BAD_PAGE_TOKENS[kind]  # type: ignore[attr-defined]
+    outcome = await assert_sound(target, method, request)
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.describe()
+    assert outcome.failure is not None
+    violations = outcome.failure.details["BadRequest"].field_violations
+    assert [v.field for v in violations] == ["page_token"], outcome.describe()

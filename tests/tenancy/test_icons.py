@@ -4,6 +4,7 @@ content, owned by the uploader, served back through signed GET URLs."""
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -12,15 +13,23 @@ from urllib.parse import parse_qs, urlsplit
 import grpc
 import httpx
 from google.protobuf.field_mask_pb2 import FieldMask
+from PIL import Image
 
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
 from service.config import Settings
 from service.domain import files
-from service.http.server import HttpServer
+from service.http.server import HttpServer, start_metrics
 from tests.support import expect_error
 from tests.tenancy.builders import new_workspace, png_bytes, upload_icon, upload_ticket
 
 Stubs = SimpleNamespace
+
+
+def pixels(data: bytes) -> tuple[str, tuple[int, int], bytes]:
+    """(format, size, RGB pixels) of an image: what a viewer sees of it."""
+    with Image.open(io.BytesIO(data)) as image:
+        return str(image.format), image.size, image.convert("RGB").tobytes()
 
 
 def set_icon(workspace_id: str, file_id: str) -> ws_pb.UpdateWorkspaceRequest:
@@ -44,7 +53,7 @@ async def test_png_round_trip_through_update_workspace(
     assert updated.icon_file_id == icon
     served = await http.get(updated.icon_url)
     assert served.status_code == 200
-    assert served.content == image
+    assert pixels(served.content) == pixels(image)  # re-encoded: same pixels
     assert served.headers["content-type"] == "image/png"
     expires = int(parse_qs(urlsplit(updated.icon_url).query)["expires"][0])
     assert expires >= time.time() + 3000
@@ -111,7 +120,7 @@ async def test_reused_url_is_refused_even_when_racing(
     assert again.json()["error"]["code"] == "URL_USED"
     workspace = (await new_workspace(stubs, user, icon_file_id=ticket.storage_id)).workspace
     served = await http.get(workspace.icon_url)
-    assert served.content == png_bytes(8, ("red", "blue", "white")[winner])
+    assert pixels(served.content) == pixels(png_bytes(8, ("red", "blue", "white")[winner]))
 
 
 async def test_expired_or_forged_upload_urls_are_refused(
@@ -137,6 +146,26 @@ async def test_expired_or_forged_upload_urls_are_refused(
     )
     wrong_use = download.replace("/files/", "/uploads/")
     assert (await http.post(wrong_use, content=png_bytes())).status_code == 403
+
+
+async def test_urls_expiring_later_than_the_ttl_allows_are_refused(
+    stubs: Stubs, new_user: Any, http: httpx.AsyncClient, settings: Settings
+) -> None:
+    """A validly signed URL whose `expires` lies beyond the configured TTL was not made by
+    this server's current rules (a leaked key, an old TTL): refused, for both methods."""
+    user = await new_user()
+    ticket = await upload_ticket(stubs, user)
+    path = files.upload_path(ticket.storage_id)
+    far = int(time.time()) + settings.upload_url_ttl_seconds + 600
+    refused = await http.post(files.signed_url(settings, "POST", path, far), content=png_bytes())
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "EXPIRES_TOO_FAR")
+    assert (await http.post(ticket.upload_url, content=png_bytes())).status_code == 201
+    workspace = (await new_workspace(stubs, user, icon_file_id=ticket.storage_id)).workspace
+    assert (await http.get(workspace.icon_url)).status_code == 200
+    forever = int(time.time()) + 10 * 365 * 86400
+    download = files.signed_url(settings, "GET", files.download_path(ticket.storage_id), forever)
+    refused = await http.get(download)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (403, "EXPIRES_TOO_FAR")
 
 
 async def test_someone_elses_or_unfinished_upload_is_not_found(
@@ -166,10 +195,85 @@ async def test_someone_elses_or_unfinished_upload_is_not_found(
     assert unchanged.icon_file_id == "" and unchanged.etag == workspace.etag
 
 
-async def test_metrics_and_health(http: httpx.AsyncClient, http_server: HttpServer) -> None:
+def gif_bytes(color: str = "blue") -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), color).save(buffer, "GIF", comment=b"harmless")
+    return buffer.getvalue()
+
+
+def with_comment(image: bytes, text: bytes) -> bytes:
+    """A PNG whose tEXt chunk carries `text` (still a valid PNG)."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", text.decode())
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(image)) as opened:
+        opened.save(buffer, "PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+async def test_polyglot_uploads_are_refused(
+    stubs: Stubs, new_user: Any, http: httpx.AsyncClient
+) -> None:
+    """Bytes that pass the magic check but carry markup are no icon, whatever follows."""
+    user = await new_user()
+    ticket = await upload_ticket(stubs, user)
+    polyglots = (
+        b"GIF89a<html><script>alert(document.domain)</script></html>",
+        gif_bytes() + b"<html><body>hi</body></html>",  # a valid GIF, markup after its trailer
+        with_comment(png_bytes(), b"<script>alert(1)</script>"),  # markup inside a chunk
+        b"\x89PNG\r\n\x1a\n<svg onload=alert(1)>",
+    )
+    for body in polyglots:
+        refused = await http.post(ticket.upload_url, content=body)
+        assert refused.status_code == 415, body[:40]
+        assert refused.json()["error"]["code"] == "UNSAFE_CONTENT", body[:40]
+    truncated = png_bytes(32)[:60]  # magic bytes, then no image
+    refused = await http.post(ticket.upload_url, content=truncated)
+    assert (refused.status_code, refused.json()["error"]["code"]) == (415, "BAD_IMAGE")
+    # None of them used the URL up.
+    assert (await http.post(ticket.upload_url, content=png_bytes())).status_code == 201
+
+
+async def test_served_icons_are_re_encoded_without_what_followed_the_image(
+    stubs: Stubs, new_user: Any, http: httpx.AsyncClient
+) -> None:
+    user = await new_user()
+    image = gif_bytes("blue")
+    uploaded = image + b"\x00trailing bytes after the GIF trailer"
+    ticket = await upload_ticket(stubs, user)
+    accepted = await http.post(ticket.upload_url, content=uploaded)
+    assert accepted.status_code == 201
+    assert accepted.json()["content_type"] == "image/png"
+    workspace = (await new_workspace(stubs, user, icon_file_id=ticket.storage_id)).workspace
+    served = await http.get(workspace.icon_url)
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert served.content != uploaded and b"trailing" not in served.content
+    assert b"harmless" not in served.content  # the GIF comment is gone too
+    assert pixels(served.content)[1:] == pixels(image)[1:]
+
+
+async def test_health_on_the_http_side_and_metrics_only_on_their_own_address(
+    http: httpx.AsyncClient, http_server: HttpServer, app: App
+) -> None:
     base = f"http://127.0.0.1:{http_server.port}"
     health = await http.get(f"{base}/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    metrics = await http.get(f"{base}/metrics")
-    assert metrics.status_code == 200
-    assert "python_info" in metrics.text
+    assert (await http.get(f"{base}/metrics")).status_code == 404
+    private = App(
+        settings=app.settings.model_copy(update={"metrics_addr": "127.0.0.1:0"}), db=app.db
+    )
+    metrics_server = await start_metrics(private)
+    assert metrics_server is not None
+    try:
+        metrics = await http.get(f"http://127.0.0.1:{metrics_server.port}/metrics")
+        assert metrics.status_code == 200
+        assert "python_info" in metrics.text
+        assert (
+            await http.get(f"http://127.0.0.1:{metrics_server.port}/healthz")
+        ).status_code == 404
+    finally:
+        await metrics_server.stop()
+    disabled = App(settings=app.settings.model_copy(update={"metrics_addr": ""}), db=app.db)
+    assert await start_metrics(disabled) is None

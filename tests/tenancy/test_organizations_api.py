@@ -156,7 +156,9 @@ async def test_workos_links_by_admins_and_service_keys(
         ),
     )
     assert bad.details["BadRequest"].field_violations[0].field == "workos_organization_id"
-    secret, key = await service_keys.create_key(app.db, unique("workos-sync"), ["workos"])
+    secret, key = await service_keys.create_key(
+        app.db, unique("workos-sync"), ["workos"], all_organizations=True
+    )
     service = (("authorization", f"Bearer {secret}"),)
     linked = await stubs.organizations.LinkWorkosOrganization(link, metadata=service)
     assert linked.workos_organization_id == workos_id

@@ -181,7 +181,11 @@ class ListMembersRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -509,7 +513,11 @@ class ListOrganizationMembersRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,

@@ -32,7 +32,11 @@ class _AuthLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuthLevel.V
     AUTH_LEVEL_OPEN: _AuthLevel.ValueType  # 1
     """No credentials needed (health, reflection)."""
     AUTH_LEVEL_PROTECTED: _AuthLevel.ValueType  # 2
-    """Any authenticated principal: a user token, or a service key acting as a user."""
+    """Any authenticated principal: a user token, or a service key acting as a user. A
+    service key bound to organizations (`beacon service-key create --organization`) is
+    PERMISSION_DENIED (OUTSIDE_KEY_ORGANIZATIONS) here unless the RPC names a resource
+    in one of its organizations: RPCs without a resource could reach past the bound.
+    """
     AUTH_LEVEL_WORKSPACE_MEMBER: _AuthLevel.ValueType  # 3
     """Effective workspace role `member` or `owner` on the workspace named by the
     rule's resource field.
@@ -56,7 +60,11 @@ AUTH_LEVEL_UNSPECIFIED: AuthLevel.ValueType  # 0
 AUTH_LEVEL_OPEN: AuthLevel.ValueType  # 1
 """No credentials needed (health, reflection)."""
 AUTH_LEVEL_PROTECTED: AuthLevel.ValueType  # 2
-"""Any authenticated principal: a user token, or a service key acting as a user."""
+"""Any authenticated principal: a user token, or a service key acting as a user. A
+service key bound to organizations (`beacon service-key create --organization`) is
+PERMISSION_DENIED (OUTSIDE_KEY_ORGANIZATIONS) here unless the RPC names a resource
+in one of its organizations: RPCs without a resource could reach past the bound.
+"""
 AUTH_LEVEL_WORKSPACE_MEMBER: AuthLevel.ValueType  # 3
 """Effective workspace role `member` or `owner` on the workspace named by the
 rule's resource field.
@@ -101,7 +109,17 @@ Global___RateLimitKey: _TypeAlias = RateLimitKey  # noqa: Y015
 
 @_typing.final
 class AuthRule(_message.Message):
-    """The auth rule of one RPC."""
+    """The auth rule of one RPC.
+
+    Service keys: every key is bound at creation to organizations (`--organization`,
+    repeatable) or, explicitly, to all of them (`--all-organizations`, platform-internal
+    keys). Acting as a user (`x-beacon-act-as`, scope `act_as`) who belongs to none of the
+    key's organizations (neither organization nor workspace member) is PERMISSION_DENIED
+    (ACT_AS_OUTSIDE_KEY_ORGANIZATIONS); a resource outside them is PERMISSION_DENIED
+    (OUTSIDE_KEY_ORGANIZATIONS). Revoking a key, deleting the user, or the user leaving the
+    key's organizations takes effect within BEACON_SERVICE_KEY_CACHE_SECONDS (default 5).
+    Audit events record the key (`service_key_id`) beside the user acted for.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

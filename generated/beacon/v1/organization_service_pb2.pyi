@@ -138,7 +138,11 @@ class ListMyOrganizationsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response's next_page_token."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -519,13 +523,20 @@ class ListAuditEventsRequest(_message.Message):
     workspace_id: _builtins.str
     """Only events of this workspace."""
     actor_id: _builtins.str
-    """Only events of this actor (`user_...` or `key_...`)."""
+    """Only events of this actor: a user (`user_...`, including calls a service key made
+    acting as them), or a service key (`key_...`: every call it made, acting as a user or
+    not).
+    """
     action: _builtins.str
     """Only events of this action (the RPC's full name, e.g. "beacon.v1.WorkspaceService/UpdateWorkspace")."""
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -586,6 +597,8 @@ class AuditEvent(_message.Message):
     TARGET_IDS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    SERVICE_KEY_ID_FIELD_NUMBER: _builtins.int
+    CORRELATION_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Event id, `aud_...`."""
     organization_id: _builtins.str
@@ -593,11 +606,24 @@ class AuditEvent(_message.Message):
     workspace_id: _builtins.str
     """Workspace the change belongs to, when any."""
     actor_id: _builtins.str
-    """Who made it: `user_...`, or `key_...` for a service key not acting as a user."""
+    """Who made it: `user_...` (also when a service key acted as that user; see
+    `service_key_id`), or `key_...` for a service key not acting as a user.
+    """
     action: _builtins.str
     """The RPC's full name."""
     request_id: _builtins.str
-    """The request id of the call (from the `x-request-id` metadata or generated)."""
+    """The server's own id of the call (`req_...`), also in the ErrorInfo metadata and the
+    request log line of the call. Never chosen by the client.
+    """
+    service_key_id: _builtins.str
+    """The service key (`key_...`) that made the call, whether it acted as a user or not;
+    empty for calls made with a user's own token.
+    """
+    correlation_id: _builtins.str
+    """The client's `x-request-id` metadata (at most 100 printable characters), for
+    correlating with the client's logs; empty when none was sent. Not unique: clients
+    choose it.
+    """
     @_builtins.property
     def target_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ids of the resources changed."""
@@ -617,10 +643,12 @@ class AuditEvent(_message.Message):
         target_ids: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        service_key_id: _builtins.str = ...,
+        correlation_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_id", b"actor_id", "create_time", b"create_time", "id", b"id", "organization_id", b"organization_id", "request_id", b"request_id", "target_ids", b"target_ids", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor_id", b"actor_id", "correlation_id", b"correlation_id", "create_time", b"create_time", "id", b"id", "organization_id", b"organization_id", "request_id", b"request_id", "service_key_id", b"service_key_id", "target_ids", b"target_ids", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -380,7 +380,11 @@ class ListRunsRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -641,7 +645,11 @@ class ListResponsesRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,

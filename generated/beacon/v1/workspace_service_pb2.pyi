@@ -320,7 +320,11 @@ class ListWorkspacesRequest(_message.Message):
     page_size: _builtins.int
     """Maximum items per page, 1–100 (default 50)."""
     page_token: _builtins.str
-    """Token from a previous response."""
+    """Token from a previous response's next_page_token, for the same list, filters and
+    caller. Page tokens are opaque and signed by the server; any other value (forged,
+    truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
+    `page_token`.
+    """
     def __init__(
         self,
         *,
@@ -472,7 +476,14 @@ class GenerateWorkspaceIconUploadUrlResponse(_message.Message):
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     upload_url: _builtins.str
-    """POST the image bytes here (any content type header; the bytes are checked)."""
+    """POST the image bytes here (any content type header; the bytes are checked). The
+    bytes must be a PNG, JPEG, WebP or GIF image without markup anywhere in them (an
+    image that is also HTML/SVG/XML is refused, 415 UNSAFE_CONTENT) and must decode
+    (415 BAD_IMAGE; at most 4096 pixels a side, 4 Mpx). What is stored and served is
+    the decoded image encoded again, without metadata: JPEG stays JPEG, PNG, WebP and
+    GIF become PNG (first frame). A URL whose `expires` lies beyond the configured TTL is
+    refused (403 EXPIRES_TOO_FAR) even with a valid signature.
+    """
     storage_id: _builtins.str
     """Storage id to pass as icon_file_id once uploaded, `file_...`."""
     max_bytes: _builtins.int

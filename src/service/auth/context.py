@@ -13,13 +13,15 @@ class Principal:
 
     A user token gives a user principal. A service key gives a service principal, which
     acts for a user (`user_id` set) when the key has the `act_as` scope and the call names
-    the user in `x-beacon-act-as`.
+    the user in `x-beacon-act-as`. `key_organizations` bounds what a key may touch (None:
+    no bound, for user tokens and `--all-organizations` keys).
     """
 
     user_id: str | None
     email: str = ""
     key_id: str | None = None
     scopes: frozenset[str] = frozenset()
+    key_organizations: frozenset[str] | None = None
 
     @property
     def actor_id(self) -> str:
@@ -50,11 +52,13 @@ class CallContext:
     """Everything known about the current call."""
 
     method: str  # full name, e.g. "beacon.v1.WorkspaceService/GetWorkspace"
-    request_id: str
+    request_id: str  # the server's own id of the call (identifies its audit event)
+    correlation_id: str = ""  # the client's `x-request-id`, when it sent a sane one
     peer: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
     access: Access | None = None
+    page_key: bytes = b""  # signs page tokens (derived from BEACON_SIGNING_SECRET)
 
     def require_principal(self) -> Principal:
         if self.principal is None:

@@ -15,6 +15,7 @@ from service.auth.tokens import Claims, TokenVerifier
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import User
+from service.domain import access as acl
 from service.domain.clock import new_id
 from service.domain.errors import PermissionDenied, Unauthenticated
 
@@ -86,10 +87,12 @@ class Authenticator:
         self.on_new_email = on_new_email
         # Short: a deleted account's token must map to a fresh user soon after.
         self._users: TtlCache[Claims, str] = TtlCache(USER_CACHE_SECONDS)
+        # Revoking a key, deleting a user or removing them from the key's organizations
+        # takes effect within `service_key_cache_seconds` (both caches share it).
         self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
             settings.service_key_cache_seconds
         )
-        self._acted: TtlCache[str, str] = TtlCache(60.0)
+        self._acted: TtlCache[tuple[str, str], str] = TtlCache(settings.service_key_cache_seconds)
 
     async def authenticate(self, authorization: str | None, act_as: str | None) -> Principal:
         if not authorization:
@@ -117,17 +120,34 @@ class Authenticator:
                 raise Unauthenticated("unknown or revoked service key", reason="BAD_SERVICE_KEY")
             self._keys.put(secret, key)
         scopes = frozenset(key.scopes)
+        bound = key.organizations
         if not act_as:
-            return Principal(user_id=None, key_id=key.id, scopes=scopes)
+            return Principal(user_id=None, key_id=key.id, scopes=scopes, key_organizations=bound)
         if ACT_AS_SCOPE not in scopes:
             raise PermissionDenied("the service key lacks the act_as scope", reason="ACT_AS")
-        email = self._acted.get(act_as)
+        email = self._acted.get((key.id, act_as))
         if email is None:
-            async with self.db.transaction(write=False) as session:
-                email = await session.scalar(select(User.email).where(User.id == act_as))
-            if email is None:
-                raise PermissionDenied(
-                    "x-beacon-act-as names no user", reason="ACT_AS_UNKNOWN_USER"
-                )
-            self._acted.put(act_as, email)
-        return Principal(user_id=act_as, email=email, key_id=key.id, scopes=scopes)
+            email = await self._acted_user_email(act_as, bound)
+            self._acted.put((key.id, act_as), email)
+        return Principal(
+            user_id=act_as, email=email, key_id=key.id, scopes=scopes, key_organizations=bound
+        )
+
+    async def _acted_user_email(self, user_id: str, bound: frozenset[str] | None) -> str:
+        """The email of the user a key acts as; PERMISSION_DENIED when there is no such
+        user or they belong to none of the key's organizations."""
+        async with self.db.transaction(write=False) as session:
+            email = await session.scalar(select(User.email).where(User.id == user_id))
+            outside = (
+                email is not None
+                and bound is not None
+                and not await acl.belongs_to_any(session, user_id, bound)
+            )
+        if email is None:
+            raise PermissionDenied("x-beacon-act-as names no user", reason="ACT_AS_UNKNOWN_USER")
+        if outside:
+            raise PermissionDenied(
+                "x-beacon-act-as names a user outside the service key's organizations",
+                reason="ACT_AS_OUTSIDE_KEY_ORGANIZATIONS",
+            )
+        return str(email)

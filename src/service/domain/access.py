@@ -17,6 +17,7 @@ from service.db.models import (
     Prompt,
     Run,
     Workspace,
+    WorkspaceMember,
 )
 from service.domain.errors import NotFound
 
@@ -85,6 +86,28 @@ async def resource_organization(session: Reader, resource_id: str) -> str:
     if org_id is None:
         raise NotFound("workspace", workspace_id)
     return str(org_id)
+
+
+async def belongs_to_any(session: Reader, user_id: str, organization_ids: frozenset[str]) -> bool:
+    """Whether the user is a member of one of the organizations, or of one of their
+    (undeleted) workspaces."""
+    if not organization_ids:
+        return False
+    in_organization = select(OrganizationMember.user_id).where(
+        OrganizationMember.user_id == user_id,
+        OrganizationMember.organization_id.in_(sorted(organization_ids)),
+    )
+    in_workspace = (
+        select(WorkspaceMember.user_id)
+        .join(Workspace, Workspace.id == WorkspaceMember.workspace_id)
+        .where(
+            WorkspaceMember.user_id == user_id,
+            Workspace.organization_id.in_(sorted(organization_ids)),
+            Workspace.delete_time.is_(None),
+        )
+    )
+    found = await session.scalar(in_organization.union_all(in_workspace).limit(1))
+    return found is not None
 
 
 def not_found(resource_id: str) -> NotFound:

@@ -19,16 +19,24 @@ def record(
     workspace_id: str | None = None,
     target_ids: Iterable[str] = (),
 ) -> None:
-    """Adds the audit event of the current call to the session (never secrets: ids only)."""
+    """Adds the audit event of the current call to the session (never secrets: ids only).
+
+    The actor is the user (acted for, when a service key acts as one) and the key is
+    recorded beside it; the event is identified by the server's request id, and the
+    client's `x-request-id` is kept as the correlation id.
+    """
+    principal = call.principal
     session.add(
         AuditEvent(
             id=new_id("aud"),
             organization_id=organization_id,
             workspace_id=workspace_id,
-            actor_id=call.principal.actor_id if call.principal else "anonymous",
+            actor_id=principal.actor_id if principal else "anonymous",
+            service_key_id=principal.key_id if principal else None,
             action=call.method,
             target_ids=list(target_ids),
             request_id=call.request_id,
+            correlation_id=call.correlation_id,
             create_time=utcnow(),
         )
     )

@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlencode
 
+from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -36,6 +39,8 @@ UPLOADED = "uploaded"
 # Signed GET URLs expire on a grid of this many seconds, so that repeated reads of one
 # workspace return the same icon URL (cacheable) for a while.
 URL_EXPIRY_GRID_SECONDS = 300
+# Servers behind one load balancer may disagree on the time by this much.
+URL_CLOCK_SKEW_SECONDS = 5
 _FILE_ID = re.compile(r"^file_[a-z2-7]{16}$")
 
 
@@ -108,6 +113,19 @@ def signature_valid(settings: Settings, method: str, path: str, expires: str, si
     return hmac.compare_digest(expected, sig)
 
 
+def expires_too_far(settings: Settings, method: str, expires: int, now: float) -> bool:
+    """Whether `expires` lies further ahead than any URL this server signs for `method`.
+
+    Such a URL was not made by `signed_url` under the current TTLs (a leaked key, or one
+    signed before the TTL was shortened), so it is refused even with a valid signature.
+    """
+    if method == "POST":
+        lifetime = settings.upload_url_ttl_seconds
+    else:
+        lifetime = settings.icon_url_ttl_seconds + URL_EXPIRY_GRID_SECONDS
+    return expires > now + lifetime + URL_CLOCK_SKEW_SECONDS
+
+
 def upload_path(file_id: str) -> str:
     return f"/uploads/{file_id}"
 
@@ -159,6 +177,80 @@ _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"GIF87a", 0, "image/gif"),
     (b"GIF89a", 0, "image/gif"),
 )
+
+
+# Markup a browser or another parser could act on, anywhere in the bytes: an image that is
+# also an HTML/SVG/XML/PHP document (a polyglot) is refused even though it is re-encoded.
+# Tokens are at least five bytes long, so compressed image data matches one by chance about
+# once in 10^8 bytes.
+_MARKUP = re.compile(
+    rb"<(?:!doctype|\?xml|\?php|html|head[\s>]|body[\s>]|script|svg[\s>/]|iframe|object"
+    rb"|embed|meta[\s>]|style|link[\s>]|form[\s>]|img[\s/])",
+    re.IGNORECASE,
+)
+# Icons are small: the decoded image is bounded before its pixels are read.
+MAX_ICON_SIDE = 4096
+MAX_ICON_PIXELS = 2048 * 2048
+_PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
+
+
+class RefusedUpload(Exception):
+    """The bytes of an upload are not an acceptable image; `code` names why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class CleanImage:
+    """An upload decoded and re-encoded: only pixels, no metadata, comments or trailers."""
+
+    content_type: str
+    data: bytes
+
+
+def clean_image(data: bytes) -> CleanImage:
+    """Decodes an uploaded image and encodes it again (JPEG stays JPEG; PNG, GIF and WebP
+    become PNG; animations keep their first frame), so what is served is always a clean
+    image. RefusedUpload when the bytes are no PNG, JPEG, WebP or GIF by their magic
+    bytes, contain markup, do not decode, or are too large an image. CPU-bound: run it
+    in a thread."""
+    sniffed = sniff_image_type(data)
+    if sniffed is None:
+        raise RefusedUpload("UNSUPPORTED_TYPE", "the upload must be a PNG, JPEG, WebP or GIF image")
+    if _MARKUP.search(data):
+        raise RefusedUpload("UNSAFE_CONTENT", "the image contains markup")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=list(_PIL_FORMATS)) as image:
+                width, height = image.size
+                if (
+                    _PIL_FORMATS.get(image.format or "") != sniffed
+                    or max(width, height) > MAX_ICON_SIDE
+                    or width * height > MAX_ICON_PIXELS
+                ):
+                    raise RefusedUpload(
+                        "BAD_IMAGE",
+                        f"the image must be a {sniffed} of at most {MAX_ICON_PIXELS} pixels",
+                    )
+                image.seek(0)
+                image.load()
+                return _encode(image, sniffed)
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning):
+        raise RefusedUpload("BAD_IMAGE", "the image cannot be decoded") from None
+
+
+def _encode(image: Image.Image, sniffed: str) -> CleanImage:
+    out = io.BytesIO()
+    if sniffed == "image/jpeg":
+        image.convert("RGB").save(out, "JPEG", quality=90)
+        return CleanImage("image/jpeg", out.getvalue())
+    mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
+    image.convert(mode).save(out, "PNG")
+    return CleanImage("image/png", out.getvalue())
 
 
 def sniff_image_type(data: bytes) -> str | None:

@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select, true
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -292,7 +292,14 @@ async def list_audit_events(
     conditions = [AuditEvent.organization_id == organization_id]
     if filters.workspace_id:
         conditions.append(AuditEvent.workspace_id == filters.workspace_id)
-    if filters.actor_id:
+    if filters.actor_id.startswith("key_"):
+        conditions.append(
+            or_(
+                AuditEvent.actor_id == filters.actor_id,
+                AuditEvent.service_key_id == filters.actor_id,
+            )
+        )
+    elif filters.actor_id:
         conditions.append(AuditEvent.actor_id == filters.actor_id)
     if filters.action:
         conditions.append(AuditEvent.action == filters.action)

@@ -3,16 +3,22 @@
 Routes:
 - `POST /uploads/{file_id}?expires=..&sig=..` — the body of a signed, single-use upload
   URL (from GenerateWorkspaceIconUploadUrl): read as a stream with a size cap, accepted
-  only when its bytes are a PNG, JPEG, WebP or GIF image.
+  only when its bytes are a PNG, JPEG, WebP or GIF image without markup, then decoded
+  and re-encoded (`files.clean_image`): what is stored and served is only pixels.
 - `GET /files/{file_id}?expires=..&sig=..` — an uploaded file, through a signed URL.
-- `GET /metrics` — Prometheus metrics of the process. `GET /healthz` — database reachable.
+- `GET /healthz` — database reachable.
+
+`GET /metrics` (Prometheus) is served apart, on `settings.metrics_addr` (loopback by
+default; empty disables it): metrics are for the operator, never on the public side.
 
 Refusals are JSON `{"error": {"code": ..., "message": ...}}`: 403 for a bad signature,
-410 for an expired or already used URL, 413 above the size cap, 415 for other content.
+410 for an expired or already used URL, 413 above the size cap, 415 for other content
+(UNSUPPORTED_TYPE, UNSAFE_CONTENT for markup, BAD_IMAGE for bytes that do not decode).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -52,7 +58,10 @@ def _signed(request: web.Request, method: str, path: str) -> web.Response | None
     sig = request.query.get("sig", "")
     if not files.signature_valid(settings, method, path, expires, sig):
         return _error(403, "BAD_SIGNATURE", "the URL signature is missing or invalid")
-    if int(expires) < time.time():
+    now = time.time()
+    if files.expires_too_far(settings, method, int(expires), now):
+        return _error(403, "EXPIRES_TOO_FAR", "the URL expires later than this server allows")
+    if int(expires) < now:
         return _error(410, "URL_EXPIRED", "the URL has expired; request a new one")
     return None
 
@@ -79,9 +88,11 @@ async def upload(request: web.Request) -> web.Response:
     data = await _read_capped(request, limit)
     if data is None:
         return _error(413, "TOO_LARGE", f"uploads are limited to {limit} bytes")
-    content_type = files.sniff_image_type(data)
-    if content_type is None:
-        return _error(415, "UNSUPPORTED_TYPE", "the upload must be a PNG, JPEG, WebP or GIF image")
+    try:
+        image = await asyncio.to_thread(files.clean_image, data)
+    except files.RefusedUpload as bad:
+        return _error(415, bad.code, bad.message)
+    content_type, data = image.content_type, image.data
     async with app.db.transaction() as session:
         claimed = await files.claim_upload(
             session, file_id, content_type=content_type, size=len(data)
@@ -140,11 +151,32 @@ def build_application(app: App, storage: FileStorage | None = None) -> web.Appli
         [
             web.post("/uploads/{file_id}", upload),
             web.get("/files/{file_id}", download),
-            web.get("/metrics", metrics),
             web.get("/healthz", healthz),
         ]
     )
     return application
+
+
+async def _serve(application: web.Application, address: str) -> HttpServer:
+    host, _, port_text = address.rpartition(":")
+    runner = web.AppRunner(application, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port_text), reuse_port=True)
+    await site.start()
+    return HttpServer(runner, _bound_port(runner))
+
+
+async def start_metrics(app: App) -> HttpServer | None:
+    """Serves `GET /metrics` on `settings.metrics_addr` (port 0 picks a free port); None
+    when the address is empty or metrics are disabled."""
+    settings = app.settings
+    if not settings.metrics_addr or not settings.metrics_enabled:
+        return None
+    application = web.Application()
+    application.add_routes([web.get("/metrics", metrics)])
+    server = await _serve(application, settings.metrics_addr)
+    log.info("metrics server started", extra={"port": server.port})
+    return server
 
 
 async def start_http(app: App) -> HttpServer:
@@ -154,18 +186,14 @@ async def start_http(app: App) -> HttpServer:
     bound, so `http_addr` is updated to it.
     """
     settings = app.settings
-    host, _, port_text = settings.http_addr.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    runner = web.AppRunner(build_application(app), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, int(port_text), reuse_port=True)
-    await site.start()
-    port = _bound_port(runner)
+    port_text = settings.http_addr.rpartition(":")[2]
+    server = await _serve(build_application(app), settings.http_addr)
+    port = server.port
     if not settings.public_http_url and int(port_text) != port:
         settings.http_addr = f"{settings.http_addr.rpartition(':')[0]}:{port}"
         settings.__dict__.pop("effective_public_http_url", None)
     log.info("http server started", extra={"port": port})
-    return HttpServer(runner, port)
+    return server
 
 
 def _bound_port(runner: web.AppRunner) -> int:

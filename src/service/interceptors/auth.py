@@ -41,6 +41,23 @@ def resource_id(request: Any, fields: tuple[str, ...]) -> tuple[str, str]:
     raise InvalidArgument(fields[0], "is required")
 
 
+def _within_key_organizations(bound: frozenset[str], access: Access | None) -> None:
+    """A key bound to organizations touches nothing else: only RPCs addressed to a resource,
+    in one of them (RPCs without a resource, such as ListMyOrganizations or
+    CreateOrganization, could reach past the bound)."""
+    if access is None:
+        raise PermissionDenied(
+            "a service key bound to organizations may only call RPCs addressed to a resource"
+            " in them",
+            reason="OUTSIDE_KEY_ORGANIZATIONS",
+        )
+    if access.organization_id not in bound:
+        raise PermissionDenied(
+            "the resource belongs to an organization the service key is not bound to",
+            reason="OUTSIDE_KEY_ORGANIZATIONS",
+        )
+
+
 class AuthAround(Around):
     def __init__(self, authenticator: Authenticator, db: Database) -> None:
         self.authenticator = authenticator
@@ -59,9 +76,10 @@ class AuthAround(Around):
                     reason="USER_REQUIRED",
                 )
             call.access = await self._service_access(rules, request)
-            return
-        if rules.level in WORKSPACE_LEVELS or rules.level in ORGANIZATION_LEVELS:
+        elif rules.level in WORKSPACE_LEVELS or rules.level in ORGANIZATION_LEVELS:
             call.access = await self._user_access(rules, request, principal)
+        if principal.key_organizations is not None:
+            _within_key_organizations(principal.key_organizations, call.access)
 
     async def _user_access(self, rules: MethodRules, request: Any, who: Principal) -> Access:
         _, target = resource_id(request, rules.resource_fields)

@@ -49,11 +49,24 @@ def _pack(*messages: Any) -> list[any_pb2.Any]:
     return packed
 
 
-def to_status(error: e.DomainError, request_id: str) -> tuple[status_pb2.Status, list[Any]]:
+def call_ids(request_id: str, correlation_id: str) -> dict[str, str]:
+    """ErrorInfo metadata naming the call: the server's request id, and the client's
+    `x-request-id` (as `correlation_id`) when it sent one."""
+    return {
+        "request_id": request_id,
+        **({"correlation_id": correlation_id} if correlation_id else {}),
+    }
+
+
+def to_status(
+    error: e.DomainError, request_id: str, correlation_id: str = ""
+) -> tuple[status_pb2.Status, list[Any]]:
     """The rich status of a domain error, and extra trailing metadata."""
     code = next(c for t, c in CODES.items() if isinstance(error, t))
     info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=DOMAIN, metadata={**error.metadata, "request_id": request_id}
+        reason=error.reason,
+        domain=DOMAIN,
+        metadata={**error.metadata, **call_ids(request_id, correlation_id)},
     )
     details: list[Any] = [info]
     trailers: list[tuple[str, str]] = []
@@ -125,7 +138,11 @@ async def _abort(context: Any, exc: BaseException) -> None:
         log.error(
             "unhandled exception",
             exc_info=exc,
-            extra={"method": call.method, "request_id": call.request_id},
+            extra={
+                "method": call.method,
+                "request_id": call.request_id,
+                "correlation_id": call.correlation_id,
+            },
         )
         error = e.DomainError(f"internal error (request id {call.request_id})", reason="INTERNAL")
         status = status_pb2.Status(
@@ -133,13 +150,15 @@ async def _abort(context: Any, exc: BaseException) -> None:
             message=error.message,
             details=_pack(
                 error_details_pb2.ErrorInfo(
-                    reason="INTERNAL", domain=DOMAIN, metadata={"request_id": call.request_id}
+                    reason="INTERNAL",
+                    domain=DOMAIN,
+                    metadata=call_ids(call.request_id, call.correlation_id),
                 )
             ),
         )
         trailers: list[Any] = []
     else:
-        status, trailers = to_status(error, call.request_id)
+        status, trailers = to_status(error, call.request_id, call.correlation_id)
     grpc_status = rpc_status.to_status(status)
     if trailers:
         grpc_status = grpc_status._replace(

@@ -31,15 +31,25 @@ LATENCY = Histogram(
 MAX_REQUEST_ID = 100
 
 
-def _start(rules: MethodRules, context: Any) -> CallContext:
+def _start(rules: MethodRules, context: Any, page_key: bytes) -> CallContext:
     metadata = {k: v for k, v in context.invocation_metadata() or ()}
     supplied = metadata.get("x-request-id", "")
-    request_id = supplied if 0 < len(supplied) <= MAX_REQUEST_ID else new_id("req")
+    # The server names every call itself: a client-chosen id could collide with (or mimic)
+    # another call's. The client's id is kept apart, for correlation only.
     call = CallContext(
-        method=rules.name, request_id=request_id, peer=context.peer(), metadata=metadata
+        method=rules.name,
+        request_id=new_id("req"),
+        correlation_id=supplied if _printable(supplied) else "",
+        peer=context.peer(),
+        metadata=metadata,
+        page_key=page_key,
     )
     set_current_call(call)
     return call
+
+
+def _printable(value: str) -> bool:
+    return 0 < len(value) <= MAX_REQUEST_ID and value.isprintable()
 
 
 def _finish(call: CallContext, context: Any, started: float, failed: bool) -> None:
@@ -58,6 +68,7 @@ def _finish(call: CallContext, context: Any, started: float, failed: bool) -> No
             "code": code_name,
             "duration_ms": round(elapsed * 1000, 3),
             "request_id": call.request_id,
+            "correlation_id": call.correlation_id,
             "principal_id": principal.actor_id if principal else None,
             "service_key_id": principal.key_id if principal else None,
             "peer": call.peer,
@@ -67,8 +78,13 @@ def _finish(call: CallContext, context: Any, started: float, failed: bool) -> No
 
 
 class ObservabilityAround(Around):
+    """Starts the call context; `page_key` is the page-token key the context carries."""
+
+    def __init__(self, page_key: bytes) -> None:
+        self.page_key = page_key
+
     async def call(self, rules: MethodRules, request: Any, context: Any, inner: Unary) -> Any:
-        call, started, failed = _start(rules, context), time.perf_counter(), True
+        call, started, failed = _start(rules, context, self.page_key), time.perf_counter(), True
         try:
             result = await inner(request, context)
             failed = False
@@ -79,7 +95,7 @@ class ObservabilityAround(Around):
     async def stream(
         self, rules: MethodRules, request: Any, context: Any, inner: Stream
     ) -> AsyncIterator[Any]:
-        call, started, failed = _start(rules, context), time.perf_counter(), True
+        call, started, failed = _start(rules, context, self.page_key), time.perf_counter(), True
         try:
             async for item in inner(request, context):
                 yield item

@@ -168,6 +168,8 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
                         target_ids=event.target_ids,
                         request_id=event.request_id,
                         create_time=timestamp(event.create_time),
+                        service_key_id=event.service_key_id or "",
+                        correlation_id=event.correlation_id,
                     )
                     for event in events
                 ],

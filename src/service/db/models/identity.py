@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint
+from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, Timestamps
@@ -34,6 +34,9 @@ class ServiceKey(Base):
     name: Mapped[str] = mapped_column(String(100))
     secret_hash: Mapped[str] = mapped_column(String(64), unique=True)
     scopes: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # What the key may touch: these organizations, or every one (platform-internal keys).
+    organization_ids: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    all_organizations: Mapped[bool] = mapped_column(default=False, server_default=false())
     create_time: Mapped[datetime]
     revoke_time: Mapped[datetime | None] = mapped_column(default=None)
 

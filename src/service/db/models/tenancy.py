@@ -139,8 +139,10 @@ class AuditEvent(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     workspace_id: Mapped[str | None] = mapped_column(String(40), default=None)
-    actor_id: Mapped[str] = mapped_column(String(40))
+    actor_id: Mapped[str] = mapped_column(String(40))  # the user acted for, or the key
+    service_key_id: Mapped[str | None] = mapped_column(String(40), default=None)
     action: Mapped[str] = mapped_column(String(120))
     target_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
-    request_id: Mapped[str] = mapped_column(String(100), default="")
+    request_id: Mapped[str] = mapped_column(String(100), default="")  # the server's
+    correlation_id: Mapped[str] = mapped_column(String(100), default="", server_default="")
     create_time: Mapped[datetime]
