@@ -43,6 +43,25 @@ async def add_member(
     return member
 
 
+async def add_and_accept(
+    stubs: SimpleNamespace,
+    workspace_id: str,
+    actor: Any,
+    invitee: Any,
+    role: pb.WorkspaceRole.ValueType = pb.WORKSPACE_ROLE_MEMBER,
+) -> pb.WorkspaceMember:
+    """AddMember of the invitee's email, then the invitee accepts: their active membership."""
+    await add_member(stubs, workspace_id, actor, invitee.email, role)
+    request = pb.ListMyInvitationsRequest(page_size=100)
+    listed = await stubs.memberships.ListMyInvitations(request, metadata=invitee.metadata)
+    (invitation,) = [i for i in listed.invitations if i.workspace_id == workspace_id]
+    reply = await stubs.memberships.AcceptInvitation(
+        pb.AcceptInvitationRequest(invitation_id=invitation.id), metadata=invitee.metadata
+    )
+    member: pb.WorkspaceMember = reply.workspace_member
+    return member
+
+
 async def all_members(
     stubs: SimpleNamespace, workspace_id: str, actor: Any, page_size: int = 0
 ) -> list[pb.WorkspaceMember]:

@@ -127,7 +127,7 @@ async def list_my_invitations(
             i.create_time,
             i.expire_time,
         )
-        for i, ws_name, org_id, org_name in to_workspaces.tuples()
+        for i, ws_name, org_id, org_name in to_workspaces.all()
     ] + [
         Invitation(
             i.id,
@@ -140,7 +140,7 @@ async def list_my_invitations(
             i.create_time,
             i.expire_time,
         )
-        for i, org_name in to_organizations.tuples()
+        for i, org_name in to_organizations.all()
     ]
     ordered = sorted(rows, key=lambda i: (i.create_time, i.id))[: page.size + 1]
     return InvitationPage(ordered[: page.size], page.next_token(ordered))
