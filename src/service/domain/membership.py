@@ -39,8 +39,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, func, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from service.auth.context import CallContext
 from service.db.models import (
@@ -334,10 +335,16 @@ async def _keep_workspace_owner(
 async def workspaces_left_without_owner(
     session: AsyncSession, user_id: str, *, except_organizations: Collection[str]
 ) -> list[str]:
-    """The live workspaces (outside `except_organizations`) whose explicit members would
-    keep no owner without `user_id` — the last-owner rule of RemoveMember — sorted. For
-    account deletion, which also ends the user's organization roles; other members'
-    organization roles still count."""
+    """The live workspaces (outside `except_organizations`) whose other explicit members
+    would keep no owner without `user_id` — the last-owner rule of RemoveMember — sorted.
+
+    For account deletion, which also ends the user's organization roles (other members'
+    organization roles still count). A workspace of which the user is the only explicit
+    member is not listed: its member list empties and the organization's owners, of whom
+    one always remains, manage it — as for a workspace whose members never included an
+    owner.
+    """
+    others = aliased(WorkspaceMember)
     rows = await session.execute(
         select(Workspace.id, Workspace.organization_id)
         .join(WorkspaceMember, WorkspaceMember.workspace_id == Workspace.id)
@@ -345,6 +352,7 @@ async def workspaces_left_without_owner(
             WorkspaceMember.user_id == user_id,
             Workspace.delete_time.is_(None),
             Workspace.organization_id.not_in(list(except_organizations)),
+            exists().where(others.workspace_id == Workspace.id, others.user_id != user_id),
         )
         .order_by(Workspace.id)
     )
