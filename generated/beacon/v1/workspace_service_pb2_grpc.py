@@ -172,8 +172,11 @@ class WorkspaceServiceServicer:
         cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
         naming each blocker, when the caller is the sole owner of an organization that has
         other members (type SOLE_OWNER) or the last owner among the explicit members of a
-        workspace that would survive (type LAST_OWNER, as for RemoveMember). Only the user
-        themself may call it: through a service key's act_as it is PERMISSION_DENIED.
+        surviving workspace that has other explicit members (type LAST_OWNER, as for
+        RemoveMember; a workspace whose only explicit member is the caller stays with its
+        organization's owners). Only the user themself may call it: through a service key's
+        act_as it is PERMISSION_DENIED.
+        Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -82,8 +82,11 @@ class WorkspaceServiceStub:
     cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
     naming each blocker, when the caller is the sole owner of an organization that has
     other members (type SOLE_OWNER) or the last owner among the explicit members of a
-    workspace that would survive (type LAST_OWNER, as for RemoveMember). Only the user
-    themself may call it: through a service key's act_as it is PERMISSION_DENIED.
+    surviving workspace that has other explicit members (type LAST_OWNER, as for
+    RemoveMember; a workspace whose only explicit member is the caller stays with its
+    organization's owners). Only the user themself may call it: through a service key's
+    act_as it is PERMISSION_DENIED.
+    Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
     """
 
 @_typing.type_check_only
@@ -139,8 +142,11 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
     naming each blocker, when the caller is the sole owner of an organization that has
     other members (type SOLE_OWNER) or the last owner among the explicit members of a
-    workspace that would survive (type LAST_OWNER, as for RemoveMember). Only the user
-    themself may call it: through a service key's act_as it is PERMISSION_DENIED.
+    surviving workspace that has other explicit members (type LAST_OWNER, as for
+    RemoveMember; a workspace whose only explicit member is the caller stays with its
+    organization's owners). Only the user themself may call it: through a service key's
+    act_as it is PERMISSION_DENIED.
+    Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
     """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -247,8 +253,11 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
         naming each blocker, when the caller is the sole owner of an organization that has
         other members (type SOLE_OWNER) or the last owner among the explicit members of a
-        workspace that would survive (type LAST_OWNER, as for RemoveMember). Only the user
-        themself may call it: through a service key's act_as it is PERMISSION_DENIED.
+        surviving workspace that has other explicit members (type LAST_OWNER, as for
+        RemoveMember; a workspace whose only explicit member is the caller stays with its
+        organization's owners). Only the user themself may call it: through a service key's
+        act_as it is PERMISSION_DENIED.
+        Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
         """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
