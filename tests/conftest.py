@@ -32,7 +32,7 @@ from beacon.v1 import (
     workspace_service_pb2_grpc,
 )
 from service.app import App
-from service.auth.identity import _claim_invitations, ensure_user
+from service.auth.identity import ensure_user
 from service.auth.tokens import Claims, mint_dev_token
 from service.config import Settings
 from service.db.migrate import upgrade_async
@@ -200,7 +200,7 @@ def new_user(app: App, settings: Settings) -> NewUser:
             email_verified=True,
             name=name,
         )
-        user_id = await ensure_user(app.db, claims, _claim_invitations)
+        user_id = await ensure_user(app.db, claims)
         return TestUser(email=email.lower(), name=name, token=token, user_id=user_id)
 
     return make

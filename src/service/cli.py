@@ -149,7 +149,15 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
     # `beacon dev` accepts.
     if not settings.auth_secret:
         settings.auth_secret = DEV_AUTH_SECRET
-    print(mint_dev_token(settings, email=args.email, name=args.name, ttl_seconds=args.ttl))
+    print(
+        mint_dev_token(
+            settings,
+            email=args.email,
+            name=args.name,
+            ttl_seconds=args.ttl,
+            email_verified=not args.unverified,
+        )
+    )
     return 0
 
 
@@ -222,6 +230,12 @@ def parser() -> argparse.ArgumentParser:
     token.add_argument("--email", required=True)
     token.add_argument("--name", default="")
     token.add_argument("--ttl", type=int, default=12 * 3600, help="lifetime in seconds")
+    token.add_argument(
+        "--unverified",
+        action="store_true",
+        help="mark the email unverified (email_verified: false): such a user cannot see or "
+        "accept invitations; by default development tokens carry the email verified",
+    )
     token.set_defaults(fn=cmd_token)
     keys = sub.add_parser("service-key", help="manage service keys")
     key_sub = keys.add_subparsers(dest="action", required=True)

@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     # Tenancy.
     workspace_retention_days: int = 30
     join_code_ttl_hours: int = 24 * 7
+    invitation_ttl_hours: int = 24 * 7  # pending invitations expire after this
     upload_url_ttl_seconds: int = 600
     icon_url_ttl_seconds: int = 3600
     icon_max_bytes: int = 1024 * 1024

@@ -67,6 +67,21 @@ async def test_token_verifies_with_the_secret_and_only_with_it() -> None:
     assert claims["email"] == "a@example.com"
 
 
+async def test_dev_tokens_carry_the_email_verified_unless_asked_not_to() -> None:
+    """Verified by default (the developer owns the address); `--unverified` mints what an
+    identity provider that does not vouch for the email gives, to try invitations with."""
+    secret = "cli-test-secret-0123456789abcdef0123"
+    env = {"BEACON_AUTH_SECRET": secret}
+    (code, out, err), (unverified_code, unverified_out, unverified_err) = await asyncio.gather(
+        run_beacon("token", "--email", "v@example.com", env=env),
+        run_beacon("token", "--email", "u@example.com", "--unverified", env=env),
+    )
+    assert code == 0 and unverified_code == 0, err + unverified_err
+    verifier = TokenVerifier(Settings(auth_secret=secret))
+    assert (await verifier.verify(out.strip())).email_verified is True
+    assert (await verifier.verify(unverified_out.strip())).email_verified is False
+
+
 async def test_service_key_create_list_revoke_round_trip(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'keys.db'}"
     env = {"BEACON_DATABASE_URL": url}

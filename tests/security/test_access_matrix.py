@@ -225,6 +225,14 @@ TABLE: dict[str, Entry] = {
             organization_id=x.organization_id, user_id=x.org_member.user_id
         )
     ),
+    MEMBERS + "ListMyInvitations": Entry(lambda x: member_pb.ListMyInvitationsRequest()),
+    # Every user caller holds a pending invitation of the target: accepting it is theirs.
+    MEMBERS + "AcceptInvitation": Entry(
+        lambda x: member_pb.AcceptInvitationRequest(invitation_id=x.invitation_id)
+    ),
+    MEMBERS + "DeclineInvitation": Entry(
+        lambda x: member_pb.DeclineInvitationRequest(invitation_id=x.invitation_id)
+    ),
     SCHEDULES + "GetSchedule": Entry(
         lambda x: schedule_pb.GetScheduleRequest(workspace_id=x.workspace_id)
     ),
@@ -314,6 +322,7 @@ def ghost(world: World) -> World:
         prompt_id=new_id("prm"),
         run_id=new_id("run"),
         ended_run_id=new_id("run"),
+        invitation_id=new_id("inv"),
     )
 
 
@@ -322,7 +331,13 @@ def as_seen(outcome: Outcome, world: World) -> tuple[str, str, dict[str, str]]:
     ErrorInfo metadata (without the request id)."""
     assert outcome.failure is not None
     info = outcome.failure.details["ErrorInfo"]
-    ids = (world.organization_id, world.workspace_id, world.prompt_id, world.run_id)
+    ids = (
+        world.organization_id,
+        world.workspace_id,
+        world.prompt_id,
+        world.run_id,
+        world.invitation_id,
+    )
     message = outcome.failure.message
     for id_ in (*ids, world.ended_run_id):
         message = message.replace(id_, "<id>")
@@ -389,3 +404,38 @@ async def test_a_workspace_id_reveals_nothing_of_its_organization_to_outsiders(
     assert real.code == missing.code == NOT_FOUND
     assert as_seen(real, world) == as_seen(missing, absent)
     assert world.organization_id not in (real.failure.message if real.failure else "")
+
+
+async def test_a_guest_naming_their_workspace_on_an_organization_rpc_is_denied_not_hidden(
+    app: App,
+    settings: Settings,
+    channel: grpc.aio.Channel,
+    stubs: SimpleNamespace,
+    keys: dict[str, str],
+) -> None:
+    """A guest sees the workspace (and so knows it exists) but has no organization role:
+    organization-level RPCs addressed by that workspace are PERMISSION_DENIED, and write
+    nothing."""
+    world = await build_world(app, settings, stubs.memberships, w.GUEST, keys)
+    organization_rpcs = [
+        path
+        for path, rules in method_rules().items()
+        if rules.level
+        in (options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN, options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER)
+        and "workspace_id" in rules.resource_fields
+    ]
+    assert organization_rpcs == [ORG + "UpdateOrganization"]
+    method = methods_by_path()[ORG + "UpdateOrganization"]
+    request = org_pb.UpdateOrganizationRequest(
+        workspace_id=world.workspace_id,
+        organization=org_pb.Organization(name="Renamed Org"),
+        update_mask=FieldMask(paths=["name"]),
+    )
+    before = await snapshot(app, world)
+
+    outcome = await invoke(channel, method, request, world.metadata)
+
+    assert outcome.code == PERMISSION_DENIED, outcome.describe()
+    assert outcome.failure is not None
+    assert outcome.failure.details["ErrorInfo"].reason == "NOT_ORGANIZATION_MEMBER"
+    assert before.changes(await snapshot(app, world)) == []

@@ -1,8 +1,8 @@
 """A target tenant and callers of every kind, written straight to the database (no tests here).
 
 One `World` is an organization with one workspace (a prompt, a live run, an ended run, a
-live join code, an explicit member and an organization member besides its founder) and one
-caller standing in a given relation to it. Everything but the guest's join is one
+live join code, an explicit member and an organization member besides its founder, and a
+pending invitation to the caller's email) and one caller standing in a given relation to it. Everything but the guest's join is one
 transaction, so a fresh world per matrix cell stays cheap.
 """
 
@@ -25,6 +25,7 @@ from service.db.models import (
     OrganizationMember,
     User,
     Workspace,
+    WorkspaceInvitation,
     WorkspaceMember,
 )
 from service.domain.clock import new_id, utcnow
@@ -99,6 +100,7 @@ class World:
     run_id: str  # queued, not ended
     ended_run_id: str
     join_code: str  # display form, live
+    invitation_id: str  # pending, to the workspace, for the caller's email (if a user)
     member: Person  # an explicit workspace member (role member), not the caller
     org_member: Person  # an organization member (role member), not the caller
     founder: Person  # organization owner and explicit workspace owner
@@ -212,6 +214,18 @@ async def build_world(
                 workspace_id=ws_id, user_id=member.user_id, role="member", create_time=now
             )
         )
+        invitation_id = new_id("inv")
+        session.add(
+            WorkspaceInvitation(
+                id=invitation_id,
+                workspace_id=ws_id,
+                email=user.email if user is not None else f"sec-{unique('i')}@example.com",
+                role="member",
+                invited_by=founder.user_id,
+                create_time=now,
+                expire_time=now + timedelta(days=7),
+            )
+        )
         if user is not None:
             org_role, ws_role = USER_GRANTS[caller]
             if org_role:
@@ -243,6 +257,7 @@ async def build_world(
         run_id=run_id,
         ended_run_id=ended_run_id,
         join_code=display_code(code),
+        invitation_id=invitation_id,
         member=member,
         org_member=org_member,
         founder=founder,

@@ -1,8 +1,10 @@
 """DeleteAccount: what goes (the user, their solo organizations with all data, memberships,
-invitations, uploads) and what stays (anything another member still uses)."""
+uploads) and what stays (anything another member still uses, invitations other
+organizations sent to the user's email, an owner for every workspace)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,6 +15,7 @@ from sqlalchemy import func, select
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.auth import service_keys
 from service.db.models import (
     File,
     Organization,
@@ -76,6 +79,7 @@ async def test_solo_organizations_go_with_all_their_data(
                 email=user.email,
                 role="member",
                 create_time=utcnow(),
+                expire_time=utcnow() + timedelta(days=7),
             )
         )
     assert (await http.get(workspace.icon_url)).status_code == 200
@@ -88,7 +92,8 @@ async def test_solo_organizations_go_with_all_their_data(
     assert await count(app, Workspace, Workspace.id == workspace.id) == 0
     assert await count(app, Prompt, Prompt.workspace_id == workspace.id) == 0
     assert await count(app, File, File.id.in_([icon, spare_icon])) == 0
-    assert await count(app, OrganizationInvitation, OrganizationInvitation.email == user.email) == 0
+    # Another organization's invitation to the email belongs to that organization: it stays.
+    assert await count(app, OrganizationInvitation, OrganizationInvitation.email == user.email) == 1
     assert await count(app, User, User.id == user.user_id) == 0
     # The icon's bytes are gone too.
     assert (await http.get(workspace.icon_url)).status_code == 404
@@ -151,7 +156,6 @@ async def test_leaving_members_keep_other_peoples_data_intact(
     icon = await upload_icon(stubs, http, leaver)
     made = (await new_workspace(stubs, leaver, organization_id=org.id, icon_file_id=icon)).workspace
     owners_own = (await new_workspace(stubs, owner, organization_id=org.id)).workspace
-
     reply = await delete_account(stubs, leaver)
 
     assert list(reply.deleted_organization_ids) == []
@@ -172,3 +176,50 @@ async def test_leaving_members_keep_other_peoples_data_intact(
         metadata=owner.metadata,
     )
     assert [list(e.target_ids) for e in events.audit_events] == [[leaver.user_id]]
+
+
+async def test_the_last_owner_among_a_workspaces_members_cannot_leave_it_ownerless(
+    stubs: Stubs, new_user: Any, app: App
+) -> None:
+    """A workspace guest-owned by the caller, with other explicit members, in an
+    organization that survives: refused by name until another member owns it."""
+    founder, caller, colleague = await new_user(), await new_user(), await new_user()
+    org = await new_organization(stubs, founder)
+    workspace = (await new_workspace(stubs, founder, organization_id=org.id)).workspace
+    async with app.db.transaction() as session:
+        founder_row = await session.get(WorkspaceMember, (workspace.id, founder.user_id))
+        assert founder_row is not None
+        await session.delete(founder_row)  # the founder's access is the organization role
+    await grant_workspace_role(app, workspace.id, caller.user_id, "owner")
+    await grant_workspace_role(app, workspace.id, colleague.user_id, "member")
+
+    error = await expect_error(grpc.StatusCode.FAILED_PRECONDITION, delete_account(stubs, caller))
+
+    violations = error.details["PreconditionFailure"].violations
+    assert [(v.type, v.subject) for v in violations] == [("LAST_OWNER", workspace.id)]
+    assert await count(app, WorkspaceMember, WorkspaceMember.user_id == caller.user_id) == 1
+    async with app.db.transaction() as session:
+        row = await session.get(WorkspaceMember, (workspace.id, colleague.user_id))
+        assert row is not None
+        row.role = "owner"
+    reply = await delete_account(stubs, caller)
+    assert reply.user_id == caller.user_id
+    assert await count(app, WorkspaceMember, WorkspaceMember.workspace_id == workspace.id) == 1
+
+
+async def test_a_service_key_acting_as_the_user_cannot_delete_the_account(
+    stubs: Stubs, new_user: Any, app: App
+) -> None:
+    user = await new_user()
+    await new_workspace(stubs, user, organization_name="Kept Org")
+    secret, info = await service_keys.create_key(app.db, "front end", ["act_as"])
+    try:
+        acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", user.user_id))
+        error = await expect_error(
+            grpc.StatusCode.PERMISSION_DENIED,
+            stubs.workspaces.DeleteAccount(ws_pb.DeleteAccountRequest(), metadata=acting),
+        )
+    finally:
+        await service_keys.revoke_key(app.db, info.id)
+    assert error.details["ErrorInfo"].reason == "ACT_AS_NOT_ALLOWED"
+    assert await count(app, User, User.id == user.user_id) == 1

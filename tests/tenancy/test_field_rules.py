@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from service.domain.clock import random_slug_suffix
 from service.domain.errors import Aborted, InvalidArgument
 from service.domain.files import sniff_image_type
 from service.domain.hostnames import normalize_hostname
@@ -45,14 +46,14 @@ def test_slug_derivation(name: str, slug: str) -> None:
     validate_slug("slug", derived)
 
 
-def test_slug_collisions_take_the_first_free_suffix() -> None:
-    assert suffixed_slug("acme", set()) == "acme"
-    assert suffixed_slug("acme", {"acme"}) == "acme-2"
-    assert suffixed_slug("acme", {"acme", "acme-2", "acme-3"}) == "acme-4"
+def test_taken_slugs_get_a_random_suffix_that_fits() -> None:
+    assert suffixed_slug("acme", "k3x9qz") == "acme-k3x9qz"
     long = "b" * 50
-    suffixed = suffixed_slug(long, {long})
-    assert suffixed == "b" * 48 + "-2"
-    assert len(suffixed_slug(long, {long, *(f"{'b' * 48}-{n}" for n in range(2, 10))})) == 50
+    assert suffixed_slug(long, "k3x9qz") == "b" * 43 + "-k3x9qz"
+    assert suffixed_slug("ab-" + "c" * 40 + "-d", "k3x9qz") == "ab-" + "c" * 40 + "-k3x9qz"
+    suffixes = {random_slug_suffix() for _ in range(50)}
+    assert len(suffixes) == 50
+    assert all(len(s) == 6 and s.isalnum() and s == s.lower() for s in suffixes)
 
 
 @pytest.mark.parametrize("slug", ["a", "A-b", "ab_c", "-ab", "ab-", "a--b", "a b", "x" * 51, "é1"])

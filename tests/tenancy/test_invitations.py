@@ -1,179 +1,312 @@
-"""Claiming invitations: directly against the database, and end to end through the server."""
+"""Invitations need the invitee's consent: through the server, as inviter and invitee see them.
+
+AddMember and InviteOrganizationMember answer alike for registered and unknown emails (an
+invitation, never a user id or name); nobody joins until they accept; only a verified email
+claims; invitations expire.
+"""
 
 from __future__ import annotations
 
+import time
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+import grpc
+import jwt
+from sqlalchemy import update
 
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.auth import service_keys
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
-from service.db.models import (
-    Organization,
-    OrganizationInvitation,
-    OrganizationMember,
-    User,
-    Workspace,
-    WorkspaceInvitation,
-    WorkspaceMember,
+from service.db.models import WorkspaceInvitation
+from service.domain.clock import utcnow
+from tests.support import expect_error, unique
+from tests.tenancy.test_membership_support import (
+    add_member,
+    all_members,
+    create_organization,
+    create_workspace,
 )
-from service.domain.clock import new_id, utcnow
-from service.domain.invitations import claim_invitations
-from tests.support import unique
-from tests.tenancy.test_membership_support import add_member, create_organization, create_workspace
+
+ADMIN = org_pb.ORGANIZATION_ROLE_ADMIN
 
 
-async def _organization_with_workspace(session: AsyncSession) -> tuple[str, str]:
-    org = Organization(id=new_id("org"), name="Claim Org", slug=unique("claim-"))
-    session.add(org)
-    await session.flush()
-    workspace = Workspace(
-        id=new_id("ws"), organization_id=org.id, name="Claim", slug="claim", version=1
+def _metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def _my_invitations(stubs: SimpleNamespace, who: Any) -> list[pb.Invitation]:
+    reply = await stubs.memberships.ListMyInvitations(
+        pb.ListMyInvitationsRequest(page_size=100), metadata=who.metadata
     )
-    session.add(workspace)
-    await session.flush()
-    return org.id, workspace.id
+    return list(reply.invitations)
 
 
-async def _user(session: AsyncSession, email: str, *, verified: bool) -> User:
-    user = User(
-        id=new_id("user"),
-        issuer="test",
-        subject=unique("sub"),
-        email=email,
-        email_verified=verified,
-        name="Claimer",
+async def _accept(stubs: SimpleNamespace, who: Any, invitation_id: str) -> Any:
+    return await stubs.memberships.AcceptInvitation(
+        pb.AcceptInvitationRequest(invitation_id=invitation_id), metadata=who.metadata
     )
-    session.add(user)
-    await session.flush()
-    return user
 
 
-def _invitations(email: str, org_id: str, workspace_id: str, role: str) -> list[Any]:
-    now = utcnow()
-    return [
-        WorkspaceInvitation(
-            id=new_id("inv"), workspace_id=workspace_id, email=email, role=role, create_time=now
+async def _invite_to_organization(
+    stubs: SimpleNamespace, org_id: str, actor: Any, email: str
+) -> pb.OrganizationMember:
+    reply: pb.OrganizationMember = await stubs.memberships.InviteOrganizationMember(
+        pb.InviteOrganizationMemberRequest(organization_id=org_id, email=email, role=ADMIN),
+        metadata=actor.metadata,
+    )
+    return reply
+
+
+def _shape(message: Any) -> list[str]:
+    """The names of the fields a message sets (what a caller can tell apart)."""
+    return sorted(field.name for field, _ in message.ListFields())
+
+
+async def test_adding_a_registered_user_answers_as_for_an_unknown_email(
+    stubs: SimpleNamespace, settings: Settings, new_user: Any
+) -> None:
+    owner = await new_user()
+    registered = await new_user(name="Registered Person")
+    workspace = await create_workspace(stubs, owner)
+    org = await create_organization(stubs, owner)
+    unknown = f"{unique('nobody')}@example.com"
+
+    known = await add_member(stubs, workspace.id, owner, registered.email)
+    stranger = await add_member(stubs, workspace.id, owner, unknown)
+    org_known = await _invite_to_organization(stubs, org.id, owner, registered.email)
+    org_stranger = await _invite_to_organization(stubs, org.id, owner, unknown)
+
+    for reply in (known, stranger, org_known, org_stranger):
+        assert reply.state == pb.MEMBER_STATE_INVITED
+        assert (reply.user_id, reply.display_name) == ("", "")
+        expires = reply.expire_time.ToDatetime() - reply.create_time.ToDatetime()
+        assert expires == timedelta(hours=settings.invitation_ttl_hours) == timedelta(days=7)
+    assert _shape(known) == _shape(stranger)
+    assert _shape(org_known) == _shape(org_stranger)
+    # Not a member until they accept: the workspace stays invisible to them.
+    await expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        stubs.workspaces.GetWorkspace(
+            ws_pb.GetWorkspaceRequest(workspace_id=workspace.id), metadata=registered.metadata
         ),
-        OrganizationInvitation(
-            id=new_id("inv"), organization_id=org_id, email=email, role="admin", create_time=now
+    )
+    listed = {m.email: m for m in await all_members(stubs, workspace.id, owner)}
+    assert listed[registered.email].state == pb.MEMBER_STATE_INVITED
+    assert listed[registered.email].user_id == ""
+
+
+async def test_the_invitee_sees_and_accepts_invitations(
+    stubs: SimpleNamespace, new_user: Any
+) -> None:
+    owner = await new_user()
+    invitee = await new_user(name="Invitee")
+    workspace = await create_workspace(stubs, owner)
+    org = await create_organization(stubs, owner)
+    await add_member(stubs, workspace.id, owner, invitee.email.upper(), pb.WORKSPACE_ROLE_OWNER)
+    await _invite_to_organization(stubs, org.id, owner, invitee.email)
+
+    mine = {i.workspace_id or i.organization_id: i for i in await _my_invitations(stubs, invitee)}
+    assert set(mine) == {workspace.id, org.id}
+    to_workspace, to_org = mine[workspace.id], mine[org.id]
+    assert (to_workspace.workspace_name, to_workspace.organization_id) == (
+        workspace.name,
+        workspace.organization_id,
+    )
+    assert to_workspace.workspace_role == pb.WORKSPACE_ROLE_OWNER
+    assert to_workspace.email == invitee.email
+    assert (to_org.organization_name, to_org.organization_role) == (org.name, ADMIN)
+    assert to_org.workspace_id == ""
+
+    joined = await _accept(stubs, invitee, to_workspace.id)
+    assert joined.workspace_member.state == pb.MEMBER_STATE_ACTIVE
+    assert joined.workspace_member.user_id == invitee.user_id
+    assert joined.workspace_member.role == pb.WORKSPACE_ROLE_OWNER
+    assert not joined.HasField("organization_member")
+    seen = await stubs.workspaces.GetWorkspace(
+        ws_pb.GetWorkspaceRequest(workspace_id=workspace.id), metadata=invitee.metadata
+    )
+    assert seen.id == workspace.id
+    org_joined = await _accept(stubs, invitee, to_org.id)
+    assert org_joined.organization_member.role == ADMIN
+    assert org_joined.organization_member.user_id == invitee.user_id
+
+    # Used up: gone from both lists, and a second accept finds nothing.
+    assert await _my_invitations(stubs, invitee) == []
+    states = {m.email: m.state for m in await all_members(stubs, workspace.id, owner)}
+    assert states[invitee.email] == pb.MEMBER_STATE_ACTIVE
+    await expect_error(grpc.StatusCode.NOT_FOUND, _accept(stubs, invitee, to_workspace.id))
+
+
+async def test_declining_deletes_the_invitation_and_grants_nothing(
+    stubs: SimpleNamespace, new_user: Any
+) -> None:
+    owner = await new_user()
+    invitee = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    await add_member(stubs, workspace.id, owner, invitee.email)
+    (invitation,) = await _my_invitations(stubs, invitee)
+
+    await stubs.memberships.DeclineInvitation(
+        pb.DeclineInvitationRequest(invitation_id=invitation.id), metadata=invitee.metadata
+    )
+
+    assert await _my_invitations(stubs, invitee) == []
+    assert invitee.email not in {m.email for m in await all_members(stubs, workspace.id, owner)}
+    await expect_error(grpc.StatusCode.NOT_FOUND, _accept(stubs, invitee, invitation.id))
+
+
+async def test_signing_in_joins_nothing(
+    stubs: SimpleNamespace, settings: Settings, new_user: Any
+) -> None:
+    """An invitation to an email that has never called is not claimed by its first call."""
+    owner = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    email = f"{unique('later')}@example.com"
+    await add_member(stubs, workspace.id, owner, email)
+
+    newcomer = _metadata(mint_dev_token(settings, email=email, name="Later"))
+    await expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        stubs.memberships.ListMembers(
+            pb.ListMembersRequest(workspace_id=workspace.id), metadata=newcomer
         ),
-    ]
-
-
-async def _pending(session: AsyncSession, email: str) -> int:
-    rows = list(
-        await session.scalars(
-            select(WorkspaceInvitation.id).where(WorkspaceInvitation.email == email)
-        )
     )
-    rows += await session.scalars(
-        select(OrganizationInvitation.id).where(OrganizationInvitation.email == email)
+    listed = await stubs.memberships.ListMyInvitations(
+        pb.ListMyInvitationsRequest(), metadata=newcomer
     )
-    return len(rows)
+    assert [i.workspace_id for i in listed.invitations] == [workspace.id]
 
 
-async def test_verified_user_claims_workspace_and_organization_invitations(app: App) -> None:
-    email = f"{unique('claim')}@example.com"
-    async with app.db.transaction() as session:
-        org_id, workspace_id = await _organization_with_workspace(session)
-        session.add_all(_invitations(email, org_id, workspace_id, "owner"))
-    async with app.db.transaction() as session:
-        user = await _user(session, email.upper(), verified=True)  # emails match in any case
-        await claim_invitations(session, user)
-    async with app.db.transaction(write=False) as session:
-        workspace_member = await session.get(WorkspaceMember, (workspace_id, user.id))
-        org_member = await session.get(OrganizationMember, (org_id, user.id))
-        assert workspace_member is not None and workspace_member.role == "owner"
-        assert org_member is not None and org_member.role == "admin"
-        assert await _pending(session, email) == 0
-
-
-async def test_unverified_email_claims_nothing(app: App) -> None:
-    email = f"{unique('unverified')}@example.com"
-    async with app.db.transaction() as session:
-        org_id, workspace_id = await _organization_with_workspace(session)
-        session.add_all(_invitations(email, org_id, workspace_id, "member"))
-    async with app.db.transaction() as session:
-        user = await _user(session, email, verified=False)
-        await claim_invitations(session, user)
-    async with app.db.transaction(write=False) as session:
-        assert await session.get(WorkspaceMember, (workspace_id, user.id)) is None
-        assert await session.get(OrganizationMember, (org_id, user.id)) is None
-        assert await _pending(session, email) == 2
-
-
-async def test_claim_keeps_the_higher_role_and_skips_deleted_workspaces(app: App) -> None:
-    email = f"{unique('keep')}@example.com"
-    async with app.db.transaction() as session:
-        org_id, workspace_id = await _organization_with_workspace(session)
-        _, deleted_id = await _organization_with_workspace(session)
-        user = await _user(session, f"{unique('other')}@example.com", verified=True)
-        session.add(
-            WorkspaceMember(
-                workspace_id=workspace_id, user_id=user.id, role="owner", create_time=utcnow()
-            )
-        )
-        session.add_all(_invitations(email, org_id, workspace_id, "member"))
-        session.add(
-            WorkspaceInvitation(
-                id=new_id("inv"),
-                workspace_id=deleted_id,
-                email=email,
-                role="member",
-                create_time=utcnow(),
-            )
-        )
-        deleted = await session.get(Workspace, deleted_id)
-        assert deleted is not None
-        deleted.delete_time = utcnow()
-    async with app.db.transaction() as session:
-        changed = await session.get(User, user.id)
-        assert changed is not None
-        changed.email = email  # the user's email changed to the invited one
-        await claim_invitations(session, changed)
-    async with app.db.transaction(write=False) as session:
-        kept = await session.get(WorkspaceMember, (workspace_id, user.id))
-        assert kept is not None and kept.role == "owner"
-        assert await session.get(WorkspaceMember, (deleted_id, user.id)) is None
-        assert await _pending(session, email) == 0
-
-
-async def test_invited_email_becomes_a_member_on_its_first_call(
+async def test_only_a_verified_email_sees_or_claims_its_invitations(
     stubs: SimpleNamespace, settings: Settings, new_user: Any
 ) -> None:
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
-    org = await create_organization(stubs, owner)
-    email = f"{unique('later')}@Example.COM"
-    invited = await add_member(stubs, workspace.id, owner, email)
-    assert (invited.state, invited.user_id) == (pb.MEMBER_STATE_INVITED, "")
-    org_invited = await stubs.memberships.InviteOrganizationMember(
-        pb.InviteOrganizationMemberRequest(
-            organization_id=org.id, email=email, role=org_pb.ORGANIZATION_ROLE_ADMIN
+    email = f"{unique('victim')}@example.com"
+    await add_member(stubs, workspace.id, owner, email)
+    pending = {m.email: m for m in await all_members(stubs, workspace.id, owner)}[email]
+    invitation_id = await _invitation_id(stubs, settings, email)
+    now = int(time.time())
+    unverified_tokens = [
+        mint_dev_token(settings, email=email, subject=unique("dev|"), email_verified=False),
+        # Some providers send the claim as a string: "false" is not verified.
+        jwt.encode(
+            {
+                "iss": settings.auth_dev_issuer,
+                "aud": "beacon",
+                "sub": unique("dev|"),
+                "email": email,
+                "email_verified": "false",
+                "iat": now,
+                "exp": now + 600,
+            },
+            settings.auth_secret,
+            algorithm="HS256",
         ),
-        metadata=owner.metadata,
-    )
-    assert org_invited.state == pb.MEMBER_STATE_INVITED
+    ]
+    for token in unverified_tokens:
+        impostor = _metadata(token)
+        for call in (
+            stubs.memberships.ListMyInvitations(pb.ListMyInvitationsRequest(), metadata=impostor),
+            stubs.memberships.AcceptInvitation(
+                pb.AcceptInvitationRequest(invitation_id=invitation_id), metadata=impostor
+            ),
+            stubs.memberships.DeclineInvitation(
+                pb.DeclineInvitationRequest(invitation_id=invitation_id), metadata=impostor
+            ),
+        ):
+            refused = await expect_error(grpc.StatusCode.FAILED_PRECONDITION, call)
+            assert refused.details["ErrorInfo"].reason == "EMAIL_NOT_VERIFIED"
+    still = {m.email: m for m in await all_members(stubs, workspace.id, owner)}[email]
+    assert still == pending
 
-    token = mint_dev_token(settings, email=email, name="Later Person")
-    newcomer = (("authorization", f"Bearer {token}"),)
-    # The first call is allowed only because authentication claimed the invitation.
-    listed = await stubs.memberships.ListMembers(
-        pb.ListMembersRequest(workspace_id=workspace.id), metadata=newcomer
+
+async def _invitation_id(stubs: SimpleNamespace, settings: Settings, email: str) -> str:
+    """The id the invitee sees (read with a verified token for the email)."""
+    invitee = _metadata(mint_dev_token(settings, email=email, subject=unique("dev|")))
+    reply = await stubs.memberships.ListMyInvitations(
+        pb.ListMyInvitationsRequest(), metadata=invitee
     )
-    mine = [m for m in listed.members if m.email.lower() == email.lower()]
-    assert len(mine) == 1
-    assert mine[0].state == pb.MEMBER_STATE_ACTIVE and mine[0].user_id.startswith("user_")
-    assert mine[0].display_name == "Later Person"
-    org_members = await stubs.memberships.ListOrganizationMembers(
-        pb.ListOrganizationMembersRequest(organization_id=org.id), metadata=newcomer
+    (invitation,) = reply.invitations
+    return str(invitation.id)
+
+
+async def test_an_invitation_is_claimable_only_by_its_email(
+    stubs: SimpleNamespace, settings: Settings, new_user: Any
+) -> None:
+    owner = await new_user()
+    invitee = await new_user()
+    other = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    await add_member(stubs, workspace.id, owner, invitee.email)
+    (invitation,) = await _my_invitations(stubs, invitee)
+
+    assert await _my_invitations(stubs, other) == []
+    missing = await expect_error(grpc.StatusCode.NOT_FOUND, _accept(stubs, other, invitation.id))
+    absent = await expect_error(
+        grpc.StatusCode.NOT_FOUND, _accept(stubs, other, "inv_aaaaaaaaaaaaaaaa")
     )
-    claimed = [m for m in org_members.members if m.user_id == mine[0].user_id]
-    assert [m.role for m in claimed] == [org_pb.ORGANIZATION_ROLE_ADMIN]
-    assert not [m for m in org_members.members if m.state == pb.MEMBER_STATE_INVITED]
+    assert missing.message.replace(invitation.id, "<id>") == absent.message.replace(
+        "inv_aaaaaaaaaaaaaaaa", "<id>"
+    )
+    await expect_error(
+        grpc.StatusCode.NOT_FOUND,
+        stubs.memberships.DeclineInvitation(
+            pb.DeclineInvitationRequest(invitation_id=invitation.id), metadata=other.metadata
+        ),
+    )
+    bad = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, _accept(stubs, other, "nope"))
+    assert bad.details["BadRequest"].field_violations[0].field == "invitation_id"
+    assert [i.id for i in await _my_invitations(stubs, invitee)] == [invitation.id]
+
+
+async def test_expired_invitations_are_gone_until_renewed(
+    app: App, stubs: SimpleNamespace, new_user: Any
+) -> None:
+    owner = await new_user()
+    invitee = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    await add_member(stubs, workspace.id, owner, invitee.email)
+    (invitation,) = await _my_invitations(stubs, invitee)
+    async with app.db.transaction() as session:
+        await session.execute(
+            update(WorkspaceInvitation)
+            .where(WorkspaceInvitation.id == invitation.id)
+            .values(expire_time=utcnow() - timedelta(seconds=1))
+        )
+
+    assert await _my_invitations(stubs, invitee) == []
+    assert invitee.email not in {m.email for m in await all_members(stubs, workspace.id, owner)}
+    await expect_error(grpc.StatusCode.NOT_FOUND, _accept(stubs, invitee, invitation.id))
+
+    renewed = await add_member(stubs, workspace.id, owner, invitee.email)
+    assert renewed.expire_time.ToDatetime() > utcnow().replace(tzinfo=None) + timedelta(days=6)
+    joined = await _accept(stubs, invitee, invitation.id)
+    assert joined.workspace_member.user_id == invitee.user_id
+
+
+async def test_a_service_key_acting_as_the_invitee_accepts_for_them(
+    app: App, stubs: SimpleNamespace, new_user: Any
+) -> None:
+    """The platform's own front end accepts on the user's behalf; the stored user's
+    verified email is what counts."""
+    owner = await new_user()
+    invitee = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    await add_member(stubs, workspace.id, owner, invitee.email)
+    (invitation,) = await _my_invitations(stubs, invitee)
+    secret, info = await service_keys.create_key(app.db, "front end", ["act_as"])
+    try:
+        acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", invitee.user_id))
+        joined = await stubs.memberships.AcceptInvitation(
+            pb.AcceptInvitationRequest(invitation_id=invitation.id), metadata=acting
+        )
+    finally:
+        await service_keys.revoke_key(app.db, info.id)
+    assert joined.workspace_member.user_id == invitee.user_id

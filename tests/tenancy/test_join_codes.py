@@ -24,7 +24,7 @@ from service.db.models import Workspace
 from service.domain.errors import InvalidArgument
 from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
 from tests.support import expect_error
-from tests.tenancy.test_membership_support import add_member, create_workspace
+from tests.tenancy.test_membership_support import add_and_accept, create_workspace
 
 CODE_SHAPE = re.compile(rf"[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}")
 
@@ -93,7 +93,7 @@ async def test_join_info_gives_a_lasting_grouped_code(
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     member = await new_user()
-    await add_member(stubs, workspace.id, owner, member.email)
+    await add_and_accept(stubs, workspace.id, owner, member)
     first = await _join_info(stubs, workspace.id, owner)
     assert CODE_SHAPE.fullmatch(first.code)
     expected = datetime.now(UTC) + timedelta(hours=settings.join_code_ttl_hours)
@@ -156,7 +156,7 @@ async def test_rotation_rules(stubs: SimpleNamespace, new_user: Any) -> None:
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     member = await new_user()
-    await add_member(stubs, workspace.id, owner, member.email)
+    await add_and_accept(stubs, workspace.id, owner, member)
     default = await stubs.memberships.RotateJoinCode(
         pb.RotateJoinCodeRequest(workspace_id=workspace.id), metadata=owner.metadata
     )

@@ -16,6 +16,7 @@ from service.app import App
 from service.db.models import AuditEvent
 from tests.support import RpcFailure, expect_error, unique
 from tests.tenancy.test_membership_support import (
+    add_and_accept,
     add_member,
     all_members,
     create_workspace,
@@ -53,13 +54,15 @@ async def _leave(stubs: SimpleNamespace, workspace_id: str, actor: Any) -> Any:
     )
 
 
-async def test_adding_an_existing_user_makes_them_a_member_at_once(
+async def test_an_existing_user_becomes_a_member_once_they_accept(
     stubs: SimpleNamespace, new_user: Any, app: App
 ) -> None:
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     colleague = await new_user(name="Ada Colleague")
-    added = await add_member(stubs, workspace.id, owner, colleague.email.upper())
+    invited = await add_member(stubs, workspace.id, owner, colleague.email.upper())
+    assert (invited.user_id, invited.state) == ("", pb.MEMBER_STATE_INVITED)
+    added = await add_and_accept(stubs, workspace.id, owner, colleague)
     assert (added.user_id, added.state, added.role) == (
         colleague.user_id,
         pb.MEMBER_STATE_ACTIVE,
@@ -70,10 +73,16 @@ async def test_adding_an_existing_user_makes_them_a_member_at_once(
     members = await all_members(stubs, workspace.id, colleague)
     assert roles_by_user(members) == {owner.user_id: OWNER, colleague.user_id: MEMBER}
     async with app.db.transaction(write=False) as session:
-        actions = await session.scalars(
-            select(AuditEvent.action).where(AuditEvent.workspace_id == workspace.id)
+        actions = list(
+            await session.scalars(
+                select(AuditEvent.action).where(AuditEvent.workspace_id == workspace.id)
+            )
         )
-        assert "beacon.v1.MembershipService/AddMember" in list(actions)
+    assert "beacon.v1.MembershipService/AddMember" in actions
+    assert "beacon.v1.MembershipService/AcceptInvitation" in actions
+    # Adding an email a member already has returns the membership (the list shows it).
+    again = await add_member(stubs, workspace.id, owner, colleague.email)
+    assert (again.user_id, again.state) == (colleague.user_id, pb.MEMBER_STATE_ACTIVE)
 
 
 async def test_adding_an_unknown_email_stores_an_invitation(
@@ -102,11 +111,11 @@ async def test_members_add_members_but_only_owners_add_or_promote_owners(
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     member, newcomer, hopeful = await new_user(), await new_user(), await new_user()
-    await add_member(stubs, workspace.id, owner, member.email)
-    assert (await add_member(stubs, workspace.id, member, newcomer.email)).role == MEMBER
+    await add_and_accept(stubs, workspace.id, owner, member)
+    assert (await add_and_accept(stubs, workspace.id, member, newcomer)).role == MEMBER
     await expect_error(
         grpc.StatusCode.PERMISSION_DENIED,
-        add_member(stubs, workspace.id, member, hopeful.email, OWNER),
+        add_and_accept(stubs, workspace.id, member, hopeful, OWNER),
     )
     await expect_error(
         grpc.StatusCode.PERMISSION_DENIED,
@@ -117,14 +126,14 @@ async def test_members_add_members_but_only_owners_add_or_promote_owners(
     promoted = await _set_role(stubs, workspace.id, owner, member.user_id, OWNER)
     assert promoted.role == OWNER
     # Now an owner, the former member may add owners.
-    assert (await add_member(stubs, workspace.id, member, hopeful.email, OWNER)).role == OWNER
+    assert (await add_and_accept(stubs, workspace.id, member, hopeful, OWNER)).role == OWNER
 
 
 async def test_adding_again_never_lowers_a_role(stubs: SimpleNamespace, new_user: Any) -> None:
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     colleague = await new_user()
-    first = await add_member(stubs, workspace.id, owner, colleague.email, OWNER)
+    first = await add_and_accept(stubs, workspace.id, owner, colleague, OWNER)
     again = await add_member(stubs, workspace.id, owner, colleague.email, MEMBER)
     assert (again.role, again.create_time) == (OWNER, first.create_time)
 
@@ -134,8 +143,8 @@ async def test_last_owner_cannot_be_removed_demoted_or_leave(
 ) -> None:
     creator, guest, member = await new_user(), await new_user(), await new_user()
     workspace = await create_workspace(stubs, creator)
-    await add_member(stubs, workspace.id, creator, guest.email, OWNER)
-    await add_member(stubs, workspace.id, creator, member.email)
+    await add_and_accept(stubs, workspace.id, creator, guest, OWNER)
+    await add_and_accept(stubs, workspace.id, creator, member)
     await _leave(stubs, workspace.id, creator)  # the guest is now the members' only owner
     refused = [
         _remove(stubs, workspace.id, guest, guest.user_id),
@@ -164,7 +173,7 @@ async def test_organization_owners_count_as_owners_while_they_are_members(
 ) -> None:
     creator, member = await new_user(), await new_user()
     workspace = await create_workspace(stubs, creator)
-    await add_member(stubs, workspace.id, creator, member.email)
+    await add_and_accept(stubs, workspace.id, creator, member)
     # The creator owns the organization: demoted to member, they still manage the workspace.
     demoted = await _set_role(stubs, workspace.id, creator, creator.user_id, MEMBER)
     assert demoted.role == MEMBER
@@ -182,7 +191,7 @@ async def test_removed_member_loses_access(stubs: SimpleNamespace, new_user: Any
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     member = await new_user()
-    await add_member(stubs, workspace.id, owner, member.email)
+    await add_and_accept(stubs, workspace.id, owner, member)
     reply = await _remove(stubs, workspace.id, owner, member.user_id)
     assert reply.success
     await expect_error(grpc.StatusCode.NOT_FOUND, all_members(stubs, workspace.id, member))
@@ -197,8 +206,8 @@ async def _guest_owners(stubs: SimpleNamespace, new_user: Any) -> tuple[str, Any
     keeps access as the organization's owner."""
     creator, first, second = await new_user(), await new_user(), await new_user()
     workspace = await create_workspace(stubs, creator)
-    await add_member(stubs, workspace.id, creator, first.email, OWNER)
-    await add_member(stubs, workspace.id, creator, second.email, OWNER)
+    await add_and_accept(stubs, workspace.id, creator, first, OWNER)
+    await add_and_accept(stubs, workspace.id, creator, second, OWNER)
     await _leave(stubs, workspace.id, creator)
     return workspace.id, creator, first, second
 

@@ -12,10 +12,11 @@ from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from tests.support import expect_error, unique
 from tests.tenancy.test_membership_support import (
-    add_member,
+    add_and_accept,
     all_members,
     create_organization,
     create_workspace,
+    invite_and_accept,
 )
 
 OWNER, ADMIN = org_pb.ORGANIZATION_ROLE_OWNER, org_pb.ORGANIZATION_ROLE_ADMIN
@@ -57,13 +58,15 @@ async def _roles(stubs: SimpleNamespace, org_id: str, actor: Any) -> dict[str, i
     return {m.user_id or m.email: m.role for m in reply.members}
 
 
-async def test_inviting_adds_existing_users_at_once_and_invites_unknown_emails(
+async def test_invited_users_join_by_accepting_and_unknown_emails_stay_invited(
     stubs: SimpleNamespace, new_user: Any
 ) -> None:
     owner, colleague = await new_user(), await new_user(name="Grace Colleague")
     org = await create_organization(stubs, owner)
     workspace = await create_workspace(stubs, owner, organization_id=org.id)
-    added = await _invite(stubs, org.id, owner, colleague.email.upper())
+    invited_user = await _invite(stubs, org.id, owner, colleague.email.upper())
+    assert (invited_user.user_id, invited_user.state) == ("", pb.MEMBER_STATE_INVITED)
+    added = await invite_and_accept(stubs, org.id, owner, colleague)
     assert (added.user_id, added.state, added.role) == (
         colleague.user_id,
         pb.MEMBER_STATE_ACTIVE,
@@ -97,8 +100,8 @@ async def test_only_owners_grant_revoke_or_remove_owner(
 ) -> None:
     owner, admin, member = await new_user(), await new_user(), await new_user()
     org = await create_organization(stubs, owner)
-    await _invite(stubs, org.id, owner, admin.email, ADMIN)
-    await _invite(stubs, org.id, admin, member.email)  # admins manage members
+    await invite_and_accept(stubs, org.id, owner, admin, ADMIN)
+    await invite_and_accept(stubs, org.id, admin, member)  # admins manage members
     denied = [
         _invite(stubs, org.id, admin, f"{unique('boss')}@example.com", OWNER),
         _set_role(stubs, org.id, admin, member.user_id, OWNER),
@@ -125,7 +128,7 @@ async def test_only_owners_grant_revoke_or_remove_owner(
 async def test_the_last_owner_stays(stubs: SimpleNamespace, new_user: Any) -> None:
     owner, admin = await new_user(), await new_user()
     org = await create_organization(stubs, owner)
-    await _invite(stubs, org.id, owner, admin.email, ADMIN)
+    await invite_and_accept(stubs, org.id, owner, admin, ADMIN)
     for call in (
         _set_role(stubs, org.id, owner, owner.user_id, ADMIN),
         _remove(stubs, org.id, owner, owner.user_id),
@@ -141,7 +144,7 @@ async def test_two_owners_demoting_each_other_at_once_leave_one_owner(
 ) -> None:
     first, second = await new_user(), await new_user()
     org = await create_organization(stubs, first)
-    await _invite(stubs, org.id, first, second.email, OWNER)
+    await invite_and_accept(stubs, org.id, first, second, OWNER)
     results = await asyncio.gather(
         _set_role(stubs, org.id, first, second.user_id, ADMIN),
         _set_role(stubs, org.id, second, first.user_id, ADMIN),
@@ -165,8 +168,8 @@ async def test_a_removed_member_loses_the_organizations_workspaces(
     owner, member = await new_user(), await new_user()
     org = await create_organization(stubs, owner)
     workspace = await create_workspace(stubs, owner, organization_id=org.id)
-    await _invite(stubs, org.id, owner, member.email)
-    await add_member(stubs, workspace.id, owner, member.email)  # an explicit membership too
+    await invite_and_accept(stubs, org.id, owner, member)
+    await add_and_accept(stubs, workspace.id, owner, member)  # an explicit membership too
     await all_members(stubs, workspace.id, member)
     await _remove(stubs, org.id, owner, member.user_id)
     await expect_error(grpc.StatusCode.NOT_FOUND, all_members(stubs, workspace.id, member))

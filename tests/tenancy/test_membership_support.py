@@ -43,6 +43,53 @@ async def add_member(
     return member
 
 
+async def accept_invitation_to(
+    stubs: SimpleNamespace, invitee: Any, scope_id: str
+) -> pb.AcceptInvitationResponse:
+    """The invitee accepts their pending invitation to the workspace or organization."""
+    request = pb.ListMyInvitationsRequest(page_size=100)
+    listed = await stubs.memberships.ListMyInvitations(request, metadata=invitee.metadata)
+    (invitation,) = [
+        i
+        for i in listed.invitations
+        if scope_id in (i.workspace_id, i.id)
+        or (not i.workspace_id and i.organization_id == scope_id)
+    ]
+    reply: pb.AcceptInvitationResponse = await stubs.memberships.AcceptInvitation(
+        pb.AcceptInvitationRequest(invitation_id=invitation.id), metadata=invitee.metadata
+    )
+    return reply
+
+
+async def add_and_accept(
+    stubs: SimpleNamespace,
+    workspace_id: str,
+    actor: Any,
+    invitee: Any,
+    role: pb.WorkspaceRole.ValueType = pb.WORKSPACE_ROLE_MEMBER,
+) -> pb.WorkspaceMember:
+    """AddMember of the invitee's email, then the invitee accepts: their active membership."""
+    await add_member(stubs, workspace_id, actor, invitee.email, role)
+    return (await accept_invitation_to(stubs, invitee, workspace_id)).workspace_member
+
+
+async def invite_and_accept(
+    stubs: SimpleNamespace,
+    organization_id: str,
+    actor: Any,
+    invitee: Any,
+    role: org_pb.OrganizationRole.ValueType = org_pb.ORGANIZATION_ROLE_MEMBER,
+) -> pb.OrganizationMember:
+    """InviteOrganizationMember of the invitee's email, then the invitee accepts."""
+    await stubs.memberships.InviteOrganizationMember(
+        pb.InviteOrganizationMemberRequest(
+            organization_id=organization_id, email=invitee.email, role=role
+        ),
+        metadata=actor.metadata,
+    )
+    return (await accept_invitation_to(stubs, invitee, organization_id)).organization_member
+
+
 async def all_members(
     stubs: SimpleNamespace, workspace_id: str, actor: Any, page_size: int = 0
 ) -> list[pb.WorkspaceMember]:

@@ -14,7 +14,11 @@ import grpc
 
 from beacon.v1 import membership_service_pb2 as pb
 from tests.support import expect_error
-from tests.tenancy.test_membership_support import add_member, create_workspace
+from tests.tenancy.test_membership_support import (
+    accept_invitation_to,
+    add_and_accept,
+    create_workspace,
+)
 
 
 async def test_list_members(stubs: SimpleNamespace, new_user: Any) -> None:
@@ -23,7 +27,7 @@ async def test_list_members(stubs: SimpleNamespace, new_user: Any) -> None:
     owner = await new_user(name="Owner Person")
     workspace = await create_workspace(stubs, owner)
     colleague = await new_user(name="Colleague Person")
-    await add_member(stubs, workspace.id, owner, colleague.email)
+    await add_and_accept(stubs, workspace.id, owner, colleague)
     reply = await stubs.memberships.ListMembers(
         pb.ListMembersRequest(workspace_id=workspace.id), metadata=owner.metadata
     )
@@ -35,17 +39,23 @@ async def test_list_members(stubs: SimpleNamespace, new_user: Any) -> None:
 
 
 async def test_add_member(stubs: SimpleNamespace, new_user: Any) -> None:
-    """`trpc.workspace.addMember.mutate({ workspaceId, email, role: "member" })` → membership:
-    the created workspace membership."""
+    """`trpc.workspace.addMember.mutate({ workspaceId, email, role: "member" })` → membership.
+
+    Beacon asks for consent: the answer is a pending invitation (the same for a registered
+    user as for an unknown email), which becomes the membership when the invitee accepts."""
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     invitee = await new_user()
-    membership = await stubs.memberships.AddMember(
+    invitation = await stubs.memberships.AddMember(
         pb.AddMemberRequest(
             workspace_id=workspace.id, email=invitee.email, role=pb.WORKSPACE_ROLE_MEMBER
         ),
         metadata=owner.metadata,
     )
+    assert (invitation.workspace_id, invitation.email) == (workspace.id, invitee.email)
+    assert (invitation.state, invitation.user_id) == (pb.MEMBER_STATE_INVITED, "")
+    assert invitation.role == pb.WORKSPACE_ROLE_MEMBER
+    membership = (await accept_invitation_to(stubs, invitee, workspace.id)).workspace_member
     assert membership.workspace_id == workspace.id
     assert membership.user_id == invitee.user_id
     assert membership.role == pb.WORKSPACE_ROLE_MEMBER
@@ -65,7 +75,7 @@ async def test_remove_member(stubs: SimpleNamespace, new_user: Any) -> None:
     owner = await new_user()
     workspace = await create_workspace(stubs, owner)
     member = await new_user()
-    await add_member(stubs, workspace.id, owner, member.email)
+    await add_and_accept(stubs, workspace.id, owner, member)
     await expect_error(
         grpc.StatusCode.PERMISSION_DENIED,
         stubs.memberships.RemoveMember(

@@ -58,17 +58,17 @@ class _MemberStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MemberSta
     MEMBER_STATE_ACTIVE: _MemberState.ValueType  # 1
     """The user exists and has access."""
     MEMBER_STATE_INVITED: _MemberState.ValueType  # 2
-    """An invitation for an email that has not authenticated yet."""
+    """A pending invitation for an email, waiting for its invitee to accept it."""
 
 class MemberState(_MemberState, metaclass=_MemberStateEnumTypeWrapper):
-    """Whether a membership is active or waiting for its user to sign up."""
+    """Whether a membership is active or a pending invitation."""
 
 MEMBER_STATE_UNSPECIFIED: MemberState.ValueType  # 0
 """Never used."""
 MEMBER_STATE_ACTIVE: MemberState.ValueType  # 1
 """The user exists and has access."""
 MEMBER_STATE_INVITED: MemberState.ValueType  # 2
-"""An invitation for an email that has not authenticated yet."""
+"""A pending invitation for an email, waiting for its invitee to accept it."""
 Global___MemberState: _TypeAlias = MemberState  # noqa: Y015
 
 @_typing.final
@@ -84,6 +84,7 @@ class WorkspaceMember(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace."""
     user_id: _builtins.str
@@ -100,6 +101,10 @@ class WorkspaceMember(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the membership or invitation was created."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a pending invitation expires; unset for active members."""
+
     def __init__(
         self,
         *,
@@ -110,10 +115,11 @@ class WorkspaceMember(_message.Message):
         role: Global___WorkspaceRole.ValueType = ...,
         state: Global___MemberState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "role", b"role", "state", b"state", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "expire_time", b"expire_time", "role", b"role", "state", b"state", "user_id", b"user_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -132,6 +138,7 @@ class OrganizationMember(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     organization_id: _builtins.str
     """The organization."""
     user_id: _builtins.str
@@ -148,6 +155,10 @@ class OrganizationMember(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the membership or invitation was created."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When a pending invitation expires; unset for active members."""
+
     def __init__(
         self,
         *,
@@ -158,10 +169,11 @@ class OrganizationMember(_message.Message):
         role: _organization_service_pb2.OrganizationRole.ValueType = ...,
         state: Global___MemberState.ValueType = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "organization_id", b"organization_id", "role", b"role", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "display_name", b"display_name", "email", b"email", "expire_time", b"expire_time", "organization_id", b"organization_id", "role", b"role", "state", b"state", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -650,3 +662,193 @@ class RemoveOrganizationMemberRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveOrganizationMemberRequest: _TypeAlias = RemoveOrganizationMemberRequest  # noqa: Y015
+
+@_typing.final
+class ListMyInvitationsRequest(_message.Message):
+    """Request of ListMyInvitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """Maximum items per page, 1–100 (default 50)."""
+    page_token: _builtins.str
+    """Token from a previous response."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyInvitationsRequest: _TypeAlias = ListMyInvitationsRequest  # noqa: Y015
+
+@_typing.final
+class ListMyInvitationsResponse(_message.Message):
+    """Response of ListMyInvitations."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token of the next page, empty on the last page."""
+    @_builtins.property
+    def invitations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invitation]:
+        """Pending invitations to the caller's verified email, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        invitations: _abc.Iterable[Global___Invitation] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitations", b"invitations", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyInvitationsResponse: _TypeAlias = ListMyInvitationsResponse  # noqa: Y015
+
+@_typing.final
+class Invitation(_message.Message):
+    """A pending invitation, as its invitee sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_NAME_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ROLE_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ROLE_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The invitation, `inv_...`."""
+    email: _builtins.str
+    """The invited email (the caller's)."""
+    workspace_id: _builtins.str
+    """The workspace invited to, `ws_...`; empty for an invitation to an organization."""
+    workspace_name: _builtins.str
+    """The workspace's name; empty for an invitation to an organization."""
+    organization_id: _builtins.str
+    """The organization invited to, or the workspace's organization, `org_...`."""
+    organization_name: _builtins.str
+    """The organization's name."""
+    workspace_role: Global___WorkspaceRole.ValueType
+    """The workspace role accepting grants; unspecified for an organization invitation."""
+    organization_role: _organization_service_pb2.OrganizationRole.ValueType
+    """The organization role accepting grants; unspecified for a workspace invitation."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the invitation was made (or last renewed)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it stops being claimable."""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        workspace_name: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        organization_name: _builtins.str = ...,
+        workspace_role: Global___WorkspaceRole.ValueType = ...,
+        organization_role: _organization_service_pb2.OrganizationRole.ValueType = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "email", b"email", "expire_time", b"expire_time", "id", b"id", "organization_id", b"organization_id", "organization_name", b"organization_name", "organization_role", b"organization_role", "workspace_id", b"workspace_id", "workspace_name", b"workspace_name", "workspace_role", b"workspace_role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Invitation: _TypeAlias = Invitation  # noqa: Y015
+
+@_typing.final
+class AcceptInvitationRequest(_message.Message):
+    """Request of AcceptInvitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    invitation_id: _builtins.str
+    """The invitation, `inv_...` (from ListMyInvitations). Required."""
+    def __init__(
+        self,
+        *,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptInvitationRequest: _TypeAlias = AcceptInvitationRequest  # noqa: Y015
+
+@_typing.final
+class AcceptInvitationResponse(_message.Message):
+    """Response of AcceptInvitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_MEMBER_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_MEMBER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workspace_member(self) -> Global___WorkspaceMember:
+        """The caller's workspace membership, for an invitation to a workspace."""
+
+    @_builtins.property
+    def organization_member(self) -> Global___OrganizationMember:
+        """The caller's organization membership, for an invitation to an organization."""
+
+    def __init__(
+        self,
+        *,
+        workspace_member: Global___WorkspaceMember | None = ...,
+        organization_member: Global___OrganizationMember | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organization_member", b"organization_member", "workspace_member", b"workspace_member"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_member", b"organization_member", "workspace_member", b"workspace_member"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AcceptInvitationResponse: _TypeAlias = AcceptInvitationResponse  # noqa: Y015
+
+@_typing.final
+class DeclineInvitationRequest(_message.Message):
+    """Request of DeclineInvitation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVITATION_ID_FIELD_NUMBER: _builtins.int
+    invitation_id: _builtins.str
+    """The invitation, `inv_...` (from ListMyInvitations). Required."""
+    def __init__(
+        self,
+        *,
+        invitation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invitation_id", b"invitation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeclineInvitationRequest: _TypeAlias = DeclineInvitationRequest  # noqa: Y015

@@ -27,7 +27,8 @@ if _version_not_supported:
 
 
 class MembershipServiceStub:
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
@@ -98,26 +99,46 @@ class MembershipServiceStub:
                 request_serializer=beacon_dot_v1_dot_membership__service__pb2.RemoveOrganizationMemberRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.ListMyInvitations = channel.unary_unary(
+                '/beacon.v1.MembershipService/ListMyInvitations',
+                request_serializer=beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsRequest.SerializeToString,
+                response_deserializer=beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsResponse.FromString,
+                _registered_method=True)
+        self.AcceptInvitation = channel.unary_unary(
+                '/beacon.v1.MembershipService/AcceptInvitation',
+                request_serializer=beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationRequest.SerializeToString,
+                response_deserializer=beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationResponse.FromString,
+                _registered_method=True)
+        self.DeclineInvitation = channel.unary_unary(
+                '/beacon.v1.MembershipService/DeclineInvitation',
+                request_serializer=beacon_dot_v1_dot_membership__service__pb2.DeclineInvitationRequest.SerializeToString,
+                response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class MembershipServiceServicer:
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
 
     def ListMembers(self, request, context):
-        """Lists the workspace's explicit members and pending invitations, oldest first.
+        """Lists the workspace's explicit members and pending (unexpired) invitations, oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AddMember(self, request, context):
-        """Adds a member by email: an existing user is added at once; otherwise a pending
-        invitation is stored and claimed when that email first authenticates. Members may add
-        members; only owners may add owners. Adding an existing member again returns the
-        membership unchanged (or raises it to the requested role).
+        """Invites an email to the workspace. Nobody becomes a member without their own action:
+        the answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+        whether or not the email belongs to a registered user, and the invitee accepts it with
+        AcceptInvitation. The invitation expires after 7 days by default
+        (BEACON_INVITATION_TTL_HOURS); inviting the email again renews it. Members may invite
+        members; only owners may invite owners. An email that is already an explicit member's
+        (as ListMembers shows) returns that membership, raised to the requested role when
+        that is higher.
         Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED (owner role by a member).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -173,16 +194,21 @@ class MembershipServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListOrganizationMembers(self, request, context):
-        """Lists the organization's members and pending invitations (organization admin).
+        """Lists the organization's members and pending (unexpired) invitations (organization admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def InviteOrganizationMember(self, request, context):
-        """Adds an organization member by email, or a pending invitation for an unknown email
-        (organization admin; only owners grant owner). Errors: INVALID_ARGUMENT (email, role),
-        PERMISSION_DENIED.
+        """Invites an email to the organization (organization admin; only owners grant owner).
+        The answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+        whether or not the email belongs to a registered user; the invitee accepts it with
+        AcceptInvitation. It expires after 7 days by default (BEACON_INVITATION_TTL_HOURS);
+        inviting the email again renews it. An email that is already a member's (as
+        ListOrganizationMembers shows) returns that membership when the role is the same, and
+        ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
+        Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED, ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -199,6 +225,38 @@ class MembershipServiceServicer:
     def RemoveOrganizationMember(self, request, context):
         """Removes an organization member or invitation (organization admin; only owners remove
         owners; the last owner cannot be removed: FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyInvitations(self, request, context):
+        """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
+        first. Only invitations to the email of the caller's token are shown, and only when
+        the token marks that email verified (`email_verified` claim).
+        Errors: FAILED_PRECONDITION (type EMAIL_NOT_VERIFIED), INVALID_ARGUMENT (page_size,
+        page_token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptInvitation(self, request, context):
+        """Accepts one of the caller's pending invitations: the caller becomes a member of the
+        workspace (an existing explicit membership keeps the higher role) or of the
+        organization (an existing membership keeps its role), and the invitation is used up.
+        Claimable only by a caller whose token carries the invited email verified.
+        Errors: INVALID_ARGUMENT (invitation_id), FAILED_PRECONDITION (type
+        EMAIL_NOT_VERIFIED), NOT_FOUND (no such pending invitation to the caller's email:
+        unknown, expired, already used, or addressed to someone else).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeclineInvitation(self, request, context):
+        """Declines one of the caller's pending invitations: it is deleted and grants nothing.
+        Errors: as AcceptInvitation.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +325,21 @@ def add_MembershipServiceServicer_to_server(servicer, server):
                     request_deserializer=beacon_dot_v1_dot_membership__service__pb2.RemoveOrganizationMemberRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'ListMyInvitations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyInvitations,
+                    request_deserializer=beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsRequest.FromString,
+                    response_serializer=beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsResponse.SerializeToString,
+            ),
+            'AcceptInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptInvitation,
+                    request_deserializer=beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationRequest.FromString,
+                    response_serializer=beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationResponse.SerializeToString,
+            ),
+            'DeclineInvitation': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeclineInvitation,
+                    request_deserializer=beacon_dot_v1_dot_membership__service__pb2.DeclineInvitationRequest.FromString,
+                    response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'beacon.v1.MembershipService', rpc_method_handlers)
@@ -276,7 +349,8 @@ def add_MembershipServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MembershipService:
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
@@ -594,6 +668,87 @@ class MembershipService:
             target,
             '/beacon.v1.MembershipService/RemoveOrganizationMember',
             beacon_dot_v1_dot_membership__service__pb2.RemoveOrganizationMemberRequest.SerializeToString,
+            google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyInvitations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beacon.v1.MembershipService/ListMyInvitations',
+            beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsRequest.SerializeToString,
+            beacon_dot_v1_dot_membership__service__pb2.ListMyInvitationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beacon.v1.MembershipService/AcceptInvitation',
+            beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationRequest.SerializeToString,
+            beacon_dot_v1_dot_membership__service__pb2.AcceptInvitationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeclineInvitation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beacon.v1.MembershipService/DeclineInvitation',
+            beacon_dot_v1_dot_membership__service__pb2.DeclineInvitationRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
             options,
             channel_credentials,

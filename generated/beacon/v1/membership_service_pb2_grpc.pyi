@@ -28,7 +28,8 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MembershipServiceStub:
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
@@ -38,12 +39,16 @@ class MembershipServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MembershipServiceAsyncStub: ...
     ListMembers: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.ListMembersRequest, _membership_service_pb2.ListMembersResponse]
-    """Lists the workspace's explicit members and pending invitations, oldest first."""
+    """Lists the workspace's explicit members and pending (unexpired) invitations, oldest first."""
     AddMember: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.AddMemberRequest, _membership_service_pb2.WorkspaceMember]
-    """Adds a member by email: an existing user is added at once; otherwise a pending
-    invitation is stored and claimed when that email first authenticates. Members may add
-    members; only owners may add owners. Adding an existing member again returns the
-    membership unchanged (or raises it to the requested role).
+    """Invites an email to the workspace. Nobody becomes a member without their own action:
+    the answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+    whether or not the email belongs to a registered user, and the invitee accepts it with
+    AcceptInvitation. The invitation expires after 7 days by default
+    (BEACON_INVITATION_TTL_HOURS); inviting the email again renews it. Members may invite
+    members; only owners may invite owners. An email that is already an explicit member's
+    (as ListMembers shows) returns that membership, raised to the requested role when
+    that is higher.
     Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED (owner role by a member).
     """
     UpdateMemberRole: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.UpdateMemberRoleRequest, _membership_service_pb2.WorkspaceMember]
@@ -70,11 +75,16 @@ class MembershipServiceStub:
     Errors: INVALID_ARGUMENT (code), NOT_FOUND (unknown or expired code), RESOURCE_EXHAUSTED.
     """
     ListOrganizationMembers: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.ListOrganizationMembersRequest, _membership_service_pb2.ListOrganizationMembersResponse]
-    """Lists the organization's members and pending invitations (organization admin)."""
+    """Lists the organization's members and pending (unexpired) invitations (organization admin)."""
     InviteOrganizationMember: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.InviteOrganizationMemberRequest, _membership_service_pb2.OrganizationMember]
-    """Adds an organization member by email, or a pending invitation for an unknown email
-    (organization admin; only owners grant owner). Errors: INVALID_ARGUMENT (email, role),
-    PERMISSION_DENIED.
+    """Invites an email to the organization (organization admin; only owners grant owner).
+    The answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+    whether or not the email belongs to a registered user; the invitee accepts it with
+    AcceptInvitation. It expires after 7 days by default (BEACON_INVITATION_TTL_HOURS);
+    inviting the email again renews it. An email that is already a member's (as
+    ListOrganizationMembers shows) returns that membership when the role is the same, and
+    ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
+    Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED, ALREADY_EXISTS.
     """
     UpdateOrganizationMemberRole: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.UpdateOrganizationMemberRoleRequest, _membership_service_pb2.OrganizationMember]
     """Changes an organization member's role (organization admin; only owners grant or revoke
@@ -84,22 +94,47 @@ class MembershipServiceStub:
     """Removes an organization member or invitation (organization admin; only owners remove
     owners; the last owner cannot be removed: FAILED_PRECONDITION).
     """
+    ListMyInvitations: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.ListMyInvitationsRequest, _membership_service_pb2.ListMyInvitationsResponse]
+    """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
+    first. Only invitations to the email of the caller's token are shown, and only when
+    the token marks that email verified (`email_verified` claim).
+    Errors: FAILED_PRECONDITION (type EMAIL_NOT_VERIFIED), INVALID_ARGUMENT (page_size,
+    page_token).
+    """
+    AcceptInvitation: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.AcceptInvitationRequest, _membership_service_pb2.AcceptInvitationResponse]
+    """Accepts one of the caller's pending invitations: the caller becomes a member of the
+    workspace (an existing explicit membership keeps the higher role) or of the
+    organization (an existing membership keeps its role), and the invitation is used up.
+    Claimable only by a caller whose token carries the invited email verified.
+    Errors: INVALID_ARGUMENT (invitation_id), FAILED_PRECONDITION (type
+    EMAIL_NOT_VERIFIED), NOT_FOUND (no such pending invitation to the caller's email:
+    unknown, expired, already used, or addressed to someone else).
+    """
+    DeclineInvitation: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.DeclineInvitationRequest, _empty_pb2.Empty]
+    """Declines one of the caller's pending invitations: it is deleted and grants nothing.
+    Errors: as AcceptInvitation.
+    """
 
 @_typing.type_check_only
 class MembershipServiceAsyncStub(MembershipServiceStub):
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListMembers: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.ListMembersRequest, _membership_service_pb2.ListMembersResponse]  # type: ignore[assignment]
-    """Lists the workspace's explicit members and pending invitations, oldest first."""
+    """Lists the workspace's explicit members and pending (unexpired) invitations, oldest first."""
     AddMember: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.AddMemberRequest, _membership_service_pb2.WorkspaceMember]  # type: ignore[assignment]
-    """Adds a member by email: an existing user is added at once; otherwise a pending
-    invitation is stored and claimed when that email first authenticates. Members may add
-    members; only owners may add owners. Adding an existing member again returns the
-    membership unchanged (or raises it to the requested role).
+    """Invites an email to the workspace. Nobody becomes a member without their own action:
+    the answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+    whether or not the email belongs to a registered user, and the invitee accepts it with
+    AcceptInvitation. The invitation expires after 7 days by default
+    (BEACON_INVITATION_TTL_HOURS); inviting the email again renews it. Members may invite
+    members; only owners may invite owners. An email that is already an explicit member's
+    (as ListMembers shows) returns that membership, raised to the requested role when
+    that is higher.
     Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED (owner role by a member).
     """
     UpdateMemberRole: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.UpdateMemberRoleRequest, _membership_service_pb2.WorkspaceMember]  # type: ignore[assignment]
@@ -126,11 +161,16 @@ class MembershipServiceAsyncStub(MembershipServiceStub):
     Errors: INVALID_ARGUMENT (code), NOT_FOUND (unknown or expired code), RESOURCE_EXHAUSTED.
     """
     ListOrganizationMembers: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.ListOrganizationMembersRequest, _membership_service_pb2.ListOrganizationMembersResponse]  # type: ignore[assignment]
-    """Lists the organization's members and pending invitations (organization admin)."""
+    """Lists the organization's members and pending (unexpired) invitations (organization admin)."""
     InviteOrganizationMember: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.InviteOrganizationMemberRequest, _membership_service_pb2.OrganizationMember]  # type: ignore[assignment]
-    """Adds an organization member by email, or a pending invitation for an unknown email
-    (organization admin; only owners grant owner). Errors: INVALID_ARGUMENT (email, role),
-    PERMISSION_DENIED.
+    """Invites an email to the organization (organization admin; only owners grant owner).
+    The answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+    whether or not the email belongs to a registered user; the invitee accepts it with
+    AcceptInvitation. It expires after 7 days by default (BEACON_INVITATION_TTL_HOURS);
+    inviting the email again renews it. An email that is already a member's (as
+    ListOrganizationMembers shows) returns that membership when the role is the same, and
+    ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
+    Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED, ALREADY_EXISTS.
     """
     UpdateOrganizationMemberRole: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.UpdateOrganizationMemberRoleRequest, _membership_service_pb2.OrganizationMember]  # type: ignore[assignment]
     """Changes an organization member's role (organization admin; only owners grant or revoke
@@ -140,9 +180,30 @@ class MembershipServiceAsyncStub(MembershipServiceStub):
     """Removes an organization member or invitation (organization admin; only owners remove
     owners; the last owner cannot be removed: FAILED_PRECONDITION).
     """
+    ListMyInvitations: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.ListMyInvitationsRequest, _membership_service_pb2.ListMyInvitationsResponse]  # type: ignore[assignment]
+    """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
+    first. Only invitations to the email of the caller's token are shown, and only when
+    the token marks that email verified (`email_verified` claim).
+    Errors: FAILED_PRECONDITION (type EMAIL_NOT_VERIFIED), INVALID_ARGUMENT (page_size,
+    page_token).
+    """
+    AcceptInvitation: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.AcceptInvitationRequest, _membership_service_pb2.AcceptInvitationResponse]  # type: ignore[assignment]
+    """Accepts one of the caller's pending invitations: the caller becomes a member of the
+    workspace (an existing explicit membership keeps the higher role) or of the
+    organization (an existing membership keeps its role), and the invitation is used up.
+    Claimable only by a caller whose token carries the invited email verified.
+    Errors: INVALID_ARGUMENT (invitation_id), FAILED_PRECONDITION (type
+    EMAIL_NOT_VERIFIED), NOT_FOUND (no such pending invitation to the caller's email:
+    unknown, expired, already used, or addressed to someone else).
+    """
+    DeclineInvitation: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.DeclineInvitationRequest, _empty_pb2.Empty]  # type: ignore[assignment]
+    """Declines one of the caller's pending invitations: it is deleted and grants nothing.
+    Errors: as AcceptInvitation.
+    """
 
 class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Workspace members, join codes and organization members.
+    """Workspace members, join codes, organization members, and the invitee's side of
+    invitations (list, accept, decline).
     Seed functions: workspace.listMembers, workspace.addMember, workspace.removeMember,
     workspace.joinByCode, workspace.getJoinInfo.
     """
@@ -153,7 +214,7 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _membership_service_pb2.ListMembersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_membership_service_pb2.ListMembersResponse, _abc.Awaitable[_membership_service_pb2.ListMembersResponse]]:
-        """Lists the workspace's explicit members and pending invitations, oldest first."""
+        """Lists the workspace's explicit members and pending (unexpired) invitations, oldest first."""
 
     @_abc_1.abstractmethod
     def AddMember(
@@ -161,10 +222,14 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _membership_service_pb2.AddMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_membership_service_pb2.WorkspaceMember, _abc.Awaitable[_membership_service_pb2.WorkspaceMember]]:
-        """Adds a member by email: an existing user is added at once; otherwise a pending
-        invitation is stored and claimed when that email first authenticates. Members may add
-        members; only owners may add owners. Adding an existing member again returns the
-        membership unchanged (or raises it to the requested role).
+        """Invites an email to the workspace. Nobody becomes a member without their own action:
+        the answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+        whether or not the email belongs to a registered user, and the invitee accepts it with
+        AcceptInvitation. The invitation expires after 7 days by default
+        (BEACON_INVITATION_TTL_HOURS); inviting the email again renews it. Members may invite
+        members; only owners may invite owners. An email that is already an explicit member's
+        (as ListMembers shows) returns that membership, raised to the requested role when
+        that is higher.
         Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED (owner role by a member).
         """
 
@@ -233,7 +298,7 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _membership_service_pb2.ListOrganizationMembersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_membership_service_pb2.ListOrganizationMembersResponse, _abc.Awaitable[_membership_service_pb2.ListOrganizationMembersResponse]]:
-        """Lists the organization's members and pending invitations (organization admin)."""
+        """Lists the organization's members and pending (unexpired) invitations (organization admin)."""
 
     @_abc_1.abstractmethod
     def InviteOrganizationMember(
@@ -241,9 +306,14 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _membership_service_pb2.InviteOrganizationMemberRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_membership_service_pb2.OrganizationMember, _abc.Awaitable[_membership_service_pb2.OrganizationMember]]:
-        """Adds an organization member by email, or a pending invitation for an unknown email
-        (organization admin; only owners grant owner). Errors: INVALID_ARGUMENT (email, role),
-        PERMISSION_DENIED.
+        """Invites an email to the organization (organization admin; only owners grant owner).
+        The answer is a pending invitation (state MEMBER_STATE_INVITED, no user id or name)
+        whether or not the email belongs to a registered user; the invitee accepts it with
+        AcceptInvitation. It expires after 7 days by default (BEACON_INVITATION_TTL_HOURS);
+        inviting the email again renews it. An email that is already a member's (as
+        ListOrganizationMembers shows) returns that membership when the role is the same, and
+        ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
+        Errors: INVALID_ARGUMENT (email, role), PERMISSION_DENIED, ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -264,6 +334,44 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes an organization member or invitation (organization admin; only owners remove
         owners; the last owner cannot be removed: FAILED_PRECONDITION).
+        """
+
+    @_abc_1.abstractmethod
+    def ListMyInvitations(
+        self,
+        request: _membership_service_pb2.ListMyInvitationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_membership_service_pb2.ListMyInvitationsResponse, _abc.Awaitable[_membership_service_pb2.ListMyInvitationsResponse]]:
+        """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
+        first. Only invitations to the email of the caller's token are shown, and only when
+        the token marks that email verified (`email_verified` claim).
+        Errors: FAILED_PRECONDITION (type EMAIL_NOT_VERIFIED), INVALID_ARGUMENT (page_size,
+        page_token).
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptInvitation(
+        self,
+        request: _membership_service_pb2.AcceptInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_membership_service_pb2.AcceptInvitationResponse, _abc.Awaitable[_membership_service_pb2.AcceptInvitationResponse]]:
+        """Accepts one of the caller's pending invitations: the caller becomes a member of the
+        workspace (an existing explicit membership keeps the higher role) or of the
+        organization (an existing membership keeps its role), and the invitation is used up.
+        Claimable only by a caller whose token carries the invited email verified.
+        Errors: INVALID_ARGUMENT (invitation_id), FAILED_PRECONDITION (type
+        EMAIL_NOT_VERIFIED), NOT_FOUND (no such pending invitation to the caller's email:
+        unknown, expired, already used, or addressed to someone else).
+        """
+
+    @_abc_1.abstractmethod
+    def DeclineInvitation(
+        self,
+        request: _membership_service_pb2.DeclineInvitationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
+        """Declines one of the caller's pending invitations: it is deleted and grants nothing.
+        Errors: as AcceptInvitation.
         """
 
 def add_MembershipServiceServicer_to_server(servicer: MembershipServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -166,10 +166,17 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteAccount(self, request, context):
-        """Irreversibly deletes the caller's account: memberships, pending invitations, uploads,
-        and every organization in which they are the only member with all its data. When
-        the caller is the sole owner of an organization that has other members, nothing is
-        deleted: FAILED_PRECONDITION with a PreconditionFailure naming those organizations.
+        """Irreversibly deletes the caller's account: their memberships, uploads, and every
+        organization in which they are the only member with all its data. Invitations sent to
+        the caller's email stay (they belong to the organizations that sent them, which may
+        cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
+        naming each blocker, when the caller is the sole owner of an organization that has
+        other members (type SOLE_OWNER) or the last owner among the explicit members of a
+        surviving workspace that has other explicit members (type LAST_OWNER, as for
+        RemoveMember; a workspace whose only explicit member is the caller stays with its
+        organization's owners). Only the user themself may call it: through a service key's
+        act_as it is PERMISSION_DENIED.
+        Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

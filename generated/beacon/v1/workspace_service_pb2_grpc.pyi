@@ -76,10 +76,17 @@ class WorkspaceServiceStub:
     Errors: INVALID_ARGUMENT (providers).
     """
     DeleteAccount: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteAccountRequest, _workspace_service_pb2.DeleteAccountResponse]
-    """Irreversibly deletes the caller's account: memberships, pending invitations, uploads,
-    and every organization in which they are the only member with all its data. When
-    the caller is the sole owner of an organization that has other members, nothing is
-    deleted: FAILED_PRECONDITION with a PreconditionFailure naming those organizations.
+    """Irreversibly deletes the caller's account: their memberships, uploads, and every
+    organization in which they are the only member with all its data. Invitations sent to
+    the caller's email stay (they belong to the organizations that sent them, which may
+    cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
+    naming each blocker, when the caller is the sole owner of an organization that has
+    other members (type SOLE_OWNER) or the last owner among the explicit members of a
+    surviving workspace that has other explicit members (type LAST_OWNER, as for
+    RemoveMember; a workspace whose only explicit member is the caller stays with its
+    organization's owners). Only the user themself may call it: through a service key's
+    act_as it is PERMISSION_DENIED.
+    Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
     """
 
 @_typing.type_check_only
@@ -129,10 +136,17 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     Errors: INVALID_ARGUMENT (providers).
     """
     DeleteAccount: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteAccountRequest, _workspace_service_pb2.DeleteAccountResponse]  # type: ignore[assignment]
-    """Irreversibly deletes the caller's account: memberships, pending invitations, uploads,
-    and every organization in which they are the only member with all its data. When
-    the caller is the sole owner of an organization that has other members, nothing is
-    deleted: FAILED_PRECONDITION with a PreconditionFailure naming those organizations.
+    """Irreversibly deletes the caller's account: their memberships, uploads, and every
+    organization in which they are the only member with all its data. Invitations sent to
+    the caller's email stay (they belong to the organizations that sent them, which may
+    cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
+    naming each blocker, when the caller is the sole owner of an organization that has
+    other members (type SOLE_OWNER) or the last owner among the explicit members of a
+    surviving workspace that has other explicit members (type LAST_OWNER, as for
+    RemoveMember; a workspace whose only explicit member is the caller stays with its
+    organization's owners). Only the user themself may call it: through a service key's
+    act_as it is PERMISSION_DENIED.
+    Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
     """
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -233,10 +247,17 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_service_pb2.DeleteAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.DeleteAccountResponse, _abc.Awaitable[_workspace_service_pb2.DeleteAccountResponse]]:
-        """Irreversibly deletes the caller's account: memberships, pending invitations, uploads,
-        and every organization in which they are the only member with all its data. When
-        the caller is the sole owner of an organization that has other members, nothing is
-        deleted: FAILED_PRECONDITION with a PreconditionFailure naming those organizations.
+        """Irreversibly deletes the caller's account: their memberships, uploads, and every
+        organization in which they are the only member with all its data. Invitations sent to
+        the caller's email stay (they belong to the organizations that sent them, which may
+        cancel them). Nothing is deleted, with FAILED_PRECONDITION and a PreconditionFailure
+        naming each blocker, when the caller is the sole owner of an organization that has
+        other members (type SOLE_OWNER) or the last owner among the explicit members of a
+        surviving workspace that has other explicit members (type LAST_OWNER, as for
+        RemoveMember; a workspace whose only explicit member is the caller stays with its
+        organization's owners). Only the user themself may call it: through a service key's
+        act_as it is PERMISSION_DENIED.
+        Errors: FAILED_PRECONDITION (SOLE_OWNER, LAST_OWNER), PERMISSION_DENIED (act_as).
         """
 
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

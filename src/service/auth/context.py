@@ -19,6 +19,10 @@ class Principal:
 
     user_id: str | None
     email: str = ""
+    # Whether the identity provider vouches for `email` (the token's `email_verified`
+    # claim; the stored user's flag when a service key acts as them). Invitations to an
+    # email are claimable only when it is verified.
+    email_verified: bool = False
     key_id: str | None = None
     scopes: frozenset[str] = frozenset()
     key_organizations: frozenset[str] | None = None
@@ -31,6 +35,11 @@ class Principal:
     @property
     def is_service(self) -> bool:
         return self.key_id is not None
+
+    @property
+    def acts_as_user(self) -> bool:
+        """A service key speaking for a user (`x-beacon-act-as`), not the user themself."""
+        return self.is_service and self.user_id is not None
 
 
 @dataclass(frozen=True, slots=True)

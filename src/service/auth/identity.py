@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import service_keys
 from service.auth.cache import TtlCache
@@ -21,19 +18,13 @@ from service.domain.errors import PermissionDenied, Unauthenticated
 
 ACT_AS_SCOPE = "act_as"
 USER_CACHE_SECONDS = 5.0
-ClaimHook = Callable[[AsyncSession, User], Awaitable[None]]
 
 
-async def _claim_invitations(session: AsyncSession, user: User) -> None:
-    from service.domain.invitations import claim_invitations
-
-    await claim_invitations(session, user)
-
-
-async def ensure_user(db: Database, claims: Claims, on_new_email: ClaimHook) -> str:
+async def ensure_user(db: Database, claims: Claims) -> str:
     """The user id of the token's (issuer, subject), creating or refreshing the row.
 
-    A new user, or a changed email, claims the pending invitations of that email.
+    Signing in never joins anything: pending invitations to the email wait until the user
+    accepts them (AcceptInvitation).
     """
     for _ in range(2):
         try:
@@ -52,20 +43,14 @@ async def ensure_user(db: Database, claims: Claims, on_new_email: ClaimHook) -> 
                     )
                     session.add(user)
                     await session.flush()
-                    await on_new_email(session, user)
                 elif (user.email, user.name, user.email_verified) != (
                     claims.email,
                     claims.name,
                     claims.email_verified,
                 ):
-                    email_changed = user.email != claims.email or (
-                        claims.email_verified and not user.email_verified
-                    )
                     user.email, user.name = claims.email, claims.name
                     user.email_verified = claims.email_verified
                     await session.flush()
-                    if email_changed:
-                        await on_new_email(session, user)
                 return user.id
         except IntegrityError:
             continue  # a concurrent first call created the user: read it again
@@ -80,11 +65,9 @@ class Authenticator:
         settings: Settings,
         db: Database,
         verifier: TokenVerifier | None = None,
-        on_new_email: ClaimHook = _claim_invitations,
     ) -> None:
         self.db = db
         self.verifier = verifier or TokenVerifier(settings)
-        self.on_new_email = on_new_email
         # Short: a deleted account's token must map to a fresh user soon after.
         self._users: TtlCache[Claims, str] = TtlCache(USER_CACHE_SECONDS)
         # Revoking a key, deleting a user or removing them from the key's organizations
@@ -92,7 +75,9 @@ class Authenticator:
         self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
             settings.service_key_cache_seconds
         )
-        self._acted: TtlCache[tuple[str, str], str] = TtlCache(settings.service_key_cache_seconds)
+        self._acted: TtlCache[tuple[str, str], tuple[str, bool]] = TtlCache(
+            settings.service_key_cache_seconds
+        )
 
     async def authenticate(self, authorization: str | None, act_as: str | None) -> Principal:
         if not authorization:
@@ -108,9 +93,9 @@ class Authenticator:
             raise PermissionDenied("only service keys may act as another user", reason="ACT_AS")
         user_id = self._users.get(claims)
         if user_id is None:
-            user_id = await ensure_user(self.db, claims, self.on_new_email)
+            user_id = await ensure_user(self.db, claims)
             self._users.put(claims, user_id)
-        return Principal(user_id=user_id, email=claims.email)
+        return Principal(user_id=user_id, email=claims.email, email_verified=claims.email_verified)
 
     async def _service_principal(self, secret: str, act_as: str | None) -> Principal:
         key = self._keys.get(secret)
@@ -125,29 +110,40 @@ class Authenticator:
             return Principal(user_id=None, key_id=key.id, scopes=scopes, key_organizations=bound)
         if ACT_AS_SCOPE not in scopes:
             raise PermissionDenied("the service key lacks the act_as scope", reason="ACT_AS")
-        email = self._acted.get((key.id, act_as))
-        if email is None:
-            email = await self._acted_user_email(act_as, bound)
-            self._acted.put((key.id, act_as), email)
+        acted = self._acted.get((key.id, act_as))
+        if acted is None:
+            acted = await self._acted_user(act_as, bound)
+            self._acted.put((key.id, act_as), acted)
+        email, verified = acted
         return Principal(
-            user_id=act_as, email=email, key_id=key.id, scopes=scopes, key_organizations=bound
+            user_id=act_as,
+            email=email,
+            email_verified=verified,
+            key_id=key.id,
+            scopes=scopes,
+            key_organizations=bound,
         )
 
-    async def _acted_user_email(self, user_id: str, bound: frozenset[str] | None) -> str:
-        """The email of the user a key acts as; PERMISSION_DENIED when there is no such
-        user or they belong to none of the key's organizations."""
+    async def _acted_user(self, user_id: str, bound: frozenset[str] | None) -> tuple[str, bool]:
+        """The email (and whether it is verified) of the user a key acts as;
+        PERMISSION_DENIED when there is no such user or they belong to none of the key's
+        organizations."""
         async with self.db.transaction(write=False) as session:
-            email = await session.scalar(select(User.email).where(User.id == user_id))
+            row = (
+                await session.execute(
+                    select(User.email, User.email_verified).where(User.id == user_id)
+                )
+            ).first()
             outside = (
-                email is not None
+                row is not None
                 and bound is not None
                 and not await acl.belongs_to_any(session, user_id, bound)
             )
-        if email is None:
+        if row is None:
             raise PermissionDenied("x-beacon-act-as names no user", reason="ACT_AS_UNKNOWN_USER")
         if outside:
             raise PermissionDenied(
                 "x-beacon-act-as names a user outside the service key's organizations",
                 reason="ACT_AS_OUTSIDE_KEY_ORGANIZATIONS",
             )
-        return str(email)
+        return str(row[0]), bool(row[1])

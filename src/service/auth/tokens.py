@@ -177,9 +177,15 @@ def _claims(decoded: dict[str, Any]) -> Claims:
         issuer=str(decoded["iss"])[:255],
         subject=str(decoded["sub"])[:255],
         email=email.strip().lower(),
-        email_verified=bool(decoded.get("email_verified", False)),
+        email_verified=_is_true(decoded.get("email_verified")),
         name=name[:200] if isinstance(name, str) else "",
     )
+
+
+def _is_true(value: Any) -> bool:
+    """A claim that is JSON true (or the string "true", as some providers send it); the
+    string "false" and anything else are not."""
+    return value is True or (isinstance(value, str) and value.strip().lower() == "true")
 
 
 def mint_dev_token(
@@ -190,8 +196,13 @@ def mint_dev_token(
     subject: str | None = None,
     ttl_seconds: int = 12 * 3600,
     now: float | None = None,
+    email_verified: bool = True,
 ) -> str:
-    """An HS256 token for the development secret (`beacon token`)."""
+    """An HS256 token for the development secret (`beacon token`).
+
+    The email is marked verified unless `email_verified` is False (`beacon token
+    --unverified`), to try what an identity provider that does not vouch for it gives.
+    """
     if not settings.auth_secret:
         raise ValueError("BEACON_AUTH_SECRET is empty: development tokens are disabled")
     issued = int(now if now is not None else time.time())
@@ -200,7 +211,7 @@ def mint_dev_token(
         "aud": settings.auth_audience or DEV_AUDIENCE,
         "sub": subject or f"dev|{email.strip().lower()}",
         "email": email,
-        "email_verified": True,
+        "email_verified": email_verified,
         "name": name,
         "iat": issued,
         "exp": issued + ttl_seconds,

@@ -1,11 +1,13 @@
-"""Account deletion: the user, their memberships, invitations and uploads, and every
-organization in which they are the only member — never data other members still use."""
+"""Account deletion: the user, their memberships and uploads, and every organization in
+which they are the only member — never data other members still use, and never what
+belongs to others: invitations sent to the user's email belong to the organizations that
+sent them and stay (they may cancel them)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import CallContext
@@ -13,15 +15,19 @@ from service.db.models import (
     File,
     IdempotencyKey,
     Organization,
-    OrganizationInvitation,
     OrganizationMember,
     User,
     Workspace,
-    WorkspaceInvitation,
     WorkspaceMember,
 )
 from service.domain import audit
-from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
+from service.domain.errors import (
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+    PreconditionViolation,
+)
+from service.domain.membership import workspaces_left_without_owner
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,13 +42,20 @@ class DeletedAccount:
 async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAccount:
     """Deletes the caller's account, or nothing at all.
 
-    An organization whose only member (organization members and guests of its live
-    workspaces) is the caller is deleted with all its data. When the caller is the sole
-    owner of an organization that has other members, FailedPrecondition names each such
-    organization (type SOLE_OWNER) and nothing changes. Uploads still shown as the icon of a
-    workspace that survives pass to an owner of that workspace's organization; the other
-    uploads are deleted.
+    Only the user themself may: a service key acting as them is PermissionDenied. An
+    organization whose only member (organization members and guests of its live
+    workspaces) is the caller is deleted with all its data. FailedPrecondition, with
+    nothing changed, names each blocker: an organization with other members whose sole
+    owner is the caller (type SOLE_OWNER), and a surviving workspace whose explicit members
+    would keep no owner (type LAST_OWNER, the rule of RemoveMember). Uploads still shown as
+    the icon of a workspace that survives pass to an owner of that workspace's
+    organization; the other uploads are deleted. Invitations to the caller's email stay.
     """
+    if call.require_principal().acts_as_user:
+        raise PermissionDenied(
+            "an account can only be deleted by its user, not through act_as",
+            reason="ACT_AS_NOT_ALLOWED",
+        )
     user_id = call.require_user_id()
     user = await session.get(User, user_id)
     if user is None:
@@ -68,19 +81,10 @@ async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAcc
         for org_id, role in roles.items()
         if role == "owner" and org_id in shared and org_id not in other_owners
     )
-    if blocking:
-        raise FailedPrecondition(
-            f"you are the only owner of organizations that have other members "
-            f"({', '.join(blocking)}): make another member an owner or remove the members first",
-            [
-                PreconditionViolation(
-                    "SOLE_OWNER", org_id, "the caller is the only owner and others are members"
-                )
-                for org_id in blocking
-            ],
-            reason="SOLE_OWNER",
-        )
     doomed = sorted(org_id for org_id in roles if org_id not in shared)
+    ownerless = await workspaces_left_without_owner(session, user_id, except_organizations=doomed)
+    if blocking or ownerless:
+        raise _blocked(blocking, ownerless)
     guest_orgs = set(
         await session.scalars(
             select(Workspace.organization_id)
@@ -93,18 +97,40 @@ async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAcc
     if doomed:
         await session.execute(delete(Organization).where(Organization.id.in_(doomed)))
     file_ids = await _release_uploads(session, user_id)
-    email = user.email.lower()
-    await session.execute(
-        delete(OrganizationInvitation).where(func.lower(OrganizationInvitation.email) == email)
-    )
-    await session.execute(
-        delete(WorkspaceInvitation).where(func.lower(WorkspaceInvitation.email) == email)
-    )
     await session.execute(delete(IdempotencyKey).where(IdempotencyKey.principal_id == user_id))
     await session.execute(delete(WorkspaceMember).where(WorkspaceMember.user_id == user_id))
     await session.execute(delete(OrganizationMember).where(OrganizationMember.user_id == user_id))
     await session.execute(delete(User).where(User.id == user_id))
     return DeletedAccount(user_id, doomed, file_ids)
+
+
+def _blocked(organization_ids: list[str], workspace_ids: list[str]) -> FailedPrecondition:
+    """The refusal naming every organization (SOLE_OWNER) and workspace (LAST_OWNER) that
+    deleting the account would leave without an owner."""
+    parts = []
+    if organization_ids:
+        parts.append(
+            f"you are the only owner of organizations that have other members "
+            f"({', '.join(organization_ids)})"
+        )
+    if workspace_ids:
+        parts.append(
+            f"you are the last owner among the members of workspaces ({', '.join(workspace_ids)})"
+        )
+    violations = [
+        PreconditionViolation(
+            "SOLE_OWNER", org_id, "the caller is the only owner and others are members"
+        )
+        for org_id in organization_ids
+    ] + [
+        PreconditionViolation("LAST_OWNER", ws_id, "the caller is the members' last owner")
+        for ws_id in workspace_ids
+    ]
+    return FailedPrecondition(
+        "; ".join(parts) + ": make another member an owner or remove the members first",
+        violations,
+        reason="SOLE_OWNER" if organization_ids else "LAST_OWNER",
+    )
 
 
 async def _organizations_with_others(

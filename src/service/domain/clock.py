@@ -16,3 +16,12 @@ def new_id(prefix: str) -> str:
     """A new opaque id: `<prefix>_` and 16 lowercase base32 characters (80 random bits)."""
     token = base64.b32encode(secrets.token_bytes(10)).decode().lower()
     return f"{prefix}_{token}"
+
+
+SLUG_SUFFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def random_slug_suffix(length: int = 6) -> str:
+    """Random lowercase letters and digits that make a taken slug unique (`acme-k3x9qz`):
+    unlike `-2`, `-3`, they do not count how many others chose the name."""
+    return "".join(secrets.choice(SLUG_SUFFIX_ALPHABET) for _ in range(length))

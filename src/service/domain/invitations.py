@@ -1,20 +1,27 @@
-"""Invitations by email: their address format, and turning them into memberships.
+"""The invitee's side of invitations: listing, accepting and declining them.
 
-A workspace or organization invitation names an email that no (verified) user had when it
-was made. When a user with that email authenticates — first sight, or a changed email — the
-auth path calls `claim_invitations`, which converts every pending invitation for the email
-into a membership. Only verified emails claim: an identity provider that lets anyone type any
-address must not hand out someone else's invitations. Development tokens are recorded as
-verified by the auth path.
+Nobody becomes a member without their own action. AddMember and InviteOrganizationMember
+store a pending invitation to an email (`service.domain.membership`); signing in claims
+nothing. The invitee lists the invitations to their email and accepts or declines each.
+
+An invitation is the invitee's only when the caller's token carries its email *verified*
+(`Principal.email_verified`, from the `email_verified` claim): an identity provider that
+lets anyone type any address must not hand out someone else's invitations. A caller whose
+email is not verified gets FAILED_PRECONDITION (EMAIL_NOT_VERIFIED) before any lookup, so
+the answer says nothing about which invitations exist. An invitation that is expired, used,
+addressed to another email or to a deleted workspace is NOT_FOUND, like one that never
+existed.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.auth.context import CallContext
 from service.db.models import (
     Organization,
     OrganizationInvitation,
@@ -24,120 +31,248 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
+from service.domain import audit
 from service.domain.access import WORKSPACE_ROLE_RANK
-from service.domain.clock import utcnow
-from service.domain.errors import InvalidArgument
+from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
+from service.domain.inputs import require_id
+from service.domain.membership import Member, active_member, lock_organization, lock_workspace
+from service.domain.paging import parse_page
 
-EMAIL_MAX_LENGTH = 254
-_EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
-
-
-def normalize_email(raw: str, *, field: str = "email") -> str:
-    """The email trimmed and lowercased; InvalidArgument(field) unless it looks like one."""
-    email = raw.strip().lower()
-    if not email:
-        raise InvalidArgument(field, "is required")
-    if len(email) > EMAIL_MAX_LENGTH:
-        raise InvalidArgument(field, f"must be at most {EMAIL_MAX_LENGTH} characters")
-    if not email.isprintable() or _EMAIL_SHAPE.fullmatch(email) is None:
-        raise InvalidArgument(field, "must be an email address such as name@example.com")
-    return email
+INVITATION_ID_FIELD = "invitation_id"
 
 
-async def find_verified_user(session: AsyncSession, email: str) -> User | None:
-    """The oldest user whose verified email is `email` (normalized), matched case-insensitively."""
-    return await session.scalar(
-        select(User)
-        .where(func.lower(User.email) == email, User.email_verified.is_(True))
-        .order_by(User.create_time, User.id)
-        .limit(1)
+@dataclass(frozen=True, slots=True)
+class Invitation:
+    """A pending invitation as its invitee sees it."""
+
+    id: str
+    email: str
+    workspace_id: str  # "" for an invitation to an organization
+    workspace_name: str
+    organization_id: str
+    organization_name: str
+    role: str  # a workspace role, or an organization role for an organization invitation
+    create_time: datetime
+    expire_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationPage:
+    """One page of the caller's invitations, oldest first, and the next page's token."""
+
+    invitations: list[Invitation]
+    next_page_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """The membership an accepted invitation gave: exactly one of the two is set."""
+
+    workspace_member: Member | None = None
+    organization_member: Member | None = None
+
+
+def verified_email(call: CallContext) -> str:
+    """The caller's email when their token vouches for it; FailedPrecondition otherwise."""
+    principal = call.require_principal()
+    if not principal.email or not principal.email_verified:
+        raise FailedPrecondition(
+            "your email address is not verified: verify it with your identity provider to "
+            "see and accept invitations",
+            [PreconditionViolation("EMAIL_NOT_VERIFIED", "email", "the token's email_verified")],
+            reason="EMAIL_NOT_VERIFIED",
+        )
+    return principal.email.strip().lower()
+
+
+async def list_my_invitations(
+    session: AsyncSession, call: CallContext, *, page_size: int, page_token: str, now: datetime
+) -> InvitationPage:
+    """The unexpired invitations to the caller's verified email, oldest first."""
+    email = verified_email(call)
+    page = parse_page(page_size, page_token, scope=f"my-invitations:{call.require_user_id()}")
+    to_workspaces = await session.execute(
+        select(WorkspaceInvitation, Workspace.name, Organization.id, Organization.name)
+        .join(Workspace, Workspace.id == WorkspaceInvitation.workspace_id)
+        .join(Organization, Organization.id == Workspace.organization_id)
+        .where(
+            WorkspaceInvitation.email == email,
+            WorkspaceInvitation.expire_time > now,
+            Workspace.delete_time.is_(None),
+            page.where(WorkspaceInvitation.create_time, WorkspaceInvitation.id),
+        )
+        .order_by(WorkspaceInvitation.create_time, WorkspaceInvitation.id)
+        .limit(page.size + 1)
     )
+    to_organizations = await session.execute(
+        select(OrganizationInvitation, Organization.name)
+        .join(Organization, Organization.id == OrganizationInvitation.organization_id)
+        .where(
+            OrganizationInvitation.email == email,
+            OrganizationInvitation.expire_time > now,
+            page.where(OrganizationInvitation.create_time, OrganizationInvitation.id),
+        )
+        .order_by(OrganizationInvitation.create_time, OrganizationInvitation.id)
+        .limit(page.size + 1)
+    )
+    rows = [
+        Invitation(
+            i.id,
+            i.email,
+            i.workspace_id,
+            ws_name,
+            org_id,
+            org_name,
+            i.role,
+            i.create_time,
+            i.expire_time,
+        )
+        for i, ws_name, org_id, org_name in to_workspaces.all()
+    ] + [
+        Invitation(
+            i.id,
+            i.email,
+            "",
+            "",
+            i.organization_id,
+            org_name,
+            i.role,
+            i.create_time,
+            i.expire_time,
+        )
+        for i, org_name in to_organizations.all()
+    ]
+    ordered = sorted(rows, key=lambda i: (i.create_time, i.id))[: page.size + 1]
+    return InvitationPage(ordered[: page.size], page.next_token(ordered))
 
 
-async def claim_invitations(session: AsyncSession, user: User) -> None:
-    """Turns every pending invitation for the user's email into a membership.
+async def accept_invitation(
+    session: AsyncSession, call: CallContext, invitation_id: str, *, now: datetime
+) -> Accepted:
+    """Turns one of the caller's invitations into a membership and uses it up.
 
-    Does nothing unless the user's email is verified. Workspace invitations become explicit
-    workspace memberships (an existing membership keeps the higher of the two roles);
-    organization invitations become organization memberships (an existing membership keeps
-    its role). Claimed invitations are deleted; invitations to deleted workspaces are
-    dropped. Safe under concurrency: deleting the invitations first (DELETE ... RETURNING)
-    lets only one transaction claim each one, and the workspace rows are locked before
-    memberships are read (as every membership change does), so a concurrent join by code or
-    invitation cannot collide with the insert.
+    A workspace invitation gives an explicit workspace membership (an existing one keeps
+    the higher role); an organization invitation an organization membership (an existing
+    one keeps its role). The workspace or organization row is locked first, as every
+    membership change does, and the invitation is then deleted (DELETE ... RETURNING), so
+    two concurrent accepts give one membership and one NOT_FOUND.
     """
-    if not user.email_verified or not user.email:
-        return
-    email = user.email.strip().lower()
-    now = utcnow()
-
-    workspace_roles = await _take_invitations(session, WorkspaceInvitation, "workspace_id", email)
-    if workspace_roles:
-        live = await session.scalars(
-            select(Workspace.id)
-            .where(Workspace.id.in_(workspace_roles), Workspace.delete_time.is_(None))
-            .order_by(Workspace.id)
-            .with_for_update()
-        )
-        live_ids = list(live)
-        existing = {
-            m.workspace_id: m
-            for m in await session.scalars(
-                select(WorkspaceMember).where(
-                    WorkspaceMember.user_id == user.id, WorkspaceMember.workspace_id.in_(live_ids)
-                )
+    email = verified_email(call)
+    user_id = call.require_user_id()
+    found = await _find(session, email, invitation_id, now)
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("user", user_id)
+    if isinstance(found, WorkspaceInvitation):
+        try:
+            workspace = await lock_workspace(session, found.workspace_id)
+        except NotFound:
+            raise NotFound("invitation", invitation_id) from None
+        role = await _take(session, WorkspaceInvitation, email, invitation_id, now)
+        member = await session.get(WorkspaceMember, (workspace.id, user_id))
+        if member is None:
+            member = WorkspaceMember(
+                workspace_id=workspace.id, user_id=user_id, role=role, create_time=now
             )
-        }
-        for workspace_id in live_ids:
-            role = workspace_roles[workspace_id]
-            member = existing.get(workspace_id)
-            if member is None:
-                session.add(
-                    WorkspaceMember(
-                        workspace_id=workspace_id, user_id=user.id, role=role, create_time=now
-                    )
-                )
-            elif WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]:
-                member.role = role
-
-    organization_roles = await _take_invitations(
-        session, OrganizationInvitation, "organization_id", email
-    )
-    if organization_roles:
-        await session.execute(
-            select(Organization.id)
-            .where(Organization.id.in_(organization_roles))
-            .order_by(Organization.id)
-            .with_for_update()
+            session.add(member)
+        else:
+            member.role = max(member.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
+        audit.record(
+            session,
+            call,
+            organization_id=workspace.organization_id,
+            workspace_id=workspace.id,
+            target_ids=[workspace.id, invitation_id],
         )
-        already = set(
-            await session.scalars(
-                select(OrganizationMember.organization_id).where(
-                    OrganizationMember.user_id == user.id,
-                    OrganizationMember.organization_id.in_(organization_roles),
-                )
-            )
+        await session.flush()
+        return Accepted(
+            workspace_member=active_member(workspace.id, member.role, member.create_time, user)
         )
-        for organization_id, role in organization_roles.items():
-            if organization_id not in already:
-                session.add(
-                    OrganizationMember(
-                        organization_id=organization_id, user_id=user.id, role=role, create_time=now
-                    )
-                )
+    organization_id = found.organization_id
+    await lock_organization(session, organization_id)
+    role = await _take(session, OrganizationInvitation, email, invitation_id, now)
+    org_member = await session.get(OrganizationMember, (organization_id, user_id))
+    if org_member is None:
+        org_member = OrganizationMember(
+            organization_id=organization_id, user_id=user_id, role=role, create_time=now
+        )
+        session.add(org_member)
+    audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
     await session.flush()
+    return Accepted(
+        organization_member=active_member(
+            organization_id, org_member.role, org_member.create_time, user
+        )
+    )
 
 
-async def _take_invitations(
+async def decline_invitation(
+    session: AsyncSession, call: CallContext, invitation_id: str, *, now: datetime
+) -> None:
+    """Deletes one of the caller's invitations; it grants nothing."""
+    email = verified_email(call)
+    found = await _find(session, email, invitation_id, now)
+    if isinstance(found, WorkspaceInvitation):
+        organization_id = await session.scalar(
+            select(Workspace.organization_id).where(
+                Workspace.id == found.workspace_id, Workspace.delete_time.is_(None)
+            )
+        )
+        if organization_id is None:
+            raise NotFound("invitation", invitation_id)
+        await _take(session, WorkspaceInvitation, email, invitation_id, now)
+        audit.record(
+            session,
+            call,
+            organization_id=organization_id,
+            workspace_id=found.workspace_id,
+            target_ids=[found.workspace_id, invitation_id],
+        )
+        return
+    await _take(session, OrganizationInvitation, email, invitation_id, now)
+    audit.record(session, call, organization_id=found.organization_id, target_ids=[invitation_id])
+
+
+async def _find(
+    session: AsyncSession, email: str, invitation_id: str, now: datetime
+) -> WorkspaceInvitation | OrganizationInvitation:
+    """The caller's unexpired invitation with this id (of either kind); NotFound otherwise."""
+    require_id(INVITATION_ID_FIELD, invitation_id)
+    to_workspace = await session.scalar(
+        select(WorkspaceInvitation).where(
+            WorkspaceInvitation.id == invitation_id,
+            WorkspaceInvitation.email == email,
+            WorkspaceInvitation.expire_time > now,
+        )
+    )
+    if to_workspace is not None:
+        return to_workspace
+    to_organization = await session.scalar(
+        select(OrganizationInvitation).where(
+            OrganizationInvitation.id == invitation_id,
+            OrganizationInvitation.email == email,
+            OrganizationInvitation.expire_time > now,
+        )
+    )
+    if to_organization is None:
+        raise NotFound("invitation", invitation_id)
+    return to_organization
+
+
+async def _take(
     session: AsyncSession,
     model: type[WorkspaceInvitation | OrganizationInvitation],
-    scope_column: str,
     email: str,
-) -> dict[str, str]:
-    """Deletes the email's invitations of one kind; returns workspace/organization id → role."""
-    rows = await session.execute(
+    invitation_id: str,
+    now: datetime,
+) -> str:
+    """Deletes the invitation (if still pending) and returns its role; NotFound when a
+    concurrent call used it first."""
+    role = await session.scalar(
         delete(model)
-        .where(model.email == email)
-        .returning(getattr(model, scope_column), model.role)
+        .where(model.id == invitation_id, model.email == email, model.expire_time > now)
+        .returning(model.role)
     )
-    return {scope_id: role for scope_id, role in rows}
+    if role is None:
+        raise NotFound("invitation", invitation_id)
+    return str(role)

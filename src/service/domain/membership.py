@@ -1,5 +1,12 @@
 """Workspace and organization members and invitations (SPEC sections 3 and 4).
 
+Consent: adding someone by email (AddMember, InviteOrganizationMember) only ever stores a
+pending invitation, answered the same way whether or not the email belongs to a registered
+user, so the answer tells nothing about who has an account; the invitee joins by accepting
+it (`service.domain.invitations`). An invitation expires `invitation_ttl` after it was made
+or renewed. The one exception is an email that already belongs to a member the caller can
+see in the member list: its membership is returned (raised to a higher requested role).
+
 The auth interceptor has already checked each RPC's level (workspace member or owner,
 organization admin) and put the caller's roles in `call.access`; the rules finer than a
 level live here: members may add members but only owners add or promote owners; in an
@@ -27,12 +34,14 @@ first and fails.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from service.auth.context import CallContext
 from service.db.models import (
@@ -59,8 +68,7 @@ from service.domain.errors import (
     PermissionDenied,
     PreconditionViolation,
 )
-from service.domain.inputs import ID_PATTERN
-from service.domain.invitations import find_verified_user, normalize_email
+from service.domain.inputs import ID_PATTERN, normalize_email
 from service.domain.paging import Page, parse_page
 
 WORKSPACE_ROLES = ("owner", "member")
@@ -80,6 +88,7 @@ class Member:
     role: str
     invited: bool
     create_time: datetime
+    expire_time: datetime | None = None  # while invited
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,22 +103,31 @@ class MemberPage:
 
 
 async def list_members(
-    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str
+    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str, now: datetime
 ) -> MemberPage:
-    """The workspace's explicit members and pending invitations, oldest first."""
+    """The workspace's explicit members and unexpired invitations, oldest first."""
     page = parse_page(page_size, page_token, scope=f"workspace-members:{workspace_id}")
     return await _members_page(
-        session, page, WorkspaceMember, WorkspaceInvitation, "workspace_id", workspace_id
+        session, page, WorkspaceMember, WorkspaceInvitation, "workspace_id", workspace_id, now
     )
 
 
 async def add_member(
-    session: AsyncSession, call: CallContext, workspace_id: str, *, email: str, role: str
+    session: AsyncSession,
+    call: CallContext,
+    workspace_id: str,
+    *,
+    email: str,
+    role: str,
+    invitation_ttl: timedelta,
+    now: datetime,
 ) -> Member:
-    """Adds a member by email, or invites the email when no verified user has it.
+    """Invites `email` to the workspace; the invitee joins by accepting (never at once).
 
-    `role` "" means member. Members may add members; only owners add owners. Adding an
-    existing member (or invitation) again returns it, raised to `role` when that is higher.
+    `role` "" means member. Members may invite members; only owners invite owners. The
+    answer is the same whether or not a user has the email. An email already held by an
+    explicit member returns that membership, raised to `role` when that is higher.
+    Inviting a pending email again renews the invitation (and raises its role).
     """
     email = normalize_email(email)
     role = _workspace_role(role, required=False)
@@ -117,28 +135,25 @@ async def add_member(
     if role == "owner" and access.workspace_role != "owner":
         raise PermissionDenied("only workspace owners may add owners")
     workspace = await lock_workspace(session, workspace_id)
-    user = await find_verified_user(session, email)
-    if user is None:
-        return await _invite_to_workspace(session, call, workspace, email, role)
-    member = await session.get(WorkspaceMember, (workspace_id, user.id))
-    changed = member is None or WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]
-    if member is None:
-        member = WorkspaceMember(
-            workspace_id=workspace_id, user_id=user.id, role=role, create_time=utcnow()
-        )
-        session.add(member)
+    row = (
         await session.execute(
-            delete(WorkspaceInvitation).where(
-                WorkspaceInvitation.workspace_id == workspace_id,
-                WorkspaceInvitation.email == email,
-            )
+            select(WorkspaceMember, User)
+            .join(User, User.id == WorkspaceMember.user_id)
+            .where(WorkspaceMember.workspace_id == workspace_id, func.lower(User.email) == email)
+            .order_by(WorkspaceMember.create_time, WorkspaceMember.user_id)
+            .limit(1)
         )
-    else:
-        member.role = max(member.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
-    if changed:
+    ).first()
+    if row is None:
+        return await _invite_to_workspace(
+            session, call, workspace, email, role, expire_time=now + invitation_ttl, now=now
+        )
+    member, user = row[0], row[1]
+    if WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]:
+        member.role = role
         _audit(session, call, workspace, user.id)
-    await session.flush()
-    return _active(workspace_id, member.role, member.create_time, user)
+        await session.flush()
+    return active_member(workspace_id, member.role, member.create_time, user)
 
 
 async def update_member_role(
@@ -156,7 +171,7 @@ async def update_member_role(
         member.role = role
         _audit(session, call, workspace, user_id)
         await session.flush()
-    return _active(workspace_id, member.role, member.create_time, user)
+    return active_member(workspace_id, member.role, member.create_time, user)
 
 
 async def remove_member(
@@ -223,7 +238,7 @@ async def add_workspace_member_if_absent(
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound("user", user_id)
-    return _active(workspace.id, member.role, member.create_time, user)
+    return active_member(workspace.id, member.role, member.create_time, user)
 
 
 async def lock_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
@@ -240,7 +255,14 @@ async def lock_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
 
 
 async def _invite_to_workspace(
-    session: AsyncSession, call: CallContext, workspace: Workspace, email: str, role: str
+    session: AsyncSession,
+    call: CallContext,
+    workspace: Workspace,
+    email: str,
+    role: str,
+    *,
+    expire_time: datetime,
+    now: datetime,
 ) -> Member:
     workspace_id = workspace.id
     invitation = await session.scalar(
@@ -255,13 +277,15 @@ async def _invite_to_workspace(
             email=email,
             role=role,
             invited_by=call.require_principal().user_id,
-            create_time=utcnow(),
+            create_time=now,
+            expire_time=expire_time,
         )
         session.add(invitation)
-    elif WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[invitation.role]:
-        invitation.role = role
     else:
-        return _invited(workspace_id, invitation)
+        if invitation.expire_time <= now:  # an expired invitation starts over
+            invitation.role, invitation.create_time = role, now
+        invitation.role = max(invitation.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
+        invitation.expire_time = expire_time
     _audit(session, call, workspace, invitation.id)
     await session.flush()
     return _invited(workspace_id, invitation)
@@ -304,7 +328,48 @@ async def _keep_workspace_owner(
 ) -> None:
     """Raises LAST_OWNER when the change (a removal when `new_role` is None) would leave
     no explicit member whose effective role is owner."""
-    workspace_id, organization_id = workspace.id, workspace.organization_id
+    if await _leaves_no_owner(session, workspace.id, workspace.organization_id, user_id, new_role):
+        raise _last_owner("workspace", workspace.id)
+
+
+async def workspaces_left_without_owner(
+    session: AsyncSession, user_id: str, *, except_organizations: Collection[str]
+) -> list[str]:
+    """The live workspaces (outside `except_organizations`) whose other explicit members
+    would keep no owner without `user_id` — the last-owner rule of RemoveMember — sorted.
+
+    For account deletion, which also ends the user's organization roles (other members'
+    organization roles still count). A workspace of which the user is the only explicit
+    member is not listed: its member list empties and the organization's owners, of whom
+    one always remains, manage it — as for a workspace whose members never included an
+    owner.
+    """
+    others = aliased(WorkspaceMember)
+    rows = await session.execute(
+        select(Workspace.id, Workspace.organization_id)
+        .join(WorkspaceMember, WorkspaceMember.workspace_id == Workspace.id)
+        .where(
+            WorkspaceMember.user_id == user_id,
+            Workspace.delete_time.is_(None),
+            Workspace.organization_id.not_in(list(except_organizations)),
+            exists().where(others.workspace_id == Workspace.id, others.user_id != user_id),
+        )
+        .order_by(Workspace.id)
+    )
+    return [
+        workspace_id
+        for workspace_id, organization_id in rows.all()
+        if await _leaves_no_owner(session, workspace_id, organization_id, user_id, None)
+    ]
+
+
+async def _leaves_no_owner(
+    session: AsyncSession,
+    workspace_id: str,
+    organization_id: str,
+    user_id: str,
+    new_role: str | None,
+) -> bool:
     org_role_of = and_(
         OrganizationMember.organization_id == organization_id,
         OrganizationMember.user_id == WorkspaceMember.user_id,
@@ -317,11 +382,11 @@ async def _keep_workspace_owner(
         )
     ).first()
     if target is None:
-        return
+        return False
     workspace_role, org_role = target
     after = effective_workspace_role(org_role, new_role) if new_role else None
     if effective_workspace_role(org_role, workspace_role) != "owner" or after == "owner":
-        return
+        return False
     other = await session.scalar(
         select(WorkspaceMember.user_id)
         .outerjoin(OrganizationMember, org_role_of)
@@ -335,8 +400,7 @@ async def _keep_workspace_owner(
         )
         .limit(1)
     )
-    if other is None:
-        raise _last_owner("workspace", workspace_id)
+    return other is None
 
 
 async def _delete_workspace_member(
@@ -372,9 +436,14 @@ def _workspace_role(role: str, *, required: bool) -> str:
 
 
 async def list_organization_members(
-    session: AsyncSession, organization_id: str, *, page_size: int, page_token: str
+    session: AsyncSession,
+    organization_id: str,
+    *,
+    page_size: int,
+    page_token: str,
+    now: datetime,
 ) -> MemberPage:
-    """The organization's members and pending invitations, oldest first."""
+    """The organization's members and unexpired invitations, oldest first."""
     page = parse_page(page_size, page_token, scope=f"organization-members:{organization_id}")
     return await _members_page(
         session,
@@ -383,47 +452,55 @@ async def list_organization_members(
         OrganizationInvitation,
         "organization_id",
         organization_id,
+        now,
     )
 
 
 async def invite_organization_member(
-    session: AsyncSession, call: CallContext, organization_id: str, *, email: str, role: str
+    session: AsyncSession,
+    call: CallContext,
+    organization_id: str,
+    *,
+    email: str,
+    role: str,
+    invitation_ttl: timedelta,
+    now: datetime,
 ) -> Member:
-    """Adds a verified user with this email to the organization at once, or invites the email.
+    """Invites `email` to the organization; the invitee joins by accepting (never at once).
 
-    `role` "" means member; only owners grant owner. A member invited again with the same
-    role is returned unchanged; with another role it is ALREADY_EXISTS (use
-    UpdateOrganizationMemberRole). Inviting a pending email again updates its role.
+    `role` "" means member; only owners grant owner. The answer is the same whether or not
+    a user has the email. An email already held by a member returns that membership when
+    the role is the same, and is ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
+    Inviting a pending email again renews the invitation with the new role.
     """
     email = normalize_email(email)
     role = _organization_role(role, required=False)
     if role == "owner":
         _require_organization_owner(call, "only organization owners may grant owner")
-    await _lock_organization(session, organization_id)
-    user = await find_verified_user(session, email)
-    if user is None:
-        return await _invite_to_organization(session, call, organization_id, email, role)
-    member = await session.get(OrganizationMember, (organization_id, user.id))
-    if member is not None:
-        if member.role != role:
-            raise AlreadyExists(
-                f"{email} is already a member with role {member.role}; "
-                "change it with UpdateOrganizationMemberRole"
+    await lock_organization(session, organization_id)
+    row = (
+        await session.execute(
+            select(OrganizationMember, User)
+            .join(User, User.id == OrganizationMember.user_id)
+            .where(
+                OrganizationMember.organization_id == organization_id,
+                func.lower(User.email) == email,
             )
-        return _active(organization_id, member.role, member.create_time, user)
-    member = OrganizationMember(
-        organization_id=organization_id, user_id=user.id, role=role, create_time=utcnow()
-    )
-    session.add(member)
-    await session.execute(
-        delete(OrganizationInvitation).where(
-            OrganizationInvitation.organization_id == organization_id,
-            OrganizationInvitation.email == email,
+            .order_by(OrganizationMember.create_time, OrganizationMember.user_id)
+            .limit(1)
         )
-    )
-    audit.record(session, call, organization_id=organization_id, target_ids=[user.id])
-    await session.flush()
-    return _active(organization_id, member.role, member.create_time, user)
+    ).first()
+    if row is None:
+        return await _invite_to_organization(
+            session, call, organization_id, email, role, expire_time=now + invitation_ttl, now=now
+        )
+    member, user = row[0], row[1]
+    if member.role != role:
+        raise AlreadyExists(
+            f"{email} is already a member with role {member.role}; "
+            "change it with UpdateOrganizationMemberRole"
+        )
+    return active_member(organization_id, member.role, member.create_time, user)
 
 
 async def update_organization_member_role(
@@ -432,7 +509,7 @@ async def update_organization_member_role(
     """Changes a member's organization role; only owners grant or revoke owner; the last
     owner cannot be demoted (LAST_OWNER)."""
     role = _organization_role(role, required=True)
-    await _lock_organization(session, organization_id)
+    await lock_organization(session, organization_id)
     member, user = await _organization_member(session, organization_id, user_id)
     if role != member.role:
         if "owner" in (role, member.role):
@@ -442,7 +519,7 @@ async def update_organization_member_role(
         member.role = role
         audit.record(session, call, organization_id=organization_id, target_ids=[user_id])
         await session.flush()
-    return _active(organization_id, member.role, member.create_time, user)
+    return active_member(organization_id, member.role, member.create_time, user)
 
 
 async def remove_organization_member(
@@ -468,7 +545,7 @@ async def remove_organization_member(
             raise NotFound("invitation", email.strip().lower()[:254])
         audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
         return
-    await _lock_organization(session, organization_id)
+    await lock_organization(session, organization_id)
     member, _ = await _organization_member(session, organization_id, user_id)
     if member.role == "owner":
         _require_organization_owner(call, "only organization owners may remove owners")
@@ -487,7 +564,8 @@ async def remove_organization_member(
     await session.flush()
 
 
-async def _lock_organization(session: AsyncSession, organization_id: str) -> None:
+async def lock_organization(session: AsyncSession, organization_id: str) -> None:
+    """Locks the organization's row until the transaction ends; NotFound when it is gone."""
     found = await session.scalar(
         select(Organization.id).where(Organization.id == organization_id).with_for_update()
     )
@@ -496,7 +574,14 @@ async def _lock_organization(session: AsyncSession, organization_id: str) -> Non
 
 
 async def _invite_to_organization(
-    session: AsyncSession, call: CallContext, organization_id: str, email: str, role: str
+    session: AsyncSession,
+    call: CallContext,
+    organization_id: str,
+    email: str,
+    role: str,
+    *,
+    expire_time: datetime,
+    now: datetime,
 ) -> Member:
     invitation = await session.scalar(
         select(OrganizationInvitation).where(
@@ -504,8 +589,6 @@ async def _invite_to_organization(
             OrganizationInvitation.email == email,
         )
     )
-    if invitation is not None and invitation.role == role:
-        return _invited(organization_id, invitation)
     if invitation is None:
         invitation = OrganizationInvitation(
             id=new_id("inv"),
@@ -513,13 +596,16 @@ async def _invite_to_organization(
             email=email,
             role=role,
             invited_by=call.require_principal().user_id,
-            create_time=utcnow(),
+            create_time=now,
+            expire_time=expire_time,
         )
         session.add(invitation)
     else:
-        if invitation.role == "owner":
+        if invitation.role == "owner" and role != "owner":
             _require_organization_owner(call, "only organization owners may revoke owner")
-        invitation.role = role
+        if invitation.expire_time <= now:  # an expired invitation starts over
+            invitation.create_time = now
+        invitation.role, invitation.expire_time = role, expire_time
     audit.record(session, call, organization_id=organization_id, target_ids=[invitation.id])
     await session.flush()
     return _invited(organization_id, invitation)
@@ -587,7 +673,8 @@ def _last_owner(kind: str, scope_id: str) -> FailedPrecondition:
     )
 
 
-def _active(scope_id: str, role: str, create_time: datetime, user: User) -> Member:
+def active_member(scope_id: str, role: str, create_time: datetime, user: User) -> Member:
+    """The Member of an explicit membership of `user`."""
     return Member(
         scope_id=scope_id,
         id=user.id,
@@ -610,6 +697,7 @@ def _invited(scope_id: str, invitation: WorkspaceInvitation | OrganizationInvita
         role=invitation.role,
         invited=True,
         create_time=invitation.create_time,
+        expire_time=invitation.expire_time,
     )
 
 
@@ -620,9 +708,11 @@ async def _members_page(
     invitation_model: type[WorkspaceInvitation | OrganizationInvitation],
     scope_column: str,
     scope_id: str,
+    now: datetime,
 ) -> MemberPage:
-    """One page of the members and invitations of a workspace or organization, merged in
-    (create_time, id) order: each table gives the `size + 1` rows after the cursor."""
+    """One page of the members and unexpired invitations of a workspace or organization,
+    merged in (create_time, id) order: each table gives the `size + 1` rows after the
+    cursor."""
     members: list[Any] = list(
         await session.execute(
             select(member_model, User)
@@ -640,13 +730,14 @@ async def _members_page(
             select(invitation_model)
             .where(
                 getattr(invitation_model, scope_column) == scope_id,
+                invitation_model.expire_time > now,
                 page.where(invitation_model.create_time, invitation_model.id),
             )
             .order_by(invitation_model.create_time, invitation_model.id)
             .limit(page.size + 1)
         )
     )
-    rows = [_active(scope_id, m.role, m.create_time, u) for m, u in members]
+    rows = [active_member(scope_id, m.role, m.create_time, u) for m, u in members]
     rows += [_invited(scope_id, i) for i in invitations]
     ordered = sorted(rows, key=lambda m: (m.create_time, m.id))[: page.size + 1]
     return MemberPage(members=ordered[: page.size], next_page_token=page.next_token(ordered))

@@ -58,14 +58,7 @@ def derive_slug(name: str, *, fallback: str) -> str:
     return slug if len(slug) >= SLUG_MIN else fallback
 
 
-def suffixed_slug(base: str, taken: set[str]) -> str:
-    """`base`, or `base-2`, `base-3`... : the first not in `taken`, at most 50 characters."""
-    if base not in taken:
-        return base
-    number = 2
-    while True:
-        suffix = f"-{number}"
-        candidate = base[: SLUG_MAX - len(suffix)].rstrip("-") + suffix
-        if candidate not in taken:
-            return candidate
-        number += 1
+def suffixed_slug(base: str, suffix: str) -> str:
+    """`base-<suffix>`, `base` shortened so the whole is at most 50 characters."""
+    tail = f"-{suffix}"
+    return base[: SLUG_MAX - len(tail)].rstrip("-") + tail

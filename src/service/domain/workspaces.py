@@ -223,6 +223,28 @@ async def authorize_view(session: Reader, user_id: str, workspace_id: str) -> Ac
     )
 
 
+async def organization_access_by_workspace(
+    session: Reader, user_id: str, workspace_id: str
+) -> Access:
+    """The caller's role on the organization of a live workspace, in one query.
+
+    NotFound when the workspace is gone or invisible to the caller; PermissionDenied when
+    the caller sees it (an explicit member, e.g. a guest) without an organization role:
+    they know the workspace exists, so NOT_FOUND would only mislead them.
+    """
+    params = {"user_id": user_id, "workspace_id": workspace_id}
+    row = (await session.execute(_AUTHORIZED_VIEW, params)).first()
+    if row is None or (row[-2] is None and row[-1] is None):
+        raise NotFound("workspace", workspace_id)
+    if row[-2] is None:
+        raise PermissionDenied(
+            "requires a role in the workspace's organization: workspace members who are not "
+            "organization members cannot manage it",
+            reason="NOT_ORGANIZATION_MEMBER",
+        )
+    return Access(organization_id=row[1], organization_role=row[-2])
+
+
 async def load_view(session: Reader, workspace_id: str) -> WorkspaceView:
     """The view of one live workspace; NotFound when it is gone."""
     row = (await session.execute(_VIEWS.where(Workspace.id == workspace_id))).first()

@@ -98,8 +98,16 @@ class AuthAround(Around):
                             "requires the workspace owner role", reason="NOT_OWNER"
                         )
                     return found
-                organization_id = await acl.resource_organization(session, target)
-                found = await acl.organization_access(session, user_id, organization_id)
+                if target.startswith("org_"):
+                    organization_id = await acl.resource_organization(session, target)
+                    found = await acl.organization_access(session, user_id, organization_id)
+                else:
+                    # A workspace-scoped id: a guest who sees the workspace is refused with
+                    # PERMISSION_DENIED; an outsider gets the NOT_FOUND of an unknown id.
+                    workspace_id = await acl.resource_workspace(session, target)
+                    found = await workspaces.organization_access_by_workspace(
+                        session, user_id, workspace_id
+                    )
         except NotFound:
             # Name what was asked for: another tenant's run must look absent, not confirm
             # that it exists by naming (and showing the id of) its workspace.

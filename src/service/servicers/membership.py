@@ -1,7 +1,8 @@
-"""MembershipService: workspace members, join codes and organization members.
+"""MembershipService: workspace members, join codes, organization members and invitations.
 
 Each handler reads the request, calls one domain function in a unit of work and converts
-the result; the rules live in `service.domain.membership` and `service.domain.join_codes`.
+the result; the rules live in `service.domain.membership`, `service.domain.invitations`
+and `service.domain.join_codes`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from beacon.v1 import membership_service_pb2_grpc
 from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.auth.context import current_call
-from service.domain import join_codes, membership
+from service.domain import invitations, join_codes, membership
+from service.domain.clock import utcnow
+from service.domain.invitations import Invitation
 from service.domain.join_codes import JoinInfo
 from service.domain.membership import Member
 from service.servicers.convert import (
@@ -39,6 +42,10 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     def _join_code_ttl(self) -> timedelta:
         return timedelta(hours=self.app.settings.join_code_ttl_hours)
 
+    @property
+    def _invitation_ttl(self) -> timedelta:
+        return timedelta(hours=self.app.settings.invitation_ttl_hours)
+
     async def ListMembers(
         self, request: pb.ListMembersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMembersResponse:
@@ -48,6 +55,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 request.workspace_id,
                 page_size=request.page_size,
                 page_token=request.page_token,
+                now=utcnow(),
             )
         return pb.ListMembersResponse(
             members=[_workspace_member(m) for m in page.members],
@@ -64,6 +72,8 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 request.workspace_id,
                 email=request.email,
                 role=_workspace_role(request.role),
+                invitation_ttl=self._invitation_ttl,
+                now=utcnow(),
             )
         return _workspace_member(member)
 
@@ -144,6 +154,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 request.organization_id,
                 page_size=request.page_size,
                 page_token=request.page_token,
+                now=utcnow(),
             )
         return pb.ListOrganizationMembersResponse(
             members=[_organization_member(m) for m in page.members],
@@ -160,6 +171,8 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 request.organization_id,
                 email=request.email,
                 role=_organization_role(request.role),
+                invitation_ttl=self._invitation_ttl,
+                now=utcnow(),
             )
         return _organization_member(member)
 
@@ -186,6 +199,45 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 request.organization_id,
                 user_id=request.user_id,
                 email=request.email,
+            )
+        return Empty()
+
+    async def ListMyInvitations(
+        self, request: pb.ListMyInvitationsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMyInvitationsResponse:
+        async with self.app.db.transaction(write=False) as session:
+            page = await invitations.list_my_invitations(
+                session,
+                current_call(),
+                page_size=request.page_size,
+                page_token=request.page_token,
+                now=utcnow(),
+            )
+        return pb.ListMyInvitationsResponse(
+            invitations=[_invitation(i) for i in page.invitations],
+            next_page_token=page.next_page_token,
+        )
+
+    async def AcceptInvitation(
+        self, request: pb.AcceptInvitationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AcceptInvitationResponse:
+        async with self.app.db.transaction() as session:
+            accepted = await invitations.accept_invitation(
+                session, current_call(), request.invitation_id, now=utcnow()
+            )
+        reply = pb.AcceptInvitationResponse()
+        if accepted.workspace_member is not None:
+            reply.workspace_member.CopyFrom(_workspace_member(accepted.workspace_member))
+        if accepted.organization_member is not None:
+            reply.organization_member.CopyFrom(_organization_member(accepted.organization_member))
+        return reply
+
+    async def DeclineInvitation(
+        self, request: pb.DeclineInvitationRequest, context: grpc.aio.ServicerContext
+    ) -> Empty:
+        async with self.app.db.transaction() as session:
+            await invitations.decline_invitation(
+                session, current_call(), request.invitation_id, now=utcnow()
             )
         return Empty()
 
@@ -216,6 +268,7 @@ def _workspace_member(member: Member) -> pb.WorkspaceMember:
         role=WORKSPACE_ROLE_TO_PROTO[member.role],
         state=_state(member),
         create_time=timestamp(member.create_time),
+        expire_time=timestamp(member.expire_time),
     )
 
 
@@ -228,7 +281,26 @@ def _organization_member(member: Member) -> pb.OrganizationMember:
         role=ORGANIZATION_ROLE_TO_PROTO[member.role],
         state=_state(member),
         create_time=timestamp(member.create_time),
+        expire_time=timestamp(member.expire_time),
     )
+
+
+def _invitation(invitation: Invitation) -> pb.Invitation:
+    message = pb.Invitation(
+        id=invitation.id,
+        email=invitation.email,
+        workspace_id=invitation.workspace_id,
+        workspace_name=invitation.workspace_name,
+        organization_id=invitation.organization_id,
+        organization_name=invitation.organization_name,
+        create_time=timestamp(invitation.create_time),
+        expire_time=timestamp(invitation.expire_time),
+    )
+    if invitation.workspace_id:
+        message.workspace_role = WORKSPACE_ROLE_TO_PROTO[invitation.role]
+    else:
+        message.organization_role = ORGANIZATION_ROLE_TO_PROTO[invitation.role]
+    return message
 
 
 def _join_info(info: JoinInfo) -> pb.JoinInfo:

@@ -53,6 +53,8 @@ class OrganizationInvitation(Base):
         ForeignKey(USER_FK, ondelete="SET NULL"), default=None
     )
     create_time: Mapped[datetime]
+    # After this the invitation can no longer be accepted (and is no longer listed).
+    expire_time: Mapped[datetime]
 
 
 class File(Base):
@@ -128,6 +130,8 @@ class WorkspaceInvitation(Base):
         ForeignKey(USER_FK, ondelete="SET NULL"), default=None
     )
     create_time: Mapped[datetime]
+    # After this the invitation can no longer be accepted (and is no longer listed).
+    expire_time: Mapped[datetime]
 
 
 class AuditEvent(Base):
