@@ -212,7 +212,9 @@ async def test_a_service_key_acting_as_the_user_cannot_delete_the_account(
 ) -> None:
     user = await new_user()
     await new_workspace(stubs, user, organization_name="Kept Org")
-    secret, info = await service_keys.create_key(app.db, "front end", ["act_as"])
+    secret, info = await service_keys.create_key(
+        app.db, "front end", ["act_as"], all_organizations=True
+    )
     try:
         acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", user.user_id))
         error = await expect_error(

@@ -301,7 +301,9 @@ async def test_a_service_key_acting_as_the_invitee_accepts_for_them(
     workspace = await create_workspace(stubs, owner)
     await add_member(stubs, workspace.id, owner, invitee.email)
     (invitation,) = await _my_invitations(stubs, invitee)
-    secret, info = await service_keys.create_key(app.db, "front end", ["act_as"])
+    secret, info = await service_keys.create_key(
+        app.db, "front end", ["act_as"], all_organizations=True
+    )
     try:
         acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", invitee.user_id))
         joined = await stubs.memberships.AcceptInvitation(
