@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     rate_limit_scale: float = 1.0
     rate_limit_strategy: str = "moving-window"
     rate_limit_key_prefix: str = "beacon"  # Redis key prefix of the counters
+    # Calls per minute from one peer address over every RPC, counted before authentication
+    # (0 disables it: only behind a proxy that limits per client itself).
+    peer_rate_limit_per_minute: int = 6000
 
     # Tenancy.
     workspace_retention_days: int = 30

@@ -37,8 +37,11 @@ class RunServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RunServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]
     """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-    (or the given subset). Limited to 3 per minute per workspace.
-    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+    (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+    immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+    is unreachable.
+    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.Run]
     """One run with per-provider progress."""
@@ -68,8 +71,11 @@ class RunServiceAsyncStub(RunServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]  # type: ignore[assignment]
     """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-    (or the given subset). Limited to 3 per minute per workspace.
-    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+    (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+    immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+    is unreachable.
+    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.Run]  # type: ignore[assignment]
     """One run with per-provider progress."""
@@ -102,8 +108,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.StartRunResponse, _abc.Awaitable[_run_service_pb2.StartRunResponse]]:
         """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-        (or the given subset). Limited to 3 per minute per workspace.
-        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+        (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+        immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+        is unreachable.
+        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod

@@ -41,17 +41,28 @@ def resource_id(request: Any, fields: tuple[str, ...]) -> tuple[str, str]:
     raise InvalidArgument(fields[0], "is required")
 
 
-class AuthAround(Around):
-    def __init__(self, authenticator: Authenticator, db: Database) -> None:
+class AuthenticateAround(Around):
+    """Who is calling: sets the call's principal, or raises UNAUTHENTICATED."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+
+    async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
+        call = current_call()
+        call.principal = await self.authenticator.authenticate(
+            call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")
+        )
+
+
+class AuthorizeAround(Around):
+    """Whether the principal may call the RPC on the resource the request names."""
+
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
         call = current_call()
-        principal = await self.authenticator.authenticate(
-            call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")
-        )
-        call.principal = principal
+        principal = call.require_principal()
         if principal.user_id is None:
             if not rules.service_scope or rules.service_scope not in principal.scopes:
                 raise PermissionDenied(
