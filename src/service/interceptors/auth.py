@@ -81,8 +81,7 @@ class AuthorizeAround(Around):
         try:
             async with self.db.read() as session:
                 if rules.level in WORKSPACE_LEVELS:
-                    workspace_id = await acl.resource_workspace(session, target)
-                    found = await workspaces.authorize_view(session, user_id, workspace_id)
+                    found = await workspaces.authorize_view(session, user_id, target)
                     if (
                         rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
                         and found.workspace_role != "owner"
@@ -91,8 +90,7 @@ class AuthorizeAround(Around):
                             "requires the workspace owner role", reason="NOT_OWNER"
                         )
                     return found
-                organization_id = await acl.resource_organization(session, target)
-                found = await acl.organization_access(session, user_id, organization_id)
+                found = await acl.organization_access_of(session, user_id, target)
         except NotFound:
             # Name what was asked for: another tenant's run must look absent, not confirm
             # that it exists by naming (and showing the id of) its workspace.
