@@ -60,6 +60,8 @@ class Settings(BaseSettings):
 
     # Collection.
     schedule_min_interval_minutes: int = 15
+    # How often an open WatchRun stream re-checks that its caller may still see the run.
+    watch_access_check_seconds: float = 3.0
     ticker_interval_seconds: float = 5.0
     ticker_batch_size: int = 1000
     worker_concurrency: int = 100

@@ -114,7 +114,9 @@ class RunServiceServicer:
 
     def WatchRun(self, request, context):
         """Streams the run: its current state at once, then after each finished probe, ending
-        when the run ends.
+        when the run ends. Access is checked again every few seconds while the stream is open
+        (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+        the workspace, workspace deleted) sees the stream end with NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,7 +53,9 @@ class RunServiceStub:
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.Run]
     """Streams the run: its current state at once, then after each finished probe, ending
-    when the run ends.
+    when the run ends. Access is checked again every few seconds while the stream is open
+    (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+    the workspace, workspace deleted) sees the stream end with NOT_FOUND.
     """
     ListResponses: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
@@ -87,7 +89,9 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.Run]  # type: ignore[assignment]
     """Streams the run: its current state at once, then after each finished probe, ending
-    when the run ends.
+    when the run ends. Access is checked again every few seconds while the stream is open
+    (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+    the workspace, workspace deleted) sees the stream end with NOT_FOUND.
     """
     ListResponses: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]  # type: ignore[assignment]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
@@ -148,7 +152,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.Run], _abc.AsyncIterator[_run_service_pb2.Run]]:
         """Streams the run: its current state at once, then after each finished probe, ending
-        when the run ends.
+        when the run ends. Access is checked again every few seconds while the stream is open
+        (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+        the workspace, workspace deleted) sees the stream end with NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
