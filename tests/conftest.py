@@ -160,6 +160,11 @@ async def channel(grpc_target: str) -> AsyncIterator[grpc.aio.Channel]:
 
 @pytest.fixture(scope="session")
 def stubs(channel: grpc.aio.Channel) -> SimpleNamespace:
+    return all_stubs(channel)
+
+
+def all_stubs(channel: grpc.aio.Channel) -> SimpleNamespace:
+    """A stub of every Beacon service on `channel`."""
     return SimpleNamespace(
         organizations=organization_service_pb2_grpc.OrganizationServiceStub(channel),
         workspaces=workspace_service_pb2_grpc.WorkspaceServiceStub(channel),

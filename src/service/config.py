@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     rate_limit_scale: float = 1.0
     rate_limit_strategy: str = "moving-window"
     rate_limit_key_prefix: str = "beacon"  # Redis key prefix of the counters
+    # Calls per minute from one peer address over every RPC, counted before authentication
+    # (0 disables it: only behind a proxy that limits per client itself).
+    peer_rate_limit_per_minute: int = 6000
 
     # Tenancy.
     workspace_retention_days: int = 30
@@ -67,6 +70,8 @@ class Settings(BaseSettings):
 
     # Collection.
     schedule_min_interval_minutes: int = 15
+    # How often an open WatchRun stream re-checks that its caller may still see the run.
+    watch_access_check_seconds: float = 3.0
     ticker_interval_seconds: float = 5.0
     ticker_batch_size: int = 1000
     worker_concurrency: int = 100

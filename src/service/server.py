@@ -18,11 +18,16 @@ from grpc_reflection.v1alpha import reflection
 
 from service.app import App
 from service.auth.identity import Authenticator
-from service.interceptors.auth import AuthAround
+from service.interceptors.auth import AuthenticateAround, AuthorizeAround
 from service.interceptors.base import WrappingInterceptor
 from service.interceptors.errors import ErrorsAround
 from service.interceptors.observability import ObservabilityAround
-from service.interceptors.ratelimit import RateLimitAround
+from service.interceptors.ratelimit import (
+    CALLER_KEYS,
+    WORKSPACE_KEYS,
+    PeerCeilingAround,
+    RateLimitAround,
+)
 from service.servicers import add_servicers
 
 log = logging.getLogger("beacon.server")
@@ -31,14 +36,22 @@ HEALTH_INTERVAL_SECONDS = 2.0
 
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
-    errors, auth, rate limits (each lives in its own module)."""
+    errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
+    the workspace limits (each concern lives in its own module).
+
+    Peer and user limits come before authorization so that failed lookups are counted too;
+    workspace limits come after it so that only those who reach a workspace spend its budget.
+    """
     authenticator = Authenticator(app.settings, app.db)
     return [
         WrappingInterceptor(
             ObservabilityAround(app.settings.page_token_key),
             ErrorsAround(),
-            AuthAround(authenticator, app.db),
-            RateLimitAround(app.settings),
+            PeerCeilingAround(app.rate_limits),
+            AuthenticateAround(authenticator),
+            RateLimitAround(app.rate_limits, CALLER_KEYS),
+            AuthorizeAround(app.db),
+            RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
         )
     ]
 

@@ -5,7 +5,8 @@ result is written only while the probe is still pending, and a finished probe ma
 call. Retryable
 provider failures (timeouts, 429, 5xx) are retried by a delayed message carrying the next attempt
 number, after the provider's Retry-After or an exponential backoff, up to
-`probe_max_attempts`; other failures are stored with the provider's message. Reads and writes go
+`probe_max_attempts`; other failures are stored as a category and HTTP status
+("provider error (500)"), the provider's message going to the log only. Reads and writes go
 through `ProbeStore`, which batches them across the probes in flight.
 """
 
@@ -312,7 +313,10 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
             if exc.retryable and attempt < context.settings.probe_max_attempts:
                 await _retry_later(context, task, attempt, exc)
                 return None
-            return _failed(task, attempt, _describe(exc))
+            # The provider's own words (and our base URL's host) stay in the log: tenants
+            # see the category and status only.
+            log.warning("probe %s failed after %d attempt(s): %s", task.id, attempt, _describe(exc))
+            return _failed(task, attempt, exc.summary)
         except Exception as exc:
             # A defect, not the provider: record it so that the run still ends.
             log.exception("probe %s: unexpected error from the %s adapter", task.id, task.provider)
@@ -324,7 +328,8 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
 
 
 def _describe(exc: ProviderError) -> str:
-    return f"{exc.message} (HTTP {exc.status})" if exc.status is not None else exc.message
+    """The full text of a failure, for the worker log only."""
+    return f"{exc} [{exc.kind}]"
 
 
 def _failed(task: ProbeTask, attempt: int, message: str) -> ProbeResult:
@@ -375,7 +380,7 @@ async def _retry_later(
         await session.execute(
             update(Probe)
             .where(Probe.id == task.id, Probe.status == PENDING)
-            .values(attempts=attempt, error=_describe(exc))
+            .values(attempts=attempt, error=exc.summary)
         )
     message = probe_message([task.id], attempt + 1)
     await asyncio.to_thread(context.broker.enqueue, message, delay=round(delay * 1000))

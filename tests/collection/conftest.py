@@ -1,7 +1,8 @@
 """A second server on the shared test database whose settings give two providers keys.
 
 The shared server has no provider credentials (every run would be NO_PROVIDERS); this one
-has keys for OpenAI and Anthropic, and scaled-up rate limits so tests may start several runs.
+has keys for OpenAI and Anthropic, and scaled-up rate limits so tests may start several runs;
+WatchRun streams re-check access every 0.2 s.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ async def keyed_app(app: App, settings: Settings) -> App:
         update={
             **{f"{provider}_api_key": "test-key" for provider in CONFIGURED},
             "rate_limit_scale": 100.0,
+            "watch_access_check_seconds": 0.2,
             "rate_limit_key_prefix": f"{settings.rate_limit_key_prefix}-collection",
         }
     )

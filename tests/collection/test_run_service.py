@@ -11,12 +11,14 @@ import grpc
 import pytest
 from sqlalchemy import select
 
+from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.db.models import Probe, Run
 from service.domain.clock import utcnow
 from tests.collection.builders import (
+    add_workspace_member,
     audited_actions,
     end_run,
     finish_probe,
@@ -359,3 +361,36 @@ async def test_watching_a_stranger_s_run_is_not_found(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await next_message(call)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_watcher_removed_from_the_workspace_mid_stream_gets_not_found(
+    app: App,
+    collection: SimpleNamespace,
+    stubs: SimpleNamespace,
+    owner: Caller,
+    new_user: NewUser,
+    workspace_id: str,
+) -> None:
+    guest = await new_user()
+    await add_workspace_member(app, workspace_id, guest.user_id, "member")
+    run_id = await insert_run(app, workspace_id)
+    request = pb.WatchRunRequest(run_id=run_id)
+    watched = collection.runs.WatchRun(request, metadata=guest.metadata)
+    kept = collection.runs.WatchRun(request, metadata=owner.metadata)
+    assert await next_message(watched) is not None
+    assert await next_message(kept) is not None
+
+    await stubs.memberships.RemoveMember(
+        member_pb.RemoveMemberRequest(workspace_id=workspace_id, user_id=guest.user_id),
+        metadata=owner.metadata,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while await next_message(watched) is not None:
+            pass
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert run_id in (caught.value.details() or "")
+    # The owner, who kept access, still follows the run to its end.
+    await end_run(app, run_id, "succeeded")
+    final = await next_message(kept)
+    assert final is not None and final.status == pb.RUN_STATUS_SUCCEEDED
+    assert await next_message(kept) is None

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import grpc
+import pytest
 from sqlalchemy import select
 
 from beacon.v1 import run_service_pb2 as run_pb
+from beacon.v1 import run_service_pb2_grpc, schedule_service_pb2_grpc
 from beacon.v1 import schedule_service_pb2 as pb
 from service.app import App
 from service.db.models import AuditEvent, Run
 from service.domain.schedules import next_fire_time
+from service.server import start_server
 from tests.collection.builders import insert_prompts, make_workspace
 from tests.conftest import NewUser
-from tests.support import expect_error
+from tests.support import expect_error, unique
 
 
 async def set_schedule(
@@ -211,3 +215,78 @@ async def test_next_run_time_follows_the_time_zone(
     next_run = timing.next_run_time.ToDatetime(tzinfo=UTC)
     assert (next_run.hour, next_run.minute) == (0, 0)  # 09:00 in Tokyo (UTC+9)
     assert timedelta(0) < next_run - datetime.now(UTC) <= timedelta(days=1)
+
+
+@pytest.fixture
+async def unscaled(keyed_app: App) -> AsyncIterator[SimpleNamespace]:
+    """Stubs of a server with the product's own rate limits, on counters of its own."""
+    settings = keyed_app.settings.model_copy(
+        update={"rate_limit_scale": 1.0, "rate_limit_key_prefix": unique("beacon-test-runs-")}
+    )
+    server = await start_server(App(settings=settings, db=keyed_app.db), "127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield SimpleNamespace(
+            schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
+            runs=run_service_pb2_grpc.RunServiceStub(channel),
+        )
+    await server.stop(grace=1.0)
+
+
+async def test_the_same_schedule_again_starts_no_run_and_changes_nothing(
+    app: App, unscaled: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    await insert_prompts(app, tenant.workspace_id, ["best crm?"])
+    first = await set_schedule(unscaled, user, tenant.workspace_id, "0 6 * * *", "Europe/Paris")
+    assert first.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_QUEUED
+
+    for cron, zone in [("0 6 * * *", "Europe/Paris"), ("0  6 * * *", "europe/paris")] * 3:
+        again = await set_schedule(unscaled, user, tenant.workspace_id, cron, zone)
+        assert again.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_NOT_REQUESTED
+        assert again.immediate_run.reason == "the schedule is unchanged"
+        assert again.workspace.etag == first.workspace.etag
+    async with app.db.transaction(write=False) as session:
+        runs = list(
+            await session.scalars(select(Run.id).where(Run.workspace_id == tenant.workspace_id))
+        )
+    assert runs == [first.immediate_run.run_id]
+
+
+async def test_schedule_runs_and_start_run_share_three_runs_a_minute_per_workspace(
+    app: App, unscaled: SimpleNamespace, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    workspace_id = tenant.workspace_id
+    await insert_prompts(app, workspace_id, ["best crm?"])
+    start = run_pb.StartRunRequest(workspace_id=workspace_id)
+
+    await unscaled.runs.StartRun(start, metadata=user.metadata)
+    changed = await set_schedule(unscaled, user, workspace_id, "0 6 * * *")
+    assert changed.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_QUEUED
+    await unscaled.runs.StartRun(start, metadata=user.metadata)
+
+    # The budget is spent: neither way starts a fourth run, and the schedule stays as it was.
+    refused = await expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, set_schedule(unscaled, user, workspace_id, "0 7 * * *")
+    )
+    [violation] = refused.details["QuotaFailure"].violations
+    assert (violation.subject, violation.description) == (
+        f"workspace:{workspace_id}",
+        "3 per 60s per workspace",
+    )
+    assert refused.details["RetryInfo"].retry_delay.seconds > 0
+    await expect_error(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, unscaled.runs.StartRun(start, metadata=user.metadata)
+    )
+    schedule = await unscaled.schedules.GetSchedule(
+        pb.GetScheduleRequest(workspace_id=workspace_id), metadata=user.metadata
+    )
+    assert schedule.cron == "0 6 * * *"
+    # Setting what is already set costs nothing, so it still answers.
+    same = await set_schedule(unscaled, user, workspace_id, "0 6 * * *")
+    assert same.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_NOT_REQUESTED
+    async with app.db.transaction(write=False) as session:
+        runs = list(await session.scalars(select(Run.id).where(Run.workspace_id == workspace_id)))
+    assert len(runs) == 3

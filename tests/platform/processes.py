@@ -193,6 +193,17 @@ class RedisProcess:
             self.process.kill()
             await self.process.wait()
 
+    async def shutdown(self) -> None:
+        """`SHUTDOWN NOSAVE`: the server exits and everything it counted is lost."""
+        client = redis_async.from_url(self.url)
+        try:
+            await client.shutdown(nosave=True)
+        except redis_async.ConnectionError:
+            pass  # the connection drops as the server exits
+        finally:
+            await client.aclose()
+        await self.process.wait()
+
 
 @dataclass
 class RabbitmqNode:

@@ -16,16 +16,19 @@ import redis.asyncio as redis_async
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import membership_service_pb2_grpc, organization_service_pb2_grpc
 from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
+from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from tests.conftest import NewUser, delete_redis_keys, make_settings
+from service.server import start_server
+from tests.conftest import NewUser, all_stubs, delete_redis_keys, make_settings
 from tests.platform.assertions import expect_refusal, passes_auth
 from tests.platform.probes import ProbeState, start_probe_server
 from tests.platform.processes import BeaconProcess, RedisProcess, eventually, serve_env
-from tests.platform.seeds import seed_workspace
-from tests.support import RpcFailure
+from tests.platform.seeds import seed_organization, seed_workspace
+from tests.support import RpcFailure, unique
 
 if TYPE_CHECKING:
     from tests.conftest import TestUser
@@ -182,5 +185,123 @@ async def test_redis_outage_fails_closed_or_open_as_each_rule_declares(
                 await eventually(joins, what="JoinWorkspaceByCode once Redis is back")
             finally:
                 await restarted.kill()
+    finally:
+        await server.stop(grace=1.0)
+
+
+def fail_closed_calls(stubs: SimpleNamespace, workspace_id: str, organization_id: str) -> Any:
+    """(name, call factory) of every RPC whose limits protect money or other tenants."""
+    email = unique("invitee-") + "@example.com"
+    return [
+        (
+            "StartRun",
+            lambda md: stubs.runs.StartRun(
+                run_pb.StartRunRequest(workspace_id=workspace_id), metadata=md
+            ),
+        ),
+        (
+            "SetSchedule",
+            lambda md: stubs.schedules.SetSchedule(
+                schedule_pb.SetScheduleRequest(workspace_id=workspace_id, cron="0 6 * * *"),
+                metadata=md,
+            ),
+        ),
+        (
+            "StorePrompts",
+            lambda md: stubs.prompts.StorePrompts(
+                prompt_pb.StorePromptsRequest(workspace_id=workspace_id, prompts=["a"]), metadata=md
+            ),
+        ),
+        (
+            "AddPrompts",
+            lambda md: stubs.prompts.AddPrompts(
+                prompt_pb.AddPromptsRequest(workspace_id=workspace_id, prompts=["a"]), metadata=md
+            ),
+        ),
+        (
+            "CreateWorkspace",
+            lambda md: stubs.workspaces.CreateWorkspace(
+                ws_pb.CreateWorkspaceRequest(name="W", domain="example.com"), metadata=md
+            ),
+        ),
+        (
+            "CreateWorkspace in a new organization",
+            lambda md: stubs.workspaces.CreateWorkspace(
+                ws_pb.CreateWorkspaceRequest(name="W", domain="example.com", organization_name="O"),
+                metadata=md,
+            ),
+        ),
+        (
+            "CreateOrganization",
+            lambda md: stubs.organizations.CreateOrganization(
+                org_pb.CreateOrganizationRequest(name="O"), metadata=md
+            ),
+        ),
+        (
+            "AddMember",
+            lambda md: stubs.memberships.AddMember(
+                member_pb.AddMemberRequest(workspace_id=workspace_id, email=email), metadata=md
+            ),
+        ),
+        (
+            "InviteOrganizationMember",
+            lambda md: stubs.memberships.InviteOrganizationMember(
+                member_pb.InviteOrganizationMemberRequest(
+                    organization_id=organization_id, email=email
+                ),
+                metadata=md,
+            ),
+        ),
+        (
+            "JoinWorkspaceByCode",
+            lambda md: stubs.memberships.JoinWorkspaceByCode(JOIN, metadata=md),
+        ),
+        (
+            "DeleteAccount",
+            lambda md: stubs.workspaces.DeleteAccount(ws_pb.DeleteAccountRequest(), metadata=md),
+        ),
+    ]
+
+
+async def test_while_redis_is_down_money_and_tenant_limits_fail_closed_and_others_count_in_memory(
+    app: App, backend: str, new_user: NewUser, private_redis: RedisProcess, tmp_path: Path
+) -> None:
+    prefix = f"beacon-test-closed-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(
+        backend,
+        app.settings.database_url,
+        tmp_path,
+        prefix,
+        redis_url=private_redis.url,
+        rate_limit_scale=0.01,  # ListMyOrganizations: 6 a minute
+        peer_rate_limit_per_minute=100_000,
+    )
+    server = await start_server(App(settings=settings, db=app.db), "127.0.0.1:0")
+    owner = await new_user()
+    workspace_id = await seed_workspace(app, owner.user_id)
+    organization_id = await seed_organization(app, owner.user_id)
+    listing = org_pb.ListMyOrganizationsRequest()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stubs = all_stubs(channel)
+            await private_redis.shutdown()
+
+            for name, call in fail_closed_calls(stubs, workspace_id, organization_id):
+                got = await expect_refusal(
+                    grpc.StatusCode.UNAVAILABLE, "RATE_LIMITER_UNAVAILABLE", call(owner.metadata)
+                )
+                delay = got.details["RetryInfo"].retry_delay.seconds
+                assert delay > 0, name
+                assert got.trailers["retry-after"] == str(delay), name
+
+            # A rule that does not fail closed is still a limit: counted in this process.
+            for _ in range(6):
+                await stubs.organizations.ListMyOrganizations(listing, metadata=owner.metadata)
+            await expect_rate_limited(
+                stubs.organizations.ListMyOrganizations(listing, metadata=owner.metadata),
+                "6 per 60s per user",
+                f"user:{owner.user_id}",
+                60,
+            )
     finally:
         await server.stop(grace=1.0)

@@ -546,3 +546,37 @@ async def test_fake_server_runs_as_a_subprocess(http_client: httpx.AsyncClient) 
         process.terminate()
         async with asyncio.timeout(30):
             assert await process.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("error", "summary"),
+    [
+        (
+            ProviderError("openai", "slow down, key sk-1 on org acme", status=429),
+            "provider rate limit (429)",
+        ),
+        (
+            ProviderError("openai", "internal at api.example.net", status=503),
+            "provider error (503)",
+        ),
+        (
+            ProviderError("openai", "Invalid API key sk-1", status=401),
+            "provider authentication failed (401)",
+        ),
+        (
+            ProviderError("openai", "bad field 'x'", status=400),
+            "provider rejected the request (400)",
+        ),
+        (ProviderError("openai", "no response within 5s", kind="timeout"), "timeout"),
+        (ProviderError("openai", "[Errno 111] 10.0.0.7", kind="connection"), "connection failed"),
+        (
+            ProviderError("openai", "body is not JSON", status=200, kind="malformed"),
+            "malformed provider response (200)",
+        ),
+    ],
+)
+def test_the_summary_tenants_see_names_a_category_and_status_only(
+    error: ProviderError, summary: str
+) -> None:
+    assert error.summary == summary
+    assert pickle.loads(pickle.dumps(error)).summary == summary

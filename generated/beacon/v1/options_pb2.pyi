@@ -88,11 +88,16 @@ class _RateLimitKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateLimi
     RATE_LIMIT_KEY_UNSPECIFIED: _RateLimitKey.ValueType  # 0
     """Never used."""
     RATE_LIMIT_KEY_USER: _RateLimitKey.ValueType  # 1
-    """The authenticated user (or service key when it does not act as a user)."""
+    """The authenticated user (or service key when it does not act as a user). Counted after
+    authentication and before authorization: calls answered NOT_FOUND or PERMISSION_DENIED
+    count as well, so probing for other tenants' ids is limited like any other call.
+    """
     RATE_LIMIT_KEY_WORKSPACE: _RateLimitKey.ValueType  # 2
-    """The workspace named by the auth rule's resource field."""
+    """The workspace named by the auth rule's resource field. Counted after authorization, so
+    only callers who reach the workspace spend its budget.
+    """
     RATE_LIMIT_KEY_PEER: _RateLimitKey.ValueType  # 3
-    """The peer address of the connection."""
+    """The peer address of the connection (without its port). Counted before authorization."""
 
 class RateLimitKey(_RateLimitKey, metaclass=_RateLimitKeyEnumTypeWrapper):
     """What a rate limit counts calls by."""
@@ -100,11 +105,16 @@ class RateLimitKey(_RateLimitKey, metaclass=_RateLimitKeyEnumTypeWrapper):
 RATE_LIMIT_KEY_UNSPECIFIED: RateLimitKey.ValueType  # 0
 """Never used."""
 RATE_LIMIT_KEY_USER: RateLimitKey.ValueType  # 1
-"""The authenticated user (or service key when it does not act as a user)."""
+"""The authenticated user (or service key when it does not act as a user). Counted after
+authentication and before authorization: calls answered NOT_FOUND or PERMISSION_DENIED
+count as well, so probing for other tenants' ids is limited like any other call.
+"""
 RATE_LIMIT_KEY_WORKSPACE: RateLimitKey.ValueType  # 2
-"""The workspace named by the auth rule's resource field."""
+"""The workspace named by the auth rule's resource field. Counted after authorization, so
+only callers who reach the workspace spend its budget.
+"""
 RATE_LIMIT_KEY_PEER: RateLimitKey.ValueType  # 3
-"""The peer address of the connection."""
+"""The peer address of the connection (without its port). Counted before authorization."""
 Global___RateLimitKey: _TypeAlias = RateLimitKey  # noqa: Y015
 
 @_typing.final
@@ -161,6 +171,14 @@ class RateLimitRule(_message.Message):
     """One rate limit of an RPC: at most `requests` calls per `period_seconds` window per key.
     Exceeding it answers RESOURCE_EXHAUSTED with ErrorInfo, RetryInfo and QuotaFailure details
     and a `retry-after` trailer (seconds).
+
+    Besides the rules of each RPC, every call counts against one ceiling per peer address over
+    all RPCs (`BEACON_PEER_RATE_LIMIT_PER_MINUTE`, default 6000 a minute), checked before the
+    credentials are even looked at; its QuotaFailure subject is "peer:<address>".
+
+    Counters live in Redis when it is configured (shared by every server process), in memory
+    otherwise. When Redis is unreachable a rule with `fail_closed` refuses the call and every
+    other rule is counted in the memory of the server process until Redis answers again.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -177,8 +195,12 @@ class RateLimitRule(_message.Message):
     key: Global___RateLimitKey.ValueType
     """What the calls are counted by."""
     fail_closed: _builtins.bool
-    """When the shared store (Redis) is unreachable: true refuses the call (UNAVAILABLE),
-    false lets it through.
+    """When the shared store (Redis) is unreachable: true refuses the call with UNAVAILABLE
+    (ErrorInfo reason RATE_LIMITER_UNAVAILABLE, RetryInfo and a `retry-after` trailer);
+    false counts it in the server process's memory instead (each process then counts alone).
+    Every rule that protects money or other tenants fails closed: StartRun, SetSchedule,
+    StorePrompts, AddPrompts, CreateWorkspace, CreateOrganization, AddMember,
+    InviteOrganizationMember, JoinWorkspaceByCode and DeleteAccount.
     """
     when_field: _builtins.str
     """When set, the rule only applies to requests in which this field is non-empty

@@ -575,7 +575,12 @@ class Response(_message.Message):
     brand_rank: _builtins.int
     """The brand's 1-based rank among brand and competitors; 0 when not mentioned."""
     error: _builtins.str
-    """The provider's error message, when failed."""
+    """Why the probe failed (or, while pending, why the last attempt did): a category and the
+    provider's HTTP status when there was one, e.g. "provider rate limit (429)", "provider
+    error (500)", "provider rejected the request (400)", "provider authentication failed
+    (401)", "timeout", "connection failed", "malformed provider response". Never the
+    provider's own message or its host: those go to the worker log only.
+    """
     attempts: _builtins.int
     """Attempts made."""
     @_builtins.property

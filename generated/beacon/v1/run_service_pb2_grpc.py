@@ -80,8 +80,11 @@ class RunServiceServicer:
 
     def StartRun(self, request, context):
         """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-        (or the given subset). Limited to 3 per minute per workspace.
-        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+        (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+        immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+        is unreachable.
+        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -111,7 +114,9 @@ class RunServiceServicer:
 
     def WatchRun(self, request, context):
         """Streams the run: its current state at once, then after each finished probe, ending
-        when the run ends.
+        when the run ends. Access is checked again every few seconds while the stream is open
+        (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+        the workspace, workspace deleted) sees the stream end with NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,8 +37,11 @@ class RunServiceStub:
     def __new__(cls, channel: _aio.Channel) -> RunServiceAsyncStub: ...
     StartRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]
     """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-    (or the given subset). Limited to 3 per minute per workspace.
-    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+    (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+    immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+    is unreachable.
+    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.Run]
     """One run with per-provider progress."""
@@ -50,7 +53,9 @@ class RunServiceStub:
     """
     WatchRun: _grpc.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.Run]
     """Streams the run: its current state at once, then after each finished probe, ending
-    when the run ends.
+    when the run ends. Access is checked again every few seconds while the stream is open
+    (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+    the workspace, workspace deleted) sees the stream end with NOT_FOUND.
     """
     ListResponses: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
@@ -68,8 +73,11 @@ class RunServiceAsyncStub(RunServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StartRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.StartRunRequest, _run_service_pb2.StartRunResponse]  # type: ignore[assignment]
     """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-    (or the given subset). Limited to 3 per minute per workspace.
-    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+    (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+    immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+    is unreachable.
+    Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+    RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetRunRequest, _run_service_pb2.Run]  # type: ignore[assignment]
     """One run with per-provider progress."""
@@ -81,7 +89,9 @@ class RunServiceAsyncStub(RunServiceStub):
     """
     WatchRun: _aio.UnaryStreamMultiCallable[_run_service_pb2.WatchRunRequest, _run_service_pb2.Run]  # type: ignore[assignment]
     """Streams the run: its current state at once, then after each finished probe, ending
-    when the run ends.
+    when the run ends. Access is checked again every few seconds while the stream is open
+    (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+    the workspace, workspace deleted) sees the stream end with NOT_FOUND.
     """
     ListResponses: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]  # type: ignore[assignment]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
@@ -102,8 +112,11 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.StartRunResponse, _abc.Awaitable[_run_service_pb2.StartRunResponse]]:
         """Starts a run over the workspace's prompts (or the given subset) and enabled providers
-        (or the given subset). Limited to 3 per minute per workspace.
-        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id).
+        (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
+        immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
+        is unreachable.
+        Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
+        RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
@@ -139,7 +152,9 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_service_pb2.Run], _abc.AsyncIterator[_run_service_pb2.Run]]:
         """Streams the run: its current state at once, then after each finished probe, ending
-        when the run ends.
+        when the run ends. Access is checked again every few seconds while the stream is open
+        (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
+        the workspace, workspace deleted) sees the stream end with NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

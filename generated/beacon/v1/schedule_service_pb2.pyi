@@ -34,7 +34,9 @@ class _ImmediateRunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Im
     IMMEDIATE_RUN_STATUS_FAILED: _ImmediateRunStatus.ValueType  # 3
     """The run could not be started; reason says why."""
     IMMEDIATE_RUN_STATUS_NOT_REQUESTED: _ImmediateRunStatus.ValueType  # 4
-    """The schedule was cleared; no run was requested."""
+    """No run was requested: the schedule was cleared, or it was set to the cron and time
+    zone it already had (reason "the schedule is unchanged").
+    """
 
 class ImmediateRunStatus(_ImmediateRunStatus, metaclass=_ImmediateRunStatusEnumTypeWrapper):
     """Outcome of the run triggered by SetSchedule."""
@@ -48,7 +50,9 @@ IMMEDIATE_RUN_STATUS_EMPTY: ImmediateRunStatus.ValueType  # 2
 IMMEDIATE_RUN_STATUS_FAILED: ImmediateRunStatus.ValueType  # 3
 """The run could not be started; reason says why."""
 IMMEDIATE_RUN_STATUS_NOT_REQUESTED: ImmediateRunStatus.ValueType  # 4
-"""The schedule was cleared; no run was requested."""
+"""No run was requested: the schedule was cleared, or it was set to the cron and time
+zone it already had (reason "the schedule is unchanged").
+"""
 Global___ImmediateRunStatus: _TypeAlias = ImmediateRunStatus  # noqa: Y015
 
 @_typing.final
@@ -149,7 +153,7 @@ class ImmediateRun(_message.Message):
     run_id: _builtins.str
     """The queued run, `run_...`, when QUEUED."""
     reason: _builtins.str
-    """Why, when FAILED."""
+    """Why, when FAILED, or when NOT_REQUESTED because the schedule is unchanged."""
     def __init__(
         self,
         *,

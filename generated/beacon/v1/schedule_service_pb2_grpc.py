@@ -66,9 +66,15 @@ class ScheduleServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetSchedule(self, request, context):
-        """Sets or clears (empty cron) the schedule. Setting one triggers an immediate run whose
-        status is returned. Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing
-        more often than the minimum interval; time_zone: not an IANA zone).
+        """Sets or clears (empty cron) the schedule. Setting a new or changed schedule triggers an
+        immediate run whose status is returned; setting the cron and time zone the workspace
+        already has changes nothing and answers IMMEDIATE_RUN_STATUS_NOT_REQUESTED.
+        The immediate run is charged to StartRun's per-workspace limit (3 runs a minute however
+        they are started): when that budget is spent the call fails with RESOURCE_EXHAUSTED
+        (QuotaFailure subject "workspace:<id>") and the schedule is left as it was.
+        Rate limits fail closed (UNAVAILABLE) while Redis is unreachable.
+        Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing more often than the
+        minimum interval; time_zone: not an IANA zone), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

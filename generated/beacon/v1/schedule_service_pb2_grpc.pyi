@@ -38,9 +38,15 @@ class ScheduleServiceStub:
     GetSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _schedule_service_pb2.Schedule]
     """The workspace's schedule; cron is empty when unscheduled."""
     SetSchedule: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.SetScheduleRequest, _schedule_service_pb2.SetScheduleResponse]
-    """Sets or clears (empty cron) the schedule. Setting one triggers an immediate run whose
-    status is returned. Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing
-    more often than the minimum interval; time_zone: not an IANA zone).
+    """Sets or clears (empty cron) the schedule. Setting a new or changed schedule triggers an
+    immediate run whose status is returned; setting the cron and time zone the workspace
+    already has changes nothing and answers IMMEDIATE_RUN_STATUS_NOT_REQUESTED.
+    The immediate run is charged to StartRun's per-workspace limit (3 runs a minute however
+    they are started): when that budget is spent the call fails with RESOURCE_EXHAUSTED
+    (QuotaFailure subject "workspace:<id>") and the schedule is left as it was.
+    Rate limits fail closed (UNAVAILABLE) while Redis is unreachable.
+    Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing more often than the
+    minimum interval; time_zone: not an IANA zone), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetCronTiming: _grpc.UnaryUnaryMultiCallable[_schedule_service_pb2.GetCronTimingRequest, _schedule_service_pb2.CronTiming]
     """Next scheduled run and last prompt run."""
@@ -55,9 +61,15 @@ class ScheduleServiceAsyncStub(ScheduleServiceStub):
     GetSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.GetScheduleRequest, _schedule_service_pb2.Schedule]  # type: ignore[assignment]
     """The workspace's schedule; cron is empty when unscheduled."""
     SetSchedule: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.SetScheduleRequest, _schedule_service_pb2.SetScheduleResponse]  # type: ignore[assignment]
-    """Sets or clears (empty cron) the schedule. Setting one triggers an immediate run whose
-    status is returned. Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing
-    more often than the minimum interval; time_zone: not an IANA zone).
+    """Sets or clears (empty cron) the schedule. Setting a new or changed schedule triggers an
+    immediate run whose status is returned; setting the cron and time zone the workspace
+    already has changes nothing and answers IMMEDIATE_RUN_STATUS_NOT_REQUESTED.
+    The immediate run is charged to StartRun's per-workspace limit (3 runs a minute however
+    they are started): when that budget is spent the call fails with RESOURCE_EXHAUSTED
+    (QuotaFailure subject "workspace:<id>") and the schedule is left as it was.
+    Rate limits fail closed (UNAVAILABLE) while Redis is unreachable.
+    Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing more often than the
+    minimum interval; time_zone: not an IANA zone), RESOURCE_EXHAUSTED, UNAVAILABLE.
     """
     GetCronTiming: _aio.UnaryUnaryMultiCallable[_schedule_service_pb2.GetCronTimingRequest, _schedule_service_pb2.CronTiming]  # type: ignore[assignment]
     """Next scheduled run and last prompt run."""
@@ -81,9 +93,15 @@ class ScheduleServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _schedule_service_pb2.SetScheduleRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_schedule_service_pb2.SetScheduleResponse, _abc.Awaitable[_schedule_service_pb2.SetScheduleResponse]]:
-        """Sets or clears (empty cron) the schedule. Setting one triggers an immediate run whose
-        status is returned. Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing
-        more often than the minimum interval; time_zone: not an IANA zone).
+        """Sets or clears (empty cron) the schedule. Setting a new or changed schedule triggers an
+        immediate run whose status is returned; setting the cron and time zone the workspace
+        already has changes nothing and answers IMMEDIATE_RUN_STATUS_NOT_REQUESTED.
+        The immediate run is charged to StartRun's per-workspace limit (3 runs a minute however
+        they are started): when that budget is spent the call fails with RESOURCE_EXHAUSTED
+        (QuotaFailure subject "workspace:<id>") and the schedule is left as it was.
+        Rate limits fail closed (UNAVAILABLE) while Redis is unreachable.
+        Errors: INVALID_ARGUMENT (cron: not 5 fields, invalid, or firing more often than the
+        minimum interval; time_zone: not an IANA zone), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod

@@ -117,7 +117,15 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
+    """A dependency is down; `retry_after` (seconds), when known, becomes RetryInfo."""
+
     reason = "UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class Unimplemented(DomainError):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, cast
@@ -375,13 +376,27 @@ async def cancel_run(
 
 
 async def watch_run(
-    db: Database, workspace_id: str, run_id: str, *, poll_seconds: float = WATCH_POLL_SECONDS
+    db: Database,
+    workspace_id: str,
+    run_id: str,
+    *,
+    check_access: Callable[[AsyncSession], Awaitable[object]],
+    check_every: float,
+    poll_seconds: float = WATCH_POLL_SECONDS,
 ) -> AsyncIterator[RunView]:
     """The run at once, then again whenever its status or progress changes; ends after the
-    run has ended. Polls the database (works across server replicas without a bus)."""
+    run has ended. Polls the database (works across server replicas without a bus).
+
+    Every `check_every` seconds `check_access` re-checks that the watcher may still see the
+    run, in the poll's transaction; it raises (NotFound) to end the stream once they may not.
+    """
     seen: tuple[object, ...] | None = None
+    checked = time.monotonic()
     while True:
         async with db.transaction(write=False) as session:
+            if time.monotonic() - checked >= check_every:
+                await check_access(session)
+                checked = time.monotonic()
             view = await get_run(session, workspace_id, run_id)
         if view.fingerprint != seen:
             seen = view.fingerprint

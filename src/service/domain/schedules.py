@@ -10,7 +10,7 @@ occurrence) unless the hour field is a wildcard (`*`, `*/2`), which keeps firing
 from __future__ import annotations
 
 import itertools
-from collections.abc import Collection, Iterator
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -312,9 +312,13 @@ async def cron_timing(session: AsyncSession, workspace_id: str) -> CronTiming:
     return CronTiming(next_run_time=state.next_run_time, last_prompt_run_time=last)
 
 
+UNCHANGED_REASON = "the schedule is unchanged"
+
+
 @dataclass(frozen=True, slots=True)
 class ImmediateRun:
-    """The run SetSchedule triggers: queued (run_id), empty, failed (reason), not_requested."""
+    """The run SetSchedule triggers: queued (run_id), empty, failed (reason), not_requested
+    (reason set when the schedule was unchanged)."""
 
     status: Literal["queued", "empty", "failed", "not_requested"]
     run_id: str = ""
@@ -329,15 +333,24 @@ async def set_schedule(
     time_zone: str,
     min_interval_minutes: int,
     configured_providers: Collection[str],
+    charge_run: Callable[[], Awaitable[None]],
     now: datetime,
 ) -> tuple[ScheduleState, ImmediateRun]:
-    """Sets (or, with an empty cron, clears) the schedule; setting one starts a run at once.
+    """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once.
 
-    Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
+    Setting the cron and time zone the workspace already has changes nothing and starts no
+    run (not_requested). Before a run is started `charge_run` is awaited: it charges the
+    workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
+    call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
     """
     schedule = (
         parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
     )
+    if schedule is not None:
+        current = await get_schedule(session, workspace_id)
+        if (current.cron, current.time_zone) == (schedule.cron, schedule.time_zone):
+            return current, ImmediateRun("not_requested", reason=UNCHANGED_REASON)
+        await charge_run()
     state = await save_schedule(session, workspace_id, schedule, now=now)
     if schedule is None:
         return state, ImmediateRun("not_requested")

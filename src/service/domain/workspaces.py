@@ -26,7 +26,9 @@ from service.domain import audit, files
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     effective_workspace_role,
+    not_found,
     organization_access,
+    workspace_of,
 )
 from service.domain.clock import new_id, utcnow
 from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
@@ -181,68 +183,56 @@ async def load_views(session: Reader, workspace_ids: Sequence[str]) -> list[Work
     return [by_id[i] for i in workspace_ids if i in by_id]
 
 
-# Built once: constructing the statement per call costs more than running it.
-_AUTHORIZED_VIEW: Select[Any] = (
-    _VIEWS.add_columns(OrganizationMember.role, WorkspaceMember.role)
-    .outerjoin(
-        OrganizationMember,
-        and_(
-            OrganizationMember.organization_id == Workspace.organization_id,
-            OrganizationMember.user_id == bindparam("user_id"),
-        ),
+def _authorized_view(resource_id: str) -> Select[Any]:
+    return (
+        _VIEWS.add_columns(OrganizationMember.role, WorkspaceMember.role)
+        .outerjoin(
+            OrganizationMember,
+            and_(
+                OrganizationMember.organization_id == Workspace.organization_id,
+                OrganizationMember.user_id == bindparam("user_id"),
+            ),
+        )
+        .outerjoin(
+            WorkspaceMember,
+            and_(
+                WorkspaceMember.workspace_id == Workspace.id,
+                WorkspaceMember.user_id == bindparam("user_id"),
+            ),
+        )
+        .where(Workspace.id == workspace_of(resource_id))
     )
-    .outerjoin(
-        WorkspaceMember,
-        and_(
-            WorkspaceMember.workspace_id == Workspace.id,
-            WorkspaceMember.user_id == bindparam("user_id"),
-        ),
-    )
-    .where(Workspace.id == bindparam("workspace_id"))
-)
 
 
-async def authorize_view(session: Reader, user_id: str, workspace_id: str) -> Access:
-    """The caller's access to a live workspace together with its view, in one query.
+# Built once per kind of id: constructing the statement costs more than running it.
+_AUTHORIZED_VIEWS: dict[str, Select[Any]] = {}
 
-    NotFound when the workspace is gone or the caller has no effective role on it. This is
-    the auth interceptor's workspace check: handlers showing the workspace reuse the view.
+
+async def authorize_view(session: Reader, user_id: str, resource_id: str) -> Access:
+    """The caller's access to the live workspace of `resource_id` (a workspace or a
+    workspace-scoped id: run, prompt, response) together with its view, in one query.
+
+    NotFound when the resource or its workspace is gone or the caller has no effective role
+    on it; the query is the same whether or not the resource exists in another tenant. This
+    is the auth interceptor's workspace check: handlers showing the workspace reuse the view.
     """
-    params = {"user_id": user_id, "workspace_id": workspace_id}
-    row = (await session.execute(_AUTHORIZED_VIEW, params)).first()
+    prefix = resource_id.split("_", 1)[0]
+    statement = _AUTHORIZED_VIEWS.get(prefix)
+    if statement is None:
+        statement = _AUTHORIZED_VIEWS[prefix] = _authorized_view(resource_id)
+    params = {"user_id": user_id, "resource_id": resource_id}
+    row = (await session.execute(statement, params)).first()
     role = effective_workspace_role(row[-2], row[-1]) if row else None
     if row is None or role is None:
-        raise NotFound("workspace", workspace_id)
+        raise not_found(resource_id)
     view = _view(row)
     return Access(
         organization_id=view.organization_id,
-        workspace_id=workspace_id,
+        workspace_id=view.id,
         organization_role=row[-2],
         workspace_role=role,
         workspace=view,
     )
-
-
-async def organization_access_by_workspace(
-    session: Reader, user_id: str, workspace_id: str
-) -> Access:
-    """The caller's role on the organization of a live workspace, in one query.
-
-    NotFound when the workspace is gone or invisible to the caller; PermissionDenied when
-    the caller sees it (an explicit member, e.g. a guest) without an organization role:
-    they know the workspace exists, so NOT_FOUND would only mislead them.
-    """
-    params = {"user_id": user_id, "workspace_id": workspace_id}
-    row = (await session.execute(_AUTHORIZED_VIEW, params)).first()
-    if row is None or (row[-2] is None and row[-1] is None):
-        raise NotFound("workspace", workspace_id)
-    if row[-2] is None:
-        raise PermissionDenied(
-            "requires a role in the workspace's organization: workspace members who are not "
-            "organization members cannot manage it",
-            reason="NOT_ORGANIZATION_MEMBER",
-        )
-    return Access(organization_id=row[1], organization_role=row[-2])
 
 
 async def load_view(session: Reader, workspace_id: str) -> WorkspaceView:

@@ -58,17 +58,28 @@ def _within_key_organizations(bound: frozenset[str], access: Access | None) -> N
         )
 
 
-class AuthAround(Around):
-    def __init__(self, authenticator: Authenticator, db: Database) -> None:
+class AuthenticateAround(Around):
+    """Who is calling: sets the call's principal, or raises UNAUTHENTICATED."""
+
+    def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
+
+    async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
+        call = current_call()
+        call.principal = await self.authenticator.authenticate(
+            call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")
+        )
+
+
+class AuthorizeAround(Around):
+    """Whether the principal may call the RPC on the resource the request names."""
+
+    def __init__(self, db: Database) -> None:
         self.db = db
 
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
         call = current_call()
-        principal = await self.authenticator.authenticate(
-            call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")
-        )
-        call.principal = principal
+        principal = call.require_principal()
         if principal.user_id is None:
             if not rules.service_scope or rules.service_scope not in principal.scopes:
                 raise PermissionDenied(
@@ -88,8 +99,7 @@ class AuthAround(Around):
         try:
             async with self.db.read() as session:
                 if rules.level in WORKSPACE_LEVELS:
-                    workspace_id = await acl.resource_workspace(session, target)
-                    found = await workspaces.authorize_view(session, user_id, workspace_id)
+                    found = await workspaces.authorize_view(session, user_id, target)
                     if (
                         rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
                         and found.workspace_role != "owner"
@@ -98,16 +108,7 @@ class AuthAround(Around):
                             "requires the workspace owner role", reason="NOT_OWNER"
                         )
                     return found
-                if target.startswith("org_"):
-                    organization_id = await acl.resource_organization(session, target)
-                    found = await acl.organization_access(session, user_id, organization_id)
-                else:
-                    # A workspace-scoped id: a guest who sees the workspace is refused with
-                    # PERMISSION_DENIED; an outsider gets the NOT_FOUND of an unknown id.
-                    workspace_id = await acl.resource_workspace(session, target)
-                    found = await workspaces.organization_access_by_workspace(
-                        session, user_id, workspace_id
-                    )
+                found = await acl.organization_access_of(session, user_id, target)
         except NotFound:
             # Name what was asked for: another tenant's run must look absent, not confirm
             # that it exists by naming (and showing the id of) its workspace.

@@ -58,6 +58,13 @@ def call_ids(request_id: str, correlation_id: str) -> dict[str, str]:
     }
 
 
+def _retry_after(delay: float, details: list[Any], trailers: list[tuple[str, str]]) -> None:
+    """RetryInfo and a `retry-after` trailer, in whole seconds (at least 1)."""
+    seconds = max(1, math.ceil(delay))
+    details.append(error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds)))
+    trailers.append(("retry-after", str(seconds)))
+
+
 def to_status(
     error: e.DomainError, request_id: str, correlation_id: str = ""
 ) -> tuple[status_pb2.Status, list[Any]]:
@@ -92,11 +99,10 @@ def to_status(
                 ]
             )
         )
+    elif isinstance(error, e.Unavailable) and error.retry_after is not None:
+        _retry_after(error.retry_after, details, trailers)
     elif isinstance(error, e.ResourceExhausted):
-        seconds = max(1, math.ceil(error.retry_after))
-        details.append(
-            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
-        )
+        _retry_after(error.retry_after, details, trailers)
         details.append(
             error_details_pb2.QuotaFailure(
                 violations=[
@@ -106,7 +112,6 @@ def to_status(
                 ]
             )
         )
-        trailers.append(("retry-after", str(seconds)))
     status = status_pb2.Status(code=code, message=error.message, details=_pack(*details))
     return status, trailers
 

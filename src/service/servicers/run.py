@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -13,8 +14,9 @@ from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.auth.context import current_call
 from service.db.models import Probe
-from service.domain import reports, runs
+from service.domain import reports, runs, workspaces
 from service.domain.clock import utcnow
 from service.domain.errors import InvalidArgument
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
@@ -205,7 +207,20 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Run]:
-        async for view in runs.watch_run(self.app.db, resolved_workspace_id(), request.run_id):
+        user_id = current_call().require_user_id()
+        # The auth interceptor checked access once, at the start: check it again while the
+        # stream lasts, so that a removed member stops seeing the run within seconds.
+        check_access = functools.partial(
+            workspaces.authorize_view, user_id=user_id, resource_id=request.run_id
+        )
+        watch = runs.watch_run(
+            self.app.db,
+            resolved_workspace_id(),
+            request.run_id,
+            check_access=check_access,
+            check_every=self.app.settings.watch_access_check_seconds,
+        )
+        async for view in watch:
             yield run_to_proto(view)
 
     async def ListResponses(

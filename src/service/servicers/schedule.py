@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import grpc
 
 from beacon.v1 import schedule_service_pb2 as pb
@@ -46,6 +48,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 time_zone=request.time_zone,
                 min_interval_minutes=settings.schedule_min_interval_minutes,
                 configured_providers=settings.configured_providers(),
+                charge_run=functools.partial(self.app.rate_limits.charge_run, request.workspace_id),
                 now=utcnow(),
             )
             record_workspace_change(

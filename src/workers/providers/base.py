@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import httpx
 
@@ -105,11 +105,23 @@ class Answer:
     latency_ms: int
 
 
+FailureKind = Literal["http", "timeout", "connection", "request", "malformed", "blocked"]
+KIND_SUMMARIES: Final[Mapping[str, str]] = {
+    "http": "provider error",
+    "timeout": "timeout",
+    "connection": "connection failed",
+    "request": "request failed",
+    "malformed": "malformed provider response",
+    "blocked": "prompt blocked by the provider",
+}
+
+
 class ProviderError(Exception):
     """A failed call: ``message`` is the provider's own wording when it sent one.
 
-    ``retryable`` says whether the same request may succeed later; ``retry_after`` is the wait
-    in seconds the provider asked for, if it said.
+    ``kind`` says what went wrong (an HTTP error status, a timeout, ...); ``retryable`` says
+    whether the same request may succeed later; ``retry_after`` is the wait in seconds the
+    provider asked for, if it said.
     """
 
     def __init__(
@@ -119,18 +131,44 @@ class ProviderError(Exception):
         status: int | None = None,
         retryable: bool = False,
         retry_after: float | None = None,
+        kind: FailureKind = "http",
     ) -> None:
         # All fields go to Exception.args so the error survives pickling between processes.
-        super().__init__(provider, message, status, retryable, retry_after)
+        super().__init__(provider, message, status, retryable, retry_after, kind)
         self.provider = provider
         self.message = message
         self.status = status
         self.retryable = retryable
         self.retry_after = retry_after
+        self.kind = kind
+
+    @property
+    def summary(self) -> str:
+        """What tenants are shown: a category and the HTTP status when there was one, e.g.
+        "provider rate limit (429)". Never the provider's message (which may echo the request,
+        the account or internal details) nor the host called; those are for the worker log."""
+        category = KIND_SUMMARIES[self.kind]
+        if self.status is None:
+            return category
+        if self.kind == "http":
+            category = _http_category(self.status)
+        return f"{category} ({self.status})"
 
     def __str__(self) -> str:
         status = f" (HTTP {self.status})" if self.status is not None else ""
         return f"{self.provider}: {self.message}{status}"
+
+
+def _http_category(status: int) -> str:
+    if status == 429:
+        return "provider rate limit"
+    if status in (401, 403):
+        return "provider authentication failed"
+    if status == 408:
+        return "timeout"
+    if 400 <= status < 500:
+        return "provider rejected the request"
+    return "provider error"
 
 
 class ProviderAdapter(Protocol):
@@ -317,7 +355,7 @@ class HttpAdapter:
         try:
             parsed = await self._exchange(prompt)
         except ResponseShapeError as exc:
-            raise ProviderError(self.name, f"malformed response: {exc}") from exc
+            raise ProviderError(self.name, f"malformed response: {exc}", kind="malformed") from exc
         return Answer(
             text=parsed.text,
             model=parsed.model,
@@ -351,19 +389,22 @@ class HttpAdapter:
             )
         except httpx.TimeoutException as exc:
             message = f"no response within {self.config.timeout:g}s ({type(exc).__name__})"
-            raise ProviderError(self.name, message, retryable=True) from exc
+            raise ProviderError(self.name, message, retryable=True, kind="timeout") from exc
         except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError) as exc:
             message = f"connection failed: {exc or type(exc).__name__}"
-            raise ProviderError(self.name, message, retryable=True) from exc
+            raise ProviderError(self.name, message, retryable=True, kind="connection") from exc
         except httpx.HTTPError as exc:  # a bad URL or protocol: retrying cannot help
-            raise ProviderError(self.name, f"request failed: {exc}") from exc
+            raise ProviderError(self.name, f"request failed: {exc}", kind="request") from exc
         if not response.is_success:
             raise self._http_error(response)
         try:
             return Json(response.json())
         except ValueError as exc:
             raise ProviderError(
-                self.name, "malformed response: body is not JSON", status=response.status_code
+                self.name,
+                "malformed response: body is not JSON",
+                status=response.status_code,
+                kind="malformed",
             ) from exc
 
     def _http_error(self, response: httpx.Response) -> ProviderError:

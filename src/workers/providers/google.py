@@ -44,7 +44,7 @@ class GoogleAdapter(HttpAdapter):
             feedback = body.get("promptFeedback")
             reason = feedback.string("blockReason") if feedback is not None else ""
             if reason:
-                raise ProviderError(self.name, f"prompt blocked: {reason}")
+                raise ProviderError(self.name, f"prompt blocked: {reason}", kind="blocked")
             raise ResponseShapeError("response.candidates is missing")
         candidate = candidates.elements()[0]
         if candidate.get("content") is None:

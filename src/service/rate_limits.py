@@ -1,0 +1,165 @@
+"""Counting calls against the `(beacon.v1.rate_limit)` rules of the RPCs.
+
+Counted in Redis when configured (shared by every server process; the `limits` library's
+moving window runs as one atomic Lua script), in memory otherwise. When Redis is unreachable a
+rule declared `fail_closed` refuses the call (UNAVAILABLE with RetryInfo); any other rule is
+counted in this process's memory until Redis is back, so no limit ever disappears.
+
+Besides the per-RPC rules, every call counts against one per-peer ceiling
+(`peer_rate_limit_per_minute`) before its credentials are even looked at.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from limits import RateLimitItem, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    RateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from beacon.v1 import options_pb2
+from service.auth.context import CallContext
+from service.config import Settings
+from service.domain.errors import ResourceExhausted, Unavailable
+from service.interceptors.rules import MethodRules, RateLimit, method_rules
+
+log = logging.getLogger("beacon.ratelimit")
+
+STRATEGIES: dict[str, type[RateLimiter]] = {
+    "moving-window": MovingWindowRateLimiter,
+    "fixed-window": FixedWindowRateLimiter,
+    "sliding-window-counter": SlidingWindowCounterRateLimiter,
+}
+KEY_NAMES: dict[int, str] = {
+    options_pb2.RATE_LIMIT_KEY_USER: "user",
+    options_pb2.RATE_LIMIT_KEY_WORKSPACE: "workspace",
+    options_pb2.RATE_LIMIT_KEY_PEER: "peer",
+}
+# What a client refused because the limiter is unreachable is told to wait (RetryInfo).
+UNAVAILABLE_RETRY_SECONDS = 5.0
+PEER_CEILING = "beacon.v1/*"
+START_RUN = "/beacon.v1.RunService/StartRun"
+
+
+def build_storage(settings: Settings) -> Storage:
+    if not settings.redis_url:
+        return MemoryStorage()
+    return RedisStorage(
+        "async+" + settings.redis_url,
+        implementation="redispy",
+        wrap_exceptions=True,
+        key_prefix=settings.rate_limit_key_prefix,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.5,
+    )
+
+
+def peer_subject(call: CallContext) -> str:
+    """The connection's address without its port ("peer:ipv4:10.0.0.7")."""
+    return "peer:" + call.peer.rsplit(":", 1)[0]
+
+
+def subject(limit: RateLimit, call: CallContext) -> str:
+    """What `limit` counts the current call by."""
+    if (
+        limit.key == options_pb2.RATE_LIMIT_KEY_WORKSPACE
+        and call.access
+        and call.access.workspace_id
+    ):
+        return f"workspace:{call.access.workspace_id}"
+    if limit.key == options_pb2.RATE_LIMIT_KEY_PEER or call.principal is None:
+        return peer_subject(call)
+    return f"user:{call.principal.actor_id}"
+
+
+class RateLimits:
+    """The counters of every rule, built once per process (see the module docstring)."""
+
+    def __init__(self, settings: Settings, storage: Storage | None = None) -> None:
+        self.storage = storage or build_storage(settings)
+        strategy = STRATEGIES[settings.rate_limit_strategy]
+        self.limiter = strategy(self.storage)
+        # Only a shared store can become unreachable; memory is its stand-in meanwhile.
+        self.fallback = strategy(MemoryStorage()) if settings.redis_url else None
+        self.scale = settings.rate_limit_scale
+        self.peer_ceiling = (
+            RateLimit(
+                settings.peer_rate_limit_per_minute, 60, options_pb2.RATE_LIMIT_KEY_PEER, False, ""
+            )
+            if settings.peer_rate_limit_per_minute > 0
+            else None
+        )
+        self._items: dict[tuple[str, int], RateLimitItem] = {}
+
+    def _item(self, name: str, index: int, limit: RateLimit) -> RateLimitItem:
+        item = self._items.get((name, index))
+        if item is None:
+            amount = max(1, round(limit.requests * self.scale))
+            item = RateLimitItemPerSecond(
+                amount, limit.period_seconds, namespace=f"beacon:{name}:{index}"
+            )
+            self._items[(name, index)] = item
+        return item
+
+    async def hit(self, name: str, index: int, limit: RateLimit, subject: str) -> None:
+        """Counts one call of rule `index` of RPC `name` for `subject`.
+
+        Raises ResourceExhausted when the window is full, Unavailable when the store is
+        unreachable and the rule fails closed.
+        """
+        item = self._item(name, index, limit)
+        try:
+            if await self.limiter.hit(item, subject):
+                return
+            stats = await self.limiter.get_window_stats(item, subject)
+        except Exception as exc:  # the store is unreachable: limits wraps its errors
+            if limit.fail_closed or self.fallback is None:
+                log.warning("rate limiter unavailable, refusing", extra={"error": str(exc)})
+                raise Unavailable(
+                    "rate limiter unavailable; retry later",
+                    reason="RATE_LIMITER_UNAVAILABLE",
+                    retry_after=UNAVAILABLE_RETRY_SECONDS,
+                ) from exc
+            log.warning("rate limiter unavailable, counting in process", extra={"error": str(exc)})
+            if await self.fallback.hit(item, subject):
+                return
+            stats = await self.fallback.get_window_stats(item, subject)
+        quota = f"{item.amount} per {limit.period_seconds}s per {KEY_NAMES[limit.key]}"
+        raise ResourceExhausted(
+            f"rate limit exceeded for {name}: {quota}",
+            retry_after=max(0.0, stats.reset_time - time.time()),
+            subject=subject,
+            quota=quota,
+        )
+
+    async def hit_rules(
+        self, rules: MethodRules, keys: frozenset[int], call: CallContext, request: Any
+    ) -> None:
+        """Counts the call against each rule of `rules` whose key is in `keys` (and whose
+        `when_field`, if any, is set in `request`)."""
+        for index, limit in enumerate(rules.rate_limits):
+            if limit.key not in keys:
+                continue
+            if limit.when_field and not getattr(request, limit.when_field):
+                continue
+            await self.hit(rules.name, index, limit, subject(limit, call))
+
+    async def hit_peer_ceiling(self, call: CallContext) -> None:
+        """Counts the call against the per-peer ceiling shared by every RPC."""
+        if self.peer_ceiling is not None:
+            await self.hit(PEER_CEILING, 0, self.peer_ceiling, peer_subject(call))
+
+    async def charge_run(self, workspace_id: str) -> None:
+        """Charges one run to the workspace's StartRun budget, as if StartRun had been called:
+        every way of starting a run on demand shares that budget."""
+        rules = method_rules()[START_RUN]
+        for index, limit in enumerate(rules.rate_limits):
+            if limit.key == options_pb2.RATE_LIMIT_KEY_WORKSPACE:
+                await self.hit(rules.name, index, limit, f"workspace:{workspace_id}")
