@@ -121,7 +121,8 @@ async def test_dev_runs_on_the_development_secret_says_so_and_accepts_beacon_tok
             reply = await stub.ListMyOrganizations(
                 org_pb.ListMyOrganizationsRequest(),
                 metadata=(("authorization", f"Bearer {token.strip()}"),),
-                timeout=10,
+                timeout=30,
+                wait_for_ready=True,  # the banner may be printed as the port opens
             )
         assert list(reply.organizations) == []
     finally:
