@@ -117,7 +117,16 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
+    """A dependency (database, rate limiter) is unreachable: retry after `retry_after` s."""
+
     reason = "UNAVAILABLE"
+    DEFAULT_RETRY_AFTER = 2.0
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, retry_after: float = DEFAULT_RETRY_AFTER
+    ) -> None:
+        super().__init__(message, reason=reason)
+        self.retry_after = retry_after
 
 
 class Unimplemented(DomainError):

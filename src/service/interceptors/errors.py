@@ -49,6 +49,10 @@ def _pack(*messages: Any) -> list[any_pb2.Any]:
     return packed
 
 
+def _retry_info(seconds: int) -> error_details_pb2.RetryInfo:
+    return error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
+
+
 def to_status(error: e.DomainError, request_id: str) -> tuple[status_pb2.Status, list[Any]]:
     """The rich status of a domain error, and extra trailing metadata."""
     code = next(c for t, c in CODES.items() if isinstance(error, t))
@@ -79,11 +83,13 @@ def to_status(error: e.DomainError, request_id: str) -> tuple[status_pb2.Status,
                 ]
             )
         )
+    elif isinstance(error, e.Unavailable):
+        seconds = max(1, math.ceil(error.retry_after))
+        details.append(_retry_info(seconds))
+        trailers.append(("retry-after", str(seconds)))
     elif isinstance(error, e.ResourceExhausted):
         seconds = max(1, math.ceil(error.retry_after))
-        details.append(
-            error_details_pb2.RetryInfo(retry_delay=duration_pb2.Duration(seconds=seconds))
-        )
+        details.append(_retry_info(seconds))
         details.append(
             error_details_pb2.QuotaFailure(
                 violations=[
