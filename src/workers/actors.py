@@ -80,9 +80,9 @@ def probe_message(probe_ids: Sequence[str], attempt: int = 1) -> dramatiq.Messag
     )
 
 
-def probe_messages(probe_ids: Sequence[str]) -> list[dramatiq.Message[None]]:
-    """First-attempt messages for these probes, `PROBES_PER_MESSAGE` to a message."""
+def probe_messages(probe_ids: Sequence[str], attempt: int = 1) -> list[dramatiq.Message[None]]:
+    """Messages making attempt `attempt` of these probes, `PROBES_PER_MESSAGE` to a message."""
     return [
-        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE])
+        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE], attempt)
         for start in range(0, len(probe_ids), PROBES_PER_MESSAGE)
     ]
