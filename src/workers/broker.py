@@ -154,7 +154,8 @@ def ready_backlog(broker: dramatiq.Broker) -> int | None:
             pipe.llen(f"{broker.namespace}:{name}")
         return sum(int(length) for length in pipe.execute())
     if isinstance(broker, StubBroker):
-        return sum(broker.queues[name].qsize() for name in queues if name in broker.queues)
+        stub: dict[str, Any] = broker.queues
+        return sum(int(stub[name].qsize()) for name in queues if name in stub)
     return None
 
 
