@@ -248,7 +248,17 @@ class Fleet:
             self.tickers.append(await self.start_process("ticker", index))
 
     async def start_process(self, command: str, index: int) -> Beacon:
-        return await Beacon.start(command, self.env(), self.tmp / f"{command}-{index}.log")
+        """Starts `beacon worker|ticker` and waits until it says so (its signal handlers are
+        installed by then)."""
+        process = await Beacon.start(command, self.env(), self.tmp / f"{command}-{index}.log")
+
+        async def started() -> bool:
+            if process.process.returncode is not None:
+                raise AssertionError(f"{command} exited early:\n{process.log.read_text()}")
+            return f"{command} started" in process.log.read_text(errors="replace")
+
+        await eventually(started, f"{command} {index} to start", 30)
+        return process
 
     async def close(self) -> None:
         try:
