@@ -241,11 +241,22 @@ class Fleet:
             for k, v in self.env().items()
             if k not in ("BEACON_GRPC_ADDR", "BEACON_HTTP_ADDR", "BEACON_DATA_DIR")
         }
-        self.serve = await BeaconProcess.start(self.tmp, serve_env)
+        # All at once: each spends its first seconds importing.
+        serve, *others = await asyncio.gather(
+            BeaconProcess.start(self.tmp, serve_env),
+            *(self.start_process(command, n) for command in ("worker", "ticker") for n in (1, 2)),
+            return_exceptions=True,
+        )
+        # Whatever did start is stopped by `close`, even when another process failed to.
+        if isinstance(serve, BeaconProcess):
+            self.serve = serve
+        self.workers = [p for p in others[:2] if isinstance(p, Beacon)]
+        self.tickers = [p for p in others[2:] if isinstance(p, Beacon)]
+        for outcome in (serve, *others):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert self.serve is not None
         self.channel = grpc.aio.insecure_channel(self.serve.target)
-        for index in (1, 2):
-            self.workers.append(await self.start_process("worker", index))
-            self.tickers.append(await self.start_process("ticker", index))
 
     async def start_process(self, command: str, index: int) -> Beacon:
         """Starts `beacon worker|ticker` and waits until it says so (its signal handlers are
