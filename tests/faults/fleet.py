@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 from sqlalchemy import func, select, text, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from beacon.v1 import prompt_service_pb2 as prompt_pb
@@ -208,6 +209,8 @@ class Collection:
     workspaces: list[str]
     prompts: list[str]
     slot: datetime
+    # Call metadata of each workspace's owner, in the order of `workspaces`.
+    owners: list[tuple[tuple[str, str], ...]] = field(default_factory=list)
 
     @property
     def probes(self) -> int:
@@ -268,7 +271,11 @@ class Fleet:
                 raise AssertionError(f"{command} exited early:\n{process.log.read_text()}")
             return f"{command} started" in process.log.read_text(errors="replace")
 
-        await eventually(started, f"{command} {index} to start", 30)
+        try:
+            await eventually(started, f"{command} {index} to start", 60)
+        except BaseException:
+            await process.kill()
+            raise
         return process
 
     async def close(self) -> None:
@@ -319,6 +326,7 @@ class Fleet:
         spaces, texts, schedules, runs = self.stubs()
         asked = [f"which crm suits team {n}" for n in range(prompts)]
         ids: list[str] = []
+        owners = []
         for n in range(workspaces):
             md = self.metadata(f"faults-{uuid.uuid4().hex[:8]}@example.com")
             created = await spaces.CreateWorkspace(
@@ -341,6 +349,7 @@ class Fleet:
             started = await runs.StartRun(run_pb.StartRunRequest(workspace_id=ws), metadata=md)
             assert started.status == run_pb.START_RUN_STATUS_QUEUED
             ids.append(ws)
+            owners.append(md)
         now = utcnow()
         slot = now.replace(hour=6, minute=0, second=0, microsecond=0)  # the latest 06:00 UTC
         if slot > now:
@@ -349,13 +358,16 @@ class Fleet:
             await session.execute(
                 update(Schedule).where(Schedule.workspace_id.in_(ids)).values(next_run_time=slot)
             )
-        return Collection(ids, asked, slot)
+        return Collection(ids, asked, slot, owners)
 
     async def wait_until_ended(self, collection: Collection, within: float) -> None:
         """Until every run of the collection (the slot's included) has ended."""
 
         async def ended() -> bool:
-            rows = await self._runs(collection)
+            try:
+                rows = await self._runs(collection)
+            except DBAPIError:  # this process's connections, cut by a database restart
+                return False
             return len(rows) == len(collection.workspaces) * len(TRIGGERS) and all(
                 end is not None for *_, end in rows
             )
