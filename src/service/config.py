@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     probe_max_attempts: int = 4
     probe_backoff_seconds: float = 2.0
     probe_backoff_max_seconds: float = 120.0
+    # An open run on which nothing happened for this long has its messages sent again (lost
+    # in a broker restart, say); 0 never does. Keep it well above a probe's longest attempt.
+    run_stall_seconds: float = 600.0
 
     # Providers: key, base URL and model each; a provider without a key cannot run.
     openai_api_key: str = ""

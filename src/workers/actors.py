@@ -24,10 +24,13 @@ PROCESS_PROBES = "process_probes"
 PROBES_PER_MESSAGE = 10
 
 # Unexpected failures (database down, a bug) are retried by Dramatiq's Retries middleware;
-# provider failures are retried by the probe logic itself, which honours Retry-After.
-MAX_RETRIES = 8
+# provider failures are retried by the probe logic itself, which honours Retry-After. The
+# backoff (2 s, 4 s, ... at most 15 s) rides out a database outage of about four minutes and
+# resumes within 15 s of its end; a message that runs out of retries is sent again by the
+# stalled-run sweep (`workers.dispatch.redispatch_stalled_runs`).
+MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
-MAX_BACKOFF_MS = 5 * 60_000
+MAX_BACKOFF_MS = 15_000
 
 
 async def process_run(run_id: str) -> None:
@@ -80,9 +83,9 @@ def probe_message(probe_ids: Sequence[str], attempt: int = 1) -> dramatiq.Messag
     )
 
 
-def probe_messages(probe_ids: Sequence[str]) -> list[dramatiq.Message[None]]:
-    """First-attempt messages for these probes, `PROBES_PER_MESSAGE` to a message."""
+def probe_messages(probe_ids: Sequence[str], attempt: int = 1) -> list[dramatiq.Message[None]]:
+    """Messages making attempt `attempt` of these probes, `PROBES_PER_MESSAGE` to a message."""
     return [
-        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE])
+        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE], attempt)
         for start in range(0, len(probe_ids), PROBES_PER_MESSAGE)
     ]

@@ -269,6 +269,23 @@ def _whole(options: dict[str, str], name: str, default: int) -> int:
     return value
 
 
+def ready_backlog(broker: dramatiq.Broker) -> int | None:
+    """Messages waiting in Beacon's run and probe queues (not the delayed ones), or None when
+    the broker cannot tell cheaply (RabbitMQ)."""
+    from workers.actors import PROBE_QUEUE, RUN_QUEUE
+
+    queues = (RUN_QUEUE, PROBE_QUEUE)
+    if isinstance(broker, RedisBroker):
+        pipe = broker.client.pipeline(transaction=False)
+        for name in queues:
+            pipe.llen(f"{broker.namespace}:{name}")
+        return sum(int(length) for length in pipe.execute())
+    if isinstance(broker, StubBroker):
+        stub: dict[str, Any] = broker.queues
+        return sum(int(stub[name].qsize()) for name in queues if name in stub)
+    return None
+
+
 def send_messages(broker: dramatiq.Broker, messages: Sequence[dramatiq.Message[None]]) -> None:
     """Enqueues many messages at once.
 

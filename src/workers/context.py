@@ -15,7 +15,9 @@ from typing import Any
 
 import dramatiq
 import httpx
+import redis
 from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
 from service.config import PROVIDERS, Settings
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 # Connections kept beyond the worker's concurrency, for retries racing a closing connection.
 POOL_HEADROOM = 8
+# How long shutdown waits for each consumer thread to stop fetching.
+CONSUMER_JOIN_SECONDS = 2.0
 
 _settings: Settings | None = None
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
@@ -119,12 +123,26 @@ async def close_worker_context() -> None:
 
 
 class WorkerResources(Middleware):
-    """Closes the worker's context on its event loop before the AsyncIO middleware stops it.
+    """At worker shutdown: hands back the messages still held, then closes the worker's context
+    on its event loop before the AsyncIO middleware stops it.
+
+    Dramatiq's `Worker.stop` waits up to its timeout (the grace period) for the messages being
+    processed; those still running afterwards, and those prefetched but never started, would
+    otherwise wait for the broker to notice the dead worker (a minute on Redis). They go back to
+    their queues at once instead, and the context stays open under them (the process is about
+    to exit): closing it would fail their provider calls and store those failures.
 
     Declared after `AsyncIO`: `after_*` hooks run in reverse order, so this one runs first.
     """
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: Any) -> None:
+        for consumer in getattr(worker, "consumers", {}).values():
+            consumer.join(CONSUMER_JOIN_SECONDS)  # no fetch may race the hand-back
+        handed_back = hand_back(broker)
+        if handed_back:
+            log.warning("worker: handed %d unfinished messages back to the broker", handed_back)
+        if any(thread.is_alive() for thread in getattr(worker, "workers", ())):
+            return  # messages still running past the grace period: leave their resources be
         thread = get_event_loop_thread()
         if thread is None:
             return
@@ -132,3 +150,22 @@ class WorkerResources(Middleware):
             thread.run_coroutine(close_worker_context())
         except Exception:
             log.exception("closing the worker's resources failed")
+
+
+def hand_back(broker: dramatiq.Broker) -> int:
+    """Puts every message this process fetched and has not acknowledged back on its queue
+    (Redis; RabbitMQ does so itself when the channel closes); returns how many."""
+    if not isinstance(broker, RedisBroker):
+        return 0
+    count = 0
+    try:
+        for queue in broker.get_declared_queues() | broker.get_declared_delay_queues():
+            key = f"{broker.namespace}:__acks__.{broker.broker_id}.{queue}"
+            members = broker.client.smembers(key)
+            held = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+            if held:
+                broker.do_requeue(queue, *held)
+                count += len(held)
+    except redis.RedisError:
+        log.exception("handing messages back failed: the broker requeues them after the timeout")
+    return count

@@ -4,6 +4,13 @@ A run whose `enqueue_time` is NULL has not been handed to the broker yet. Whoeve
 API after StartRun/SetSchedule, the ticker after a tick) dispatches it right after committing;
 if that process dies in between, the ticker's next sweep sends it. Sending is at least once: a
 run may be sent twice (a crash after the send, before the stamp), which the run actor tolerates.
+
+A message can also vanish after it was sent: a Redis that restarts without its data, a message
+that ran out of retries during a long database outage. `redispatch_stalled_runs` covers that
+from the database: an open run on which nothing happened for `run_stall_seconds` (no probe
+finished, not expanded or re-sent meanwhile) is sent again and re-stamped; the run actor then
+re-sends the run's pending probes (see `workers.runs.expand_run`). While the broker holds a
+backlog of ready messages the wait is explained and nothing is re-sent.
 """
 
 from __future__ import annotations
@@ -11,22 +18,28 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import dramatiq
-from sqlalchemy import select, update
+from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 
 from service.db.database import Database
-from service.db.models import Run
+from service.db.models import Probe, Run
 from service.domain.clock import utcnow
 from workers import metrics
 from workers.actors import run_message
-from workers.broker import current_broker, send_messages
+from workers.broker import current_broker, ready_backlog, send_messages
 from workers.statements import commit_without_waiting_for_disk, id_in
 
 log = logging.getLogger(__name__)
 
 # Ids per IN (...) list: well under SQLite's and asyncpg's bind-parameter limits.
 ID_CHUNK = 1000
+# Ready messages in the broker above which a quiet run is explained by the backlog.
+STALL_BACKLOG_LIMIT = 1000
+# Runs sent longer ago than this are not looked at (bounds the scan of the enqueue_time index;
+# a stalled run is re-stamped on each re-send, so it stays inside).
+STALL_HORIZON = timedelta(days=2)
 
 
 async def dispatch_pending_runs(
@@ -54,36 +67,84 @@ async def dispatch_pending_runs(
     chunks = (
         [run_ids[i : i + ID_CHUNK] for i in range(0, len(run_ids), ID_CHUNK)] if run_ids else []
     )
+    unsent = Run.enqueue_time.is_(None)
     try:
         if run_ids is None:
-            sent = await _dispatch_chunk(db, target, None, limit)
+            sent = await _dispatch_chunk(db, target, unsent, limit)
         else:
             for chunk in chunks:
                 if sent >= limit:
                     break
-                sent += await _dispatch_chunk(db, target, chunk, limit - sent)
+                sent += await _dispatch_chunk(
+                    db, target, and_(unsent, id_in(db, Run.id, chunk)), limit - sent
+                )
     except Exception:
         metrics.DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
     return sent
 
 
-async def _dispatch_chunk(
-    db: Database, broker: dramatiq.Broker, run_ids: Sequence[str] | None, limit: int
+async def redispatch_stalled_runs(
+    db: Database,
+    stall_seconds: float,
+    *,
+    now: datetime | None = None,
+    limit: int = 1000,
+    broker: dramatiq.Broker | None = None,
 ) -> int:
-    candidates = select(Run.id).where(Run.enqueue_time.is_(None))
-    if run_ids is not None:
-        candidates = candidates.where(id_in(db, Run.id, run_ids))
-    candidates = candidates.limit(limit)
+    """Sends again up to `limit` open runs idle for `stall_seconds` (see the module docstring);
+    returns how many. Broker errors are logged and swallowed, like `dispatch_pending_runs`."""
+    if stall_seconds <= 0:
+        return 0
+    try:
+        target = broker or current_broker()
+        backlog = await asyncio.to_thread(ready_backlog, target)
+        if backlog is not None and backlog > STALL_BACKLOG_LIMIT:
+            return 0
+        at = now or utcnow()
+        sent = await _dispatch_chunk(db, target, stalled(at, stall_seconds), limit, at)
+    except Exception:
+        metrics.DISPATCH_ERRORS.inc()
+        log.exception("re-sending stalled runs failed; trying again at the next sweep")
+        return 0
+    if sent:
+        metrics.RUNS_REDISPATCHED.inc(sent)
+        log.warning("re-sent %d runs idle for %gs or more", sent, stall_seconds)
+    return sent
+
+
+def stalled(now: datetime, stall_seconds: float) -> ColumnElement[bool]:
+    """Open runs sent, started and last answered (any probe) before `now - stall_seconds`."""
+    cutoff = now - timedelta(seconds=stall_seconds)
+    answered = exists().where(Probe.run_id == Run.id, Probe.complete_time >= cutoff)
+    return and_(
+        Run.enqueue_time < cutoff,
+        Run.enqueue_time >= now - STALL_HORIZON,
+        Run.end_time.is_(None),
+        or_(Run.start_time.is_(None), Run.start_time < cutoff),
+        ~answered,
+    )
+
+
+async def _dispatch_chunk(
+    db: Database,
+    broker: dramatiq.Broker,
+    condition: ColumnElement[bool],
+    limit: int,
+    now: datetime | None = None,
+) -> int:
+    """Stamps (with `now`, default the current time) and sends up to `limit` runs matching
+    `condition`."""
+    candidates = select(Run.id).where(condition).limit(limit)
     if not db.is_sqlite:
         # Another dispatcher holding a run is already sending it: skip it rather than wait.
-        candidates = candidates.with_for_update(skip_locked=True)
+        candidates = candidates.with_for_update(skip_locked=True, of=Run)
     # Stamp first, send, then commit: the rows stay locked while they are sent, and a failed
     # send rolls the stamps back.
     stamp = (
         update(Run)
         .where(Run.id.in_(candidates.scalar_subquery()))
-        .values(enqueue_time=utcnow())
+        .values(enqueue_time=now or utcnow())
         .returning(Run.id)
         .execution_options(synchronize_session=False)
     )

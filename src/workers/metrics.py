@@ -19,6 +19,9 @@ TICK_SECONDS = Histogram(
 SCHEDULES_CLAIMED = Counter("beacon_ticker_schedules_claimed_total", "Due schedules advanced.")
 RUNS_CREATED = Counter("beacon_ticker_runs_created_total", "Scheduled runs created.")
 RUNS_DISPATCHED = Counter("beacon_runs_dispatched_total", "Run messages handed to the broker.")
+RUNS_REDISPATCHED = Counter(
+    "beacon_runs_redispatched_total", "Stalled runs sent to the broker again (lost messages)."
+)
 DISPATCH_ERRORS = Counter("beacon_dispatch_errors_total", "Failed attempts to send run messages.")
 
 PROBES_CREATED = Counter("beacon_probes_created_total", "Probes created by run expansion.")

@@ -1,8 +1,9 @@
 """A run's life in the workers: expansion into probes, and its end once every probe is done.
 
 `expand_run` turns a queued run into one probe row per (prompt, provider) and one message per
-probe. Rows are inserted under the probes' unique key, so a redelivered run message inserts
-nothing new and only re-sends the probes still pending. `finish_runs` ends a run exactly once
+probe. Rows are inserted under the probes' unique key, so a redelivered (or re-sent, see
+`workers.dispatch.redispatch_stalled_runs`) run message inserts nothing new and only re-sends
+the probes still pending, each with its next attempt number. `finish_runs` ends a run exactly once
 (`UPDATE ... WHERE end_time IS NULL`) when none of its probes is pending any more.
 """
 
@@ -107,17 +108,24 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
                 )
             )
     async with db.transaction(write=False) as session:
-        pending = list(
-            (
-                await session.scalars(
-                    select(Probe.id)
-                    .where(Probe.run_id == run_id, Probe.status == PENDING)
-                    .order_by(Probe.prompt_id, Probe.provider)
-                )
-            ).all()
-        )
+        pending = (
+            await session.execute(
+                select(Probe.id, Probe.attempts)
+                .where(Probe.run_id == run_id, Probe.status == PENDING)
+                .order_by(Probe.prompt_id, Probe.provider)
+            )
+        ).all()
     if pending:
-        await asyncio.to_thread(send_messages, context.broker, probe_messages(pending))
+        # A probe waiting for a retry (its attempts are stored) goes on with the next attempt.
+        by_attempt: dict[int, list[str]] = {}
+        for probe_id, attempts in pending:
+            by_attempt.setdefault(attempts + 1, []).append(probe_id)
+        messages = [
+            message
+            for attempt, ids in sorted(by_attempt.items())
+            for message in probe_messages(ids, attempt)
+        ]
+        await asyncio.to_thread(send_messages, context.broker, messages)
     elif created == 0:
         # Every probe already ended (a redelivery after a crash): make sure the run did too.
         await finish_runs(db, [run_id])

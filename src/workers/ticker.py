@@ -5,7 +5,9 @@ concurrent tickers take disjoint batches; on SQLite the write transaction is exc
 one run per (workspace, slot) under the runs' unique key, advances each schedule's next run time
 past now and commits; only then are the new runs sent to the broker (the outbox, see
 `workers.dispatch`). Missed slots collapse into one run for the latest of them. Every tick ends
-with a sweep of runs that were written but never sent, by any process.
+with a sweep of runs that were written but never sent, by any process; every
+`run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
+were lost (`workers.dispatch.redispatch_stalled_runs`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
 on `next_run_time`, runs through the one on `enqueue_time`.
@@ -38,7 +40,7 @@ from service.domain.clock import new_id, utcnow
 from service.domain.schedules import next_fire_time
 from workers import metrics
 from workers.broker import configure_broker
-from workers.dispatch import dispatch_pending_runs
+from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.runs import QUEUED
 from workers.statements import (
     commit_without_waiting_for_disk,
@@ -57,6 +59,8 @@ BROKEN_SCHEDULE_RETRY = timedelta(days=1)
 # Outbox sweeps per tick at most (each sends up to `ticker_batch_size` runs).
 MAX_SWEEPS = 100
 PURGE_INTERVAL = timedelta(hours=1)
+# Looks for stalled runs this many times per `run_stall_seconds`.
+STALL_SWEEPS_PER_DEADLINE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +297,7 @@ class Ticker:
         self.broker = broker
         self.stopping = asyncio.Event()
         self._last_purge: datetime | None = None
+        self._last_stall_sweep: float | None = None
 
     async def run(self) -> None:
         """Ticks until `stop` is called; a failed tick is logged and retried next interval."""
@@ -312,6 +317,7 @@ class Ticker:
                 purged = await purge_deleted(self.db, self.settings, now)
                 if purged:
                     log.info("purged %d deleted workspaces", purged)
+            await self._sweep_stalled(now)
         except Exception:
             log.exception("tick failed; retrying at the next interval")
             return None
@@ -323,6 +329,17 @@ class Ticker:
                 result.dispatched,
             )
         return result
+
+    async def _sweep_stalled(self, now: datetime) -> None:
+        stall = self.settings.run_stall_seconds
+        clock = time.monotonic()
+        last = self._last_stall_sweep
+        if stall <= 0 or (last is not None and clock - last < stall / STALL_SWEEPS_PER_DEADLINE):
+            return
+        self._last_stall_sweep = clock
+        await redispatch_stalled_runs(
+            self.db, stall, now=now, limit=self.settings.ticker_batch_size, broker=self.broker
+        )
 
     def stop(self) -> None:
         self.stopping.set()

@@ -89,7 +89,10 @@ CASES: dict[str, Case] = {
         {"ErrorInfo", "RetryInfo", "QuotaFailure"},
     ),
     "unavailable": Case(
-        lambda: e.Unavailable("try again", reason="BUSY"), Code.UNAVAILABLE, "BUSY"
+        lambda: e.Unavailable("try again", reason="BUSY"),
+        Code.UNAVAILABLE,
+        "BUSY",
+        {"ErrorInfo", "RetryInfo"},
     ),
     "unimplemented": Case(lambda: e.Unimplemented("not yet"), Code.UNIMPLEMENTED, "UNIMPLEMENTED"),
     "unauthenticated": Case(

@@ -64,7 +64,7 @@ async def expect_database_unavailable(server: BeaconServer, settings: Settings) 
     """A first call of a new user needs the database (the user row): UNAVAILABLE."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         token = mint_dev_token(settings, email="health-check@example.com")
-        await expect_refusal(
+        got = await expect_refusal(
             grpc.StatusCode.UNAVAILABLE,
             "DATABASE_UNAVAILABLE",
             organization_service_pb2_grpc.OrganizationServiceStub(channel).ListMyOrganizations(
@@ -72,6 +72,9 @@ async def expect_database_unavailable(server: BeaconServer, settings: Settings) 
                 metadata=(("authorization", f"Bearer {token}"),),
             ),
         )
+        # When to come back: RetryInfo, and the same delay as a retry-after trailer.
+        delay = got.details["RetryInfo"].retry_delay.seconds
+        assert delay >= 1 and got.trailers["retry-after"] == str(delay)
 
 
 async def test_sqlite_in_a_missing_directory_is_not_serving_until_it_exists(

@@ -117,12 +117,13 @@ class ResourceExhausted(DomainError):
 
 
 class Unavailable(DomainError):
-    """A dependency is down; `retry_after` (seconds), when known, becomes RetryInfo."""
+    """A dependency (database, rate limiter) is unreachable: retry after `retry_after` s."""
 
     reason = "UNAVAILABLE"
+    DEFAULT_RETRY_AFTER = 2.0
 
     def __init__(
-        self, message: str, *, reason: str | None = None, retry_after: float | None = None
+        self, message: str, *, reason: str | None = None, retry_after: float = DEFAULT_RETRY_AFTER
     ) -> None:
         super().__init__(message, reason=reason)
         self.retry_after = retry_after

@@ -99,7 +99,7 @@ def to_status(
                 ]
             )
         )
-    elif isinstance(error, e.Unavailable) and error.retry_after is not None:
+    elif isinstance(error, e.Unavailable):
         _retry_after(error.retry_after, details, trailers)
     elif isinstance(error, e.ResourceExhausted):
         _retry_after(error.retry_after, details, trailers)

@@ -1,0 +1,125 @@
+"""Runs whose messages vanished (a broker that lost its data) are sent again from the database,
+once per deadline, and their pending probes go on with their next attempt."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+import dramatiq
+import pytest
+from dramatiq.brokers.stub import StubBroker
+from sqlalchemy import update
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import Probe
+from service.domain.clock import utcnow
+from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection.test_pipeline_fixtures import insert_run, load_run, make_workspace
+from workers.actors import PROBE_QUEUE, RUN_QUEUE
+from workers.context import WorkerContext
+from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
+from workers.runs import expand_run
+
+collection_db = fixtures.collection_db
+stub_broker = fixtures.stub_broker
+fake_server = fixtures.fake_server
+fake_provider = fixtures.fake_provider
+worker_settings = fixtures.worker_settings
+
+STALL = 60.0
+
+
+def queued(broker: StubBroker, queue: str) -> list[dramatiq.Message[None]]:
+    return [dramatiq.Message.decode(data) for data in list(broker.queues[queue].queue)]
+
+
+async def resent(db: Database, broker: StubBroker, now: datetime) -> list[str]:
+    """The runs a sweep at `now` sends again (the broker is emptied first)."""
+    broker.flush_all()
+    await redispatch_stalled_runs(db, STALL, now=now, broker=broker)
+    return [m.args[0] for m in queued(broker, RUN_QUEUE)]
+
+
+@pytest.fixture
+async def context(
+    worker_settings: Settings, stub_broker: StubBroker, collection_db: Database
+) -> AsyncIterator[WorkerContext]:
+    made = WorkerContext.create(worker_settings, stub_broker, db=collection_db)
+    yield made
+    await made.close(dispose_db=False)
+
+
+async def test_a_sent_run_nobody_took_is_sent_again_once_per_deadline(
+    collection_db: Database, stub_broker: StubBroker
+) -> None:
+    ws = await make_workspace(collection_db)
+    run_id = await insert_run(collection_db, ws)
+    assert await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker) == 1
+    stub_broker.flush_all()  # the broker restarted without its data
+    sent = (await load_run(collection_db, run_id)).enqueue_time
+    assert sent is not None
+
+    assert run_id not in await resent(collection_db, stub_broker, sent + timedelta(seconds=59))
+    late = utcnow() + timedelta(seconds=STALL + 1)
+    assert await resent(collection_db, stub_broker, late) == [run_id]
+    # Re-stamped: the next sweep leaves it alone until another deadline has passed.
+    assert (await load_run(collection_db, run_id)).enqueue_time == late
+    assert run_id not in await resent(collection_db, stub_broker, late + timedelta(seconds=59))
+    assert run_id in await resent(collection_db, stub_broker, late + timedelta(seconds=61))
+
+
+async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
+    collection_db: Database, stub_broker: StubBroker, context: WorkerContext
+) -> None:
+    ws = await make_workspace(collection_db, prompts=("one", "two"), providers=("openai",))
+    run_id = await insert_run(collection_db, ws)
+    await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker)
+    await expand_run(context, run_id)
+    later = utcnow() + timedelta(seconds=STALL + 1)
+    async with collection_db.transaction() as session:  # one probe answered a moment ago
+        await session.execute(
+            update(Probe)
+            .where(Probe.run_id == run_id, Probe.prompt_text == "one")
+            .values(status="succeeded", complete_time=later - timedelta(seconds=1))
+        )
+    assert run_id not in await resent(collection_db, stub_broker, later)
+
+    # Idle, but thousands of messages are waiting: the wait is explained by the backlog.
+    much_later = later + timedelta(seconds=STALL)
+    stub_broker.flush_all()
+    for _ in range(STALL_BACKLOG_LIMIT + 1):
+        stub_broker.enqueue(queued_probe_message())
+    await redispatch_stalled_runs(collection_db, STALL, now=much_later, broker=stub_broker)
+    assert not queued(stub_broker, RUN_QUEUE)
+    assert run_id in await resent(collection_db, stub_broker, much_later)
+
+
+def queued_probe_message() -> dramatiq.Message[None]:
+    from workers.actors import probe_message
+
+    return probe_message(["rsp_unrelated"])
+
+
+async def test_a_run_sent_again_resends_its_pending_probes_with_their_next_attempt(
+    collection_db: Database, stub_broker: StubBroker, context: WorkerContext
+) -> None:
+    ws = await make_workspace(collection_db, prompts=("one", "two"), providers=("openai",))
+    run_id = await insert_run(collection_db, ws)
+    first = await expand_run(context, run_id)
+    assert (first.created, first.sent) == (2, 2)
+    async with collection_db.transaction() as session:  # "one" waits for its third attempt
+        await session.execute(
+            update(Probe)
+            .where(Probe.run_id == run_id, Probe.prompt_text == "one")
+            .values(attempts=2, error="HTTP 503")
+        )
+    stub_broker.flush_all()
+
+    again = await expand_run(context, run_id)
+
+    assert (again.created, again.sent) == (0, 2)
+    messages = queued(stub_broker, PROBE_QUEUE)
+    attempts = sorted((m.args[1] if len(m.args) > 1 else 1, len(m.args[0])) for m in messages)
+    assert attempts == [(1, 1), (3, 1)]

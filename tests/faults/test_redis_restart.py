@@ -1,0 +1,66 @@
+"""Redis restarts mid-run without its data: the runs whose messages vanished are sent again from
+PostgreSQL, and the collection completes with every invariant intact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis.asyncio as redis_async
+
+from service.config import Settings
+from tests.fakes.provider_server import FakeProviderServer
+from tests.faults.fleet import eventually, fleet_settings, running_fleet
+from tests.platform.processes import RedisProcess
+from workers.actors import PROBE_QUEUE, RUN_QUEUE
+from workers.broker import redis_options
+
+pytestmark = pytest.mark.postgres_only
+
+
+async def test_redis_restarted_mid_run_losing_its_data_loses_no_run(
+    backend: str,
+    settings: Settings,
+    database_url: str,
+    redis_server: RedisProcess,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    fake_provider.set_latency(0.1)
+    # A run on which nothing happened for 3 s has its messages sent again.
+    config = fleet_settings(
+        settings, database_url, redis_server, fake_provider, run_stall_seconds=3.0
+    )
+    async with running_fleet(config, tmp_path) as fleet:
+        # More probe messages than the two workers prefetch: some wait in Redis.
+        collection = await fleet.collect(workspaces=6, prompts=12)
+
+        async def mid_run() -> bool:
+            started = fake_provider.requests() >= collection.probes // 8
+            return started and await queued_messages(redis_server, fleet.settings) > 0
+
+        await eventually(mid_run, "answers to come while messages wait in Redis", 30)
+        answered = fake_provider.requests()
+        await redis_server.kill()  # queued, delayed and unacknowledged messages: all gone
+        restarted = await RedisProcess.start(port=redis_server.port)
+        try:
+            await fleet.wait_until_ended(collection, within=60)
+            await fleet.assert_collected(collection)
+            assert answered < collection.probes  # the restart did come mid-run
+            resent = [t.log.read_text() for t in fleet.tickers]
+            assert any("re-sent" in log for log in resent), fleet.logs()
+            await fleet.stop_all()
+        finally:
+            await restarted.kill()
+
+
+async def queued_messages(server: RedisProcess, settings: Settings) -> int:
+    """Messages waiting in the fleet's run and probe queues."""
+    namespace = redis_options(settings.effective_broker_url).namespace
+    client = redis_async.from_url(server.url)
+    try:
+        return sum(
+            [int(await client.llen(f"{namespace}:{queue}")) for queue in (RUN_QUEUE, PROBE_QUEUE)]
+        )
+    finally:
+        await client.aclose()
