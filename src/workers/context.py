@@ -1,7 +1,8 @@
 """What one worker process shares between its messages.
 
 One database engine, one HTTP client (a keep-alive pool sized to the worker's concurrency), one
-adapter and one concurrency limit per provider, and the batchers that coalesce probe reads and
+adapter and one concurrency limit per provider, the provider budgets the fleet shares
+(`workers.budgets`), and the batchers that coalesce probe reads and
 writes. They belong to the event loop that Dramatiq's AsyncIO middleware runs, so they are built
 lazily on that loop by the first message and closed when the worker shuts down.
 """
@@ -21,6 +22,7 @@ from dramatiq.middleware import Middleware
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from workers.broker import current_broker
+from workers.budgets import ProviderBudgets
 from workers.http import build_client
 from workers.probes import ProbeStore
 from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
@@ -46,6 +48,7 @@ class WorkerContext:
     # Provider calls in flight: at most `worker_concurrency` in all, `provider_concurrency` each.
     in_flight: asyncio.Semaphore
     limits: dict[str, asyncio.Semaphore]
+    budgets: ProviderBudgets
     store: ProbeStore
 
     @classmethod
@@ -69,11 +72,13 @@ class WorkerContext:
             adapters=adapters,
             in_flight=asyncio.Semaphore(settings.worker_concurrency),
             limits={name: asyncio.Semaphore(settings.provider_concurrency) for name in PROVIDERS},
+            budgets=ProviderBudgets.from_settings(settings),
             store=ProbeStore(database),
         )
 
     async def close(self, *, dispose_db: bool = True) -> None:
         await self.http.aclose()
+        await self.budgets.close()
         if dispose_db:
             await self.db.dispose()
 

@@ -82,6 +82,7 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
             log.info("run %s no longer exists", run_id)
             return Expansion(0, 0)
         run, enabled, deleted = row
+        workspace_id = run.workspace_id
         if run.end_time is not None:
             return Expansion(0, 0)
         if run.cancel_requested or deleted is not None:
@@ -107,15 +108,18 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
                 )
             )
     async with db.transaction(write=False) as session:
-        pending = list(
-            (
-                await session.scalars(
-                    select(Probe.id)
-                    .where(Probe.run_id == run_id, Probe.status == PENDING)
-                    .order_by(Probe.prompt_id, Probe.provider)
-                )
-            ).all()
-        )
+        rows = (
+            await session.execute(
+                select(Probe.id, Probe.provider)
+                .where(Probe.run_id == run_id, Probe.status == PENDING)
+                .order_by(Probe.prompt_id, Probe.provider)
+            )
+        ).all()
+    pending = [probe_id for probe_id, _ in rows]
+    # The workspace counts for the fair shares of its providers from now, not from when its
+    # first probe reaches a worker (which another workspace's backlog may delay).
+    for provider in sorted({provider for _, provider in rows}):
+        await context.budgets.waiting_for(provider, [workspace_id])
     if pending:
         await asyncio.to_thread(send_messages, context.broker, probe_messages(pending))
     elif created == 0:

@@ -1,0 +1,389 @@
+"""Provider budgets shared by the fleet: requests and tokens per minute, cooldowns, fair shares.
+
+Real provider limits belong to the API key, not to a process, so every count lives where all
+workers see it: in Redis (`BEACON_REDIS_URL`), or in the process when there is none (`beacon
+dev`, the embedded worker). Before each provider call a worker takes, for that provider:
+
+1. the end of any cooldown. A 429 from the provider stores, in one shared key, the time its
+   Retry-After ends; no worker calls that provider before then (the whole fleet's rate for it
+   drops to zero for the period the provider asked for, instead of every process finding out
+   with a 429 of its own);
+2. one request of `BEACON_<PROVIDER>_RPM`, counted in a moving window of one second
+   (`ceil(RPM / 60)`: providers enforce per-minute limits over shorter periods, so a minute's
+   budget spent in its first second is refused) and in a sliding minute (`RPM`);
+3. the call's estimated tokens of `BEACON_<PROVIDER>_TPM` (sliding minute): the prompt at four
+   characters a token, plus the mean answer length this process has seen from that provider;
+4. the workspace's fair share. Workspaces that have probes waiting for a budgeted provider are
+   registered (for `ACTIVE_SECONDS`, refreshed by every attempt and by run expansion); while
+   several are, each may use `ceil(per-second budget / workspaces)` requests a second. A probe
+   of a workspace over its share is handed back to the queue for a moment rather than wait on a
+   worker thread, so one workspace with 500 prompts cannot hold every thread while the others'
+   messages wait behind its own.
+
+A short wait (under `MAX_WAIT_SECONDS`) is spent on the worker's event loop; a longer one (a
+long Retry-After, a spent minute) hands the probe back with that delay. 0 (or empty) means no
+budget: only the cooldowns apply. When the store cannot be reached the call goes ahead (the
+provider's own 429s still pace the fleet) and a warning is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as redis_async
+from limits import RateLimitItem, RateLimitItemPerMinute, RateLimitItemPerSecond
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.strategies import MovingWindowRateLimiter, SlidingWindowCounterRateLimiter
+
+from service.config import PROVIDERS, Settings
+
+log = logging.getLogger(__name__)
+
+CHARS_PER_TOKEN = 4
+# Until a provider has answered, an answer is assumed to be this many tokens.
+DEFAULT_ANSWER_TOKENS = 500
+# A workspace stays registered as waiting this long after its last probe attempt.
+ACTIVE_SECONDS = 10.0
+# How stale this process's view of the shared cooldown and workspace count may be.
+COOLDOWN_CACHE_SECONDS = 0.05
+ACTIVE_CACHE_SECONDS = 0.5
+# Waits longer than this hand the probe back to the queue instead of holding its thread.
+MAX_WAIT_SECONDS = 5.0
+# A probe over its workspace's share comes back after this long (spread, so they trickle).
+DEFER_SECONDS = (1.0, 4.0)
+# Sleeps between tries for a budget: at least this (Redis round trips), at most a second.
+MIN_SLEEP_SECONDS = 0.01
+STORE_TIMEOUT_SECONDS = 0.5
+WARNING_INTERVAL_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """One provider's configured limits; 0 means unlimited."""
+
+    rpm: int = 0
+    tpm: int = 0
+
+    @property
+    def per_second(self) -> int:
+        return math.ceil(self.rpm / 60)
+
+
+def budgets_of(settings: Settings) -> dict[str, Budget]:
+    """Every provider's budget from `BEACON_<PROVIDER>_RPM` / `_TPM`."""
+    return {
+        name: Budget(int(getattr(settings, f"{name}_rpm")), int(getattr(settings, f"{name}_tpm")))
+        for name in PROVIDERS
+    }
+
+
+def estimate_tokens(text: str) -> int:
+    """Tokens of `text` at `CHARS_PER_TOKEN` characters each (at least one)."""
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN))
+
+
+class SharedState(Protocol):
+    """Cooldowns and waiting workspaces, as every worker of the fleet sees them."""
+
+    async def cooldown_until(self, provider: str) -> float:
+        """Epoch seconds until which `provider` is not to be called (0: no cooldown)."""
+        ...
+
+    async def cool_down(self, provider: str, until: float) -> None:
+        """Extends `provider`'s cooldown to `until` (never shortens it)."""
+        ...
+
+    async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
+        """Registers the workspaces as waiting for `provider` for `ACTIVE_SECONDS`."""
+        ...
+
+    async def waiting(self, provider: str, now: float) -> int:
+        """How many workspaces are registered as waiting for `provider`."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryState:
+    """`SharedState` of one process (no Redis)."""
+
+    def __init__(self) -> None:
+        self._cooldowns: dict[str, float] = {}
+        self._waiting: dict[str, dict[str, float]] = {name: {} for name in PROVIDERS}
+
+    async def cooldown_until(self, provider: str) -> float:
+        return self._cooldowns.get(provider, 0.0)
+
+    async def cool_down(self, provider: str, until: float) -> None:
+        self._cooldowns[provider] = max(until, self._cooldowns.get(provider, 0.0))
+
+    async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
+        for workspace_id in workspace_ids:
+            self._waiting[provider][workspace_id] = now + ACTIVE_SECONDS
+
+    async def waiting(self, provider: str, now: float) -> int:
+        entries = self._waiting[provider]
+        for workspace_id in [w for w, expiry in entries.items() if expiry <= now]:
+            del entries[workspace_id]
+        return len(entries)
+
+    async def close(self) -> None:
+        return None
+
+
+# Sets the cooldown to ARGV[1] (epoch ms) unless it already ends later; expires with it.
+_COOL_DOWN = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > current then
+  redis.call('SET', KEYS[1], ARGV[1], 'PXAT', ARGV[1])
+end
+return 0
+"""
+
+
+class RedisState:
+    """`SharedState` in Redis: a cooldown key and a sorted set of waiting workspaces (scored by
+    the time their registration expires) per provider, under `<prefix>:budget:`."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._client = redis_async.from_url(
+            url,
+            socket_timeout=STORE_TIMEOUT_SECONDS,
+            socket_connect_timeout=STORE_TIMEOUT_SECONDS,
+        )
+        self._prefix = f"{prefix}:budget"
+        self._cool_down = self._client.register_script(_COOL_DOWN)
+
+    def _key(self, provider: str, what: str) -> str:
+        return f"{self._prefix}:{provider}:{what}"
+
+    async def cooldown_until(self, provider: str) -> float:
+        value = await self._client.get(self._key(provider, "cooldown"))
+        return int(value) / 1000 if value else 0.0
+
+    async def cool_down(self, provider: str, until: float) -> None:
+        await self._cool_down(keys=[self._key(provider, "cooldown")], args=[round(until * 1000)])
+
+    async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
+        key = self._key(provider, "waiting")
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, dict.fromkeys(workspace_ids, now + ACTIVE_SECONDS))
+            pipe.expire(key, math.ceil(ACTIVE_SECONDS) * 2)
+            await pipe.execute()
+
+    async def waiting(self, provider: str, now: float) -> int:
+        key = self._key(provider, "waiting")
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.zremrangebyscore(key, "-inf", now)
+            pipe.zcard(key)
+            _, count = await pipe.execute()
+        return int(count)
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Items:
+    second: RateLimitItem
+    minute: RateLimitItem
+    # The workspace's requests in the last second, counted against the whole per-second budget
+    # (the share is compared with the count: one key whatever the number of workspaces).
+    workspace: RateLimitItem
+
+
+class ProviderBudgets:
+    """The budgets of one worker process's provider calls; see the module docstring.
+
+    `acquire` before a call (None: go ahead; a number: hand the probe back for that many
+    seconds), `spent` after an answer, `throttled` on a 429.
+    """
+
+    def __init__(
+        self,
+        budgets: Mapping[str, Budget],
+        storage: Storage,
+        state: SharedState,
+    ) -> None:
+        self.budgets = dict(budgets)
+        self._storage = storage
+        self._state = state
+        self._moving = MovingWindowRateLimiter(storage)
+        self._sliding = SlidingWindowCounterRateLimiter(storage)
+        self._items: dict[str, _Items] = {}
+        self._tokens: dict[str, RateLimitItem] = {}
+        for name, budget in self.budgets.items():
+            if budget.rpm > 0:
+                self._items[name] = _Items(
+                    second=RateLimitItemPerSecond(budget.per_second, 1, namespace=f"rps:{name}"),
+                    minute=RateLimitItemPerMinute(budget.rpm, 1, namespace=f"rpm:{name}"),
+                    workspace=RateLimitItemPerSecond(budget.per_second, 1, namespace=f"ws:{name}"),
+                )
+            if budget.tpm > 0:
+                self._tokens[name] = RateLimitItemPerMinute(budget.tpm, 1, namespace=f"tpm:{name}")
+        self._cooldowns: dict[str, tuple[float, float]] = {}
+        self._waiting: dict[str, tuple[float, int]] = {}
+        self._marked: dict[tuple[str, str], float] = {}
+        self._answer_tokens: dict[str, tuple[int, int]] = {}
+        self._warned = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ProviderBudgets:
+        """Counted in Redis when `settings.redis_url` is set, in this process otherwise."""
+        if not settings.redis_url:
+            return cls(budgets_of(settings), MemoryStorage(), MemoryState())
+        prefix = f"{settings.rate_limit_key_prefix}:budget"
+        storage = RedisStorage(
+            "async+" + settings.redis_url,
+            implementation="redispy",
+            wrap_exceptions=True,
+            key_prefix=prefix,
+            socket_timeout=STORE_TIMEOUT_SECONDS,
+            socket_connect_timeout=STORE_TIMEOUT_SECONDS,
+        )
+        return cls(
+            budgets_of(settings),
+            storage,
+            RedisState(settings.redis_url, settings.rate_limit_key_prefix),
+        )
+
+    async def close(self) -> None:
+        await self._state.close()
+
+    def fair(self, provider: str) -> bool:
+        """Whether `provider`'s calls are shared out between workspaces (it has an RPM)."""
+        return provider in self._items
+
+    async def waiting_for(self, provider: str, workspace_ids: list[str]) -> None:
+        """Registers workspaces whose probes are about to wait for `provider` (run expansion)."""
+        if not self.fair(provider) or not workspace_ids:
+            return
+        try:
+            await self._state.mark_waiting(provider, workspace_ids, time.time())
+        except Exception as exc:
+            self._unavailable(exc)
+
+    async def acquire(self, provider: str, workspace_id: str, prompt: str) -> float | None:
+        """Waits for `provider`'s cooldown, budget and the workspace's share; None when the
+        call may go ahead, else the seconds after which to try the probe again."""
+        try:
+            return await self._acquire(provider, workspace_id, prompt)
+        except Exception as exc:  # the store is unreachable: limits wraps its errors
+            self._unavailable(exc)
+            return None
+
+    async def _acquire(self, provider: str, workspace_id: str, prompt: str) -> float | None:
+        items = self._items.get(provider)
+        tokens_item = self._tokens.get(provider)
+        tokens = min(
+            estimate_tokens(prompt) + self._answer_estimate(provider),
+            tokens_item.amount if tokens_item else 0,
+        )
+        if items is not None:
+            await self._mark(provider, workspace_id)
+        need_request, need_tokens = items is not None, tokens_item is not None
+        while True:
+            wait = await self._cooldown_wait(provider)
+            if wait <= 0 and need_request and items is not None:
+                if await self._over_share(provider, workspace_id, items):
+                    return random.uniform(*DEFER_SECONDS)
+                wait = await self._take_request(items)
+                need_request = wait > 0
+            if wait <= 0 and need_tokens and tokens_item is not None:
+                if await self._sliding.hit(tokens_item, cost=tokens):
+                    need_tokens = False
+                else:
+                    wait = await self._reset_in(self._sliding, tokens_item)
+            if wait <= 0:
+                if items is not None:
+                    await self._moving.hit(items.workspace, workspace_id)
+                return None
+            if wait > MAX_WAIT_SECONDS:
+                return wait + random.uniform(0.0, 1.0)
+            await asyncio.sleep(wait)
+
+    async def _cooldown_wait(self, provider: str) -> float:
+        now = time.time()
+        cached = self._cooldowns.get(provider)
+        if cached is None or now - cached[0] > COOLDOWN_CACHE_SECONDS:
+            cached = (now, await self._state.cooldown_until(provider))
+            self._cooldowns[provider] = cached
+        if cached[1] <= now:
+            return 0.0
+        # Spread the fleet's restart over a moment rather than all at the same instant.
+        return cached[1] - now + random.uniform(0.0, 0.2)
+
+    async def _take_request(self, items: _Items) -> float:
+        """0 when a request of the budget was taken, else the seconds to wait for one."""
+        if not await self._sliding.test(items.minute):
+            return await self._reset_in(self._sliding, items.minute)
+        if not await self._moving.hit(items.second):
+            return await self._reset_in(self._moving, items.second)
+        if not await self._sliding.hit(items.minute):
+            return await self._reset_in(self._sliding, items.minute)
+        return 0.0
+
+    async def _over_share(self, provider: str, workspace_id: str, items: _Items) -> bool:
+        now = time.time()
+        cached = self._waiting.get(provider)
+        if cached is None or now - cached[0] > ACTIVE_CACHE_SECONDS:
+            cached = (now, await self._state.waiting(provider, now))
+            self._waiting[provider] = cached
+        workspaces = cached[1]
+        if workspaces <= 1:
+            return False
+        share = math.ceil(items.second.amount / workspaces)
+        stats = await self._moving.get_window_stats(items.workspace, workspace_id)
+        return items.workspace.amount - stats.remaining >= share
+
+    async def _mark(self, provider: str, workspace_id: str) -> None:
+        now = time.time()
+        key = (provider, workspace_id)
+        if now - self._marked.get(key, 0.0) < 1.0:
+            return
+        if len(self._marked) > 10_000:
+            self._marked.clear()
+        self._marked[key] = now
+        await self._state.mark_waiting(provider, [workspace_id], now)
+
+    async def _reset_in(
+        self,
+        limiter: MovingWindowRateLimiter | SlidingWindowCounterRateLimiter,
+        item: RateLimitItem,
+    ) -> float:
+        stats = await limiter.get_window_stats(item)
+        wait = stats.reset_time - time.time()
+        return min(max(wait, MIN_SLEEP_SECONDS), float(item.get_expiry())) + random.uniform(
+            0.0, MIN_SLEEP_SECONDS
+        )
+
+    def spent(self, provider: str, answer_text: str) -> None:
+        """Learns the length of `provider`'s answers (the token estimate of the next calls)."""
+        count, total = self._answer_tokens.get(provider, (0, 0))
+        self._answer_tokens[provider] = (count + 1, total + estimate_tokens(answer_text))
+
+    def _answer_estimate(self, provider: str) -> int:
+        count, total = self._answer_tokens.get(provider, (0, 0))
+        return round(total / count) if count else DEFAULT_ANSWER_TOKENS
+
+    async def throttled(self, provider: str, seconds: float) -> None:
+        """A 429: no worker of the fleet calls `provider` for `seconds`."""
+        until = time.time() + seconds
+        self._cooldowns[provider] = (time.time(), until)
+        try:
+            await self._state.cool_down(provider, until)
+        except Exception as exc:
+            self._unavailable(exc)
+
+    def _unavailable(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned > WARNING_INTERVAL_SECONDS:
+            self._warned = now
+            log.warning("provider budgets unavailable, calling without them: %s", exc)
