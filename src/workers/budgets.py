@@ -20,8 +20,10 @@ dev`, the embedded worker). Before each provider call a worker takes, for that p
    worker thread, so one workspace with 500 prompts cannot hold every thread while the others'
    messages wait behind its own.
 
-A short wait (under `MAX_WAIT_SECONDS`) is spent on the worker's event loop; a longer one (a
-long Retry-After, a spent minute) hands the probe back with that delay. 0 (or empty) means no
+A probe waits for its budget on the worker's event loop for `MAX_WAIT_SECONDS` at most; a
+longer wait (a long Retry-After, a spent minute, a busy second) hands it back to the queue with
+a delay, so that worker threads keep turning over and other workspaces' messages (and run
+expansions, which register their workspaces) are not stuck behind a waiting backlog. 0 (or empty) means no
 budget: only the cooldowns apply. When the store cannot be reached the call goes ahead (the
 provider's own 429s still pace the fleet) and a warning is logged.
 """
@@ -54,8 +56,8 @@ ACTIVE_SECONDS = 10.0
 # How stale this process's view of the shared cooldown and workspace count may be.
 COOLDOWN_CACHE_SECONDS = 0.05
 ACTIVE_CACHE_SECONDS = 0.5
-# Waits longer than this hand the probe back to the queue instead of holding its thread.
-MAX_WAIT_SECONDS = 5.0
+# A probe holds its worker thread waiting for a budget this long at most, then is handed back.
+MAX_WAIT_SECONDS = 2.0
 # A probe over its workspace's share comes back after this long (spread, so they trickle).
 DEFER_SECONDS = (1.0, 4.0)
 # Sleeps between tries for a budget: at least this (Redis round trips), at most a second.
@@ -289,6 +291,7 @@ class ProviderBudgets:
         if items is not None:
             await self._mark(provider, workspace_id)
         need_request, need_tokens = items is not None, tokens_item is not None
+        waited = 0.0
         while True:
             wait = await self._cooldown_wait(provider)
             if wait <= 0 and need_request and items is not None:
@@ -305,8 +308,9 @@ class ProviderBudgets:
                 if items is not None:
                     await self._moving.hit(items.workspace, workspace_id)
                 return None
-            if wait > MAX_WAIT_SECONDS:
-                return wait + random.uniform(0.0, 1.0)
+            if waited + wait > MAX_WAIT_SECONDS:
+                return max(wait, random.uniform(*DEFER_SECONDS))
+            waited += wait
             await asyncio.sleep(wait)
 
     async def _cooldown_wait(self, provider: str) -> float:
@@ -375,8 +379,10 @@ class ProviderBudgets:
 
     async def throttled(self, provider: str, seconds: float) -> None:
         """A 429: no worker of the fleet calls `provider` for `seconds`."""
-        until = time.time() + seconds
-        self._cooldowns[provider] = (time.time(), until)
+        now = time.time()
+        until = now + seconds
+        known = self._cooldowns.get(provider, (now, 0.0))[1]
+        self._cooldowns[provider] = (now, max(until, known))
         try:
             await self._state.cool_down(provider, until)
         except Exception as exc:
