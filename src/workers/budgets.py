@@ -52,14 +52,14 @@ CHARS_PER_TOKEN = 4
 # Until a provider has answered, an answer is assumed to be this many tokens.
 DEFAULT_ANSWER_TOKENS = 500
 # A workspace stays registered as waiting this long after its last probe attempt.
-ACTIVE_SECONDS = 10.0
+ACTIVE_SECONDS = 5.0
 # How stale this process's view of the shared cooldown and workspace count may be.
 COOLDOWN_CACHE_SECONDS = 0.05
 ACTIVE_CACHE_SECONDS = 0.5
 # A probe holds its worker thread waiting for a budget this long at most, then is handed back.
 MAX_WAIT_SECONDS = 2.0
 # A probe over its workspace's share comes back after this long (spread, so they trickle).
-DEFER_SECONDS = (1.0, 4.0)
+DEFER_SECONDS = (0.5, 2.0)
 # Sleeps between tries for a budget: at least this (Redis round trips), at most a second.
 MIN_SLEEP_SECONDS = 0.01
 STORE_TIMEOUT_SECONDS = 0.5
@@ -84,6 +84,11 @@ def budgets_of(settings: Settings) -> dict[str, Budget]:
         name: Budget(int(getattr(settings, f"{name}_rpm")), int(getattr(settings, f"{name}_tpm")))
         for name in PROVIDERS
     }
+
+
+def defer_seconds() -> float:
+    """How long a probe handed back waits in the queue (spread, so that they trickle back)."""
+    return random.uniform(*DEFER_SECONDS)
 
 
 def estimate_tokens(text: str) -> int:
@@ -296,7 +301,7 @@ class ProviderBudgets:
             wait = await self._cooldown_wait(provider)
             if wait <= 0 and need_request and items is not None:
                 if await self._over_share(provider, workspace_id, items):
-                    return random.uniform(*DEFER_SECONDS)
+                    return defer_seconds()
                 wait = await self._take_request(items)
                 need_request = wait > 0
             if wait <= 0 and need_tokens and tokens_item is not None:
@@ -309,7 +314,7 @@ class ProviderBudgets:
                     await self._moving.hit(items.workspace, workspace_id)
                 return None
             if waited + wait > MAX_WAIT_SECONDS:
-                return max(wait, random.uniform(*DEFER_SECONDS))
+                return max(wait, defer_seconds())
             waited += wait
             await asyncio.sleep(wait)
 

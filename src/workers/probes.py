@@ -34,7 +34,8 @@ from workers import metrics
 from workers.actors import probe_message
 from workers.analysis import BrandSpec, CompetitorSpec, analyse
 from workers.batching import Batcher
-from workers.providers import Answer, ProviderError
+from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
+from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain
 from workers.runs import (
     CANCELED_REASON,
@@ -327,8 +328,26 @@ async def _ask(
             f"(BEACON_{task.provider.upper()}_API_KEY on the workers)"
         )
         return _failed(task, attempt, message)
-    # The provider's slot first: a provider at its limit does not hold the others' slots.
-    async with context.limits[task.provider], context.in_flight:
+    slot = context.limits[task.provider]
+    if context.budgets.fair(task.provider):
+        # A budgeted provider's probes do not hold their thread long, waiting for a slot
+        # either (see workers.budgets).
+        try:
+            await asyncio.wait_for(slot.acquire(), MAX_WAIT_SECONDS)
+        except TimeoutError:
+            return Deferred(defer_seconds())
+    else:
+        await slot.acquire()
+    try:
+        return await _ask_in_slot(context, task, attempt, adapter)
+    finally:
+        slot.release()
+
+
+async def _ask_in_slot(
+    context: WorkerContext, task: ProbeTask, attempt: int, adapter: ProviderAdapter
+) -> ProbeResult | Deferred | None:
+    async with context.in_flight:
         wait = await context.budgets.acquire(task.provider, task.workspace_id, task.prompt_text)
         if wait is not None:
             return Deferred(wait)

@@ -107,7 +107,7 @@ async def test_a_busy_budget_holds_a_probe_for_a_bounded_time() -> None:
     assert time.monotonic() - started <= MAX_WAIT_SECONDS + 0.5
     granted = [result for result in results if result is None]
     assert 1 <= len(granted) <= 2  # one a second, for the two seconds a probe may wait
-    assert all(result >= 1.0 for result in results if result is not None)  # handed back
+    assert all(result >= 0.5 for result in results if result is not None)  # handed back
 
 
 async def test_tokens_per_minute_count_the_prompt_and_the_expected_answer() -> None:
@@ -134,7 +134,7 @@ async def test_workspaces_waiting_together_get_equal_shares() -> None:
     granted = [outcome for outcome in outcomes if outcome is None]
     assert len(granted) == 5  # half of the second's 10
     deferred = [outcome for outcome in outcomes if outcome is not None]
-    assert all(1.0 <= delay <= 4.0 for delay in deferred)
+    assert all(0.5 <= delay <= 2.0 for delay in deferred)
     # The other workspace still gets its share at once.
     started = time.monotonic()
     assert [await budget.acquire("openai", WS_B, "q") for _ in range(5)] == [None] * 5
