@@ -8,24 +8,27 @@ dev`, the embedded worker). Before each provider call a worker takes, for that p
    Retry-After ends; no worker calls that provider before then (the whole fleet's rate for it
    drops to zero for the period the provider asked for, instead of every process finding out
    with a 429 of its own);
-2. one request of `BEACON_<PROVIDER>_RPM`, counted in a moving window of one second
-   (`ceil(RPM / 60)`: providers enforce per-minute limits over shorter periods, so a minute's
-   budget spent in its first second is refused) and in a sliding minute (`RPM`);
-3. the call's estimated tokens of `BEACON_<PROVIDER>_TPM` (sliding minute): the prompt at four
-   characters a token, plus the mean answer length this process has seen from that provider;
+2. a call slot of `BEACON_<PROVIDER>_RPM`: the fleet's calls are spaced `60 / RPM` seconds
+   apart, booked in one shared key (GCRA without burst, on the Redis server's clock).
+   Providers enforce per-minute limits over shorter periods too, so neither a minute's budget
+   spent in its first second nor a burst at the start of every second (which network jitter
+   squeezes into less than a second on the provider's side) would be safe;
+3. the call's estimated tokens of `BEACON_<PROVIDER>_TPM` (a `limits` sliding minute): the
+   prompt at four characters a token, plus the mean answer length this process has seen from
+   that provider;
 4. the workspace's fair share. Workspaces that have probes waiting for a budgeted provider are
    registered (for `ACTIVE_SECONDS`, refreshed by every attempt and by run expansion); while
-   several are, each may use `ceil(per-second budget / workspaces)` requests a second. A probe
-   of a workspace over its share is handed back to the queue for a moment rather than wait on a
-   worker thread, so one workspace with 500 prompts cannot hold every thread while the others'
-   messages wait behind its own.
+   several are, each may make `ceil(RPM / 60 / workspaces)` calls a second (a `limits` moving
+   window per workspace). A probe of a workspace over its share is handed back to the queue
+   for a moment rather than wait on a worker thread, so one workspace with 500 prompts cannot
+   hold every thread while the others' messages wait behind its own.
 
 A probe waits for its budget on the worker's event loop for `MAX_WAIT_SECONDS` at most; a
-longer wait (a long Retry-After, a spent minute, a busy second) hands it back to the queue with
-a delay, so that worker threads keep turning over and other workspaces' messages (and run
-expansions, which register their workspaces) are not stuck behind a waiting backlog. 0 (or empty) means no
-budget: only the cooldowns apply. When the store cannot be reached the call goes ahead (the
-provider's own 429s still pace the fleet) and a warning is logged.
+longer wait (a long Retry-After, a spent minute, a booked-out second) hands it back to the
+queue with a delay, so that worker threads keep turning over and other workspaces' messages
+(and run expansions, which register their workspaces) are not stuck behind a waiting backlog.
+0 (or empty) means no budget: only the cooldowns apply. When the store cannot be reached the
+call goes ahead (the provider's own 429s still pace the fleet) and a warning is logged.
 """
 
 from __future__ import annotations
@@ -107,6 +110,11 @@ class SharedState(Protocol):
         """Extends `provider`'s cooldown to `until` (never shortens it)."""
         ...
 
+    async def reserve(self, provider: str, interval: float, within: float) -> float | None:
+        """Books `provider`'s next call slot, `interval` seconds after the previous one: the
+        seconds until it, or None (and nothing booked) when it is further than `within`."""
+        ...
+
     async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
         """Registers the workspaces as waiting for `provider` for `ACTIVE_SECONDS`."""
         ...
@@ -123,6 +131,7 @@ class MemoryState:
 
     def __init__(self) -> None:
         self._cooldowns: dict[str, float] = {}
+        self._next_slots: dict[str, float] = {}
         self._waiting: dict[str, dict[str, float]] = {name: {} for name in PROVIDERS}
 
     async def cooldown_until(self, provider: str) -> float:
@@ -130,6 +139,14 @@ class MemoryState:
 
     async def cool_down(self, provider: str, until: float) -> None:
         self._cooldowns[provider] = max(until, self._cooldowns.get(provider, 0.0))
+
+    async def reserve(self, provider: str, interval: float, within: float) -> float | None:
+        now = time.monotonic()
+        slot = max(now, self._next_slots.get(provider, 0.0))
+        if slot - now > within:
+            return None
+        self._next_slots[provider] = slot + interval
+        return slot - now
 
     async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
         for workspace_id in workspace_ids:
@@ -155,6 +172,21 @@ return 0
 """
 
 
+# Books the next call slot (GCRA with no burst): KEYS[1] holds the slot after the last one
+# booked, in microseconds of the Redis server's clock (one clock for the whole fleet). ARGV:
+# interval and horizon in microseconds. Returns the wait in microseconds, or -1 (not booked).
+_RESERVE = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < now then slot = now end
+if slot - now > tonumber(ARGV[2]) then return -1 end
+local after = slot + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], string.format('%d', after), 'PX', math.ceil((after - now) / 1000) + 1000)
+return slot - now
+"""
+
+
 class RedisState:
     """`SharedState` in Redis: a cooldown key and a sorted set of waiting workspaces (scored by
     the time their registration expires) per provider, under `<prefix>:budget:`."""
@@ -167,6 +199,7 @@ class RedisState:
         )
         self._prefix = f"{prefix}:budget"
         self._cool_down = self._client.register_script(_COOL_DOWN)
+        self._reserve = self._client.register_script(_RESERVE)
 
     def _key(self, provider: str, what: str) -> str:
         return f"{self._prefix}:{provider}:{what}"
@@ -177,6 +210,13 @@ class RedisState:
 
     async def cool_down(self, provider: str, until: float) -> None:
         await self._cool_down(keys=[self._key(provider, "cooldown")], args=[round(until * 1000)])
+
+    async def reserve(self, provider: str, interval: float, within: float) -> float | None:
+        micros = await self._reserve(
+            keys=[self._key(provider, "next")],
+            args=[round(interval * 1e6), round(max(within, 0.0) * 1e6)],
+        )
+        return None if int(micros) < 0 else int(micros) / 1e6
 
     async def mark_waiting(self, provider: str, workspace_ids: list[str], now: float) -> None:
         key = self._key(provider, "waiting")
@@ -197,15 +237,6 @@ class RedisState:
         await self._client.aclose()
 
 
-@dataclass(frozen=True, slots=True)
-class _Items:
-    second: RateLimitItem
-    minute: RateLimitItem
-    # The workspace's requests in the last second, counted against the whole per-second budget
-    # (the share is compared with the count: one key whatever the number of workspaces).
-    workspace: RateLimitItem
-
-
 class ProviderBudgets:
     """The budgets of one worker process's provider calls; see the module docstring.
 
@@ -224,14 +255,16 @@ class ProviderBudgets:
         self._state = state
         self._moving = MovingWindowRateLimiter(storage)
         self._sliding = SlidingWindowCounterRateLimiter(storage)
-        self._items: dict[str, _Items] = {}
+        # Seconds between two calls of the fleet; the workspace shares count against the
+        # calls of a second.
+        self._intervals: dict[str, float] = {}
+        self._shares: dict[str, RateLimitItem] = {}
         self._tokens: dict[str, RateLimitItem] = {}
         for name, budget in self.budgets.items():
             if budget.rpm > 0:
-                self._items[name] = _Items(
-                    second=RateLimitItemPerSecond(budget.per_second, 1, namespace=f"rps:{name}"),
-                    minute=RateLimitItemPerMinute(budget.rpm, 1, namespace=f"rpm:{name}"),
-                    workspace=RateLimitItemPerSecond(budget.per_second, 1, namespace=f"ws:{name}"),
+                self._intervals[name] = 60.0 / budget.rpm
+                self._shares[name] = RateLimitItemPerSecond(
+                    budget.per_second, 1, namespace=f"share:{name}"
                 )
             if budget.tpm > 0:
                 self._tokens[name] = RateLimitItemPerMinute(budget.tpm, 1, namespace=f"tpm:{name}")
@@ -266,7 +299,7 @@ class ProviderBudgets:
 
     def fair(self, provider: str) -> bool:
         """Whether `provider`'s calls are shared out between workspaces (it has an RPM)."""
-        return provider in self._items
+        return provider in self._intervals
 
     async def waiting_for(self, provider: str, workspace_ids: list[str]) -> None:
         """Registers workspaces whose probes are about to wait for `provider` (run expansion)."""
@@ -287,31 +320,35 @@ class ProviderBudgets:
             return None
 
     async def _acquire(self, provider: str, workspace_id: str, prompt: str) -> float | None:
-        items = self._items.get(provider)
+        interval = self._intervals.get(provider)
+        share_item = self._shares.get(provider)
         tokens_item = self._tokens.get(provider)
         tokens = min(
             estimate_tokens(prompt) + self._answer_estimate(provider),
             tokens_item.amount if tokens_item else 0,
         )
-        if items is not None:
+        if share_item is not None:
             await self._mark(provider, workspace_id)
-        need_request, need_tokens = items is not None, tokens_item is not None
+        need_tokens = tokens_item is not None
         waited = 0.0
         while True:
             wait = await self._cooldown_wait(provider)
-            if wait <= 0 and need_request and items is not None:
-                if await self._over_share(provider, workspace_id, items):
-                    return defer_seconds()
-                wait = await self._take_request(items)
-                need_request = wait > 0
             if wait <= 0 and need_tokens and tokens_item is not None:
                 if await self._sliding.hit(tokens_item, cost=tokens):
                     need_tokens = False
                 else:
-                    wait = await self._reset_in(self._sliding, tokens_item)
+                    wait = await self._reset_in(tokens_item)
+            if wait <= 0 and interval is not None and share_item is not None:
+                if await self._over_share(provider, workspace_id, share_item):
+                    return defer_seconds()
+                slot = await self._state.reserve(provider, interval, MAX_WAIT_SECONDS - waited)
+                if slot is None:
+                    return defer_seconds()
+                await self._moving.hit(share_item, workspace_id)
+                if slot > 0:
+                    await asyncio.sleep(slot)
+                return None
             if wait <= 0:
-                if items is not None:
-                    await self._moving.hit(items.workspace, workspace_id)
                 return None
             if waited + wait > MAX_WAIT_SECONDS:
                 return max(wait, defer_seconds())
@@ -329,17 +366,7 @@ class ProviderBudgets:
         # Spread the fleet's restart over a moment rather than all at the same instant.
         return cached[1] - now + random.uniform(0.0, 0.2)
 
-    async def _take_request(self, items: _Items) -> float:
-        """0 when a request of the budget was taken, else the seconds to wait for one."""
-        if not await self._sliding.test(items.minute):
-            return await self._reset_in(self._sliding, items.minute)
-        if not await self._moving.hit(items.second):
-            return await self._reset_in(self._moving, items.second)
-        if not await self._sliding.hit(items.minute):
-            return await self._reset_in(self._sliding, items.minute)
-        return 0.0
-
-    async def _over_share(self, provider: str, workspace_id: str, items: _Items) -> bool:
+    async def _over_share(self, provider: str, workspace_id: str, item: RateLimitItem) -> bool:
         now = time.time()
         cached = self._waiting.get(provider)
         if cached is None or now - cached[0] > ACTIVE_CACHE_SECONDS:
@@ -348,9 +375,9 @@ class ProviderBudgets:
         workspaces = cached[1]
         if workspaces <= 1:
             return False
-        share = math.ceil(items.second.amount / workspaces)
-        stats = await self._moving.get_window_stats(items.workspace, workspace_id)
-        return items.workspace.amount - stats.remaining >= share
+        share = math.ceil(item.amount / workspaces)
+        stats = await self._moving.get_window_stats(item, workspace_id)
+        return item.amount - stats.remaining >= share
 
     async def _mark(self, provider: str, workspace_id: str) -> None:
         now = time.time()
@@ -362,12 +389,8 @@ class ProviderBudgets:
         self._marked[key] = now
         await self._state.mark_waiting(provider, [workspace_id], now)
 
-    async def _reset_in(
-        self,
-        limiter: MovingWindowRateLimiter | SlidingWindowCounterRateLimiter,
-        item: RateLimitItem,
-    ) -> float:
-        stats = await limiter.get_window_stats(item)
+    async def _reset_in(self, item: RateLimitItem) -> float:
+        stats = await self._sliding.get_window_stats(item)
         wait = stats.reset_time - time.time()
         return min(max(wait, MIN_SLEEP_SECONDS), float(item.get_expiry())) + random.uniform(
             0.0, MIN_SLEEP_SECONDS

@@ -130,6 +130,8 @@ async def test_two_workers_stay_under_the_providers_limit_and_every_probe_ends(
         shares = [await probes_finished(address) for address in addresses]
 
     traffic = fake_provider.traffic("openai")
+    t0 = traffic.arrivals[0]
+    print("DEBUG", traffic.peak_per_second, [round(t - t0, 3) for t in traffic.arrivals], [round(t - t0, 3) for t in traffic.throttled])
     assert run.status == "succeeded"
     probes = await load_probes(collection_db, run.id)
     assert len(probes) == len(prompts) and all(p.status == "succeeded" for p in probes)

@@ -55,11 +55,14 @@ def test_budgets_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
         Settings()
 
 
-async def test_a_minutes_requests_are_spread_over_its_seconds() -> None:
-    budget = budgets(openai=Budget(rpm=180))  # 3 a second
+async def test_a_minutes_requests_are_spaced_evenly() -> None:
+    budget = budgets(openai=Budget(rpm=180))  # 3 a second, one every 333 ms
     times = await grant_times(budget, 7)
-    assert most_in_one_second(times) == 3
-    assert times[-1] - times[0] >= 2.0
+    # Never a burst: a second holds 3 calls, and a 4th only at its very edge.
+    assert most_in_one_second(times) <= 4
+    assert times[-1] - times[0] >= 1.95
+    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    assert min(gaps) >= 0.3
 
 
 async def test_a_provider_without_a_budget_is_not_paced() -> None:
@@ -106,7 +109,7 @@ async def test_a_busy_budget_holds_a_probe_for_a_bounded_time() -> None:
     results = await asyncio.gather(*(budget.acquire("openai", WS_A, "q") for _ in range(6)))
     assert time.monotonic() - started <= MAX_WAIT_SECONDS + 0.5
     granted = [result for result in results if result is None]
-    assert 1 <= len(granted) <= 2  # one a second, for the two seconds a probe may wait
+    assert len(granted) == 2  # one a second, for the two seconds a probe may wait
     assert all(result >= 0.5 for result in results if result is not None)  # handed back
 
 
@@ -121,10 +124,10 @@ async def test_tokens_per_minute_count_the_prompt_and_the_expected_answer() -> N
 
 
 async def test_a_workspace_alone_may_use_the_whole_budget() -> None:
-    budget = budgets(openai=Budget(rpm=600))
+    budget = budgets(openai=Budget(rpm=600))  # one every 100 ms
     await budget.waiting_for("openai", [WS_A])
     times = await grant_times(budget, 10)
-    assert times[-1] - times[0] < 0.5
+    assert times[-1] - times[0] < 1.2
 
 
 async def test_workspaces_waiting_together_get_equal_shares() -> None:
@@ -138,7 +141,7 @@ async def test_workspaces_waiting_together_get_equal_shares() -> None:
     # The other workspace still gets its share at once.
     started = time.monotonic()
     assert [await budget.acquire("openai", WS_B, "q") for _ in range(5)] == [None] * 5
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 0.8
 
 
 async def test_a_workspace_stops_counting_once_it_has_not_waited_for_a_while(
@@ -149,5 +152,5 @@ async def test_a_workspace_stops_counting_once_it_has_not_waited_for_a_while(
     budget = budgets(openai=Budget(rpm=600))
     await budget.waiting_for("openai", [WS_B])
     await asyncio.sleep(0.3)  # WS_B's registration lapses (what is tested is its expiry)
-    times = await grant_times(budget, 10)
-    assert times[-1] - times[0] < 0.5
+    outcomes = [await budget.acquire("openai", WS_A, "q") for _ in range(8)]
+    assert outcomes == [None] * 8  # no longer held to half of the second
