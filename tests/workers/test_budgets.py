@@ -5,6 +5,7 @@ tests/collection/test_provider_budgets.py."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
@@ -61,7 +62,7 @@ async def test_a_minutes_requests_are_spaced_evenly() -> None:
     # Never a burst: a second holds 3 calls, and a 4th only at its very edge.
     assert most_in_one_second(times) <= 4
     assert times[-1] - times[0] >= 1.95
-    gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
     assert min(gaps) >= 0.3
 
 
