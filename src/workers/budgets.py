@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +66,8 @@ DEFER_SECONDS = (0.5, 2.0)
 # Sleeps between tries for a budget: at least this (Redis round trips), at most a second.
 MIN_SLEEP_SECONDS = 0.01
 STORE_TIMEOUT_SECONDS = 0.5
+# Connections of a worker process to the shared state (calls wait for a free one).
+STATE_CONNECTIONS = 32
 WARNING_INTERVAL_SECONDS = 30.0
 
 
@@ -119,7 +121,7 @@ class SharedState(Protocol):
         """Registers the workspaces as waiting for `provider` for `ACTIVE_SECONDS`."""
         ...
 
-    async def waiting(self, provider: str, now: float) -> int:
+    async def waiting(self, provider: str) -> float:
         """How many workspaces are registered as waiting for `provider`."""
         ...
 
@@ -152,7 +154,8 @@ class MemoryState:
         for workspace_id in workspace_ids:
             self._waiting[provider][workspace_id] = now + ACTIVE_SECONDS
 
-    async def waiting(self, provider: str, now: float) -> int:
+    async def waiting(self, provider: str) -> float:
+        now = time.time()
         entries = self._waiting[provider]
         for workspace_id in [w for w, expiry in entries.items() if expiry <= now]:
             del entries[workspace_id]
@@ -192,11 +195,14 @@ class RedisState:
     the time their registration expires) per provider, under `<prefix>:budget:`."""
 
     def __init__(self, url: str, prefix: str) -> None:
-        self._client = redis_async.from_url(
+        pool = redis_async.BlockingConnectionPool.from_url(
             url,
+            max_connections=STATE_CONNECTIONS,
+            timeout=STORE_TIMEOUT_SECONDS,
             socket_timeout=STORE_TIMEOUT_SECONDS,
             socket_connect_timeout=STORE_TIMEOUT_SECONDS,
         )
+        self._client = redis_async.Redis(connection_pool=pool)
         self._prefix = f"{prefix}:budget"
         self._cool_down = self._client.register_script(_COOL_DOWN)
         self._reserve = self._client.register_script(_RESERVE)
@@ -225,13 +231,14 @@ class RedisState:
             pipe.expire(key, math.ceil(ACTIVE_SECONDS) * 2)
             await pipe.execute()
 
-    async def waiting(self, provider: str, now: float) -> int:
+    async def waiting(self, provider: str) -> float:
+        now = time.time()
         key = self._key(provider, "waiting")
         async with self._client.pipeline(transaction=False) as pipe:
             pipe.zremrangebyscore(key, "-inf", now)
             pipe.zcard(key)
             _, count = await pipe.execute()
-        return int(count)
+        return float(count)
 
     async def close(self) -> None:
         await self._client.aclose()
@@ -268,8 +275,9 @@ class ProviderBudgets:
                 )
             if budget.tpm > 0:
                 self._tokens[name] = RateLimitItemPerMinute(budget.tpm, 1, namespace=f"tpm:{name}")
-        self._cooldowns: dict[str, tuple[float, float]] = {}
-        self._waiting: dict[str, tuple[float, int]] = {}
+        # Shared values by (kind, provider): (monotonic time read, value), and reads under way.
+        self._cache: dict[tuple[str, str], tuple[float, float]] = {}
+        self._reads: dict[tuple[str, str], asyncio.Future[float]] = {}
         self._marked: dict[tuple[str, str], float] = {}
         self._answer_tokens: dict[str, tuple[int, int]] = {}
         self._warned = 0.0
@@ -356,23 +364,43 @@ class ProviderBudgets:
             await asyncio.sleep(wait)
 
     async def _cooldown_wait(self, provider: str) -> float:
+        until = await self._shared(
+            "cooldown", provider, COOLDOWN_CACHE_SECONDS, self._state.cooldown_until
+        )
         now = time.time()
-        cached = self._cooldowns.get(provider)
-        if cached is None or now - cached[0] > COOLDOWN_CACHE_SECONDS:
-            cached = (now, await self._state.cooldown_until(provider))
-            self._cooldowns[provider] = cached
-        if cached[1] <= now:
+        if until <= now:
             return 0.0
         # Spread the fleet's restart over a moment rather than all at the same instant.
-        return cached[1] - now + random.uniform(0.0, 0.2)
+        return until - now + random.uniform(0.0, 0.2)
+
+    async def _shared(
+        self,
+        kind: str,
+        provider: str,
+        max_age: float,
+        read: Callable[[str], Awaitable[float]],
+    ) -> float:
+        """A shared value as of `max_age` seconds ago at most, read once for all the calls
+        that want it meanwhile (thousands of calls in flight must not each open a read)."""
+        key = (kind, provider)
+        cached = self._cache.get(key)
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        task = self._reads.get(key)
+        if task is None or task.done():
+            task = asyncio.ensure_future(self._read(key, read))
+            self._reads[key] = task
+        return await asyncio.shield(task)
+
+    async def _read(self, key: tuple[str, str], read: Callable[[str], Awaitable[float]]) -> float:
+        value = await read(key[1])
+        self._cache[key] = (time.monotonic(), value)
+        return value
 
     async def _over_share(self, provider: str, workspace_id: str, item: RateLimitItem) -> bool:
-        now = time.time()
-        cached = self._waiting.get(provider)
-        if cached is None or now - cached[0] > ACTIVE_CACHE_SECONDS:
-            cached = (now, await self._state.waiting(provider, now))
-            self._waiting[provider] = cached
-        workspaces = cached[1]
+        workspaces = await self._shared(
+            "waiting", provider, ACTIVE_CACHE_SECONDS, self._state.waiting
+        )
         if workspaces <= 1:
             return False
         share = math.ceil(item.amount / workspaces)
@@ -407,10 +435,9 @@ class ProviderBudgets:
 
     async def throttled(self, provider: str, seconds: float) -> None:
         """A 429: no worker of the fleet calls `provider` for `seconds`."""
-        now = time.time()
-        until = now + seconds
-        known = self._cooldowns.get(provider, (now, 0.0))[1]
-        self._cooldowns[provider] = (now, max(until, known))
+        until = time.time() + seconds
+        known = self._cache.get(("cooldown", provider), (0.0, 0.0))[1]
+        self._cache["cooldown", provider] = (time.monotonic(), max(until, known))
         try:
             await self._state.cool_down(provider, until)
         except Exception as exc:
