@@ -258,7 +258,6 @@ class ProviderBudgets:
         state: SharedState,
     ) -> None:
         self.budgets = dict(budgets)
-        self._storage = storage
         self._state = state
         self._moving = MovingWindowRateLimiter(storage)
         self._sliding = SlidingWindowCounterRateLimiter(storage)
