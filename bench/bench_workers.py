@@ -7,22 +7,32 @@ that bound, and reports the worker's CPU time per probe. One run of 5,000 probes
 deliveries, its default) where it answers. With py-spy installed, an extra run at concurrency
 100 on the first broker is profiled and its CPU samples split by component.
 
+Then one worker holds thousands of calls in flight: concurrency 2,000 against fake providers
+answering after 5 s (their own process again), so the bound is 2,000 / 5 = 400 probes/s. The
+table gives the overall rate (run start to end, including the ramp-up and the last wave) and
+the steady rate (completions after the first wave, over the time from the first completion to
+the last), the most calls the fake saw in flight at once, and the worker's resident memory.
+
   python -m bench.bench_workers [--probes N] [--levels 25,50,100,200] [--brokers redis,rabbitmq]
+                                [--in-flight 2000] [--in-flight-latency 5] [--in-flight-probes N]
+                                [--only levels|in-flight]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import subprocess
 import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 from sqlalchemy import func, insert, select
 
 from bench._common import (
@@ -48,6 +58,11 @@ from workers.dispatch import dispatch_pending_runs
 LATENCY = 0.2
 PROVIDERS = ("openai", "anthropic", "mistral", "cohere")
 PROFILED_LEVEL = 100
+IN_FLIGHT = 2000
+IN_FLIGHT_LATENCY = 5.0
+IN_FLIGHT_TARGET = 0.9
+RSS_LIMIT_MB = 500
+RSS_SAMPLE_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -191,6 +206,163 @@ async def measure(
     return Measure(broker, concurrency, prompts * len(PROVIDERS), seconds, cpu, done, latency)
 
 
+@dataclass(frozen=True)
+class InFlight:
+    concurrency: int
+    latency: float
+    probes: int
+    seconds: float
+    steady_rate: float
+    succeeded: int
+    peak_in_flight: int
+    rss_idle_mb: float
+    rss_peak_mb: float
+    cpu_seconds: float
+
+    @property
+    def bound(self) -> float:
+        return self.concurrency / self.latency
+
+    @property
+    def rate(self) -> float:
+        return self.probes / self.seconds
+
+
+async def steady_rate(db: Database, run_id: str) -> float:
+    """Completions after the first wave, per second from the first completion to the last."""
+    async with db.transaction(write=False) as session:
+        first, last, count = (
+            await session.execute(
+                select(
+                    func.min(Probe.complete_time), func.max(Probe.complete_time), func.count()
+                ).where(Probe.run_id == run_id)
+            )
+        ).one()
+        first_wave = await session.scalar(
+            select(func.count()).where(
+                Probe.run_id == run_id, Probe.complete_time <= first + timedelta(seconds=1)
+            )
+        )
+    span = _seconds(first, last)
+    return (int(count) - int(first_wave or 0)) / span if span > 0 else 0.0
+
+
+async def fake_in_flight(root: str, reset: bool = False) -> int:
+    """The most calls the fake providers held at once (since the last reset)."""
+    async with httpx.AsyncClient() as client:
+        if reset:
+            reply = await client.post(f"{root}/_control", json={"reset": True}, timeout=10)
+        else:
+            reply = await client.get(f"{root}/_control", timeout=10)
+    return int(reply.json()["max_in_flight"])
+
+
+async def measure_in_flight(
+    backend: Backend, root: str, concurrency: int, latency: float, probes: int
+) -> InFlight:
+    prompts = probes // len(PROVIDERS)
+    with redis_namespace() as broker_url:
+        env = worker_env(
+            backend,
+            broker_url,
+            BEACON_WORKER_CONCURRENCY=str(concurrency),
+            BEACON_PROVIDER_CONCURRENCY=str(concurrency),
+            BEACON_PROVIDER_TIMEOUT_SECONDS=str(latency * 6),
+            # The budget keys (none configured here, only 429 cooldowns) in the namespace too.
+            BEACON_RATE_LIMIT_KEY_PREFIX=broker_url.rsplit("namespace=", 1)[1],
+            **provider_env(root),
+        )
+        settings = Settings(database_url=backend.database_url, broker_url=broker_url)
+        configure_broker(settings)
+        db = Database(backend.database_url, pool_size=4)
+        worker = Process([BEACON, "worker"], env, f"worker-in-flight-{concurrency}")
+        peak_rss = 0.0
+
+        async def sample_rss() -> None:
+            nonlocal peak_rss
+            while True:
+                peak_rss = max(peak_rss, worker.rss_mb())
+                await asyncio.sleep(RSS_SAMPLE_SECONDS)
+
+        try:
+            warm = await seed_workspace(db, 2)
+            await run_once(db, warm, seconds=120)
+            workspace = await seed_workspace(db, prompts)
+            idle_rss = worker.rss_mb()
+            await fake_in_flight(root, reset=True)
+            sampler = asyncio.create_task(sample_rss())
+            cpu_before = worker.cpu_seconds()
+            try:
+                run_id, seconds = await run_once(db, workspace, seconds=1800)
+            finally:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+            cpu = worker.cpu_seconds() - cpu_before
+            worker.check_alive()
+            done, _ = await succeeded(db, run_id)
+            steady = await steady_rate(db, run_id)
+            peak = await fake_in_flight(root)
+        finally:
+            worker.stop()
+            await db.dispose()
+            reset_brokers()
+    return InFlight(
+        concurrency,
+        latency,
+        prompts * len(PROVIDERS),
+        seconds,
+        steady,
+        done,
+        peak,
+        idle_rss,
+        peak_rss,
+        cpu,
+    )
+
+
+def in_flight_lines(r: InFlight) -> list[str]:
+    lines = [
+        f"Calls in flight (one `beacon worker`, concurrency {r.concurrency}; fake providers "
+        f"answering in {r.latency:g} s; {r.probes} probes)"
+    ]
+    lines += table(
+        (
+            "bound/s",
+            "probes/s",
+            "vs bound",
+            "steady/s",
+            "steady vs bound",
+            "peak in flight",
+            "RSS idle MB",
+            "RSS peak MB",
+            "cpu ms/probe",
+            "seconds",
+            "succeeded",
+        ),
+        [
+            (
+                f"{r.bound:.0f}",
+                f"{r.rate:.0f}",
+                f"{r.rate / r.bound:.2f}",
+                f"{r.steady_rate:.0f}",
+                f"{r.steady_rate / r.bound:.2f}",
+                r.peak_in_flight,
+                f"{r.rss_idle_mb:.0f}",
+                f"{r.rss_peak_mb:.0f}",
+                f"{r.cpu_seconds / r.probes * 1000:.2f}",
+                f"{r.seconds:.1f}",
+                f"{r.succeeded}/{r.probes}",
+            )
+        ],
+    )
+    lines.append(
+        f"target: steady vs bound >= {IN_FLIGHT_TARGET:.2f}, RSS peak < {RSS_LIMIT_MB} MB "
+        f"({'met' if r.steady_rate / r.bound >= IN_FLIGHT_TARGET and r.rss_peak_mb < RSS_LIMIT_MB else 'NOT met'})"
+    )
+    return lines
+
+
 def _start_profile(pid: int, output: Path) -> subprocess.Popen[bytes] | None:
     binary = py_spy()
     if binary is None:
@@ -209,10 +381,25 @@ def main() -> list[str]:
     parser.add_argument("--probes", type=int, default=5000)
     parser.add_argument("--levels", default="25,50,100,200")
     parser.add_argument("--brokers", default=",".join(available_brokers()))
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
+    parser.add_argument("--in-flight-latency", type=float, default=IN_FLIGHT_LATENCY)
+    parser.add_argument("--in-flight-probes", type=int, default=6 * IN_FLIGHT)
+    parser.add_argument("--only", choices=("levels", "in-flight"))
     args = parser.parse_args()
     levels = [int(level) for level in args.levels.split(",")]
     brokers = args.brokers.split(",")
     lines: list[str] = []
+    if args.only != "levels":
+        with scratch_backend() as backend, fake_providers(args.in_flight_latency) as root:
+            if backend.name != "postgres+redis":
+                raise SystemExit("the worker benchmark needs PostgreSQL and Redis")
+            held = asyncio.run(
+                measure_in_flight(
+                    backend, root, args.in_flight, args.in_flight_latency, args.in_flight_probes
+                )
+            )
+        if args.only == "in-flight":
+            return in_flight_lines(held)
     with scratch_backend() as backend, fake_providers(LATENCY) as root:
         if backend.name != "postgres+redis":
             raise SystemExit("the worker benchmark needs PostgreSQL and Redis")
@@ -280,6 +467,8 @@ def main() -> list[str]:
         lines += table(("component", "share"), [(n, f"{s * 100:.0f}%") for n, s in shares])
     elif profiled is None:
         lines.append("(install py-spy for a CPU profile of the worker)")
+    if args.only != "levels":
+        lines += ["", *in_flight_lines(held)]
     return lines
 
 

@@ -7,6 +7,7 @@ import hmac
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import NonNegativeInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROVIDERS = ("openai", "anthropic", "google", "perplexity", "mistral", "cohere")
@@ -104,6 +105,20 @@ class Settings(BaseSettings):
     cohere_base_url: str = "https://api.cohere.com/v2"
     cohere_model: str = "command-a-03-2025"
     provider_timeout_seconds: float = 60.0
+    # Budgets per provider API key, shared by every worker (workers.budgets): requests and
+    # tokens per minute; 0 or empty is unlimited.
+    openai_rpm: NonNegativeInt = 0
+    openai_tpm: NonNegativeInt = 0
+    anthropic_rpm: NonNegativeInt = 0
+    anthropic_tpm: NonNegativeInt = 0
+    google_rpm: NonNegativeInt = 0
+    google_tpm: NonNegativeInt = 0
+    perplexity_rpm: NonNegativeInt = 0
+    perplexity_tpm: NonNegativeInt = 0
+    mistral_rpm: NonNegativeInt = 0
+    mistral_tpm: NonNegativeInt = 0
+    cohere_rpm: NonNegativeInt = 0
+    cohere_tpm: NonNegativeInt = 0
 
     log_level: str = "INFO"
     log_json: bool = True
@@ -113,6 +128,11 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1:9464"
     worker_metrics_addr: str = ""
     ticker_metrics_addr: str = ""
+
+    @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
+    @classmethod
+    def _empty_is_unlimited(cls, value: object) -> object:
+        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
 
     @property
     def is_sqlite(self) -> bool:

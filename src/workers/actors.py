@@ -31,6 +31,10 @@ PROBES_PER_MESSAGE = 10
 MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 15_000
+# Within a worker, messages already fetched run lowest priority first: a run's expansion goes
+# ahead of the probe messages waiting for a thread, so that a new run (and its workspace's
+# claim on a fair share of the provider budgets) does not wait behind another run's backlog.
+PRIORITIES = {PROCESS_RUN: 0, PROCESS_PROBES: 10}
 
 
 async def process_run(run_id: str) -> None:
@@ -61,6 +65,7 @@ def declare_actors(broker: dramatiq.Broker) -> None:
             actor_name=name,
             queue_name=queue,
             broker=broker,
+            priority=PRIORITIES[name],
             max_retries=MAX_RETRIES,
             min_backoff=MIN_BACKOFF_MS,
             max_backoff=MAX_BACKOFF_MS,

@@ -31,6 +31,16 @@ PROBES_FINISHED = Counter(
 PROBE_RETRIES = Counter(
     "beacon_probe_retries_total", "Provider calls scheduled for another attempt.", ["provider"]
 )
+PROBES_DEFERRED = Counter(
+    "beacon_probes_deferred_total",
+    "Probes handed back to the queue by a provider budget or a workspace's fair share.",
+    ["provider"],
+)
+PROVIDER_COOLDOWNS = Counter(
+    "beacon_provider_cooldowns_total",
+    "429s that paused the fleet's calls to a provider for their Retry-After.",
+    ["provider"],
+)
 PROVIDER_SECONDS = Histogram(
     "beacon_provider_call_seconds",
     "Duration of provider calls.",

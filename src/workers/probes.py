@@ -6,8 +6,12 @@ call. Retryable
 provider failures (timeouts, 429, 5xx) are retried by a delayed message carrying the next attempt
 number, after the provider's Retry-After or an exponential backoff, up to
 `probe_max_attempts`; other failures are stored as a category and HTTP status
-("provider error (500)"), the provider's message going to the log only. Reads and writes go
-through `ProbeStore`, which batches them across the probes in flight.
+("provider error (500)"), the provider's message going to the log only. A 429 also stops
+the whole fleet calling that provider for the Retry-After period. Each call first takes the
+provider's budget (`workers.budgets`); a probe that would wait long for it, or whose workspace is
+over its fair share, is handed back to the queue with a delay (the same attempt, no provider
+call made). Reads and writes go through `ProbeStore`, which batches them across the probes in
+flight.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ from workers import metrics
 from workers.actors import probe_message
 from workers.analysis import BrandSpec, CompetitorSpec, analyse
 from workers.batching import Batcher
-from workers.providers import Answer, ProviderError
+from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
+from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain
 from workers.runs import (
     CANCELED_REASON,
@@ -71,6 +76,13 @@ class ProbeTask:
     abandoned: bool
     brand: BrandSpec
     competitors: tuple[CompetitorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """The probe did not get its provider budget: try it again in `seconds`."""
+
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,40 +270,58 @@ async def run_probes(context: WorkerContext, probe_ids: Sequence[str], attempt: 
     """Runs attempt number `attempt` of each probe, concurrently.
 
     Every probe is tried even when another fails; the first failure (the database is down,
-    say) is then raised so that the message is delivered again: finished probes skip.
+    say) is then raised so that the message is delivered again: finished probes skip. Probes
+    that did not get their provider budget go back to the queue together, in one message.
     """
     outcomes = await asyncio.gather(
         *(run_probe(context, probe_id, attempt) for probe_id in probe_ids),
         return_exceptions=True,
     )
+    deferred = [
+        (probe_id, outcome)
+        for probe_id, outcome in zip(probe_ids, outcomes, strict=True)
+        if isinstance(outcome, Deferred)
+    ]
+    if deferred:
+        message = probe_message([probe_id for probe_id, _ in deferred], attempt)
+        delay = max(outcome.seconds for _, outcome in deferred)
+        await asyncio.to_thread(context.broker.enqueue, message, delay=round(delay * 1000))
     for outcome in outcomes:
         if isinstance(outcome, BaseException):
             raise outcome
 
 
-async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> None:
-    """Runs attempt number `attempt` of one probe (see the module docstring)."""
+async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> Deferred | None:
+    """Runs attempt number `attempt` of one probe (see the module docstring); a `Deferred`
+    when it is to be tried again later without having been asked."""
     task = await context.store.load(probe_id)
     if task is None:
         log.info("probe %s no longer exists", probe_id)
-        return
+        return None
     if task.status != PENDING:
         if not task.run_ended:
             # A crash between storing the result and ending the run: finish the job.
             await finish_runs(context.db, [task.run_id])
-        return
+        return None
     if task.abandoned:
         await skip_remaining_probes(context.db, task.run_id)
         await finish_runs(context.db, [task.run_id])
-        return
+        return None
     result = await _ask(context, task, attempt)
+    if isinstance(result, Deferred):
+        metrics.PROBES_DEFERRED.labels(task.provider).inc()
+        return result
     if result is not None:
         await context.store.save(result)
         metrics.PROBES_FINISHED.labels(task.provider, result.status).inc()
+    return None
 
 
-async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeResult | None:
-    """The probe's result, or None when another attempt has been scheduled."""
+async def _ask(
+    context: WorkerContext, task: ProbeTask, attempt: int
+) -> ProbeResult | Deferred | None:
+    """The probe's result; None when another attempt has been scheduled, `Deferred` when the
+    provider's budget sends it back to the queue."""
     adapter = context.adapters.get(task.provider)
     if adapter is None:
         message = (
@@ -299,7 +329,29 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
             f"(BEACON_{task.provider.upper()}_API_KEY on the workers)"
         )
         return _failed(task, attempt, message)
-    async with context.in_flight, context.limits[task.provider]:
+    slot = context.limits[task.provider]
+    if context.budgets.fair(task.provider):
+        # A budgeted provider's probes do not hold their thread long, waiting for a slot
+        # either (see workers.budgets).
+        try:
+            await asyncio.wait_for(slot.acquire(), MAX_WAIT_SECONDS)
+        except TimeoutError:
+            return Deferred(defer_seconds())
+    else:
+        await slot.acquire()
+    try:
+        return await _ask_in_slot(context, task, attempt, adapter)
+    finally:
+        slot.release()
+
+
+async def _ask_in_slot(
+    context: WorkerContext, task: ProbeTask, attempt: int, adapter: ProviderAdapter
+) -> ProbeResult | Deferred | None:
+    async with context.in_flight:
+        wait = await context.budgets.acquire(task.provider, task.workspace_id, task.prompt_text)
+        if wait is not None:
+            return Deferred(wait)
         # The wait for a slot may have been long: do not ask for a run canceled meanwhile.
         if await context.store.abandoned(task.run_id):
             return ProbeResult(
@@ -310,6 +362,10 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
         try:
             answer = await adapter.ask(task.prompt_text)
         except ProviderError as exc:
+            if exc.status == 429 and exc.retryable:
+                seconds = retry_delay(context.settings, attempt, exc.retry_after)
+                await context.budgets.throttled(task.provider, seconds)
+                metrics.PROVIDER_COOLDOWNS.labels(task.provider).inc()
             if exc.retryable and attempt < context.settings.probe_max_attempts:
                 await _retry_later(context, task, attempt, exc)
                 return None
@@ -324,6 +380,7 @@ async def _ask(context: WorkerContext, task: ProbeTask, attempt: int) -> ProbeRe
         finally:
             metrics.PROBES_IN_FLIGHT.dec()
             metrics.PROVIDER_SECONDS.labels(task.provider).observe(time.perf_counter() - started)
+    context.budgets.spent(task.provider, answer.text)
     return _succeeded(task, attempt, answer)
 
 

@@ -83,6 +83,7 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
             log.info("run %s no longer exists", run_id)
             return Expansion(0, 0)
         run, enabled, deleted = row
+        workspace_id = run.workspace_id
         if run.end_time is not None:
             return Expansion(0, 0)
         if run.cancel_requested or deleted is not None:
@@ -108,13 +109,18 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
                 )
             )
     async with db.transaction(write=False) as session:
-        pending = (
+        rows = (
             await session.execute(
-                select(Probe.id, Probe.attempts)
+                select(Probe.id, Probe.attempts, Probe.provider)
                 .where(Probe.run_id == run_id, Probe.status == PENDING)
                 .order_by(Probe.prompt_id, Probe.provider)
             )
         ).all()
+    pending = [(probe_id, attempts) for probe_id, attempts, _ in rows]
+    # The workspace counts for the fair shares of its providers from now, not from when its
+    # first probe reaches a worker (which another workspace's backlog may delay).
+    for provider in sorted({provider for _, _, provider in rows}):
+        await context.budgets.waiting_for(provider, [workspace_id])
     if pending:
         # A probe waiting for a retry (its attempts are stored) goes on with the next attempt.
         by_attempt: dict[int, list[str]] = {}

@@ -5,7 +5,8 @@ prefix (``/openai/v1/responses``, ``/anthropic/v1/messages``, ``/google/v1beta/m
 generateContent``, ``/perplexity/chat/completions``, ``/mistral/v1/conversations``,
 ``/cohere/v2/chat``; `FakeProviderServer.base_url` gives the base URL an adapter needs). It checks
 the API key and the request shape, answers with a deterministic text and citations, and can be
-steered: latency, queued faults, scripted answers, request counters.
+steered: latency, queued faults, scripted answers, request counters, and a provider-side rate
+limit (429 with Retry-After above N requests in any second, as a real API key's limit would).
 
 From tests::
 
@@ -25,9 +26,10 @@ import argparse
 import asyncio
 import re
 import signal
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, get_args
 from urllib.parse import quote_plus
@@ -93,6 +95,34 @@ def default_answer(prompt: str) -> ScriptedAnswer:
 
 
 @dataclass(slots=True)
+class RateLimit:
+    """A provider's limit: more than `per_second` requests within one second get a 429."""
+
+    per_second: int
+    retry_after: float = 1.0
+
+
+@dataclass(slots=True)
+class Traffic:
+    """What one provider received: arrival times (monotonic) of every authorized request, the
+    times of the 429s the rate limit sent, and the most requests seen within any one second."""
+
+    arrivals: list[float] = field(default_factory=list)
+    throttled: list[float] = field(default_factory=list)
+    peak_per_second: int = 0
+    _window: deque[float] = field(default_factory=deque)
+
+    def record(self, now: float) -> int:
+        """Counts an arrival; returns the requests of the last second, this one included."""
+        self.arrivals.append(now)
+        self._window.append(now)
+        while self._window[0] <= now - 1.0:
+            self._window.popleft()
+        self.peak_per_second = max(self.peak_per_second, len(self._window))
+        return len(self._window)
+
+
+@dataclass(slots=True)
 class _Waiter:
     predicate: Callable[[], bool]
     done: asyncio.Future[None]
@@ -120,6 +150,8 @@ class FakeProviderServer:
         self._prompts: Counter[tuple[str, str]] = Counter()
         self._waiters: list[_Waiter] = []
         self._release = asyncio.Event()
+        self._rate_limits: dict[str, RateLimit] = {}
+        self._traffic: dict[str, Traffic] = {name: Traffic() for name in DIALECTS}
         self.in_flight = 0
         self.max_in_flight = 0
         self._runner: web.AppRunner | None = None
@@ -213,6 +245,20 @@ class FakeProviderServer:
             raise ValueError("pause_turn exists only for anthropic")
         self._faults[provider].extend(faults)
 
+    def set_rate_limit(self, provider: str, limit: RateLimit | None) -> None:
+        """Answer ``provider``'s requests beyond ``limit.per_second`` in any one second (all
+        requests counted, refused ones too) with a 429 carrying ``limit.retry_after``; None
+        lifts the limit."""
+        self._check_provider(provider)
+        if limit is None:
+            self._rate_limits.pop(provider, None)
+        else:
+            self._rate_limits[provider] = limit
+
+    def traffic(self, provider: str) -> Traffic:
+        """Arrivals, 429s and the peak requests per second of ``provider`` since the reset."""
+        return self._traffic[provider]
+
     def pending_faults(self, provider: str) -> int:
         return len(self._faults[provider])
 
@@ -228,6 +274,8 @@ class FakeProviderServer:
         for queue in self._faults.values():
             queue.clear()
         self._scripts.clear()
+        self._rate_limits.clear()
+        self._traffic = {name: Traffic() for name in DIALECTS}
         self._requests.clear()
         self._prompts.clear()
         self.max_in_flight = self.in_flight
@@ -322,6 +370,12 @@ class FakeProviderServer:
             self._count(provider, None)
             return dialect.bad_request(str(exc) or "invalid JSON body")
         self._count(provider, call.prompt)
+        now = time.monotonic()
+        in_last_second = self._traffic[provider].record(now)
+        limit = self._rate_limits.get(provider)
+        if limit is not None and in_last_second > limit.per_second:
+            self._traffic[provider].throttled.append(now)
+            return dialect.rate_limited(limit.retry_after, quota=False)
         fault = self._next_fault(provider, call.prompt)
         if fault is not None and fault.kind == "hang":
             await self._release.wait()
@@ -356,6 +410,7 @@ class FakeProviderServer:
         - ``"latency"``: seconds for all, or ``{"openai": 0.5, "*": 0.2}``;
         - ``"scripts"``: ``[{"prompt", "text", "citations": [{"url", "title"}], "provider"?}]``;
         - ``"faults"``: ``{"openai": [{"kind": "rate_limit", "retry_after": 2, "prompt"?}]}``;
+        - ``"rate_limits"``: ``{"openai": {"per_second": 20, "retry_after": 1}}`` (null lifts);
         - ``"release_hangs": true``.
 
         Answers with the state as ``GET`` does; 400 with ``{"error"}`` when a value is wrong.
@@ -383,6 +438,13 @@ class FakeProviderServer:
             self.script(item["prompt"], item["text"], citations, item.get("provider"))
         for provider, faults in (changes.get("faults") or {}).items():
             self.inject(provider, *(Fault.from_json(fault) for fault in faults))
+        for provider, limit in (changes.get("rate_limits") or {}).items():
+            self.set_rate_limit(
+                provider,
+                None
+                if limit is None
+                else RateLimit(int(limit["per_second"]), float(limit.get("retry_after", 1.0))),
+            )
         if changes.get("release_hangs"):
             self.release_hangs()
 
@@ -397,6 +459,8 @@ class FakeProviderServer:
             "max_in_flight": self.max_in_flight,
             "latency": {provider or "*": seconds for provider, seconds in self._latency.items()},
             "pending_faults": {name: len(queue) for name, queue in self._faults.items()},
+            "rate_limited": {name: len(self._traffic[name].throttled) for name in DIALECTS},
+            "peak_per_second": {name: self._traffic[name].peak_per_second for name in DIALECTS},
             "base_urls": {name: self.base_url(name) for name in DIALECTS},
         }
 
@@ -431,4 +495,12 @@ def main(argv: Sequence[str] | None = None) -> None:
 if __name__ == "__main__":
     main()
 
-__all__ = ["FAKE_API_KEY", "FAULT_KINDS", "FakeProviderServer", "Fault", "ScriptedAnswer"]
+__all__ = [
+    "FAKE_API_KEY",
+    "FAULT_KINDS",
+    "FakeProviderServer",
+    "Fault",
+    "RateLimit",
+    "ScriptedAnswer",
+    "Traffic",
+]

@@ -1,0 +1,229 @@
+"""Provider budgets across a fleet: `beacon worker` processes against a fake provider that, like
+a real API key, answers 429 with Retry-After above N requests per second.
+
+On PostgreSQL + Redis the workers are real processes sharing the budgets through Redis; the
+fairness test also runs on SQLite, with the in-process worker and store that `beacon dev` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from service.config import Settings
+from service.db.database import Database
+from service.db.models import Probe, Run
+from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_namespace
+from tests.collection.test_pipeline_fixtures import (
+    derive_settings,
+    insert_run,
+    load_probes,
+    load_run,
+    make_workspace,
+    provider_settings,
+)
+from tests.fakes.provider_server import FakeProviderServer, RateLimit
+from tests.platform.processes import eventually, free_port
+from tests.support import REDIS_URL
+from workers.broker import configure_broker, reset_brokers
+from workers.dispatch import dispatch_pending_runs
+from workers.runtime import start_embedded
+
+fake_server = fixtures.fake_server
+fake_provider = fixtures.fake_provider
+collection_db = fixtures.collection_db
+
+FINISHED = re.compile(r'^beacon_probes_finished_total\{provider="openai",status="\w+"\} (\S+)$')
+
+
+def fleet_settings(
+    backend: str, settings: Settings, db: Database, server: FakeProviderServer, **over: Any
+) -> Settings:
+    """Workers on `db` and the fake providers; on PostgreSQL a Redis namespace of their own
+    (broker and budgets), on SQLite the in-process broker and budgets."""
+    namespace = f"beacon-budget-{uuid.uuid4().hex[:10]}"
+    return derive_settings(
+        settings,
+        database_url=db.url,
+        broker_url=f"{REDIS_URL}?namespace={namespace}" if backend == "postgres" else "",
+        rate_limit_key_prefix=namespace,
+        worker_concurrency=8,
+        provider_concurrency=8,
+        probe_backoff_seconds=0.05,
+        probe_backoff_max_seconds=0.2,
+        provider_timeout_seconds=10.0,
+        **provider_settings(server),
+        **over,
+    )
+
+
+@contextlib.asynccontextmanager
+async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncIterator[list[str]]:
+    """`count` `beacon worker` processes; yields each one's metrics address."""
+    configure_broker(settings)  # dispatch from this process sends to the same Redis
+    addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
+    started: list[Beacon] = []
+    try:
+        for number, address in enumerate(addresses):
+            env = {**beacon_env(settings), "BEACON_WORKER_METRICS_ADDR": address}
+            started.append(await Beacon.start("worker", env, logs / f"worker-{number}.log"))
+        yield addresses
+    finally:
+        try:
+            for worker in started:
+                await worker.stop()
+        finally:
+            reset_brokers()
+            await delete_namespace(settings.rate_limit_key_prefix)
+
+
+async def probes_finished(address: str) -> float:
+    """The openai probes a worker process finished, from its /metrics."""
+    async with httpx.AsyncClient() as client:
+        body = (await client.get(f"http://{address}/metrics", timeout=5.0)).text
+    return sum(float(m.group(1)) for line in body.splitlines() if (m := FINISHED.match(line)))
+
+
+async def run_to_end(db: Database, workspace_id: str, within: float) -> Run:
+    run_id = await insert_run(db, workspace_id)
+    await dispatch_pending_runs(db, run_ids=[run_id])
+    return await ended(db, run_id, within)
+
+
+async def ended(db: Database, run_id: str, within: float) -> Run:
+    async def check() -> Run | None:
+        run = await load_run(db, run_id)
+        return run if run.end_time is not None else None
+
+    return await eventually(check, what=f"run {run_id} to end", within=within)
+
+
+@pytest.mark.postgres_only  # two processes share the budget through Redis
+async def test_two_workers_stay_under_the_providers_limit_and_every_probe_ends(
+    backend: str,
+    settings: Settings,
+    collection_db: Database,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    limit = 10
+    fake_provider.set_rate_limit("openai", RateLimit(limit, retry_after=1.0))
+    fake_provider.set_latency(0.05)
+    prompts = [f"which crm for a team of {n}" for n in range(60)]
+    ws = await make_workspace(collection_db, prompts=prompts, providers=("openai",))
+    # 7 a second between them: under the provider's 10 with room for the jitter between a
+    # booked slot and the request's arrival. Each worker alone could make 160 calls a second
+    # (8 in flight, 50 ms each).
+    fleet = fleet_settings(backend, settings, collection_db, fake_provider, openai_rpm=7 * 60)
+    async with worker_processes(fleet, 2, tmp_path) as addresses:
+        run = await run_to_end(collection_db, ws, within=90)
+        shares = [await probes_finished(address) for address in addresses]
+
+    traffic = fake_provider.traffic("openai")
+    assert run.status == "succeeded"
+    probes = await load_probes(collection_db, run.id)
+    assert len(probes) == len(prompts) and all(p.status == "succeeded" for p in probes)
+    assert traffic.throttled == []
+    assert traffic.peak_per_second <= limit
+    assert len(traffic.arrivals) == len(prompts)
+    assert sum(shares) == len(prompts) and all(share > 0 for share in shares), shares
+
+
+@pytest.mark.postgres_only  # the cooldown reaches the other process through Redis
+async def test_a_429_pauses_the_whole_fleet_for_its_retry_after(
+    backend: str,
+    settings: Settings,
+    collection_db: Database,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    retry_after = 2.0
+    fake_provider.set_rate_limit("openai", RateLimit(5, retry_after=retry_after))
+    fake_provider.set_latency(0.02)
+    prompts = [f"which crm for a team of {n}" for n in range(20)]
+    ws = await make_workspace(collection_db, prompts=prompts, providers=("openai",))
+    # No budget configured: only the provider's 429s pace the fleet.
+    fleet = fleet_settings(backend, settings, collection_db, fake_provider, probe_max_attempts=30)
+    async with worker_processes(fleet, 2, tmp_path):
+        run = await run_to_end(collection_db, ws, within=120)
+
+    traffic = fake_provider.traffic("openai")
+    assert run.status == "succeeded"
+    assert traffic.throttled, "the fleet never met the provider's limit"
+    # Requests already on the wire when a 429 was answered may still arrive just after it;
+    # after that nobody calls until its Retry-After has passed.
+    for refused in traffic.throttled:
+        during = [t for t in traffic.arrivals if refused + 0.3 < t < refused + retry_after - 0.1]
+        assert during == [], f"{len(during)} requests during the cooldown of a 429"
+
+
+async def test_a_workspace_with_many_prompts_does_not_starve_the_others(
+    backend: str,
+    settings: Settings,
+    collection_db: Database,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    fake_provider.set_latency(0.02)
+    big_prompts = [f"big workspace question {n}" for n in range(200)]
+    small_prompts = [f"small workspace question {n}" for n in range(3)]
+    big = await make_workspace(collection_db, prompts=big_prompts, providers=("openai",))
+    small = await make_workspace(collection_db, prompts=small_prompts, providers=("openai",))
+    # 20 a second: the big run alone takes 10 seconds.
+    fleet = fleet_settings(backend, settings, collection_db, fake_provider, openai_rpm=20 * 60)
+
+    def big_asked() -> int:
+        return sum(fake_provider.requests("openai", prompt) for prompt in big_prompts)
+
+    async with fleet_of_one(backend, fleet, tmp_path):
+        big_run = await insert_run(collection_db, big)
+        await dispatch_pending_runs(collection_db, run_ids=[big_run])
+
+        async def backlog() -> bool:
+            return big_asked() >= 20
+
+        await eventually(backlog, what="the big run to get going", within=30)
+        started = time.monotonic()
+        small_run = await run_to_end(collection_db, small, within=60)
+        small_seconds = time.monotonic() - started
+        big_done_meanwhile = big_asked()
+        big_end = await ended(collection_db, big_run, within=90)
+
+    assert small_run.status == "succeeded"
+    assert big_end.status == "succeeded"
+    assert await finished_probes(collection_db, big_run) == len(big_prompts)
+    # In turn after the big run, the small one would wait for its ~180 remaining probes (9 s).
+    assert big_done_meanwhile < 120, (big_done_meanwhile, small_seconds)
+
+
+@contextlib.asynccontextmanager
+async def fleet_of_one(backend: str, settings: Settings, logs: Path) -> AsyncIterator[None]:
+    """One `beacon worker` process on PostgreSQL + Redis; the in-process worker on SQLite."""
+    if backend == "postgres":
+        async with worker_processes(settings, 1, logs):
+            yield
+        return
+    configure_broker(settings)
+    running = start_embedded(settings, ticker=False, worker_threads=8)
+    try:
+        yield
+    finally:
+        await asyncio.to_thread(running.stop)
+        reset_brokers()
+
+
+async def finished_probes(db: Database, run_id: str) -> int:
+    async with db.transaction(write=False) as session:
+        query = select(func.count()).where(Probe.run_id == run_id, Probe.status == "succeeded")
+        return int(await session.scalar(query) or 0)
