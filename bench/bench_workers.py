@@ -43,6 +43,7 @@ from bench._common import (
     profile_shares,
     provider_env,
     py_spy,
+    redis_namespace,
     table,
     wait_until,
     worker_env,
