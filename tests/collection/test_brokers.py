@@ -14,6 +14,7 @@ import pytest
 
 from service.config import Settings
 from tests.brokers import rabbitmq_available, temporary_vhost
+from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
 from tests.platform.test_cli import run_beacon
 from workers.actors import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
 from workers.broker import (
@@ -84,6 +85,9 @@ async def test_beacon_processes_exit_on_a_malformed_broker_url(command: str) -> 
             "BEACON_GRPC_ADDR": "127.0.0.1:0",
             "BEACON_HTTP_ADDR": "127.0.0.1:0",
             "BEACON_METRICS_ENABLED": "false",
+            # Valid secrets, so the broker URL is what it refuses.
+            "BEACON_AUTH_SECRET": TEST_SECRET,
+            "BEACON_SIGNING_SECRET": TEST_SIGNING_SECRET,
         },
     )
     assert code == 2, err
