@@ -15,7 +15,6 @@ snapshots see only its own writes.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,11 +30,10 @@ from sqlalchemy import update
 from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
 from service.db.models import WorkspaceMember
-from service.server import start_server
-from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
 from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path, rpc_path
 from tests.security.hostile import build_request, request_specs
+from tests.security.servers import private_server
 from tests.security.snapshots import snapshots
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
@@ -93,26 +91,14 @@ class Target:
 @pytest.fixture(scope="module")
 async def target(backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
     tmp = tmp_path_factory.mktemp(f"fuzz-{backend}")
-    name = f"beacon_fuzz_{uuid.uuid4().hex[:10]}"
-    prefix = f"beacon-fuzz-{name}"
-    async with temporary_database(backend, tmp, name) as url:
-        app = App.from_settings(make_settings(backend, url, tmp, prefix, rate_limit_scale=1000.0))
-        server = await start_server(app, "127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                memberships = MembershipServiceStub(channel)
-                yield Target(
-                    app,
-                    channel,
-                    memberships,
-                    await fresh_world(app, memberships),
-                    await fresh_world(app, memberships),
-                )
-        finally:
-            await server.stop(grace=1.0)
-            await app.close()
-    if backend == "postgres":
-        await delete_redis_keys(prefix)
+    async with private_server(backend, tmp, "fuzz") as server:
+        yield Target(
+            server.app,
+            server.channel,
+            server.memberships,
+            await fresh_world(server.app, server.memberships),
+            await fresh_world(server.app, server.memberships),
+        )
 
 
 async def test_snapshots_see_a_write_in_its_tenant_only(target: Target) -> None:
