@@ -81,3 +81,22 @@ async def invoke(
     except grpc.aio.AioRpcError as error:
         return Outcome(error.code(), failure(error))
     return Outcome(grpc.StatusCode.OK)
+
+
+async def responses(
+    channel: grpc.aio.Channel, method: MethodDescriptor, request: Message, metadata: Metadata
+) -> list[Message]:
+    """Calls the RPC and returns what it answered (every message of a server stream, read to
+    its end); a failed call raises its AioRpcError."""
+    path = rpc_path(method)
+    response = message_factory.GetMessageClass(method.output_type)
+    serializer = type(request).SerializeToString
+    if method.server_streaming:
+        stream = channel.unary_stream(
+            path, request_serializer=serializer, response_deserializer=response.FromString
+        )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        return [message async for message in stream]
+    reply = await channel.unary_unary(
+        path, request_serializer=serializer, response_deserializer=response.FromString
+    )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+    return [reply]
