@@ -260,7 +260,7 @@ TABLE: dict[str, Entry] = {
         lambda x: run_pb.GetVisibilityReportRequest(
             workspace_id=x.workspace_id,
             start_time=Timestamp(seconds=int(time.time()) - 7 * 86400),
-            end_time=Timestamp(seconds=int(time.time())),
+            end_time=Timestamp(seconds=int(time.time()) + 86400),  # answers of this second too
             granularity=run_pb.GRANULARITY_DAY,
         )
     ),
