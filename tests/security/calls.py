@@ -30,6 +30,14 @@ def methods_by_path() -> dict[str, MethodDescriptor]:
     return {rpc_path(method): method for method in all_methods()}
 
 
+READ_VERBS = ("Get", "List", "Watch", "Resolve")
+
+
+def is_read(path: str) -> bool:
+    """Whether the RPC is named like a read (AIP standard and custom read methods)."""
+    return path.rsplit("/", 1)[1].startswith(READ_VERBS)
+
+
 def request_class(method: MethodDescriptor) -> type[Message]:
     return message_factory.GetMessageClass(method.input_type)
 

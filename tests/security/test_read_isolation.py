@@ -22,14 +22,13 @@ import pytest
 from google.protobuf.message import Message
 
 from tests.security import world as w
-from tests.security.calls import methods_by_path, responses
+from tests.security.calls import is_read, methods_by_path, responses
 from tests.security.servers import PrivateServer, private_server
 from tests.security.tenants import as_text, identifying_strings, populate
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
 
-READ_VERBS = ("Get", "List", "Watch", "Resolve")
-READS = sorted(p for p in methods_by_path() if p.rsplit("/", 1)[1].startswith(READ_VERBS))
+READS = sorted(filter(is_read, methods_by_path()))
 PAGE_SIZE = 2
 MAX_PAGES = 100
 
