@@ -21,6 +21,7 @@ from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthAround
 from service.interceptors.base import WrappingInterceptor
 from service.interceptors.errors import ErrorsAround
+from service.interceptors.inputs import InputsAround
 from service.interceptors.observability import ObservabilityAround
 from service.interceptors.ratelimit import RateLimitAround
 from service.servicers import add_servicers
@@ -31,13 +32,14 @@ HEALTH_INTERVAL_SECONDS = 2.0
 
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
-    errors, auth, rate limits (each lives in its own module)."""
+    errors, auth, input checks, rate limits (each lives in its own module)."""
     authenticator = Authenticator(app.settings, app.db)
     return [
         WrappingInterceptor(
             ObservabilityAround(),
             ErrorsAround(),
             AuthAround(authenticator, app.db),
+            InputsAround(),
             RateLimitAround(app.settings),
         )
     ]

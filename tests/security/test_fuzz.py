@@ -194,8 +194,13 @@ NUL_CASES = [
 async def test_nul_in_any_string_field_of_a_valid_request(
     case: tuple[str, str], target: Target
 ) -> None:
-    """PostgreSQL refuses NUL in text: every string field, in a request that would
-    otherwise succeed, must be checked before it reaches a query."""
+    """PostgreSQL refuses NUL in text, SQLite stores it: on both, every string field of a
+    request that would otherwise succeed is refused with INVALID_ARGUMENT naming the field
+    before it reaches a query (and nothing is written)."""
     path, field = case
     method = methods_by_path()[path]
-    await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))
+    outcome = await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.describe()
+    assert outcome.failure is not None
+    named = [v.field for v in outcome.failure.details["BadRequest"].field_violations]
+    assert field in named or field.rsplit(".", 1)[-1] in named, (named, outcome.describe())
