@@ -50,7 +50,8 @@ def _nul_fields(message: Message, prefix: str) -> Iterator[str]:
             if any("\x00" in item for item in values):
                 yield path
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            if field.message_type.GetOptions().map_entry:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
                 entries = [v for item in value.items() for v in item if isinstance(v, str)]
                 if any("\x00" in item for item in entries):
                     yield path
