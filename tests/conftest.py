@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,9 +38,18 @@ from service.auth.tokens import Claims, mint_dev_token
 from service.config import Settings
 from service.db.migrate import upgrade_async
 from service.server import BeaconServer, start_server
-from tests.support import PG_ADMIN_URL, REDIS_URL, postgres_available, with_database
+from tests.support import (
+    PG_ADMIN_URL,
+    REDIS_URL,
+    postgres_available,
+    postgres_missing,
+    with_database,
+)
 
 BACKENDS = ["sqlite", "postgres"] if postgres_available() else ["sqlite"]
+# CI sets this: a run without the PostgreSQL + Redis backend fails instead of passing on
+# SQLite alone (a changed URL or a stopped Redis would otherwise drop half the suite silently).
+REQUIRE_POSTGRES = os.environ.get("BEACON_TEST_REQUIRE_POSTGRES", "") not in ("", "0")
 
 # Property tests draw the same examples on every run, so a red CI run is reproducible and
 # never a coin toss; BEACON_FUZZ_RANDOM=1 explores new examples (failures are saved in
@@ -216,6 +226,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "postgres_only: runs only on the PostgreSQL + Redis backend (not collected on SQLite)",
     )
+    if REQUIRE_POSTGRES and "postgres" not in BACKENDS:
+        raise pytest.UsageError(
+            "BEACON_TEST_REQUIRE_POSTGRES is set but the PostgreSQL + Redis backend is missing: "
+            + "; ".join(postgres_missing())
+        )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -225,10 +240,63 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         callspec = getattr(item, "callspec", None)
         params = callspec.params if callspec is not None else {}
-        on_sqlite = params.get("backend") == "sqlite"
+        on_sqlite = item_backend(item) == "sqlite"
         postgres_only = bool(item.get_closest_marker("postgres_only"))
         postgres_only |= params.get("broker", "redis") != "redis"
         (drop if on_sqlite and postgres_only else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+    config.stash[BACKEND_OF] = {item.nodeid: item_backend(item) for item in items}
+
+
+def item_backend(item: pytest.Item) -> str | None:
+    """The backend a collected test runs on (None: it uses no backend)."""
+    callspec = getattr(item, "callspec", None)
+    return None if callspec is None else callspec.params.get("backend")
+
+
+BACKEND_OF = pytest.StashKey[dict[str, str | None]]()
+OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
+
+
+def backend_counts(config: pytest.Config, stats: dict[str, list[Any]]) -> dict[str, Counter[str]]:
+    """Per backend ("none" for tests without one): how many tests ended in each outcome."""
+    backend_of = config.stash.get(BACKEND_OF, {})
+    counts: dict[str, Counter[str]] = {name: Counter() for name in (*BACKENDS, "none")}
+    seen: set[tuple[str, str]] = set()
+    for outcome in OUTCOMES:
+        for report in stats.get(outcome, ()):
+            nodeid = getattr(report, "nodeid", None)
+            if nodeid is None or (nodeid, outcome) in seen:
+                continue
+            seen.add((nodeid, outcome))
+            backend = backend_of.get(nodeid) or "none"
+            counts.setdefault(backend, Counter())[outcome] += 1
+    return counts
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """How many tests ran on each backend: a backend that silently dropped out shows as 0."""
+    counts = backend_counts(config, terminalreporter.stats)
+    terminalreporter.write_sep("-", "tests per backend")
+    for backend, outcomes in counts.items():
+        ran = outcomes["passed"] + outcomes["failed"] + outcomes["xfailed"] + outcomes["xpassed"]
+        details = ", ".join(f"{outcomes[o]} {o}" for o in OUTCOMES if outcomes[o])
+        terminalreporter.write_line(f"{backend}: {ran} ran" + (f" ({details})" if details else ""))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With BEACON_TEST_REQUIRE_POSTGRES, a session in which SQLite tests ran but no
+    PostgreSQL test did fails (e.g. the backend vanished mid-collection)."""
+    if not REQUIRE_POSTGRES or exitstatus != 0:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    counts = backend_counts(session.config, reporter.stats)
+    if counts["sqlite"]["passed"] and not counts.get("postgres", Counter())["passed"]:
+        reporter.write_line("BEACON_TEST_REQUIRE_POSTGRES: no test ran on PostgreSQL + Redis")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

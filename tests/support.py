@@ -37,8 +37,27 @@ def reachable(url: str, default_port: int) -> bool:
         return False
 
 
+def postgres_missing() -> list[str]:
+    """What keeps the PostgreSQL + Redis backend from running (empty: nothing)."""
+    missing = []
+    if not reachable(PG_ADMIN_URL, 5432):
+        missing.append(f"PostgreSQL is not reachable at {redact(PG_ADMIN_URL)}")
+    if not reachable(REDIS_URL, 6379):
+        missing.append(f"Redis is not reachable at {redact(REDIS_URL)}")
+    return missing
+
+
 def postgres_available() -> bool:
-    return reachable(PG_ADMIN_URL, 5432) and reachable(REDIS_URL, 6379)
+    return not postgres_missing()
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def with_database(url: str, name: str) -> str:

@@ -21,6 +21,7 @@ from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
 from service.interceptors.base import WrappingInterceptor
 from service.interceptors.errors import ErrorsAround
+from service.interceptors.inputs import InputsAround
 from service.interceptors.observability import ObservabilityAround
 from service.interceptors.ratelimit import (
     CALLER_KEYS,
@@ -37,7 +38,7 @@ HEALTH_INTERVAL_SECONDS = 2.0
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
     errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
-    the workspace limits (each concern lives in its own module).
+    input checks, the workspace limits (each concern lives in its own module).
 
     Peer and user limits come before authorization so that failed lookups are counted too;
     workspace limits come after it so that only those who reach a workspace spend its budget.
@@ -51,6 +52,7 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
             AuthenticateAround(authenticator),
             RateLimitAround(app.rate_limits, CALLER_KEYS),
             AuthorizeAround(app.db),
+            InputsAround(),
             RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
         )
     ]

@@ -343,6 +343,67 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
         assert fake_provider.requests() == 8
 
 
+ALIAS_ONLY = "which crm has the friendliest pricing"
+DOMAIN_ONLY = "where can a startup compare crm plans"
+
+
+async def test_a_brand_named_only_by_an_alias_or_its_domain_is_reported_mentioned(
+    backend: str,
+    settings: Settings,
+    stubs: SimpleNamespace,
+    collection: SimpleNamespace,
+    new_user: NewUser,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    """The workspace's aliases and domain reach the analysis: an answer that names the brand
+    only as "Zephyr Cloud" (an alias), or only as acme.com, mentions it, ranked after the
+    competitor named first."""
+    user = await new_user()
+    md = user.metadata
+    created = await stubs.workspaces.CreateWorkspace(
+        ws_pb.CreateWorkspaceRequest(
+            name="Acme",
+            domain="acme.com",
+            organization_name=unique("Org "),
+            brand_aliases=["Zephyr Cloud"],
+            competitors=[ws_pb.Competitor(name="HubSpot", domain="hubspot.com")],
+        ),
+        metadata=md,
+    )
+    ws = created.workspace.id
+    await stubs.workspaces.SetEnabledProviders(
+        ws_pb.SetEnabledProvidersRequest(workspace_id=ws, providers=[ws_pb.PROVIDER_OPENAI]),
+        metadata=md,
+    )
+    await collection.prompts.StorePrompts(
+        prompt_pb.StorePromptsRequest(workspace_id=ws, prompts=[ALIAS_ONLY, DOMAIN_ONLY]),
+        metadata=md,
+    )
+    fake_provider.script(ALIAS_ONLY, "HubSpot is popular, but Zephyr Cloud is cheaper.", [])
+    fake_provider.script(DOMAIN_ONLY, "HubSpot lists its plans; so does acme.com/pricing.", [])
+
+    async with pipeline(backend, settings, fake_provider, tmp_path):
+        started = await collection.runs.StartRun(
+            run_pb.StartRunRequest(workspace_id=ws), metadata=md
+        )
+        assert started.status == run_pb.START_RUN_STATUS_QUEUED, started
+        run = await wait_for_end(collection, started.run.id, md)
+    assert run.status == run_pb.RUN_STATUS_SUCCEEDED
+
+    listed = await collection.runs.ListResponses(
+        run_pb.ListResponsesRequest(workspace_id=ws, run_id=run.id), metadata=md
+    )
+    found = {
+        r.prompt_text: (r.brand_mentioned, r.brand_rank, [(c.name, c.rank) for c in r.competitors])
+        for r in listed.responses
+    }
+    assert found == {
+        ALIAS_ONLY: (True, 2, [("HubSpot", 1)]),
+        DOMAIN_ONLY: (True, 2, [("HubSpot", 1)]),
+    }
+
+
 # Redis requeues a dead worker's messages once it misses heartbeats (2 s here; every broker
 # command looks for such workers); RabbitMQ as soon as the worker's connection drops.
 KILL_OPTIONS = {

@@ -35,10 +35,11 @@ from service.auth.tokens import mint_dev_token
 from service.config import DEV_AUTH_SECRET, Settings
 from service.db.models import User
 from service.domain.errors import Unauthenticated
+from service.server import start_server
 from tests.conftest import NewUser, make_settings
-from tests.platform.assertions import expect_refusal, passes_auth
+from tests.platform.assertions import expect_refusal
 from tests.platform.probes import ProbeState, start_probe_server
-from tests.platform.processes import free_port
+from tests.platform.processes import eventually, free_port
 from tests.platform.seeds import seed_organization
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
@@ -166,15 +167,21 @@ async def test_user_token_cannot_act_as_another_user(
 
 
 async def test_valid_dev_token_is_accepted_as_its_user(
-    probes: SimpleNamespace, probe_state: ProbeState, stubs: SimpleNamespace, new_user: NewUser
+    probes: SimpleNamespace,
+    probe_state: ProbeState,
+    stubs: SimpleNamespace,
+    app: App,
+    new_user: NewUser,
 ) -> None:
     user = await new_user()
     call = await probe_state.traced(
         probes.organizations.ListMyOrganizations, LIST_MINE, user.metadata
     )
     assert caller(call) == (user.user_id, user.email, None)
-    # The product server lets the same token through its interceptors too.
-    await passes_auth(stubs.organizations.ListMyOrganizations(LIST_MINE, metadata=user.metadata))
+    # The product server answers the same token with that user's organizations.
+    org_id = await seed_organization(app, user.user_id)
+    reply = await stubs.organizations.ListMyOrganizations(LIST_MINE, metadata=user.metadata)
+    assert [o.id for o in reply.organizations] == [org_id]
 
 
 async def test_user_is_created_on_first_sight_and_refreshed_when_the_name_changes(
@@ -199,6 +206,26 @@ async def test_user_is_created_on_first_sight_and_refreshed_when_the_name_change
     await probes.organizations.ListMyOrganizations(LIST_MINE, metadata=bearer(renamed))
     [refreshed] = await users_with_email(app, email)
     assert (refreshed.id, refreshed.name) == (user.id, "Second Name")
+
+
+@pytest.mark.parametrize("beyond", [True, False], ids=["beyond_leeway", "within_leeway"])
+async def test_expiry_is_enforced_to_the_configured_leeway(
+    beyond: bool, stubs: SimpleNamespace, settings: Settings, app: App
+) -> None:
+    """A token expired a little more than the leeway ago is refused; a little less, accepted
+    (a leeway much longer than configured would let the first one through)."""
+    margin = 5
+    assert settings.auth_leeway_seconds > margin, "the leeway is too short to test both sides"
+    ago = settings.auth_leeway_seconds + (margin if beyond else -margin)
+    email = unique_email()
+    token = mint_dev_token(settings, email=email, ttl_seconds=60, now=time.time() - 60 - ago)
+    call = stubs.organizations.ListMyOrganizations(LIST_MINE, metadata=bearer(token))
+    if beyond:
+        await expect_refusal(UNAUTHENTICATED, "TOKEN_EXPIRED", call)
+        assert await users_with_email(app, email) == []
+    else:
+        assert list((await call).organizations) == []
+        assert len(await users_with_email(app, email)) == 1
 
 
 # --- Service keys ----------------------------------------------------------------------------
@@ -236,10 +263,9 @@ async def test_service_key_with_act_as_scope_acts_as_the_named_user(
     acting = (*bearer(secret), ("x-beacon-act-as", user.user_id))
     call = await probe_state.traced(probes.organizations.ListMyOrganizations, LIST_MINE, acting)
     assert caller(call) == (user.user_id, user.email, key_id)
-    # Through the product servicer, the key sees the user's organizations.
-    reply = await passes_auth(stubs.organizations.ListMyOrganizations(LIST_MINE, metadata=acting))
-    if reply is not None:
-        assert org_id in [o.id for o in reply.organizations]
+    # Through the product servicer, the key sees the user's organizations (and only theirs).
+    reply = await stubs.organizations.ListMyOrganizations(LIST_MINE, metadata=acting)
+    assert [o.id for o in reply.organizations] == [org_id]
 
 
 async def test_act_as_header_without_the_scope_is_refused(
@@ -285,6 +311,47 @@ async def test_revoked_and_unknown_keys_are_unauthenticated(
         "BAD_SERVICE_KEY",
         probes.organizations.ListMyOrganizations(LIST_MINE, metadata=bearer(secret[:-4] + "abcd")),
     )
+
+
+async def test_a_revoked_key_is_refused_within_the_default_cache_time(
+    app: App, backend: str, new_user: NewUser, tmp_path: Path
+) -> None:
+    """With the default service-key cache (not the 0 the other tests use), a revoked key
+    stops working within `service_key_cache_seconds` of its revocation, as documented."""
+    bound = Settings.model_fields["service_key_cache_seconds"].default
+    assert bound > 0
+    settings = make_settings(
+        backend,
+        app.settings.database_url,
+        tmp_path,
+        f"{app.settings.rate_limit_key_prefix}-revoke-{uuid.uuid4().hex[:8]}",
+        service_key_cache_seconds=bound,
+        rate_limit_scale=100.0,
+    )
+    cached = App(settings=settings, db=app.db)
+    server = await start_server(cached, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = organization_service_pb2_grpc.OrganizationServiceStub(channel)
+            user = await new_user()
+            secret, key_id = await new_key(app, "act_as")
+            acting = (*bearer(secret), ("x-beacon-act-as", user.user_id))
+            await stub.ListMyOrganizations(LIST_MINE, metadata=acting)  # now cached
+            await service_keys.revoke_key(app.db, key_id)
+            revoked = time.monotonic()
+
+            async def refused() -> bool:
+                try:
+                    await stub.ListMyOrganizations(LIST_MINE, metadata=acting)
+                except grpc.aio.AioRpcError as error:
+                    assert error.code() == UNAUTHENTICATED, error.details()
+                    return True
+                return False
+
+            await eventually(refused, what="the revoked key to be refused", within=bound + 2)
+            assert time.monotonic() - revoked <= bound + 1
+    finally:
+        await server.stop(grace=1.0)
 
 
 async def test_workos_key_resolves_an_organization_without_acting(
@@ -485,8 +552,12 @@ async def test_rs256_and_es256_tokens_from_the_jwks_are_accepted(
         assert call.principal is not None and call.principal.user_id == user.id
 
 
-async def test_dev_tokens_still_work_beside_the_jwks(jwks: JwksServer) -> None:
-    await jwks.call(mint_dev_token(jwks.settings, email=unique_email()))
+async def test_dev_tokens_still_work_beside_the_jwks(jwks: JwksServer, app: App) -> None:
+    email = unique_email()
+    call = await jwks.call(mint_dev_token(jwks.settings, email=email))
+    [user] = await users_with_email(app, email)
+    assert (user.issuer, user.subject) == (jwks.settings.auth_dev_issuer, f"dev|{email}")
+    assert caller(call) == (user.id, email, None)
 
 
 async def test_with_a_jwks_hs256_tokens_are_refused_unless_a_secret_is_set(

@@ -28,10 +28,10 @@ async def test_reflection_lists_all_six_services(channel: grpc.aio.Channel) -> N
     async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
         yield reflection_pb2.ServerReflectionRequest(list_services="")
 
-    async for reply in stub.ServerReflectionInfo(requests()):
-        names = {s.name for s in reply.list_services_response.service}
-        assert names >= BEACON_SERVICES | {"grpc.health.v1.Health"}
-        break
+    replies = [reply async for reply in stub.ServerReflectionInfo(requests())]
+    assert len(replies) == 1, replies
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert names >= BEACON_SERVICES | {"grpc.health.v1.Health"}
 
 
 async def test_unauthenticated_call_is_refused_with_error_info(stubs: SimpleNamespace) -> None:
@@ -47,9 +47,10 @@ async def test_unauthenticated_call_is_refused_with_error_info(stubs: SimpleName
 
 async def test_dev_token_is_accepted(stubs: SimpleNamespace, new_user: NewUser) -> None:
     user = await new_user()
-    try:
-        await stubs.organizations.ListMyOrganizations(
-            org_pb.ListMyOrganizationsRequest(), metadata=user.metadata
-        )
-    except grpc.aio.AioRpcError as error:  # until implemented, the handler itself answers
-        assert error.code() == grpc.StatusCode.UNIMPLEMENTED, error.details()
+    created = await stubs.organizations.CreateOrganization(
+        org_pb.CreateOrganizationRequest(name="Token Org"), metadata=user.metadata
+    )
+    reply = await stubs.organizations.ListMyOrganizations(
+        org_pb.ListMyOrganizationsRequest(), metadata=user.metadata
+    )
+    assert [(o.id, o.name) for o in reply.organizations] == [(created.id, "Token Org")]

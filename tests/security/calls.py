@@ -30,6 +30,14 @@ def methods_by_path() -> dict[str, MethodDescriptor]:
     return {rpc_path(method): method for method in all_methods()}
 
 
+READ_VERBS = ("Get", "List", "Watch", "Resolve")
+
+
+def is_read(path: str) -> bool:
+    """Whether the RPC is named like a read (AIP standard and custom read methods)."""
+    return path.rsplit("/", 1)[1].startswith(READ_VERBS)
+
+
 def request_class(method: MethodDescriptor) -> type[Message]:
     return message_factory.GetMessageClass(method.input_type)
 
@@ -81,3 +89,22 @@ async def invoke(
     except grpc.aio.AioRpcError as error:
         return Outcome(error.code(), failure(error))
     return Outcome(grpc.StatusCode.OK)
+
+
+async def responses(
+    channel: grpc.aio.Channel, method: MethodDescriptor, request: Message, metadata: Metadata
+) -> list[Message]:
+    """Calls the RPC and returns what it answered (every message of a server stream, read to
+    its end); a failed call raises its AioRpcError."""
+    path = rpc_path(method)
+    response = message_factory.GetMessageClass(method.output_type)
+    serializer = type(request).SerializeToString
+    if method.server_streaming:
+        stream = channel.unary_stream(
+            path, request_serializer=serializer, response_deserializer=response.FromString
+        )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+        return [message async for message in stream]
+    reply = await channel.unary_unary(
+        path, request_serializer=serializer, response_deserializer=response.FromString
+    )(request, metadata=metadata, timeout=CALL_TIMEOUT_SECONDS)
+    return [reply]

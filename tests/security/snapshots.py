@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sqlalchemy import ColumnElement, false, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import App
 from service.db.base import Base
@@ -85,18 +86,30 @@ async def snapshots(app: App, *worlds: World, counts: bool = False) -> list[Snap
                     if row[width + index]:
                         rows[name].append(tuple(row[:width]))
         if counts:
-            query = select(
-                *(
-                    select(func.count()).select_from(table).scalar_subquery().label(name)
-                    for name, table in TABLES.items()
-                )
-            )
-            found = (await session.execute(query)).one()
-            sizes = {name: int(found[i]) for i, name in enumerate(TABLES)}
+            sizes = await _row_counts(session)
     return [
         Snapshot(sizes if index == 0 else {}, {k: sorted(v, key=repr) for k, v in rows.items()})
         for index, rows in enumerate(per_world)
     ]
+
+
+COUNTS = select(
+    *(
+        select(func.count()).select_from(table).scalar_subquery().label(name)
+        for name, table in TABLES.items()
+    )
+)
+
+
+async def _row_counts(session: AsyncSession) -> dict[str, int]:
+    found = (await session.execute(COUNTS)).one()
+    return {name: int(found[i]) for i, name in enumerate(TABLES)}
+
+
+async def row_counts(app: App) -> dict[str, int]:
+    """Every table's row count (one query)."""
+    async with app.db.transaction(write=False) as session:
+        return await _row_counts(session)
 
 
 async def snapshot(app: App, world: World, counts: bool = False) -> Snapshot:

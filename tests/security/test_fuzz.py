@@ -19,7 +19,6 @@ import hashlib
 import hmac
 import json
 import os
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,11 +36,10 @@ from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
 from service.db.models import WorkspaceMember
 from service.domain.paging import encode_token
-from service.server import start_server
-from tests.conftest import delete_redis_keys, make_settings, temporary_database
 from tests.security import world as w
 from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path, rpc_path
 from tests.security.hostile import build_request, request_specs
+from tests.security.servers import private_server
 from tests.security.snapshots import snapshots
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
@@ -99,26 +97,14 @@ class Target:
 @pytest.fixture(scope="module")
 async def target(backend: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Target]:
     tmp = tmp_path_factory.mktemp(f"fuzz-{backend}")
-    name = f"beacon_fuzz_{uuid.uuid4().hex[:10]}"
-    prefix = f"beacon-fuzz-{name}"
-    async with temporary_database(backend, tmp, name) as url:
-        app = App.from_settings(make_settings(backend, url, tmp, prefix, rate_limit_scale=1000.0))
-        server = await start_server(app, "127.0.0.1:0")
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                memberships = MembershipServiceStub(channel)
-                yield Target(
-                    app,
-                    channel,
-                    memberships,
-                    await fresh_world(app, memberships),
-                    await fresh_world(app, memberships),
-                )
-        finally:
-            await server.stop(grace=1.0)
-            await app.close()
-    if backend == "postgres":
-        await delete_redis_keys(prefix)
+    async with private_server(backend, tmp, "fuzz") as server:
+        yield Target(
+            server.app,
+            server.channel,
+            server.memberships,
+            await fresh_world(server.app, server.memberships),
+            await fresh_world(server.app, server.memberships),
+        )
 
 
 async def test_snapshots_see_a_write_in_its_tenant_only(target: Target) -> None:
@@ -214,11 +200,16 @@ NUL_CASES = [
 async def test_nul_in_any_string_field_of_a_valid_request(
     case: tuple[str, str], target: Target
 ) -> None:
-    """PostgreSQL refuses NUL in text: every string field, in a request that would
-    otherwise succeed, must be checked before it reaches a query."""
+    """PostgreSQL refuses NUL in text, SQLite stores it: on both, every string field of a
+    request that would otherwise succeed is refused with INVALID_ARGUMENT naming the field
+    before it reaches a query (and nothing is written)."""
     path, field = case
     method = methods_by_path()[path]
-    await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))
+    outcome = await assert_sound(target, method, with_nul(TABLE[path].request(target.own), field))
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.describe()
+    assert outcome.failure is not None
+    named = [v.field for v in outcome.failure.details["BadRequest"].field_violations]
+    assert field in named or field.rsplit(".", 1)[-1] in named, (named, outcome.describe())
 
 
 def _b64(raw: bytes) -> str:

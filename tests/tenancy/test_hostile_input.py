@@ -1,6 +1,7 @@
 """Hostile values in every string field of the organization and workspace RPCs: the answer
-is INVALID_ARGUMENT or NOT_FOUND with a message, never INTERNAL or UNKNOWN, and nothing is
-written."""
+is INVALID_ARGUMENT or NOT_FOUND with a message (INVALID_ARGUMENT for a NUL), never INTERNAL
+or UNKNOWN; a refused call writes nothing (row counts of every table), and whatever succeeds
+leaves the target organization and workspace exactly as they were."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from service.app import App
+from tests.security.snapshots import row_counts
 from tests.support import failure
 from tests.tenancy.builders import new_workspace
 
@@ -44,11 +47,16 @@ async def outcome(call: Awaitable[Any]) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-async def test_hostile_strings_never_break_the_server(stubs: Stubs, new_user: Any) -> None:
+async def test_hostile_strings_never_break_the_server(
+    stubs: Stubs, new_user: Any, app: App
+) -> None:
     user = await new_user()
     workspace = (await new_workspace(stubs, user, name="Target")).workspace
     org_id = workspace.organization_id
     md = user.metadata
+    organization = await stubs.organizations.GetOrganization(
+        org_pb.GetOrganizationRequest(organization_id=org_id), metadata=md
+    )
     calls: list[Callable[[str, Any], Awaitable[Any]]] = [
         lambda v, fresh: stubs.workspaces.CreateWorkspace(
             ws_pb.CreateWorkspaceRequest(name=v), metadata=fresh
@@ -128,10 +136,29 @@ async def test_hostile_strings_never_break_the_server(stubs: Stubs, new_user: An
     for value in HOSTILE:
         fresh = (await new_user()).metadata  # creates are rate limited per user
         for index, make in enumerate(calls):
+            before = await row_counts(app)
             code, message = await outcome(make(value, fresh))
-            assert code in ACCEPTED | {grpc.StatusCode.OK}, (index, value[:20], code, message)
-    # Nothing hostile reached the target workspace.
+            case = (index, value[:20], code, message)
+            assert code in ACCEPTED | {grpc.StatusCode.OK}, case
+            if "\x00" in value:
+                assert code == grpc.StatusCode.INVALID_ARGUMENT, case
+            if code != grpc.StatusCode.OK:
+                assert await row_counts(app) == before, ("a refused call wrote", *case)
+    # Nothing hostile reached the target workspace; its organization holds at most a name
+    # the owner renamed it to (UpdateOrganization accepts some of the values as names),
+    # stored as sent but for trimming.
     after = await stubs.workspaces.GetWorkspace(
         ws_pb.GetWorkspaceRequest(workspace_id=workspace.id), metadata=md
     )
-    assert (after.name, after.icon_file_id, after.etag) == ("Target", "", workspace.etag)
+    renamed = await stubs.organizations.GetOrganization(
+        org_pb.GetOrganizationRequest(organization_id=org_id), metadata=md
+    )
+    assert renamed.name in {organization.name} | {value.strip() for value in HOSTILE}
+    assert after.organization_name == renamed.name
+    after.ClearField("organization_name")
+    workspace.ClearField("organization_name")
+    for message in (renamed, organization):
+        message.ClearField("name")
+        message.ClearField("update_time")
+    assert after == workspace
+    assert renamed == organization

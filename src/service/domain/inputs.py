@@ -7,6 +7,10 @@ always shortened, so a hostile 100 kB field still yields a clean INVALID_ARGUMEN
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 
 from service.domain.errors import InvalidArgument
 
@@ -50,3 +54,29 @@ def normalize_email(raw: str, *, field: str = "email") -> str:
     if not email.isprintable() or _EMAIL_SHAPE.fullmatch(email) is None:
         raise InvalidArgument(field, "must be an email address such as name@example.com")
     return email
+
+
+def _nul_fields(message: Message, prefix: str) -> Iterator[str]:
+    for field, value in message.ListFields():
+        path = prefix + field.name
+        if field.type == FieldDescriptor.TYPE_STRING:
+            values = value if field.is_repeated else [value]
+            if any("\x00" in item for item in values):
+                yield path
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                entries = [v for item in value.items() for v in item if isinstance(v, str)]
+                if any("\x00" in item for item in entries):
+                    yield path
+                continue
+            for item in value if field.is_repeated else [value]:
+                yield from _nul_fields(item, path + ".")
+
+
+def refuse_nul(request: Message) -> None:
+    """InvalidArgument naming the first string field (dotted path, e.g. "competitors.name")
+    that holds a NUL character: PostgreSQL refuses NUL in text and SQLite would store it, so
+    no such value may reach a query on either."""
+    for path in _nul_fields(request, ""):
+        raise InvalidArgument(path, "must not contain NUL characters")
