@@ -84,9 +84,12 @@ async def server(
         yield started
 
 
-async def audit_events(server: PrivateServer, request_id: str) -> list[AuditEvent]:
+async def audit_events(server: PrivateServer, correlation_id: str) -> list[AuditEvent]:
+    """The events of the calls that sent `correlation_id` as their `x-request-id`."""
     async with server.app.db.transaction(write=False) as session:
-        found = await session.scalars(select(AuditEvent).where(AuditEvent.request_id == request_id))
+        found = await session.scalars(
+            select(AuditEvent).where(AuditEvent.correlation_id == correlation_id)
+        )
         return list(found)
 
 
@@ -115,7 +118,9 @@ async def prepare(server: PrivateServer, case: Case) -> tuple[World, Metadata, s
         assert outcome.code == grpc.StatusCode.OK, f"{first}: {outcome.describe()}"
     if case.service_key:
         scope = method_rules()[case.path].service_scope
-        secret, info = await service_keys.create_key(app.db, "audit", [scope])
+        secret, info = await service_keys.create_key(
+            app.db, "audit", [scope], all_organizations=True
+        )
         return world, bearer(secret), info.id
     assert world.caller is not None
     return world, world.metadata, world.caller.user_id
@@ -161,6 +166,8 @@ async def test_a_successful_mutation_leaves_one_audit_event(
     assert len(events) == 1, f"{case.id} wrote {wrote} and left {len(events)} audit events"
     [event] = events
     assert event.actor_id == actor
+    # The server's own request id identifies the event; the client's is the correlation id.
+    assert event.request_id.startswith("req_") and event.request_id != request_id
     assert event.action == case.path.lstrip("/")
     assert event.target_ids, f"{case.id}: the audit event names no target"
     created = await organization_ids(server) - organizations

@@ -47,7 +47,9 @@ def ids_in(message: Message) -> set[str]:
 
 @pytest.fixture(scope="module")
 async def act_as_key(app: App) -> AsyncIterator[str]:
-    secret, info = await service_keys.create_key(app.db, "idempotency", ["act_as"])
+    secret, info = await service_keys.create_key(
+        app.db, "idempotency", ["act_as"], all_organizations=True
+    )
     yield secret
     await service_keys.revoke_key(app.db, info.id)
 

@@ -282,9 +282,12 @@ async def test_bad_input_is_invalid_argument_naming_the_field(
             pb.RemoveMemberRequest(workspace_id=workspace.id), metadata=owner.metadata
         ),
     )
-    await expect_error(
-        grpc.StatusCode.NOT_FOUND, _remove(stubs, workspace.id, owner, "user_\x00" + "z" * 500)
+    # A NUL is refused before any query, naming the field.
+    nul = await expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        _remove(stubs, workspace.id, owner, "user_\x00" + "z" * 500),
     )
+    assert [v.field for v in nul.details["BadRequest"].field_violations] == ["user_id"]
     assert len(await all_members(stubs, workspace.id, owner)) == 1  # nothing was written
 
 

@@ -60,9 +60,13 @@ def _nul_fields(message: Message, prefix: str) -> Iterator[str]:
     for field, value in message.ListFields():
         path = prefix + field.name
         if field.type == FieldDescriptor.TYPE_STRING:
-            values = value if field.is_repeated else [value]
-            if any("\x00" in item for item in values):
-                yield path
+            if not field.is_repeated:
+                if "\x00" in value:
+                    yield path
+                continue
+            for index, item in enumerate(value):
+                if "\x00" in item:
+                    yield f"{path}[{index}]"
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             entry = field.message_type
             if entry is not None and entry.GetOptions().map_entry:
@@ -75,7 +79,8 @@ def _nul_fields(message: Message, prefix: str) -> Iterator[str]:
 
 
 def refuse_nul(request: Message) -> None:
-    """InvalidArgument naming the first string field (dotted path, e.g. "competitors.name")
+    """InvalidArgument naming the first string field (dotted path, e.g. "competitors.name",
+    with the index of a repeated string, e.g. "prompt_ids[1]")
     that holds a NUL character: PostgreSQL refuses NUL in text and SQLite would store it, so
     no such value may reach a query on either."""
     for path in _nul_fields(request, ""):
