@@ -1,7 +1,14 @@
 """Every table of Beacon; Alembic autogenerates from this metadata."""
 
 from service.db.base import Base
-from service.db.models.collection import Probe, Prompt, Run, Schedule
+from service.db.models.collection import (
+    CompetitorRollup,
+    Probe,
+    Prompt,
+    Run,
+    Schedule,
+    VisibilityRollup,
+)
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
 from service.db.models.tenancy import (
     AuditEvent,
@@ -16,6 +23,7 @@ from service.db.models.tenancy import (
 
 __all__ = [
     "AuditEvent",
+    "CompetitorRollup",
     "Base",
     "File",
     "IdempotencyKey",
@@ -28,6 +36,7 @@ __all__ = [
     "Schedule",
     "ServiceKey",
     "User",
+    "VisibilityRollup",
     "Workspace",
     "WorkspaceInvitation",
     "WorkspaceMember",
