@@ -76,10 +76,13 @@ def _period_start(dialect: str, column: Any, granularity: Granularity) -> Column
         return func.date_trunc(
             literal_column(f"'{granularity}'"), func.timezone(literal_column("'UTC'"), column)
         )
-    # SQLite stores UTC as text: 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
+    # SQLite stores UTC as text, 'YYYY-MM-DD HH:MM:SS.ffffff': the day is its first ten
+    # characters (date() of the whole text rounds to milliseconds, so 23:59:59.9996 would be
+    # the next day). 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
+    day = func.substr(column, 1, 10)
     if granularity == "week":
-        return func.date(column, literal_column("'weekday 0'"), literal_column("'-6 days'"))
-    return func.date(column)
+        return func.date(day, literal_column("'weekday 0'"), literal_column("'-6 days'"))
+    return func.date(day)
 
 
 def _as_utc(value: Any) -> datetime:

@@ -48,7 +48,8 @@ POSTGRESQL = {
     "is_text": "json_typeof(c.value -> 'name') = 'string'",
 }
 SQLITE = {
-    "day": "date(complete_time)",
+    # The stored text's date part: date() of the whole text rounds to milliseconds.
+    "day": "date(substr(complete_time, 1, 10))",
     "name": "json_extract(c.value, '$.name')",
     "elements": "json_each(p.competitors) AS c",
     "is_text": "json_type(c.value, '$.name') = 'text'",
