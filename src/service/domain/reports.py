@@ -103,8 +103,7 @@ class _Tally:
     competitors: dict[str, int] = field(default_factory=dict)
 
     def add(self, sums: Sequence[int], competitors: Mapping[str, int]) -> None:
-        for index, value in enumerate(sums):
-            self.sums[index] += int(value or 0)
+        self.sums = [mine + int(value or 0) for mine, value in zip(self.sums, sums, strict=True)]
         for name, count in competitors.items():
             self.competitors[name] = self.competitors.get(name, 0) + count
 
@@ -181,9 +180,16 @@ async def _from_rollups(
 ) -> Tallies:
     """Tallies of the whole UTC days in [first, last), from the rollups."""
     tallies: Tallies = {}
+    periods: dict[date, datetime] = {}
     for row in await rollups.read(session, workspace_id, first.date(), last.date()):
-        key = (_period_of(row.day, granularity), row.provider)
-        tallies.setdefault(key, _Tally()).add(row.sums, row.competitors)
+        period = periods.get(row.day)
+        if period is None:
+            period = periods[row.day] = _period_of(row.day, granularity)
+        tally = tallies.get((period, row.provider))
+        if tally is None:  # the only row of its period (always, for days)
+            tallies[(period, row.provider)] = _Tally(list(row.sums), row.competitors)
+        else:
+            tally.add(row.sums, row.competitors)
     return tallies
 
 
@@ -229,11 +235,13 @@ async def _scan(
 
 async def _rows(session: AsyncSession, workspace_id: str, tallies: Tallies) -> list[VisibilityRow]:
     configured = await _competitor_names(session, workspace_id)
+    known = set(configured)
     rows: list[VisibilityRow] = []
     for (period_start, provider), tally in tallies.items():
         count, brand_mentions, rank_sum, ranked_count, brand_cites, cites = tally.sums
         by_name = tally.competitors
-        names = configured + sorted(set(by_name) - set(configured))
+        extra = by_name.keys() - known
+        names = configured + sorted(extra) if extra else configured
         rows.append(
             VisibilityRow(
                 provider=provider,

@@ -198,7 +198,8 @@ async def read(reader: Reader, workspace_id: str, first: date, end: date) -> lis
             *in_range
         )
     )
-    rows = {(r[0], r[1]): DayRow(r[0], r[1], tuple(r[2:]), {}) for r in totals}
+    # .all(): one fetch for the rows, not one per row through the async adapter.
+    rows = {(r[0], r[1]): DayRow(r[0], r[1], tuple(r[2:]), {}) for r in totals.all()}
     names = await reader.execute(
         select(
             COMPETITORS.c.day, COMPETITORS.c.provider, COMPETITORS.c.name, COMPETITORS.c.mentions
@@ -208,7 +209,7 @@ async def read(reader: Reader, workspace_id: str, first: date, end: date) -> lis
             COMPETITORS.c.day < end,
         )
     )
-    for day, provider, name, count in names:
+    for day, provider, name, count in names.all():
         row = rows.get((day, provider))
         if row is not None:
             row.competitors[name] = count

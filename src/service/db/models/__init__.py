@@ -23,8 +23,8 @@ from service.db.models.tenancy import (
 
 __all__ = [
     "AuditEvent",
-    "CompetitorRollup",
     "Base",
+    "CompetitorRollup",
     "File",
     "IdempotencyKey",
     "Organization",
