@@ -134,7 +134,7 @@ async def both_reports(
         )
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     first=st.lists(answer, max_size=25),
     second=st.lists(answer, max_size=15),

@@ -181,15 +181,17 @@ async def _from_rollups(
     """Tallies of the whole UTC days in [first, last), from the rollups."""
     tallies: Tallies = {}
     periods: dict[date, datetime] = {}
-    for row in await rollups.read(session, workspace_id, first.date(), last.date()):
-        period = periods.get(row.day)
+    for day, provider, sums, competitors in await rollups.read(
+        session, workspace_id, first.date(), last.date()
+    ):
+        period = periods.get(day)
         if period is None:
-            period = periods[row.day] = _period_of(row.day, granularity)
-        tally = tallies.get((period, row.provider))
+            period = periods[day] = _period_of(day, granularity)
+        tally = tallies.get((period, provider))
         if tally is None:  # the only row of its period (always, for days)
-            tallies[(period, row.provider)] = _Tally(list(row.sums), row.competitors)
+            tallies[(period, provider)] = _Tally(list(sums), competitors)
         else:
-            tally.add(row.sums, row.competitors)
+            tally.add(sums, competitors)
     return tallies
 
 

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Table, delete, select
+from sqlalchemy import JSON, Insert, Table, delete, func, select, type_coerce
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import NullType
 
 from service.db.database import Reader
 from service.db.models import CompetitorRollup, Probe, VisibilityRollup
@@ -176,44 +177,60 @@ def _upsert(dialect: str, which: str) -> Insert:
     return upsert
 
 
-@dataclass(frozen=True, slots=True)
-class DayRow:
-    """One rollup row: a provider's sums on one UTC day, with its competitor mentions."""
-
-    day: date
-    provider: str
-    sums: tuple[int, ...]
-    competitors: dict[str, int]
+DayRow = tuple[date, str, tuple[int, ...], dict[str, int]]
+"""One rollup row: (UTC day, provider, sums in SUMS order, competitor -> mentions)."""
 
 
 async def read(reader: Reader, workspace_id: str, first: date, end: date) -> list[DayRow]:
-    """The workspace's rollups of the days in [first, end)."""
-    in_range = (
-        VISIBILITY.c.workspace_id == workspace_id,
-        VISIBILITY.c.day >= first,
-        VISIBILITY.c.day < end,
-    )
-    totals = await reader.execute(
-        select(VISIBILITY.c.day, VISIBILITY.c.provider, *(VISIBILITY.c[s] for s in SUMS)).where(
-            *in_range
+    """The workspace's rollups of the days in [first, end), one row per (day, provider).
+
+    Each row carries its competitor mentions as one JSON object aggregated in the database,
+    so that a year is ~2,200 rows (six providers) whatever the number of competitors.
+    """
+    sqlite = _dialect(reader) == "sqlite"
+
+    def mentions(aggregate: Any) -> Any:
+        return (
+            select(aggregate)
+            .where(
+                COMPETITORS.c.workspace_id == VISIBILITY.c.workspace_id,
+                COMPETITORS.c.day == VISIBILITY.c.day,
+                COMPETITORS.c.provider == VISIBILITY.c.provider,
+            )
+            .scalar_subquery()
         )
+
+    # SQLite: one JSON object; PostgreSQL: two arrays, which asyncpg decodes without json.
+    extra = (
+        [
+            type_coerce(
+                mentions(func.json_group_object(COMPETITORS.c.name, COMPETITORS.c.mentions)), JSON
+            )
+        ]
+        if sqlite
+        else [
+            # Untyped: asyncpg's lists as they come, without SQLAlchemy's per-item processing.
+            type_coerce(mentions(func.array_agg(COMPETITORS.c.name)), NullType()),
+            type_coerce(mentions(func.array_agg(COMPETITORS.c.mentions)), NullType()),
+        ]
     )
-    # .all(): one fetch for the rows, not one per row through the async adapter.
-    rows = {(r[0], r[1]): DayRow(r[0], r[1], tuple(r[2:]), {}) for r in totals.all()}
-    names = await reader.execute(
+    result = await reader.execute(
         select(
-            COMPETITORS.c.day, COMPETITORS.c.provider, COMPETITORS.c.name, COMPETITORS.c.mentions
+            VISIBILITY.c.day, VISIBILITY.c.provider, *(VISIBILITY.c[s] for s in SUMS), *extra
         ).where(
-            COMPETITORS.c.workspace_id == workspace_id,
-            COMPETITORS.c.day >= first,
-            COMPETITORS.c.day < end,
+            VISIBILITY.c.workspace_id == workspace_id,
+            VISIBILITY.c.day >= first,
+            VISIBILITY.c.day < end,
         )
     )
-    for day, provider, name, count in names.all():
-        row = rows.get((day, provider))
-        if row is not None:
-            row.competitors[name] = count
-    return list(rows.values())
+    sums = slice(2, 2 + len(SUMS))
+    # .all(): one fetch for the rows, not one per row through the async adapter.
+    if sqlite:
+        return [(r[0], r[1], tuple(r[sums]), r[-1] or {}) for r in result.all()]
+    return [
+        (r[0], r[1], tuple(r[sums]), dict(zip(r[-2], r[-1], strict=True)) if r[-2] else {})
+        for r in result.all()
+    ]
 
 
 async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> None:
