@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, each printing its own table.
 
   python -m bench            all of them
-  python -m bench rpc        only the RPC benchmark (also: ticker, workers)
+  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers)
 
 The ratios in each table are measured in the same run against a baseline of that run.
 """
@@ -13,6 +13,7 @@ import sys
 
 BENCHMARKS = {
     "rpc": "bench.bench_rpc",
+    "report": "bench.bench_report",
     "ticker": "bench.bench_ticker",
     "workers": "bench.bench_workers",
 }

@@ -30,6 +30,7 @@ from sqlalchemy import Select, Update, bindparam, select, update
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
+from service.domain import rollups
 from service.domain.clock import utcnow
 from workers import metrics
 from workers.actors import probe_message
@@ -184,19 +185,52 @@ class ProbeStore:
         return [tasks.get(probe_id) for probe_id in probe_ids]
 
     async def _save_many(self, results: Sequence[ProbeResult]) -> list[None]:
+        """Writes the results of the probes still pending, and adds the answers among them to
+        the visibility rollups, in one transaction.
+
+        The pending probes are locked first (in id order): a duplicate delivery saving the same
+        probe concurrently waits, then finds it no longer pending, so an answer is rolled up
+        exactly once. Within a batch, the first result of a probe is the one kept.
+        """
         now = utcnow()
-        params = [
-            {
-                "b_id": result.probe_id,
-                "b_status": result.status,
-                "b_attempts": result.attempts,
-                "b_complete_time": now,
-                **{f"b_{k}": v for k, v in (EMPTY_RESULT | result.values).items()},
-            }
-            for result in results
-        ]
+        first: dict[str, ProbeResult] = {}
+        for result in results:
+            first.setdefault(result.probe_id, result)
         async with self.db.transaction() as session:
-            await (await session.connection()).execute(_save_statement(), params)
+            connection = await session.connection()
+            pending = {
+                row.id: row
+                for row in await connection.execute(
+                    _pending_query().where(id_in(self.db, PROBES.c.id, set(first)))
+                )
+            }
+            saved = [result for probe_id, result in first.items() if probe_id in pending]
+            if not saved:
+                return [None] * len(results)
+            params = [
+                {
+                    "b_id": result.probe_id,
+                    "b_status": result.status,
+                    "b_attempts": result.attempts,
+                    "b_complete_time": now,
+                    **{f"b_{k}": v for k, v in (EMPTY_RESULT | result.values).items()},
+                }
+                for result in saved
+            ]
+            await connection.execute(_save_statement(), params)
+            await rollups.add_answers(
+                connection,
+                (
+                    rollups.answer(
+                        pending[result.probe_id].workspace_id,
+                        pending[result.probe_id].provider,
+                        now,
+                        result.values,
+                    )
+                    for result in saved
+                    if result.status == PROBE_SUCCEEDED
+                ),
+            )
         return [None] * len(results)
 
 
@@ -226,6 +260,18 @@ def _load_query() -> Select[Any]:
         PROBES.join(RUNS, RUNS.c.id == PROBES.c.run_id).join(
             WORKSPACES, WORKSPACES.c.id == PROBES.c.workspace_id
         )
+    )
+
+
+@functools.cache
+def _pending_query() -> Select[Any]:
+    """The pending probes among some (filtered by the caller), locked until the transaction
+    ends (PostgreSQL; SQLite's write transactions are serial anyway)."""
+    return (
+        select(PROBES.c.id, PROBES.c.workspace_id, PROBES.c.provider)
+        .where(PROBES.c.status == PENDING)
+        .order_by(PROBES.c.id)
+        .with_for_update()
     )
 
 

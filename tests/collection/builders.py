@@ -24,6 +24,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
+from service.domain import rollups
 from service.domain.clock import new_id, utcnow
 from service.domain.prompts import text_hash
 from tests.support import unique
@@ -152,17 +153,23 @@ async def insert_probe(
             **fields,
         )
         session.add(probe)
+        await session.flush()
+        if status == "succeeded":
+            await rollups.add_answers(session, [rollups.answer_of(probe)])
     return probe.id
 
 
 async def finish_probe(app: App, probe_id: str, status: str = "succeeded", **fields: Any) -> None:
-    """Marks a pending probe finished, as a worker does."""
+    """Marks a pending probe finished, as a worker does (answers enter the rollups)."""
     async with app.db.transaction() as session:
-        await session.execute(
+        finished = await session.scalar(
             update(Probe)
-            .where(Probe.id == probe_id)
+            .where(Probe.id == probe_id, Probe.status == "pending")
             .values(status=status, complete_time=utcnow(), **fields)
+            .returning(Probe)
         )
+        if finished is not None and status == "succeeded":
+            await rollups.add_answers(session, [rollups.answer_of(finished)])
 
 
 async def end_run(app: App, run_id: str, status: str) -> None:

@@ -20,6 +20,8 @@ WORKSPACE_TABLES = (
     "prompts",
     "runs",
     "probes",
+    "visibility_rollups",
+    "competitor_rollups",
 )
 
 

@@ -1,14 +1,18 @@
 """Visibility reports: how answers mention the brand, per provider and UTC day or ISO week.
 
 Only answered probes count, placed in the period of their answer's time (`complete_time`).
-Counting happens in SQL (one grouped query for the answers, one over the competitors each
-answer mentions); the ratios are taken here.
+Whole UTC days come from the daily rollups (`service.domain.rollups`, one row per day and
+provider), so a report costs what its range holds in days, not in answers; the partial days at
+the ends of a range that does not start or end at 00:00 UTC are counted from the answers in SQL
+(one grouped query for the answers, one over the competitors each answer mentions). The ratios
+are taken here, from the same integer sums either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, and_, case, func, literal_column, select, true
@@ -16,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import PROVIDERS
 from service.db.models import Probe, Workspace
+from service.domain import rollups
 from service.domain.errors import InvalidArgument
 
 Granularity = Literal["day", "week"]
@@ -71,10 +76,13 @@ def _period_start(dialect: str, column: Any, granularity: Granularity) -> Column
         return func.date_trunc(
             literal_column(f"'{granularity}'"), func.timezone(literal_column("'UTC'"), column)
         )
-    # SQLite stores UTC as text: 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
+    # SQLite stores UTC as text, 'YYYY-MM-DD HH:MM:SS.ffffff': the day is its first ten
+    # characters (date() of the whole text rounds to milliseconds, so 23:59:59.9996 would be
+    # the next day). 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
+    day = func.substr(column, 1, 10)
     if granularity == "week":
-        return func.date(column, literal_column("'weekday 0'"), literal_column("'-6 days'"))
-    return func.date(column)
+        return func.date(day, literal_column("'weekday 0'"), literal_column("'-6 days'"))
+    return func.date(day)
 
 
 def _as_utc(value: Any) -> datetime:
@@ -85,6 +93,22 @@ def _as_utc(value: Any) -> datetime:
 
 def _ratio(part: float, whole: float) -> float:
     return part / whole if whole else 0.0
+
+
+@dataclass(slots=True)
+class _Tally:
+    """Sums over the answers of one (period, provider), in `rollups.SUMS` order."""
+
+    sums: list[int] = field(default_factory=lambda: [0] * len(rollups.SUMS))
+    competitors: dict[str, int] = field(default_factory=dict)
+
+    def add(self, sums: Sequence[int], competitors: Mapping[str, int]) -> None:
+        self.sums = [mine + int(value or 0) for mine, value in zip(self.sums, sums, strict=True)]
+        for name, count in competitors.items():
+            self.competitors[name] = self.competitors.get(name, 0) + count
+
+
+Tallies = dict[tuple[datetime, str], _Tally]
 
 
 async def visibility_report(
@@ -100,7 +124,85 @@ async def visibility_report(
     mention_rate = answers mentioning the brand / answers; average_rank = mean brand rank over
     answers that rank it; brand_citation_share = citations on the brand's domain / citations;
     per competitor, brand_share_of_voice = brand mentions / (brand mentions + its mentions).
+
+    The whole UTC days of the range are read from the daily rollups; only the partial days at
+    either end (when start or end is not at 00:00 UTC) are counted from the answers. The
+    result equals `scanned_report`'s.
     """
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    first = _midnight(start) if start == _midnight(start) else _midnight(start) + DAY
+    last = _midnight(end)
+    if first >= last:
+        tallies = await _scan(session, workspace_id, start, end, granularity)
+    else:
+        tallies = await _from_rollups(session, workspace_id, first, last, granularity)
+        for edge_start, edge_end in ((start, first), (last, end)):
+            if edge_start < edge_end:
+                scanned = await _scan(session, workspace_id, edge_start, edge_end, granularity)
+                for key, tally in scanned.items():
+                    tallies.setdefault(key, _Tally()).add(tally.sums, tally.competitors)
+    return await _rows(session, workspace_id, tallies)
+
+
+async def scanned_report(
+    session: AsyncSession,
+    workspace_id: str,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+) -> list[VisibilityRow]:
+    """`visibility_report` counted from every answer of the range, without the rollups: the
+    reference the rollups are checked against (tests, benchmark)."""
+    tallies = await _scan(session, workspace_id, start, end, granularity)
+    return await _rows(session, workspace_id, tallies)
+
+
+DAY = timedelta(days=1)
+
+
+def _midnight(moment: datetime) -> datetime:
+    return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+
+
+def _period_of(day: date, granularity: Granularity) -> datetime:
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+async def _from_rollups(
+    session: AsyncSession,
+    workspace_id: str,
+    first: datetime,
+    last: datetime,
+    granularity: Granularity,
+) -> Tallies:
+    """Tallies of the whole UTC days in [first, last), from the rollups."""
+    tallies: Tallies = {}
+    periods: dict[date, datetime] = {}
+    for day, provider, sums, competitors in await rollups.read(
+        session, workspace_id, first.date(), last.date()
+    ):
+        period = periods.get(day)
+        if period is None:
+            period = periods[day] = _period_of(day, granularity)
+        tally = tallies.get((period, provider))
+        if tally is None:  # the only row of its period (always, for days)
+            tallies[(period, provider)] = _Tally(list(sums), competitors)
+        else:
+            tally.add(sums, competitors)
+    return tallies
+
+
+async def _scan(
+    session: AsyncSession,
+    workspace_id: str,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+) -> Tallies:
+    """Tallies counted from the answers in [start, end)."""
     dialect = session.get_bind().dialect.name
     period = _period_start(dialect, Probe.complete_time, granularity).label("period")
     answered = and_(
@@ -125,20 +227,31 @@ async def visibility_report(
         .group_by(period, Probe.provider)
     )
     mentions = await _competitor_mentions(session, dialect, period, answered)
+    tallies: Tallies = {}
+    for key, provider, *sums in totals:
+        tallies[(_as_utc(key), provider)] = _Tally(
+            [int(value or 0) for value in sums], mentions.get((str(key), provider), {})
+        )
+    return tallies
+
+
+async def _rows(session: AsyncSession, workspace_id: str, tallies: Tallies) -> list[VisibilityRow]:
     configured = await _competitor_names(session, workspace_id)
+    known = set(configured)
     rows: list[VisibilityRow] = []
-    for key, provider, count, brand, rank_sum, ranked_count, brand_cites, cites in totals:
-        brand_mentions = int(brand or 0)
-        by_name = mentions.get((str(key), provider), {})
-        names = configured + sorted(set(by_name) - set(configured))
+    for (period_start, provider), tally in tallies.items():
+        count, brand_mentions, rank_sum, ranked_count, brand_cites, cites = tally.sums
+        by_name = tally.competitors
+        extra = by_name.keys() - known
+        names = configured + sorted(extra) if extra else configured
         rows.append(
             VisibilityRow(
                 provider=provider,
-                period_start=_as_utc(key),
-                responses=int(count),
-                mention_rate=_ratio(brand_mentions, int(count)),
-                average_rank=_ratio(int(rank_sum or 0), int(ranked_count or 0)),
-                brand_citation_share=_ratio(int(brand_cites or 0), int(cites or 0)),
+                period_start=period_start,
+                responses=count,
+                mention_rate=_ratio(brand_mentions, count),
+                average_rank=_ratio(rank_sum, ranked_count),
+                brand_citation_share=_ratio(brand_cites, cites),
                 competitors=[
                     CompetitorShare(
                         name,
@@ -157,18 +270,21 @@ async def visibility_report(
 async def _competitor_mentions(
     session: AsyncSession, dialect: str, period: Any, answered: ColumnElement[bool]
 ) -> dict[tuple[str, str], dict[str, int]]:
-    """Answers mentioning each competitor, by (period key as text, provider)."""
+    """Answers mentioning each competitor, by (period key as text, provider); only non-empty
+    string names count (as in `rollups.competitor_names`)."""
     if dialect == "postgresql":
         element = func.json_array_elements(Probe.competitors).table_valued("value").alias("c")
         name: Any = element.c.value.op("->>")(literal_column("'name'"))
+        is_text = func.json_typeof(element.c.value.op("->")(literal_column("'name'"))) == "string"
     else:
         element = func.json_each(Probe.competitors).table_valued("value").alias("c")
         name = func.json_extract(element.c.value, literal_column("'$.name'"))
+        is_text = func.json_type(element.c.value, literal_column("'$.name'")) == "text"
     result = await session.execute(
         select(period, Probe.provider, name.label("name"), func.count(func.distinct(Probe.id)))
         .select_from(Probe)
         .join(element, true())
-        .where(answered)
+        .where(answered, is_text)
         .group_by(period, Probe.provider, name)
     )
     counts: dict[tuple[str, str], dict[str, int]] = {}

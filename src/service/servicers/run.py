@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
@@ -118,7 +119,8 @@ def response_to_proto(probe: Probe) -> pb.Response:
 def _row_to_proto(row: reports.VisibilityRow) -> pb.VisibilityRow:
     return pb.VisibilityRow(
         provider=PROVIDER_TO_PROTO.get(row.provider, ws_pb.PROVIDER_UNSPECIFIED),
-        period_start=timestamp(row.period_start),
+        # Periods start at whole seconds (00:00 UTC): no FromDatetime per row.
+        period_start=Timestamp(seconds=int(row.period_start.timestamp())),
         responses=row.responses,
         mention_rate=row.mention_rate,
         average_rank=row.average_rank,

@@ -1,7 +1,14 @@
 """Every table of Beacon; Alembic autogenerates from this metadata."""
 
 from service.db.base import Base
-from service.db.models.collection import Probe, Prompt, Run, Schedule
+from service.db.models.collection import (
+    CompetitorRollup,
+    Probe,
+    Prompt,
+    Run,
+    Schedule,
+    VisibilityRollup,
+)
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
 from service.db.models.tenancy import (
     AuditEvent,
@@ -17,6 +24,7 @@ from service.db.models.tenancy import (
 __all__ = [
     "AuditEvent",
     "Base",
+    "CompetitorRollup",
     "File",
     "IdempotencyKey",
     "Organization",
@@ -28,6 +36,7 @@ __all__ = [
     "Schedule",
     "ServiceKey",
     "User",
+    "VisibilityRollup",
     "Workspace",
     "WorkspaceInvitation",
     "WorkspaceMember",

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base
@@ -77,6 +88,15 @@ class Probe(Base):
     __table_args__ = (
         UniqueConstraint("run_id", "prompt_id", "provider"),
         Index("ix_probes_ws_created", "workspace_id", "create_time", "id"),
+        # Answers by time: the partial days at the ends of a report's range, and rollup
+        # rebuilds. Partial, so that pending probes (inserted in bulk) do not enter it.
+        Index(
+            "ix_probes_ws_answered",
+            "workspace_id",
+            "complete_time",
+            postgresql_where=text("status = 'succeeded'"),
+            sqlite_where=text("status = 'succeeded'"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -101,3 +121,40 @@ class Probe(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[datetime]
     complete_time: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class VisibilityRollup(Base):
+    """Sums over a workspace's answers (succeeded probes) of one provider on one UTC day.
+
+    Written in the transaction that stores the answers (`service.domain.rollups`), so that a
+    report reads one row per (day, provider) instead of every answer.
+    """
+
+    __tablename__ = "visibility_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    responses: Mapped[int] = mapped_column(Integer, default=0)
+    brand_mentions: Mapped[int] = mapped_column(Integer, default=0)
+    # Over answers that mention and rank the brand (brand_rank > 0).
+    rank_sum: Mapped[int] = mapped_column(Integer, default=0)
+    ranked: Mapped[int] = mapped_column(Integer, default=0)
+    brand_citations: Mapped[int] = mapped_column(Integer, default=0)
+    citations: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class CompetitorRollup(Base):
+    """Answers of one provider on one UTC day that mention a competitor (once per answer)."""
+
+    __tablename__ = "competitor_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    mentions: Mapped[int] = mapped_column(Integer, default=0)
