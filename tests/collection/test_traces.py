@@ -39,7 +39,7 @@ from service.db.database import Database
 from service.server import start_server
 from tests.collection import test_pipeline_fixtures as fixtures
 from tests.collection.test_e2e_collection import pipeline_settings, wait_for_end
-from tests.collection.test_pipeline_fixtures import insert_run, make_workspace
+from tests.collection.test_pipeline_fixtures import derive_settings, insert_run, make_workspace
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
 from tests.support import unique
@@ -77,7 +77,13 @@ async def traced(
 ) -> AsyncIterator[SimpleNamespace]:
     """A server built while tracing is on (so its chain has the tracing step) and an
     in-process worker, both with keys for every fake provider."""
-    keyed = App(settings=pipeline_settings(settings, fake_provider, ""), db=app.db)
+    # No Redis URL either: the in-process broker on both backends.
+    keyed_settings = derive_settings(
+        pipeline_settings(settings, fake_provider, ""),
+        redis_url="",
+        rate_limit_key_prefix=f"{settings.rate_limit_key_prefix}-traces",
+    )
+    keyed = App(settings=keyed_settings, db=app.db)
     server = await start_server(keyed, "127.0.0.1:0")
     worker = start_embedded(keyed.settings, ticker=False, worker_threads=8)
     try:
