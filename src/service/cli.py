@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from service import tracing
 from service.app import App
 from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
@@ -79,6 +80,7 @@ def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, Any]]) -> An
 
 def cmd_serve(settings: Settings, _args: argparse.Namespace) -> int:
     settings.check_secrets()
+    tracing.configure_from_env("serve")
     _run(settings, lambda: serve(settings))
     return 0
 
@@ -114,6 +116,7 @@ def cmd_dev(settings: Settings, _args: argparse.Namespace) -> int:
     upgrade(settings.database_url)
     banner = DEV_BANNER.format(addr=settings.grpc_addr, http=settings.http_addr)
     print(banner + "".join(f"  {note}\n" for note in notes), file=sys.stderr)
+    tracing.configure_from_env("dev")
     _run(settings, lambda: serve(settings, embedded_workers=True))
     return 0
 
@@ -122,6 +125,7 @@ def cmd_worker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.runtime import run_worker
 
     settings.check_secrets()
+    tracing.configure_from_env("worker")
     run_worker(settings)
     return 0
 
@@ -130,6 +134,7 @@ def cmd_ticker(settings: Settings, _args: argparse.Namespace) -> int:
     from workers.ticker import run_ticker
 
     settings.check_secrets()
+    tracing.configure_from_env("ticker")
     run_ticker(settings)
     return 0
 

@@ -16,10 +16,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service import tracing
 from service.app import App
 from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
-from service.interceptors.base import WrappingInterceptor
+from service.interceptors.base import Around, WrappingInterceptor
 from service.interceptors.errors import ErrorsAround
 from service.interceptors.inputs import InputsAround
 from service.interceptors.observability import ObservabilityAround
@@ -29,6 +30,7 @@ from service.interceptors.ratelimit import (
     PeerCeilingAround,
     RateLimitAround,
 )
+from service.interceptors.tracing import TracingAround
 from service.servicers import add_servicers
 
 log = logging.getLogger("beacon.server")
@@ -37,16 +39,19 @@ HEALTH_INTERVAL_SECONDS = 2.0
 
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
-    errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
+    tracing (only while it is on), errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
     input checks, the workspace limits (each concern lives in its own module).
 
     Peer and user limits come before authorization so that failed lookups are counted too;
     workspace limits come after it so that only those who reach a workspace spend its budget.
     """
     authenticator = Authenticator(app.settings, app.db)
+    # Tracing (when on) sits inside observability, whose call context names the workspace.
+    traced: tuple[Around, ...] = (TracingAround(),) if tracing.enabled() else ()
     return [
         WrappingInterceptor(
             ObservabilityAround(app.settings.page_token_key),
+            *traced,
             ErrorsAround(),
             PeerCeilingAround(app.rate_limits),
             AuthenticateAround(authenticator),

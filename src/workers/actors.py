@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import dramatiq
 
+from service import tracing
+
 RUN_QUEUE = "beacon-runs"
 PROBE_QUEUE = "beacon-probes"
 PROCESS_RUN = "process_run"
@@ -41,16 +43,20 @@ async def process_run(run_id: str) -> None:
     """Expands a run into probes and enqueues them."""
     from workers.context import worker_context
     from workers.runs import expand_run
+    from workers.tracing import consuming
 
-    await expand_run(await worker_context(), run_id)
+    with consuming(PROCESS_RUN, **{tracing.RUN: run_id}):
+        await expand_run(await worker_context(), run_id)
 
 
 async def process_probes(probe_ids: list[str], attempt: int = 1) -> None:
     """Makes attempt number `attempt` of each probe: asks, analyses and stores the answers."""
     from workers.context import worker_context
     from workers.probes import run_probes
+    from workers.tracing import consuming
 
-    await run_probes(await worker_context(), probe_ids, attempt)
+    with consuming(PROCESS_PROBES, **{tracing.PROBES: len(probe_ids), tracing.ATTEMPT: attempt}):
+        await run_probes(await worker_context(), probe_ids, attempt)
 
 
 def declare_actors(broker: dramatiq.Broker) -> None:
@@ -72,19 +78,29 @@ def declare_actors(broker: dramatiq.Broker) -> None:
         )(fn)
 
 
-def run_message(run_id: str) -> dramatiq.Message[None]:
-    """The message asking a worker to expand `run_id`."""
+def run_message(run_id: str, options: dict[str, object] | None = None) -> dramatiq.Message[None]:
+    """The message asking a worker to expand `run_id`; `options` may carry its trace context
+    (`service.tracing.message_options`)."""
     return dramatiq.Message(
-        queue_name=RUN_QUEUE, actor_name=PROCESS_RUN, args=(run_id,), kwargs={}, options={}
+        queue_name=RUN_QUEUE,
+        actor_name=PROCESS_RUN,
+        args=(run_id,),
+        kwargs={},
+        options=options or {},
     )
 
 
 def probe_message(probe_ids: Sequence[str], attempt: int = 1) -> dramatiq.Message[None]:
-    """The message asking a worker to make attempt number `attempt` of these probes."""
+    """The message asking a worker to make attempt number `attempt` of these probes; it
+    carries the current trace context (the run's trace) when tracing is on."""
     ids = list(probe_ids)
     args: tuple[list[str]] | tuple[list[str], int] = (ids,) if attempt == 1 else (ids, attempt)
     return dramatiq.Message(
-        queue_name=PROBE_QUEUE, actor_name=PROCESS_PROBES, args=args, kwargs={}, options={}
+        queue_name=PROBE_QUEUE,
+        actor_name=PROCESS_PROBES,
+        args=args,
+        kwargs={},
+        options=tracing.message_options(),
     )
 
 

@@ -101,9 +101,10 @@ def reset_brokers() -> None:
 
 def _build(url: str) -> dramatiq.Broker:
     from workers.context import WorkerResources
+    from workers.tracing import MessageTrace
 
     middleware = [m() for m in dramatiq.middleware.default_middleware]
-    middleware += [AsyncIO(), WorkerResources()]
+    middleware += [AsyncIO(), WorkerResources(), MessageTrace()]
     if not url:
         return StubBroker(middleware=middleware)
     scheme = urlsplit(url).scheme

@@ -16,13 +16,16 @@ backlog of ready messages the wait is explained and nothing is re-sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
 
 import dramatiq
+from opentelemetry.trace import SpanKind
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 
+from service import tracing
 from service.db.database import Database
 from service.db.models import Probe, Run
 from service.domain.clock import utcnow
@@ -102,7 +105,7 @@ async def redispatch_stalled_runs(
         if backlog is not None and backlog > STALL_BACKLOG_LIMIT:
             return 0
         at = now or utcnow()
-        sent = await _dispatch_chunk(db, target, stalled(at, stall_seconds), limit, at)
+        sent = await _dispatch_chunk(db, target, stalled(at, stall_seconds), limit, at, resent=True)
     except Exception:
         metrics.DISPATCH_ERRORS.inc()
         log.exception("re-sending stalled runs failed; trying again at the next sweep")
@@ -132,9 +135,11 @@ async def _dispatch_chunk(
     condition: ColumnElement[bool],
     limit: int,
     now: datetime | None = None,
+    *,
+    resent: bool = False,
 ) -> int:
     """Stamps (with `now`, default the current time) and sends up to `limit` runs matching
-    `condition`."""
+    `condition`; `resent`: they were sent before (stalled runs)."""
     candidates = select(Run.id).where(condition).limit(limit)
     if not db.is_sqlite:
         # Another dispatcher holding a run is already sending it: skip it rather than wait.
@@ -145,15 +150,54 @@ async def _dispatch_chunk(
         update(Run)
         .where(Run.id.in_(candidates.scalar_subquery()))
         .values(enqueue_time=now or utcnow())
-        .returning(Run.id)
+        .returning(Run.id, Run.workspace_id)
         .execution_options(synchronize_session=False)
     )
     async with db.transaction() as session:
         await commit_without_waiting_for_disk(db, session)
-        ids = list(await session.scalars(stamp))
-        if not ids:
+        runs = [(run_id, workspace_id) for run_id, workspace_id in await session.execute(stamp)]
+        if not runs:
             return 0
-        # The send blocks on the network: keep it off the event loop.
-        await asyncio.to_thread(send_messages, broker, [run_message(run_id) for run_id in ids])
-    metrics.RUNS_DISPATCHED.inc(len(ids))
-    return len(ids)
+        with traced_run_messages(runs, resent=resent) as messages:
+            # The send blocks on the network: keep it off the event loop.
+            await asyncio.to_thread(send_messages, broker, messages)
+    metrics.RUNS_DISPATCHED.inc(len(runs))
+    return len(runs)
+
+
+@contextlib.contextmanager
+def traced_run_messages(
+    runs: Sequence[tuple[str, str]], *, resent: bool = False
+) -> Iterator[list[dramatiq.Message[None]]]:
+    """The run messages of (run id, workspace id) pairs. With tracing on, each run gets a
+    PRODUCER span (a child of the current one: the RPC that started the run; a new trace in
+    the ticker) covering the send, whose context its message carries."""
+    if not tracing.enabled():
+        yield [run_message(run_id) for run_id, _ in runs]
+        return
+    spans = [
+        tracing.start_span(
+            "beacon.run dispatch",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                tracing.RUN: run_id,
+                tracing.WORKSPACE: workspace_id,
+                "messaging.system": "dramatiq",
+                "beacon.run.resent": resent,
+            },
+        )
+        for run_id, workspace_id in runs
+    ]
+    try:
+        yield [
+            run_message(run_id, tracing.message_options(span))
+            for (run_id, _), span in zip(runs, spans, strict=True)
+        ]
+    except BaseException as exc:
+        for span in spans:
+            tracing.mark_failed(span, type(exc).__name__)
+        raise
+    finally:
+        for span in spans:
+            if span is not None:
+                span.end()

@@ -1,12 +1,22 @@
-"""Prometheus metrics of the ticker and the workers (one registry per process)."""
+"""Prometheus metrics of the ticker and the workers (one registry per process), served with
+the process's `/healthz` (`workers.health`)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, make_wsgi_app
 
 from service.config import Settings
+
+if TYPE_CHECKING:
+    from workers.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +61,51 @@ PROBES_IN_FLIGHT = Gauge("beacon_probes_in_flight", "Provider calls in progress.
 RUNS_ENDED = Counter("beacon_runs_ended_total", "Runs that ended, by final status.", ["status"])
 
 
-def serve_metrics(settings: Settings, process: str) -> None:
-    """Serves /metrics for the `process` ("worker" or "ticker") in a background thread.
+def serve_metrics(
+    settings: Settings, process: str, health: Health | None = None
+) -> WSGIServer | None:
+    """Serves /metrics and /healthz for the `process` ("worker" or "ticker") in a background
+    thread; returns the server.
 
-    The address comes from `settings.<process>_metrics_addr` (`host:port`); without one, or
-    with `metrics_enabled` off, nothing is served.
+    The address comes from `settings.<process>_metrics_addr` (`host:port`); without one nothing
+    is served. `/healthz` answers 200 or 503 naming what `health` (`workers.health`) could not
+    reach (always 200 without one); `/metrics` is 404 while `metrics_enabled` is off.
     """
     address = str(getattr(settings, f"{process}_metrics_addr", ""))
-    if not address or not settings.metrics_enabled:
-        return
+    if not address:
+        return None
     host, _, port = address.rpartition(":")
-    start_http_server(int(port), addr=host or "0.0.0.0")
-    log.info("metrics on http://%s/metrics", address)
+    metrics_app = make_wsgi_app() if settings.metrics_enabled else None
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/healthz":
+            failed = health.failures() if health is not None else {}
+            body = {"status": "failing", "failed": failed} if failed else {"status": "ok"}
+            status = "503 Service Unavailable" if failed else "200 OK"
+            payload = json.dumps(body).encode()
+            start_response(status, [("Content-Type", "application/json")])
+            return [payload]
+        if metrics_app is not None and path in ("/metrics", "/"):
+            result: Iterable[bytes] = metrics_app(environ, start_response)
+            return result
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found\n"]
+
+    server = make_server(
+        host or "0.0.0.0", int(port), app, _ThreadingServer, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name=f"{process}-metrics", daemon=True).start()
+    log.info("metrics and health on http://%s (/metrics, /healthz)", address)
+    return server
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    """One thread per request: a slow health check never blocks a metrics scrape."""
+
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Orchestrators poll every few seconds: no access log."""

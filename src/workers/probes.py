@@ -22,11 +22,14 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry.trace import Span, SpanKind
 from sqlalchemy import Select, Update, bindparam, select, update
 
+from service import tracing
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
@@ -406,7 +409,12 @@ async def _ask_in_slot(
         metrics.PROBES_IN_FLIGHT.inc()
         started = time.perf_counter()
         try:
-            answer = await adapter.ask(task.prompt_text)
+            with provider_span(task, attempt) as call:
+                try:
+                    answer = await adapter.ask(task.prompt_text)
+                except ProviderError as exc:
+                    _failed_call(call, exc)
+                    raise
         except ProviderError as exc:
             if exc.status == 429 and exc.retryable:
                 seconds = retry_delay(context.settings, attempt, exc.retry_after)
@@ -428,6 +436,32 @@ async def _ask_in_slot(
             metrics.PROVIDER_SECONDS.labels(task.provider).observe(time.perf_counter() - started)
     context.budgets.spent(task.provider, answer.text)
     return _succeeded(task, attempt, answer)
+
+
+def provider_span(task: ProbeTask, attempt: int) -> AbstractContextManager[Span | None]:
+    """The span of one provider call: ids and the provider only, never the prompt."""
+    return tracing.span(
+        f"beacon.provider {task.provider}",
+        kind=SpanKind.CLIENT,
+        attributes={
+            tracing.PROVIDER: task.provider,
+            tracing.RUN: task.run_id,
+            tracing.WORKSPACE: task.workspace_id,
+            tracing.PROBE: task.id,
+            tracing.ATTEMPT: attempt,
+        },
+    )
+
+
+def _failed_call(call: Span | None, exc: ProviderError) -> None:
+    """Marks a provider call's span failed with the failure's kind and HTTP status (the
+    provider's message may quote the prompt: it is not recorded)."""
+    if call is None:
+        return
+    if exc.status is not None:
+        call.set_attribute("http.response.status_code", exc.status)
+    call.set_attribute("beacon.provider.retryable", exc.retryable)
+    tracing.mark_failed(call, exc.kind)
 
 
 def _describe(exc: ProviderError) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import tracing
 from service.config import PROVIDERS
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
@@ -84,6 +85,7 @@ async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
             return Expansion(0, 0)
         run, enabled, deleted = row
         workspace_id = run.workspace_id
+        tracing.annotate(**{tracing.WORKSPACE: workspace_id})
         if run.end_time is not None:
             return Expansion(0, 0)
         if run.cancel_requested or deleted is not None:

@@ -32,6 +32,7 @@ from workers import metrics
 from workers.actors import PROBES_PER_MESSAGE
 from workers.broker import configure_broker
 from workers.context import install
+from workers.health import Health
 from workers.ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def run_worker(settings: Settings) -> None:
     """The `beacon worker` process: consumes until SIGTERM/SIGINT, then finishes in-flight
     messages (up to `shutdown_grace_seconds`; the rest go back to the queue) and exits."""
     broker = configure_broker(settings)
-    metrics.serve_metrics(settings, "worker")
+    metrics.serve_metrics(settings, "worker", Health(settings, broker))
     if settings.uvloop:
         _use_uvloop()
     worker = build_worker(settings, broker)

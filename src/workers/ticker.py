@@ -41,6 +41,7 @@ from service.domain.schedules import next_fire_time
 from workers import metrics
 from workers.broker import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
+from workers.health import Health
 from workers.runs import QUEUED
 from workers.statements import (
     commit_without_waiting_for_disk,
@@ -348,7 +349,7 @@ class Ticker:
 def run_ticker(settings: Settings) -> None:
     """The `beacon ticker` process: ticks until SIGTERM or SIGINT, then exits cleanly."""
     broker = configure_broker(settings)
-    metrics.serve_metrics(settings, "ticker")
+    metrics.serve_metrics(settings, "ticker", Health(settings, broker))
     asyncio.run(_run_until_signal(settings, broker))
 
 
