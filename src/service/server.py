@@ -16,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from service.access_cache import AccessCache, InvalidationListener
 from service.app import App
 from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
@@ -35,7 +36,9 @@ log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
 
 
-def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
+def build_interceptors(
+    app: App, cache: AccessCache | None = None
+) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
     errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
     input checks, the workspace limits (each concern lives in its own module).
@@ -51,7 +54,7 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
             PeerCeilingAround(app.rate_limits),
             AuthenticateAround(authenticator),
             RateLimitAround(app.rate_limits, CALLER_KEYS),
-            AuthorizeAround(app.db),
+            AuthorizeAround(app.db, cache),
             InputsAround(),
             RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
         )
@@ -67,6 +70,7 @@ class BeaconServer:
     port: int
     health: health.aio.HealthServicer
     services: list[str]
+    listener: InvalidationListener | None = None
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def _set_all(self, status: int) -> None:
@@ -93,6 +97,8 @@ class BeaconServer:
         await self.health.enter_graceful_shutdown()
         grace = self.app.settings.shutdown_grace_seconds if grace is None else grace
         await self.server.stop(grace)
+        if self.listener is not None:
+            await self.listener.stop()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -101,8 +107,12 @@ class BeaconServer:
 async def start_server(app: App, address: str | None = None) -> BeaconServer:
     """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)."""
     settings = app.settings
+    # Access decisions are cached per process; on PostgreSQL, only while this process hears
+    # the other replicas' invalidations (service.access_cache).
+    cache = AccessCache(shared=not app.db.is_sqlite)
+    listener = None if app.db.is_sqlite else InvalidationListener(app.db.url, cache)
     server = grpc.aio.server(
-        interceptors=build_interceptors(app),
+        interceptors=build_interceptors(app, cache),
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -124,7 +134,9 @@ async def start_server(app: App, address: str | None = None) -> BeaconServer:
     )
     port = server.add_insecure_port(address or settings.grpc_addr)
     await server.start()
-    beacon = BeaconServer(app, server, port, health_servicer, services)
+    beacon = BeaconServer(app, server, port, health_servicer, services, listener)
+    if listener is not None:
+        listener.start()
     ok = await app.db.ping()
     await beacon._set_all(
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
