@@ -7,14 +7,26 @@ counted in this process's memory until Redis is back, so no limit ever disappear
 
 Besides the per-RPC rules, every call counts against one per-peer ceiling
 (`peer_rate_limit_per_minute`) before its credentials are even looked at.
+
+Hot rules (not fail-closed, at least HOT_RULE_REQUESTS per window as declared: the read
+budgets and the peer ceiling) skip the Redis round trip per call: `BatchedCounters` counts them
+in fixed windows, exact within the process, and adds its counts to the shared Redis counter
+every FLUSH_SECONDS, learning the other replicas' counts in the same round trip (a subject's
+first call in a window is counted in Redis at once). Across R replicas a window can admit at
+most what the other R - 1 admit within one flush interval beyond its limit. Fail-closed rules
+(money, other tenants) and small budgets stay exact and shared, counted in Redis per call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
+import redis.asyncio as redis_async
 from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import (
@@ -46,6 +58,8 @@ KEY_NAMES: dict[int, str] = {
 UNAVAILABLE_RETRY_SECONDS = 5.0
 PEER_CEILING = "beacon.v1/*"
 START_RUN = "/beacon.v1.RunService/StartRun"
+HOT_RULE_REQUESTS = 600  # declared requests per window from which a rule may be batched
+FLUSH_SECONDS = 0.1
 
 
 def build_storage(settings: Settings) -> Storage:
@@ -79,6 +93,95 @@ def subject(limit: RateLimit, call: CallContext) -> str:
     return f"user:{call.principal.actor_id}"
 
 
+@dataclass(slots=True)
+class _Slot:
+    """One (rule, subject, window): what Redis last said, and what is not yet sent."""
+
+    expires: float  # wall-clock end of the window
+    known: int = 0
+    pending: int = 0
+
+
+class BatchedCounters:
+    """Fixed-window counters of the hot rules, flushed to Redis in batches (module docstring)."""
+
+    def __init__(self, redis_url: str, key_prefix: str) -> None:
+        self.client = redis_async.from_url(
+            redis_url, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        self.prefix = f"{key_prefix}:batched:"
+        self._slots: dict[str, _Slot] = {}
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def hit(self, namespace: str, subject: str, amount: int, period: int) -> float | None:
+        """Counts one call; None when allowed, else the seconds until the window resets."""
+        now = time.time()
+        window = int(now // period)
+        key = f"{self.prefix}{namespace}:{subject}:{window}"
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot(expires=(window + 1) * period)
+            try:  # the first call of a window is counted in Redis at once
+                slot.known = await self._add(key, 1, period)
+            except Exception:
+                slot.pending += 1  # Redis is unreachable: counted here until it is back
+                self._schedule()
+                return None
+            return None if slot.known <= amount else slot.expires - now
+        if slot.known + slot.pending >= amount:
+            return slot.expires - now
+        slot.pending += 1
+        self._schedule()
+        return None
+
+    async def _add(self, key: str, count: int, period: int) -> int:
+        async with self.client.pipeline(transaction=False) as pipe:
+            pipe.incrby(key, count)
+            pipe.expire(key, period + 1)
+            total, _ = await pipe.execute()
+        return int(total)
+
+    def _schedule(self) -> None:
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_soon())
+
+    async def _flush_soon(self) -> None:
+        await asyncio.sleep(FLUSH_SECONDS)
+        now = time.time()
+        for key in [k for k, slot in self._slots.items() if slot.expires <= now]:
+            del self._slots[key]
+        batch = [(key, slot, slot.pending) for key, slot in self._slots.items() if slot.pending]
+        if not batch:
+            return
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                for key, slot, count in batch:
+                    pipe.incrby(key, count)
+                    pipe.expire(key, int(slot.expires - now) + 1)
+                results = await pipe.execute()
+        except Exception as exc:
+            log.warning("rate limiter unavailable, counting in process", extra={"error": str(exc)})
+            self._schedule()
+            return
+        for (_, slot, count), total in zip(batch, results[::2], strict=True):
+            slot.known = int(total)
+            slot.pending -= count
+        if any(slot.pending for slot in self._slots.values()):
+            self._schedule()
+
+    async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.client.aclose()
+
+
+def is_hot(limit: RateLimit) -> bool:
+    """Whether `limit` is counted in batches (module docstring)."""
+    return not limit.fail_closed and limit.requests >= HOT_RULE_REQUESTS
+
+
 class RateLimits:
     """The counters of every rule, built once per process (see the module docstring)."""
 
@@ -97,6 +200,11 @@ class RateLimits:
             else None
         )
         self._items: dict[tuple[str, int], RateLimitItem] = {}
+        self.batched = (
+            BatchedCounters(settings.redis_url, settings.rate_limit_key_prefix)
+            if settings.redis_url and storage is None
+            else None
+        )
 
     def _item(self, name: str, index: int, limit: RateLimit) -> RateLimitItem:
         item = self._items.get((name, index))
@@ -115,6 +223,11 @@ class RateLimits:
         unreachable and the rule fails closed.
         """
         item = self._item(name, index, limit)
+        if self.batched is not None and is_hot(limit):
+            wait = await self.batched.hit(item.namespace, subject, item.amount, item.get_expiry())
+            if wait is None:
+                return
+            raise self._exhausted(name, item, limit, subject, wait)
         try:
             if await self.limiter.hit(item, subject):
                 return
@@ -131,10 +244,16 @@ class RateLimits:
             if await self.fallback.hit(item, subject):
                 return
             stats = await self.fallback.get_window_stats(item, subject)
+        raise self._exhausted(name, item, limit, subject, stats.reset_time - time.time())
+
+    @staticmethod
+    def _exhausted(
+        name: str, item: RateLimitItem, limit: RateLimit, subject: str, wait: float
+    ) -> ResourceExhausted:
         quota = f"{item.amount} per {limit.period_seconds}s per {KEY_NAMES[limit.key]}"
-        raise ResourceExhausted(
+        return ResourceExhausted(
             f"rate limit exceeded for {name}: {quota}",
-            retry_after=max(0.0, stats.reset_time - time.time()),
+            retry_after=max(0.0, wait),
             subject=subject,
             quota=quota,
         )

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from service import tracing
+from service.access_cache import AccessCache, InvalidationListener
 from service.app import App
 from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
@@ -37,10 +38,13 @@ log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
 
 
-def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
+def build_interceptors(
+    app: App, cache: AccessCache | None = None
+) -> list[grpc.aio.ServerInterceptor]:
     """One interceptor running each concern in turn, outermost first: observability,
-    tracing (only while it is on), errors, the per-peer ceiling, authentication, the peer and user limits, authorization,
-    input checks, the workspace limits (each concern lives in its own module).
+    tracing (only while it is on), errors, the per-peer ceiling, authentication, the peer
+    and user limits, authorization, input checks, the workspace limits (each concern lives
+    in its own module).
 
     Peer and user limits come before authorization so that failed lookups are counted too;
     workspace limits come after it so that only those who reach a workspace spend its budget.
@@ -56,7 +60,7 @@ def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
             PeerCeilingAround(app.rate_limits),
             AuthenticateAround(authenticator),
             RateLimitAround(app.rate_limits, CALLER_KEYS),
-            AuthorizeAround(app.db),
+            AuthorizeAround(app.db, cache),
             InputsAround(),
             RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
         )
@@ -72,6 +76,7 @@ class BeaconServer:
     port: int
     health: health.aio.HealthServicer
     services: list[str]
+    listener: InvalidationListener | None = None
     _monitor: asyncio.Task[None] | None = field(default=None, repr=False)
 
     async def _set_all(self, status: int) -> None:
@@ -98,6 +103,8 @@ class BeaconServer:
         await self.health.enter_graceful_shutdown()
         grace = self.app.settings.shutdown_grace_seconds if grace is None else grace
         await self.server.stop(grace)
+        if self.listener is not None:
+            await self.listener.stop()
 
     async def wait(self) -> None:
         await self.server.wait_for_termination()
@@ -106,8 +113,12 @@ class BeaconServer:
 async def start_server(app: App, address: str | None = None) -> BeaconServer:
     """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)."""
     settings = app.settings
+    # Access decisions are cached per process; on PostgreSQL, only while this process hears
+    # the other replicas' invalidations (service.access_cache).
+    cache = AccessCache(shared=not app.db.is_sqlite)
+    listener = None if app.db.is_sqlite else InvalidationListener(app.db.url, cache)
     server = grpc.aio.server(
-        interceptors=build_interceptors(app),
+        interceptors=build_interceptors(app, cache),
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -129,7 +140,9 @@ async def start_server(app: App, address: str | None = None) -> BeaconServer:
     )
     port = server.add_insecure_port(address or settings.grpc_addr)
     await server.start()
-    beacon = BeaconServer(app, server, port, health_servicer, services)
+    beacon = BeaconServer(app, server, port, health_servicer, services, listener)
+    if listener is not None:
+        listener.start()
     ok = await app.db.ping()
     await beacon._set_all(
         health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from beacon.v1 import options_pb2
+from service.access_cache import AccessCache
 from service.auth.context import Access, Principal, current_call
 from service.auth.identity import Authenticator
 from service.db.database import Database
@@ -72,10 +73,15 @@ class AuthenticateAround(Around):
 
 
 class AuthorizeAround(Around):
-    """Whether the principal may call the RPC on the resource the request names."""
+    """Whether the principal may call the RPC on the resource the request names.
 
-    def __init__(self, db: Database) -> None:
+    A user's access decisions come from `cache` when it holds them (service.access_cache:
+    invalidated on every change, at most 1 s stale); failed checks are never cached.
+    """
+
+    def __init__(self, db: Database, cache: AccessCache | None = None) -> None:
         self.db = db
+        self.cache = cache if cache is not None else AccessCache(shared=not db.is_sqlite)
 
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
         call = current_call()
@@ -96,23 +102,15 @@ class AuthorizeAround(Around):
         _, target = resource_id(request, rules.resource_fields)
         user_id = who.user_id
         assert user_id is not None
-        try:
-            async with self.db.read() as session:
-                if rules.level in WORKSPACE_LEVELS:
-                    found = await workspaces.authorize_view(session, user_id, target)
-                    if (
-                        rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
-                        and found.workspace_role != "owner"
-                    ):
-                        raise PermissionDenied(
-                            "requires the workspace owner role", reason="NOT_OWNER"
-                        )
-                    return found
-                found = await acl.organization_access_of(session, user_id, target)
-        except NotFound:
-            # Name what was asked for: another tenant's run must look absent, not confirm
-            # that it exists by naming (and showing the id of) its workspace.
-            raise acl.not_found(target) from None
+        workspace_level = rules.level in WORKSPACE_LEVELS
+        found = await self._access(workspace_level, user_id, target)
+        if workspace_level:
+            if (
+                rules.level == options_pb2.AUTH_LEVEL_WORKSPACE_OWNER
+                and found.workspace_role != "owner"
+            ):
+                raise PermissionDenied("requires the workspace owner role", reason="NOT_OWNER")
+            return found
         if (
             rules.level == options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN
             and found.organization_role not in acl.ORGANIZATION_ADMIN_ROLES
@@ -120,6 +118,28 @@ class AuthorizeAround(Around):
             raise PermissionDenied(
                 "requires the organization owner or admin role", reason="NOT_ORGANIZATION_ADMIN"
             )
+        return found
+
+    async def _access(self, workspace_level: bool, user_id: str, target: str) -> Access:
+        """The user's access to `target` (cached; see the class docstring)."""
+        key = ("ws" if workspace_level else "org", user_id, target)
+        found = self.cache.get(key)
+        if found is not None:
+            return found
+        generation = self.cache.generation
+        try:
+            async with self.db.read() as session:
+                if workspace_level:
+                    found = await workspaces.authorize_view(session, user_id, target)
+                else:
+                    found = await acl.organization_access_of(session, user_id, target)
+        except NotFound:
+            # Name what was asked for: another tenant's run must look absent, not confirm
+            # that it exists by naming (and showing the id of) its workspace.
+            raise acl.not_found(target) from None
+        # An organization check on a run or prompt id names no workspace to tag it with.
+        if workspace_level or target.startswith(("org_", "ws_")):
+            self.cache.put(key, found, generation)
         return found
 
     async def _service_access(self, rules: MethodRules, request: Any) -> Access | None:

@@ -29,6 +29,23 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MAX_REQUEST_ID = 100
+# Pre-bound metric children: `labels()` hashes and locks on every call; a dict lookup does not.
+_COUNTERS: dict[tuple[str, str], Any] = {}
+_TIMERS: dict[str, Any] = {}
+
+
+def _counter(method: str, code: str) -> Any:
+    child = _COUNTERS.get((method, code))
+    if child is None:
+        child = _COUNTERS[(method, code)] = RPCS.labels(method, code)
+    return child
+
+
+def _timer(method: str) -> Any:
+    child = _TIMERS.get(method)
+    if child is None:
+        child = _TIMERS[method] = LATENCY.labels(method)
+    return child
 
 
 def _start(rules: MethodRules, context: Any, page_key: bytes) -> CallContext:
@@ -58,22 +75,23 @@ def _finish(call: CallContext, context: Any, started: float, failed: bool) -> No
     if code is None:
         code = grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
     code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-    RPCS.labels(call.method, code_name).inc()
-    LATENCY.labels(call.method).observe(elapsed)
-    principal = call.principal
-    log.info(
-        "rpc",
-        extra={
-            "method": call.method,
-            "code": code_name,
-            "duration_ms": round(elapsed * 1000, 3),
-            "request_id": call.request_id,
-            "correlation_id": call.correlation_id,
-            "principal_id": principal.actor_id if principal else None,
-            "service_key_id": principal.key_id if principal else None,
-            "peer": call.peer,
-        },
-    )
+    _counter(call.method, code_name).inc()
+    _timer(call.method).observe(elapsed)
+    if log.isEnabledFor(logging.INFO):
+        principal = call.principal
+        log.info(
+            "rpc",
+            extra={
+                "method": call.method,
+                "code": code_name,
+                "duration_ms": round(elapsed * 1000, 3),
+                "request_id": call.request_id,
+                "correlation_id": call.correlation_id,
+                "principal_id": principal.actor_id if principal else None,
+                "service_key_id": principal.key_id if principal else None,
+                "peer": call.peer,
+            },
+        )
     set_current_call(None)
 
 
