@@ -736,6 +736,27 @@ def judge(soak: Soak, state: dict[str, Any], rss: dict[str, dict[str, float]]) -
     return out
 
 
+def logged_errors(fleet: Fleet) -> list[str]:
+    """ERROR records of every process's log, counted by message and the exception that
+    ended their traceback (the processes recover from these; they are shown, not judged)."""
+    lines: list[str] = []
+    for log in sorted(fleet.tmp.glob("*.log")):
+        found: Counter[str] = Counter()
+        header, cause = "", ""
+        for line in [*log.read_text(errors="replace").splitlines(), "INFO end"]:
+            level = line.split(" ", 1)[0]
+            if level in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+                if header:
+                    found[f"{header[:110]}{' <- ' + cause[:130] if cause else ''}"] += 1
+                header, cause = (line, "") if level in {"ERROR", "CRITICAL"} else ("", "")
+            elif header and line and not line.startswith((" ", "Traceback", "The above", "[")):
+                cause = cause or line  # the first is the root cause
+        if found:
+            lines.append(f"ERROR records in {log.name}:")
+            lines += [f"  {n} x {what}" for what, n in found.most_common(10)]
+    return ["", *lines] if lines else ["", "No ERROR records in any process's log."]
+
+
 def epoch(moment: datetime | None) -> float:
     if moment is None:
         return 0.0
@@ -790,7 +811,6 @@ async def soak(plan: Plan, tmp: Path) -> int:
                 shutdown_grace_seconds=5.0,
                 schedule_min_interval_minutes=1,
                 peer_rate_limit_per_minute=1_000_000,
-                log_level="WARNING",
             )
             fleet = Fleet(settings, tmp, serve_count=2, worker_count=1)
             client: Client | None = None
@@ -855,10 +875,10 @@ async def drive(run: Soak) -> int:
         clean = False
         outcome.lines.append(str(exc)[-2000:])
     outcome.check(clean, "every process exited cleanly on SIGTERM")
+    outcome.lines += logged_errors(fleet)
     print("\n".join(outcome.lines), flush=True)
     if outcome.failures:
         print(f"\nsoak FAILED: {len(outcome.failures)} invariant(s); logs in {fleet.tmp}")
-        print(fleet.logs()[-8000:])
         return 1
     print("\nsoak passed")
     return 0
