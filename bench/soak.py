@@ -72,7 +72,7 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from bench._common import rss_mb, table
 from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
 from service.config import Settings
-from service.db.models import Probe, Run
+from service.db.models import Probe
 from service.domain.clock import utcnow
 from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import (
@@ -569,19 +569,8 @@ class Outcome:
 async def collected(soak: Soak) -> dict[str, Any]:
     """What the database holds about the soak's runs, probes, run ends and slots."""
     workspaces = [u.workspace for u in soak.users]
+    runs = await soak.fleet.runs_of(workspaces)
     async with soak.fleet.database.transaction(write=False) as session:
-        runs = (
-            await session.execute(
-                select(
-                    Run.id,
-                    Run.workspace_id,
-                    Run.trigger,
-                    Run.status,
-                    Run.scheduled_time,
-                    Run.end_time,
-                ).where(Run.workspace_id.in_(workspaces))
-            )
-        ).all()
         probes = (
             await session.execute(
                 select(Probe.run_id, Probe.status, func.count())

@@ -401,6 +401,11 @@ class Fleet:
         return "runs: " + ", ".join(f"{r[0]}:{r[2]}:{r[3]}" for r in rows)
 
     async def _runs(self, collection: Collection) -> list[Any]:
+        return await self.runs_of(collection.workspaces)
+
+    async def runs_of(self, workspaces: list[str]) -> list[Any]:
+        """Every run of these workspaces: id, workspace_id, trigger, status, scheduled_time,
+        end_time."""
         async with self.database.transaction(write=False) as session:
             return list(
                 (
@@ -412,7 +417,7 @@ class Fleet:
                             Run.status,
                             Run.scheduled_time,
                             Run.end_time,
-                        ).where(Run.workspace_id.in_(collection.workspaces))
+                        ).where(Run.workspace_id.in_(workspaces))
                     )
                 ).all()
             )
