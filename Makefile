@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: run test lint generate migrate bench setup clean
+.PHONY: run test lint generate migrate bench soak setup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ migrate: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# Mixed load on 2 serve + 1 worker + 2 ticker with Redis and PostgreSQL restarted midway
+# (private instances); SOAK_MINUTES (default 30), SOAK_USERS (default 8). Not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -101,6 +101,18 @@ def worker_env(backend: Backend, broker_url: str, **extra: str) -> dict[str, str
     return env
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of process `pid` now, in MiB (0 once it has exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 class Process:
     """A `beacon` subprocess whose output goes to a log file."""
 
@@ -120,10 +132,7 @@ class Process:
 
     def rss_mb(self) -> float:
         """Resident memory of the process now, in MiB."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return 0.0
+        return rss_mb(self.pid)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -1,7 +1,8 @@
 """A Beacon fleet of real processes for the fault tests, and what every fault must leave intact.
 
-`Fleet` is `beacon serve`, two `beacon worker` and two `beacon ticker` subprocesses on a database
-and a private `redis-server` of the test's own, asking the in-process fake providers. `collect`
+`Fleet` is `beacon serve`, two `beacon worker` and two `beacon ticker` subprocesses (how many
+serve and worker processes is settable) on a database and a private `redis-server` of the
+test's own, asking the in-process fake providers. `collect`
 starts a collection through `serve` (workspaces, prompts, schedules, manual runs) and a ticker
 slot per workspace; `assert_collected` checks the invariants: every run ended, exactly once
 (a trigger records each end), with exactly one terminal response row per (run, prompt,
@@ -223,7 +224,12 @@ class Fleet:
 
     settings: Settings
     tmp: Path
+    # How many of each process `start` starts (`make soak` runs 2 serve and 1 worker).
+    serve_count: int = 1
+    worker_count: int = 2
     serve: BeaconProcess | None = None
+    # The `serve` processes after the first (same database, Redis and data directory).
+    more_serves: list[BeaconProcess] = field(default_factory=list)
     workers: list[Beacon] = field(default_factory=list)
     tickers: list[Beacon] = field(default_factory=list)
     db: Database | None = None
@@ -244,18 +250,25 @@ class Fleet:
             for k, v in self.env().items()
             if k not in ("BEACON_GRPC_ADDR", "BEACON_HTTP_ADDR", "BEACON_DATA_DIR")
         }
+        counts = {"worker": self.worker_count, "ticker": 2}
         # All at once: each spends its first seconds importing.
-        serve, *others = await asyncio.gather(
-            BeaconProcess.start(self.tmp, serve_env),
-            *(self.start_process(command, n) for command in ("worker", "ticker") for n in (1, 2)),
+        outcomes = await asyncio.gather(
+            *(BeaconProcess.start(self.tmp, serve_env) for _ in range(self.serve_count)),
+            *(
+                self.start_process(command, n)
+                for command, count in counts.items()
+                for n in range(1, count + 1)
+            ),
             return_exceptions=True,
         )
+        serves, others = outcomes[: self.serve_count], outcomes[self.serve_count :]
         # Whatever did start is stopped by `close`, even when another process failed to.
-        if isinstance(serve, BeaconProcess):
-            self.serve = serve
-        self.workers = [p for p in others[:2] if isinstance(p, Beacon)]
-        self.tickers = [p for p in others[2:] if isinstance(p, Beacon)]
-        for outcome in (serve, *others):
+        started = [p for p in serves if isinstance(p, BeaconProcess)]
+        if started:
+            self.serve, *self.more_serves = started
+        self.workers = [p for p in others[: self.worker_count] if isinstance(p, Beacon)]
+        self.tickers = [p for p in others[self.worker_count :] if isinstance(p, Beacon)]
+        for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
         assert self.serve is not None
@@ -282,8 +295,8 @@ class Fleet:
         try:
             for process in [*self.workers, *self.tickers]:
                 await process.kill()
-            if self.serve is not None:
-                await self.serve.stop()
+            for serve in self.serves:
+                await serve.stop()
         finally:
             if self.channel is not None:
                 await self.channel.close()
@@ -295,16 +308,20 @@ class Fleet:
         for process in [*self.workers, *self.tickers]:
             await process.stop()
         assert self.serve is not None
-        assert await self.serve.stop() == 0, self.serve.log()
+        for serve in self.serves:
+            assert await serve.stop() == 0, serve.log()
 
     def logs(self) -> str:
         parts = [
             f"--- {p.log.name}\n{p.log.read_text(errors='replace')[-4000:]}"
             for p in [*self.workers, *self.tickers]
         ]
-        if self.serve is not None:
-            parts.append(f"--- serve\n{self.serve.log()[-4000:]}")
+        parts.extend(f"--- serve {s.port}\n{s.log()[-4000:]}" for s in self.serves)
         return "\n".join(parts)
+
+    @property
+    def serves(self) -> list[BeaconProcess]:
+        return [*([self.serve] if self.serve is not None else []), *self.more_serves]
 
     def metadata(self, email: str) -> tuple[tuple[str, str], ...]:
         token = mint_dev_token(self.settings, email=email)
@@ -384,6 +401,11 @@ class Fleet:
         return "runs: " + ", ".join(f"{r[0]}:{r[2]}:{r[3]}" for r in rows)
 
     async def _runs(self, collection: Collection) -> list[Any]:
+        return await self.runs_of(collection.workspaces)
+
+    async def runs_of(self, workspaces: list[str]) -> list[Any]:
+        """Every run of these workspaces: id, workspace_id, trigger, status, scheduled_time,
+        end_time."""
         async with self.database.transaction(write=False) as session:
             return list(
                 (
@@ -395,7 +417,7 @@ class Fleet:
                             Run.status,
                             Run.scheduled_time,
                             Run.end_time,
-                        ).where(Run.workspace_id.in_(collection.workspaces))
+                        ).where(Run.workspace_id.in_(workspaces))
                     )
                 ).all()
             )
