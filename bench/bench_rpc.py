@@ -27,10 +27,10 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from bench._servers import BENCH_SECRET, Backend, ServerGroup, scratch_backend, serve
 from service.auth.identity import ensure_user
 from service.auth.tokens import Claims, mint_dev_token
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, OrganizationMember, Workspace
-from service.domain.clock import new_id, utcnow
 
 DURATION = 10
 WARMUP = 2

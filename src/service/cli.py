@@ -32,7 +32,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
     from service.http.server import start_http, start_metrics
     from service.server import start_server
-    from workers.broker import configure_broker
+    from workers.actors import configure_broker
 
     # Handlers first: a signal during start-up still leads to an orderly stop.
     stop = asyncio.Event()

@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 import dramatiq
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 
+from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Probe, Run
-from service.domain.clock import utcnow
 from workers import metrics
-from workers.actors import run_message
-from workers.broker import current_broker, ready_backlog, send_messages
+from workers.actors import current_broker
+from workers.broker import ready_backlog, send_messages
+from workers.messages import run_message
 from workers.statements import commit_without_waiting_for_disk, id_in
 
 log = logging.getLogger(__name__)

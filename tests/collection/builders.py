@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from service.app import App
+from service.clock import new_id, utcnow
 from service.db.models import (
     AuditEvent,
     Organization,
@@ -24,7 +25,6 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain.clock import new_id, utcnow
 from service.domain.prompts import text_hash
 from tests.support import unique
 

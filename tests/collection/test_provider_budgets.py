@@ -36,7 +36,7 @@ from tests.collection.test_pipeline_fixtures import (
 from tests.fakes.provider_server import FakeProviderServer, RateLimit
 from tests.platform.processes import eventually, free_port
 from tests.support import REDIS_URL
-from workers.broker import configure_broker, reset_brokers
+from workers.actors import configure_broker, reset_brokers
 from workers.dispatch import dispatch_pending_runs
 from workers.runtime import start_embedded
 

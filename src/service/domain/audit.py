@@ -7,8 +7,8 @@ from collections.abc import Iterable
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import AuditEvent
-from service.domain.clock import new_id, utcnow
 
 
 def record(

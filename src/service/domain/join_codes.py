@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import clock
 from service.auth.context import CallContext
 from service.db.models import Workspace
-from service.domain import audit, clock
+from service.domain import audit
 from service.domain.errors import InvalidArgument, NotFound
 from service.domain.membership import Member, add_workspace_member_if_absent, lock_workspace
 

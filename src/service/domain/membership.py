@@ -44,6 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
 from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import (
     Organization,
     OrganizationInvitation,
@@ -59,7 +60,6 @@ from service.domain.access import (
     WORKSPACE_ROLE_RANK,
     effective_workspace_role,
 )
-from service.domain.clock import new_id, utcnow
 from service.domain.errors import (
     AlreadyExists,
     FailedPrecondition,

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
 from service.domain import audit
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
-from service.domain.clock import new_id, utcnow
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from service.domain.inputs import quote, require_id
 from service.domain.names import derive_slug, display_name

@@ -12,6 +12,7 @@ from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, s
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.context import Access, CallContext
+from service.clock import new_id, utcnow
 from service.config import PROVIDERS
 from service.db.database import Database, Reader
 from service.db.models import (
@@ -30,7 +31,6 @@ from service.domain.access import (
     organization_access,
     workspace_of,
 )
-from service.domain.clock import new_id, utcnow
 from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
 from service.domain.inputs import quote, require_id

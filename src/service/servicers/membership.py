@@ -17,8 +17,8 @@ from beacon.v1 import membership_service_pb2_grpc
 from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.auth.context import current_call
+from service.clock import utcnow
 from service.domain import invitations, join_codes, membership
-from service.domain.clock import utcnow
 from service.domain.invitations import Invitation
 from service.domain.join_codes import JoinInfo
 from service.domain.membership import Member

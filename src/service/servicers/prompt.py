@@ -12,9 +12,9 @@ from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_call
+from service.clock import utcnow
 from service.db.models import Prompt
 from service.domain import audit, prompts
-from service.domain.clock import utcnow
 from service.servicers.convert import timestamp
 
 

@@ -15,9 +15,9 @@ from beacon.v1 import run_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth.context import current_call
+from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import reports, runs, workspaces
-from service.domain.clock import utcnow
 from service.domain.errors import InvalidArgument
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
 from service.servicers.prompt import record_workspace_change, resolved_workspace_id

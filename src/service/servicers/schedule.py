@@ -9,8 +9,8 @@ import grpc
 from beacon.v1 import schedule_service_pb2 as pb
 from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
+from service.clock import utcnow
 from service.domain import schedules
-from service.domain.clock import utcnow
 from service.servicers import convert
 from service.servicers.prompt import record_workspace_change
 from workers.dispatch import dispatch_pending_runs
