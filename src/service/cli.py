@@ -39,8 +39,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    configure_broker(settings)
-    app = App.from_settings(settings)
+    app = App.from_settings(settings, broker=configure_broker(settings))
     embedded = None
     grpc_server = http_server = metrics_server = None
     try:

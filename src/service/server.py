@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -29,7 +30,7 @@ from service.interceptors.ratelimit import (
     PeerCeilingAround,
     RateLimitAround,
 )
-from service.servicers import add_servicers
+from service.servicers import ALL_SERVICERS, Register, add_servicers
 
 log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
@@ -98,8 +99,11 @@ class BeaconServer:
         await self.server.wait_for_termination()
 
 
-async def start_server(app: App, address: str | None = None) -> BeaconServer:
-    """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)."""
+async def start_server(
+    app: App, address: str | None = None, *, servicers: Iterable[Register] = ALL_SERVICERS
+) -> BeaconServer:
+    """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)
+    serving `servicers` (default: every Beacon service), health and reflection."""
     settings = app.settings
     server = grpc.aio.server(
         interceptors=build_interceptors(app),
@@ -111,7 +115,7 @@ async def start_server(app: App, address: str | None = None) -> BeaconServer:
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    services = add_servicers(server, app)
+    services = add_servicers(server, app, servicers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

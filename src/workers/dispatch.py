@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
@@ -83,6 +84,19 @@ async def dispatch_pending_runs(
         metrics.DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
     return sent
+
+
+@dataclass(slots=True)
+class RunDispatcher:
+    """What the API sends the runs it wrote with (`service.app.App.dispatcher`): the outbox
+    sweep restricted to those runs, on `broker` (default: the broker configured last, if any;
+    without one the runs wait in the outbox for the ticker)."""
+
+    db: Database
+    broker: dramatiq.Broker | None = None
+
+    async def dispatch_runs(self, run_ids: Sequence[str]) -> int:
+        return await dispatch_pending_runs(self.db, run_ids=run_ids, broker=self.broker)
 
 
 async def redispatch_stalled_runs(

@@ -40,8 +40,8 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Run, Schedule
 from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import (
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import (
     derive_settings,
     insert_run,
     load_probes,

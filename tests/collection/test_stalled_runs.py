@@ -15,8 +15,8 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import insert_run, load_run, make_workspace
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import insert_run, load_run, make_workspace
 from workers.context import WorkerContext
 from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from workers.messages import PROBE_QUEUE, RUN_QUEUE

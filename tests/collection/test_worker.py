@@ -18,8 +18,8 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
 from tests.collection import builders
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import (
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import (
     StartWorker,
     derive_settings,
     drained,

@@ -50,8 +50,8 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import upgrade_async
 from service.db.models import Probe, Run, Schedule
+from tests.collection.pipeline_fixtures import derive_settings, provider_settings
 from tests.collection.test_e2e_collection import Beacon, beacon_env
-from tests.collection.test_pipeline_fixtures import derive_settings, provider_settings
 from tests.fakes.provider_server import FakeProviderServer
 from tests.platform.processes import BeaconProcess, RedisProcess, free_port
 from tests.support import unique

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
-from service.auth.context import current_call
+from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.db.models import Prompt
 from service.domain import audit, prompts
@@ -32,7 +32,7 @@ def record_workspace_change(
     session: AsyncSession, workspace_id: str, target_ids: Iterable[str]
 ) -> None:
     """Adds the audit event of the current call, a change in `workspace_id`, to the session."""
-    call = current_call()
+    call = current_actor()
     audit.record(
         session,
         call,
