@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -34,6 +35,28 @@ from service.servicers import ALL_SERVICERS, Register, add_servicers
 
 log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
+
+
+class _Registrations:
+    """The server as servicers see it while they register: every call goes to the server, and
+    the handlers registered are kept for the interceptors' start-up check."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.handlers.extend(handlers)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.append(grpc.method_handlers_generic_handler(service, handlers))
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def build_interceptors(app: App) -> list[grpc.aio.ServerInterceptor]:
@@ -105,8 +128,9 @@ async def start_server(
     """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)
     serving `servicers` (default: every Beacon service), health and reflection."""
     settings = app.settings
+    interceptors = build_interceptors(app)
     server = grpc.aio.server(
-        interceptors=build_interceptors(app),
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -115,7 +139,11 @@ async def start_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    services = add_servicers(server, app, servicers)
+    registrations = _Registrations(server)
+    services = add_servicers(registrations, app, servicers)
+    for interceptor in interceptors:
+        if isinstance(interceptor, WrappingInterceptor):
+            interceptor.refuse_unwrappable(registrations.handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
