@@ -19,7 +19,7 @@ from service.domain.actor import Access
 from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import require_id
 from service.interceptors.base import Around
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 WORKSPACE_LEVELS = (
     options_pb2.AUTH_LEVEL_WORKSPACE_MEMBER,

@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from service.interceptors.rules import MethodRules, method_rules
+from service.rules import MethodRules, method_rules
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]

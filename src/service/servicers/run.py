@@ -19,8 +19,8 @@ from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import reports, runs, workspaces
 from service.domain.errors import InvalidArgument
+from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
-from service.servicers.prompt import record_workspace_change, resolved_workspace_id
 
 RUN_STATUS_TO_PROTO = {
     "queued": pb.RUN_STATUS_QUEUED,

@@ -12,7 +12,7 @@ from service.app import App
 from service.clock import utcnow
 from service.domain import schedules
 from service.servicers import convert
-from service.servicers.prompt import record_workspace_change
+from service.servicers.calls import record_workspace_change
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
     "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
