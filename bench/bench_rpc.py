@@ -60,7 +60,6 @@ async def _seed(database_url: str) -> tuple[str, str]:
     user_id = await ensure_user(
         db,
         Claims(settings.auth_dev_issuer, f"dev|{email}", email, True, "Bench"),
-        lambda _s, _u: asyncio.sleep(0),
     )
     async with db.transaction() as session:
         existing = await session.scalar(select(Workspace.id).limit(1))

@@ -239,6 +239,7 @@ async def steady_rate(db: Database, run_id: str) -> float:
                 ).where(Probe.run_id == run_id)
             )
         ).one()
+        assert first is not None, "no probe completed"
         first_wave = await session.scalar(
             select(func.count()).where(
                 Probe.run_id == run_id, Probe.complete_time <= first + timedelta(seconds=1)

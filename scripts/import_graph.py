@@ -1,5 +1,5 @@
 """Prints Beacon's import graph: edges between the parts of `service` and `workers`, and every
-import cycle between modules (strongly connected components). Run from the repository root:
+import cycle between those parts and between modules (strongly connected components). Run from the repository root:
 
     .venv/bin/python scripts/import_graph.py [SRC_DIR]
 
@@ -9,6 +9,7 @@ import-linter (contracts in pyproject.toml)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import grimp
@@ -20,7 +21,7 @@ def part(module: str) -> str:
     return ".".join(pieces[:2])
 
 
-def cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
+def cycles(nodes: set[str], imported_by: Callable[[str], set[str]]) -> list[list[str]]:
     """Tarjan's strongly connected components of more than one module."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -32,7 +33,7 @@ def cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
         index[node] = low[node] = len(index)
         stack.append(node)
         on_stack.add(node)
-        for nxt in sorted(graph.find_modules_directly_imported_by(node) & modules):
+        for nxt in sorted(imported_by(node) & nodes):
             if nxt not in index:
                 visit(nxt)
                 low[node] = min(low[node], low[nxt])
@@ -50,9 +51,9 @@ def cycles(graph: grimp.ImportGraph, modules: set[str]) -> list[list[str]]:
                 found.append(sorted(component))
 
     sys.setrecursionlimit(10_000)
-    for module in sorted(modules):
-        if module not in index:
-            visit(module)
+    for node in sorted(nodes):
+        if node not in index:
+            visit(node)
     return found
 
 
@@ -70,8 +71,13 @@ def main() -> None:
     print("# edges between parts (importer -> imported: module imports)")
     for (importer, imported), count in sorted(edges.items()):
         print(f"{importer} -> {imported}: {count}")
-    found = cycles(graph, modules)
-    print(f"# module cycles: {len(found)}")
+    parts = {part(m) for m in modules}
+    between = cycles(parts, lambda p: {b for a, b in edges if a == p})
+    print(f"# cycles between parts: {len(between)}")
+    for component in between:
+        print("cycle: " + " <-> ".join(component))
+    found = cycles(modules, graph.find_modules_directly_imported_by)
+    print(f"# cycles between modules: {len(found)}")
     for component in found:
         print("cycle: " + " <-> ".join(component))
 

@@ -384,7 +384,7 @@ async def test_a_brand_named_only_by_an_alias_or_its_domain_is_reported_mentione
     fake_provider.script(ALIAS_ONLY, "HubSpot is popular, but Zephyr Cloud is cheaper.", [])
     fake_provider.script(DOMAIN_ONLY, "HubSpot lists its plans; so does acme.com/pricing.", [])
 
-    async with pipeline(backend, settings, fake_provider, tmp_path):
+    async with pipeline(backend, "redis", settings, fake_provider, tmp_path):
         started = await collection.runs.StartRun(
             run_pb.StartRunRequest(workspace_id=ws), metadata=md
         )
