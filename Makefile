@@ -26,6 +26,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
+	$(BIN)/mypy tests bench
+	$(BIN)/lint-imports
 	$(BIN)/buf lint
 	@if git rev-parse --verify --quiet main >/dev/null; then \
 		$(BIN)/buf breaking --against '.git#branch=main'; \

@@ -45,11 +45,11 @@ from bench._servers import (
 )
 from service.auth.identity import ensure_user
 from service.auth.tokens import Claims, mint_dev_token
+from service.clock import new_id
 from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade
 from service.domain import reports
-from service.domain.clock import new_id
 
 START = datetime(2025, 11, 24, tzinfo=UTC)  # a Monday
 END = START + timedelta(days=365)
@@ -148,7 +148,6 @@ async def seed(url: str, sizes: Sequence[int]) -> tuple[str, dict[int, str]]:
     user_id = await ensure_user(
         db,
         Claims(settings.auth_dev_issuer, f"dev|{email}", email, True, "Bench"),
-        lambda _s, _u: asyncio.sleep(0),
     )
     now = datetime.now(UTC)
     workspaces = {size: new_id("ws") for size in sizes}

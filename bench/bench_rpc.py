@@ -34,10 +34,10 @@ from bench._common import CLOCK_TICKS
 from bench._servers import BENCH_SECRET, Backend, ServerGroup, scratch_backend, serve
 from service.auth.identity import ensure_user
 from service.auth.tokens import Claims, mint_dev_token
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, OrganizationMember, Prompt, Run, Workspace
-from service.domain.clock import new_id, utcnow
 
 DURATION = 10
 WARMUP = 2

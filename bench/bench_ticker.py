@@ -34,8 +34,9 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule
 from workers import dispatch, ticker
-from workers.actors import RUN_QUEUE
-from workers.broker import configure_broker, redis_options, send_messages
+from workers.actors import configure_broker
+from workers.broker import redis_options, send_messages
+from workers.messages import RUN_QUEUE
 
 NOW = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
 DUE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)

@@ -49,11 +49,11 @@ from bench._common import (
     worker_env,
 )
 from bench._servers import BEACON, Backend, scratch_backend
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Workspace
-from service.domain.clock import new_id, utcnow
-from workers.broker import configure_broker, reset_brokers
+from workers.actors import configure_broker, reset_brokers
 from workers.dispatch import dispatch_pending_runs
 
 LATENCY = 0.2
@@ -239,6 +239,7 @@ async def steady_rate(db: Database, run_id: str) -> float:
                 ).where(Probe.run_id == run_id)
             )
         ).one()
+        assert first is not None, "no probe completed"
         first_wave = await session.scalar(
             select(func.count()).where(
                 Probe.run_id == run_id, Probe.complete_time <= first + timedelta(seconds=1)

@@ -71,9 +71,9 @@ from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from bench._common import rss_mb, table
 from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
+from service.clock import utcnow
 from service.config import Settings
 from service.db.models import Probe
-from service.domain.clock import utcnow
 from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import (
     PROVIDER_NAMES,

@@ -18,7 +18,7 @@ from pathlib import Path
 from google.protobuf.descriptor import MethodDescriptor
 
 from beacon.v1 import options_pb2
-from service.interceptors.rules import SERVICE_FILES
+from service.rules import SERVICE_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 START = "<!-- rpc-table:start -->"

@@ -40,7 +40,6 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
-from service.auth.context import Access
 from service.db.models import (
     Organization,
     OrganizationMember,
@@ -49,6 +48,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
+from service.domain.actor import Access
 
 log = logging.getLogger("beacon.access_cache")
 

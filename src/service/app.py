@@ -2,28 +2,49 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+import dramatiq
 
 from service.config import Settings
 from service.db.database import Database
 from service.rate_limits import RateLimits
+from workers.dispatch import RunDispatcher
+
+
+class Dispatcher(Protocol):
+    """Sends runs that were written and committed to the workers (`workers.dispatch`)."""
+
+    async def dispatch_runs(self, run_ids: Sequence[str]) -> int:
+        """Sends the runs not yet enqueued among `run_ids`; returns how many were sent."""
+        ...
 
 
 @dataclass(slots=True)
 class App:
-    """Settings, the database and the rate-limit counters; servicers receive it at
-    construction."""
+    """Settings, the database, the run dispatcher and the rate-limit counters; servicers
+    receive it at construction.
+
+    `dispatcher` defaults to one sending to the broker configured last in this process (none:
+    runs wait in the outbox for the ticker); `from_settings` is given the broker explicitly.
+    """
 
     settings: Settings
     db: Database
+    dispatcher: Dispatcher = field(default=None)  # type: ignore[assignment]
     rate_limits: RateLimits = field(init=False)
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
+        if self.dispatcher is None:
+            self.dispatcher = RunDispatcher(self.db)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> App:
-        return cls(settings=settings, db=Database(settings.database_url))
+    def from_settings(cls, settings: Settings, *, broker: dramatiq.Broker | None = None) -> App:
+        db = Database(settings.database_url)
+        return cls(settings=settings, db=db, dispatcher=RunDispatcher(db, broker))
 
     async def close(self) -> None:
         await self.db.dispose()

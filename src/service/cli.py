@@ -33,15 +33,14 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
     from service.http.server import start_http, start_metrics
     from service.server import start_server
-    from workers.broker import configure_broker
+    from workers.actors import configure_broker
 
     # Handlers first: a signal during start-up still leads to an orderly stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    configure_broker(settings)
-    app = App.from_settings(settings)
+    app = App.from_settings(settings, broker=configure_broker(settings))
     embedded = None
     grpc_server = http_server = metrics_server = None
     try:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,10 +34,32 @@ from service.interceptors.ratelimit import (
     RateLimitAround,
 )
 from service.interceptors.tracing import TracingAround
-from service.servicers import add_servicers
+from service.servicers import ALL_SERVICERS, Register, add_servicers
 
 log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
+
+
+class _Registrations:
+    """The server as servicers see it while they register: every call goes to the server, and
+    the handlers registered are kept for the interceptors' start-up check."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+        self.handlers: list[grpc.GenericRpcHandler] = []
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self.handlers.extend(handlers)
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers.append(grpc.method_handlers_generic_handler(service, handlers))
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
 
 
 def build_interceptors(
@@ -110,15 +134,19 @@ class BeaconServer:
         await self.server.wait_for_termination()
 
 
-async def start_server(app: App, address: str | None = None) -> BeaconServer:
-    """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)."""
+async def start_server(
+    app: App, address: str | None = None, *, servicers: Iterable[Register] = ALL_SERVICERS
+) -> BeaconServer:
+    """Builds and starts the server on `address` (default settings.grpc_addr; port 0 allowed)
+    serving `servicers` (default: every Beacon service), health and reflection."""
     settings = app.settings
     # Access decisions are cached per process; on PostgreSQL, only while this process hears
     # the other replicas' invalidations (service.access_cache).
     cache = AccessCache(shared=not app.db.is_sqlite)
     listener = None if app.db.is_sqlite else InvalidationListener(app.db.url, cache)
+    interceptors = build_interceptors(app, cache)
     server = grpc.aio.server(
-        interceptors=build_interceptors(app, cache),
+        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -127,7 +155,11 @@ async def start_server(app: App, address: str | None = None) -> BeaconServer:
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    services = add_servicers(server, app)
+    registrations = _Registrations(server)
+    services = add_servicers(registrations, app, servicers)
+    for interceptor in interceptors:
+        if isinstance(interceptor, WrappingInterceptor):
+            interceptor.refuse_unwrappable(registrations.handlers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

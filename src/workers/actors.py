@@ -9,34 +9,34 @@ worker's event loop: with Dramatiq's AsyncIO middleware each message holds a wor
 its coroutine ends, so batching keeps hundreds of provider calls in flight with a few dozen
 threads, and spreads Dramatiq's per-message cost (fetch, decode, ack) over many probes. Each
 probe is still done at most once, whichever message (or redelivery) carries it.
+
+`configure_broker` builds the process's broker (`workers.broker`) with the worker middleware
+(`workers.context.WorkerResources`) and declares the actors on it: it lives here, above the
+broker, the context and the run and probe logic, so that none of those import each other in a
+circle. The message schema is `workers.messages`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
 
 import dramatiq
 
 from service import tracing
-
-RUN_QUEUE = "beacon-runs"
-PROBE_QUEUE = "beacon-probes"
-PROCESS_RUN = "process_run"
-PROCESS_PROBES = "process_probes"
-PROBES_PER_MESSAGE = 10
-
-# Unexpected failures (database down, a bug) are retried by Dramatiq's Retries middleware;
-# provider failures are retried by the probe logic itself, which honours Retry-After. The
-# backoff (2 s, 4 s, ... at most 15 s) rides out a database outage of about four minutes and
-# resumes within 15 s of its end; a message that runs out of retries is sent again by the
-# stalled-run sweep (`workers.dispatch.redispatch_stalled_runs`).
-MAX_RETRIES = 20
-MIN_BACKOFF_MS = 1_000
-MAX_BACKOFF_MS = 15_000
-# Within a worker, messages already fetched run lowest priority first: a run's expansion goes
-# ahead of the probe messages waiting for a thread, so that a new run (and its workspace's
-# claim on a fair share of the provider budgets) does not wait behind another run's backlog.
-PRIORITIES = {PROCESS_RUN: 0, PROCESS_PROBES: 10}
+from service.config import Settings
+from workers.broker import build_broker
+from workers.context import WorkerResources
+from workers.messages import (
+    MAX_BACKOFF_MS,
+    MAX_RETRIES,
+    MIN_BACKOFF_MS,
+    PRIORITIES,
+    PROBE_QUEUE,
+    PROCESS_PROBES,
+    PROCESS_RUN,
+    RUN_QUEUE,
+)
+from workers.tracing import MessageTrace
 
 
 async def process_run(run_id: str) -> None:
@@ -78,35 +78,47 @@ def declare_actors(broker: dramatiq.Broker) -> None:
         )(fn)
 
 
-def run_message(run_id: str, options: dict[str, object] | None = None) -> dramatiq.Message[None]:
-    """The message asking a worker to expand `run_id`; `options` may carry its trace context
-    (`service.tracing.message_options`)."""
-    return dramatiq.Message(
-        queue_name=RUN_QUEUE,
-        actor_name=PROCESS_RUN,
-        args=(run_id,),
-        kwargs={},
-        options=options or {},
-    )
+_lock = threading.Lock()
+_brokers: dict[str, dramatiq.Broker] = {}
+_current: dramatiq.Broker | None = None
 
 
-def probe_message(probe_ids: Sequence[str], attempt: int = 1) -> dramatiq.Message[None]:
-    """The message asking a worker to make attempt number `attempt` of these probes; it
-    carries the current trace context (the run's trace) when tracing is on."""
-    ids = list(probe_ids)
-    args: tuple[list[str]] | tuple[list[str], int] = (ids,) if attempt == 1 else (ids, attempt)
-    return dramatiq.Message(
-        queue_name=PROBE_QUEUE,
-        actor_name=PROCESS_PROBES,
-        args=args,
-        kwargs={},
-        options=tracing.message_options(),
-    )
+def configure_broker(settings: Settings) -> dramatiq.Broker:
+    """The broker for `settings.effective_broker_url`, with Beacon's actors declared on it.
+
+    Idempotent: the same URL returns the same broker. The broker also becomes Dramatiq's global
+    broker and the one `current_broker` returns.
+    """
+    global _current
+    url = settings.effective_broker_url
+    with _lock:
+        broker = _brokers.get(url)
+        if broker is None:
+            try:
+                broker = build_broker(url, [WorkerResources(), MessageTrace()])
+            except ValueError as exc:
+                # The URL may hold a password: name the variable, never echo the value.
+                variable = "BEACON_BROKER_URL" if settings.broker_url else "BEACON_REDIS_URL"
+                raise ValueError(f"{variable} is not a usable broker URL: {exc}") from None
+            declare_actors(broker)
+            _brokers[url] = broker
+        dramatiq.set_broker(broker)
+        _current = broker
+        return broker
 
 
-def probe_messages(probe_ids: Sequence[str], attempt: int = 1) -> list[dramatiq.Message[None]]:
-    """Messages making attempt `attempt` of these probes, `PROBES_PER_MESSAGE` to a message."""
-    return [
-        probe_message(probe_ids[start : start + PROBES_PER_MESSAGE], attempt)
-        for start in range(0, len(probe_ids), PROBES_PER_MESSAGE)
-    ]
+def current_broker() -> dramatiq.Broker:
+    """The broker `configure_broker` set up last; RuntimeError when there is none."""
+    if _current is None:
+        raise RuntimeError("no broker configured: call workers.actors.configure_broker first")
+    return _current
+
+
+def reset_brokers() -> None:
+    """Forgets every configured broker (tests that switch backends call this)."""
+    global _current
+    with _lock:
+        for broker in _brokers.values():
+            broker.close()
+        _brokers.clear()
+        _current = None

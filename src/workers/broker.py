@@ -19,7 +19,6 @@ confirmed. A URL that cannot be used is refused at start-up with an error naming
 from __future__ import annotations
 
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -37,8 +36,6 @@ from dramatiq.common import dq_name
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AsyncIO, Middleware
 
-from service.config import Settings
-
 DEFAULT_NAMESPACE = "beacon"
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 REDIS_CONNECTIONS = 512
@@ -51,60 +48,12 @@ PIPELINE_CHUNK = 2000
 MAX_PREFETCH = 65_535  # AMQP's prefetch count is 16 bits; 0 (unlimited) is not offered
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
-_lock = threading.Lock()
-_brokers: dict[str, dramatiq.Broker] = {}
-_current: dramatiq.Broker | None = None
 
-
-def configure_broker(settings: Settings) -> dramatiq.Broker:
-    """The broker for `settings.effective_broker_url`, with Beacon's actors declared on it.
-
-    Idempotent: the same URL returns the same broker. The broker also becomes Dramatiq's global
-    broker and the one `current_broker` returns.
-    """
-    global _current
-    from workers.actors import declare_actors
-
-    url = settings.effective_broker_url
-    with _lock:
-        broker = _brokers.get(url)
-        if broker is None:
-            try:
-                broker = _build(url)
-            except ValueError as exc:
-                # The URL may hold a password: name the variable, never echo the value.
-                variable = "BEACON_BROKER_URL" if settings.broker_url else "BEACON_REDIS_URL"
-                raise ValueError(f"{variable} is not a usable broker URL: {exc}") from None
-            declare_actors(broker)
-            _brokers[url] = broker
-        dramatiq.set_broker(broker)
-        _current = broker
-        return broker
-
-
-def current_broker() -> dramatiq.Broker:
-    """The broker `configure_broker` set up last; RuntimeError when there is none."""
-    if _current is None:
-        raise RuntimeError("no broker configured: call workers.broker.configure_broker first")
-    return _current
-
-
-def reset_brokers() -> None:
-    """Forgets every configured broker (tests that switch backends call this)."""
-    global _current
-    with _lock:
-        for broker in _brokers.values():
-            broker.close()
-        _brokers.clear()
-        _current = None
-
-
-def _build(url: str) -> dramatiq.Broker:
-    from workers.context import WorkerResources
-    from workers.tracing import MessageTrace
-
+def build_broker(url: str, extra_middleware: Sequence[Middleware] = ()) -> dramatiq.Broker:
+    """A new broker for `url` with Dramatiq's default middleware, AsyncIO, then
+    `extra_middleware` (ValueError naming what is wrong with an unusable URL)."""
     middleware = [m() for m in dramatiq.middleware.default_middleware]
-    middleware += [AsyncIO(), WorkerResources(), MessageTrace()]
+    middleware += [AsyncIO(), *extra_middleware]
     if not url:
         return StubBroker(middleware=middleware)
     scheme = urlsplit(url).scheme
@@ -273,7 +222,7 @@ def _whole(options: dict[str, str], name: str, default: int) -> int:
 def ready_backlog(broker: dramatiq.Broker) -> int | None:
     """Messages waiting in Beacon's run and probe queues (not the delayed ones), or None when
     the broker cannot tell cheaply (RabbitMQ)."""
-    from workers.actors import PROBE_QUEUE, RUN_QUEUE
+    from workers.messages import PROBE_QUEUE, RUN_QUEUE
 
     queues = (RUN_QUEUE, PROBE_QUEUE)
     if isinstance(broker, RedisBroker):

@@ -23,10 +23,9 @@ from dramatiq.middleware import Middleware
 
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
-from workers.broker import current_broker
 from workers.budgets import ProviderBudgets
 from workers.http import build_client
-from workers.probes import ProbeStore
+from workers.probe_store import ProbeStore
 from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,7 @@ POOL_HEADROOM = 8
 CONSUMER_JOIN_SECONDS = 2.0
 
 _settings: Settings | None = None
+_broker: dramatiq.Broker | None = None
 _contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
 
 
@@ -104,10 +104,11 @@ def provider_configs(settings: Settings) -> dict[str, ProviderConfig]:
     }
 
 
-def install(settings: Settings) -> None:
-    """Sets the settings that worker contexts of this process are built from."""
-    global _settings
+def install(settings: Settings, broker: dramatiq.Broker) -> None:
+    """Sets the settings and the broker that worker contexts of this process are built from."""
+    global _settings, _broker
     _settings = settings
+    _broker = broker
 
 
 async def worker_context() -> WorkerContext:
@@ -115,9 +116,9 @@ async def worker_context() -> WorkerContext:
     loop = asyncio.get_running_loop()
     context = _contexts.get(loop)
     if context is None:
-        if _settings is None:
+        if _settings is None or _broker is None:
             raise RuntimeError("worker settings not installed: call workers.context.install")
-        context = WorkerContext.create(_settings, current_broker())
+        context = WorkerContext.create(_settings, _broker)
         _contexts[loop] = context
     return context
 

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
@@ -26,12 +27,13 @@ from opentelemetry.trace import SpanKind
 from sqlalchemy import ColumnElement, and_, exists, or_, select, update
 
 from service import tracing
+from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Probe, Run
-from service.domain.clock import utcnow
 from workers import metrics
-from workers.actors import run_message
-from workers.broker import current_broker, ready_backlog, send_messages
+from workers.actors import current_broker
+from workers.broker import ready_backlog, send_messages
+from workers.messages import run_message
 from workers.statements import commit_without_waiting_for_disk, id_in
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,19 @@ async def dispatch_pending_runs(
         metrics.DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
     return sent
+
+
+@dataclass(slots=True)
+class RunDispatcher:
+    """What the API sends the runs it wrote with (`service.app.App.dispatcher`): the outbox
+    sweep restricted to those runs, on `broker` (default: the broker configured last, if any;
+    without one the runs wait in the outbox for the ticker)."""
+
+    db: Database
+    broker: dramatiq.Broker | None = None
+
+    async def dispatch_runs(self, run_ids: Sequence[str]) -> int:
+        return await dispatch_pending_runs(self.db, run_ids=run_ids, broker=self.broker)
 
 
 async def redispatch_stalled_runs(

@@ -15,23 +15,37 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
+import dramatiq
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import tracing
-from service.config import PROVIDERS
+from service.clock import new_id, utcnow
+from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
-from service.domain.clock import new_id, utcnow
 from workers import metrics
-from workers.actors import probe_messages
 from workers.broker import send_messages
+from workers.budgets import ProviderBudgets
+from workers.messages import probe_messages
 from workers.statements import id_in, insert_ignoring_duplicates, table_of
 
-if TYPE_CHECKING:
-    from workers.context import WorkerContext
+
+class RunContext(Protocol):
+    """What expanding a run needs of the worker's context (a `workers.context.WorkerContext`,
+    which holds the probe store that imports this module: hence a protocol, not an import)."""
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def db(self) -> Database: ...
+    @property
+    def broker(self) -> dramatiq.Broker: ...
+    @property
+    def budgets(self) -> ProviderBudgets: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +77,7 @@ class Expansion:
     sent: int
 
 
-async def expand_run(context: WorkerContext, run_id: str) -> Expansion:
+async def expand_run(context: RunContext, run_id: str) -> Expansion:
     """Creates the run's probes (first delivery only) and sends a message per pending probe.
 
     A run whose workspace has no prompts, or no enabled provider with credentials, ends FAILED

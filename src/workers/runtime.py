@@ -2,12 +2,12 @@
 
 A worker is Dramatiq's own `Worker` with the AsyncIO middleware: every actor is a coroutine on
 one event loop, and each worker thread waits for one message's coroutine. A probe message
-carries several probes (`workers.actors.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
+carries several probes (`workers.messages.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
 calls in flight need only a few dozen threads. There are `THREADS_PER_MESSAGE_SLOT` times as
 many as the calls strictly need: a probe leaves its provider slot when the answer arrives but
 its message holds the thread until every probe in it is stored, and the spare messages keep
 the slots busy meanwhile (a semaphore of `worker_concurrency` caps the calls). The database
-reads and writes of the probes are batched (`workers.probes.ProbeStore`), which keeps one
+reads and writes of the probes are batched (`workers.probe_store.ProbeStore`), which keeps one
 process's CPU for the provider calls.
 """
 
@@ -29,10 +29,10 @@ from dramatiq import Worker
 from service.config import Settings
 from service.db.database import Database
 from workers import metrics
-from workers.actors import PROBES_PER_MESSAGE
-from workers.broker import configure_broker
+from workers.actors import configure_broker
 from workers.context import install
 from workers.health import Health
+from workers.messages import PROBES_PER_MESSAGE
 from workers.ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ _embedded: Embedded | None = None
 
 def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
     """A Dramatiq worker over Beacon's queues (not started)."""
-    install(settings)
+    install(settings, broker)
     # httpx logs every request at INFO: hundreds of lines a second, with URLs that may carry
     # provider parameters. Probe outcomes are counted in the workers' metrics instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -32,14 +32,14 @@ from sqlalchemy import JSON, String, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.db.types import UTCDateTime
-from service.domain.clock import new_id, utcnow
 from service.domain.schedules import next_fire_time
 from workers import metrics
-from workers.broker import configure_broker
+from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
 from workers.runs import QUEUED

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from service.app import App
+from service.clock import new_id, utcnow
 from service.db.models import (
     AuditEvent,
     Organization,
@@ -25,7 +26,6 @@ from service.db.models import (
     WorkspaceMember,
 )
 from service.domain import rollups
-from service.domain.clock import new_id, utcnow
 from service.domain.prompts import text_hash
 from tests.support import unique
 

@@ -16,15 +16,14 @@ from service.config import Settings
 from tests.brokers import rabbitmq_available, temporary_vhost
 from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
 from tests.platform.test_cli import run_beacon
-from workers.actors import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
+from workers.actors import configure_broker, reset_brokers
 from workers.broker import (
     BeaconRabbitmqBroker,
     RabbitmqOptions,
-    configure_broker,
     rabbitmq_options,
-    reset_brokers,
     send_messages,
 )
+from workers.messages import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
 
 needs_rabbitmq = pytest.mark.skipif(
     not rabbitmq_available(), reason="RabbitMQ (BEACON_TEST_AMQP_URL) is not reachable"

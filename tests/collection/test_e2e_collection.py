@@ -35,13 +35,13 @@ from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Run, Schedule
-from service.domain.clock import new_id, utcnow
 from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import (
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import (
     derive_settings,
     insert_run,
     load_probes,
@@ -53,9 +53,10 @@ from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer
 from tests.platform.processes import RabbitmqNode
 from tests.support import REDIS_URL, unique
-from workers.actors import RUN_QUEUE
-from workers.broker import configure_broker, redis_options, reset_brokers
+from workers.actors import configure_broker, reset_brokers
+from workers.broker import redis_options
 from workers.dispatch import dispatch_pending_runs
+from workers.messages import RUN_QUEUE
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -383,7 +384,7 @@ async def test_a_brand_named_only_by_an_alias_or_its_domain_is_reported_mentione
     fake_provider.script(ALIAS_ONLY, "HubSpot is popular, but Zephyr Cloud is cheaper.", [])
     fake_provider.script(DOMAIN_ONLY, "HubSpot lists its plans; so does acme.com/pricing.", [])
 
-    async with pipeline(backend, settings, fake_provider, tmp_path):
+    async with pipeline(backend, "redis", settings, fake_provider, tmp_path):
         started = await collection.runs.StartRun(
             run_pb.StartRunRequest(workspace_id=ws), metadata=md
         )

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import select
 
 from service.app import App
+from service.clock import utcnow
 from service.db.models import Prompt
 from service.domain import prompts
-from service.domain.clock import utcnow
 from service.domain.errors import FailedPrecondition, InvalidArgument
 from tests.collection.builders import make_workspace
 from tests.conftest import NewUser

@@ -23,9 +23,8 @@ from sqlalchemy import func, select
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_namespace
-from tests.collection.test_pipeline_fixtures import (
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import (
     derive_settings,
     insert_run,
     load_probes,
@@ -33,10 +32,11 @@ from tests.collection.test_pipeline_fixtures import (
     make_workspace,
     provider_settings,
 )
+from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_namespace
 from tests.fakes.provider_server import FakeProviderServer, RateLimit
 from tests.platform.processes import eventually, free_port
 from tests.support import REDIS_URL
-from workers.broker import configure_broker, reset_brokers
+from workers.actors import configure_broker, reset_brokers
 from workers.dispatch import dispatch_pending_runs
 from workers.runtime import start_embedded
 

@@ -28,17 +28,17 @@ from sqlalchemy import delete, event, func, select, update
 
 from beacon.v1 import run_service_pb2 as pb
 from service.app import App
+from service.clock import new_id, utcnow
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade_async
 from service.db.models import CompetitorRollup, Probe, Run, VisibilityRollup, Workspace
 from service.domain import reports, rollups
-from service.domain.clock import new_id, utcnow
 from service.domain.workspaces import purge_deleted_workspaces
 from tests.collection import builders
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import insert_run, make_workspace
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import insert_run, make_workspace
 from tests.conftest import NewUser, temporary_database
-from workers.probes import ProbeResult, ProbeStore
+from workers.probe_store import ProbeResult, ProbeStore
 
 collection_db = fixtures.collection_db
 

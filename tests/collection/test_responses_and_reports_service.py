@@ -13,7 +13,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.domain.clock import utcnow
+from service.clock import utcnow
 from tests.collection.builders import all_pages, insert_probe, insert_run, make_workspace
 from tests.conftest import NewUser
 from tests.conftest import TestUser as Caller

@@ -15,8 +15,8 @@ from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import utcnow
 from service.db.models import Probe, Run
-from service.domain.clock import utcnow
 from tests.collection.builders import (
     add_workspace_member,
     audited_actions,

@@ -11,15 +11,15 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
 
+from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe
-from service.domain.clock import utcnow
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import insert_run, load_run, make_workspace
-from workers.actors import PROBE_QUEUE, RUN_QUEUE
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import insert_run, load_run, make_workspace
 from workers.context import WorkerContext
 from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
+from workers.messages import PROBE_QUEUE, RUN_QUEUE
 from workers.runs import expand_run
 
 collection_db = fixtures.collection_db
@@ -97,7 +97,7 @@ async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
 
 
 def queued_probe_message() -> dramatiq.Message[None]:
-    from workers.actors import probe_message
+    from workers.messages import probe_message
 
     return probe_message(["rsp_unrelated"])
 

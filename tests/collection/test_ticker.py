@@ -11,13 +11,14 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
+from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
-from service.domain.clock import utcnow
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import add_schedule, derive_settings, make_workspace
-from workers.actors import RUN_QUEUE, declare_actors
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
+from workers.actors import declare_actors
+from workers.messages import RUN_QUEUE
 from workers.ticker import Ticker, tick
 
 collection_db = fixtures.collection_db

@@ -37,15 +37,15 @@ from service.app import App
 from service.config import Settings
 from service.db.database import Database
 from service.server import start_server
-from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import derive_settings, insert_run, make_workspace
 from tests.collection.test_e2e_collection import pipeline_settings, wait_for_end
-from tests.collection.test_pipeline_fixtures import derive_settings, insert_run, make_workspace
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
 from tests.support import unique
-from workers.actors import RUN_QUEUE
-from workers.broker import reset_brokers
+from workers.actors import reset_brokers
 from workers.dispatch import dispatch_pending_runs
+from workers.messages import RUN_QUEUE
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -210,7 +210,7 @@ async def test_the_spans_of_a_run_form_one_trace_from_the_rpc_to_each_provider_c
 
 
 def queued_options(broker: dramatiq.Broker) -> list[dict[str, Any]]:
-    queue = broker.queues[RUN_QUEUE]  # type: ignore[attr-defined]
+    queue = broker.queues[RUN_QUEUE]
     return [json.loads(raw)["options"] for raw in list(queue.queue)]
 
 

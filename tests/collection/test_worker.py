@@ -13,13 +13,13 @@ from sqlalchemy import update
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
-from service.domain.clock import new_id, utcnow
 from tests.collection import builders
-from tests.collection import test_pipeline_fixtures as fixtures
-from tests.collection.test_pipeline_fixtures import (
+from tests.collection import pipeline_fixtures as fixtures
+from tests.collection.pipeline_fixtures import (
     StartWorker,
     derive_settings,
     drained,
@@ -30,9 +30,10 @@ from tests.collection.test_pipeline_fixtures import (
 )
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer, Fault
-from workers.actors import probe_message, run_message
-from workers.broker import RedisOptions, configure_broker, redis_options
+from workers.actors import configure_broker
+from workers.broker import RedisOptions, redis_options
 from workers.dispatch import dispatch_pending_runs
+from workers.messages import probe_message, run_message
 from workers.probes import retry_delay
 
 collection_db = fixtures.collection_db

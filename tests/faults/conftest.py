@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.collection import test_pipeline_fixtures as fixtures
+from tests.collection import pipeline_fixtures as fixtures
 from tests.faults.fleet import PostgresCluster, fault_database
 from tests.platform.processes import RedisProcess
 from tests.support import PG_ADMIN_URL

@@ -46,13 +46,13 @@ from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.auth.tokens import mint_dev_token
+from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import upgrade_async
 from service.db.models import Probe, Run, Schedule
-from service.domain.clock import utcnow
+from tests.collection.pipeline_fixtures import derive_settings, provider_settings
 from tests.collection.test_e2e_collection import Beacon, beacon_env
-from tests.collection.test_pipeline_fixtures import derive_settings, provider_settings
 from tests.fakes.provider_server import FakeProviderServer
 from tests.platform.processes import BeaconProcess, RedisProcess, free_port
 from tests.support import unique

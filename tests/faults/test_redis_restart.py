@@ -12,8 +12,8 @@ from service.config import Settings
 from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import eventually, fleet_settings, running_fleet
 from tests.platform.processes import RedisProcess
-from workers.actors import PROBE_QUEUE, RUN_QUEUE
 from workers.broker import redis_options
+from workers.messages import PROBE_QUEUE, RUN_QUEUE
 
 pytestmark = pytest.mark.postgres_only
 

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
-import pytest
 
-import service.server
 from beacon.v1 import (
     membership_service_pb2,
     membership_service_pb2_grpc,
@@ -30,6 +28,7 @@ from beacon.v1 import (
 from service.app import App
 from service.auth.context import CallContext, current_call
 from service.server import BeaconServer, start_server
+from service.servicers import Register
 
 RAISE_HEADER = "x-probe-raise"
 STREAM_ITEMS_HEADER = "x-probe-stream-items"
@@ -130,31 +129,32 @@ class ProbeRuns(run_service_pb2_grpc.RunServiceServicer):
         await self.state.fail_if_asked()
 
 
-def _probe_servicers(state: ProbeState) -> Callable[[grpc.aio.Server, App], list[str]]:
-    def add(server: grpc.aio.Server, _app: App) -> list[str]:
+def _probe_servicers(state: ProbeState) -> list[Register]:
+    # Only the probe methods are implemented: the rest answer UNIMPLEMENTED.
+    def organizations(server: grpc.aio.Server, _app: App) -> str:
         organization_service_pb2_grpc.add_OrganizationServiceServicer_to_server(
-            ProbeOrganizations(state),  # type: ignore[abstract]  # the rest answer UNIMPLEMENTED
+            ProbeOrganizations(state),  # type: ignore[abstract]
             server,
         )
+        return "beacon.v1.OrganizationService"
+
+    def memberships(server: grpc.aio.Server, _app: App) -> str:
         membership_service_pb2_grpc.add_MembershipServiceServicer_to_server(
             ProbeMemberships(state),  # type: ignore[abstract]
             server,
         )
+        return "beacon.v1.MembershipService"
+
+    def runs(server: grpc.aio.Server, _app: App) -> str:
         run_service_pb2_grpc.add_RunServiceServicer_to_server(
             ProbeRuns(state),  # type: ignore[abstract]
             server,
         )
-        return [
-            "beacon.v1.OrganizationService",
-            "beacon.v1.MembershipService",
-            "beacon.v1.RunService",
-        ]
+        return "beacon.v1.RunService"
 
-    return add
+    return [organizations, memberships, runs]
 
 
 async def start_probe_server(app: App, state: ProbeState) -> BeaconServer:
     """`start_server` on 127.0.0.1:0 with the probe servicers in place of the product ones."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service.server, "add_servicers", _probe_servicers(state))
-        return await start_server(app, "127.0.0.1:0")
+    return await start_server(app, "127.0.0.1:0", servicers=_probe_servicers(state))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from service.app import App
+from service.clock import new_id, utcnow
 from service.db.models import Organization, OrganizationMember, Run, Workspace, WorkspaceMember
-from service.domain.clock import new_id, utcnow
 
 NO_ONE: Mapping[str, str] = {}
 

@@ -23,10 +23,10 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
-from tests.conftest import REDIS_URL, NewUser, all_stubs, delete_redis_keys
+from tests.conftest import NewUser, all_stubs, delete_redis_keys
 from tests.platform.processes import BeaconProcess, eventually, serve_env
-from tests.support import expect_error
-from tests.tenancy.test_membership_support import add_and_accept, create_workspace
+from tests.support import REDIS_URL, expect_error
+from tests.tenancy.membership_support import add_and_accept, create_workspace
 
 STALENESS_BOUND = 1.0  # seconds: service.access_cache.TTL_SECONDS, the documented worst case
 if TYPE_CHECKING:

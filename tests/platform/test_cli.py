@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 from service.auth import service_keys
 from service.auth.tokens import TokenVerifier
+from service.clock import new_id
 from service.config import DEV_AUTH_SECRET, Settings
 from service.db.database import Database
 from service.db.models import Organization, ServiceKey
-from service.domain.clock import new_id
 from tests.platform.processes import BEACON
 
 

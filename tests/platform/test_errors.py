@@ -19,10 +19,10 @@ from sqlalchemy import text
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from service.app import App
+from service.clock import new_id
 from service.db.database import Database
 from service.db.models import User
 from service.domain import errors as e
-from service.domain.clock import new_id
 from tests.conftest import NewUser
 from tests.platform.assertions import expect_refusal, rpc_log_record
 from tests.platform.probes import RAISE_HEADER, STREAM_ITEMS_HEADER, Failure, ProbeState

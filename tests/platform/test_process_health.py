@@ -9,6 +9,7 @@ on the same port); the machine's Redis is left alone.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -81,14 +82,14 @@ async def test_worker_and_ticker_healthz_fail_while_the_broker_is_down_and_recov
     try:
         for process in processes:
             assert await eventually(
-                lambda process=process: _status(process, 200),
+                functools.partial(_status, process, 200),
                 what=f"{process.command} healthy",
                 within=60,
             ) == {"status": "ok"}
         await redis_server.shutdown()
         for process in processes:
             body = await eventually(
-                lambda process=process: _status(process, 503),
+                functools.partial(_status, process, 503),
                 what=f"{process.command} to report the broker down",
                 within=30,
             )
@@ -98,7 +99,7 @@ async def test_worker_and_ticker_healthz_fail_while_the_broker_is_down_and_recov
         redis_server.process = restarted.process
         for process in processes:
             assert await eventually(
-                lambda process=process: _status(process, 200),
+                functools.partial(_status, process, 200),
                 what=f"{process.command} healthy again",
                 within=30,
             ) == {"status": "ok"}

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import run_service_pb2 as run_pb
+from service.app import App
+from service.server import start_server
 from tests.conftest import NewUser
 from tests.platform.processes import BEACON_SERVICES
 from tests.support import expect_error
@@ -54,3 +59,45 @@ async def test_dev_token_is_accepted(stubs: SimpleNamespace, new_user: NewUser) 
         org_pb.ListMyOrganizationsRequest(), metadata=user.metadata
     )
     assert [(o.id, o.name) for o in reply.organizations] == [(created.id, "Token Org")]
+
+
+class ClientStreamingWatchRun(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """Serves RunService/WatchRun as a client-streaming RPC: a handler kind the interceptors
+    cannot wrap, so none of their checks (authentication first) would run on it."""
+
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        if details.method != "/beacon.v1.RunService/WatchRun":
+            return None
+
+        async def consume(requests: AsyncIterator[Any], context: Any) -> Any:
+            return run_pb.Run()
+
+        return grpc.stream_unary_rpc_method_handler(consume)
+
+
+def client_streaming_runs(server: grpc.aio.Server, _app: App) -> str:
+    server.add_generic_rpc_handlers((ClientStreamingWatchRun(),))
+    return "beacon.v1.RunService"
+
+
+def unary_runs(server: grpc.aio.Server, _app: App) -> str:
+    """The same method served unary-stream, as the product does: accepted."""
+
+    class Handler(grpc.GenericRpcHandler):  # type: ignore[misc]
+        def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+            async def watch(request: Any, context: Any) -> AsyncIterator[Any]:
+                yield run_pb.Run()
+
+            if details.method == "/beacon.v1.RunService/WatchRun":
+                return grpc.unary_stream_rpc_method_handler(watch)
+            return None
+
+    server.add_generic_rpc_handlers((Handler(),))
+    return "beacon.v1.RunService"
+
+
+async def test_start_refuses_a_handler_kind_the_interceptors_cannot_wrap(app: App) -> None:
+    with pytest.raises(RuntimeError, match=r"RunService/WatchRun has a stream-unary handler"):
+        await start_server(app, "127.0.0.1:0", servicers=[client_streaming_runs])
+    accepted = await start_server(app, "127.0.0.1:0", servicers=[unary_runs])
+    await accepted.stop(grace=0)

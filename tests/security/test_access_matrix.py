@@ -33,9 +33,9 @@ from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth import service_keys
+from service.clock import new_id
 from service.config import Settings
-from service.domain.clock import new_id
-from service.interceptors.rules import MethodRules, method_rules
+from service.rules import MethodRules, method_rules
 from tests.security import world as w
 from tests.security.calls import Outcome, invoke, methods_by_path
 from tests.security.snapshots import snapshot

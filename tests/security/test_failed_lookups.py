@@ -17,7 +17,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.domain.clock import new_id
+from service.clock import new_id
 from service.server import BeaconServer, start_server
 from tests.conftest import NewUser, all_stubs, make_settings
 from tests.conftest import TestUser as Caller

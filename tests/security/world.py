@@ -19,6 +19,7 @@ from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import membership_service_pb2_grpc
 from service.app import App
 from service.auth.tokens import mint_dev_token
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.models import (
     Organization,
@@ -28,7 +29,6 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
-from service.domain.clock import new_id, utcnow
 from service.domain.join_codes import display_code, generate_code
 from tests.collection.builders import end_run, insert_prompts, insert_run
 from tests.security.calls import Metadata, bearer

@@ -12,8 +12,8 @@ from PIL import Image
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import utcnow
 from service.db.models import OrganizationMember, WorkspaceMember
-from service.domain.clock import utcnow
 from tests.support import unique
 
 

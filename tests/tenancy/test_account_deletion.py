@@ -16,6 +16,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth import service_keys
+from service.clock import new_id, utcnow
 from service.db.models import (
     File,
     Organization,
@@ -26,7 +27,6 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain.clock import new_id, utcnow
 from tests.support import expect_error
 from tests.tenancy.builders import (
     all_workspaces,

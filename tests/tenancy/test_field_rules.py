@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.domain.clock import random_slug_suffix
+from service.clock import random_slug_suffix
 from service.domain.errors import Aborted, InvalidArgument
 from service.domain.files import sniff_image_type
 from service.domain.hostnames import normalize_hostname

@@ -22,11 +22,11 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth import service_keys
 from service.auth.tokens import mint_dev_token
+from service.clock import utcnow
 from service.config import Settings
 from service.db.models import WorkspaceInvitation
-from service.domain.clock import utcnow
 from tests.support import expect_error, unique
-from tests.tenancy.test_membership_support import (
+from tests.tenancy.membership_support import (
     add_member,
     all_members,
     create_organization,

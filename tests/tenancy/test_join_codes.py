@@ -24,7 +24,7 @@ from service.db.models import Workspace
 from service.domain.errors import InvalidArgument
 from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
 from tests.support import expect_error
-from tests.tenancy.test_membership_support import add_and_accept, create_workspace
+from tests.tenancy.membership_support import add_and_accept, create_workspace
 
 CODE_SHAPE = re.compile(rf"[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}")
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from service.app import App
-from service.auth.context import Access, CallContext, Principal
 from service.domain import organizations, workspaces
+from service.domain.actor import Access, Actor
 from service.domain.errors import Aborted, AlreadyExists, InvalidArgument
 from service.domain.workspaces import NewWorkspace, WorkspacePatch
 from tests.support import unique
@@ -18,9 +18,16 @@ RANDOM_SUFFIX = re.compile(r"-[a-z0-9]{6}")
 
 
 def call_as(
-    user_id: str, method: str = "beacon.v1.WorkspaceService/CreateWorkspace"
-) -> CallContext:
-    return CallContext(method=method, request_id=unique("req-"), principal=Principal(user_id))
+    user_id: str, method: str = "beacon.v1.WorkspaceService/CreateWorkspace", **values: Any
+) -> Actor:
+    return Actor(
+        actor_id=user_id,
+        user_id=user_id,
+        service_key_id=None,
+        request_id=unique("req-"),
+        action=method,
+        **values,
+    )
 
 
 async def test_slug_collisions_in_one_organization(app: App, new_user: Any) -> None:
@@ -102,9 +109,10 @@ async def test_navigation_prefers_the_stored_workspace(app: App, new_user: Any) 
     async with app.db.transaction(write=False) as session:
         state = await organizations.navigation_state(session, user.user_id)
     assert state.current_workspace_id == first.workspace_id
-    set_call = call_as(user.user_id, "beacon.v1.OrganizationService/SetCurrentWorkspace")
-    set_call.access = Access(
-        organization_id=second.organization.id, workspace_id=second.workspace_id
+    set_call = call_as(
+        user.user_id,
+        "beacon.v1.OrganizationService/SetCurrentWorkspace",
+        access=Access(organization_id=second.organization.id, workspace_id=second.workspace_id),
     )
     async with app.db.transaction() as session:
         state = await organizations.set_current_workspace(session, set_call, second.workspace_id)

@@ -16,8 +16,8 @@ from sqlalchemy import func, select
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import utcnow
 from service.db.models import Organization, Schedule, Workspace
-from service.domain.clock import utcnow
 from service.domain.workspaces import purge_deleted_workspaces
 from tests.support import expect_error, failure, unique
 from tests.tenancy.builders import (

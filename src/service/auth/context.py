@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+
+from service.domain.actor import Access, Actor, set_page_caller
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,20 +43,6 @@ class Principal:
         return self.is_service and self.user_id is not None
 
 
-@dataclass(frozen=True, slots=True)
-class Access:
-    """What the auth check resolved for the RPC's resource."""
-
-    organization_id: str
-    workspace_id: str | None = None
-    organization_role: str | None = None  # owner | admin | member | billing_admin
-    workspace_role: str | None = None  # effective: owner | member
-    via_service_scope: bool = False
-    # The workspace as read by the check (a service.domain.workspaces.WorkspaceView), so a
-    # handler that shows it needs no second query.
-    workspace: Any = None
-
-
 @dataclass(slots=True)
 class CallContext:
     """Everything known about the current call."""
@@ -85,6 +72,27 @@ class CallContext:
             raise RuntimeError("no access decision: the RPC has no resource-level auth rule")
         return self.access
 
+    @property
+    def caller_id(self) -> str:
+        """Whom page tokens are bound to (`service.domain.actor.PageCaller`)."""
+        return self.principal.actor_id if self.principal else "anonymous"
+
+    def actor(self) -> Actor:
+        """The narrow view of this call that domain commands receive."""
+        principal = self.principal
+        return Actor(
+            actor_id=self.caller_id,
+            user_id=principal.user_id if principal else None,
+            service_key_id=principal.key_id if principal else None,
+            request_id=self.request_id,
+            correlation_id=self.correlation_id,
+            action=self.method,
+            email=principal.email if principal else "",
+            email_verified=principal.email_verified if principal else False,
+            acts_as_user=principal.acts_as_user if principal else False,
+            access=self.access,
+        )
+
 
 _current: ContextVar[CallContext | None] = ContextVar("beacon_call", default=None)
 
@@ -97,5 +105,11 @@ def current_call() -> CallContext:
     return call
 
 
+def current_actor() -> Actor:
+    """The actor of the RPC being served, for domain commands."""
+    return current_call().actor()
+
+
 def set_current_call(call: CallContext | None) -> None:
     _current.set(call)
+    set_page_caller(call)

@@ -9,11 +9,11 @@ from service.auth import service_keys
 from service.auth.cache import TtlCache
 from service.auth.context import Principal
 from service.auth.tokens import Claims, TokenVerifier
+from service.clock import new_id
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import User
 from service.domain import access as acl
-from service.domain.clock import new_id
 from service.domain.errors import PermissionDenied, Unauthenticated
 
 ACT_AS_SCOPE = "act_as"

@@ -13,9 +13,9 @@ from datetime import datetime
 
 from sqlalchemy import func, select, update
 
+from service.clock import new_id, utcnow
 from service.db.database import Database
 from service.db.models import Organization, ServiceKey
-from service.domain.clock import new_id, utcnow
 from service.domain.errors import InvalidArgument, NotFound
 from service.domain.inputs import require_id
 

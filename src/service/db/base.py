@@ -7,8 +7,8 @@ from datetime import datetime
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from service.clock import utcnow
 from service.db.types import UTCDateTime
-from service.domain.clock import utcnow
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",

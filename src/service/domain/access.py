@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, null, select
 
-from service.auth.context import Access
 from service.db.database import Reader
 from service.db.models import (
     Organization,
@@ -25,6 +24,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
+from service.domain.actor import Access
 from service.domain.errors import NotFound, PermissionDenied
 
 WORKSPACE_ROLE_RANK = {"member": 1, "owner": 2}

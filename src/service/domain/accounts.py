@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
 from service.db.models import (
     File,
     IdempotencyKey,
@@ -21,6 +20,7 @@ from service.db.models import (
     WorkspaceMember,
 )
 from service.domain import audit
+from service.domain.actor import Actor
 from service.domain.errors import (
     FailedPrecondition,
     NotFound,
@@ -39,7 +39,7 @@ class DeletedAccount:
     file_ids: list[str]
 
 
-async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAccount:
+async def delete_account(session: AsyncSession, call: Actor) -> DeletedAccount:
     """Deletes the caller's account, or nothing at all.
 
     Only the user themself may: a service key acting as them is PermissionDenied. An
@@ -51,7 +51,7 @@ async def delete_account(session: AsyncSession, call: CallContext) -> DeletedAcc
     the icon of a workspace that survives pass to an owner of that workspace's
     organization; the other uploads are deleted. Invitations to the caller's email stay.
     """
-    if call.require_principal().acts_as_user:
+    if call.acts_as_user:
         raise PermissionDenied(
             "an account can only be deleted by its user, not through act_as",
             reason="ACT_AS_NOT_ALLOWED",

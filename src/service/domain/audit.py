@@ -6,14 +6,14 @@ from collections.abc import Iterable
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import AuditEvent
-from service.domain.clock import new_id, utcnow
+from service.domain.actor import Actor
 
 
 def record(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     *,
     organization_id: str,
     workspace_id: str | None = None,
@@ -25,15 +25,14 @@ def record(
     recorded beside it; the event is identified by the server's request id, and the
     client's `x-request-id` is kept as the correlation id.
     """
-    principal = call.principal
     session.add(
         AuditEvent(
             id=new_id("aud"),
             organization_id=organization_id,
             workspace_id=workspace_id,
-            actor_id=principal.actor_id if principal else "anonymous",
-            service_key_id=principal.key_id if principal else None,
-            action=call.method,
+            actor_id=call.actor_id,
+            service_key_id=call.service_key_id,
+            action=call.action,
             target_ids=list(target_ids),
             request_id=call.request_id,
             correlation_id=call.correlation_id,

@@ -28,9 +28,9 @@ from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.models import File
-from service.domain.clock import new_id, utcnow
 from service.domain.errors import NotFound
 from service.domain.inputs import require_id
 

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import IdempotencyKey
-from service.domain.clock import utcnow
 from service.domain.inputs import require_request_id
 
 M = TypeVar("M", bound=Message)

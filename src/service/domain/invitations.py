@@ -21,7 +21,6 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
 from service.db.models import (
     Organization,
     OrganizationInvitation,
@@ -33,6 +32,7 @@ from service.db.models import (
 )
 from service.domain import audit
 from service.domain.access import WORKSPACE_ROLE_RANK
+from service.domain.actor import Actor
 from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
 from service.domain.inputs import require_id
 from service.domain.membership import Member, active_member, lock_organization, lock_workspace
@@ -72,21 +72,20 @@ class Accepted:
     organization_member: Member | None = None
 
 
-def verified_email(call: CallContext) -> str:
+def verified_email(call: Actor) -> str:
     """The caller's email when their token vouches for it; FailedPrecondition otherwise."""
-    principal = call.require_principal()
-    if not principal.email or not principal.email_verified:
+    if not call.email or not call.email_verified:
         raise FailedPrecondition(
             "your email address is not verified: verify it with your identity provider to "
             "see and accept invitations",
             [PreconditionViolation("EMAIL_NOT_VERIFIED", "email", "the token's email_verified")],
             reason="EMAIL_NOT_VERIFIED",
         )
-    return principal.email.strip().lower()
+    return call.email.strip().lower()
 
 
 async def list_my_invitations(
-    session: AsyncSession, call: CallContext, *, page_size: int, page_token: str, now: datetime
+    session: AsyncSession, call: Actor, *, page_size: int, page_token: str, now: datetime
 ) -> InvitationPage:
     """The unexpired invitations to the caller's verified email, oldest first."""
     email = verified_email(call)
@@ -147,7 +146,7 @@ async def list_my_invitations(
 
 
 async def accept_invitation(
-    session: AsyncSession, call: CallContext, invitation_id: str, *, now: datetime
+    session: AsyncSession, call: Actor, invitation_id: str, *, now: datetime
 ) -> Accepted:
     """Turns one of the caller's invitations into a membership and uses it up.
 
@@ -207,7 +206,7 @@ async def accept_invitation(
 
 
 async def decline_invitation(
-    session: AsyncSession, call: CallContext, invitation_id: str, *, now: datetime
+    session: AsyncSession, call: Actor, invitation_id: str, *, now: datetime
 ) -> None:
     """Deletes one of the caller's invitations; it grants nothing."""
     email = verified_email(call)

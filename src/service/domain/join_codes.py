@@ -22,9 +22,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
+from service import clock
 from service.db.models import Workspace
-from service.domain import audit, clock
+from service.domain import audit
+from service.domain.actor import Actor
 from service.domain.errors import InvalidArgument, NotFound
 from service.domain.membership import Member, add_workspace_member_if_absent, lock_workspace
 
@@ -73,7 +74,7 @@ def normalize_code(raw: str) -> str:
 
 
 async def get_join_info(
-    session: AsyncSession, call: CallContext, workspace_id: str, *, default_ttl: timedelta
+    session: AsyncSession, call: Actor, workspace_id: str, *, default_ttl: timedelta
 ) -> JoinInfo:
     """The workspace's live join code, created (valid for `default_ttl`) when there is none
     or it expired. Run it in a write transaction."""
@@ -88,7 +89,7 @@ async def get_join_info(
 
 async def rotate_join_code(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     workspace_id: str,
     *,
     ttl_seconds: float | None,
@@ -107,7 +108,7 @@ async def rotate_join_code(
     return await _replace_code(session, call, workspace, ttl)
 
 
-async def join_by_code(session: AsyncSession, call: CallContext, raw_code: str) -> Member:
+async def join_by_code(session: AsyncSession, call: Actor, raw_code: str) -> Member:
     """Makes the caller a member of the code's workspace (their existing membership, if any,
     is returned unchanged). Unknown and expired codes, and codes of deleted workspaces, are
     NOT_FOUND with the same message."""
@@ -139,7 +140,7 @@ def _is_live(workspace: Workspace) -> bool:
 
 
 async def _replace_code(
-    session: AsyncSession, call: CallContext, workspace: Workspace, ttl: timedelta
+    session: AsyncSession, call: Actor, workspace: Workspace, ttl: timedelta
 ) -> JoinInfo:
     code = await _unused_code(session)
     expire_time = clock.utcnow() + ttl

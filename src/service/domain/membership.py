@@ -43,7 +43,7 @@ from sqlalchemy import and_, delete, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import (
     Organization,
     OrganizationInvitation,
@@ -59,7 +59,7 @@ from service.domain.access import (
     WORKSPACE_ROLE_RANK,
     effective_workspace_role,
 )
-from service.domain.clock import new_id, utcnow
+from service.domain.actor import Actor
 from service.domain.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -114,7 +114,7 @@ async def list_members(
 
 async def add_member(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     workspace_id: str,
     *,
     email: str,
@@ -157,7 +157,7 @@ async def add_member(
 
 
 async def update_member_role(
-    session: AsyncSession, call: CallContext, workspace_id: str, *, user_id: str, role: str
+    session: AsyncSession, call: Actor, workspace_id: str, *, user_id: str, role: str
 ) -> Member:
     """Changes an explicit member's role (owners only, by the RPC's level).
 
@@ -175,7 +175,7 @@ async def update_member_role(
 
 
 async def remove_member(
-    session: AsyncSession, call: CallContext, workspace_id: str, *, user_id: str, email: str
+    session: AsyncSession, call: Actor, workspace_id: str, *, user_id: str, email: str
 ) -> None:
     """Removes an explicit member, or (with `user_id` empty) cancels the invitation of `email`.
 
@@ -194,7 +194,7 @@ async def remove_member(
     await _delete_workspace_member(session, call, workspace, user_id)
 
 
-async def leave_workspace(session: AsyncSession, call: CallContext, workspace_id: str) -> None:
+async def leave_workspace(session: AsyncSession, call: Actor, workspace_id: str) -> None:
     """Removes the caller's own explicit membership.
 
     Fails with LAST_OWNER when the caller is the members' last owner, and with
@@ -221,7 +221,7 @@ async def leave_workspace(session: AsyncSession, call: CallContext, workspace_id
 
 
 async def add_workspace_member_if_absent(
-    session: AsyncSession, call: CallContext, workspace: Workspace, user_id: str
+    session: AsyncSession, call: Actor, workspace: Workspace, user_id: str
 ) -> Member:
     """The user's explicit membership, created with role member when there is none.
 
@@ -256,7 +256,7 @@ async def lock_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
 
 async def _invite_to_workspace(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     workspace: Workspace,
     email: str,
     role: str,
@@ -276,7 +276,7 @@ async def _invite_to_workspace(
             workspace_id=workspace_id,
             email=email,
             role=role,
-            invited_by=call.require_principal().user_id,
+            invited_by=call.user_id,
             create_time=now,
             expire_time=expire_time,
         )
@@ -292,7 +292,7 @@ async def _invite_to_workspace(
 
 
 async def _cancel_workspace_invitation(
-    session: AsyncSession, call: CallContext, workspace: Workspace, email: str
+    session: AsyncSession, call: Actor, workspace: Workspace, email: str
 ) -> None:
     invitation_id = await session.scalar(
         delete(WorkspaceInvitation)
@@ -404,7 +404,7 @@ async def _leaves_no_owner(
 
 
 async def _delete_workspace_member(
-    session: AsyncSession, call: CallContext, workspace: Workspace, user_id: str
+    session: AsyncSession, call: Actor, workspace: Workspace, user_id: str
 ) -> None:
     await session.execute(
         delete(WorkspaceMember).where(
@@ -414,7 +414,7 @@ async def _delete_workspace_member(
     _audit(session, call, workspace, user_id)
 
 
-def _audit(session: AsyncSession, call: CallContext, workspace: Workspace, target_id: str) -> None:
+def _audit(session: AsyncSession, call: Actor, workspace: Workspace, target_id: str) -> None:
     audit.record(
         session,
         call,
@@ -458,7 +458,7 @@ async def list_organization_members(
 
 async def invite_organization_member(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     organization_id: str,
     *,
     email: str,
@@ -504,7 +504,7 @@ async def invite_organization_member(
 
 
 async def update_organization_member_role(
-    session: AsyncSession, call: CallContext, organization_id: str, *, user_id: str, role: str
+    session: AsyncSession, call: Actor, organization_id: str, *, user_id: str, role: str
 ) -> Member:
     """Changes a member's organization role; only owners grant or revoke owner; the last
     owner cannot be demoted (LAST_OWNER)."""
@@ -523,7 +523,7 @@ async def update_organization_member_role(
 
 
 async def remove_organization_member(
-    session: AsyncSession, call: CallContext, organization_id: str, *, user_id: str, email: str
+    session: AsyncSession, call: Actor, organization_id: str, *, user_id: str, email: str
 ) -> None:
     """Removes a member (and their explicit memberships of the organization's workspaces),
     or with `user_id` empty cancels the invitation of `email`.
@@ -575,7 +575,7 @@ async def lock_organization(session: AsyncSession, organization_id: str) -> None
 
 async def _invite_to_organization(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     organization_id: str,
     email: str,
     role: str,
@@ -595,7 +595,7 @@ async def _invite_to_organization(
             organization_id=organization_id,
             email=email,
             role=role,
-            invited_by=call.require_principal().user_id,
+            invited_by=call.user_id,
             create_time=now,
             expire_time=expire_time,
         )
@@ -647,7 +647,7 @@ async def _keep_organization_owner(
         raise _last_owner("organization", organization_id)
 
 
-def _require_organization_owner(call: CallContext, message: str) -> None:
+def _require_organization_owner(call: Actor, message: str) -> None:
     if call.require_access().organization_role != "owner":
         raise PermissionDenied(message)
 

@@ -10,11 +10,11 @@ from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import CallContext
+from service.clock import new_id, utcnow
 from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
 from service.domain import audit
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
-from service.domain.clock import new_id, utcnow
+from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from service.domain.inputs import quote, require_id
 from service.domain.names import derive_slug, display_name
@@ -58,14 +58,14 @@ async def insert_organization(
     return org
 
 
-async def _recorded(session: AsyncSession, call: CallContext, org: Organization) -> Organization:
+async def _recorded(session: AsyncSession, call: Actor, org: Organization) -> Organization:
     """`org` after writing the audit event of the change made to it."""
     audit.record(session, call, organization_id=org.id, target_ids=[org.id])
     await session.flush()
     return org
 
 
-async def create_organization(session: AsyncSession, call: CallContext, name: str) -> Organization:
+async def create_organization(session: AsyncSession, call: Actor, name: str) -> Organization:
     """Creates an organization owned by the caller."""
     clean = display_name("name", name)
     org = await insert_organization(session, name=clean, owner_id=call.require_user_id())
@@ -104,7 +104,7 @@ UPDATABLE_ORGANIZATION_FIELDS = ("name",)
 
 async def update_organization(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     organization_id: str,
     *,
     name: str,
@@ -180,7 +180,7 @@ async def navigation_state(session: AsyncSession, user_id: str) -> NavigationSta
 
 
 async def set_current_workspace(
-    session: AsyncSession, call: CallContext, workspace_id: str
+    session: AsyncSession, call: Actor, workspace_id: str
 ) -> NavigationState:
     """Stores the caller's current workspace (access already checked) and returns the state."""
     user_id = call.require_user_id()
@@ -225,7 +225,7 @@ def access_summary(organization_id: str, role: str) -> OrganizationAccessSummary
 
 
 async def link_workos_organization(
-    session: AsyncSession, call: CallContext, organization_id: str, workos_organization_id: str
+    session: AsyncSession, call: Actor, organization_id: str, workos_organization_id: str
 ) -> Organization:
     """Links a WorkOS organization id; AlreadyExists when another organization holds it."""
     workos_id = workos_organization_id.strip()
@@ -252,7 +252,7 @@ async def link_workos_organization(
 
 
 async def unlink_workos_organization(
-    session: AsyncSession, call: CallContext, organization_id: str
+    session: AsyncSession, call: Actor, organization_id: str
 ) -> Organization:
     """Removes the organization's WorkOS link (harmless when there is none)."""
     org = await get_organization(session, organization_id)

@@ -5,7 +5,7 @@ derived from BEACON_SIGNING_SECRET, truncated to 16 bytes) covers the list's sco
 caller and the cursor. So a token is only valid for the list, the filters and the caller it
 was issued to; anything else (forged, truncated, edited, another list's or another user's)
 is INVALID_ARGUMENT on `page_token`, never an internal error. The key and the caller are
-those of the current RPC (its CallContext, filled in by the interceptors).
+those of the current RPC (`service.domain.actor.page_caller`, set by the interceptors).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import and_, or_
 from sqlalchemy.sql import ColumnElement
 
-from service.auth.context import current_call
+from service.domain.actor import page_caller
 from service.domain.errors import InvalidArgument
 
 MAC_BYTES = 16
@@ -62,11 +62,10 @@ def parse_page(
     if page_size < 0:
         raise InvalidArgument("page_size", "must not be negative")
     size = min(page_size or default, maximum)
-    call = current_call()
+    call = page_caller()
     if not call.page_key:
         raise RuntimeError("no page-token key in the call context")
-    principal = call.principal
-    bound = f"{principal.actor_id if principal else 'anonymous'}|{scope}"
+    bound = f"{call.caller_id}|{scope}"
     if not page_token:
         return Page(size, None, bound, call.page_key)
     return Page(size, decode_token(call.page_key, bound, page_token), bound, call.page_key)

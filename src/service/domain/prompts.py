@@ -18,8 +18,8 @@ from typing import Any, cast
 from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import new_id
 from service.db.models import Prompt, Workspace
-from service.domain.clock import new_id
 from service.domain.errors import (
     FailedPrecondition,
     FieldViolation,

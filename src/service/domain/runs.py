@@ -21,10 +21,10 @@ from typing import Any, Literal, cast
 from sqlalchemy import CursorResult, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import new_id
 from service.config import PROVIDERS
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
-from service.domain.clock import new_id
 from service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,

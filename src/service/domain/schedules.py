@@ -21,9 +21,9 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service.clock import utcnow
 from service.db.models import Run, Schedule, Workspace
 from service.domain import runs
-from service.domain.clock import utcnow
 from service.domain.errors import InvalidArgument
 
 DEFAULT_TIME_ZONE = "UTC"

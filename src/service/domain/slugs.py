@@ -18,8 +18,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
+from service.clock import random_slug_suffix
 from service.db.base import Base
-from service.domain.clock import random_slug_suffix
 from service.domain.errors import Aborted, AlreadyExists
 from service.domain.names import suffixed_slug
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.auth.context import Access, CallContext
+from service.clock import new_id, utcnow
 from service.config import PROVIDERS
 from service.db.database import Database, Reader
 from service.db.models import (
@@ -30,7 +30,7 @@ from service.domain.access import (
     organization_access,
     workspace_of,
 )
-from service.domain.clock import new_id, utcnow
+from service.domain.actor import Access, Actor
 from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
 from service.domain.inputs import quote, require_id
@@ -324,7 +324,7 @@ def _clean_new(request: NewWorkspace) -> _CleanWorkspace:
 
 
 async def create_workspace(
-    session: AsyncSession, call: CallContext, request: NewWorkspace
+    session: AsyncSession, call: Actor, request: NewWorkspace
 ) -> CreatedWorkspace:
     """Creates a workspace; the caller becomes its owner.
 
@@ -394,9 +394,7 @@ def _live_in(organization_id: str) -> ColumnElement[bool]:
     return and_(Workspace.organization_id == organization_id, Workspace.delete_time.is_(None))
 
 
-async def _personal_organization(
-    session: AsyncSession, call: CallContext, user_id: str
-) -> Organization:
+async def _personal_organization(session: AsyncSession, call: Actor, user_id: str) -> Organization:
     """The caller's personal organization, created on first use."""
     org = await session.scalar(
         select(Organization).where(Organization.personal_owner_id == user_id)
@@ -404,7 +402,7 @@ async def _personal_organization(
     if org is None:
         user = await session.get(User, user_id)
         who = (user.name or user.email) if user else ""
-        who = (who or call.require_principal().email or "My").strip()
+        who = (who or call.email or "My").strip()
         name = who[: 80 - len(PERSONAL_SUFFIX)].strip() + PERSONAL_SUFFIX
         return await insert_organization(session, name=name, owner_id=user_id, personal=True)
     access = await organization_access(session, user_id, org.id)
@@ -478,7 +476,7 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
         )
 
 
-def audit_workspace(session: AsyncSession, call: CallContext, workspace: Workspace) -> None:
+def audit_workspace(session: AsyncSession, call: Actor, workspace: Workspace) -> None:
     """Records the audit event of a change to `workspace` (target: the workspace)."""
     audit.record(
         session,
@@ -502,7 +500,7 @@ async def _lock_live(session: AsyncSession, workspace_id: str) -> Workspace:
 
 async def update_workspace(
     session: AsyncSession,
-    call: CallContext,
+    call: Actor,
     workspace_id: str,
     patch: WorkspacePatch,
     paths: Sequence[str],
@@ -538,7 +536,7 @@ async def update_workspace(
 
 
 async def delete_workspace(
-    session: AsyncSession, call: CallContext, workspace_id: str, etag: str = ""
+    session: AsyncSession, call: Actor, workspace_id: str, etag: str = ""
 ) -> None:
     """Soft-deletes the workspace: it vanishes at once, its schedule stops, its slug and
     join code are freed; `purge_deleted_workspaces` removes it after the retention period."""
@@ -593,7 +591,7 @@ def clean_providers(field_name: str, providers: Sequence[str]) -> list[str]:
 
 
 async def set_enabled_providers(
-    session: AsyncSession, call: CallContext, workspace_id: str, providers: Sequence[str]
+    session: AsyncSession, call: Actor, workspace_id: str, providers: Sequence[str]
 ) -> None:
     """Sets the providers runs ask (at least one)."""
     clean = clean_providers("providers", providers)

@@ -11,15 +11,16 @@ from typing import Any
 
 from beacon.v1 import options_pb2
 from service.access_cache import AccessCache
-from service.auth.context import Access, Principal, current_call
+from service.auth.context import Principal, current_call
 from service.auth.identity import Authenticator
 from service.db.database import Database
 from service.domain import access as acl
 from service.domain import workspaces
+from service.domain.actor import Access
 from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import require_id
 from service.interceptors.base import Around
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 WORKSPACE_LEVELS = (
     options_pb2.AUTH_LEVEL_WORKSPACE_MEMBER,

@@ -2,17 +2,21 @@
 
 A grpc.aio interceptor sees the method name and metadata but not the request, so each of
 ours wraps the handler's behaviour instead. The wrapped handler is built once per method
-and cached; RPCs outside beacon.v1 (health, reflection) pass through untouched.
+and cached; RPCs outside beacon.v1 (health, reflection) pass through untouched. Only
+unary-unary and unary-stream handlers can be wrapped: `refuse_unwrappable` rejects, at start-up,
+a Beacon method served by any other kind, and a call reaching one anyway fails instead of
+passing unchecked.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
-from service.interceptors.rules import MethodRules, method_rules
+from service.rules import MethodRules, method_rules
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
@@ -98,4 +102,32 @@ class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             for around in reversed(self.arounds):
                 stream = _stream_step(around, rules, stream)
             return handler._replace(unary_stream=stream)
-        return handler
+        raise RuntimeError(f"{rules.name}: {handler_kind(handler)} handlers cannot be wrapped")
+
+    def refuse_unwrappable(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        """Raises RuntimeError naming the first Beacon method that `handlers` serve with a
+        handler kind these interceptors cannot wrap (client or bidirectional streaming), so
+        that such a method can never be served without authentication."""
+        for path, rules in self._rules.items():
+            for generic in handlers:
+                handler = generic.service(_Details(path))
+                if handler is None:
+                    continue
+                if handler.unary_unary is None and handler.unary_stream is None:
+                    raise RuntimeError(
+                        f"{rules.name} has a {handler_kind(handler)} handler, which the "
+                        "interceptors cannot wrap (no authentication would run): refused"
+                    )
+
+
+@dataclass(frozen=True)
+class _Details(grpc.HandlerCallDetails):  # type: ignore[misc]
+    method: str
+    invocation_metadata: tuple[tuple[str, str], ...] = ()
+
+
+def handler_kind(handler: Any) -> str:
+    """The kind of a method handler: unary-unary, unary-stream, stream-unary, stream-stream."""
+    request = "stream" if handler.request_streaming else "unary"
+    response = "stream" if handler.response_streaming else "unary"
+    return f"{request}-{response}"

@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from service.auth.context import current_call
 from service.domain import errors as e
 from service.interceptors.base import Around, Stream, Unary
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 log = logging.getLogger("beacon.errors")
 DOMAIN = "beacon"

@@ -6,7 +6,7 @@ from typing import Any
 
 from service.domain.inputs import refuse_nul
 from service.interceptors.base import Around
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 
 class InputsAround(Around):

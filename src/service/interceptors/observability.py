@@ -15,9 +15,9 @@ import grpc
 from prometheus_client import Counter, Histogram
 
 from service.auth.context import CallContext, set_current_call
-from service.domain.clock import new_id
+from service.clock import new_id
 from service.interceptors.base import Around, Stream, Unary
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 log = logging.getLogger("beacon.rpc")
 

@@ -13,8 +13,8 @@ from typing import Any
 from beacon.v1 import options_pb2
 from service.auth.context import current_call
 from service.interceptors.base import Around
-from service.interceptors.rules import MethodRules
 from service.rate_limits import RateLimits
+from service.rules import MethodRules
 
 CALLER_KEYS = frozenset({options_pb2.RATE_LIMIT_KEY_USER, options_pb2.RATE_LIMIT_KEY_PEER})
 WORKSPACE_KEYS = frozenset({options_pb2.RATE_LIMIT_KEY_WORKSPACE})

@@ -19,7 +19,7 @@ from opentelemetry.trace import Span, SpanKind
 from service import tracing
 from service.auth.context import current_call
 from service.interceptors.base import Around, Stream, Unary
-from service.interceptors.rules import MethodRules
+from service.rules import MethodRules
 
 # Codes that are the server's failure rather than the caller's (OpenTelemetry's gRPC
 # conventions): only these mark a server span failed.

@@ -16,9 +16,9 @@ from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import membership_service_pb2_grpc
 from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
-from service.auth.context import current_call
+from service.auth.context import current_actor
+from service.clock import utcnow
 from service.domain import invitations, join_codes, membership
-from service.domain.clock import utcnow
 from service.domain.invitations import Invitation
 from service.domain.join_codes import JoinInfo
 from service.domain.membership import Member
@@ -68,7 +68,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             member = await membership.add_member(
                 session,
-                current_call(),
+                current_actor(),
                 request.workspace_id,
                 email=request.email,
                 role=_workspace_role(request.role),
@@ -83,7 +83,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             member = await membership.update_member_role(
                 session,
-                current_call(),
+                current_actor(),
                 request.workspace_id,
                 user_id=request.user_id,
                 role=_workspace_role(request.role),
@@ -96,7 +96,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             await membership.remove_member(
                 session,
-                current_call(),
+                current_actor(),
                 request.workspace_id,
                 user_id=request.user_id,
                 email=request.email,
@@ -107,7 +107,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.LeaveWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> Empty:
         async with self.app.db.transaction() as session:
-            await membership.leave_workspace(session, current_call(), request.workspace_id)
+            await membership.leave_workspace(session, current_actor(), request.workspace_id)
         return Empty()
 
     async def GetJoinInfo(
@@ -115,7 +115,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     ) -> pb.JoinInfo:
         async with self.app.db.transaction() as session:
             info = await join_codes.get_join_info(
-                session, current_call(), request.workspace_id, default_ttl=self._join_code_ttl
+                session, current_actor(), request.workspace_id, default_ttl=self._join_code_ttl
             )
         return _join_info(info)
 
@@ -128,7 +128,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             info = await join_codes.rotate_join_code(
                 session,
-                current_call(),
+                current_actor(),
                 request.workspace_id,
                 ttl_seconds=ttl_seconds,
                 default_ttl=self._join_code_ttl,
@@ -139,7 +139,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.JoinWorkspaceByCodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinWorkspaceByCodeResponse:
         async with self.app.db.transaction() as session:
-            member = await join_codes.join_by_code(session, current_call(), request.code)
+            member = await join_codes.join_by_code(session, current_actor(), request.code)
             workspace = await workspace_message(session, self.app.settings, member.scope_id)
         return pb.JoinWorkspaceByCodeResponse(
             workspace=workspace, membership=_workspace_member(member)
@@ -167,7 +167,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             member = await membership.invite_organization_member(
                 session,
-                current_call(),
+                current_actor(),
                 request.organization_id,
                 email=request.email,
                 role=_organization_role(request.role),
@@ -182,7 +182,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             member = await membership.update_organization_member_role(
                 session,
-                current_call(),
+                current_actor(),
                 request.organization_id,
                 user_id=request.user_id,
                 role=_organization_role(request.role),
@@ -195,7 +195,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction() as session:
             await membership.remove_organization_member(
                 session,
-                current_call(),
+                current_actor(),
                 request.organization_id,
                 user_id=request.user_id,
                 email=request.email,
@@ -208,7 +208,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         async with self.app.db.transaction(write=False) as session:
             page = await invitations.list_my_invitations(
                 session,
-                current_call(),
+                current_actor(),
                 page_size=request.page_size,
                 page_token=request.page_token,
                 now=utcnow(),
@@ -223,7 +223,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     ) -> pb.AcceptInvitationResponse:
         async with self.app.db.transaction() as session:
             accepted = await invitations.accept_invitation(
-                session, current_call(), request.invitation_id, now=utcnow()
+                session, current_actor(), request.invitation_id, now=utcnow()
             )
         reply = pb.AcceptInvitationResponse()
         if accepted.workspace_member is not None:
@@ -237,7 +237,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     ) -> Empty:
         async with self.app.db.transaction() as session:
             await invitations.decline_invitation(
-                session, current_call(), request.invitation_id, now=utcnow()
+                session, current_actor(), request.invitation_id, now=utcnow()
             )
         return Empty()
 

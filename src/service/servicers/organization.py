@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from beacon.v1 import organization_service_pb2 as pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
-from service.auth.context import current_call
+from service.auth.context import current_actor, current_call
 from service.domain import idempotency, organizations
 from service.domain.organizations import AuditFilter, NavigationState
 from service.domain.paging import parse_page
@@ -30,7 +30,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Organization:
-        call = current_call()
+        call = current_actor()
 
         async def create(session: AsyncSession) -> pb.Organization:
             org = await organizations.create_organization(session, call, request.name)
@@ -38,8 +38,8 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
 
         return await idempotency.run_once(
             self.app.db,
-            principal_id=call.require_principal().actor_id,
-            method=call.method,
+            principal_id=call.actor_id,
+            method=call.action,
             request_id=request.request_id,
             response_type=pb.Organization,
             create=create,
@@ -67,7 +67,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def UpdateOrganization(
         self, request: pb.UpdateOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Organization:
-        call = current_call()
+        call = current_actor()
         async with self.app.db.transaction() as session:
             org = await organizations.update_organization(
                 session,
@@ -89,7 +89,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def SetCurrentWorkspace(
         self, request: pb.SetCurrentWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.NavigationState:
-        call = current_call()
+        call = current_actor()
         async with self.app.db.transaction() as session:
             state = await organizations.set_current_workspace(
                 session, call, call.require_access().workspace_id or request.workspace_id
@@ -123,7 +123,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def LinkWorkosOrganization(
         self, request: pb.LinkWorkosOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Organization:
-        call = current_call()
+        call = current_actor()
         async with self.app.db.transaction() as session:
             org = await organizations.link_workos_organization(
                 session,
@@ -136,7 +136,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def UnlinkWorkosOrganization(
         self, request: pb.UnlinkWorkosOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Organization:
-        call = current_call()
+        call = current_actor()
         async with self.app.db.transaction() as session:
             org = await organizations.unlink_workos_organization(
                 session, call, call.require_access().organization_id

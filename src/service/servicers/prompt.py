@@ -6,15 +6,14 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import empty_pb2
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
-from service.auth.context import current_call
+from service.clock import utcnow
 from service.db.models import Prompt
-from service.domain import audit, prompts
-from service.domain.clock import utcnow
+from service.domain import prompts
+from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import timestamp
 
 
@@ -26,28 +25,6 @@ def prompt_to_proto(row: Prompt) -> pb.Prompt:
         text=row.text,
         create_time=timestamp(row.create_time),
     )
-
-
-def record_workspace_change(
-    session: AsyncSession, workspace_id: str, target_ids: Iterable[str]
-) -> None:
-    """Adds the audit event of the current call, a change in `workspace_id`, to the session."""
-    call = current_call()
-    audit.record(
-        session,
-        call,
-        organization_id=call.require_access().organization_id,
-        workspace_id=workspace_id,
-        target_ids=[t for t in target_ids if t],
-    )
-
-
-def resolved_workspace_id() -> str:
-    """The workspace the auth check resolved from the request's resource."""
-    workspace_id = current_call().require_access().workspace_id
-    if workspace_id is None:
-        raise RuntimeError("the auth rule did not resolve a workspace")
-    return workspace_id
 
 
 def _prompt_messages(rows: Iterable[Prompt]) -> list[pb.Prompt]:

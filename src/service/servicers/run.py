@@ -16,13 +16,12 @@ from beacon.v1 import run_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth.context import current_call
+from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import reports, runs, workspaces
-from service.domain.clock import utcnow
 from service.domain.errors import InvalidArgument
+from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
-from service.servicers.prompt import record_workspace_change, resolved_workspace_id
-from workers.dispatch import dispatch_pending_runs
 
 RUN_STATUS_TO_PROTO = {
     "queued": pb.RUN_STATUS_QUEUED,
@@ -169,7 +168,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             if outcome.run is not None:
                 record_workspace_change(session, workspace_id, [outcome.run.id])
         if outcome.run is not None:
-            await dispatch_pending_runs(self.app.db, run_ids=[outcome.run.id])
+            await self.app.dispatcher.dispatch_runs([outcome.run.id])
         return pb.StartRunResponse(
             status=START_STATUS_TO_PROTO[outcome.status],
             run=run_to_proto(outcome.run) if outcome.run is not None else None,

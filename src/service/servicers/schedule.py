@@ -9,11 +9,10 @@ import grpc
 from beacon.v1 import schedule_service_pb2 as pb
 from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
+from service.clock import utcnow
 from service.domain import schedules
-from service.domain.clock import utcnow
 from service.servicers import convert
-from service.servicers.prompt import record_workspace_change
-from workers.dispatch import dispatch_pending_runs
+from service.servicers.calls import record_workspace_change
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
     "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
@@ -56,7 +55,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
             )
             workspace = await convert.workspace_message(session, settings, request.workspace_id)
         if immediate.run_id:
-            await dispatch_pending_runs(self.app.db, run_ids=[immediate.run_id])
+            await self.app.dispatcher.dispatch_runs([immediate.run_id])
         return pb.SetScheduleResponse(
             workspace=workspace,
             immediate_run=pb.ImmediateRun(

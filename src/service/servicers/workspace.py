@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from beacon.v1 import workspace_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
-from service.auth.context import current_call
+from service.auth.context import current_actor, current_call
 from service.domain import accounts, files, idempotency, workspaces
 from service.domain.paging import parse_page
 from service.domain.workspaces import Competitor, NewWorkspace, WorkspacePatch
@@ -39,7 +39,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def CreateWorkspace(
         self, request: pb.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateWorkspaceResponse:
-        call = current_call()
+        call = current_actor()
         new = NewWorkspace(
             name=request.name,
             slug=request.slug,
@@ -61,8 +61,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
 
         return await idempotency.run_once(
             self.app.db,
-            principal_id=call.require_principal().actor_id,
-            method=call.method,
+            principal_id=call.actor_id,
+            method=call.action,
             request_id=request.request_id,
             response_type=pb.CreateWorkspaceResponse,
             create=create,
@@ -95,7 +95,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def UpdateWorkspace(
         self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
-        call = current_call()
+        call = current_actor()
         given = request.workspace
         patch = WorkspacePatch(
             name=given.name,
@@ -116,7 +116,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> Empty:
         async with self.app.db.transaction() as session:
             await workspaces.delete_workspace(
-                session, current_call(), request.workspace_id, request.etag
+                session, current_actor(), request.workspace_id, request.etag
             )
         return Empty()
 
@@ -149,7 +149,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         names = [PROVIDER_FROM_PROTO.get(p, "") for p in request.providers]
         async with self.app.db.transaction() as session:
             await workspaces.set_enabled_providers(
-                session, current_call(), request.workspace_id, names
+                session, current_actor(), request.workspace_id, names
             )
             return await workspace_message(session, self.app.settings, request.workspace_id)
 
@@ -157,7 +157,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: pb.DeleteAccountRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteAccountResponse:
         async with self.app.db.transaction() as session:
-            deleted = await accounts.delete_account(session, current_call())
+            deleted = await accounts.delete_account(session, current_actor())
         await files.delete_bytes(self.storage, deleted.file_ids)
         return pb.DeleteAccountResponse(
             user_id=deleted.user_id, deleted_organization_ids=deleted.deleted_organization_ids

@@ -18,14 +18,13 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import delete, select
 
+from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Schedule, Workspace
-from service.domain.clock import new_id, utcnow
 from tests.conftest import temporary_database
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
-from workers.actors import declare_actors
-from workers.broker import configure_broker
+from workers.actors import configure_broker, declare_actors
 from workers.runtime import Embedded, start_embedded
 
 

@@ -1,0 +1,271 @@
+"""The probe store: probe reads and result writes, batched across the probes in flight.
+
+Moved out of `workers.probes` so that the worker context (which holds one store per event
+loop) and the probe logic (which receives the context) do not import each other.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Select, Update, bindparam, select, update
+
+from service.clock import utcnow
+from service.db.database import Database
+from service.db.models import Probe, Run, Workspace
+from service.domain import rollups
+from workers.analysis import BrandSpec, CompetitorSpec
+from workers.batching import Batcher
+from workers.runs import PENDING, PROBE_SUCCEEDED, finish_runs
+from workers.statements import id_in, table_of
+
+# How stale a run's "canceled" flag may be when a probe is about to be asked.
+ABANDON_CHECK_SECONDS = 1.0
+ABANDON_CACHE_SIZE = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTask:
+    """What a worker needs to run one probe, read in one query."""
+
+    id: str
+    run_id: str
+    workspace_id: str
+    provider: str
+    prompt_text: str
+    status: str
+    run_ended: bool
+    # The run was canceled or its workspace deleted: the probe is skipped.
+    abandoned: bool
+    brand: BrandSpec
+    competitors: tuple[CompetitorSpec, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """A probe's terminal outcome, written only if the probe is still pending."""
+
+    probe_id: str
+    run_id: str
+    status: str
+    attempts: int
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+RESULT_COLUMNS = (
+    "model",
+    "text",
+    "citations",
+    "brand_mentioned",
+    "brand_rank",
+    "competitors",
+    "brand_citations",
+    "citation_count",
+    "latency_ms",
+    "error",
+)
+EMPTY_RESULT: dict[str, Any] = {
+    "model": "",
+    "text": "",
+    "citations": [],
+    "brand_mentioned": False,
+    "brand_rank": 0,
+    "competitors": [],
+    "brand_citations": 0,
+    "citation_count": 0,
+    "latency_ms": 0,
+    "error": "",
+}
+
+
+class ProbeStore:
+    """Probe reads and result writes, batched across the probes in flight on one event loop.
+
+    Runs are checked for completion after the results that may complete them have committed.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self._loads: Batcher[str, ProbeTask | None] = Batcher(self._load_many)
+        self._saves: Batcher[ProbeResult, None] = Batcher(self._save_many)
+        self._abandon_checks: Batcher[str, bool] = Batcher(self._abandoned_many)
+        # Its own batcher, so that the next results are written while runs are checked.
+        self._completion_checks: Batcher[str, None] = Batcher(self._finish_many)
+        self._abandoned: dict[str, tuple[float, bool]] = {}
+
+    async def abandoned(self, run_id: str) -> bool:
+        """Whether the run was canceled or its workspace deleted, as of a second ago at most."""
+        now = time.monotonic()
+        cached = self._abandoned.get(run_id)
+        if cached is not None and now - cached[0] < ABANDON_CHECK_SECONDS:
+            return cached[1]
+        answer = await self._abandon_checks.submit(run_id)
+        if len(self._abandoned) > ABANDON_CACHE_SIZE:
+            self._abandoned.clear()
+        self._abandoned[run_id] = (now, answer)
+        return answer
+
+    async def _abandoned_many(self, run_ids: Sequence[str]) -> list[bool]:
+        query = (
+            select(RUNS.c.id, RUNS.c.cancel_requested, WORKSPACES.c.delete_time)
+            .select_from(RUNS.join(WORKSPACES, WORKSPACES.c.id == RUNS.c.workspace_id))
+            .where(id_in(self.db, RUNS.c.id, set(run_ids)))
+        )
+        async with self.db.transaction(write=False) as session:
+            rows = await (await session.connection()).execute(query)
+            found = {
+                run_id: bool(canceled) or deleted is not None for run_id, canceled, deleted in rows
+            }
+        return [found.get(run_id, True) for run_id in run_ids]
+
+    async def load(self, probe_id: str) -> ProbeTask | None:
+        """The probe with its run's state and its workspace's brand; None if it is gone."""
+        return await self._loads.submit(probe_id)
+
+    async def save(self, result: ProbeResult) -> None:
+        """Stores a terminal result (no-op if the probe already ended), then ends its run if
+        that was the run's last pending probe."""
+        await self._saves.submit(result)
+        await self._completion_checks.submit(result.run_id)
+
+    async def _finish_many(self, run_ids: Sequence[str]) -> list[None]:
+        await finish_runs(self.db, run_ids)
+        return [None] * len(run_ids)
+
+    async def _load_many(self, probe_ids: Sequence[str]) -> list[ProbeTask | None]:
+        query = _load_query().where(id_in(self.db, PROBES.c.id, set(probe_ids)))
+        async with self.db.transaction(write=False) as session:
+            rows = (await (await session.connection()).execute(query)).all()
+        tasks = {row.id: _task(row) for row in rows}
+        return [tasks.get(probe_id) for probe_id in probe_ids]
+
+    async def _save_many(self, results: Sequence[ProbeResult]) -> list[None]:
+        """Writes the results of the probes still pending, and adds the answers among them to
+        the visibility rollups, in one transaction.
+
+        The pending probes are locked first (in id order): a duplicate delivery saving the same
+        probe concurrently waits, then finds it no longer pending, so an answer is rolled up
+        exactly once. Within a batch, the first result of a probe is the one kept.
+        """
+        now = utcnow()
+        first: dict[str, ProbeResult] = {}
+        for result in results:
+            first.setdefault(result.probe_id, result)
+        async with self.db.transaction() as session:
+            connection = await session.connection()
+            pending = {
+                row.id: row
+                for row in await connection.execute(
+                    _pending_query().where(id_in(self.db, PROBES.c.id, set(first)))
+                )
+            }
+            saved = [result for probe_id, result in first.items() if probe_id in pending]
+            if not saved:
+                return [None] * len(results)
+            params = [
+                {
+                    "b_id": result.probe_id,
+                    "b_status": result.status,
+                    "b_attempts": result.attempts,
+                    "b_complete_time": now,
+                    **{f"b_{k}": v for k, v in (EMPTY_RESULT | result.values).items()},
+                }
+                for result in saved
+            ]
+            await connection.execute(_save_statement(), params)
+            await rollups.add_answers(
+                connection,
+                (
+                    rollups.answer(
+                        pending[result.probe_id].workspace_id,
+                        pending[result.probe_id].provider,
+                        now,
+                        result.values,
+                    )
+                    for result in saved
+                    if result.status == PROBE_SUCCEEDED
+                ),
+            )
+        return [None] * len(results)
+
+
+PROBES = table_of(Probe)
+RUNS = table_of(Run)
+WORKSPACES = table_of(Workspace)
+
+
+@functools.cache
+def _load_query() -> Select[Any]:
+    """A probe with its run's state and its workspace's brand (filtered by the caller)."""
+    return select(
+        PROBES.c.id,
+        PROBES.c.run_id,
+        PROBES.c.workspace_id,
+        PROBES.c.provider,
+        PROBES.c.prompt_text,
+        PROBES.c.status,
+        RUNS.c.end_time,
+        RUNS.c.cancel_requested,
+        WORKSPACES.c.delete_time,
+        WORKSPACES.c.name,
+        WORKSPACES.c.domain,
+        WORKSPACES.c.brand_aliases,
+        WORKSPACES.c.competitors,
+    ).select_from(
+        PROBES.join(RUNS, RUNS.c.id == PROBES.c.run_id).join(
+            WORKSPACES, WORKSPACES.c.id == PROBES.c.workspace_id
+        )
+    )
+
+
+@functools.cache
+def _pending_query() -> Select[Any]:
+    """The pending probes among some (filtered by the caller), locked until the transaction
+    ends (PostgreSQL; SQLite's write transactions are serial anyway)."""
+    return (
+        select(PROBES.c.id, PROBES.c.workspace_id, PROBES.c.provider)
+        .where(PROBES.c.status == PENDING)
+        .order_by(PROBES.c.id)
+        .with_for_update()
+    )
+
+
+@functools.cache
+def _save_statement() -> Update:
+    """Writes one result (executed with a list of them) while the probe is still pending."""
+    return (
+        update(PROBES)
+        .where(PROBES.c.id == bindparam("b_id"), PROBES.c.status == PENDING)
+        .values(
+            status=bindparam("b_status"),
+            attempts=bindparam("b_attempts"),
+            complete_time=bindparam("b_complete_time"),
+            **{column: bindparam(f"b_{column}") for column in RESULT_COLUMNS},
+        )
+    )
+
+
+def _task(row: Any) -> ProbeTask:
+    competitors = tuple(
+        CompetitorSpec(name=str(item.get("name", "")), domain=str(item.get("domain") or ""))
+        for item in row.competitors or ()
+        if isinstance(item, dict) and item.get("name")
+    )
+    return ProbeTask(
+        id=row.id,
+        run_id=row.run_id,
+        workspace_id=row.workspace_id,
+        provider=row.provider,
+        prompt_text=row.prompt_text,
+        status=row.status,
+        run_ended=row.end_time is not None,
+        abandoned=bool(row.cancel_requested) or row.delete_time is not None,
+        brand=BrandSpec(
+            name=row.name, domain=row.domain or "", aliases=tuple(row.brand_aliases or ())
+        ),
+        competitors=competitors,
+    )
