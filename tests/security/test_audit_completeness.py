@@ -115,7 +115,9 @@ async def prepare(server: PrivateServer, case: Case) -> tuple[World, Metadata, s
         assert outcome.code == grpc.StatusCode.OK, f"{first}: {outcome.describe()}"
     if case.service_key:
         scope = method_rules()[case.path].service_scope
-        secret, info = await service_keys.create_key(app.db, "audit", [scope])
+        secret, info = await service_keys.create_key(
+            app.db, "audit", [scope], all_organizations=True
+        )
         return world, bearer(secret), info.id
     assert world.caller is not None
     return world, world.metadata, world.caller.user_id

@@ -16,6 +16,7 @@ from service.db.models import Prompt
 from service.domain import audit, prompts
 from service.domain.clock import utcnow
 from service.servicers.convert import timestamp
+from service.servicers.once import run_once
 
 
 def prompt_to_proto(row: Prompt) -> pb.Prompt:
@@ -61,14 +62,22 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def StorePrompts(
         self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StorePromptsResponse:
-        async with self.app.db.transaction() as session:
+        async def store(session: AsyncSession) -> pb.StorePromptsResponse:
             stored = await prompts.store_prompts(
                 session, request.workspace_id, request.prompts, now=utcnow()
             )
             record_workspace_change(session, request.workspace_id, [request.workspace_id])
-        return pb.StorePromptsResponse(
-            prompts=_prompt_messages(stored.prompts),
-            duplicates_dropped=stored.duplicates_dropped,
+            return pb.StorePromptsResponse(
+                prompts=_prompt_messages(stored.prompts),
+                duplicates_dropped=stored.duplicates_dropped,
+            )
+
+        return await run_once(
+            self.app.db,
+            request.request_id,
+            pb.StorePromptsResponse,
+            store,
+            scope=request.workspace_id,
         )
 
     async def ListPrompts(
@@ -91,15 +100,19 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddPromptsResponse:
-        async with self.app.db.transaction() as session:
+        async def add(session: AsyncSession) -> pb.AddPromptsResponse:
             added = await prompts.add_prompts(
                 session, request.workspace_id, request.prompts, now=utcnow()
             )
             record_workspace_change(
                 session, request.workspace_id, [row.id for row in added.prompts]
             )
-        return pb.AddPromptsResponse(
-            added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
+            return pb.AddPromptsResponse(
+                added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
+            )
+
+        return await run_once(
+            self.app.db, request.request_id, pb.AddPromptsResponse, add, scope=request.workspace_id
         )
 
     async def DeletePrompt(

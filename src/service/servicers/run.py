@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
@@ -20,6 +21,7 @@ from service.domain import reports, runs, workspaces
 from service.domain.clock import utcnow
 from service.domain.errors import InvalidArgument
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.once import run_once
 from service.servicers.prompt import record_workspace_change, resolved_workspace_id
 from workers.dispatch import dispatch_pending_runs
 
@@ -154,7 +156,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRunResponse:
         workspace_id = resolved_workspace_id()
-        async with self.app.db.transaction() as session:
+
+        async def start(session: AsyncSession) -> pb.StartRunResponse:
             outcome = await runs.start_run(
                 session,
                 workspace_id=workspace_id,
@@ -166,15 +169,22 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             )
             if outcome.run is not None:
                 record_workspace_change(session, workspace_id, [outcome.run.id])
-        if outcome.run is not None:
-            await dispatch_pending_runs(self.app.db, run_ids=[outcome.run.id])
-        return pb.StartRunResponse(
-            status=START_STATUS_TO_PROTO[outcome.status],
-            run=run_to_proto(outcome.run) if outcome.run is not None else None,
-            providers_without_credentials=[
-                PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
-            ],
+            return pb.StartRunResponse(
+                status=START_STATUS_TO_PROTO[outcome.status],
+                run=run_to_proto(outcome.run) if outcome.run is not None else None,
+                providers_without_credentials=[
+                    PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
+                ],
+            )
+
+        started = await run_once(
+            self.app.db, request.request_id, pb.StartRunResponse, start, scope=workspace_id
         )
+        if started.HasField("run"):
+            # Sends only a run not yet enqueued: a replay re-sends nothing, unless the first
+            # call's send failed, in which case the retry sends it.
+            await dispatch_pending_runs(self.app.db, run_ids=[started.run.id])
+        return started
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         async with self.app.db.transaction(write=False) as session:
