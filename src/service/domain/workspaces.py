@@ -22,7 +22,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import audit, files
+from service.domain import audit, files, join_codes
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     effective_workspace_role,
@@ -43,6 +43,7 @@ from service.domain.visibility import accessible_workspaces, reachable_organizat
 MAX_BRAND_ALIASES = 20
 MAX_COMPETITORS = 50
 COMPETITOR_NAME_MAX = 80
+DEFAULT_JOIN_CODE_TTL = timedelta(days=7)  # BEACON_JOIN_CODE_TTL_HOURS' default
 UPDATABLE_FIELDS = ("name", "slug", "domain", "icon_file_id", "brand_aliases", "competitors")
 PERSONAL_SUFFIX = "'s Organization"
 PURGE_BATCH = 100
@@ -324,9 +325,14 @@ def _clean_new(request: NewWorkspace) -> _CleanWorkspace:
 
 
 async def create_workspace(
-    session: AsyncSession, call: CallContext, request: NewWorkspace
+    session: AsyncSession,
+    call: CallContext,
+    request: NewWorkspace,
+    *,
+    join_code_ttl: timedelta = DEFAULT_JOIN_CODE_TTL,
 ) -> CreatedWorkspace:
-    """Creates a workspace; the caller becomes its owner.
+    """Creates a workspace, with a join code valid for `join_code_ttl`; the caller becomes
+    its owner.
 
     With `organization_name` a new organization is made (caller owner); with
     `organization_id` the caller must be an owner or admin of it; with neither, the
@@ -354,6 +360,7 @@ async def create_workspace(
     if request.icon_file_id:
         await files.require_own_upload(session, user_id, "icon_file_id", request.icon_file_id)
     now = utcnow()
+    join_code = await join_codes.unused_code(session)
     workspace = Workspace(
         id=new_id("ws"),
         organization_id=org.id,
@@ -366,6 +373,9 @@ async def create_workspace(
         version=1,
         create_time=now,
         update_time=now,
+        # Made here so that GetJoinInfo only reads (a new one comes from RotateJoinCode).
+        join_code=join_code,
+        join_code_expire_time=now + join_code_ttl,
     )
     await save_with_unique_slug(
         session,

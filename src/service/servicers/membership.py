@@ -119,10 +119,8 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def GetJoinInfo(
         self, request: pb.GetJoinInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinInfo:
-        async with self.app.db.transaction() as session:
-            info = await join_codes.get_join_info(
-                session, current_call(), request.workspace_id, default_ttl=self._join_code_ttl
-            )
+        async with self.app.db.transaction(write=False) as session:
+            info = await join_codes.get_join_info(session, request.workspace_id)
         return _join_info(info)
 
     async def RotateJoinCode(
