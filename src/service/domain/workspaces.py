@@ -22,7 +22,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import audit, files, join_codes
+from service.domain import audit, files, inputs, join_codes
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     effective_workspace_role,
@@ -31,9 +31,9 @@ from service.domain.access import (
     workspace_of,
 )
 from service.domain.clock import new_id, utcnow
-from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
+from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
-from service.domain.inputs import quote, require_id
+from service.domain.inputs import masked_paths, require_id
 from service.domain.names import clean_text, derive_slug, display_name, validate_slug
 from service.domain.organizations import insert_organization
 from service.domain.paging import Page
@@ -439,23 +439,8 @@ class WorkspacePatch:
 
 
 def update_paths(paths: Sequence[str]) -> list[str]:
-    """The validated field-mask paths (`*` means every updatable field)."""
-    if not paths:
-        raise InvalidArgument(
-            "update_mask", f"is required: name the fields to change ({', '.join(UPDATABLE_FIELDS)})"
-        )
-    result: list[str] = []
-    for path in paths:
-        if path == "*":
-            return list(UPDATABLE_FIELDS)
-        if path not in UPDATABLE_FIELDS:
-            raise InvalidArgument(
-                "update_mask",
-                f"{quote(path)} is not updatable; updatable: {', '.join(UPDATABLE_FIELDS)}",
-            )
-        if path not in result:
-            result.append(path)
-    return result
+    """The validated field-mask paths (`*` means every updatable field; empty is invalid)."""
+    return masked_paths(paths, UPDATABLE_FIELDS)
 
 
 def _clean_patch(patch: WorkspacePatch, paths: Sequence[str]) -> dict[str, Any]:
@@ -480,12 +465,7 @@ def _clean_patch(patch: WorkspacePatch, paths: Sequence[str]) -> dict[str, Any]:
 
 def check_etag(field_name: str, etag: str, version: int) -> None:
     """Aborted when `etag` is set and is not the current version's."""
-    if etag and etag != str(version):
-        raise Aborted(
-            f"{field_name} {quote(etag)} is stale: the workspace changed (current etag "
-            f"'{version}'); read it again and retry",
-            reason="ETAG_MISMATCH",
-        )
+    inputs.check_etag(field_name, etag, str(version), resource="workspace")
 
 
 def audit_workspace(session: AsyncSession, call: CallContext, workspace: Workspace) -> None:
