@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import grpc
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from service.auth import service_keys
-from service.db.models import AuditEvent, Organization, Workspace
+from service.db.models import AuditEvent, Organization
 from service.rules import method_rules
 from tests.security import world as w
 from tests.security.calls import Metadata, bearer, invoke, is_read, methods_by_path
@@ -49,7 +49,6 @@ UNAUDITED: dict[str, set[str]] = {
 # Rows that record a call rather than make its change.
 BOOKKEEPING = {"audit_events", "idempotency_keys"}
 PATHS = sorted(methods_by_path())
-NO_JOIN_CODE = "without_join_code"  # the world's workspace has no live join code
 
 
 @dataclass(frozen=True)
@@ -66,8 +65,6 @@ class Case:
 
 CASES = [
     *(Case(path) for path in PATHS),
-    # Showing a workspace's join info makes a code when it has none: a write, audited.
-    Case("/beacon.v1.MembershipService/GetJoinInfo", NO_JOIN_CODE),
     # RPCs a scoped service key may call without acting as a user: the key is the actor.
     *(Case(path, service_key=True) for path in PATHS if method_rules()[path].service_scope),
 ]
@@ -84,11 +81,10 @@ async def server(
         yield started
 
 
-async def audit_events(server: PrivateServer, correlation_id: str) -> list[AuditEvent]:
-    """The events of the calls that sent `correlation_id` as their `x-request-id`."""
+async def audit_events(server: PrivateServer, request_id: str) -> list[AuditEvent]:
     async with server.app.db.transaction(write=False) as session:
         found = await session.scalars(
-            select(AuditEvent).where(AuditEvent.correlation_id == correlation_id)
+            select(AuditEvent).where(AuditEvent.correlation_id == request_id)
         )
         return list(found)
 
@@ -103,13 +99,6 @@ async def prepare(server: PrivateServer, case: Case) -> tuple[World, Metadata, s
     app = server.app
     kind = CALLER.get(case.path, w.ORG_OWNER)
     world = await build_world(app, app.settings, server.memberships, kind, {})
-    if case.variant == NO_JOIN_CODE:
-        async with app.db.transaction() as session:
-            await session.execute(
-                update(Workspace)
-                .where(Workspace.id == world.workspace_id)
-                .values(join_code=None, join_code_expire_time=None)
-            )
     if case.path in BEFORE:
         first = BEFORE[case.path]
         outcome = await invoke(

@@ -1,8 +1,12 @@
 """Request ids (AIP-155) across callers, for every RPC whose request has a `request_id`.
 
-A retried request with the same id returns the first result to its sender; another user
-sending the same id (with their own token, or through a service key acting for them) gets a
-result of their own or a clear refusal, never the first user's resource.
+A retried request with the same id returns the first result to its sender and changes
+nothing again (one audit event: the change was made once); another user sending the same id
+(with their own token, or through a service key acting for them) gets a result of their own
+or a clear refusal, never the first user's resource.
+
+The module runs a server of its own, with provider keys so that StartRun makes a run (and
+its response names one) rather than answering NO_PROVIDERS.
 """
 
 from __future__ import annotations
@@ -10,18 +14,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator
-from types import SimpleNamespace
 
 import grpc
 import pytest
 from google.protobuf import text_format
 from google.protobuf.message import Message
+from sqlalchemy import func, select
 
-from service.app import App
 from service.auth import service_keys
-from service.config import Settings
+from service.db.models import AuditEvent
 from tests.security import world as w
 from tests.security.calls import Metadata, bearer, methods_by_path, responses
+from tests.security.servers import PrivateServer, private_server
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import Person, build_world
 from tests.support import failure
@@ -46,12 +50,34 @@ def ids_in(message: Message) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-async def act_as_key(app: App) -> AsyncIterator[str]:
+async def server(
+    backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[PrivateServer]:
+    tmp = tmp_path_factory.mktemp(f"idempotency-{backend}")
+    keys = {"openai_api_key": "test-key", "anthropic_api_key": "test-key"}
+    async with private_server(backend, tmp, "idempotency", **keys) as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+async def act_as_key(server: PrivateServer) -> AsyncIterator[str]:
+    # Bound to all organizations: it acts for two users of two unrelated organizations.
     secret, info = await service_keys.create_key(
-        app.db, "idempotency", ["act_as"], all_organizations=True
+        server.app.db, "idempotency", ["act_as"], all_organizations=True
     )
     yield secret
-    await service_keys.revoke_key(app.db, info.id)
+    await service_keys.revoke_key(server.app.db, info.id)
+
+
+async def audit_count(server: PrivateServer, path: str, actor_id: str) -> int:
+    """How many changes `actor_id` made through the RPC at `path`."""
+    async with server.app.db.transaction(write=False) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.action == path.lstrip("/"), AuditEvent.actor_id == actor_id)
+        )
+    return int(count or 0)
 
 
 def test_some_rpcs_take_request_ids() -> None:
@@ -61,18 +87,15 @@ def test_some_rpcs_take_request_ids() -> None:
 @pytest.mark.parametrize("via", ["token", "act_as"])
 @pytest.mark.parametrize("path", IDEMPOTENT, ids=[p.rsplit("/", 1)[1] for p in IDEMPOTENT])
 async def test_a_request_id_replays_only_for_its_own_user(
-    path: str,
-    via: str,
-    app: App,
-    settings: Settings,
-    channel: grpc.aio.Channel,
-    stubs: SimpleNamespace,
-    act_as_key: str,
+    path: str, via: str, server: PrivateServer, act_as_key: str
 ) -> None:
     assert path in TABLE, f"add an Entry for {path} to tests/security/test_access_matrix.py TABLE"
     method = methods_by_path()[path]
     # Two users, each owning an organization of their own.
-    worlds = [await build_world(app, settings, stubs.memberships, w.ORG_OWNER, {}) for _ in "ab"]
+    app, channel = server.app, server.channel
+    worlds = [
+        await build_world(app, app.settings, server.memberships, w.ORG_OWNER, {}) for _ in "ab"
+    ]
     request_id = f"req-{uuid.uuid4().hex}"
 
     def call(index: int) -> tuple[Message, Metadata]:
@@ -88,6 +111,10 @@ async def test_a_request_id_replays_only_for_its_own_user(
     [mine] = await responses(channel, method, *call(0))
     [again] = await responses(channel, method, *call(0))
     assert again == mine, "a retry with the same request id must return the first result"
+    first_caller = worlds[0].caller
+    assert first_caller is not None
+    changes = await audit_count(server, path, first_caller.user_id)
+    assert changes == 1, f"a retry must change nothing again: {changes} audited changes"
     try:
         [theirs] = await responses(channel, method, *call(1))
     except grpc.aio.AioRpcError as error:

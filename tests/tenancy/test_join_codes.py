@@ -14,13 +14,13 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
-from sqlalchemy import update
+from sqlalchemy import func, select, update
 
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from service.db.models import Workspace
+from service.db.models import AuditEvent, Workspace
 from service.domain.errors import InvalidArgument
 from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
 from tests.support import expect_error
@@ -204,10 +204,84 @@ async def test_expired_unknown_and_deleted_codes_are_not_found_alike(
         missing = await expect_error(grpc.StatusCode.NOT_FOUND, _join(stubs, joiner, code))
         messages.add(missing.message)
     assert len(messages) == 1  # nothing tells the three apart
-    # Asking for the join info of the expired code's workspace issues a fresh code.
-    fresh = await _join_info(stubs, expiring.id, owner)
+    # Rotating issues a fresh code for the expired code's workspace.
+    fresh = await stubs.memberships.RotateJoinCode(
+        pb.RotateJoinCodeRequest(workspace_id=expiring.id), metadata=owner.metadata
+    )
     assert fresh.code != expired_code
     assert (await _join(stubs, joiner, fresh.code)).workspace.id == expiring.id
+
+
+async def _workspace_row(app: App, workspace_id: str) -> tuple[object, ...]:
+    async with app.db.transaction(write=False) as session:
+        row = await session.get(Workspace, workspace_id)
+        assert row is not None
+        return (row.join_code, row.join_code_expire_time, row.version, row.update_time)
+
+
+async def _audit_count(app: App, workspace_id: str) -> int:
+    async with app.db.transaction(write=False) as session:
+        count = await session.scalar(
+            select(func.count())
+            .select_from(AuditEvent)
+            .where(AuditEvent.workspace_id == workspace_id)
+        )
+    return int(count or 0)
+
+
+async def test_a_workspace_has_a_code_from_its_creation(
+    stubs: SimpleNamespace, new_user: Any, app: App, settings: Settings
+) -> None:
+    owner = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    before = await _workspace_row(app, workspace.id)
+    code, expire_time = before[0], before[1]
+    assert isinstance(code, str) and isinstance(expire_time, datetime)
+    expected = datetime.now(UTC) + timedelta(hours=settings.join_code_ttl_hours)
+    assert abs(expire_time - expected) < timedelta(minutes=1)
+    # The code is joinable before anyone asked for the join info.
+    joiner = await new_user()
+    assert (await _join(stubs, joiner, display_code(code))).workspace.id == workspace.id
+
+
+async def test_join_info_writes_nothing(stubs: SimpleNamespace, new_user: Any, app: App) -> None:
+    owner = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    before = await _workspace_row(app, workspace.id)
+    events = await _audit_count(app, workspace.id)
+    info = await _join_info(stubs, workspace.id, owner)
+    assert info.code == display_code(str(before[0]))
+    assert await _workspace_row(app, workspace.id) == before
+    assert await _audit_count(app, workspace.id) == events
+
+
+@pytest.mark.parametrize("state", ["expired", "never made"])
+async def test_join_info_without_a_live_code_is_failed_precondition(
+    stubs: SimpleNamespace, new_user: Any, app: App, state: str
+) -> None:
+    """No code is made by reading: the answer names the way to get one (RotateJoinCode)."""
+    owner = await new_user()
+    workspace = await create_workspace(stubs, owner)
+    if state == "expired":
+        values: dict[str, Any] = {"join_code_expire_time": datetime.now(UTC) - timedelta(seconds=1)}
+    else:  # a workspace made before codes were made at creation
+        values = {"join_code": None, "join_code_expire_time": None}
+    async with app.db.transaction() as session:
+        await session.execute(update(Workspace).where(Workspace.id == workspace.id).values(values))
+    before = await _workspace_row(app, workspace.id)
+    events = await _audit_count(app, workspace.id)
+    refused = await expect_error(
+        grpc.StatusCode.FAILED_PRECONDITION, _join_info(stubs, workspace.id, owner)
+    )
+    assert "RotateJoinCode" in refused.message
+    [violation] = refused.details["PreconditionFailure"].violations
+    assert (violation.type, violation.subject) == ("JOIN_CODE_UNAVAILABLE", workspace.id)
+    assert await _workspace_row(app, workspace.id) == before
+    assert await _audit_count(app, workspace.id) == events
+    rotated = await stubs.memberships.RotateJoinCode(
+        pb.RotateJoinCodeRequest(workspace_id=workspace.id), metadata=owner.metadata
+    )
+    assert (await _join_info(stubs, workspace.id, owner)).code == rotated.code
 
 
 async def test_malformed_code_is_invalid_argument(stubs: SimpleNamespace, new_user: Any) -> None:

@@ -250,3 +250,47 @@ async def test_audit_log_newest_first_with_filters_and_pages(
             org_pb.ListAuditEventsRequest(organization_id=org_id), metadata=member.metadata
         ),
     )
+
+
+async def test_update_organization_checks_etags_and_masks_like_update_workspace(
+    stubs: Stubs, new_user: Any
+) -> None:
+    owner = await new_user()
+    org = await new_organization(stubs, owner)
+    assert org.etag, "an organization carries an etag"
+
+    async def update(name: str, etag: str, *paths: str) -> org_pb.Organization:
+        renamed: org_pb.Organization = await stubs.organizations.UpdateOrganization(
+            org_pb.UpdateOrganizationRequest(
+                organization=org_pb.Organization(id=org.id, name=name, etag=etag),
+                update_mask=FieldMask(paths=list(paths)),
+            ),
+            metadata=owner.metadata,
+        )
+        return renamed
+
+    first = await update("First Name", org.etag, "name")
+    assert first.etag != org.etag, "a change moves the etag"
+    got = await stubs.organizations.GetOrganization(
+        org_pb.GetOrganizationRequest(organization_id=org.id), metadata=owner.metadata
+    )
+    assert got.etag == first.etag
+    stale = await expect_error(grpc.StatusCode.ABORTED, update("Second Name", org.etag, "name"))
+    assert "organization.etag" in stale.message
+    assert stale.details["ErrorInfo"].reason == "ETAG_MISMATCH"
+    unchanged = await stubs.organizations.GetOrganization(
+        org_pb.GetOrganizationRequest(organization_id=org.id), metadata=owner.metadata
+    )
+    assert (unchanged.name, unchanged.etag) == ("First Name", first.etag)
+    # `*` means every updatable field, as in UpdateWorkspace; no etag means no check.
+    assert (await update("Star Name", "", "*")).name == "Star Name"
+    # An empty mask keeps meaning "name" (existing clients send none).
+    assert (
+        await update(
+            "Empty Mask",
+            "",
+        )
+    ).name == "Empty Mask"
+    for bad in (["slug"], ["name", "workos_organization_id"], ["nme"]):
+        error = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, update("Bad Mask", "", *bad))
+        assert error.details["BadRequest"].field_violations[0].field == "update_mask"

@@ -250,22 +250,29 @@ class AddMemberRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
     email: _builtins.str
     """Email of the person to add (up to 254 characters). Required."""
     role: Global___WorkspaceRole.ValueType
     """Role to grant; WORKSPACE_ROLE_UNSPECIFIED means member."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         email: _builtins.str = ...,
         role: Global___WorkspaceRole.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "role", b"role", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "request_id", b"request_id", "role", b"role", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -439,8 +446,14 @@ class RotateJoinCodeRequest(_message.Message):
 
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     @_builtins.property
     def ttl(self) -> _duration_pb2.Duration:
         """Lifetime of the new code, 1 hour to 90 days (default 7 days)."""
@@ -450,10 +463,11 @@ class RotateJoinCodeRequest(_message.Message):
         *,
         workspace_id: _builtins.str = ...,
         ttl: _duration_pb2.Duration | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "ttl", b"ttl", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -582,22 +596,29 @@ class InviteOrganizationMemberRequest(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     EMAIL_FIELD_NUMBER: _builtins.int
     ROLE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     organization_id: _builtins.str
     """The organization. Required."""
     email: _builtins.str
     """Email of the person (up to 254 characters). Required."""
     role: _organization_service_pb2.OrganizationRole.ValueType
     """Role to grant; unspecified means member."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     def __init__(
         self,
         *,
         organization_id: _builtins.str = ...,
         email: _builtins.str = ...,
         role: _organization_service_pb2.OrganizationRole.ValueType = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "organization_id", b"organization_id", "role", b"role"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "organization_id", b"organization_id", "request_id", b"request_id", "role", b"role"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

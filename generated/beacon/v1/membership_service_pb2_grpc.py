@@ -170,7 +170,12 @@ class MembershipServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJoinInfo(self, request, context):
-        """The workspace's join code and its expiry (a code is created on first request).
+        """The workspace's join code and its expiry. Reading changes nothing: a workspace gets a
+        code when it is created, and a new one from RotateJoinCode. When the workspace has no
+        live code (it expired, or the workspace predates codes made at creation) the answer is
+        FAILED_PRECONDITION with a PreconditionFailure of type JOIN_CODE_UNAVAILABLE: an owner
+        makes one with RotateJoinCode.
+        Errors: FAILED_PRECONDITION (JOIN_CODE_UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

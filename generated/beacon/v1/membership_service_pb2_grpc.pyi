@@ -64,7 +64,13 @@ class MembershipServiceStub:
     (FAILED_PRECONDITION).
     """
     GetJoinInfo: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.GetJoinInfoRequest, _membership_service_pb2.JoinInfo]
-    """The workspace's join code and its expiry (a code is created on first request)."""
+    """The workspace's join code and its expiry. Reading changes nothing: a workspace gets a
+    code when it is created, and a new one from RotateJoinCode. When the workspace has no
+    live code (it expired, or the workspace predates codes made at creation) the answer is
+    FAILED_PRECONDITION with a PreconditionFailure of type JOIN_CODE_UNAVAILABLE: an owner
+    makes one with RotateJoinCode.
+    Errors: FAILED_PRECONDITION (JOIN_CODE_UNAVAILABLE).
+    """
     RotateJoinCode: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.RotateJoinCodeRequest, _membership_service_pb2.JoinInfo]
     """Replaces the join code; the old one stops working at once (workspace owner).
     Errors: INVALID_ARGUMENT (ttl outside 1 hour – 90 days).
@@ -150,7 +156,13 @@ class MembershipServiceAsyncStub(MembershipServiceStub):
     (FAILED_PRECONDITION).
     """
     GetJoinInfo: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.GetJoinInfoRequest, _membership_service_pb2.JoinInfo]  # type: ignore[assignment]
-    """The workspace's join code and its expiry (a code is created on first request)."""
+    """The workspace's join code and its expiry. Reading changes nothing: a workspace gets a
+    code when it is created, and a new one from RotateJoinCode. When the workspace has no
+    live code (it expired, or the workspace predates codes made at creation) the answer is
+    FAILED_PRECONDITION with a PreconditionFailure of type JOIN_CODE_UNAVAILABLE: an owner
+    makes one with RotateJoinCode.
+    Errors: FAILED_PRECONDITION (JOIN_CODE_UNAVAILABLE).
+    """
     RotateJoinCode: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.RotateJoinCodeRequest, _membership_service_pb2.JoinInfo]  # type: ignore[assignment]
     """Replaces the join code; the old one stops working at once (workspace owner).
     Errors: INVALID_ARGUMENT (ttl outside 1 hour – 90 days).
@@ -269,7 +281,13 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _membership_service_pb2.GetJoinInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_membership_service_pb2.JoinInfo, _abc.Awaitable[_membership_service_pb2.JoinInfo]]:
-        """The workspace's join code and its expiry (a code is created on first request)."""
+        """The workspace's join code and its expiry. Reading changes nothing: a workspace gets a
+        code when it is created, and a new one from RotateJoinCode. When the workspace has no
+        live code (it expired, or the workspace predates codes made at creation) the answer is
+        FAILED_PRECONDITION with a PreconditionFailure of type JOIN_CODE_UNAVAILABLE: an owner
+        makes one with RotateJoinCode.
+        Errors: FAILED_PRECONDITION (JOIN_CODE_UNAVAILABLE).
+        """
 
     @_abc_1.abstractmethod
     def RotateJoinCode(

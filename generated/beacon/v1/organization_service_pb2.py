@@ -23,17 +23,46 @@ _sym_db = _symbol_database.Default()
 
 
 from beacon.v1 import options_pb2 as beacon_dot_v1_dot_options__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beacon/v1/organization_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb8\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04slug\x18\x03 \x01(\t\x12\x1e\n\x16workos_organization_id\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"=\n\x19\x43reateOrganizationRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x1aListMyOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x1bListMyOrganizationsResponse\x12.\n\rorganizations\x18\x01 \x03(\x0b\x32\x17.beacon.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x16GetOrganizationRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\"\x91\x01\n\x19UpdateOrganizationRequest\x12-\n\x0corganization\x18\x01 \x01(\x0b\x32\x17.beacon.v1.Organization\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\"\x1b\n\x19GetNavigationStateRequest\"\xb4\x01\n\x0fNavigationState\x12\x1f\n\x17\x63urrent_organization_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63urrent_workspace_id\x18\x02 \x01(\t\x12.\n\rorganizations\x18\x03 \x03(\x0b\x32\x17.beacon.v1.Organization\x12\x32\n\nworkspaces\x18\x04 \x03(\x0b\x32\x1e.beacon.v1.NavigationWorkspace\"V\n\x13NavigationWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04slug\x18\x04 \x01(\t\"2\n\x1aSetCurrentWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"7\n\x1cGetOrganizationAccessRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\"\x86\x01\n\x12OrganizationAccess\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x1b.beacon.v1.OrganizationRole\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\x12\x1a\n\x12\x63\x61n_manage_billing\x18\x04 \x01(\x08\"=\n\"ResolveWorkosOrganizationIdRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\"^\n#ResolveWorkosOrganizationIdResponse\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x1e\n\x16workos_organization_id\x18\x02 \x01(\t\"X\n\x1dLinkWorkosOrganizationRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x1e\n\x16workos_organization_id\x18\x02 \x01(\t\":\n\x1fUnlinkWorkosOrganizationRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\"\x90\x01\n\x16ListAuditEventsRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"_\n\x17ListAuditEventsResponse\x12+\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x15.beacon.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf2\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x12\n\ntarget_ids\x18\x06 \x03(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eservice_key_id\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t*\xb2\x01\n\x10OrganizationRole\x12!\n\x1dORGANIZATION_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ORGANIZATION_ROLE_OWNER\x10\x01\x12\x1b\n\x17ORGANIZATION_ROLE_ADMIN\x10\x02\x12\x1c\n\x18ORGANIZATION_ROLE_MEMBER\x10\x03\x12#\n\x1fORGANIZATION_ROLE_BILLING_ADMIN\x10\x04\x32\x9b\x0b\n\x13OrganizationService\x12h\n\x12\x43reateOrganization\x12$.beacon.v1.CreateOrganizationRequest\x1a\x17.beacon.v1.Organization\"\x13\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\t\x08\n\x10\x90\x1c\x18\x01 \x01\x12w\n\x13ListMyOrganizations\x12%.beacon.v1.ListMyOrganizationsRequest\x1a&.beacon.v1.ListMyOrganizationsResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12q\n\x0fGetOrganization\x12!.beacon.v1.GetOrganizationRequest\x1a\x17.beacon.v1.Organization\"\"\x8a\xb5\x18\x13\x08\x06\x12\x0forganization_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x84\x01\n\x12UpdateOrganization\x12$.beacon.v1.UpdateOrganizationRequest\x1a\x17.beacon.v1.Organization\"/\x8a\xb5\x18!\x08\x05\x12\x0forganization.id\x12\x0cworkspace_id\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12i\n\x12GetNavigationState\x12$.beacon.v1.GetNavigationStateRequest\x1a\x1a.beacon.v1.NavigationState\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12x\n\x13SetCurrentWorkspace\x12%.beacon.v1.SetCurrentWorkspaceRequest\x1a\x1a.beacon.v1.NavigationState\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12\x83\x01\n\x15GetOrganizationAccess\x12\'.beacon.v1.GetOrganizationAccessRequest\x1a\x1d.beacon.v1.OrganizationAccess\"\"\x8a\xb5\x18\x13\x08\x06\x12\x0forganization_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\xa8\x01\n\x1bResolveWorkosOrganizationId\x12-.beacon.v1.ResolveWorkosOrganizationIdRequest\x1a..beacon.v1.ResolveWorkosOrganizationIdResponse\"*\x8a\xb5\x18\x1b\x08\x06\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x86\x01\n\x16LinkWorkosOrganization\x12(.beacon.v1.LinkWorkosOrganizationRequest\x1a\x17.beacon.v1.Organization\")\x8a\xb5\x18\x1b\x08\x05\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12\x8a\x01\n\x18UnlinkWorkosOrganization\x12*.beacon.v1.UnlinkWorkosOrganizationRequest\x1a\x17.beacon.v1.Organization\")\x8a\xb5\x18\x1b\x08\x05\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12{\n\x0fListAuditEvents\x12!.beacon.v1.ListAuditEventsRequest\x1a\".beacon.v1.ListAuditEventsResponse\"!\x8a\xb5\x18\x13\x08\x05\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$beacon/v1/organization_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x01\n\x0cOrganization\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\x04slug\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12$\n\x16workos_organization_id\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x07 \x01(\t\"C\n\x19\x43reateOrganizationRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"C\n\x1aListMyOrganizationsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"f\n\x1bListMyOrganizationsResponse\x12.\n\rorganizations\x18\x01 \x03(\x0b\x32\x17.beacon.v1.Organization\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x16GetOrganizationRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x91\x01\n\x19UpdateOrganizationRequest\x12-\n\x0corganization\x18\x01 \x01(\x0b\x32\x17.beacon.v1.Organization\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\"\x1b\n\x19GetNavigationStateRequest\"\xb4\x01\n\x0fNavigationState\x12\x1f\n\x17\x63urrent_organization_id\x18\x01 \x01(\t\x12\x1c\n\x14\x63urrent_workspace_id\x18\x02 \x01(\t\x12.\n\rorganizations\x18\x03 \x03(\x0b\x32\x17.beacon.v1.Organization\x12\x32\n\nworkspaces\x18\x04 \x03(\x0b\x32\x1e.beacon.v1.NavigationWorkspace\"V\n\x13NavigationWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0c\n\x04slug\x18\x04 \x01(\t\"8\n\x1aSetCurrentWorkspaceRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"=\n\x1cGetOrganizationAccessRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x86\x01\n\x12OrganizationAccess\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12)\n\x04role\x18\x02 \x01(\x0e\x32\x1b.beacon.v1.OrganizationRole\x12\x10\n\x08is_admin\x18\x03 \x01(\x08\x12\x1a\n\x12\x63\x61n_manage_billing\x18\x04 \x01(\x08\"C\n\"ResolveWorkosOrganizationIdRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"^\n#ResolveWorkosOrganizationIdResponse\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x1e\n\x16workos_organization_id\x18\x02 \x01(\t\"d\n\x1dLinkWorkosOrganizationRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12$\n\x16workos_organization_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"@\n\x1fUnlinkWorkosOrganizationRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\x96\x01\n\x16ListAuditEventsRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"_\n\x17ListAuditEventsResponse\x12+\n\x0c\x61udit_events\x18\x01 \x03(\x0b\x32\x15.beacon.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xf8\x01\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x03 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x12\n\ntarget_ids\x18\x06 \x03(\t\x12\x18\n\nrequest_id\x18\x07 \x01(\tB\x04\xe2\x41\x01\x03\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eservice_key_id\x18\t \x01(\t\x12\x16\n\x0e\x63orrelation_id\x18\n \x01(\t*\xb2\x01\n\x10OrganizationRole\x12!\n\x1dORGANIZATION_ROLE_UNSPECIFIED\x10\x00\x12\x1b\n\x17ORGANIZATION_ROLE_OWNER\x10\x01\x12\x1b\n\x17ORGANIZATION_ROLE_ADMIN\x10\x02\x12\x1c\n\x18ORGANIZATION_ROLE_MEMBER\x10\x03\x12#\n\x1fORGANIZATION_ROLE_BILLING_ADMIN\x10\x04\x32\x9b\x0b\n\x13OrganizationService\x12h\n\x12\x43reateOrganization\x12$.beacon.v1.CreateOrganizationRequest\x1a\x17.beacon.v1.Organization\"\x13\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\t\x08\n\x10\x90\x1c\x18\x01 \x01\x12w\n\x13ListMyOrganizations\x12%.beacon.v1.ListMyOrganizationsRequest\x1a&.beacon.v1.ListMyOrganizationsResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12q\n\x0fGetOrganization\x12!.beacon.v1.GetOrganizationRequest\x1a\x17.beacon.v1.Organization\"\"\x8a\xb5\x18\x13\x08\x06\x12\x0forganization_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x84\x01\n\x12UpdateOrganization\x12$.beacon.v1.UpdateOrganizationRequest\x1a\x17.beacon.v1.Organization\"/\x8a\xb5\x18!\x08\x05\x12\x0forganization.id\x12\x0cworkspace_id\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12i\n\x12GetNavigationState\x12$.beacon.v1.GetNavigationStateRequest\x1a\x1a.beacon.v1.NavigationState\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12x\n\x13SetCurrentWorkspace\x12%.beacon.v1.SetCurrentWorkspaceRequest\x1a\x1a.beacon.v1.NavigationState\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12\x83\x01\n\x15GetOrganizationAccess\x12\'.beacon.v1.GetOrganizationAccessRequest\x1a\x1d.beacon.v1.OrganizationAccess\"\"\x8a\xb5\x18\x13\x08\x06\x12\x0forganization_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\xa8\x01\n\x1bResolveWorkosOrganizationId\x12-.beacon.v1.ResolveWorkosOrganizationIdRequest\x1a..beacon.v1.ResolveWorkosOrganizationIdResponse\"*\x8a\xb5\x18\x1b\x08\x06\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x86\x01\n\x16LinkWorkosOrganization\x12(.beacon.v1.LinkWorkosOrganizationRequest\x1a\x17.beacon.v1.Organization\")\x8a\xb5\x18\x1b\x08\x05\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12\x8a\x01\n\x18UnlinkWorkosOrganization\x12*.beacon.v1.UnlinkWorkosOrganizationRequest\x1a\x17.beacon.v1.Organization\")\x8a\xb5\x18\x1b\x08\x05\x12\x0forganization_id\x1a\x06workos\x92\xb5\x18\x06\x08<\x10<\x18\x01\x12{\n\x0fListAuditEvents\x12!.beacon.v1.ListAuditEventsRequest\x1a\".beacon.v1.ListAuditEventsResponse\"!\x8a\xb5\x18\x13\x08\x05\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beacon.v1.organization_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_ORGANIZATION'].fields_by_name['slug']._loaded_options = None
+  _globals['_ORGANIZATION'].fields_by_name['slug']._serialized_options = b'\342A\001\003'
+  _globals['_ORGANIZATION'].fields_by_name['workos_organization_id']._loaded_options = None
+  _globals['_ORGANIZATION'].fields_by_name['workos_organization_id']._serialized_options = b'\342A\001\003'
+  _globals['_ORGANIZATION'].fields_by_name['create_time']._loaded_options = None
+  _globals['_ORGANIZATION'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_ORGANIZATION'].fields_by_name['update_time']._loaded_options = None
+  _globals['_ORGANIZATION'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEORGANIZATIONREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEORGANIZATIONREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_GETORGANIZATIONREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_GETORGANIZATIONREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETCURRENTWORKSPACEREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_SETCURRENTWORKSPACEREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETORGANIZATIONACCESSREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_GETORGANIZATIONACCESSREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_LINKWORKOSORGANIZATIONREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_LINKWORKOSORGANIZATIONREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_LINKWORKOSORGANIZATIONREQUEST'].fields_by_name['workos_organization_id']._loaded_options = None
+  _globals['_LINKWORKOSORGANIZATIONREQUEST'].fields_by_name['workos_organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_UNLINKWORKOSORGANIZATIONREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_UNLINKWORKOSORGANIZATIONREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_LISTAUDITEVENTSREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
+  _globals['_AUDITEVENT'].fields_by_name['request_id']._loaded_options = None
+  _globals['_AUDITEVENT'].fields_by_name['request_id']._serialized_options = b'\342A\001\003'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateOrganization']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['CreateOrganization']._serialized_options = b'\212\265\030\002\010\002\222\265\030\t\010\n\020\220\034\030\001 \001'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListMyOrganizations']._loaded_options = None
@@ -56,46 +85,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['UnlinkWorkosOrganization']._serialized_options = b'\212\265\030\033\010\005\022\017organization_id\032\006workos\222\265\030\006\010<\020<\030\001'
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListAuditEvents']._loaded_options = None
   _globals['_ORGANIZATIONSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\212\265\030\023\010\005\022\017organization_id\222\265\030\006\010x\020<\030\001'
-  _globals['_ORGANIZATIONROLE']._serialized_start=2110
-  _globals['_ORGANIZATIONROLE']._serialized_end=2288
-  _globals['_ORGANIZATION']._serialized_start=144
-  _globals['_ORGANIZATION']._serialized_end=328
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=330
-  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=391
-  _globals['_LISTMYORGANIZATIONSREQUEST']._serialized_start=393
-  _globals['_LISTMYORGANIZATIONSREQUEST']._serialized_end=460
-  _globals['_LISTMYORGANIZATIONSRESPONSE']._serialized_start=462
-  _globals['_LISTMYORGANIZATIONSRESPONSE']._serialized_end=564
-  _globals['_GETORGANIZATIONREQUEST']._serialized_start=566
-  _globals['_GETORGANIZATIONREQUEST']._serialized_end=615
-  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_start=618
-  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_end=763
-  _globals['_GETNAVIGATIONSTATEREQUEST']._serialized_start=765
-  _globals['_GETNAVIGATIONSTATEREQUEST']._serialized_end=792
-  _globals['_NAVIGATIONSTATE']._serialized_start=795
-  _globals['_NAVIGATIONSTATE']._serialized_end=975
-  _globals['_NAVIGATIONWORKSPACE']._serialized_start=977
-  _globals['_NAVIGATIONWORKSPACE']._serialized_end=1063
-  _globals['_SETCURRENTWORKSPACEREQUEST']._serialized_start=1065
-  _globals['_SETCURRENTWORKSPACEREQUEST']._serialized_end=1115
-  _globals['_GETORGANIZATIONACCESSREQUEST']._serialized_start=1117
-  _globals['_GETORGANIZATIONACCESSREQUEST']._serialized_end=1172
-  _globals['_ORGANIZATIONACCESS']._serialized_start=1175
-  _globals['_ORGANIZATIONACCESS']._serialized_end=1309
-  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST']._serialized_start=1311
-  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST']._serialized_end=1372
-  _globals['_RESOLVEWORKOSORGANIZATIONIDRESPONSE']._serialized_start=1374
-  _globals['_RESOLVEWORKOSORGANIZATIONIDRESPONSE']._serialized_end=1468
-  _globals['_LINKWORKOSORGANIZATIONREQUEST']._serialized_start=1470
-  _globals['_LINKWORKOSORGANIZATIONREQUEST']._serialized_end=1558
-  _globals['_UNLINKWORKOSORGANIZATIONREQUEST']._serialized_start=1560
-  _globals['_UNLINKWORKOSORGANIZATIONREQUEST']._serialized_end=1618
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1621
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1765
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1767
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1862
-  _globals['_AUDITEVENT']._serialized_start=1865
-  _globals['_AUDITEVENT']._serialized_end=2107
-  _globals['_ORGANIZATIONSERVICE']._serialized_start=2291
-  _globals['_ORGANIZATIONSERVICE']._serialized_end=3726
+  _globals['_ORGANIZATIONROLE']._serialized_start=2241
+  _globals['_ORGANIZATIONROLE']._serialized_end=2419
+  _globals['_ORGANIZATION']._serialized_start=177
+  _globals['_ORGANIZATION']._serialized_end=399
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_start=401
+  _globals['_CREATEORGANIZATIONREQUEST']._serialized_end=468
+  _globals['_LISTMYORGANIZATIONSREQUEST']._serialized_start=470
+  _globals['_LISTMYORGANIZATIONSREQUEST']._serialized_end=537
+  _globals['_LISTMYORGANIZATIONSRESPONSE']._serialized_start=539
+  _globals['_LISTMYORGANIZATIONSRESPONSE']._serialized_end=641
+  _globals['_GETORGANIZATIONREQUEST']._serialized_start=643
+  _globals['_GETORGANIZATIONREQUEST']._serialized_end=698
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_start=701
+  _globals['_UPDATEORGANIZATIONREQUEST']._serialized_end=846
+  _globals['_GETNAVIGATIONSTATEREQUEST']._serialized_start=848
+  _globals['_GETNAVIGATIONSTATEREQUEST']._serialized_end=875
+  _globals['_NAVIGATIONSTATE']._serialized_start=878
+  _globals['_NAVIGATIONSTATE']._serialized_end=1058
+  _globals['_NAVIGATIONWORKSPACE']._serialized_start=1060
+  _globals['_NAVIGATIONWORKSPACE']._serialized_end=1146
+  _globals['_SETCURRENTWORKSPACEREQUEST']._serialized_start=1148
+  _globals['_SETCURRENTWORKSPACEREQUEST']._serialized_end=1204
+  _globals['_GETORGANIZATIONACCESSREQUEST']._serialized_start=1206
+  _globals['_GETORGANIZATIONACCESSREQUEST']._serialized_end=1267
+  _globals['_ORGANIZATIONACCESS']._serialized_start=1270
+  _globals['_ORGANIZATIONACCESS']._serialized_end=1404
+  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST']._serialized_start=1406
+  _globals['_RESOLVEWORKOSORGANIZATIONIDREQUEST']._serialized_end=1473
+  _globals['_RESOLVEWORKOSORGANIZATIONIDRESPONSE']._serialized_start=1475
+  _globals['_RESOLVEWORKOSORGANIZATIONIDRESPONSE']._serialized_end=1569
+  _globals['_LINKWORKOSORGANIZATIONREQUEST']._serialized_start=1571
+  _globals['_LINKWORKOSORGANIZATIONREQUEST']._serialized_end=1671
+  _globals['_UNLINKWORKOSORGANIZATIONREQUEST']._serialized_start=1673
+  _globals['_UNLINKWORKOSORGANIZATIONREQUEST']._serialized_end=1737
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1740
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1890
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1892
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1987
+  _globals['_AUDITEVENT']._serialized_start=1990
+  _globals['_AUDITEVENT']._serialized_end=2238
+  _globals['_ORGANIZATIONSERVICE']._serialized_start=2422
+  _globals['_ORGANIZATIONSERVICE']._serialized_end=3857
 # @@protoc_insertion_point(module_scope)

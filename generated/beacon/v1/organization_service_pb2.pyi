@@ -65,21 +65,29 @@ class Organization(_message.Message):
     WORKOS_ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, `org_...`."""
     name: _builtins.str
     """Display name, 2–80 characters."""
     slug: _builtins.str
-    """Globally unique URL slug, `[a-z0-9-]`."""
+    """Globally unique URL slug, `[a-z0-9-]`, derived from the name at creation. Output only."""
     workos_organization_id: _builtins.str
-    """Linked WorkOS organization id, empty when not linked."""
+    """Linked WorkOS organization id, empty when not linked. Output only here; see
+    LinkWorkosOrganization.
+    """
+    etag: _builtins.str
+    """Version tag for optimistic concurrency: send it back on UpdateOrganization to fail with
+    ABORTED when someone else changed the organization in between. Every change (rename,
+    WorkOS link or unlink) moves it.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was created."""
+        """When it was created. Output only."""
 
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
-        """When it was last changed."""
+        """When it was last changed. Output only."""
 
     def __init__(
         self,
@@ -90,10 +98,11 @@ class Organization(_message.Message):
         workos_organization_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "name", b"name", "slug", b"slug", "update_time", b"update_time", "workos_organization_id", b"workos_organization_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "etag", b"etag", "id", b"id", "name", b"name", "slug", b"slug", "update_time", b"update_time", "workos_organization_id", b"workos_organization_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,11 +229,13 @@ class UpdateOrganizationRequest(_message.Message):
     """Alternative to organization.id: a workspace of the organization (`ws_...`)."""
     @_builtins.property
     def organization(self) -> Global___Organization:
-        """The new values; `organization.id` names the organization unless workspace_id is used."""
+        """The new values; `organization.id` names the organization unless workspace_id is used;
+        `organization.etag`, when set, must match.
+        """
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change; only "name" is updatable. Empty means "name"."""
+        """Fields to change; only "name" is updatable (`*` means it too). Empty means "name"."""
 
     def __init__(
         self,
@@ -613,7 +624,7 @@ class AuditEvent(_message.Message):
     """The RPC's full name."""
     request_id: _builtins.str
     """The server's own id of the call (`req_...`), also in the ErrorInfo metadata and the
-    request log line of the call. Never chosen by the client.
+    request log line of the call. Never chosen by the client: output only.
     """
     service_key_id: _builtins.str
     """The service key (`key_...`) that made the call, whether it acted as a user or not;

@@ -126,9 +126,12 @@ class OrganizationServiceServicer:
 
     def UpdateOrganization(self, request, context):
         """Renames an organization (organization owner or admin). The organization may be named
-        directly or through one of its workspaces (the seed's updateOrganizationName).
-        Errors: INVALID_ARGUMENT (organization.name, update_mask), NOT_FOUND,
-        PERMISSION_DENIED (not an admin).
+        directly or through one of its workspaces (the seed's updateOrganizationName). The
+        update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
+        else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
+        the only updatable field, as it always has. organization.etag, when set, must match.
+        Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
+        NOT_FOUND, PERMISSION_DENIED (not an admin).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

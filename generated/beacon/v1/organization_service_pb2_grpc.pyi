@@ -47,9 +47,12 @@ class OrganizationServiceStub:
     """Returns one organization. Errors: NOT_FOUND when the caller is not a member."""
     UpdateOrganization: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.Organization]
     """Renames an organization (organization owner or admin). The organization may be named
-    directly or through one of its workspaces (the seed's updateOrganizationName).
-    Errors: INVALID_ARGUMENT (organization.name, update_mask), NOT_FOUND,
-    PERMISSION_DENIED (not an admin).
+    directly or through one of its workspaces (the seed's updateOrganizationName). The
+    update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
+    else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
+    the only updatable field, as it always has. organization.etag, when set, must match.
+    Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
+    NOT_FOUND, PERMISSION_DENIED (not an admin).
     """
     GetNavigationState: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.GetNavigationStateRequest, _organization_service_pb2.NavigationState]
     """The caller's navigation state: current organization and workspace, and everything
@@ -93,9 +96,12 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     """Returns one organization. Errors: NOT_FOUND when the caller is not a member."""
     UpdateOrganization: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.Organization]  # type: ignore[assignment]
     """Renames an organization (organization owner or admin). The organization may be named
-    directly or through one of its workspaces (the seed's updateOrganizationName).
-    Errors: INVALID_ARGUMENT (organization.name, update_mask), NOT_FOUND,
-    PERMISSION_DENIED (not an admin).
+    directly or through one of its workspaces (the seed's updateOrganizationName). The
+    update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
+    else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
+    the only updatable field, as it always has. organization.etag, when set, must match.
+    Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
+    NOT_FOUND, PERMISSION_DENIED (not an admin).
     """
     GetNavigationState: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.GetNavigationStateRequest, _organization_service_pb2.NavigationState]  # type: ignore[assignment]
     """The caller's navigation state: current organization and workspace, and everything
@@ -160,9 +166,12 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_organization_service_pb2.Organization, _abc.Awaitable[_organization_service_pb2.Organization]]:
         """Renames an organization (organization owner or admin). The organization may be named
-        directly or through one of its workspaces (the seed's updateOrganizationName).
-        Errors: INVALID_ARGUMENT (organization.name, update_mask), NOT_FOUND,
-        PERMISSION_DENIED (not an admin).
+        directly or through one of its workspaces (the seed's updateOrganizationName). The
+        update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
+        else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
+        the only updatable field, as it always has. organization.etag, when set, must match.
+        Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
+        NOT_FOUND, PERMISSION_DENIED (not an admin).
         """
 
     @_abc_1.abstractmethod

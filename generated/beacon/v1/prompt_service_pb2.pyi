@@ -63,8 +63,14 @@ class StorePromptsRequest(_message.Message):
 
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROMPTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     @_builtins.property
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The complete new set; may be empty to clear it."""
@@ -74,10 +80,11 @@ class StorePromptsRequest(_message.Message):
         *,
         workspace_id: _builtins.str = ...,
         prompts: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -185,8 +192,14 @@ class AddPromptsRequest(_message.Message):
 
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROMPTS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     @_builtins.property
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Prompts to add."""
@@ -196,10 +209,11 @@ class AddPromptsRequest(_message.Message):
         *,
         workspace_id: _builtins.str = ...,
         prompts: _abc.Iterable[_builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

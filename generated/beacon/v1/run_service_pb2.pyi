@@ -285,8 +285,14 @@ class StartRunRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROMPT_IDS_FIELD_NUMBER: _builtins.int
     PROVIDERS_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
+    request_id: _builtins.str
+    """Idempotency key (up to 100 printable characters, AIP-155): a retry with the same id by
+    the same caller returns the first result and changes nothing again. Ids are scoped to
+    their caller: another caller's use of the same id is unrelated to this one.
+    """
     @_builtins.property
     def prompt_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Only these prompts (`prm_...`); empty means all."""
@@ -301,10 +307,11 @@ class StartRunRequest(_message.Message):
         workspace_id: _builtins.str = ...,
         prompt_ids: _abc.Iterable[_builtins.str] | None = ...,
         providers: _abc.Iterable[_workspace_service_pb2.Provider.ValueType] | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt_ids", b"prompt_ids", "providers", b"providers", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompt_ids", b"prompt_ids", "providers", b"providers", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

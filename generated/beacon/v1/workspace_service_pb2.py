@@ -24,18 +24,51 @@ _sym_db = _symbol_database.Default()
 
 from beacon.v1 import options_pb2 as beacon_dot_v1_dot_options__pb2
 from beacon.v1 import organization_service_pb2 as beacon_dot_v1_dot_organization__service__pb2
+from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!beacon/v1/workspace_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a$beacon/v1/organization_service.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\nCompetitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\"4\n\x11WorkspaceSchedule\x12\x0c\n\x04\x63ron\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\"\xcd\x03\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x17\n\x0forganization_id\x18\x02 \x01(\t\x12\x19\n\x11organization_name\x18\x03 \x01(\t\x12\x19\n\x11organization_slug\x18\x04 \x01(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0c\n\x04slug\x18\x06 \x01(\t\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x14\n\x0cicon_file_id\x18\x08 \x01(\t\x12\x10\n\x08icon_url\x18\t \x01(\t\x12\x15\n\rbrand_aliases\x18\n \x03(\t\x12*\n\x0b\x63ompetitors\x18\x0b \x03(\x0b\x32\x15.beacon.v1.Competitor\x12.\n\x11\x65nabled_providers\x18\x0c \x03(\x0e\x32\x13.beacon.v1.Provider\x12.\n\x08schedule\x18\r \x01(\x0b\x32\x1c.beacon.v1.WorkspaceSchedule\x12/\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\"\xe5\x01\n\x16\x43reateWorkspaceRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\x12\x19\n\x11organization_name\x18\x05 \x01(\t\x12\x14\n\x0cicon_file_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\rbrand_aliases\x18\x08 \x03(\t\x12*\n\x0b\x63ompetitors\x18\t \x03(\x0b\x32\x15.beacon.v1.Competitor\"\x8d\x01\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12-\n\x0corganization\x18\x02 \x01(\x0b\x32\x17.beacon.v1.Organization\x12\x1a\n\x12is_first_workspace\x18\x03 \x01(\x08\"W\n\x15ListWorkspacesRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.beacon.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x13GetWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"r\n\x16UpdateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"<\n\x16\x44\x65leteWorkspaceRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\'\n%GenerateWorkspaceIconUploadUrlRequest\"\x94\x01\n&GenerateWorkspaceIconUploadUrlResponse\x12\x12\n\nupload_url\x18\x01 \x01(\t\x12\x12\n\nstorage_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tmax_bytes\x18\x04 \x01(\x03\"2\n\x1aGetEnabledProvidersRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\"E\n\x1bGetEnabledProvidersResponse\x12&\n\tproviders\x18\x01 \x03(\x0e\x32\x13.beacon.v1.Provider\"Z\n\x1aSetEnabledProvidersRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\tproviders\x18\x02 \x03(\x0e\x32\x13.beacon.v1.Provider\"\x16\n\x14\x44\x65leteAccountRequest\"J\n\x15\x44\x65leteAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x18\x64\x65leted_organization_ids\x18\x02 \x03(\t*\xaa\x01\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x03\x12\x17\n\x13PROVIDER_PERPLEXITY\x10\x04\x12\x14\n\x10PROVIDER_MISTRAL\x10\x05\x12\x13\n\x0fPROVIDER_COHERE\x10\x06\x32\xce\x08\n\x10WorkspaceService\x12\x8d\x01\n\x0f\x43reateWorkspace\x12!.beacon.v1.CreateWorkspaceRequest\x1a\".beacon.v1.CreateWorkspaceResponse\"3\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x1c\x08\x03\x10\x90\x1c\x18\x01 \x01*\x11organization_name\x92\xb5\x18\t\x08<\x10\x90\x1c\x18\x01 \x01\x12h\n\x0eListWorkspaces\x12 .beacon.v1.ListWorkspacesRequest\x1a!.beacon.v1.ListWorkspacesResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x65\n\x0cGetWorkspace\x12\x1e.beacon.v1.GetWorkspaceRequest\x1a\x14.beacon.v1.Workspace\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xb0\t\x10<\x18\x01\x12j\n\x0fUpdateWorkspace\x12!.beacon.v1.UpdateWorkspaceRequest\x1a\x14.beacon.v1.Workspace\"\x1e\x8a\xb5\x18\x10\x08\x04\x12\x0cworkspace.id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12m\n\x0f\x44\x65leteWorkspace\x12!.beacon.v1.DeleteWorkspaceRequest\x1a\x16.google.protobuf.Empty\"\x1f\x8a\xb5\x18\x10\x08\x04\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\x1e\x10\x90\x1c\x18\x01\x12\x98\x01\n\x1eGenerateWorkspaceIconUploadUrl\x12\x30.beacon.v1.GenerateWorkspaceIconUploadUrlRequest\x1a\x31.beacon.v1.GenerateWorkspaceIconUploadUrlResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\x1e\x10\x90\x1c\x18\x01\x12\x85\x01\n\x13GetEnabledProviders\x12%.beacon.v1.GetEnabledProvidersRequest\x1a&.beacon.v1.GetEnabledProvidersResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12r\n\x13SetEnabledProviders\x12%.beacon.v1.SetEnabledProvidersRequest\x1a\x14.beacon.v1.Workspace\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08<\x10<\x18\x02\x12g\n\rDeleteAccount\x12\x1f.beacon.v1.DeleteAccountRequest\x1a .beacon.v1.DeleteAccountResponse\"\x13\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\t\x08\x05\x10\x90\x1c\x18\x01 \x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!beacon/v1/workspace_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a$beacon/v1/organization_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"*\n\nCompetitor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64omain\x18\x02 \x01(\t\"4\n\x11WorkspaceSchedule\x12\x0c\n\x04\x63ron\x18\x01 \x01(\t\x12\x11\n\ttime_zone\x18\x02 \x01(\t\"\xea\x04\n\tWorkspace\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1d\n\x0forganization_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x05\x12\x1f\n\x11organization_name\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x1f\n\x11organization_slug\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x05 \x01(\t\x12\x0c\n\x04slug\x18\x06 \x01(\t\x12\x0e\n\x06\x64omain\x18\x07 \x01(\t\x12\x14\n\x0cicon_file_id\x18\x08 \x01(\t\x12\x16\n\x08icon_url\x18\t \x01(\tB\x04\xe2\x41\x01\x03\x12\x15\n\rbrand_aliases\x18\n \x03(\t\x12*\n\x0b\x63ompetitors\x18\x0b \x03(\x0b\x32\x15.beacon.v1.Competitor\x12\x34\n\x11\x65nabled_providers\x18\x0c \x03(\x0e\x32\x13.beacon.v1.ProviderB\x04\xe2\x41\x01\x03\x12\x34\n\x08schedule\x18\r \x01(\x0b\x32\x1c.beacon.v1.WorkspaceScheduleB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0bupdate_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x0c\n\x04\x65tag\x18\x10 \x01(\t\x12\x35\n\x0b\x64\x65lete_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\npurge_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"\xeb\x01\n\x16\x43reateWorkspaceRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04slug\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\x17\n\x0forganization_id\x18\x04 \x01(\t\x12\x19\n\x11organization_name\x18\x05 \x01(\t\x12\x14\n\x0cicon_file_id\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\rbrand_aliases\x18\x08 \x03(\t\x12*\n\x0b\x63ompetitors\x18\t \x03(\x0b\x32\x15.beacon.v1.Competitor\"\x8d\x01\n\x17\x43reateWorkspaceResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12-\n\x0corganization\x18\x02 \x01(\x0b\x32\x17.beacon.v1.Organization\x12\x1a\n\x12is_first_workspace\x18\x03 \x01(\x08\"W\n\x15ListWorkspacesRequest\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"[\n\x16ListWorkspacesResponse\x12(\n\nworkspaces\x18\x01 \x03(\x0b\x32\x14.beacon.v1.Workspace\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"1\n\x13GetWorkspaceRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"x\n\x16UpdateWorkspaceRequest\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12\x35\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\x04\xe2\x41\x01\x02\"B\n\x16\x44\x65leteWorkspaceRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\"\'\n%GenerateWorkspaceIconUploadUrlRequest\"\x94\x01\n&GenerateWorkspaceIconUploadUrlResponse\x12\x12\n\nupload_url\x18\x01 \x01(\t\x12\x12\n\nstorage_id\x18\x02 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tmax_bytes\x18\x04 \x01(\x03\"8\n\x1aGetEnabledProvidersRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x1bGetEnabledProvidersResponse\x12&\n\tproviders\x18\x01 \x03(\x0e\x32\x13.beacon.v1.Provider\"`\n\x1aSetEnabledProvidersRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12&\n\tproviders\x18\x02 \x03(\x0e\x32\x13.beacon.v1.Provider\"\x16\n\x14\x44\x65leteAccountRequest\"J\n\x15\x44\x65leteAccountResponse\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12 \n\x18\x64\x65leted_organization_ids\x18\x02 \x03(\t*\xaa\x01\n\x08Provider\x12\x18\n\x14PROVIDER_UNSPECIFIED\x10\x00\x12\x13\n\x0fPROVIDER_OPENAI\x10\x01\x12\x16\n\x12PROVIDER_ANTHROPIC\x10\x02\x12\x13\n\x0fPROVIDER_GOOGLE\x10\x03\x12\x17\n\x13PROVIDER_PERPLEXITY\x10\x04\x12\x14\n\x10PROVIDER_MISTRAL\x10\x05\x12\x13\n\x0fPROVIDER_COHERE\x10\x06\x32\xce\x08\n\x10WorkspaceService\x12\x8d\x01\n\x0f\x43reateWorkspace\x12!.beacon.v1.CreateWorkspaceRequest\x1a\".beacon.v1.CreateWorkspaceResponse\"3\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x1c\x08\x03\x10\x90\x1c\x18\x01 \x01*\x11organization_name\x92\xb5\x18\t\x08<\x10\x90\x1c\x18\x01 \x01\x12h\n\x0eListWorkspaces\x12 .beacon.v1.ListWorkspacesRequest\x1a!.beacon.v1.ListWorkspacesResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12\x65\n\x0cGetWorkspace\x12\x1e.beacon.v1.GetWorkspaceRequest\x1a\x14.beacon.v1.Workspace\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xb0\t\x10<\x18\x01\x12j\n\x0fUpdateWorkspace\x12!.beacon.v1.UpdateWorkspaceRequest\x1a\x14.beacon.v1.Workspace\"\x1e\x8a\xb5\x18\x10\x08\x04\x12\x0cworkspace.id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12m\n\x0f\x44\x65leteWorkspace\x12!.beacon.v1.DeleteWorkspaceRequest\x1a\x16.google.protobuf.Empty\"\x1f\x8a\xb5\x18\x10\x08\x04\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\x1e\x10\x90\x1c\x18\x01\x12\x98\x01\n\x1eGenerateWorkspaceIconUploadUrl\x12\x30.beacon.v1.GenerateWorkspaceIconUploadUrlRequest\x1a\x31.beacon.v1.GenerateWorkspaceIconUploadUrlResponse\"\x11\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\x07\x08\x1e\x10\x90\x1c\x18\x01\x12\x85\x01\n\x13GetEnabledProviders\x12%.beacon.v1.GetEnabledProvidersRequest\x1a&.beacon.v1.GetEnabledProvidersResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12r\n\x13SetEnabledProviders\x12%.beacon.v1.SetEnabledProvidersRequest\x1a\x14.beacon.v1.Workspace\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08<\x10<\x18\x02\x12g\n\rDeleteAccount\x12\x1f.beacon.v1.DeleteAccountRequest\x1a .beacon.v1.DeleteAccountResponse\"\x13\x8a\xb5\x18\x02\x08\x02\x92\xb5\x18\t\x08\x05\x10\x90\x1c\x18\x01 \x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beacon.v1.workspace_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['organization_id']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['organization_id']._serialized_options = b'\342A\001\005'
+  _globals['_WORKSPACE'].fields_by_name['organization_name']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['organization_name']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['organization_slug']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['organization_slug']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['icon_url']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['icon_url']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['enabled_providers']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['enabled_providers']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['schedule']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['schedule']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['create_time']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['create_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['update_time']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['update_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['delete_time']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['delete_time']._serialized_options = b'\342A\001\003'
+  _globals['_WORKSPACE'].fields_by_name['purge_time']._loaded_options = None
+  _globals['_WORKSPACE'].fields_by_name['purge_time']._serialized_options = b'\342A\001\003'
+  _globals['_CREATEWORKSPACEREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATEWORKSPACEREQUEST'].fields_by_name['name']._serialized_options = b'\342A\001\002'
+  _globals['_GETWORKSPACEREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_GETWORKSPACEREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
+  _globals['_UPDATEWORKSPACEREQUEST'].fields_by_name['update_mask']._loaded_options = None
+  _globals['_UPDATEWORKSPACEREQUEST'].fields_by_name['update_mask']._serialized_options = b'\342A\001\002'
+  _globals['_DELETEWORKSPACEREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_DELETEWORKSPACEREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETENABLEDPROVIDERSREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_GETENABLEDPROVIDERSREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
+  _globals['_SETENABLEDPROVIDERSREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_SETENABLEDPROVIDERSREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_WORKSPACESERVICE'].methods_by_name['CreateWorkspace']._loaded_options = None
   _globals['_WORKSPACESERVICE'].methods_by_name['CreateWorkspace']._serialized_options = b'\212\265\030\002\010\002\222\265\030\034\010\003\020\220\034\030\001 \001*\021organization_name\222\265\030\t\010<\020\220\034\030\001 \001'
   _globals['_WORKSPACESERVICE'].methods_by_name['ListWorkspaces']._loaded_options = None
@@ -54,42 +87,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WORKSPACESERVICE'].methods_by_name['SetEnabledProviders']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\006\010<\020<\030\002'
   _globals['_WORKSPACESERVICE'].methods_by_name['DeleteAccount']._loaded_options = None
   _globals['_WORKSPACESERVICE'].methods_by_name['DeleteAccount']._serialized_options = b'\212\265\030\002\010\002\222\265\030\t\010\005\020\220\034\030\001 \001'
-  _globals['_PROVIDER']._serialized_start=2058
-  _globals['_PROVIDER']._serialized_end=2228
-  _globals['_COMPETITOR']._serialized_start=207
-  _globals['_COMPETITOR']._serialized_end=249
-  _globals['_WORKSPACESCHEDULE']._serialized_start=251
-  _globals['_WORKSPACESCHEDULE']._serialized_end=303
-  _globals['_WORKSPACE']._serialized_start=306
-  _globals['_WORKSPACE']._serialized_end=767
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=770
-  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=999
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=1002
-  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=1143
-  _globals['_LISTWORKSPACESREQUEST']._serialized_start=1145
-  _globals['_LISTWORKSPACESREQUEST']._serialized_end=1232
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=1234
-  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=1325
-  _globals['_GETWORKSPACEREQUEST']._serialized_start=1327
-  _globals['_GETWORKSPACEREQUEST']._serialized_end=1370
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=1372
-  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=1486
-  _globals['_DELETEWORKSPACEREQUEST']._serialized_start=1488
-  _globals['_DELETEWORKSPACEREQUEST']._serialized_end=1548
-  _globals['_GENERATEWORKSPACEICONUPLOADURLREQUEST']._serialized_start=1550
-  _globals['_GENERATEWORKSPACEICONUPLOADURLREQUEST']._serialized_end=1589
-  _globals['_GENERATEWORKSPACEICONUPLOADURLRESPONSE']._serialized_start=1592
-  _globals['_GENERATEWORKSPACEICONUPLOADURLRESPONSE']._serialized_end=1740
-  _globals['_GETENABLEDPROVIDERSREQUEST']._serialized_start=1742
-  _globals['_GETENABLEDPROVIDERSREQUEST']._serialized_end=1792
-  _globals['_GETENABLEDPROVIDERSRESPONSE']._serialized_start=1794
-  _globals['_GETENABLEDPROVIDERSRESPONSE']._serialized_end=1863
-  _globals['_SETENABLEDPROVIDERSREQUEST']._serialized_start=1865
-  _globals['_SETENABLEDPROVIDERSREQUEST']._serialized_end=1955
-  _globals['_DELETEACCOUNTREQUEST']._serialized_start=1957
-  _globals['_DELETEACCOUNTREQUEST']._serialized_end=1979
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=1981
-  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=2055
-  _globals['_WORKSPACESERVICE']._serialized_start=2231
-  _globals['_WORKSPACESERVICE']._serialized_end=3333
+  _globals['_PROVIDER']._serialized_start=2284
+  _globals['_PROVIDER']._serialized_end=2454
+  _globals['_COMPETITOR']._serialized_start=240
+  _globals['_COMPETITOR']._serialized_end=282
+  _globals['_WORKSPACESCHEDULE']._serialized_start=284
+  _globals['_WORKSPACESCHEDULE']._serialized_end=336
+  _globals['_WORKSPACE']._serialized_start=339
+  _globals['_WORKSPACE']._serialized_end=957
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_start=960
+  _globals['_CREATEWORKSPACEREQUEST']._serialized_end=1195
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_start=1198
+  _globals['_CREATEWORKSPACERESPONSE']._serialized_end=1339
+  _globals['_LISTWORKSPACESREQUEST']._serialized_start=1341
+  _globals['_LISTWORKSPACESREQUEST']._serialized_end=1428
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_start=1430
+  _globals['_LISTWORKSPACESRESPONSE']._serialized_end=1521
+  _globals['_GETWORKSPACEREQUEST']._serialized_start=1523
+  _globals['_GETWORKSPACEREQUEST']._serialized_end=1572
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_start=1574
+  _globals['_UPDATEWORKSPACEREQUEST']._serialized_end=1694
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_start=1696
+  _globals['_DELETEWORKSPACEREQUEST']._serialized_end=1762
+  _globals['_GENERATEWORKSPACEICONUPLOADURLREQUEST']._serialized_start=1764
+  _globals['_GENERATEWORKSPACEICONUPLOADURLREQUEST']._serialized_end=1803
+  _globals['_GENERATEWORKSPACEICONUPLOADURLRESPONSE']._serialized_start=1806
+  _globals['_GENERATEWORKSPACEICONUPLOADURLRESPONSE']._serialized_end=1954
+  _globals['_GETENABLEDPROVIDERSREQUEST']._serialized_start=1956
+  _globals['_GETENABLEDPROVIDERSREQUEST']._serialized_end=2012
+  _globals['_GETENABLEDPROVIDERSRESPONSE']._serialized_start=2014
+  _globals['_GETENABLEDPROVIDERSRESPONSE']._serialized_end=2083
+  _globals['_SETENABLEDPROVIDERSREQUEST']._serialized_start=2085
+  _globals['_SETENABLEDPROVIDERSREQUEST']._serialized_end=2181
+  _globals['_DELETEACCOUNTREQUEST']._serialized_start=2183
+  _globals['_DELETEACCOUNTREQUEST']._serialized_end=2205
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_start=2207
+  _globals['_DELETEACCOUNTRESPONSE']._serialized_end=2281
+  _globals['_WORKSPACESERVICE']._serialized_start=2457
+  _globals['_WORKSPACESERVICE']._serialized_end=3559
 # @@protoc_insertion_point(module_scope)

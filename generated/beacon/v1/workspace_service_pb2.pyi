@@ -136,14 +136,16 @@ class Workspace(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    DELETE_TIME_FIELD_NUMBER: _builtins.int
+    PURGE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, `ws_...`."""
     organization_id: _builtins.str
-    """The owning organization, `org_...`."""
+    """The owning organization, `org_...`. Immutable: chosen at creation, never changed."""
     organization_name: _builtins.str
-    """The organization's name."""
+    """The organization's name. Output only."""
     organization_slug: _builtins.str
-    """The organization's slug."""
+    """The organization's slug. Output only."""
     name: _builtins.str
     """Display name, 2–80 characters."""
     slug: _builtins.str
@@ -182,6 +184,19 @@ class Workspace(_message.Message):
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """Last update time. Output only."""
 
+    @_builtins.property
+    def delete_time(self) -> _timestamp_pb2.Timestamp:
+        """When the workspace was soft-deleted (DeleteWorkspace); unset while it is live. Output
+        only. No RPC shows a soft-deleted workspace today (it is NOT_FOUND once deleted), so
+        clients see it unset; it is filled wherever a soft-deleted workspace is shown.
+        """
+
+    @_builtins.property
+    def purge_time(self) -> _timestamp_pb2.Timestamp:
+        """When a soft-deleted workspace is purged with all its data (delete_time plus
+        BEACON_WORKSPACE_RETENTION_DAYS); unset while it is live. Output only.
+        """
+
     def __init__(
         self,
         *,
@@ -201,10 +216,12 @@ class Workspace(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
+        delete_time: _timestamp_pb2.Timestamp | None = ...,
+        purge_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "schedule", b"schedule", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delete_time", b"delete_time", "purge_time", b"purge_time", "schedule", b"schedule", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand_aliases", b"brand_aliases", "competitors", b"competitors", "create_time", b"create_time", "domain", b"domain", "enabled_providers", b"enabled_providers", "etag", b"etag", "icon_file_id", b"icon_file_id", "icon_url", b"icon_url", "id", b"id", "name", b"name", "organization_id", b"organization_id", "organization_name", b"organization_name", "organization_slug", b"organization_slug", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["brand_aliases", b"brand_aliases", "competitors", b"competitors", "create_time", b"create_time", "delete_time", b"delete_time", "domain", b"domain", "enabled_providers", b"enabled_providers", "etag", b"etag", "icon_file_id", b"icon_file_id", "icon_url", b"icon_url", "id", b"id", "name", b"name", "organization_id", b"organization_id", "organization_name", b"organization_name", "organization_slug", b"organization_slug", "purge_time", b"purge_time", "schedule", b"schedule", "slug", b"slug", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

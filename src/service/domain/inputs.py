@@ -7,12 +7,12 @@ always shortened, so a hostile 100 kB field still yields a clean INVALID_ARGUMEN
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from service.domain.errors import InvalidArgument
+from service.domain.errors import Aborted, InvalidArgument
 
 ID_PATTERN = re.compile(r"^[a-z]{2,5}_[a-z0-9]{1,40}$")
 QUOTE_MAX = 40
@@ -85,3 +85,41 @@ def refuse_nul(request: Message) -> None:
     no such value may reach a query on either."""
     for path in _nul_fields(request, ""):
         raise InvalidArgument(path, "must not contain NUL characters")
+
+
+def masked_paths(
+    paths: Sequence[str], updatable: Sequence[str], *, default: Sequence[str] = ()
+) -> list[str]:
+    """The validated paths of an update's field mask (AIP-134), shared by every Update RPC.
+
+    `*` means every updatable field; a path not in `updatable` is InvalidArgument naming
+    `update_mask`; duplicates collapse. An empty mask means `default`, and is InvalidArgument
+    when there is none.
+    """
+    if not paths:
+        if default:
+            return list(default)
+        raise InvalidArgument(
+            "update_mask", f"is required: name the fields to change ({', '.join(updatable)})"
+        )
+    result: list[str] = []
+    for path in paths:
+        if path == "*":
+            return list(updatable)
+        if path not in updatable:
+            raise InvalidArgument(
+                "update_mask", f"{quote(path)} is not updatable; updatable: {', '.join(updatable)}"
+            )
+        if path not in result:
+            result.append(path)
+    return result
+
+
+def check_etag(field_name: str, etag: str, current: str, *, resource: str) -> None:
+    """Aborted (ETAG_MISMATCH) when `etag` is set and is not `current` (AIP-154)."""
+    if etag and etag != current:
+        raise Aborted(
+            f"{field_name} {quote(etag)} is stale: the {resource} changed (current etag "
+            f"'{current}'); read it again and retry",
+            reason="ETAG_MISMATCH",
+        )

@@ -26,7 +26,12 @@ from service import clock
 from service.db.models import Workspace
 from service.domain import audit
 from service.domain.actor import Actor
-from service.domain.errors import InvalidArgument, NotFound
+from service.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
 from service.domain.membership import Member, add_workspace_member_if_absent, lock_workspace
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
@@ -73,18 +78,24 @@ def normalize_code(raw: str) -> str:
     return code
 
 
-async def get_join_info(
-    session: AsyncSession, call: Actor, workspace_id: str, *, default_ttl: timedelta
-) -> JoinInfo:
-    """The workspace's live join code, created (valid for `default_ttl`) when there is none
-    or it expired. Run it in a write transaction."""
+async def get_join_info(session: AsyncSession, workspace_id: str) -> JoinInfo:
+    """The workspace's live join code. Reading writes nothing: a workspace gets its code when
+    it is created and a new one from `rotate_join_code`. FailedPrecondition (type
+    JOIN_CODE_UNAVAILABLE) when it has no live code: it expired, or the workspace was made
+    before codes were made at creation."""
     workspace = await _live_workspace(session, workspace_id)
-    if _is_live(workspace):
-        return _info(workspace)
-    workspace = await lock_workspace(session, workspace_id)
-    if _is_live(workspace):  # another call created it while we waited for the lock
-        return _info(workspace)
-    return await _replace_code(session, call, workspace, default_ttl)
+    if not _is_live(workspace):
+        raise FailedPrecondition(
+            "the workspace has no live join code: a workspace owner makes one with RotateJoinCode",
+            [
+                PreconditionViolation(
+                    type="JOIN_CODE_UNAVAILABLE",
+                    subject=workspace_id,
+                    description="the join code expired or was never made",
+                )
+            ],
+        )
+    return _info(workspace)
 
 
 async def rotate_join_code(
@@ -142,7 +153,7 @@ def _is_live(workspace: Workspace) -> bool:
 async def _replace_code(
     session: AsyncSession, call: Actor, workspace: Workspace, ttl: timedelta
 ) -> JoinInfo:
-    code = await _unused_code(session)
+    code = await unused_code(session)
     expire_time = clock.utcnow() + ttl
     # A Core update, so that update_time (the workspace's content) is left as it is.
     await session.execute(
@@ -165,7 +176,8 @@ async def _replace_code(
     return JoinInfo(workspace_id=workspace.id, code=display_code(code), expire_time=expire_time)
 
 
-async def _unused_code(session: AsyncSession) -> str:
+async def unused_code(session: AsyncSession) -> str:
+    """A new normalized code no workspace holds."""
     while True:  # a collision is astronomically rare; the unique column is the real guard
         code = generate_code()
         taken = await session.scalar(select(Workspace.id).where(Workspace.join_code == code))

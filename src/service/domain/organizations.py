@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
@@ -16,7 +17,7 @@ from service.domain import audit
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
 from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
-from service.domain.inputs import quote, require_id
+from service.domain.inputs import check_etag, masked_paths, require_id
 from service.domain.names import derive_slug, display_name
 from service.domain.paging import Page
 from service.domain.slugs import save_with_unique_slug
@@ -109,15 +110,31 @@ async def update_organization(
     *,
     name: str,
     paths: Sequence[str],
+    etag: str = "",
 ) -> Organization:
-    """Renames the organization (only `name` is updatable; an empty mask means `name`)."""
-    for path in paths:
-        if path not in (*UPDATABLE_ORGANIZATION_FIELDS, "*"):
-            raise InvalidArgument("update_mask", f"{quote(path)} is not updatable; use 'name'")
+    """Renames the organization. The mask follows UpdateWorkspace's rule, except that an
+    empty mask means `name` (its only updatable field), as it always has; `etag`, when set,
+    must be the current one."""
+    masked_paths(paths, UPDATABLE_ORGANIZATION_FIELDS, default=UPDATABLE_ORGANIZATION_FIELDS)
     clean = display_name("organization.name", name)
-    org = await get_organization(session, organization_id)
+    org = await session.get(Organization, organization_id, with_for_update=True)
+    if org is None:
+        raise NotFound("organization", organization_id)
+    check_etag("organization.etag", etag, organization_etag(org), resource="organization")
     org.name = clean
     return await _recorded(session, call, org)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def organization_etag(org: Organization) -> str:
+    """The organization's version tag: its update time in microseconds, which every change
+    (rename, WorkOS link or unlink) moves and a no-op leaves as it is."""
+    update_time = org.update_time
+    if update_time.tzinfo is None:
+        update_time = update_time.replace(tzinfo=UTC)
+    return str((update_time - _EPOCH) // timedelta(microseconds=1))
 
 
 # Navigation -------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import audit, files
+from service.domain import audit, files, inputs, join_codes
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     effective_workspace_role,
@@ -31,9 +31,9 @@ from service.domain.access import (
     workspace_of,
 )
 from service.domain.actor import Access, Actor
-from service.domain.errors import Aborted, InvalidArgument, NotFound, PermissionDenied
+from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.hostnames import normalize_hostname
-from service.domain.inputs import quote, require_id
+from service.domain.inputs import masked_paths, require_id
 from service.domain.names import clean_text, derive_slug, display_name, validate_slug
 from service.domain.organizations import insert_organization
 from service.domain.paging import Page
@@ -43,6 +43,7 @@ from service.domain.visibility import accessible_workspaces, reachable_organizat
 MAX_BRAND_ALIASES = 20
 MAX_COMPETITORS = 50
 COMPETITOR_NAME_MAX = 80
+DEFAULT_JOIN_CODE_TTL = timedelta(days=7)  # BEACON_JOIN_CODE_TTL_HOURS' default
 UPDATABLE_FIELDS = ("name", "slug", "domain", "icon_file_id", "brand_aliases", "competitors")
 PERSONAL_SUFFIX = "'s Organization"
 PURGE_BATCH = 100
@@ -324,9 +325,14 @@ def _clean_new(request: NewWorkspace) -> _CleanWorkspace:
 
 
 async def create_workspace(
-    session: AsyncSession, call: Actor, request: NewWorkspace
+    session: AsyncSession,
+    call: Actor,
+    request: NewWorkspace,
+    *,
+    join_code_ttl: timedelta = DEFAULT_JOIN_CODE_TTL,
 ) -> CreatedWorkspace:
-    """Creates a workspace; the caller becomes its owner.
+    """Creates a workspace, with a join code valid for `join_code_ttl`; the caller becomes
+    its owner.
 
     With `organization_name` a new organization is made (caller owner); with
     `organization_id` the caller must be an owner or admin of it; with neither, the
@@ -354,6 +360,7 @@ async def create_workspace(
     if request.icon_file_id:
         await files.require_own_upload(session, user_id, "icon_file_id", request.icon_file_id)
     now = utcnow()
+    join_code = await join_codes.unused_code(session)
     workspace = Workspace(
         id=new_id("ws"),
         organization_id=org.id,
@@ -366,6 +373,9 @@ async def create_workspace(
         version=1,
         create_time=now,
         update_time=now,
+        # Made here so that GetJoinInfo only reads (a new one comes from RotateJoinCode).
+        join_code=join_code,
+        join_code_expire_time=now + join_code_ttl,
     )
     await save_with_unique_slug(
         session,
@@ -427,23 +437,8 @@ class WorkspacePatch:
 
 
 def update_paths(paths: Sequence[str]) -> list[str]:
-    """The validated field-mask paths (`*` means every updatable field)."""
-    if not paths:
-        raise InvalidArgument(
-            "update_mask", f"is required: name the fields to change ({', '.join(UPDATABLE_FIELDS)})"
-        )
-    result: list[str] = []
-    for path in paths:
-        if path == "*":
-            return list(UPDATABLE_FIELDS)
-        if path not in UPDATABLE_FIELDS:
-            raise InvalidArgument(
-                "update_mask",
-                f"{quote(path)} is not updatable; updatable: {', '.join(UPDATABLE_FIELDS)}",
-            )
-        if path not in result:
-            result.append(path)
-    return result
+    """The validated field-mask paths (`*` means every updatable field; empty is invalid)."""
+    return masked_paths(paths, UPDATABLE_FIELDS)
 
 
 def _clean_patch(patch: WorkspacePatch, paths: Sequence[str]) -> dict[str, Any]:
@@ -468,12 +463,7 @@ def _clean_patch(patch: WorkspacePatch, paths: Sequence[str]) -> dict[str, Any]:
 
 def check_etag(field_name: str, etag: str, version: int) -> None:
     """Aborted when `etag` is set and is not the current version's."""
-    if etag and etag != str(version):
-        raise Aborted(
-            f"{field_name} {quote(etag)} is stale: the workspace changed (current etag "
-            f"'{version}'); read it again and retry",
-            reason="ETAG_MISMATCH",
-        )
+    inputs.check_etag(field_name, etag, str(version), resource="workspace")
 
 
 def audit_workspace(session: AsyncSession, call: Actor, workspace: Workspace) -> None:

@@ -12,7 +12,7 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
 from service.db.database import Reader
 from service.db.models import Organization
-from service.domain import files, workspaces
+from service.domain import files, organizations, workspaces
 from service.domain.workspaces import WorkspaceView
 
 PROVIDER_TO_PROTO = {
@@ -53,6 +53,7 @@ def organization_to_proto(org: Organization) -> org_pb.Organization:
         workos_organization_id=org.workos_organization_id or "",
         create_time=timestamp(org.create_time),
         update_time=timestamp(org.update_time),
+        etag=organizations.organization_etag(org),
     )
 
 

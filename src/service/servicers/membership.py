@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import membership_service_pb2_grpc
@@ -28,6 +29,7 @@ from service.servicers.convert import (
     timestamp,
     workspace_message,
 )
+from service.servicers.once import run_once
 
 WORKSPACE_ROLE_TO_PROTO = {"owner": pb.WORKSPACE_ROLE_OWNER, "member": pb.WORKSPACE_ROLE_MEMBER}
 WORKSPACE_ROLE_FROM_PROTO = {v: k for k, v in WORKSPACE_ROLE_TO_PROTO.items()}
@@ -65,7 +67,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def AddMember(
         self, request: pb.AddMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkspaceMember:
-        async with self.app.db.transaction() as session:
+        async def add(session: AsyncSession) -> pb.WorkspaceMember:
             member = await membership.add_member(
                 session,
                 current_actor(),
@@ -75,7 +77,11 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 invitation_ttl=self._invitation_ttl,
                 now=utcnow(),
             )
-        return _workspace_member(member)
+            return _workspace_member(member)
+
+        return await run_once(
+            self.app.db, request.request_id, pb.WorkspaceMember, add, scope=request.workspace_id
+        )
 
     async def UpdateMemberRole(
         self, request: pb.UpdateMemberRoleRequest, context: grpc.aio.ServicerContext
@@ -113,10 +119,8 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def GetJoinInfo(
         self, request: pb.GetJoinInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinInfo:
-        async with self.app.db.transaction() as session:
-            info = await join_codes.get_join_info(
-                session, current_actor(), request.workspace_id, default_ttl=self._join_code_ttl
-            )
+        async with self.app.db.transaction(write=False) as session:
+            info = await join_codes.get_join_info(session, request.workspace_id)
         return _join_info(info)
 
     async def RotateJoinCode(
@@ -125,7 +129,8 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         ttl_seconds = None
         if request.HasField("ttl"):
             ttl_seconds = request.ttl.seconds + request.ttl.nanos / 1e9
-        async with self.app.db.transaction() as session:
+
+        async def rotate(session: AsyncSession) -> pb.JoinInfo:
             info = await join_codes.rotate_join_code(
                 session,
                 current_actor(),
@@ -133,7 +138,11 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 ttl_seconds=ttl_seconds,
                 default_ttl=self._join_code_ttl,
             )
-        return _join_info(info)
+            return _join_info(info)
+
+        return await run_once(
+            self.app.db, request.request_id, pb.JoinInfo, rotate, scope=request.workspace_id
+        )
 
     async def JoinWorkspaceByCode(
         self, request: pb.JoinWorkspaceByCodeRequest, context: grpc.aio.ServicerContext
@@ -164,7 +173,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def InviteOrganizationMember(
         self, request: pb.InviteOrganizationMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.OrganizationMember:
-        async with self.app.db.transaction() as session:
+        async def invite(session: AsyncSession) -> pb.OrganizationMember:
             member = await membership.invite_organization_member(
                 session,
                 current_actor(),
@@ -174,7 +183,15 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 invitation_ttl=self._invitation_ttl,
                 now=utcnow(),
             )
-        return _organization_member(member)
+            return _organization_member(member)
+
+        return await run_once(
+            self.app.db,
+            request.request_id,
+            pb.OrganizationMember,
+            invite,
+            scope=request.organization_id,
+        )
 
     async def UpdateOrganizationMemberRole(
         self, request: pb.UpdateOrganizationMemberRoleRequest, context: grpc.aio.ServicerContext

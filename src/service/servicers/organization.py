@@ -75,6 +75,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
                 call.require_access().organization_id,
                 name=request.organization.name,
                 paths=list(request.update_mask.paths),
+                etag=request.organization.etag,
             )
             return organization_to_proto(org)
 

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 import grpc
 from google.protobuf import empty_pb2
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
@@ -15,6 +16,7 @@ from service.db.models import Prompt
 from service.domain import prompts
 from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import timestamp
+from service.servicers.once import run_once
 
 
 def prompt_to_proto(row: Prompt) -> pb.Prompt:
@@ -38,14 +40,22 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def StorePrompts(
         self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StorePromptsResponse:
-        async with self.app.db.transaction() as session:
+        async def store(session: AsyncSession) -> pb.StorePromptsResponse:
             stored = await prompts.store_prompts(
                 session, request.workspace_id, request.prompts, now=utcnow()
             )
             record_workspace_change(session, request.workspace_id, [request.workspace_id])
-        return pb.StorePromptsResponse(
-            prompts=_prompt_messages(stored.prompts),
-            duplicates_dropped=stored.duplicates_dropped,
+            return pb.StorePromptsResponse(
+                prompts=_prompt_messages(stored.prompts),
+                duplicates_dropped=stored.duplicates_dropped,
+            )
+
+        return await run_once(
+            self.app.db,
+            request.request_id,
+            pb.StorePromptsResponse,
+            store,
+            scope=request.workspace_id,
         )
 
     async def ListPrompts(
@@ -68,15 +78,19 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddPromptsResponse:
-        async with self.app.db.transaction() as session:
+        async def add(session: AsyncSession) -> pb.AddPromptsResponse:
             added = await prompts.add_prompts(
                 session, request.workspace_id, request.prompts, now=utcnow()
             )
             record_workspace_change(
                 session, request.workspace_id, [row.id for row in added.prompts]
             )
-        return pb.AddPromptsResponse(
-            added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
+            return pb.AddPromptsResponse(
+                added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
+            )
+
+        return await run_once(
+            self.app.db, request.request_id, pb.AddPromptsResponse, add, scope=request.workspace_id
         )
 
     async def DeletePrompt(

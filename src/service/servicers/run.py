@@ -10,6 +10,7 @@ from typing import Any, Literal
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
@@ -22,6 +23,7 @@ from service.domain import reports, runs, workspaces
 from service.domain.errors import InvalidArgument
 from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.once import run_once
 
 RUN_STATUS_TO_PROTO = {
     "queued": pb.RUN_STATUS_QUEUED,
@@ -155,7 +157,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRunResponse:
         workspace_id = resolved_workspace_id()
-        async with self.app.db.transaction() as session:
+
+        async def start(session: AsyncSession) -> pb.StartRunResponse:
             outcome = await runs.start_run(
                 session,
                 workspace_id=workspace_id,
@@ -167,15 +170,22 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             )
             if outcome.run is not None:
                 record_workspace_change(session, workspace_id, [outcome.run.id])
-        if outcome.run is not None:
-            await self.app.dispatcher.dispatch_runs([outcome.run.id])
-        return pb.StartRunResponse(
-            status=START_STATUS_TO_PROTO[outcome.status],
-            run=run_to_proto(outcome.run) if outcome.run is not None else None,
-            providers_without_credentials=[
-                PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
-            ],
+            return pb.StartRunResponse(
+                status=START_STATUS_TO_PROTO[outcome.status],
+                run=run_to_proto(outcome.run) if outcome.run is not None else None,
+                providers_without_credentials=[
+                    PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
+                ],
+            )
+
+        started = await run_once(
+            self.app.db, request.request_id, pb.StartRunResponse, start, scope=workspace_id
         )
+        if started.HasField("run"):
+            # Sends only a run not yet enqueued: a replay re-sends nothing, unless the first
+            # call's send failed, in which case the retry sends it.
+            await self.app.dispatcher.dispatch_runs([started.run.id])
+        return started
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         async with self.app.db.transaction(write=False) as session:

@@ -6,6 +6,8 @@ Each handler reads the request, calls one domain function (`service.domain.works
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 from google.protobuf.empty_pb2 import Empty
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -52,7 +54,12 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         )
 
         async def create(session: AsyncSession) -> pb.CreateWorkspaceResponse:
-            created = await workspaces.create_workspace(session, call, new)
+            created = await workspaces.create_workspace(
+                session,
+                call,
+                new,
+                join_code_ttl=timedelta(hours=self.app.settings.join_code_ttl_hours),
+            )
             return pb.CreateWorkspaceResponse(
                 workspace=await workspace_message(session, self.app.settings, created.workspace_id),
                 organization=organization_to_proto(created.organization),
