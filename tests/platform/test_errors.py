@@ -4,10 +4,13 @@ unary calls and inside server streams."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
+import struct
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -140,11 +143,66 @@ def unreachable_database(tmp: str) -> Failure:
     return fail
 
 
+def _error_response(sqlstate: str, message: str) -> bytes:
+    fields = b"".join(
+        kind + value.encode() + b"\0"
+        for kind, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message))
+    )
+    body = fields + b"\0"
+    return b"E" + struct.pack("!I", len(body) + 4) + body
+
+
+@contextlib.asynccontextmanager
+async def shutting_down_postgres() -> AsyncIterator[int]:
+    """A PostgreSQL look-alike on a free port that refuses every connection the way a server
+    in a fast shutdown does: FATAL 57P03 "the database system is shutting down"."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                (length,) = struct.unpack("!I", await reader.readexactly(4))
+                (code,) = struct.unpack("!I", (await reader.readexactly(length - 4))[:4])
+                if code == 80877103:  # SSLRequest: no TLS here
+                    writer.write(b"N")
+                    continue
+                writer.write(_error_response("57P03", "the database system is shutting down"))
+                await writer.drain()
+                return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def shutting_down_database() -> Failure:
+    """A real driver error (asyncpg CannotConnectNowError, which SQLAlchemy wraps as a plain
+    DBAPIError) from a database in the middle of a shutdown."""
+
+    async def fail() -> None:
+        async with shutting_down_postgres() as port:
+            db = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/beacon")
+            try:
+                async with db.transaction(write=False) as session:
+                    await session.execute(text("SELECT 1"))
+            finally:
+                await db.dispose()
+
+    return fail
+
+
 @pytest.fixture(autouse=True)
 def failures(probe_state: ProbeState, app: App, tmp_path: Any) -> None:
     probe_state.failures.update({name: raising(case.make) for name, case in CASES.items()})
     probe_state.failures["integrity"] = duplicate_row(app)
     probe_state.failures["operational"] = unreachable_database(str(tmp_path))
+    probe_state.failures["shutting_down"] = shutting_down_database()
 
 
 async def create_failing(probes: SimpleNamespace, user: Any, name: str, request_id: str) -> Any:
@@ -270,6 +328,18 @@ async def test_unreachable_database_is_unavailable(
         "DATABASE_UNAVAILABLE",
         create_failing(probes, await new_user(), "operational", "r5"),
     )
+
+
+async def test_a_database_shutting_down_is_unavailable(
+    probes: SimpleNamespace, new_user: NewUser
+) -> None:
+    """Connecting while PostgreSQL shuts down (57P03) is a retryable outage, not INTERNAL."""
+    got = await expect_refusal(
+        Code.UNAVAILABLE,
+        "DATABASE_UNAVAILABLE",
+        create_failing(probes, await new_user(), "shutting_down", "r5b"),
+    )
+    assert got.details["RetryInfo"].retry_delay.seconds >= 1
 
 
 async def test_not_implemented_names_the_method(

@@ -116,6 +116,14 @@ def to_status(
     return status, trailers
 
 
+def _outage_sqlstate(exc: DBAPIError) -> bool:
+    """A PostgreSQL error of class 08 (connection exception) or 57P (the server is shutting
+    down, crashed, or cannot accept connections yet): an outage to retry, not a bug. The
+    asyncpg dialect wraps such errors in a plain DBAPIError."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(("08", "57P"))
+
+
 def translate(exc: BaseException) -> e.DomainError | None:
     """The domain error an infrastructure exception means, if any."""
     if isinstance(exc, e.DomainError):
@@ -130,7 +138,7 @@ def translate(exc: BaseException) -> e.DomainError | None:
     # Connection errors here come from the database driver (the rate limiter and the
     # broker handle their own); other OSErrors (files, ...) are bugs and stay INTERNAL.
     if isinstance(exc, OperationalError | ConnectionError | TimeoutError) or (
-        isinstance(exc, DBAPIError) and exc.connection_invalidated
+        isinstance(exc, DBAPIError) and (exc.connection_invalidated or _outage_sqlstate(exc))
     ):
         return e.Unavailable("the database is unavailable; retry", reason="DATABASE_UNAVAILABLE")
     return None
