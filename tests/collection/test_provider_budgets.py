@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import time
 import uuid
@@ -78,6 +79,11 @@ async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncI
         for number, address in enumerate(addresses):
             env = {**beacon_env(settings), "BEACON_WORKER_METRICS_ADDR": address}
             started.append(await Beacon.start("worker", env, logs / f"worker-{number}.log"))
+        for address in addresses:
+            # Every worker is up before any run starts, so that each can take a share.
+            await eventually(
+                functools.partial(_healthy, address), what=f"worker on {address}", within=60
+            )
         yield addresses
     finally:
         try:
@@ -86,6 +92,14 @@ async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncI
         finally:
             reset_brokers()
             await delete_namespace(settings.rate_limit_key_prefix)
+
+
+async def _healthy(address: str) -> bool:
+    try:
+        async with httpx.AsyncClient() as client:
+            return (await client.get(f"http://{address}/healthz", timeout=2.0)).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 async def probes_finished(address: str) -> float:

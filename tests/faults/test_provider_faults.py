@@ -60,9 +60,10 @@ async def test_hanging_and_malformed_providers_fail_their_probes_and_every_run_e
         assert failed == {(hung, "anthropic"), (malformed, "openai")}
         for prompt, provider, status, attempts, error in rows:
             if (prompt, provider) == (hung, "anthropic"):
-                assert (attempts, f"within {TIMEOUT:g}s" in error) == (ATTEMPTS, True), error
+                # Tenants see the category only; the provider's text goes to the worker log.
+                assert (attempts, error) == (ATTEMPTS, "timeout")
             elif (prompt, provider) == (malformed, "openai"):
-                assert error and attempts >= 1
+                assert error == "malformed provider response (200)" and attempts >= 1, error
             else:
                 assert status == "succeeded"
         assert took < 30
