@@ -57,5 +57,6 @@ def test_every_status_has_its_wire_value() -> None:
     assert set(RESPONSE_STATUS_TO_PROTO) == set(ProbeStatus)
     for status, value in RUN_STATUS_TO_PROTO.items():
         assert run_pb.RunStatus.Name(value) == f"RUN_STATUS_{status.upper()}"
-    for status, value in RESPONSE_STATUS_TO_PROTO.items():
-        assert run_pb.ResponseStatus.Name(value) == f"RESPONSE_STATUS_{status.upper()}"
+    for probe_status, response_status in RESPONSE_STATUS_TO_PROTO.items():
+        name = run_pb.ResponseStatus.Name(response_status)
+        assert name == f"RESPONSE_STATUS_{probe_status.upper()}"
