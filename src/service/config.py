@@ -10,7 +10,9 @@ from pathlib import Path
 from pydantic import NonNegativeInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROVIDERS = ("openai", "anthropic", "google", "perplexity", "mistral", "cohere")
+from service import providers
+
+PROVIDERS = providers.NAMES
 # The HS256 secret only `beacon dev` may use (and `beacon token` mints with when none is set):
 # it is public, so `serve`, `worker` and `ticker` refuse to start on it.
 DEV_AUTH_SECRET = "beacon-dev-secret-change-me-in-production"
@@ -84,26 +86,27 @@ class Settings(BaseSettings):
     # in a broker restart, say); 0 never does. Keep it well above a probe's longest attempt.
     run_stall_seconds: float = 600.0
 
-    # Providers: key, base URL and model each; a provider without a key cannot run.
+    # Providers: key, base URL and model each (defaults: the registry, service.providers); a
+    # provider without a key cannot run.
     openai_api_key: str = ""
-    openai_base_url: str = "https://api.openai.com/v1"
-    openai_model: str = "gpt-5"
+    openai_base_url: str = providers.OPENAI.base_url
+    openai_model: str = providers.OPENAI.model
     openai_api: str = "responses"
     anthropic_api_key: str = ""
-    anthropic_base_url: str = "https://api.anthropic.com/v1"
-    anthropic_model: str = "claude-haiku-4-5"
+    anthropic_base_url: str = providers.ANTHROPIC.base_url
+    anthropic_model: str = providers.ANTHROPIC.model
     google_api_key: str = ""
-    google_base_url: str = "https://generativelanguage.googleapis.com/v1beta"
-    google_model: str = "gemini-2.5-flash"
+    google_base_url: str = providers.GOOGLE.base_url
+    google_model: str = providers.GOOGLE.model
     perplexity_api_key: str = ""
-    perplexity_base_url: str = "https://api.perplexity.ai"
-    perplexity_model: str = "sonar-pro"
+    perplexity_base_url: str = providers.PERPLEXITY.base_url
+    perplexity_model: str = providers.PERPLEXITY.model
     mistral_api_key: str = ""
-    mistral_base_url: str = "https://api.mistral.ai/v1"
-    mistral_model: str = "mistral-medium-latest"
+    mistral_base_url: str = providers.MISTRAL.base_url
+    mistral_model: str = providers.MISTRAL.model
     cohere_api_key: str = ""
-    cohere_base_url: str = "https://api.cohere.com/v2"
-    cohere_model: str = "command-a-03-2025"
+    cohere_base_url: str = providers.COHERE.base_url
+    cohere_model: str = providers.COHERE.model
     provider_timeout_seconds: float = 60.0
     # Budgets per provider API key, shared by every worker (workers.budgets): requests and
     # tokens per minute; 0 or empty is unlimited.

@@ -58,7 +58,6 @@ PROVIDER_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 PROBES_IN_FLIGHT = Gauge("beacon_probes_in_flight", "Provider calls in progress.")
-RUNS_ENDED = Counter("beacon_runs_ended_total", "Runs that ended, by final status.", ["status"])
 
 
 def serve_metrics(

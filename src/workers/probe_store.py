@@ -18,9 +18,10 @@ from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
 from service.domain import rollups
+from service.domain.run_status import ProbeStatus
 from workers.analysis import BrandSpec, CompetitorSpec
 from workers.batching import Batcher
-from workers.runs import PENDING, PROBE_SUCCEEDED, finish_runs
+from workers.runs import finish_runs
 from workers.statements import id_in, table_of
 
 # How stale a run's "canceled" flag may be when a probe is about to be asked.
@@ -187,7 +188,7 @@ class ProbeStore:
                         result.values,
                     )
                     for result in saved
-                    if result.status == PROBE_SUCCEEDED
+                    if result.status == ProbeStatus.SUCCEEDED
                 ),
             )
         return [None] * len(results)
@@ -228,7 +229,7 @@ def _pending_query() -> Select[Any]:
     ends (PostgreSQL; SQLite's write transactions are serial anyway)."""
     return (
         select(PROBES.c.id, PROBES.c.workspace_id, PROBES.c.provider)
-        .where(PROBES.c.status == PENDING)
+        .where(PROBES.c.status == ProbeStatus.PENDING)
         .order_by(PROBES.c.id)
         .with_for_update()
     )
@@ -239,7 +240,7 @@ def _save_statement() -> Update:
     """Writes one result (executed with a list of them) while the probe is still pending."""
     return (
         update(PROBES)
-        .where(PROBES.c.id == bindparam("b_id"), PROBES.c.status == PENDING)
+        .where(PROBES.c.id == bindparam("b_id"), PROBES.c.status == ProbeStatus.PENDING)
         .values(
             status=bindparam("b_status"),
             attempts=bindparam("b_attempts"),

@@ -31,6 +31,7 @@ from sqlalchemy import update
 from service import tracing
 from service.config import Settings
 from service.db.models import Probe
+from service.domain.run_status import CANCELED_REASON, ProbeStatus
 from workers import metrics
 from workers.analysis import analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
@@ -38,15 +39,7 @@ from workers.messages import probe_message
 from workers.probe_store import ProbeResult, ProbeTask
 from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain
-from workers.runs import (
-    CANCELED_REASON,
-    PENDING,
-    PROBE_FAILED,
-    PROBE_SUCCEEDED,
-    SKIPPED,
-    finish_runs,
-    skip_remaining_probes,
-)
+from workers.runs import cancel_run, finish_runs
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -96,14 +89,13 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
     if task is None:
         log.info("probe %s no longer exists", probe_id)
         return None
-    if task.status != PENDING:
+    if task.status != ProbeStatus.PENDING:
         if not task.run_ended:
             # A crash between storing the result and ending the run: finish the job.
             await finish_runs(context.db, [task.run_id])
         return None
     if task.abandoned:
-        await skip_remaining_probes(context.db, task.run_id)
-        await finish_runs(context.db, [task.run_id])
+        await cancel_run(context.db, task.run_id)
         return None
     result = await _ask(context, task, attempt)
     if isinstance(result, Deferred):
@@ -153,7 +145,7 @@ async def _ask_in_slot(
         # The wait for a slot may have been long: do not ask for a run canceled meanwhile.
         if await context.store.abandoned(task.run_id):
             return ProbeResult(
-                task.id, task.run_id, SKIPPED, attempt - 1, {"error": CANCELED_REASON}
+                task.id, task.run_id, ProbeStatus.SKIPPED, attempt - 1, {"error": CANCELED_REASON}
             )
         metrics.PROBES_IN_FLIGHT.inc()
         started = time.perf_counter()
@@ -219,7 +211,7 @@ def _describe(exc: ProviderError) -> str:
 
 
 def _failed(task: ProbeTask, attempt: int, message: str) -> ProbeResult:
-    return ProbeResult(task.id, task.run_id, PROBE_FAILED, attempt, {"error": message})
+    return ProbeResult(task.id, task.run_id, ProbeStatus.FAILED, attempt, {"error": message})
 
 
 def _succeeded(task: ProbeTask, attempt: int, answer: Answer) -> ProbeResult:
@@ -245,7 +237,7 @@ def _succeeded(task: ProbeTask, attempt: int, answer: Answer) -> ProbeResult:
         "citation_count": analysis.citation_count,
         "latency_ms": answer.latency_ms,
     }
-    return ProbeResult(task.id, task.run_id, PROBE_SUCCEEDED, attempt, values)
+    return ProbeResult(task.id, task.run_id, ProbeStatus.SUCCEEDED, attempt, values)
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:
@@ -265,7 +257,7 @@ async def _retry_later(
         # Shown on the pending response until it ends: how often it was tried, and why not yet.
         await session.execute(
             update(Probe)
-            .where(Probe.id == task.id, Probe.status == PENDING)
+            .where(Probe.id == task.id, Probe.status == ProbeStatus.PENDING)
             .values(attempts=attempt, error=exc.summary)
         )
     message = probe_message([task.id], attempt + 1)

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Protocol
 
 import dramatiq
 from sqlalchemy import exists, func, select, update
@@ -26,6 +26,7 @@ from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
+from service.domain.run_status import ProbeStatus, RunStatus, cancel, end_run
 from workers import metrics
 from workers.broker import send_messages
 from workers.budgets import ProviderBudgets
@@ -48,22 +49,6 @@ class RunContext(Protocol):
 
 
 log = logging.getLogger(__name__)
-
-# Run statuses (runs.status).
-QUEUED: Final = "queued"
-RUNNING: Final = "running"
-SUCCEEDED: Final = "succeeded"
-PARTIAL: Final = "partial"
-FAILED: Final = "failed"
-CANCELED: Final = "canceled"
-
-# Probe statuses (probes.status); the last three are terminal.
-PENDING: Final = "pending"
-PROBE_SUCCEEDED: Final = "succeeded"
-PROBE_FAILED: Final = "failed"
-SKIPPED: Final = "skipped"
-
-CANCELED_REASON = "the run was canceled"
 
 ROWS_PER_INSERT = 1000
 IDS_PER_QUERY = 500
@@ -103,22 +88,22 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
         if run.end_time is not None:
             return Expansion(0, 0)
         if run.cancel_requested or deleted is not None:
-            if run.status == QUEUED:
-                await _end_run(session, run_id, CANCELED, now)
+            if run.status == RunStatus.QUEUED:
+                await cancel(session, run_id, now)
                 return Expansion(0, 0)
-        elif run.status == QUEUED:
+        elif run.status == RunStatus.QUEUED:
             prompts = await _prompts_of(session, run)
             providers = _providers_of(run, enabled, context.settings.configured_providers())
             reason = _empty_reason(prompts, providers, bool(run.providers))
             if reason:
-                await _end_run(session, run_id, FAILED, now, reason)
+                await end_run(session, run_id, RunStatus.FAILED, now, reason)
                 return Expansion(0, 0)
             created = await _insert_probes(db, session, run, prompts, providers, now)
             await session.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == QUEUED)
+                .where(Run.id == run_id, Run.status == RunStatus.QUEUED)
                 .values(
-                    status=RUNNING,
+                    status=RunStatus.RUNNING,
                     start_time=now,
                     providers=providers,
                     prompt_count=len(prompts),
@@ -128,7 +113,7 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
         rows = (
             await session.execute(
                 select(Probe.id, Probe.attempts, Probe.provider)
-                .where(Probe.run_id == run_id, Probe.status == PENDING)
+                .where(Probe.run_id == run_id, Probe.status == ProbeStatus.PENDING)
                 .order_by(Probe.prompt_id, Probe.provider)
             )
         ).all()
@@ -195,7 +180,7 @@ async def _insert_probes(
             "prompt_id": prompt_id,
             "prompt_text": text,
             "provider": provider,
-            "status": PENDING,
+            "status": ProbeStatus.PENDING,
             "create_time": now,
         }
         for prompt_id, text in prompts
@@ -208,32 +193,18 @@ async def _insert_probes(
     return len(rows)
 
 
-async def _end_run(
-    session: AsyncSession, run_id: str, status: str, now: datetime, reason: str = ""
-) -> bool:
-    result = await session.execute(
-        update(Run)
-        .where(Run.id == run_id, Run.end_time.is_(None))
-        .values(status=status, end_time=now, failure_reason=reason)
-    )
-    ended = bool(getattr(result, "rowcount", 0))
-    if ended:
-        metrics.RUNS_ENDED.labels(status).inc()
-    return ended
-
-
-def final_status(counts: Counter[str]) -> str | None:
+def final_status(counts: Counter[str]) -> RunStatus | None:
     """The status a run ends with given its probes' statuses; None while one is pending.
 
     Skipped probes mean the run was canceled before every probe finished.
     """
-    if not counts or counts[PENDING]:
+    if not counts or counts[ProbeStatus.PENDING]:
         return None
-    if counts[SKIPPED]:
-        return CANCELED
-    if not counts[PROBE_FAILED]:
-        return SUCCEEDED
-    return PARTIAL if counts[PROBE_SUCCEEDED] else FAILED
+    if counts[ProbeStatus.SKIPPED]:
+        return RunStatus.CANCELED
+    if not counts[ProbeStatus.FAILED]:
+        return RunStatus.SUCCEEDED
+    return RunStatus.PARTIAL if counts[ProbeStatus.SUCCEEDED] else RunStatus.FAILED
 
 
 async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
@@ -245,7 +216,7 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
     open_ids = sorted(set(run_ids))
     ended: list[str] = []
     runs, probes = table_of(Run), table_of(Probe)
-    pending = exists().where(probes.c.run_id == runs.c.id, probes.c.status == PENDING)
+    pending = exists().where(probes.c.run_id == runs.c.id, probes.c.status == ProbeStatus.PENDING)
     for start in range(0, len(open_ids), IDS_PER_QUERY):
         chunk = open_ids[start : start + IDS_PER_QUERY]
         # Most checks find a pending probe: a cheap read settles them.
@@ -268,17 +239,15 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
             now = utcnow()
             for run_id in done:
                 status = final_status(counts[run_id])
-                if status is not None and await _end_run(session, run_id, status, now):
+                if status is not None and await end_run(session, run_id, status, now):
                     ended.append(run_id)
     return ended
 
 
-async def skip_remaining_probes(db: Database, run_id: str) -> int:
-    """Marks the run's pending probes skipped (the run was canceled); returns how many."""
+async def cancel_run(db: Database, run_id: str) -> None:
+    """Skips the pending probes of a run canceled (or whose workspace was deleted) and ends
+    it, as CancelRun does (`service.domain.run_status.cancel`)."""
     async with db.transaction() as session:
-        result = await session.execute(
-            update(Probe)
-            .where(Probe.run_id == run_id, Probe.status == PENDING)
-            .values(status=SKIPPED, complete_time=utcnow(), error=CANCELED_REASON)
-        )
-    return int(getattr(result, "rowcount", 0))
+        await cancel(session, run_id, utcnow())
+    # Its probes may all have ended before (a crash between the last one and the run's end).
+    await finish_runs(db, [run_id])

@@ -37,12 +37,12 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.db.types import UTCDateTime
+from service.domain.run_status import RunStatus
 from service.domain.schedules import next_fire_time
 from workers import metrics
 from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.runs import QUEUED
 from workers.statements import (
     commit_without_waiting_for_disk,
     id_in,
@@ -201,7 +201,7 @@ async def _insert_runs(
 
 SCHEDULED_RUN: dict[str, object] = {
     "trigger": SCHEDULE_TRIGGER,
-    "status": QUEUED,
+    "status": RunStatus.QUEUED,
     "prompt_ids": [],
     "providers": [],
     "prompt_count": 0,

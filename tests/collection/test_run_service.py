@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from beacon.v1 import membership_service_pb2 as member_pb
@@ -265,6 +266,34 @@ async def test_cancel_skips_pending_probes(
     async with app.db.transaction(write=False) as session:
         statuses = sorted(await session.scalars(select(Probe.status).where(Probe.run_id == run_id)))
     assert statuses == ["skipped", "skipped", "succeeded"]
+
+
+async def test_cancel_completes_the_skipped_probes_and_counts_the_run_ended(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    # CancelRun and the workers end a run one way (service.domain.run_status.cancel): skipped
+    # probes get their complete time and reason, and the ended run is counted.
+    run_id = await insert_run(app, workspace_id, prompt_count=2)
+    await insert_probe(app, run_id, "p1", "openai", status="succeeded")
+    await insert_probe(app, run_id, "p2", "openai", status="pending")
+    ended = REGISTRY.get_sample_value("beacon_runs_ended_total", {"status": "canceled"}) or 0.0
+    canceled = await collection.runs.CancelRun(
+        pb.CancelRunRequest(run_id=run_id), metadata=owner.metadata
+    )
+    assert canceled.status == pb.RUN_STATUS_CANCELED
+    assert REGISTRY.get_sample_value("beacon_runs_ended_total", {"status": "canceled"}) == (
+        ended + 1
+    )
+    async with app.db.transaction(write=False) as session:
+        run = await session.get(Run, run_id)
+        skipped = (
+            await session.scalars(
+                select(Probe).where(Probe.run_id == run_id, Probe.status == "skipped")
+            )
+        ).one()
+    assert run is not None and run.end_time is not None
+    assert skipped.complete_time == run.end_time
+    assert skipped.error == "the run was canceled"
 
 
 async def test_cancel_leaves_a_finishing_run_to_its_worker(

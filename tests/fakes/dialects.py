@@ -579,7 +579,8 @@ DIALECTS: Mapping[str, Dialect] = {
     )
 }
 
-# Where each provider's API lives below its prefix, matching DEFAULT_BASE_URLS' layout.
+# Where each provider's API lives below its prefix, matching the registry's default base URLs
+# (service.providers).
 API_ROOTS: Mapping[str, str] = {
     "openai": "/v1",
     "anthropic": "/v1",

@@ -36,6 +36,7 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
+from service.providers import default_config
 from tests.fakes.dialects import (
     API_ROOTS,
     DIALECTS,
@@ -211,7 +212,7 @@ class FakeProviderServer:
         api: str = "",
     ) -> ProviderConfig:
         """A provider config pointing at this server, with its API key unless one is given."""
-        return ProviderConfig.default(
+        return default_config(
             provider,
             self.api_key if api_key is None else api_key,
             base_url=self.base_url(provider),

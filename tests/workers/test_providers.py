@@ -14,17 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
+from service.providers import BY_NAME, NAMES, build_adapter, default_config
 from tests.fakes.dialects import DIALECTS, served_model
 from tests.fakes.provider_server import FakeProviderServer, Fault
-from workers.providers import (
-    DEFAULT_MODELS,
-    PROVIDER_NAMES,
-    Answer,
-    Citation,
-    ProviderConfig,
-    ProviderError,
-    build_adapter,
-)
+from workers.providers import Answer, Citation, ProviderConfig, ProviderError
 from workers.providers.base import error_message, retry_after_from_headers
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +29,7 @@ SCRIPTED_CITATIONS = [
     ("https://www.acme.com/crm?utm_source=newsletter&utm_medium=mail", "Acme CRM again"),
 ]
 # Every provider variant the adapters support: (provider, api).
-VARIANTS = [(name, "") for name in PROVIDER_NAMES] + [("openai", "chat")]
+VARIANTS = [(name, "") for name in NAMES] + [("openai", "chat")]
 VARIANT_IDS = [f"{name}-{api}" if api else name for name, api in VARIANTS]
 
 
@@ -92,7 +85,7 @@ async def test_answer_has_text_model_and_deduplicated_citations(
 
     assert answer.text == TEXT
     # Cohere's v2 response does not name the model, so the configured one stands.
-    expected_model = DEFAULT_MODELS[name]
+    expected_model = BY_NAME[name].model
     assert answer.model == (expected_model if name == "cohere" else served_model(expected_model))
     assert [citation.domain for citation in answer.citations] == ["acme.com", "blog.hubspot.com"]
     if name == "google":  # grounding URLs are Google redirects; the title names the site
@@ -111,7 +104,7 @@ async def test_answer_has_text_model_and_deduplicated_citations(
     assert fake.requests(name, PROMPT) == 1
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_unscripted_prompt_is_echoed_with_its_hosts_cited(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -137,7 +130,7 @@ async def test_anthropic_paused_turn_is_resumed(
 # Errors
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_rate_limit_is_retryable_with_the_wait_the_provider_asked_for(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -167,7 +160,7 @@ async def test_spent_quota_is_permanent(
     assert (error.status, error.retryable, error.retry_after) == (429, False, None)
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("kind", ["server_error", "overloaded"])
 async def test_server_errors_are_retryable(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str, kind: Any
@@ -191,7 +184,7 @@ AUTH_MESSAGES = {
 }
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_wrong_key_is_permanent_with_the_providers_message(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -212,7 +205,7 @@ MISSING = {
 }
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_malformed_success_is_permanent_and_names_what_is_missing(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -226,7 +219,7 @@ async def test_malformed_success_is_permanent_and_names_what_is_missing(
     assert (not_json.retryable, not_json.message) == (False, "malformed response: body is not JSON")
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_timeout_is_retryable(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -242,7 +235,7 @@ async def test_refused_connection_is_retryable(http_client: httpx.AsyncClient) -
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = ProviderConfig.default("openai", "key", base_url=f"http://127.0.0.1:{port}/v1")
+    config = default_config("openai", "key", base_url=f"http://127.0.0.1:{port}/v1")
 
     with pytest.raises(ProviderError) as caught:
         await build_adapter(config, http_client).ask(PROMPT)
@@ -270,14 +263,14 @@ def test_unknown_provider_or_api_is_refused(http_client: httpx.AsyncClient) -> N
     with pytest.raises(ValueError, match="unknown provider"):
         build_adapter(ProviderConfig("bard", "key", "https://x", "m"), http_client)
     with pytest.raises(ValueError, match="openai api"):
-        build_adapter(ProviderConfig.default("openai", "key", api="assistants"), http_client)
+        build_adapter(default_config("openai", "key", api="assistants"), http_client)
 
 
 # Response shapes the fake server does not produce, through a mock transport
 
 
 async def ask_mocked(name: str, response: httpx.Response, api: str = "") -> Answer:
-    config = ProviderConfig.default(name, "key", api=api)
+    config = default_config(name, "key", api=api)
     transport = httpx.MockTransport(lambda request: response)
     async with httpx.AsyncClient(transport=transport) as client:
         return await build_adapter(config, client).ask(PROMPT)
@@ -440,7 +433,7 @@ def test_retry_after_headers(headers: dict[str, str], seconds: float | None) -> 
 # The fake server itself
 
 
-@pytest.mark.parametrize("name", PROVIDER_NAMES)
+@pytest.mark.parametrize("name", NAMES)
 async def test_fake_rejects_malformed_requests_in_the_providers_shape(
     fake: FakeProviderServer, http_client: httpx.AsyncClient, name: str
 ) -> None:
@@ -537,7 +530,7 @@ async def test_fake_server_runs_as_a_subprocess(http_client: httpx.AsyncClient) 
         assert process.stdout is not None
         async with asyncio.timeout(30):
             base = (await process.stdout.readline()).decode().strip()
-        config = ProviderConfig.default("mistral", "fake-key", base_url=f"{base}/mistral/v1")
+        config = default_config("mistral", "fake-key", base_url=f"{base}/mistral/v1")
 
         answer = await build_adapter(config, http_client).ask("hello from afar")
 

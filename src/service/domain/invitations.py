@@ -35,8 +35,9 @@ from service.domain.access import WORKSPACE_ROLE_RANK
 from service.domain.actor import Actor
 from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
 from service.domain.inputs import require_id
-from service.domain.membership import Member, active_member, lock_organization, lock_workspace
+from service.domain.membership import Member, active_member, lock_organization
 from service.domain.paging import parse_page
+from service.domain.workspace_locks import lock_live_workspace
 
 INVITATION_ID_FIELD = "invitation_id"
 
@@ -164,7 +165,7 @@ async def accept_invitation(
         raise NotFound("user", user_id)
     if isinstance(found, WorkspaceInvitation):
         try:
-            workspace = await lock_workspace(session, found.workspace_id)
+            workspace = await lock_live_workspace(session, found.workspace_id)
         except NotFound:
             raise NotFound("invitation", invitation_id) from None
         role = await _take(session, WorkspaceInvitation, email, invitation_id, now)

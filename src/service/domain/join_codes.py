@@ -32,7 +32,8 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
-from service.domain.membership import Member, add_workspace_member_if_absent, lock_workspace
+from service.domain.membership import Member, add_workspace_member_if_absent
+from service.domain.workspace_locks import live_workspace_for_update, lock_live_workspace
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_LENGTH = 12
@@ -115,7 +116,7 @@ async def rotate_join_code(
         if not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
             raise InvalidArgument("ttl", "must be between 1 hour and 90 days")
         ttl = timedelta(seconds=ttl_seconds)
-    workspace = await lock_workspace(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     return await _replace_code(session, call, workspace, ttl)
 
 
@@ -125,12 +126,7 @@ async def join_by_code(session: AsyncSession, call: Actor, raw_code: str) -> Mem
     NOT_FOUND with the same message."""
     code = normalize_code(raw_code)
     user_id = call.require_user_id()
-    workspace = await session.scalar(
-        select(Workspace)
-        .where(Workspace.join_code == code, Workspace.delete_time.is_(None))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
+    workspace = await session.scalar(live_workspace_for_update(Workspace.join_code == code))
     if workspace is None or not _is_live(workspace):
         raise NotFound("join code")
     return await add_workspace_member_if_absent(session, call, workspace, user_id)

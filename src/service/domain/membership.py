@@ -70,6 +70,7 @@ from service.domain.errors import (
 )
 from service.domain.inputs import ID_PATTERN, normalize_email
 from service.domain.paging import Page, parse_page
+from service.domain.workspace_locks import lock_live_workspace
 
 WORKSPACE_ROLES = ("owner", "member")
 ORGANIZATION_ROLES = ("owner", "admin", "member", "billing_admin")
@@ -134,7 +135,7 @@ async def add_member(
     access = call.require_access()
     if role == "owner" and access.workspace_role != "owner":
         raise PermissionDenied("only workspace owners may add owners")
-    workspace = await lock_workspace(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     row = (
         await session.execute(
             select(WorkspaceMember, User)
@@ -164,7 +165,7 @@ async def update_member_role(
     Fails with LAST_OWNER when the demotion would leave no owner among the members.
     """
     role = _workspace_role(role, required=True)
-    workspace = await lock_workspace(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     member, user = await _workspace_member(session, workspace_id, user_id)
     if role != member.role:
         await _keep_workspace_owner(session, workspace, user_id, new_role=role)
@@ -185,7 +186,7 @@ async def remove_member(
         if not email.strip():
             raise InvalidArgument("user_id", "is required (or email, to cancel an invitation)")
         email = normalize_email(email)
-    workspace = await lock_workspace(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     if not user_id:
         await _cancel_workspace_invitation(session, call, workspace, email)
         return
@@ -202,7 +203,7 @@ async def leave_workspace(session: AsyncSession, call: Actor, workspace_id: str)
     (there is nothing to leave; an organization admin removes organization members).
     """
     user_id = call.require_user_id()
-    workspace = await lock_workspace(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     member = await session.get(WorkspaceMember, (workspace_id, user_id))
     if member is None:
         raise FailedPrecondition(
@@ -225,7 +226,7 @@ async def add_workspace_member_if_absent(
 ) -> Member:
     """The user's explicit membership, created with role member when there is none.
 
-    The caller must hold the workspace's row lock (see `lock_workspace`).
+    The caller must hold the workspace's row lock (see `lock_live_workspace`).
     """
     member = await session.get(WorkspaceMember, (workspace.id, user_id))
     if member is None:
@@ -239,19 +240,6 @@ async def add_workspace_member_if_absent(
     if user is None:
         raise NotFound("user", user_id)
     return active_member(workspace.id, member.role, member.create_time, user)
-
-
-async def lock_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
-    """The live workspace, its row locked until the transaction ends; NotFound otherwise."""
-    workspace = await session.scalar(
-        select(Workspace)
-        .where(Workspace.id == workspace_id, Workspace.delete_time.is_(None))
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    )
-    if workspace is None:
-        raise NotFound("workspace", workspace_id)
-    return workspace
 
 
 async def _invite_to_workspace(

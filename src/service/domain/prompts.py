@@ -19,7 +19,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
-from service.db.models import Prompt, Workspace
+from service.db.models import Prompt
 from service.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -28,6 +28,7 @@ from service.domain.errors import (
     PreconditionViolation,
 )
 from service.domain.paging import parse_page
+from service.domain.workspace_locks import lock_live_workspace
 
 MAX_PROMPTS = 500
 MAX_PROMPT_LENGTH = 2000
@@ -103,14 +104,6 @@ def _problem(text: str) -> str:
     return ""
 
 
-async def _lock_workspace(session: AsyncSession, workspace_id: str) -> None:
-    found = await session.scalar(
-        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()
-    )
-    if found is None:
-        raise NotFound("workspace", workspace_id)
-
-
 async def _existing(session: AsyncSession, workspace_id: str) -> dict[str, Prompt]:
     rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
     return {row.text_hash: row for row in rows}
@@ -140,7 +133,7 @@ async def store_prompts(
     (their past responses stay).
     """
     normalized = normalize_prompts(texts)
-    await _lock_workspace(session, workspace_id)
+    await lock_live_workspace(session, workspace_id)
     existing = await _existing(session, workspace_id)
     wanted = {text_hash(text): text for text in normalized.texts}
     stale = [row.id for key, row in existing.items() if key not in wanted]
@@ -165,7 +158,7 @@ async def add_prompts(
     Raises FailedPrecondition when the workspace would hold more than 500 prompts.
     """
     normalized = normalize_prompts(texts)
-    await _lock_workspace(session, workspace_id)
+    await lock_live_workspace(session, workspace_id)
     existing = await _existing(session, workspace_id)
     fresh = [text for text in normalized.texts if text_hash(text) not in existing]
     total = len(existing) + len(fresh)
@@ -187,7 +180,7 @@ async def add_prompts(
 
 async def delete_prompt(session: AsyncSession, workspace_id: str, prompt_id: str) -> None:
     """Deletes one prompt of the workspace; NotFound when there is none by that id."""
-    await _lock_workspace(session, workspace_id)
+    await lock_live_workspace(session, workspace_id)
     result = await session.execute(
         delete(Prompt).where(Prompt.id == prompt_id, Prompt.workspace_id == workspace_id)
     )

@@ -22,6 +22,7 @@ from service.config import PROVIDERS
 from service.db.models import Probe, Workspace
 from service.domain import rollups
 from service.domain.errors import InvalidArgument
+from service.domain.run_status import ProbeStatus
 
 Granularity = Literal["day", "week"]
 MAX_RANGE = timedelta(days=366)
@@ -207,7 +208,7 @@ async def _scan(
     period = _period_start(dialect, Probe.complete_time, granularity).label("period")
     answered = and_(
         Probe.workspace_id == workspace_id,
-        Probe.status == "succeeded",
+        Probe.status == ProbeStatus.SUCCEEDED,
         Probe.complete_time >= start,
         Probe.complete_time < end,
     )

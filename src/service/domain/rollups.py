@@ -25,8 +25,8 @@ from sqlalchemy.types import NullType
 
 from service.db.database import Reader
 from service.db.models import CompetitorRollup, Probe, VisibilityRollup
+from service.domain.run_status import ProbeStatus
 
-SUCCEEDED = "succeeded"
 SUMS = ("responses", "brand_mentions", "rank_sum", "ranked", "brand_citations", "citations")
 
 
@@ -251,7 +251,7 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
         probes = await reader.execute(
             select(PROBES).where(
                 PROBES.c.workspace_id == workspace_id,
-                PROBES.c.status == SUCCEEDED,
+                PROBES.c.status == ProbeStatus.SUCCEEDED,
                 PROBES.c.complete_time >= start,
                 PROBES.c.complete_time < start + timedelta(days=1),
             )

@@ -4,8 +4,7 @@ A run is written with status "queued" and `enqueue_time` NULL; whoever wrote it 
 broker after committing (`workers.dispatch.dispatch_pending_runs`), and the ticker re-sends any
 left behind. A worker expands the run into probes, one per (prompt, provider), and ends it.
 
-Statuses: runs queued|running|succeeded|partial|failed|canceled; probes
-pending|succeeded|failed|skipped; triggers manual|schedule|schedule_set.
+Statuses: `service.domain.run_status`; triggers manual|schedule|schedule_set.
 """
 
 from __future__ import annotations
@@ -16,9 +15,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Literal
 
-from sqlalchemy import CursorResult, case, func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
@@ -33,11 +32,11 @@ from service.domain.errors import (
 )
 from service.domain.paging import parse_page
 from service.domain.prompts import MAX_PROMPTS, count_prompts
+from service.domain.run_status import FINISHED_PROBE_STATUSES, ProbeStatus, RunStatus, cancel
 
 Trigger = Literal["manual", "schedule", "schedule_set"]
 StartStatus = Literal["queued", "empty", "no_providers"]
 PROVIDER_NAMES = ", ".join(p.upper() for p in PROVIDERS)
-FINISHED_PROBE_STATUSES = ("succeeded", "failed")
 WATCH_POLL_SECONDS = 0.3
 ID_PATTERN = re.compile(r"[a-z]+_[a-z0-9]+")
 MAX_ID_LENGTH = 40
@@ -147,7 +146,7 @@ async def create_run(
         id=new_id("run"),
         workspace_id=workspace_id,
         trigger=trigger,
-        status="queued",
+        status=RunStatus.QUEUED,
         scheduled_time=scheduled_time,
         prompt_ids=list(prompt_ids),
         providers=list(providers),
@@ -251,8 +250,10 @@ async def _progress(
             Probe.run_id,
             Probe.provider,
             func.count(),
-            func.sum(case((Probe.status == "succeeded", 1), else_=0)),
-            func.sum(case((Probe.status.in_(("failed", "skipped")), 1), else_=0)),
+            func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
+            func.sum(
+                case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)
+            ),
         )
         .where(Probe.run_id.in_(run_ids))
         .group_by(Probe.run_id, Probe.provider)
@@ -287,7 +288,7 @@ async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
                 enabled[workspace_id] = await _enabled_providers(session, workspace_id)
             providers = enabled[workspace_id]
         count = run.prompt_count or len(run.prompt_ids)
-        if not count and run.status == "queued":
+        if not count and run.status == RunStatus.QUEUED:
             if workspace_id not in prompt_counts:
                 prompt_counts[workspace_id] = await count_prompts(session, workspace_id)
             count = prompt_counts[workspace_id]
@@ -359,19 +360,7 @@ async def cancel_run(
             [PreconditionViolation("RUN_ENDED", run_id, f"the run ended with status {run.status}")],
         )
     await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
-    skipped = await session.execute(
-        update(Probe)
-        .where(Probe.run_id == run_id, Probe.status == "pending")
-        .values(status="skipped")
-    )
-    probes = await session.scalar(select(func.count()).where(Probe.run_id == run_id))
-    if cast(CursorResult[Any], skipped).rowcount or not probes:
-        # Whoever ends the run first wins; it ends exactly once.
-        await session.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.end_time.is_(None))
-            .values(status="canceled", end_time=now)
-        )
+    await cancel(session, run_id, now)
     return await _view(session, await _load_run(session, workspace_id, run_id))
 
 

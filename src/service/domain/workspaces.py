@@ -39,6 +39,7 @@ from service.domain.organizations import insert_organization
 from service.domain.paging import Page
 from service.domain.slugs import save_with_unique_slug
 from service.domain.visibility import accessible_workspaces, reachable_organizations
+from service.domain.workspace_locks import lock_live_workspace
 
 MAX_BRAND_ALIASES = 20
 MAX_COMPETITORS = 50
@@ -477,17 +478,6 @@ def audit_workspace(session: AsyncSession, call: Actor, workspace: Workspace) ->
     )
 
 
-async def _lock_live(session: AsyncSession, workspace_id: str) -> Workspace:
-    workspace = await session.scalar(
-        select(Workspace)
-        .where(Workspace.id == workspace_id, Workspace.delete_time.is_(None))
-        .with_for_update()
-    )
-    if workspace is None:
-        raise NotFound("workspace", workspace_id)
-    return workspace
-
-
 async def update_workspace(
     session: AsyncSession,
     call: Actor,
@@ -498,7 +488,7 @@ async def update_workspace(
 ) -> None:
     """Applies the masked fields of `patch`; the version (etag) moves when anything changed."""
     values = _clean_patch(patch, update_paths(paths))
-    workspace = await _lock_live(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     check_etag("workspace.etag", etag, workspace.version)
     icon = values.get("icon_file_id")
     if icon and icon != workspace.icon_file_id:
@@ -530,7 +520,7 @@ async def delete_workspace(
 ) -> None:
     """Soft-deletes the workspace: it vanishes at once, its schedule stops, its slug and
     join code are freed; `purge_deleted_workspaces` removes it after the retention period."""
-    workspace = await _lock_live(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     check_etag("etag", etag, workspace.version)
     workspace.delete_time = utcnow()
     workspace.version += 1
@@ -585,7 +575,7 @@ async def set_enabled_providers(
 ) -> None:
     """Sets the providers runs ask (at least one)."""
     clean = clean_providers("providers", providers)
-    workspace = await _lock_live(session, workspace_id)
+    workspace = await lock_live_workspace(session, workspace_id)
     if workspace.enabled_providers != clean:
         workspace.enabled_providers = clean
         workspace.version += 1

@@ -9,21 +9,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from service import providers
 from service.config import Settings
 from service.db.database import Reader
 from service.db.models import Organization
 from service.domain import files, organizations, workspaces
 from service.domain.workspaces import WorkspaceView
 
-PROVIDER_TO_PROTO = {
-    "openai": ws_pb.PROVIDER_OPENAI,
-    "anthropic": ws_pb.PROVIDER_ANTHROPIC,
-    "google": ws_pb.PROVIDER_GOOGLE,
-    "perplexity": ws_pb.PROVIDER_PERPLEXITY,
-    "mistral": ws_pb.PROVIDER_MISTRAL,
-    "cohere": ws_pb.PROVIDER_COHERE,
-}
-PROVIDER_FROM_PROTO = {v: k for k, v in PROVIDER_TO_PROTO.items()}
+PROVIDER_TO_PROTO = providers.TO_PROTO
+PROVIDER_FROM_PROTO = providers.FROM_PROTO
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

@@ -21,17 +21,18 @@ from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import reports, runs, workspaces
 from service.domain.errors import InvalidArgument
+from service.domain.run_status import ProbeStatus, RunStatus
 from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
 from service.servicers.once import run_once
 
-RUN_STATUS_TO_PROTO = {
-    "queued": pb.RUN_STATUS_QUEUED,
-    "running": pb.RUN_STATUS_RUNNING,
-    "succeeded": pb.RUN_STATUS_SUCCEEDED,
-    "partial": pb.RUN_STATUS_PARTIAL,
-    "failed": pb.RUN_STATUS_FAILED,
-    "canceled": pb.RUN_STATUS_CANCELED,
+RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
+    RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
+    RunStatus.RUNNING: pb.RUN_STATUS_RUNNING,
+    RunStatus.SUCCEEDED: pb.RUN_STATUS_SUCCEEDED,
+    RunStatus.PARTIAL: pb.RUN_STATUS_PARTIAL,
+    RunStatus.FAILED: pb.RUN_STATUS_FAILED,
+    RunStatus.CANCELED: pb.RUN_STATUS_CANCELED,
 }
 TRIGGER_TO_PROTO = {
     "manual": pb.RUN_TRIGGER_MANUAL,
@@ -43,11 +44,11 @@ START_STATUS_TO_PROTO = {
     "empty": pb.START_RUN_STATUS_EMPTY,
     "no_providers": pb.START_RUN_STATUS_NO_PROVIDERS,
 }
-RESPONSE_STATUS_TO_PROTO = {
-    "pending": pb.RESPONSE_STATUS_PENDING,
-    "succeeded": pb.RESPONSE_STATUS_SUCCEEDED,
-    "failed": pb.RESPONSE_STATUS_FAILED,
-    "skipped": pb.RESPONSE_STATUS_SKIPPED,
+RESPONSE_STATUS_TO_PROTO: dict[str, pb.ResponseStatus.ValueType] = {
+    ProbeStatus.PENDING: pb.RESPONSE_STATUS_PENDING,
+    ProbeStatus.SUCCEEDED: pb.RESPONSE_STATUS_SUCCEEDED,
+    ProbeStatus.FAILED: pb.RESPONSE_STATUS_FAILED,
+    ProbeStatus.SKIPPED: pb.RESPONSE_STATUS_SKIPPED,
 }
 GRANULARITY_FROM_PROTO = {pb.GRANULARITY_DAY: "day", pb.GRANULARITY_WEEK: "week"}
 

@@ -18,33 +18,14 @@ import httpx
 
 from workers.providers.urls import normalize_domain, strip_tracking
 
-PROVIDER_NAMES: Final = ("openai", "anthropic", "google", "perplexity", "mistral", "cohere")
-
-DEFAULT_BASE_URLS: Final[Mapping[str, str]] = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com/v1",
-    "google": "https://generativelanguage.googleapis.com/v1beta",
-    "perplexity": "https://api.perplexity.ai",
-    "mistral": "https://api.mistral.ai/v1",
-    "cohere": "https://api.cohere.com/v2",
-}
-
-DEFAULT_MODELS: Final[Mapping[str, str]] = {
-    "openai": "gpt-5-mini",
-    "anthropic": "claude-haiku-4-5",
-    "google": "gemini-2.5-flash",
-    "perplexity": "sonar",
-    "mistral": "mistral-medium-latest",
-    "cohere": "command-a-03-2025",
-}
-
 # Statuses worth retrying, as the official SDKs do (408/409/429 and every 5xx, including 529).
 RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
-    """How to reach one provider: credentials, endpoint, model and API variant."""
+    """How to reach one provider: credentials, endpoint, model and API variant (the
+    defaults of each provider are in the registry, `service.providers`)."""
 
     name: str
     api_key: str
@@ -52,29 +33,6 @@ class ProviderConfig:
     model: str
     timeout: float = 60.0
     api: str = ""
-
-    @classmethod
-    def default(
-        cls,
-        name: str,
-        api_key: str,
-        *,
-        base_url: str | None = None,
-        model: str | None = None,
-        timeout: float = 60.0,
-        api: str = "",
-    ) -> ProviderConfig:
-        """A config using `DEFAULT_BASE_URLS` and `DEFAULT_MODELS` for what is not given."""
-        if name not in PROVIDER_NAMES:
-            raise ValueError(f"unknown provider {name!r}; expected one of {PROVIDER_NAMES}")
-        return cls(
-            name=name,
-            api_key=api_key,
-            base_url=base_url or DEFAULT_BASE_URLS[name],
-            model=model or DEFAULT_MODELS[name],
-            timeout=timeout,
-            api=api,
-        )
 
 
 @dataclass(frozen=True, slots=True)
