@@ -129,16 +129,21 @@ def duplicate_row(app: App) -> Failure:
     return fail
 
 
+async def select_one(url: str) -> None:
+    """`SELECT 1` on a fresh connection to `url`, raising whatever the driver raises."""
+    db = Database(url)
+    try:
+        async with db.transaction(write=False) as session:
+            await session.execute(text("SELECT 1"))
+    finally:
+        await db.dispose()
+
+
 def unreachable_database(tmp: str) -> Failure:
     """A real OperationalError: SQLite in a directory that does not exist."""
 
     async def fail() -> None:
-        db = Database(f"sqlite+aiosqlite:///{tmp}/missing-dir/beacon.db")
-        try:
-            async with db.transaction(write=False) as session:
-                await session.execute(text("SELECT 1"))
-        finally:
-            await db.dispose()
+        await select_one(f"sqlite+aiosqlite:///{tmp}/missing-dir/beacon.db")
 
     return fail
 
@@ -187,12 +192,7 @@ def shutting_down_database() -> Failure:
 
     async def fail() -> None:
         async with shutting_down_postgres() as port:
-            db = Database(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/beacon")
-            try:
-                async with db.transaction(write=False) as session:
-                    await session.execute(text("SELECT 1"))
-            finally:
-                await db.dispose()
+            await select_one(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/beacon")
 
     return fail
 

@@ -10,7 +10,7 @@ not exist cost the same queries and look the same (NOT_FOUND).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import BindParameter, ColumnElement, Select, and_, bindparam, null, select
 
@@ -116,6 +116,8 @@ async def belongs_to_any(session: Reader, user_id: str, organization_ids: frozen
     return found is not None
 
 
+_Query = TypeVar("_Query", bound="Select[*tuple[Any, ...]]")
+
 # The id an access statement looks up, bound at execution.
 RESOURCE_ID: BindParameter[str] = bindparam("resource_id")
 
@@ -150,23 +152,29 @@ def _organization_role_statement(resource_id: str) -> Select[str, str | None, st
             .where(Organization.id == RESOURCE_ID)
             .outerjoin(OrganizationMember, member)
         )
-    return (
-        select(Workspace.organization_id, OrganizationMember.role, WorkspaceMember.role)
-        .where(Workspace.id == workspace_of(resource_id), Workspace.delete_time.is_(None))
-        .outerjoin(
-            OrganizationMember,
-            and_(
-                OrganizationMember.organization_id == Workspace.organization_id,
-                OrganizationMember.user_id == bindparam("user_id"),
-            ),
+    return with_caller_roles(
+        select(Workspace.organization_id, OrganizationMember.role, WorkspaceMember.role).where(
+            Workspace.id == workspace_of(resource_id), Workspace.delete_time.is_(None)
         )
-        .outerjoin(
-            WorkspaceMember,
-            and_(
-                WorkspaceMember.workspace_id == Workspace.id,
-                WorkspaceMember.user_id == bindparam("user_id"),
-            ),
-        )
+    )
+
+
+def with_caller_roles(query: _Query) -> _Query:
+    """`query` over Workspace, outer-joined to the caller's (`user_id`, bound at execution)
+    membership of the workspace's organization and of the workspace itself, so that it can
+    select `OrganizationMember.role` and `WorkspaceMember.role`."""
+    return query.outerjoin(
+        OrganizationMember,
+        and_(
+            OrganizationMember.organization_id == Workspace.organization_id,
+            OrganizationMember.user_id == bindparam("user_id"),
+        ),
+    ).outerjoin(
+        WorkspaceMember,
+        and_(
+            WorkspaceMember.workspace_id == Workspace.id,
+            WorkspaceMember.user_id == bindparam("user_id"),
+        ),
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, delete, exists, select
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id, utcnow
@@ -28,6 +28,7 @@ from service.domain.access import (
     effective_workspace_role,
     not_found,
     organization_access,
+    with_caller_roles,
     workspace_of,
 )
 from service.domain.actor import Access, Actor
@@ -186,24 +187,9 @@ async def load_views(session: Reader, workspace_ids: Sequence[str]) -> list[Work
 
 
 def _authorized_view(resource_id: str) -> Select[Any]:
-    return (
+    return with_caller_roles(
         _VIEWS.add_columns(OrganizationMember.role, WorkspaceMember.role)
-        .outerjoin(
-            OrganizationMember,
-            and_(
-                OrganizationMember.organization_id == Workspace.organization_id,
-                OrganizationMember.user_id == bindparam("user_id"),
-            ),
-        )
-        .outerjoin(
-            WorkspaceMember,
-            and_(
-                WorkspaceMember.workspace_id == Workspace.id,
-                WorkspaceMember.user_id == bindparam("user_id"),
-            ),
-        )
-        .where(Workspace.id == workspace_of(resource_id))
-    )
+    ).where(Workspace.id == workspace_of(resource_id))
 
 
 # Built once per kind of id: constructing the statement costs more than running it.
