@@ -77,7 +77,13 @@ async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncI
     started: list[Beacon] = []
     try:
         for number, address in enumerate(addresses):
-            env = {**beacon_env(settings), "BEACON_WORKER_METRICS_ADDR": address}
+            env = {
+                **beacon_env(settings),
+                "BEACON_WORKER_METRICS_ADDR": address,
+                # Dramatiq's own knob: each worker holds at most two messages it has not
+                # started, so the first worker up cannot take every message of a small run.
+                "dramatiq_queue_prefetch": "2",
+            }
             started.append(await Beacon.start("worker", env, logs / f"worker-{number}.log"))
         for address in addresses:
             # Every worker is up before any run starts, so that each can take a share.
