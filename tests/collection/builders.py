@@ -26,6 +26,7 @@ from service.db.models import (
     WorkspaceMember,
 )
 from service.domain import rollups
+from service.domain.actor import Actor
 from service.domain.prompts import text_hash
 from tests.support import unique
 
@@ -36,6 +37,17 @@ class Tenant:
 
     organization_id: str
     workspace_id: str
+
+
+def actor_of(user_id: str, action: str = "beacon.v1.PromptService/StorePrompts") -> Actor:
+    """The user as the caller of a domain command (`action` is the RPC it serves)."""
+    return Actor(
+        actor_id=user_id,
+        user_id=user_id,
+        service_key_id=None,
+        request_id=unique("req-"),
+        action=action,
+    )
 
 
 async def make_workspace(

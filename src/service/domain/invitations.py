@@ -183,6 +183,7 @@ async def accept_invitation(
             organization_id=workspace.organization_id,
             workspace_id=workspace.id,
             target_ids=[workspace.id, invitation_id],
+            now=now,
         )
         await session.flush()
         return Accepted(
@@ -197,7 +198,9 @@ async def accept_invitation(
             organization_id=organization_id, user_id=user_id, role=role, create_time=now
         )
         session.add(org_member)
-    audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
+    audit.record(
+        session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
+    )
     await session.flush()
     return Accepted(
         organization_member=active_member(
@@ -227,10 +230,13 @@ async def decline_invitation(
             organization_id=organization_id,
             workspace_id=found.workspace_id,
             target_ids=[found.workspace_id, invitation_id],
+            now=now,
         )
         return
     await _take(session, OrganizationInvitation, email, invitation_id, now)
-    audit.record(session, call, organization_id=found.organization_id, target_ids=[invitation_id])
+    audit.record(
+        session, call, organization_id=found.organization_id, target_ids=[invitation_id], now=now
+    )
 
 
 async def _find(

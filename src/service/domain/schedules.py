@@ -22,9 +22,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import utcnow
+from service.db.database import send_runs_after_commit
 from service.db.models import Run, Schedule, Workspace
-from service.domain import runs
+from service.domain import audit, runs, workspaces
+from service.domain.actor import Actor
 from service.domain.errors import InvalidArgument
+from service.domain.workspaces import WorkspaceView
 
 DEFAULT_TIME_ZONE = "UTC"
 MAX_CRON_LENGTH = 120
@@ -325,10 +328,57 @@ class ImmediateRun:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleChange:
+    """What SetSchedule did: the schedule now, its immediate run and the workspace after it."""
+
+    schedule: ScheduleState
+    immediate_run: ImmediateRun
+    workspace: WorkspaceView
+
+
 async def set_schedule(
     session: AsyncSession,
-    *,
+    call: Actor,
     workspace_id: str,
+    *,
+    cron: str,
+    time_zone: str,
+    min_interval_minutes: int,
+    configured_providers: Collection[str],
+    charge_run: Callable[[], Awaitable[None]],
+    now: datetime,
+) -> ScheduleChange:
+    """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once,
+    sent to the workers once the transaction commits.
+
+    Setting the cron and time zone the workspace already has changes nothing and starts no
+    run (not_requested). Before a run is started `charge_run` is awaited: it charges the
+    workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
+    call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
+    """
+    state, immediate = await _set_schedule(
+        session,
+        workspace_id,
+        cron=cron,
+        time_zone=time_zone,
+        min_interval_minutes=min_interval_minutes,
+        configured_providers=configured_providers,
+        charge_run=charge_run,
+        now=now,
+    )
+    await audit.record_workspace_change(
+        session, call, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
+    )
+    if immediate.run_id:
+        send_runs_after_commit(session, [immediate.run_id])
+    return ScheduleChange(state, immediate, await workspaces.load_view(session, workspace_id))
+
+
+async def _set_schedule(
+    session: AsyncSession,
+    workspace_id: str,
+    *,
     cron: str,
     time_zone: str,
     min_interval_minutes: int,
@@ -336,13 +386,6 @@ async def set_schedule(
     charge_run: Callable[[], Awaitable[None]],
     now: datetime,
 ) -> tuple[ScheduleState, ImmediateRun]:
-    """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once.
-
-    Setting the cron and time zone the workspace already has changes nothing and starts no
-    run (not_requested). Before a run is started `charge_run` is awaited: it charges the
-    workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
-    call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
-    """
     schedule = (
         parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
     )
@@ -354,7 +397,7 @@ async def set_schedule(
     state = await save_schedule(session, workspace_id, schedule, now=now)
     if schedule is None:
         return state, ImmediateRun("not_requested")
-    outcome = await runs.start_run(
+    outcome = await runs.queue_run(
         session,
         workspace_id=workspace_id,
         trigger="schedule_set",
