@@ -1,0 +1,241 @@
+"""The collection commands as the domain convention has them: `(session, actor, args, now)`,
+each recording its own audit event, keeping request ids, and having the runs it wrote sent
+once its transaction has committed (against the real database, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from service.app import App
+from service.clock import utcnow
+from service.db.models import AuditEvent, Prompt, Run
+from service.domain import prompts, runs
+from service.domain.actor import Actor
+from tests.collection.builders import Tenant, actor_of, make_workspace
+from tests.conftest import NewUser
+from tests.support import unique
+
+START_RUN = "beacon.v1.RunService/StartRun"
+CONFIGURED = ("openai",)
+
+
+async def audit_events(app: App, actor: Actor) -> list[AuditEvent]:
+    """The events recorded for calls made as `actor` (its server request id)."""
+    async with app.db.transaction(write=False) as session:
+        rows = await session.scalars(
+            select(AuditEvent).where(AuditEvent.request_id == actor.request_id)
+        )
+        return list(rows)
+
+
+async def run_count(app: App, workspace_id: str) -> int:
+    async with app.db.transaction(write=False) as session:
+        count = await session.scalar(
+            select(func.count()).select_from(Run).where(Run.workspace_id == workspace_id)
+        )
+    return int(count or 0)
+
+
+async def with_prompts(app: App, user_id: str, texts: Sequence[str] = ("a", "b")) -> Tenant:
+    tenant = await make_workspace(app, user_id)
+    async with app.db.transaction() as session:
+        await prompts.store_prompts(
+            session, actor_of(user_id), tenant.workspace_id, texts, now=utcnow()
+        )
+    return tenant
+
+
+class Sent:
+    """A run sender that records what it was given and whether those runs were committed."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.batches: list[list[str]] = []
+        self.committed: list[bool] = []
+
+    async def __call__(self, run_ids: Sequence[str]) -> int:
+        self.batches.append(list(run_ids))
+        # Another transaction sees the runs only once the writer has committed.
+        async with self.app.db.transaction(write=False) as session:
+            found = await session.scalar(
+                select(func.count()).select_from(Run).where(Run.id.in_(list(run_ids)))
+            )
+        self.committed.append(found == len(run_ids))
+        return len(run_ids)
+
+
+@pytest.fixture
+async def sent(app: App) -> AsyncIterator[Sent]:
+    """The shared database's run sender replaced by a recording one for the test."""
+    recorder = Sent(app)
+    previous, app.db.run_sender = app.db.run_sender, recorder
+    try:
+        yield recorder
+    finally:
+        app.db.run_sender = previous
+
+
+async def test_a_retried_request_id_returns_the_first_result_and_changes_nothing(
+    app: App, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    actor = actor_of(user.user_id)
+    request_id = unique("req-")
+    now = utcnow()
+    async with app.db.transaction() as session:
+        first = await prompts.store_prompts(
+            session, actor, tenant.workspace_id, ["a", "b"], request_id=request_id, now=now
+        )
+    async with app.db.transaction() as session:
+        again = await prompts.store_prompts(
+            session,
+            actor,
+            tenant.workspace_id,
+            ["something else"],
+            request_id=request_id,
+            now=now + timedelta(seconds=5),
+        )
+    assert again == first, "a retry must return the first result"
+    async with app.db.transaction(write=False) as session:
+        texts = set(
+            await session.scalars(
+                select(Prompt.text).where(Prompt.workspace_id == tenant.workspace_id)
+            )
+        )
+    assert texts == {"a", "b"}, "a retry must change nothing"
+    events = await audit_events(app, actor)
+    assert len(events) == 1, "the change was made (and audited) once"
+    assert events[0].create_time == now
+    assert events[0].organization_id == tenant.organization_id
+
+
+async def test_a_request_id_belongs_to_its_actor_and_workspace(app: App, new_user: NewUser) -> None:
+    owner, other = await new_user(), await new_user()
+    tenant = await with_prompts(app, owner.user_id)
+    second = await with_prompts(app, owner.user_id)
+    request_id = unique("req-")
+
+    async def start(actor: Actor, workspace_id: str) -> runs.StartOutcome:
+        async with app.db.transaction() as session:
+            return await runs.start_run(
+                session,
+                actor,
+                workspace_id,
+                configured=CONFIGURED,
+                request_id=request_id,
+                now=utcnow(),
+            )
+
+    first = await start(actor_of(owner.user_id, START_RUN), tenant.workspace_id)
+    # The same id from another user, or for another workspace, is a request of its own.
+    theirs = await start(actor_of(other.user_id, START_RUN), tenant.workspace_id)
+    elsewhere = await start(actor_of(owner.user_id, START_RUN), second.workspace_id)
+    run_ids = {o.run.id for o in (first, theirs, elsewhere) if o.run is not None}
+    assert len(run_ids) == 3
+    assert await run_count(app, tenant.workspace_id) == 2
+    assert await run_count(app, second.workspace_id) == 1
+
+
+async def test_racing_calls_with_one_request_id_start_one_run(
+    app: App, new_user: NewUser, sent: Sent
+) -> None:
+    user = await new_user()
+    tenant = await with_prompts(app, user.user_id)
+    actor = actor_of(user.user_id, START_RUN)
+    request_id = unique("req-")
+
+    async def start() -> runs.StartOutcome:
+        async with app.db.transaction() as session:
+            outcome = await runs.start_run(
+                session,
+                actor,
+                tenant.workspace_id,
+                configured=CONFIGURED,
+                request_id=request_id,
+                now=utcnow(),
+            )
+            # Hold the transaction open so that the calls overlap.
+            await asyncio.sleep(0.2)
+            return outcome
+
+    outcomes = await asyncio.gather(*(start() for _ in range(3)))
+    assert await run_count(app, tenant.workspace_id) == 1, "racing retries started one run"
+    assert outcomes[0].run is not None
+    assert all(o == outcomes[0] for o in outcomes), "every call answers the first result"
+    assert len(await audit_events(app, actor)) == 1
+
+
+async def test_started_runs_are_sent_after_commit_and_again_on_a_retry(
+    app: App, new_user: NewUser, sent: Sent
+) -> None:
+    user = await new_user()
+    tenant = await with_prompts(app, user.user_id)
+    actor = actor_of(user.user_id, START_RUN)
+    request_id = unique("req-")
+    for attempt in range(2):
+        async with app.db.transaction() as session:
+            outcome = await runs.start_run(
+                session,
+                actor,
+                tenant.workspace_id,
+                configured=CONFIGURED,
+                request_id=request_id,
+                now=utcnow(),
+            )
+            assert len(sent.batches) == attempt, "nothing is sent before the commit"
+    assert outcome.run is not None
+    # The retry asks again (the dispatcher sends only a run not yet enqueued, so a first
+    # send that failed is made good by the retry).
+    assert sent.batches == [[outcome.run.id], [outcome.run.id]]
+    assert sent.committed == [True, True], "runs are sent only once they are committed"
+
+
+async def test_a_rolled_back_command_sends_nothing(app: App, new_user: NewUser, sent: Sent) -> None:
+    user = await new_user()
+    tenant = await with_prompts(app, user.user_id)
+    with pytest.raises(RuntimeError):
+        async with app.db.transaction() as session:
+            await runs.start_run(
+                session,
+                actor_of(user.user_id, START_RUN),
+                tenant.workspace_id,
+                configured=CONFIGURED,
+                now=utcnow(),
+            )
+            raise RuntimeError("the call fails after the command")
+    assert sent.batches == []
+    assert await run_count(app, tenant.workspace_id) == 0
+
+
+async def test_cancel_records_its_event_at_now(app: App, new_user: NewUser) -> None:
+    user = await new_user()
+    tenant = await with_prompts(app, user.user_id)
+    async with app.db.transaction() as session:
+        outcome = await runs.start_run(
+            session,
+            actor_of(user.user_id, START_RUN),
+            tenant.workspace_id,
+            configured=CONFIGURED,
+            now=utcnow(),
+        )
+    assert outcome.run is not None
+    canceler = actor_of(user.user_id, "beacon.v1.RunService/CancelRun")
+    now = utcnow() + timedelta(minutes=1)
+    async with app.db.transaction() as session:
+        view = await runs.cancel_run(
+            session, canceler, tenant.workspace_id, outcome.run.id, now=now
+        )
+    assert view.status == "canceled" and view.end_time == now
+    [event] = await audit_events(app, canceler)
+    assert (event.action, event.target_ids, event.create_time) == (
+        "beacon.v1.RunService/CancelRun",
+        [outcome.run.id],
+        now,
+    )
+    assert event.workspace_id == tenant.workspace_id
