@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from service.app import App
 from service.clock import utcnow
 from service.db.models import AuditEvent, Prompt, Run
-from service.domain import prompts, runs
+from service.domain import prompts, runs, schedules
 from service.domain.actor import Actor
 from tests.collection.builders import Tenant, actor_of, make_workspace
 from tests.conftest import NewUser
@@ -239,3 +239,38 @@ async def test_cancel_records_its_event_at_now(app: App, new_user: NewUser) -> N
         now,
     )
     assert event.workspace_id == tenant.workspace_id
+
+
+async def test_set_schedule_audits_once_and_sends_its_immediate_run(
+    app: App, new_user: NewUser, sent: Sent
+) -> None:
+    user = await new_user()
+    tenant = await with_prompts(app, user.user_id)
+    actor = actor_of(user.user_id, "beacon.v1.ScheduleService/SetSchedule")
+    charged: list[str] = []
+
+    async def charge() -> None:
+        charged.append(tenant.workspace_id)
+
+    now = utcnow()
+    async with app.db.transaction() as session:
+        change = await schedules.set_schedule(
+            session,
+            actor,
+            tenant.workspace_id,
+            cron="0 6 * * *",
+            time_zone="Europe/Paris",
+            min_interval_minutes=15,
+            configured_providers=CONFIGURED,
+            charge_run=charge,
+            now=now,
+        )
+        assert sent.batches == [], "nothing is sent before the commit"
+    run_id = change.immediate_run.run_id
+    assert change.immediate_run.status == "queued" and run_id
+    assert charged == [tenant.workspace_id]
+    assert sent.batches == [[run_id]] and sent.committed == [True]
+    assert (change.workspace.cron, change.workspace.time_zone) == ("0 6 * * *", "Europe/Paris")
+    [event] = await audit_events(app, actor)
+    assert event.target_ids == [tenant.workspace_id, run_id]
+    assert event.create_time == now
