@@ -26,7 +26,6 @@ from service.db.models import (
     WorkspaceMember,
 )
 from service.domain import rollups
-from service.domain.actor import Actor
 from service.domain.prompts import text_hash
 from tests.support import unique
 
@@ -37,17 +36,6 @@ class Tenant:
 
     organization_id: str
     workspace_id: str
-
-
-def actor_of(user_id: str, action: str = "beacon.v1.PromptService/StorePrompts") -> Actor:
-    """The user as the caller of a domain command (`action` is the RPC it serves)."""
-    return Actor(
-        actor_id=user_id,
-        user_id=user_id,
-        service_key_id=None,
-        request_id=unique("req-"),
-        action=action,
-    )
 
 
 async def make_workspace(
@@ -82,6 +70,13 @@ async def make_workspace(
             )
         )
     return Tenant(org_id, ws_id)
+
+
+async def stored_texts(app: App, workspace_id: str) -> dict[str, str]:
+    """The workspace's prompt ids by text."""
+    async with app.db.transaction(write=False) as session:
+        rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
+        return {row.text: row.id for row in rows}
 
 
 async def add_workspace_member(app: App, workspace_id: str, user_id: str, role: str) -> None:

@@ -6,21 +6,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import App
 from service.clock import utcnow
-from service.db.models import AuditEvent, Prompt, Run
+from service.db.models import AuditEvent, Run
 from service.domain import prompts, runs, schedules
 from service.domain.actor import Actor
-from tests.collection.builders import Tenant, actor_of, make_workspace
+from tests.collection.builders import Tenant, make_workspace, stored_texts
 from tests.conftest import NewUser
-from tests.support import unique
+from tests.support import actor_of, unique
 
 START_RUN = "beacon.v1.RunService/StartRun"
+STORE_PROMPTS = "beacon.v1.PromptService/StorePrompts"
 CONFIGURED = ("openai",)
 
 
@@ -45,9 +48,18 @@ async def with_prompts(app: App, user_id: str, texts: Sequence[str] = ("a", "b")
     tenant = await make_workspace(app, user_id)
     async with app.db.transaction() as session:
         await prompts.store_prompts(
-            session, actor_of(user_id), tenant.workspace_id, texts, now=utcnow()
+            session, actor_of(user_id, STORE_PROMPTS), tenant.workspace_id, texts, now=utcnow()
         )
     return tenant
+
+
+async def start(
+    session: AsyncSession, actor: Actor, workspace_id: str, request_id: str = ""
+) -> runs.StartOutcome:
+    """StartRun over every prompt with the configured provider, at the current time."""
+    return await runs.start_run(
+        session, actor, workspace_id, configured=CONFIGURED, request_id=request_id, now=utcnow()
+    )
 
 
 class Sent:
@@ -85,7 +97,7 @@ async def test_a_retried_request_id_returns_the_first_result_and_changes_nothing
 ) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
-    actor = actor_of(user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     request_id = unique("req-")
     now = utcnow()
     async with app.db.transaction() as session:
@@ -102,13 +114,7 @@ async def test_a_retried_request_id_returns_the_first_result_and_changes_nothing
             now=now + timedelta(seconds=5),
         )
     assert again == first, "a retry must return the first result"
-    async with app.db.transaction(write=False) as session:
-        texts = set(
-            await session.scalars(
-                select(Prompt.text).where(Prompt.workspace_id == tenant.workspace_id)
-            )
-        )
-    assert texts == {"a", "b"}, "a retry must change nothing"
+    assert set(await stored_texts(app, tenant.workspace_id)) == {"a", "b"}, "nothing changed"
     events = await audit_events(app, actor)
     assert len(events) == 1, "the change was made (and audited) once"
     assert events[0].create_time == now
@@ -121,72 +127,68 @@ async def test_a_request_id_belongs_to_its_actor_and_workspace(app: App, new_use
     second = await with_prompts(app, owner.user_id)
     request_id = unique("req-")
 
-    async def start(actor: Actor, workspace_id: str) -> runs.StartOutcome:
-        async with app.db.transaction() as session:
-            return await runs.start_run(
-                session,
-                actor,
-                workspace_id,
-                configured=CONFIGURED,
-                request_id=request_id,
-                now=utcnow(),
-            )
-
-    first = await start(actor_of(owner.user_id, START_RUN), tenant.workspace_id)
+    outcomes = []
     # The same id from another user, or for another workspace, is a request of its own.
-    theirs = await start(actor_of(other.user_id, START_RUN), tenant.workspace_id)
-    elsewhere = await start(actor_of(owner.user_id, START_RUN), second.workspace_id)
-    run_ids = {o.run.id for o in (first, theirs, elsewhere) if o.run is not None}
+    for user_id, workspace_id in [
+        (owner.user_id, tenant.workspace_id),
+        (other.user_id, tenant.workspace_id),
+        (owner.user_id, second.workspace_id),
+    ]:
+        async with app.db.transaction() as session:
+            actor = actor_of(user_id, START_RUN)
+            outcomes.append(await start(session, actor, workspace_id, request_id))
+    run_ids = {o.run.id for o in outcomes if o.run is not None}
     assert len(run_ids) == 3
     assert await run_count(app, tenant.workspace_id) == 2
     assert await run_count(app, second.workspace_id) == 1
 
 
-async def test_racing_calls_with_one_request_id_start_one_run(
-    app: App, new_user: NewUser, sent: Sent
-) -> None:
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    """A StartRun with a request id, by a user of a workspace that has prompts."""
+
+    actor: Actor
+    workspace_id: str
+    request_id: str
+
+
+@pytest.fixture
+async def run_request(app: App, new_user: NewUser) -> RunRequest:
     user = await new_user()
     tenant = await with_prompts(app, user.user_id)
-    actor = actor_of(user.user_id, START_RUN)
-    request_id = unique("req-")
+    return RunRequest(actor_of(user.user_id, START_RUN), tenant.workspace_id, unique("req-"))
 
-    async def start() -> runs.StartOutcome:
+
+async def test_racing_calls_with_one_request_id_start_one_run(
+    app: App, run_request: RunRequest, sent: Sent
+) -> None:
+    actor, workspace_id, request_id = (
+        run_request.actor,
+        run_request.workspace_id,
+        run_request.request_id,
+    )
+
+    async def retry() -> runs.StartOutcome:
         async with app.db.transaction() as session:
-            outcome = await runs.start_run(
-                session,
-                actor,
-                tenant.workspace_id,
-                configured=CONFIGURED,
-                request_id=request_id,
-                now=utcnow(),
-            )
+            outcome = await start(session, actor, workspace_id, request_id)
             # Hold the transaction open so that the calls overlap.
             await asyncio.sleep(0.2)
             return outcome
 
-    outcomes = await asyncio.gather(*(start() for _ in range(3)))
-    assert await run_count(app, tenant.workspace_id) == 1, "racing retries started one run"
+    outcomes = await asyncio.gather(*(retry() for _ in range(3)))
+    assert await run_count(app, workspace_id) == 1, "racing retries started one run"
     assert outcomes[0].run is not None
     assert all(o == outcomes[0] for o in outcomes), "every call answers the first result"
     assert len(await audit_events(app, actor)) == 1
 
 
 async def test_started_runs_are_sent_after_commit_and_again_on_a_retry(
-    app: App, new_user: NewUser, sent: Sent
+    app: App, run_request: RunRequest, sent: Sent
 ) -> None:
-    user = await new_user()
-    tenant = await with_prompts(app, user.user_id)
-    actor = actor_of(user.user_id, START_RUN)
-    request_id = unique("req-")
     for attempt in range(2):
         async with app.db.transaction() as session:
-            outcome = await runs.start_run(
-                session,
-                actor,
-                tenant.workspace_id,
-                configured=CONFIGURED,
-                request_id=request_id,
-                now=utcnow(),
+            outcome = await start(
+                session, run_request.actor, run_request.workspace_id, run_request.request_id
             )
             assert len(sent.batches) == attempt, "nothing is sent before the commit"
     assert outcome.run is not None
@@ -201,13 +203,7 @@ async def test_a_rolled_back_command_sends_nothing(app: App, new_user: NewUser, 
     tenant = await with_prompts(app, user.user_id)
     with pytest.raises(RuntimeError):
         async with app.db.transaction() as session:
-            await runs.start_run(
-                session,
-                actor_of(user.user_id, START_RUN),
-                tenant.workspace_id,
-                configured=CONFIGURED,
-                now=utcnow(),
-            )
+            await start(session, actor_of(user.user_id, START_RUN), tenant.workspace_id)
             raise RuntimeError("the call fails after the command")
     assert sent.batches == []
     assert await run_count(app, tenant.workspace_id) == 0
@@ -217,13 +213,7 @@ async def test_cancel_records_its_event_at_now(app: App, new_user: NewUser) -> N
     user = await new_user()
     tenant = await with_prompts(app, user.user_id)
     async with app.db.transaction() as session:
-        outcome = await runs.start_run(
-            session,
-            actor_of(user.user_id, START_RUN),
-            tenant.workspace_id,
-            configured=CONFIGURED,
-            now=utcnow(),
-        )
+        outcome = await start(session, actor_of(user.user_id, START_RUN), tenant.workspace_id)
     assert outcome.run is not None
     canceler = actor_of(user.user_id, "beacon.v1.RunService/CancelRun")
     now = utcnow() + timedelta(minutes=1)

@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from service.app import App
 from service.clock import utcnow
-from service.db.models import Prompt
 from service.domain import prompts
 from service.domain.errors import FailedPrecondition, InvalidArgument
-from tests.collection.builders import actor_of, make_workspace
+from tests.collection.builders import make_workspace, stored_texts
 from tests.conftest import NewUser
+from tests.support import actor_of
+
+STORE_PROMPTS = "beacon.v1.PromptService/StorePrompts"
 
 
 def test_texts_are_trimmed_and_duplicates_dropped_in_order() -> None:
@@ -70,18 +71,12 @@ def test_at_most_500_distinct_prompts() -> None:
     assert "at most 500" in caught.value.message
 
 
-async def stored_texts(app: App, workspace_id: str) -> dict[str, str]:
-    async with app.db.transaction(write=False) as session:
-        rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
-        return {row.text: row.id for row in rows}
-
-
 async def test_store_replaces_the_set_and_keeps_ids_of_kept_texts(
     app: App, new_user: NewUser
 ) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
-    actor = actor_of(user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     now = utcnow()
     async with app.db.transaction() as session:
         first = await prompts.store_prompts(
@@ -108,7 +103,7 @@ async def test_store_replaces_the_set_and_keeps_ids_of_kept_texts(
 async def test_bad_input_writes_nothing(app: App, new_user: NewUser) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
-    actor = actor_of(user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     async with app.db.transaction() as session:
         await prompts.store_prompts(session, actor, tenant.workspace_id, ["kept"], now=utcnow())
     with pytest.raises(InvalidArgument):
@@ -122,7 +117,7 @@ async def test_bad_input_writes_nothing(app: App, new_user: NewUser) -> None:
 async def test_add_skips_stored_texts_and_respects_the_limit(app: App, new_user: NewUser) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
-    actor = actor_of(user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     async with app.db.transaction() as session:
         await prompts.store_prompts(
             session, actor, tenant.workspace_id, [f"p{i}" for i in range(498)], now=utcnow()

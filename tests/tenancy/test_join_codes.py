@@ -22,10 +22,9 @@ from service.app import App
 from service.config import Settings
 from service.db.models import AuditEvent, Workspace
 from service.domain import join_codes
-from service.domain.actor import Actor
 from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
-from tests.support import expect_error, unique
+from tests.support import actor_of, expect_error
 from tests.tenancy.membership_support import add_and_accept, create_workspace
 
 CODE_SHAPE = re.compile(rf"[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}")
@@ -297,13 +296,7 @@ async def test_join_code_commands_run_at_the_time_they_are_given(
 ) -> None:
     owner, joiner = await new_user(), await new_user()
     workspace = await create_workspace(stubs, owner)
-    rotation = Actor(
-        actor_id=owner.user_id,
-        user_id=owner.user_id,
-        service_key_id=None,
-        request_id=unique("req-"),
-        action="beacon.v1.MembershipService/RotateJoinCode",
-    )
+    rotation = actor_of(owner.user_id, "beacon.v1.MembershipService/RotateJoinCode")
     now = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
     async with app.db.transaction() as session:
         info = await join_codes.rotate_join_code(
@@ -326,13 +319,7 @@ async def test_join_code_commands_run_at_the_time_they_are_given(
         assert live.code == info.code
         with pytest.raises(FailedPrecondition):
             await join_codes.get_join_info(session, workspace.id, now=later)
-    joining = Actor(
-        actor_id=joiner.user_id,
-        user_id=joiner.user_id,
-        service_key_id=None,
-        request_id=unique("req-"),
-        action="beacon.v1.MembershipService/JoinWorkspaceByCode",
-    )
+    joining = actor_of(joiner.user_id, "beacon.v1.MembershipService/JoinWorkspaceByCode")
     with pytest.raises(NotFound):
         async with app.db.transaction() as session:
             await join_codes.join_by_code(session, joining, info.code, now=later)

@@ -357,16 +357,19 @@ async def set_schedule(
     workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
     call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
     """
-    state, immediate = await _set_schedule(
-        session,
-        workspace_id,
-        cron=cron,
-        time_zone=time_zone,
-        min_interval_minutes=min_interval_minutes,
-        configured_providers=configured_providers,
-        charge_run=charge_run,
-        now=now,
+    schedule = (
+        parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
     )
+    current = await _current_if_same(session, workspace_id, schedule)
+    if current is not None:
+        state, immediate = current, ImmediateRun("not_requested", reason=UNCHANGED_REASON)
+    elif schedule is None:
+        state = await save_schedule(session, workspace_id, None, now=now)
+        immediate = ImmediateRun("not_requested")
+    else:
+        await charge_run()
+        state = await save_schedule(session, workspace_id, schedule, now=now)
+        immediate = await _immediate_run(session, workspace_id, configured_providers, now)
     await audit.record_workspace_change(
         session, call, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
     )
@@ -375,28 +378,22 @@ async def set_schedule(
     return ScheduleChange(state, immediate, await workspaces.load_view(session, workspace_id))
 
 
-async def _set_schedule(
-    session: AsyncSession,
-    workspace_id: str,
-    *,
-    cron: str,
-    time_zone: str,
-    min_interval_minutes: int,
-    configured_providers: Collection[str],
-    charge_run: Callable[[], Awaitable[None]],
-    now: datetime,
-) -> tuple[ScheduleState, ImmediateRun]:
-    schedule = (
-        parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
-    )
-    if schedule is not None:
-        current = await get_schedule(session, workspace_id)
-        if (current.cron, current.time_zone) == (schedule.cron, schedule.time_zone):
-            return current, ImmediateRun("not_requested", reason=UNCHANGED_REASON)
-        await charge_run()
-    state = await save_schedule(session, workspace_id, schedule, now=now)
+async def _current_if_same(
+    session: AsyncSession, workspace_id: str, schedule: ValidSchedule | None
+) -> ScheduleState | None:
+    """The workspace's schedule when it has the cron and time zone of `schedule`, else None."""
     if schedule is None:
-        return state, ImmediateRun("not_requested")
+        return None
+    current = await get_schedule(session, workspace_id)
+    same = (current.cron, current.time_zone) == (schedule.cron, schedule.time_zone)
+    return current if same else None
+
+
+async def _immediate_run(
+    session: AsyncSession, workspace_id: str, configured_providers: Collection[str], now: datetime
+) -> ImmediateRun:
+    """Writes the run a changed schedule starts at once (every prompt, every enabled
+    provider with credentials), or says why there is none."""
     outcome = await runs.queue_run(
         session,
         workspace_id=workspace_id,
@@ -405,13 +402,13 @@ async def _set_schedule(
         now=now,
     )
     if outcome.run is not None:
-        return state, ImmediateRun("queued", run_id=outcome.run.id)
+        return ImmediateRun("queued", run_id=outcome.run.id)
     if outcome.status == "empty":
-        return state, ImmediateRun("empty")
+        return ImmediateRun("empty")
     missing = ", ".join(p.upper() for p in outcome.providers_without_credentials)
     reason = (
         f"no enabled provider has credentials configured on the server ({missing})"
         if missing
         else "the workspace has no enabled providers"
     )
-    return state, ImmediateRun("failed", reason=reason)
+    return ImmediateRun("failed", reason=reason)

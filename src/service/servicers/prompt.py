@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -40,15 +40,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def StorePrompts(
         self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StorePromptsResponse:
-        async with self.app.db.transaction() as session:
-            stored = await prompts.store_prompts(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.prompts,
-                request_id=request.request_id,
-                now=utcnow(),
-            )
+        stored = await self._change(prompts.store_prompts, request)
         return pb.StorePromptsResponse(
             prompts=_prompt_messages(stored.prompts),
             duplicates_dropped=stored.duplicates_dropped,
@@ -74,15 +66,7 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddPromptsResponse:
-        async with self.app.db.transaction() as session:
-            added = await prompts.add_prompts(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.prompts,
-                request_id=request.request_id,
-                now=utcnow(),
-            )
+        added = await self._change(prompts.add_prompts, request)
         return pb.AddPromptsResponse(
             added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
         )
@@ -95,6 +79,22 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
                 session, current_actor(), resolved_workspace_id(), request.prompt_id, now=utcnow()
             )
         return empty_pb2.Empty()
+
+    async def _change(
+        self,
+        command: Callable[..., Awaitable[prompts.StoredPrompts]],
+        request: pb.StorePromptsRequest | pb.AddPromptsRequest,
+    ) -> prompts.StoredPrompts:
+        """Runs StorePrompts' or AddPrompts' command on the request's workspace and texts."""
+        async with self.app.db.transaction() as session:
+            return await command(
+                session,
+                current_actor(),
+                request.workspace_id,
+                request.prompts,
+                request_id=request.request_id,
+                now=utcnow(),
+            )
 
 
 def add(server: grpc.aio.Server, app: App) -> str:
