@@ -160,8 +160,9 @@ class WorkspaceServiceServicer:
         organization took it meanwhile (then a random suffix is added), gets a new join code,
         and stays unscheduled (deletion removed the schedule). For anyone else, and for a
         workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-        workspace that does not exist. Errors: ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the
-        workspace is live, to its owners), ABORTED (stale etag), NOT_FOUND.
+        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+        NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -77,8 +77,9 @@ class WorkspaceServiceStub:
     organization took it meanwhile (then a random suffix is added), gets a new join code,
     and stays unscheduled (deletion removed the schedule). For anyone else, and for a
     workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-    workspace that does not exist. Errors: ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the
-    workspace is live, to its owners), ABORTED (stale etag), NOT_FOUND.
+    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+    NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -153,8 +154,9 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     organization took it meanwhile (then a random suffix is added), gets a new join code,
     and stays unscheduled (deletion removed the schedule). For anyone else, and for a
     workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-    workspace that does not exist. Errors: ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the
-    workspace is live, to its owners), ABORTED (stale etag), NOT_FOUND.
+    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+    NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]  # type: ignore[assignment]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -262,8 +264,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         organization took it meanwhile (then a random suffix is added), gets a new join code,
         and stays unscheduled (deletion removed the schedule). For anyone else, and for a
         workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-        workspace that does not exist. Errors: ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the
-        workspace is live, to its owners), ABORTED (stale etag), NOT_FOUND.
+        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+        NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
