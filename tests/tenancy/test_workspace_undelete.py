@@ -16,6 +16,7 @@ from service.clock import new_id, utcnow
 from service.db.models import Workspace
 from tests.support import expect_error
 from tests.tenancy.builders import (
+    all_workspaces,
     grant_organization_role,
     grant_workspace_role,
     new_organization,
@@ -28,20 +29,7 @@ Stubs = SimpleNamespace
 async def listed(
     stubs: Stubs, user: Any, *, show_deleted: bool, page_size: int = 0
 ) -> list[ws_pb.Workspace]:
-    """Every workspace ListWorkspaces returns to `user`, page after page."""
-    result: list[ws_pb.Workspace] = []
-    token = ""
-    while True:
-        reply = await stubs.workspaces.ListWorkspaces(
-            ws_pb.ListWorkspacesRequest(
-                show_deleted=show_deleted, page_size=page_size, page_token=token
-            ),
-            metadata=user.metadata,
-        )
-        result.extend(reply.workspaces)
-        token = reply.next_page_token
-        if not token:
-            return result
+    return await all_workspaces(stubs, user, page_size=page_size, show_deleted=show_deleted)
 
 
 async def delete(stubs: Stubs, user: Any, workspace_id: str) -> None:

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import (
@@ -39,10 +39,12 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
-from service.domain.errors import FailedPrecondition, PreconditionViolation
+from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
+from service.domain.inputs import ID_PATTERN
 from service.domain.paging import Page
 
 USER_ID_MAX_LENGTH = 40  # of a user id quoted back in NotFound
+_Membership = TypeVar("_Membership", WorkspaceMember, OrganizationMember)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,3 +147,50 @@ async def members_page(
     rows += [invited(scope_id, i) for i in invitations]
     ordered = sorted(rows, key=lambda m: (m.create_time, m.id))[: page.size + 1]
     return MemberPage(members=ordered[: page.size], next_page_token=page.next_token(ordered))
+
+
+async def explicit_member(
+    session: AsyncSession,
+    member_model: type[_Membership],
+    scope_column: str,
+    scope_id: str,
+    user_id: str,
+) -> tuple[_Membership, User]:
+    """The explicit membership of `user_id` in the workspace or organization, and its user;
+    NotFound ("member") when there is none."""
+    row = None
+    if ID_PATTERN.fullmatch(user_id):  # a malformed id names nobody (PostgreSQL refuses NUL)
+        row = (
+            await session.execute(
+                select(member_model, User)
+                .join(User, User.id == member_model.user_id)
+                .where(
+                    getattr(member_model, scope_column) == scope_id,
+                    member_model.user_id == user_id,
+                )
+            )
+        ).first()
+    if row is None:
+        raise NotFound("member", user_id[:USER_ID_MAX_LENGTH])
+    return row[0], row[1]
+
+
+async def member_with_email(
+    session: AsyncSession,
+    member_model: type[_Membership],
+    scope_column: str,
+    scope_id: str,
+    email: str,
+) -> tuple[_Membership, User] | None:
+    """The oldest explicit membership in the workspace or organization of a user with
+    `email` (normalized), and that user; None when there is none."""
+    row = (
+        await session.execute(
+            select(member_model, User)
+            .join(User, User.id == member_model.user_id)
+            .where(getattr(member_model, scope_column) == scope_id, func.lower(User.email) == email)
+            .order_by(member_model.create_time, member_model.user_id)
+            .limit(1)
+        )
+    ).first()
+    return None if row is None else (row[0], row[1])

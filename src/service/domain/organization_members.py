@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
@@ -21,21 +21,21 @@ from service.db.models import (
     Organization,
     OrganizationInvitation,
     OrganizationMember,
-    User,
     Workspace,
     WorkspaceMember,
 )
 from service.domain import audit
 from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from service.domain.inputs import ID_PATTERN, normalize_email
+from service.domain.inputs import normalize_email
 from service.domain.members import (
-    USER_ID_MAX_LENGTH,
     Member,
     MemberPage,
     active_member,
+    explicit_member,
     invited,
     last_owner,
+    member_with_email,
     members_page,
 )
 from service.domain.paging import parse_page
@@ -86,18 +86,9 @@ async def invite_organization_member(
     if role == "owner":
         _require_organization_owner(call, "only organization owners may grant owner")
     await lock_organization(session, organization_id)
-    row = (
-        await session.execute(
-            select(OrganizationMember, User)
-            .join(User, User.id == OrganizationMember.user_id)
-            .where(
-                OrganizationMember.organization_id == organization_id,
-                func.lower(User.email) == email,
-            )
-            .order_by(OrganizationMember.create_time, OrganizationMember.user_id)
-            .limit(1)
-        )
-    ).first()
+    row = await member_with_email(
+        session, OrganizationMember, "organization_id", organization_id, email
+    )
     if row is None:
         return await _invite_to_organization(
             session, call, organization_id, email, role, expire_time=now + invitation_ttl, now=now
@@ -124,7 +115,9 @@ async def update_organization_member_role(
     owner cannot be demoted (LAST_OWNER)."""
     role = _organization_role(role, required=True)
     await lock_organization(session, organization_id)
-    member, user = await _organization_member(session, organization_id, user_id)
+    member, user = await explicit_member(
+        session, OrganizationMember, "organization_id", organization_id, user_id
+    )
     if role != member.role:
         if "owner" in (role, member.role):
             _require_organization_owner(call, "only organization owners may grant or revoke owner")
@@ -166,7 +159,9 @@ async def remove_organization_member(
         audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
         return
     await lock_organization(session, organization_id)
-    member, _ = await _organization_member(session, organization_id, user_id)
+    member, _ = await explicit_member(
+        session, OrganizationMember, "organization_id", organization_id, user_id
+    )
     if member.role == "owner":
         _require_organization_owner(call, "only organization owners may remove owners")
         await _keep_organization_owner(session, organization_id, user_id)
@@ -229,26 +224,6 @@ async def _invite_to_organization(
     audit.record(session, call, organization_id=organization_id, target_ids=[invitation.id])
     await session.flush()
     return invited(organization_id, invitation)
-
-
-async def _organization_member(
-    session: AsyncSession, organization_id: str, user_id: str
-) -> tuple[OrganizationMember, User]:
-    row = None
-    if ID_PATTERN.fullmatch(user_id):  # a malformed id names nobody (PostgreSQL refuses NUL)
-        row = (
-            await session.execute(
-                select(OrganizationMember, User)
-                .join(User, User.id == OrganizationMember.user_id)
-                .where(
-                    OrganizationMember.organization_id == organization_id,
-                    OrganizationMember.user_id == user_id,
-                )
-            )
-        ).first()
-    if row is None:
-        raise NotFound("member", user_id[:USER_ID_MAX_LENGTH])
-    return row[0], row[1]
 
 
 async def _keep_organization_owner(

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, delete, exists, func, or_, select
+from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
@@ -47,14 +47,15 @@ from service.domain.errors import (
     PermissionDenied,
     PreconditionViolation,
 )
-from service.domain.inputs import ID_PATTERN, normalize_email
+from service.domain.inputs import normalize_email
 from service.domain.members import (
-    USER_ID_MAX_LENGTH,
     Member,
     MemberPage,
     active_member,
+    explicit_member,
     invited,
     last_owner,
+    member_with_email,
     members_page,
 )
 from service.domain.paging import parse_page
@@ -96,15 +97,7 @@ async def add_member(
     if role == "owner" and access.workspace_role != "owner":
         raise PermissionDenied("only workspace owners may add owners")
     workspace = await lock_live_workspace(session, workspace_id)
-    row = (
-        await session.execute(
-            select(WorkspaceMember, User)
-            .join(User, User.id == WorkspaceMember.user_id)
-            .where(WorkspaceMember.workspace_id == workspace_id, func.lower(User.email) == email)
-            .order_by(WorkspaceMember.create_time, WorkspaceMember.user_id)
-            .limit(1)
-        )
-    ).first()
+    row = await member_with_email(session, WorkspaceMember, "workspace_id", workspace_id, email)
     if row is None:
         return await _invite_to_workspace(
             session, call, workspace, email, role, expire_time=now + invitation_ttl, now=now
@@ -126,7 +119,9 @@ async def update_member_role(
     """
     role = _workspace_role(role, required=True)
     workspace = await lock_live_workspace(session, workspace_id)
-    member, user = await _workspace_member(session, workspace_id, user_id)
+    member, user = await explicit_member(
+        session, WorkspaceMember, "workspace_id", workspace_id, user_id
+    )
     if role != member.role:
         await _keep_workspace_owner(session, workspace, user_id, new_role=role)
         member.role = role
@@ -156,7 +151,7 @@ async def remove_member(
     if not user_id:
         await _cancel_workspace_invitation(session, call, workspace, email)
         return
-    await _workspace_member(session, workspace_id, user_id)
+    await explicit_member(session, WorkspaceMember, "workspace_id", workspace_id, user_id)
     await _keep_workspace_owner(session, workspace, user_id, new_role=None)
     await _delete_workspace_member(session, call, workspace, user_id)
 
@@ -264,25 +259,6 @@ async def _cancel_workspace_invitation(
     if invitation_id is None:
         raise NotFound("invitation", email)
     _audit(session, call, workspace, invitation_id)
-
-
-async def _workspace_member(
-    session: AsyncSession, workspace_id: str, user_id: str
-) -> tuple[WorkspaceMember, User]:
-    row = None
-    if ID_PATTERN.fullmatch(user_id):  # a malformed id names nobody (PostgreSQL refuses NUL)
-        row = (
-            await session.execute(
-                select(WorkspaceMember, User)
-                .join(User, User.id == WorkspaceMember.user_id)
-                .where(
-                    WorkspaceMember.workspace_id == workspace_id, WorkspaceMember.user_id == user_id
-                )
-            )
-        ).first()
-    if row is None:
-        raise NotFound("member", user_id[:USER_ID_MAX_LENGTH])
-    return row[0], row[1]
 
 
 async def _keep_workspace_owner(
