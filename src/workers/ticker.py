@@ -283,7 +283,7 @@ def fire_slot(
 async def purge_deleted(db: Database, settings: Settings, now: datetime) -> int:
     """Purges workspaces past their retention, when the tenancy domain provides it."""
     try:
-        from service.domain.workspaces import purge_deleted_workspaces
+        from service.domain.workspace_purge import purge_deleted_workspaces
     except ImportError:
         return 0
     return await purge_deleted_workspaces(db, now, retention_days=settings.workspace_retention_days)

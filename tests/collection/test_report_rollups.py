@@ -33,7 +33,7 @@ from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade_async
 from service.db.models import CompetitorRollup, Probe, Run, VisibilityRollup, Workspace
 from service.domain import reports, rollups
-from service.domain.workspaces import purge_deleted_workspaces
+from service.domain.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import insert_run, make_workspace

@@ -156,6 +156,15 @@ TABLE: dict[str, Entry] = {
     WS + "DeleteWorkspace": Entry(
         lambda x: ws_pb.DeleteWorkspaceRequest(workspace_id=x.workspace_id)
     ),
+    # Protected: only the deleted workspace's effective owners restore it; everyone else
+    # (its plain members too) gets the NOT_FOUND of a workspace that does not exist.
+    WS + "UndeleteWorkspace": Entry(
+        lambda x: ws_pb.UndeleteWorkspaceRequest(workspace_id=x.deleted_workspace_id),
+        outcomes=dict.fromkeys(
+            (w.OTHER_TENANT, w.GUEST, w.WORKSPACE_MEMBER, w.ORG_MEMBER, w.BILLING_ADMIN),
+            NOT_FOUND,
+        ),
+    ),
     WS + "GenerateWorkspaceIconUploadUrl": Entry(
         lambda x: ws_pb.GenerateWorkspaceIconUploadUrlRequest()
     ),
@@ -319,6 +328,7 @@ def ghost(world: World) -> World:
         world,
         organization_id=new_id("org"),
         workspace_id=new_id("ws"),
+        deleted_workspace_id=new_id("ws"),
         prompt_id=new_id("prm"),
         run_id=new_id("run"),
         ended_run_id=new_id("run"),
@@ -334,6 +344,7 @@ def as_seen(outcome: Outcome, world: World) -> tuple[str, str, dict[str, str]]:
     ids = (
         world.organization_id,
         world.workspace_id,
+        world.deleted_workspace_id,
         world.prompt_id,
         world.run_id,
         world.invitation_id,

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.field_mask_pb2 import FieldMask
 from sqlalchemy import delete
 
 from beacon.v1 import organization_service_pb2 as org_pb
@@ -109,13 +110,15 @@ async def test_audit_events_name_the_key_the_user_and_the_client_request_id(
     client_id = f"client-{uuid.uuid4().hex}"
     await stubs.organizations.UpdateOrganization(
         org_pb.UpdateOrganizationRequest(
-            organization=org_pb.Organization(id=org_id, name="Renamed by a key")
+            organization=org_pb.Organization(id=org_id, name="Renamed by a key"),
+            update_mask=FieldMask(paths=["name"]),
         ),
         metadata=acting(secret, owner.user_id, ("x-request-id", client_id)),
     )
     await stubs.organizations.UpdateOrganization(
         org_pb.UpdateOrganizationRequest(
-            organization=org_pb.Organization(id=org_id, name="Renamed by hand")
+            organization=org_pb.Organization(id=org_id, name="Renamed by hand"),
+            update_mask=FieldMask(paths=["name"]),
         ),
         metadata=(*owner.metadata, ("x-request-id", client_id)),  # a client reusing its id
     )

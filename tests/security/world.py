@@ -2,7 +2,8 @@
 
 One `World` is an organization with one workspace (a prompt, a live run, an ended run, a
 live join code, an explicit member and an organization member besides its founder, and a
-pending invitation to the caller's email) and one caller standing in a given relation to it. Everything but the guest's join is one
+pending invitation to the caller's email), a soft-deleted workspace not yet purged (the
+same explicit members and grants), and one caller standing in a given relation to it. Everything but the guest's join is one
 transaction, so a fresh world per matrix cell stays cheap.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import jwt
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -96,6 +97,7 @@ class World:
 
     organization_id: str
     workspace_id: str
+    deleted_workspace_id: str  # soft-deleted a day ago, restorable
     prompt_id: str
     run_id: str  # queued, not ended
     ended_run_id: str
@@ -154,7 +156,14 @@ def _organization(session: AsyncSession, owner_id: str) -> str:
     return org_id
 
 
-def _workspace(session: AsyncSession, org_id: str, owner_id: str, join_code: str) -> str:
+def _workspace(
+    session: AsyncSession,
+    org_id: str,
+    owner_id: str,
+    join_code: str | None,
+    *,
+    delete_time: datetime | None = None,
+) -> str:
     ws_id = new_id("ws")
     session.add(
         Workspace(
@@ -167,7 +176,8 @@ def _workspace(session: AsyncSession, org_id: str, owner_id: str, join_code: str
             competitors=[],
             enabled_providers=["openai", "anthropic"],
             join_code=join_code,
-            join_code_expire_time=utcnow() + timedelta(days=7),
+            join_code_expire_time=utcnow() + timedelta(days=7) if join_code else None,
+            delete_time=delete_time,
         )
     )
     session.add(
@@ -203,17 +213,24 @@ async def build_world(
             _workspace(session, other_org, user.user_id, generate_code())
         await session.flush()
         ws_id = _workspace(session, org_id, founder.user_id, code)
+        deleted_id = _workspace(
+            session, org_id, founder.user_id, None, delete_time=now - timedelta(days=1)
+        )
         session.add(
             OrganizationMember(
                 organization_id=org_id, user_id=org_member.user_id, role="member", create_time=now
             )
         )
         await session.flush()
-        session.add(
-            WorkspaceMember(
-                workspace_id=ws_id, user_id=member.user_id, role="member", create_time=now
+        for workspace_id in (ws_id, deleted_id):
+            session.add(
+                WorkspaceMember(
+                    workspace_id=workspace_id,
+                    user_id=member.user_id,
+                    role="member",
+                    create_time=now,
+                )
             )
-        )
         invitation_id = new_id("inv")
         session.add(
             WorkspaceInvitation(
@@ -234,10 +251,13 @@ async def build_world(
                         organization_id=org_id, user_id=user.user_id, role=org_role, create_time=now
                     )
                 )
-            if ws_role:
+            for workspace_id in (ws_id, deleted_id) if ws_role else ():
                 session.add(
                     WorkspaceMember(
-                        workspace_id=ws_id, user_id=user.user_id, role=ws_role, create_time=now
+                        workspace_id=workspace_id,
+                        user_id=user.user_id,
+                        role=ws_role,
+                        create_time=now,
                     )
                 )
     # Collection rows as the collection tests write them (a transaction each).
@@ -253,6 +273,7 @@ async def build_world(
     return World(
         organization_id=org_id,
         workspace_id=ws_id,
+        deleted_workspace_id=deleted_id,
         prompt_id=prompt_id,
         run_id=run_id,
         ended_run_id=ended_run_id,

@@ -68,7 +68,12 @@ async def upload_icon(
 
 
 async def all_workspaces(
-    stubs: SimpleNamespace, user: Any, organization_id: str = "", page_size: int = 0
+    stubs: SimpleNamespace,
+    user: Any,
+    organization_id: str = "",
+    page_size: int = 0,
+    *,
+    show_deleted: bool = False,
 ) -> list[ws_pb.Workspace]:
     """Every workspace ListWorkspaces returns, following next_page_token to the end."""
     result: list[ws_pb.Workspace] = []
@@ -76,7 +81,10 @@ async def all_workspaces(
     while True:
         reply = await stubs.workspaces.ListWorkspaces(
             ws_pb.ListWorkspacesRequest(
-                organization_id=organization_id, page_size=page_size, page_token=token
+                organization_id=organization_id,
+                page_size=page_size,
+                page_token=token,
+                show_deleted=show_deleted,
             ),
             metadata=user.metadata,
         )

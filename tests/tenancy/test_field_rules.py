@@ -10,14 +10,13 @@ from service.domain.errors import Aborted, InvalidArgument
 from service.domain.files import sniff_image_type
 from service.domain.hostnames import normalize_hostname
 from service.domain.names import derive_slug, display_name, suffixed_slug, validate_slug
-from service.domain.workspaces import (
+from service.domain.workspace_fields import (
     Competitor,
-    check_etag,
     clean_brand_aliases,
     clean_competitors,
     clean_providers,
-    update_paths,
 )
+from service.domain.workspace_lifecycle import check_etag, update_paths
 
 
 def violation(error: pytest.ExceptionInfo[InvalidArgument]) -> tuple[str, str]:

@@ -115,7 +115,10 @@ async def test_hostile_strings_never_break_the_server(
             org_pb.CreateOrganizationRequest(name=v), metadata=fresh
         ),
         lambda v, fresh: stubs.organizations.UpdateOrganization(
-            org_pb.UpdateOrganizationRequest(organization=org_pb.Organization(id=org_id, name=v)),
+            org_pb.UpdateOrganizationRequest(
+                organization=org_pb.Organization(id=org_id, name=v),
+                update_mask=FieldMask(paths=["name"]),
+            ),
             metadata=md,
         ),
         lambda v, fresh: stubs.organizations.LinkWorkosOrganization(

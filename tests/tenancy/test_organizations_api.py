@@ -210,7 +210,8 @@ async def test_audit_log_newest_first_with_filters_and_pages(
     )
     await stubs.organizations.UpdateOrganization(
         org_pb.UpdateOrganizationRequest(
-            organization=org_pb.Organization(id=org_id, name="Audited Again")
+            organization=org_pb.Organization(id=org_id, name="Audited Again"),
+            update_mask=FieldMask(paths=["name"]),
         ),
         metadata=owner.metadata,
     )
@@ -284,13 +285,7 @@ async def test_update_organization_checks_etags_and_masks_like_update_workspace(
     assert (unchanged.name, unchanged.etag) == ("First Name", first.etag)
     # `*` means every updatable field, as in UpdateWorkspace; no etag means no check.
     assert (await update("Star Name", "", "*")).name == "Star Name"
-    # An empty mask keeps meaning "name" (existing clients send none).
-    assert (
-        await update(
-            "Empty Mask",
-            "",
-        )
-    ).name == "Empty Mask"
-    for bad in (["slug"], ["name", "workos_organization_id"], ["nme"]):
+    # An empty mask is refused, as in UpdateWorkspace (it no longer means "name").
+    for bad in ([], ["slug"], ["name", "workos_organization_id"], ["nme"]):
         error = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, update("Bad Mask", "", *bad))
         assert error.details["BadRequest"].field_violations[0].field == "update_mask"

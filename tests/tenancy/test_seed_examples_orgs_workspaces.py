@@ -345,6 +345,7 @@ async def test_002_update_organization_name(stubs: Stubs, new_user: Any) -> None
         org_pb.UpdateOrganizationRequest(
             workspace_id=created.workspace.id,
             organization=org_pb.Organization(name="Acme International"),
+            update_mask=FieldMask(paths=["name"]),
         ),
         metadata=user.metadata,
     )

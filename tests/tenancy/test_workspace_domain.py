@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 
 from service.app import App
-from service.domain import organizations, workspaces
+from service.clock import utcnow
+from service.domain import organizations, workspace_lifecycle, workspace_views
 from service.domain.actor import Access, Actor
 from service.domain.errors import Aborted, AlreadyExists, InvalidArgument
-from service.domain.workspaces import NewWorkspace, WorkspacePatch
+from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
 from tests.support import unique
 
 RANDOM_SUFFIX = re.compile(r"-[a-z0-9]{6}")
@@ -34,22 +35,26 @@ async def test_slug_collisions_in_one_organization(app: App, new_user: Any) -> N
     user = await new_user()
     call = call_as(user.user_id)
     async with app.db.transaction() as session:
-        org = await organizations.create_organization(session, call, unique("Org "))
+        org = await organizations.create_organization(session, call, unique("Org "), now=utcnow())
     slugs = []
     for _ in range(3):
         async with app.db.transaction() as session:
-            created = await workspaces.create_workspace(
-                session, call, NewWorkspace(name="Acme Europe", organization_id=org.id)
+            created = await workspace_lifecycle.create_workspace(
+                session,
+                call,
+                NewWorkspace(name="Acme Europe", organization_id=org.id),
+                now=utcnow(),
             )
-            slugs.append((await workspaces.load_view(session, created.workspace_id)).slug)
+            slugs.append((await workspace_views.load_view(session, created.workspace_id)).slug)
     assert slugs[0] == "acme-europe" and len(set(slugs)) == 3
     assert all(RANDOM_SUFFIX.fullmatch(slug.removeprefix("acme-europe")) for slug in slugs[1:])
     with pytest.raises(AlreadyExists):
         async with app.db.transaction() as session:
-            await workspaces.create_workspace(
+            await workspace_lifecycle.create_workspace(
                 session,
                 call,
                 NewWorkspace(name="Other", slug=slugs[1], organization_id=org.id),
+                now=utcnow(),
             )
 
 
@@ -59,7 +64,9 @@ async def test_organization_slugs_are_global_and_suffixed(app: App, new_user: An
     for _ in range(3):
         user = await new_user()
         async with app.db.transaction() as session:
-            org = await organizations.create_organization(session, call_as(user.user_id), name)
+            org = await organizations.create_organization(
+                session, call_as(user.user_id), name, now=utcnow()
+            )
             slugs.append(org.slug)
     base = name.lower().replace(" ", "-")
     # Another tenant's choice shows as a random suffix, never as a count (-2, -3).
@@ -71,40 +78,62 @@ async def test_update_checks_etag_and_bumps_version_only_on_change(app: App, new
     user = await new_user()
     call = call_as(user.user_id, "beacon.v1.WorkspaceService/UpdateWorkspace")
     async with app.db.transaction() as session:
-        created = await workspaces.create_workspace(session, call, NewWorkspace(name="Etag Ws"))
+        created = await workspace_lifecycle.create_workspace(
+            session, call, NewWorkspace(name="Etag Ws"), now=utcnow()
+        )
     workspace_id = created.workspace_id
     async with app.db.transaction() as session:
-        await workspaces.update_workspace(
-            session, call, workspace_id, WorkspacePatch(name="Etag Ws"), ["name"], etag="1"
+        await workspace_lifecycle.update_workspace(
+            session,
+            call,
+            workspace_id,
+            WorkspacePatch(name="Etag Ws"),
+            ["name"],
+            etag="1",
+            now=utcnow(),
         )
-        assert (await workspaces.load_view(session, workspace_id)).etag == "1"  # no change
-        await workspaces.update_workspace(
-            session, call, workspace_id, WorkspacePatch(domain="Etag.example"), ["domain"], "1"
+        assert (await workspace_views.load_view(session, workspace_id)).etag == "1"  # no change
+        await workspace_lifecycle.update_workspace(
+            session,
+            call,
+            workspace_id,
+            WorkspacePatch(domain="Etag.example"),
+            ["domain"],
+            "1",
+            now=utcnow(),
         )
-        view = await workspaces.load_view(session, workspace_id)
+        view = await workspace_views.load_view(session, workspace_id)
     assert (view.etag, view.domain) == ("2", "etag.example")
     with pytest.raises(Aborted):
         async with app.db.transaction() as session:
-            await workspaces.update_workspace(
-                session, call, workspace_id, WorkspacePatch(name="Late"), ["name"], etag="1"
+            await workspace_lifecycle.update_workspace(
+                session,
+                call,
+                workspace_id,
+                WorkspacePatch(name="Late"),
+                ["name"],
+                etag="1",
+                now=utcnow(),
             )
     with pytest.raises(InvalidArgument) as error:
         async with app.db.transaction() as session:
-            await workspaces.update_workspace(
-                session, call, workspace_id, WorkspacePatch(slug="x"), ["slug"]
+            await workspace_lifecycle.update_workspace(
+                session, call, workspace_id, WorkspacePatch(slug="x"), ["slug"], now=utcnow()
             )
     assert error.value.violations[0].field == "workspace.slug"
     async with app.db.transaction(write=False) as session:
-        assert (await workspaces.load_view(session, workspace_id)).name == "Etag Ws"
+        assert (await workspace_views.load_view(session, workspace_id)).name == "Etag Ws"
 
 
 async def test_navigation_prefers_the_stored_workspace(app: App, new_user: Any) -> None:
     user = await new_user()
     call = call_as(user.user_id)
     async with app.db.transaction() as session:
-        first = await workspaces.create_workspace(session, call, NewWorkspace(name="First"))
-        second = await workspaces.create_workspace(
-            session, call, NewWorkspace(name="Second", organization_name="Second Org")
+        first = await workspace_lifecycle.create_workspace(
+            session, call, NewWorkspace(name="First"), now=utcnow()
+        )
+        second = await workspace_lifecycle.create_workspace(
+            session, call, NewWorkspace(name="Second", organization_name="Second Org"), now=utcnow()
         )
     async with app.db.transaction(write=False) as session:
         state = await organizations.navigation_state(session, user.user_id)
@@ -115,6 +144,8 @@ async def test_navigation_prefers_the_stored_workspace(app: App, new_user: Any) 
         access=Access(organization_id=second.organization.id, workspace_id=second.workspace_id),
     )
     async with app.db.transaction() as session:
-        state = await organizations.set_current_workspace(session, set_call, second.workspace_id)
+        state = await organizations.set_current_workspace(
+            session, set_call, second.workspace_id, now=utcnow()
+        )
     assert state.current_workspace_id == second.workspace_id
     assert state.current_organization_id == second.organization.id

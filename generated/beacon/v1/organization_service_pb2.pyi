@@ -235,7 +235,9 @@ class UpdateOrganizationRequest(_message.Message):
 
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
-        """Fields to change; only "name" is updatable (`*` means it too). Empty means "name"."""
+        """Fields to change: name (the only updatable field; `*` means it too). Required (an
+        empty mask is INVALID_ARGUMENT), as in UpdateWorkspace.
+        """
 
     def __init__(
         self,

@@ -127,9 +127,9 @@ class OrganizationServiceServicer:
     def UpdateOrganization(self, request, context):
         """Renames an organization (organization owner or admin). The organization may be named
         directly or through one of its workspaces (the seed's updateOrganizationName). The
-        update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
-        else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
-        the only updatable field, as it always has. organization.etag, when set, must match.
+        update mask follows UpdateWorkspace's rule: it names the fields to change ("name", the
+        only updatable field, or `*`); an empty mask, or any other path, is INVALID_ARGUMENT
+        naming update_mask. organization.etag, when set, must match.
         Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
         NOT_FOUND, PERMISSION_DENIED (not an admin).
         """

@@ -48,9 +48,9 @@ class OrganizationServiceStub:
     UpdateOrganization: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.Organization]
     """Renames an organization (organization owner or admin). The organization may be named
     directly or through one of its workspaces (the seed's updateOrganizationName). The
-    update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
-    else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
-    the only updatable field, as it always has. organization.etag, when set, must match.
+    update mask follows UpdateWorkspace's rule: it names the fields to change ("name", the
+    only updatable field, or `*`); an empty mask, or any other path, is INVALID_ARGUMENT
+    naming update_mask. organization.etag, when set, must match.
     Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
     NOT_FOUND, PERMISSION_DENIED (not an admin).
     """
@@ -97,9 +97,9 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     UpdateOrganization: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.UpdateOrganizationRequest, _organization_service_pb2.Organization]  # type: ignore[assignment]
     """Renames an organization (organization owner or admin). The organization may be named
     directly or through one of its workspaces (the seed's updateOrganizationName). The
-    update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
-    else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
-    the only updatable field, as it always has. organization.etag, when set, must match.
+    update mask follows UpdateWorkspace's rule: it names the fields to change ("name", the
+    only updatable field, or `*`); an empty mask, or any other path, is INVALID_ARGUMENT
+    naming update_mask. organization.etag, when set, must match.
     Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
     NOT_FOUND, PERMISSION_DENIED (not an admin).
     """
@@ -167,9 +167,9 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_organization_service_pb2.Organization, _abc.Awaitable[_organization_service_pb2.Organization]]:
         """Renames an organization (organization owner or admin). The organization may be named
         directly or through one of its workspaces (the seed's updateOrganizationName). The
-        update mask follows UpdateWorkspace's rule (listed updatable paths or `*`; anything
-        else is INVALID_ARGUMENT naming update_mask), except that an empty mask means "name",
-        the only updatable field, as it always has. organization.etag, when set, must match.
+        update mask follows UpdateWorkspace's rule: it names the fields to change ("name", the
+        only updatable field, or `*`); an empty mask, or any other path, is INVALID_ARGUMENT
+        naming update_mask. organization.etag, when set, must match.
         Errors: INVALID_ARGUMENT (organization.name, update_mask), ABORTED (stale etag),
         NOT_FOUND, PERMISSION_DENIED (not an admin).
         """

@@ -187,8 +187,8 @@ class Workspace(_message.Message):
     @_builtins.property
     def delete_time(self) -> _timestamp_pb2.Timestamp:
         """When the workspace was soft-deleted (DeleteWorkspace); unset while it is live. Output
-        only. No RPC shows a soft-deleted workspace today (it is NOT_FOUND once deleted), so
-        clients see it unset; it is filled wherever a soft-deleted workspace is shown.
+        only. Only ListWorkspaces with show_deleted shows soft-deleted workspaces (to their
+        owners); every other RPC answers NOT_FOUND for them.
         """
 
     @_builtins.property
@@ -332,6 +332,7 @@ class ListWorkspacesRequest(_message.Message):
     ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SHOW_DELETED_FIELD_NUMBER: _builtins.int
     organization_id: _builtins.str
     """Only workspaces of this organization."""
     page_size: _builtins.int
@@ -342,16 +343,22 @@ class ListWorkspacesRequest(_message.Message):
     truncated, edited, from another list or another caller) is INVALID_ARGUMENT naming
     `page_token`.
     """
+    show_deleted: _builtins.bool
+    """Also list the soft-deleted workspaces the caller is an effective owner of and that are
+    not purged yet (AIP-164), among the live ones in the same order, with delete_time and
+    purge_time set. Restore one with UndeleteWorkspace.
+    """
     def __init__(
         self,
         *,
         organization_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        show_deleted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organization_id", b"organization_id", "page_size", b"page_size", "page_token", b"page_token", "show_deleted", b"show_deleted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -464,6 +471,34 @@ class DeleteWorkspaceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteWorkspaceRequest: _TypeAlias = DeleteWorkspaceRequest  # noqa: Y015
+
+@_typing.final
+class UndeleteWorkspaceRequest(_message.Message):
+    """Request of UndeleteWorkspace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """The soft-deleted workspace, `ws_...`. Required."""
+    etag: _builtins.str
+    """When set, must match the deleted workspace's etag (as ListWorkspaces with show_deleted
+    shows it).
+    """
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UndeleteWorkspaceRequest: _TypeAlias = UndeleteWorkspaceRequest  # noqa: Y015
 
 @_typing.final
 class GenerateWorkspaceIconUploadUrlRequest(_message.Message):

@@ -31,7 +31,8 @@ class WorkspaceServiceStub:
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     def __init__(self, channel):
@@ -65,6 +66,11 @@ class WorkspaceServiceStub:
                 request_serializer=beacon_dot_v1_dot_workspace__service__pb2.DeleteWorkspaceRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.UndeleteWorkspace = channel.unary_unary(
+                '/beacon.v1.WorkspaceService/UndeleteWorkspace',
+                request_serializer=beacon_dot_v1_dot_workspace__service__pb2.UndeleteWorkspaceRequest.SerializeToString,
+                response_deserializer=beacon_dot_v1_dot_workspace__service__pb2.Workspace.FromString,
+                _registered_method=True)
         self.GenerateWorkspaceIconUploadUrl = channel.unary_unary(
                 '/beacon.v1.WorkspaceService/GenerateWorkspaceIconUploadUrl',
                 request_serializer=beacon_dot_v1_dot_workspace__service__pb2.GenerateWorkspaceIconUploadUrlRequest.SerializeToString,
@@ -92,7 +98,8 @@ class WorkspaceServiceServicer:
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     def CreateWorkspace(self, request, context):
@@ -111,7 +118,9 @@ class WorkspaceServiceServicer:
 
     def ListWorkspaces(self, request, context):
         """Lists the workspaces the caller can access, optionally of one organization, oldest
-        first. Errors: NOT_FOUND (organization_id the caller cannot see).
+        first; with show_deleted, also the soft-deleted workspaces the caller owns that are not
+        purged yet (delete_time and purge_time set). Errors: NOT_FOUND (organization_id the
+        caller cannot see).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -134,8 +143,26 @@ class WorkspaceServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteWorkspace(self, request, context):
-        """Soft-deletes a workspace (workspace owner); it disappears at once and is purged after
-        the retention period. Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+        """Soft-deletes a workspace (workspace owner); it disappears at once (its schedule stops,
+        its slug and join code are freed) and is purged with all its data after the retention
+        period (BEACON_WORKSPACE_RETENTION_DAYS). Until then its owners see it with
+        ListWorkspaces' show_deleted and may restore it with UndeleteWorkspace.
+        Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndeleteWorkspace(self, request, context):
+        """Restores a soft-deleted workspace before its purge_time (AIP-164), with its members,
+        prompts, runs and answers; its effective owners only (an explicit owner, or an owner or
+        admin of its organization). It keeps its slug unless a live workspace of the
+        organization took it meanwhile (then a random suffix is added), gets a new join code,
+        and stays unscheduled (deletion removed the schedule). For anyone else, and for a
+        workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
+        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+        NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -210,6 +237,11 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     request_deserializer=beacon_dot_v1_dot_workspace__service__pb2.DeleteWorkspaceRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
             ),
+            'UndeleteWorkspace': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndeleteWorkspace,
+                    request_deserializer=beacon_dot_v1_dot_workspace__service__pb2.UndeleteWorkspaceRequest.FromString,
+                    response_serializer=beacon_dot_v1_dot_workspace__service__pb2.Workspace.SerializeToString,
+            ),
             'GenerateWorkspaceIconUploadUrl': grpc.unary_unary_rpc_method_handler(
                     servicer.GenerateWorkspaceIconUploadUrl,
                     request_deserializer=beacon_dot_v1_dot_workspace__service__pb2.GenerateWorkspaceIconUploadUrlRequest.FromString,
@@ -243,7 +275,8 @@ class WorkspaceService:
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     @staticmethod
@@ -371,6 +404,33 @@ class WorkspaceService:
             '/beacon.v1.WorkspaceService/DeleteWorkspace',
             beacon_dot_v1_dot_workspace__service__pb2.DeleteWorkspaceRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndeleteWorkspace(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beacon.v1.WorkspaceService/UndeleteWorkspace',
+            beacon_dot_v1_dot_workspace__service__pb2.UndeleteWorkspaceRequest.SerializeToString,
+            beacon_dot_v1_dot_workspace__service__pb2.Workspace.FromString,
             options,
             channel_credentials,
             insecure,

@@ -32,7 +32,8 @@ class WorkspaceServiceStub:
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     @_typing.overload
@@ -51,7 +52,9 @@ class WorkspaceServiceStub:
     """
     ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListWorkspacesRequest, _workspace_service_pb2.ListWorkspacesResponse]
     """Lists the workspaces the caller can access, optionally of one organization, oldest
-    first. Errors: NOT_FOUND (organization_id the caller cannot see).
+    first; with show_deleted, also the soft-deleted workspaces the caller owns that are not
+    purged yet (delete_time and purge_time set). Errors: NOT_FOUND (organization_id the
+    caller cannot see).
     """
     GetWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GetWorkspaceRequest, _workspace_service_pb2.Workspace]
     """Returns one workspace. Errors: NOT_FOUND (invisible or deleted)."""
@@ -61,8 +64,22 @@ class WorkspaceServiceStub:
     ALREADY_EXISTS (slug), NOT_FOUND, PERMISSION_DENIED.
     """
     DeleteWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteWorkspaceRequest, _empty_pb2.Empty]
-    """Soft-deletes a workspace (workspace owner); it disappears at once and is purged after
-    the retention period. Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+    """Soft-deletes a workspace (workspace owner); it disappears at once (its schedule stops,
+    its slug and join code are freed) and is purged with all its data after the retention
+    period (BEACON_WORKSPACE_RETENTION_DAYS). Until then its owners see it with
+    ListWorkspaces' show_deleted and may restore it with UndeleteWorkspace.
+    Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+    """
+    UndeleteWorkspace: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.UndeleteWorkspaceRequest, _workspace_service_pb2.Workspace]
+    """Restores a soft-deleted workspace before its purge_time (AIP-164), with its members,
+    prompts, runs and answers; its effective owners only (an explicit owner, or an owner or
+    admin of its organization). It keeps its slug unless a live workspace of the
+    organization took it meanwhile (then a random suffix is added), gets a new join code,
+    and stays unscheduled (deletion removed the schedule). For anyone else, and for a
+    workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
+    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+    NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -95,7 +112,8 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -111,7 +129,9 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     """
     ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListWorkspacesRequest, _workspace_service_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
     """Lists the workspaces the caller can access, optionally of one organization, oldest
-    first. Errors: NOT_FOUND (organization_id the caller cannot see).
+    first; with show_deleted, also the soft-deleted workspaces the caller owns that are not
+    purged yet (delete_time and purge_time set). Errors: NOT_FOUND (organization_id the
+    caller cannot see).
     """
     GetWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GetWorkspaceRequest, _workspace_service_pb2.Workspace]  # type: ignore[assignment]
     """Returns one workspace. Errors: NOT_FOUND (invisible or deleted)."""
@@ -121,8 +141,22 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     ALREADY_EXISTS (slug), NOT_FOUND, PERMISSION_DENIED.
     """
     DeleteWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.DeleteWorkspaceRequest, _empty_pb2.Empty]  # type: ignore[assignment]
-    """Soft-deletes a workspace (workspace owner); it disappears at once and is purged after
-    the retention period. Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+    """Soft-deletes a workspace (workspace owner); it disappears at once (its schedule stops,
+    its slug and join code are freed) and is purged with all its data after the retention
+    period (BEACON_WORKSPACE_RETENTION_DAYS). Until then its owners see it with
+    ListWorkspaces' show_deleted and may restore it with UndeleteWorkspace.
+    Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+    """
+    UndeleteWorkspace: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.UndeleteWorkspaceRequest, _workspace_service_pb2.Workspace]  # type: ignore[assignment]
+    """Restores a soft-deleted workspace before its purge_time (AIP-164), with its members,
+    prompts, runs and answers; its effective owners only (an explicit owner, or an owner or
+    admin of its organization). It keeps its slug unless a live workspace of the
+    organization took it meanwhile (then a random suffix is added), gets a new join code,
+    and stays unscheduled (deletion removed the schedule). For anyone else, and for a
+    workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
+    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+    NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]  # type: ignore[assignment]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -154,7 +188,8 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     Seed functions: create, list, generateWorkspaceIconUploadUrl, workspace.create,
     workspace.createInOrg, workspace.listByOrg, workspace.listAllForUser, workspace.getById,
     workspace.updateDetails, workspace.getEnabledProviders, workspace.setEnabledProviders,
-    workspace.deleteAccount.
+    workspace.deleteAccount. Soft deletion follows AIP-164: ListWorkspaces' show_deleted
+    and UndeleteWorkspace.
     """
 
     @_abc_1.abstractmethod
@@ -180,7 +215,9 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_workspace_service_pb2.ListWorkspacesResponse, _abc.Awaitable[_workspace_service_pb2.ListWorkspacesResponse]]:
         """Lists the workspaces the caller can access, optionally of one organization, oldest
-        first. Errors: NOT_FOUND (organization_id the caller cannot see).
+        first; with show_deleted, also the soft-deleted workspaces the caller owns that are not
+        purged yet (delete_time and purge_time set). Errors: NOT_FOUND (organization_id the
+        caller cannot see).
         """
 
     @_abc_1.abstractmethod
@@ -208,8 +245,28 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _workspace_service_pb2.DeleteWorkspaceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
-        """Soft-deletes a workspace (workspace owner); it disappears at once and is purged after
-        the retention period. Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+        """Soft-deletes a workspace (workspace owner); it disappears at once (its schedule stops,
+        its slug and join code are freed) and is purged with all its data after the retention
+        period (BEACON_WORKSPACE_RETENTION_DAYS). Until then its owners see it with
+        ListWorkspaces' show_deleted and may restore it with UndeleteWorkspace.
+        Errors: ABORTED (stale etag), NOT_FOUND, PERMISSION_DENIED.
+        """
+
+    @_abc_1.abstractmethod
+    def UndeleteWorkspace(
+        self,
+        request: _workspace_service_pb2.UndeleteWorkspaceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workspace_service_pb2.Workspace, _abc.Awaitable[_workspace_service_pb2.Workspace]]:
+        """Restores a soft-deleted workspace before its purge_time (AIP-164), with its members,
+        prompts, runs and answers; its effective owners only (an explicit owner, or an owner or
+        admin of its organization). It keeps its slug unless a live workspace of the
+        organization took it meanwhile (then a random suffix is added), gets a new join code,
+        and stays unscheduled (deletion removed the schedule). For anyone else, and for a
+        workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
+        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
+        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
+        NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -28,7 +28,7 @@ from service.domain.errors import (
     PermissionDenied,
     PreconditionViolation,
 )
-from service.domain.membership import workspaces_left_without_owner
+from service.domain.workspace_members import workspaces_left_without_owner
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The invitee's side of invitations: listing, accepting and declining them.
 
 Nobody becomes a member without their own action. AddMember and InviteOrganizationMember
-store a pending invitation to an email (`service.domain.membership`); signing in claims
-nothing. The invitee lists the invitations to their email and accepts or declines each.
+store a pending invitation to an email (`service.domain.workspace_members`,
+`service.domain.organization_members`); signing in claims nothing. The invitee lists the invitations to their email and accepts or declines each.
 
 An invitation is the invitee's only when the caller's token carries its email *verified*
 (`Principal.email_verified`, from the `email_verified` claim): an identity provider that
@@ -35,7 +35,8 @@ from service.domain.access import WORKSPACE_ROLE_RANK
 from service.domain.actor import Actor
 from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
 from service.domain.inputs import require_id
-from service.domain.membership import Member, active_member, lock_organization
+from service.domain.members import Member, active_member
+from service.domain.organization_members import lock_organization
 from service.domain.paging import parse_page
 from service.domain.workspace_locks import lock_live_workspace
 

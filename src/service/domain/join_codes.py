@@ -32,8 +32,9 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
-from service.domain.membership import Member, add_workspace_member_if_absent
+from service.domain.members import Member
 from service.domain.workspace_locks import live_workspace_for_update, lock_live_workspace
+from service.domain.workspace_members import add_workspace_member_if_absent
 
 ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
 CODE_LENGTH = 12

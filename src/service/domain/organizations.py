@@ -11,7 +11,7 @@ from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import new_id, utcnow
+from service.clock import new_id
 from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
 from service.domain import audit
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
@@ -28,14 +28,13 @@ ACTION = re.compile(r"^beacon\.v1\.[A-Za-z]{1,40}/[A-Za-z]{1,60}$")
 
 
 async def insert_organization(
-    session: AsyncSession, *, name: str, owner_id: str, personal: bool = False
+    session: AsyncSession, *, name: str, owner_id: str, now: datetime, personal: bool = False
 ) -> Organization:
     """A new organization named `name` (already validated) with `owner_id` as its owner.
 
     The slug is derived from the name and suffixed when taken. `personal` marks the
     owner's personal organization (at most one per user).
     """
-    now = utcnow()
     org = Organization(
         id=new_id("org"),
         name=name,
@@ -66,10 +65,12 @@ async def _recorded(session: AsyncSession, call: Actor, org: Organization) -> Or
     return org
 
 
-async def create_organization(session: AsyncSession, call: Actor, name: str) -> Organization:
+async def create_organization(
+    session: AsyncSession, call: Actor, name: str, *, now: datetime
+) -> Organization:
     """Creates an organization owned by the caller."""
     clean = display_name("name", name)
-    org = await insert_organization(session, name=clean, owner_id=call.require_user_id())
+    org = await insert_organization(session, name=clean, owner_id=call.require_user_id(), now=now)
     return await _recorded(session, call, org)
 
 
@@ -111,17 +112,21 @@ async def update_organization(
     name: str,
     paths: Sequence[str],
     etag: str = "",
+    now: datetime,
 ) -> Organization:
-    """Renames the organization. The mask follows UpdateWorkspace's rule, except that an
-    empty mask means `name` (its only updatable field), as it always has; `etag`, when set,
-    must be the current one."""
-    masked_paths(paths, UPDATABLE_ORGANIZATION_FIELDS, default=UPDATABLE_ORGANIZATION_FIELDS)
-    clean = display_name("organization.name", name)
+    """Renames the organization. The mask follows UpdateWorkspace's rule: it names the
+    fields to change (`name`, the only updatable one, or `*`), and an empty mask is
+    InvalidArgument naming `update_mask`; `etag`, when set, must be the current one. A
+    rename to the current name changes nothing (the etag stays)."""
+    masked = masked_paths(paths, UPDATABLE_ORGANIZATION_FIELDS)
+    clean = display_name("organization.name", name) if "name" in masked else ""
     org = await session.get(Organization, organization_id, with_for_update=True)
     if org is None:
         raise NotFound("organization", organization_id)
     check_etag("organization.etag", etag, organization_etag(org), resource="organization")
-    org.name = clean
+    if "name" in masked and org.name != clean:
+        org.name = clean
+        org.update_time = now
     return await _recorded(session, call, org)
 
 
@@ -197,7 +202,7 @@ async def navigation_state(session: AsyncSession, user_id: str) -> NavigationSta
 
 
 async def set_current_workspace(
-    session: AsyncSession, call: Actor, workspace_id: str
+    session: AsyncSession, call: Actor, workspace_id: str, *, now: datetime
 ) -> NavigationState:
     """Stores the caller's current workspace (access already checked) and returns the state."""
     user_id = call.require_user_id()
@@ -242,7 +247,12 @@ def access_summary(organization_id: str, role: str) -> OrganizationAccessSummary
 
 
 async def link_workos_organization(
-    session: AsyncSession, call: Actor, organization_id: str, workos_organization_id: str
+    session: AsyncSession,
+    call: Actor,
+    organization_id: str,
+    workos_organization_id: str,
+    *,
+    now: datetime,
 ) -> Organization:
     """Links a WorkOS organization id; AlreadyExists when another organization holds it."""
     workos_id = workos_organization_id.strip()
@@ -258,6 +268,7 @@ async def link_workos_organization(
         if holder is not None:
             raise AlreadyExists("this WorkOS organization is linked to another organization")
         org.workos_organization_id = workos_id
+        org.update_time = now
         try:
             async with session.begin_nested():
                 await session.flush()
@@ -269,11 +280,13 @@ async def link_workos_organization(
 
 
 async def unlink_workos_organization(
-    session: AsyncSession, call: Actor, organization_id: str
+    session: AsyncSession, call: Actor, organization_id: str, *, now: datetime
 ) -> Organization:
     """Removes the organization's WorkOS link (harmless when there is none)."""
     org = await get_organization(session, organization_id)
-    org.workos_organization_id = None
+    if org.workos_organization_id is not None:
+        org.workos_organization_id = None
+        org.update_time = now
     return await _recorded(session, call, org)
 
 

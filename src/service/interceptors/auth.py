@@ -15,7 +15,7 @@ from service.auth.context import Principal, current_call
 from service.auth.identity import Authenticator
 from service.db.database import Database
 from service.domain import access as acl
-from service.domain import workspaces
+from service.domain import workspace_access
 from service.domain.actor import Access
 from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import require_id
@@ -131,7 +131,7 @@ class AuthorizeAround(Around):
         try:
             async with self.db.read() as session:
                 if workspace_level:
-                    found = await workspaces.authorize_view(session, user_id, target)
+                    found = await workspace_access.authorize_view(session, user_id, target)
                 else:
                     found = await acl.organization_access_of(session, user_id, target)
         except NotFound:

@@ -13,8 +13,8 @@ from service import providers
 from service.config import Settings
 from service.db.database import Reader
 from service.db.models import Organization
-from service.domain import files, organizations, workspaces
-from service.domain.workspaces import WorkspaceView
+from service.domain import files, organizations, workspace_views
+from service.domain.workspace_views import WorkspaceView
 
 PROVIDER_TO_PROTO = providers.TO_PROTO
 PROVIDER_FROM_PROTO = providers.FROM_PROTO
@@ -70,6 +70,8 @@ def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspa
         create_time=timestamp(view.create_time),
         update_time=timestamp(view.update_time),
         etag=view.etag,
+        delete_time=timestamp(view.delete_time),
+        purge_time=timestamp(view.purge_time),
     )
 
 
@@ -78,7 +80,7 @@ async def workspace_messages(
 ) -> list[ws_pb.Workspace]:
     """Workspace messages of the live workspaces among `workspace_ids`, in that order
     (deleted or unknown ids are skipped). One query."""
-    views = await workspaces.load_views(session, workspace_ids)
+    views = await workspace_views.load_views(session, workspace_ids)
     return [workspace_to_proto(view, settings) for view in views]
 
 
@@ -86,4 +88,4 @@ async def workspace_message(
     session: Reader, settings: Settings, workspace_id: str
 ) -> ws_pb.Workspace:
     """The Workspace message of one live workspace; NotFound when it is gone. One query."""
-    return workspace_to_proto(await workspaces.load_view(session, workspace_id), settings)
+    return workspace_to_proto(await workspace_views.load_view(session, workspace_id), settings)

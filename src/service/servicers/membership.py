@@ -1,8 +1,9 @@
 """MembershipService: workspace members, join codes, organization members and invitations.
 
 Each handler reads the request, calls one domain function in a unit of work and converts
-the result; the rules live in `service.domain.membership`, `service.domain.invitations`
-and `service.domain.join_codes`.
+the result; the rules live in `service.domain.workspace_members`,
+`service.domain.organization_members`, `service.domain.invitations` and
+`service.domain.join_codes`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
-from service.domain import invitations, join_codes, membership
+from service.domain import invitations, join_codes, organization_members, workspace_members
 from service.domain.invitations import Invitation
 from service.domain.join_codes import JoinInfo
-from service.domain.membership import Member
+from service.domain.members import Member
 from service.servicers.convert import (
     ORGANIZATION_ROLE_FROM_PROTO,
     ORGANIZATION_ROLE_TO_PROTO,
@@ -52,7 +53,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.ListMembersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMembersResponse:
         async with self.app.db.transaction(write=False) as session:
-            page = await membership.list_members(
+            page = await workspace_members.list_members(
                 session,
                 request.workspace_id,
                 page_size=request.page_size,
@@ -68,7 +69,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.AddMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkspaceMember:
         async def add(session: AsyncSession) -> pb.WorkspaceMember:
-            member = await membership.add_member(
+            member = await workspace_members.add_member(
                 session,
                 current_actor(),
                 request.workspace_id,
@@ -87,12 +88,13 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.UpdateMemberRoleRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkspaceMember:
         async with self.app.db.transaction() as session:
-            member = await membership.update_member_role(
+            member = await workspace_members.update_member_role(
                 session,
                 current_actor(),
                 request.workspace_id,
                 user_id=request.user_id,
                 role=_workspace_role(request.role),
+                now=utcnow(),
             )
         return _workspace_member(member)
 
@@ -100,12 +102,13 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.RemoveMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.RemoveMemberResponse:
         async with self.app.db.transaction() as session:
-            await membership.remove_member(
+            await workspace_members.remove_member(
                 session,
                 current_actor(),
                 request.workspace_id,
                 user_id=request.user_id,
                 email=request.email,
+                now=utcnow(),
             )
         return pb.RemoveMemberResponse(success=True)
 
@@ -113,7 +116,9 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.LeaveWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> Empty:
         async with self.app.db.transaction() as session:
-            await membership.leave_workspace(session, current_actor(), request.workspace_id)
+            await workspace_members.leave_workspace(
+                session, current_actor(), request.workspace_id, now=utcnow()
+            )
         return Empty()
 
     async def GetJoinInfo(
@@ -158,7 +163,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.ListOrganizationMembersRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListOrganizationMembersResponse:
         async with self.app.db.transaction(write=False) as session:
-            page = await membership.list_organization_members(
+            page = await organization_members.list_organization_members(
                 session,
                 request.organization_id,
                 page_size=request.page_size,
@@ -174,7 +179,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.InviteOrganizationMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.OrganizationMember:
         async def invite(session: AsyncSession) -> pb.OrganizationMember:
-            member = await membership.invite_organization_member(
+            member = await organization_members.invite_organization_member(
                 session,
                 current_actor(),
                 request.organization_id,
@@ -197,12 +202,13 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.UpdateOrganizationMemberRoleRequest, context: grpc.aio.ServicerContext
     ) -> pb.OrganizationMember:
         async with self.app.db.transaction() as session:
-            member = await membership.update_organization_member_role(
+            member = await organization_members.update_organization_member_role(
                 session,
                 current_actor(),
                 request.organization_id,
                 user_id=request.user_id,
                 role=_organization_role(request.role),
+                now=utcnow(),
             )
         return _organization_member(member)
 
@@ -210,12 +216,13 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.RemoveOrganizationMemberRequest, context: grpc.aio.ServicerContext
     ) -> Empty:
         async with self.app.db.transaction() as session:
-            await membership.remove_organization_member(
+            await organization_members.remove_organization_member(
                 session,
                 current_actor(),
                 request.organization_id,
                 user_id=request.user_id,
                 email=request.email,
+                now=utcnow(),
             )
         return Empty()
 

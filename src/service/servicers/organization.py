@@ -13,6 +13,7 @@ from beacon.v1 import organization_service_pb2 as pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
+from service.clock import utcnow
 from service.domain import idempotency, organizations
 from service.domain.organizations import AuditFilter, NavigationState
 from service.domain.paging import parse_page
@@ -33,7 +34,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         call = current_actor()
 
         async def create(session: AsyncSession) -> pb.Organization:
-            org = await organizations.create_organization(session, call, request.name)
+            org = await organizations.create_organization(session, call, request.name, now=utcnow())
             return organization_to_proto(org)
 
         return await idempotency.run_once(
@@ -76,6 +77,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
                 name=request.organization.name,
                 paths=list(request.update_mask.paths),
                 etag=request.organization.etag,
+                now=utcnow(),
             )
             return organization_to_proto(org)
 
@@ -93,7 +95,10 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         call = current_actor()
         async with self.app.db.transaction() as session:
             state = await organizations.set_current_workspace(
-                session, call, call.require_access().workspace_id or request.workspace_id
+                session,
+                call,
+                call.require_access().workspace_id or request.workspace_id,
+                now=utcnow(),
             )
             return _navigation_state(state)
 
@@ -131,6 +136,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
                 call,
                 call.require_access().organization_id,
                 request.workos_organization_id,
+                now=utcnow(),
             )
             return organization_to_proto(org)
 
@@ -140,7 +146,7 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
         call = current_actor()
         async with self.app.db.transaction() as session:
             org = await organizations.unlink_workos_organization(
-                session, call, call.require_access().organization_id
+                session, call, call.require_access().organization_id, now=utcnow()
             )
             return organization_to_proto(org)
 

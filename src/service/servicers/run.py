@@ -18,7 +18,7 @@ from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.db.models import Probe
-from service.domain import reports, runs, workspaces
+from service.domain import reports, runs, workspace_access
 from service.domain.errors import InvalidArgument
 from service.domain.run_status import ProbeStatus, RunStatus
 from service.servicers.calls import resolved_workspace_id
@@ -209,7 +209,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         # The auth interceptor checked access once, at the start: check it again while the
         # stream lasts, so that a removed member stops seeing the run within seconds.
         check_access = functools.partial(
-            workspaces.authorize_view, user_id=user_id, resource_id=request.run_id
+            workspace_access.authorize_view, user_id=user_id, resource_id=request.run_id
         )
         watch = runs.watch_run(
             self.app.db,

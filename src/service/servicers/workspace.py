@@ -1,7 +1,8 @@
 """WorkspaceService: workspaces, icon uploads, enabled providers and account deletion.
 
-Each handler reads the request, calls one domain function (`service.domain.workspaces`,
-`files`, `accounts`) in a unit of work and converts the result with `convert`.
+Each handler reads the request, calls one domain function (`service.domain.
+workspace_lifecycle`, `workspace_views`, `files`, `accounts`) in a unit of work and converts
+the result with `convert`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from beacon.v1 import workspace_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
-from service.domain import accounts, files, idempotency, workspaces
+from service.clock import utcnow
+from service.domain import accounts, files, idempotency, workspace_lifecycle, workspace_views
 from service.domain.paging import parse_page
-from service.domain.workspaces import Competitor, NewWorkspace, WorkspacePatch
+from service.domain.workspace_fields import Competitor
+from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
+from service.domain.workspace_purge import DeletedSince
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,
@@ -54,10 +58,11 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         )
 
         async def create(session: AsyncSession) -> pb.CreateWorkspaceResponse:
-            created = await workspaces.create_workspace(
+            created = await workspace_lifecycle.create_workspace(
                 session,
                 call,
                 new,
+                now=utcnow(),
                 join_code_ttl=timedelta(hours=self.app.settings.join_code_ttl_hours),
             )
             return pb.CreateWorkspaceResponse(
@@ -78,6 +83,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def ListWorkspaces(
         self, request: pb.ListWorkspacesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkspacesResponse:
+        if request.show_deleted:
+            return await self._list_with_deleted(request)
         user_id = current_call().require_user_id()
         page = parse_page(
             request.page_size,
@@ -85,8 +92,28 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             scope=f"workspaces|{user_id}|{request.organization_id}",
         )
         async with self.app.db.transaction(write=False) as session:
-            views, token = await workspaces.list_views(
+            views, token = await workspace_views.list_views(
                 session, user_id, request.organization_id, page
+            )
+        return pb.ListWorkspacesResponse(
+            workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
+            next_page_token=token,
+        )
+
+    async def _list_with_deleted(
+        self, request: pb.ListWorkspacesRequest
+    ) -> pb.ListWorkspacesResponse:
+        """ListWorkspaces with show_deleted: the caller's soft-deleted workspaces too."""
+        user_id = current_call().require_user_id()
+        page = parse_page(
+            request.page_size,
+            request.page_token,
+            scope=f"workspaces-with-deleted|{user_id}|{request.organization_id}",
+        )
+        deleted = DeletedSince(utcnow(), self.app.settings.workspace_retention_days)
+        async with self.app.db.transaction(write=False) as session:
+            views, token = await workspace_views.list_views(
+                session, user_id, request.organization_id, page, deleted=deleted
             )
         return pb.ListWorkspacesResponse(
             workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
@@ -113,8 +140,14 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             competitors=_competitors(list(given.competitors)),
         )
         async with self.app.db.transaction() as session:
-            await workspaces.update_workspace(
-                session, call, given.id, patch, list(request.update_mask.paths), given.etag
+            await workspace_lifecycle.update_workspace(
+                session,
+                call,
+                given.id,
+                patch,
+                list(request.update_mask.paths),
+                given.etag,
+                now=utcnow(),
             )
             return await workspace_message(session, self.app.settings, given.id)
 
@@ -122,10 +155,26 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: pb.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> Empty:
         async with self.app.db.transaction() as session:
-            await workspaces.delete_workspace(
-                session, current_actor(), request.workspace_id, request.etag
+            await workspace_lifecycle.delete_workspace(
+                session, current_actor(), request.workspace_id, request.etag, now=utcnow()
             )
         return Empty()
+
+    async def UndeleteWorkspace(
+        self, request: pb.UndeleteWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Workspace:
+        settings = self.app.settings
+        async with self.app.db.transaction() as session:
+            await workspace_lifecycle.undelete_workspace(
+                session,
+                current_actor(),
+                request.workspace_id,
+                request.etag,
+                now=utcnow(),
+                retention_days=settings.workspace_retention_days,
+                join_code_ttl=timedelta(hours=settings.join_code_ttl_hours),
+            )
+            return await workspace_message(session, settings, request.workspace_id)
 
     async def GenerateWorkspaceIconUploadUrl(
         self,
@@ -155,8 +204,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> pb.Workspace:
         names = [PROVIDER_FROM_PROTO.get(p, "") for p in request.providers]
         async with self.app.db.transaction() as session:
-            await workspaces.set_enabled_providers(
-                session, current_actor(), request.workspace_id, names
+            await workspace_lifecycle.set_enabled_providers(
+                session, current_actor(), request.workspace_id, names, now=utcnow()
             )
             return await workspace_message(session, self.app.settings, request.workspace_id)
 
