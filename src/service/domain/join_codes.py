@@ -132,10 +132,11 @@ async def join_by_code(
     codes of deleted workspaces, are NOT_FOUND with the same message."""
     code = normalize_code(raw_code)
     user_id = call.require_user_id()
+    now = now or clock.utcnow()
     workspace = await session.scalar(live_workspace_for_update(Workspace.join_code == code))
-    if workspace is None or not _is_live(workspace, now or clock.utcnow()):
+    if workspace is None or not _is_live(workspace, now):
         raise NotFound("join code")
-    return await add_workspace_member_if_absent(session, call, workspace, user_id)
+    return await add_workspace_member_if_absent(session, call, workspace, user_id, now=now)
 
 
 async def _live_workspace(session: AsyncSession, workspace_id: str) -> Workspace:

@@ -24,10 +24,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.clock import utcnow
 from service.db.database import send_runs_after_commit
 from service.db.models import Run, Schedule, Workspace
-from service.domain import audit, runs, workspaces
+from service.domain import audit, runs, workspace_views
 from service.domain.actor import Actor
 from service.domain.errors import InvalidArgument
-from service.domain.workspaces import WorkspaceView
+from service.domain.workspace_views import WorkspaceView
 
 DEFAULT_TIME_ZONE = "UTC"
 MAX_CRON_LENGTH = 120
@@ -375,7 +375,7 @@ async def set_schedule(
     )
     if immediate.run_id:
         send_runs_after_commit(session, [immediate.run_id])
-    return ScheduleChange(state, immediate, await workspaces.load_view(session, workspace_id))
+    return ScheduleChange(state, immediate, await workspace_views.load_view(session, workspace_id))
 
 
 async def _current_if_same(
