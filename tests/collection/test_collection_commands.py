@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -18,9 +19,13 @@ from service.clock import utcnow
 from service.db.models import AuditEvent, Run
 from service.domain import prompts, runs, schedules
 from service.domain.actor import Actor
+from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.builders import Tenant, make_workspace, stored_texts
 from tests.conftest import NewUser
 from tests.support import actor_of, unique
+from workers.dispatch import dispatch_pending_runs
+
+stub_broker = fixtures.stub_broker
 
 START_RUN = "beacon.v1.RunService/StartRun"
 STORE_PROMPTS = "beacon.v1.PromptService/StorePrompts"
@@ -63,10 +68,13 @@ async def start(
 
 
 class Sent:
-    """A run sender that records what it was given and whether those runs were committed."""
+    """A run sender that records what it was given and whether those runs were committed,
+    then sends them to a broker nobody consumes, so that they leave the outbox (another
+    test's ticker would otherwise run them)."""
 
-    def __init__(self, app: App) -> None:
+    def __init__(self, app: App, broker: StubBroker) -> None:
         self.app = app
+        self.broker = broker
         self.batches: list[list[str]] = []
         self.committed: list[bool] = []
 
@@ -78,14 +86,15 @@ class Sent:
                 select(func.count()).select_from(Run).where(Run.id.in_(list(run_ids)))
             )
         self.committed.append(found == len(run_ids))
-        return len(run_ids)
+        return await dispatch_pending_runs(self.app.db, run_ids=run_ids, broker=self.broker)
 
 
-@pytest.fixture
-async def sent(app: App) -> AsyncIterator[Sent]:
-    """The shared database's run sender replaced by a recording one for the test."""
-    recorder = Sent(app)
-    previous, app.db.run_sender = app.db.run_sender, recorder
+@pytest.fixture(autouse=True)
+async def sent(app: App, stub_broker: StubBroker) -> AsyncIterator[Sent]:
+    """The shared database's run sender, replaced for each test of the module by one that
+    records what it sends."""
+    previous = app.db.run_sender
+    app.db.run_sender = recorder = Sent(app, stub_broker)
     try:
         yield recorder
     finally:
