@@ -2,7 +2,8 @@
 
 Nobody becomes a member without their own action. AddMember and InviteOrganizationMember
 store a pending invitation to an email (`service.domain.workspace_members`,
-`service.domain.organization_members`); signing in claims nothing. The invitee lists the invitations to their email and accepts or declines each.
+`service.domain.organization_members`); signing in claims nothing. The invitee lists the
+invitations to their email and accepts or declines each.
 
 An invitation is the invitee's only when the caller's token carries its email *verified*
 (`Principal.email_verified`, from the `email_verified` claim): an identity provider that

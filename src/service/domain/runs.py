@@ -2,7 +2,8 @@
 
 A run is written with status "queued" and `enqueue_time` NULL; the command that wrote it asks
 the unit of work to hand it to the broker once the transaction has committed
-(`service.db.database.send_runs_after_commit`), and the ticker sends any left behind. A worker expands the run into probes, one per (prompt, provider), and ends it.
+(`service.db.database.send_runs_after_commit`), and the ticker sends any left behind. A worker
+expands the run into probes, one per (prompt, provider), and ends it.
 
 Statuses: `service.domain.run_status`; triggers manual|schedule|schedule_set.
 """
