@@ -1,4 +1,4 @@
-"""Helpers for tests that talk to Beacon as a client would."""
+"""Helpers for tests that talk to Beacon as a client would, or call its domain directly."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from service.domain.actor import Actor
 
 DETAIL_TYPES = {
     "ErrorInfo": error_details_pb2.ErrorInfo,
@@ -63,6 +65,17 @@ def redact(url: str) -> str:
 def with_database(url: str, name: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+def actor_of(user_id: str, action: str) -> Actor:
+    """The user as the caller of a domain command serving the RPC `action` (its full name)."""
+    return Actor(
+        actor_id=user_id,
+        user_id=user_id,
+        service_key_id=None,
+        request_id=unique("req-"),
+        action=action,
+    )
 
 
 def unique(prefix: str = "t") -> str:

@@ -29,6 +29,9 @@ class App:
 
     `dispatcher` defaults to one sending to the broker configured last in this process (none:
     runs wait in the outbox for the ticker); `from_settings` is given the broker explicitly.
+    It becomes the database's run sender: the runs a domain command wrote are sent once its
+    transaction has committed (`service.db.database.send_runs_after_commit`), so servicers
+    never dispatch.
     """
 
     settings: Settings
@@ -40,6 +43,7 @@ class App:
         self.rate_limits = RateLimits(self.settings)
         if self.dispatcher is None:
             self.dispatcher = RunDispatcher(self.db)
+        self.db.run_sender = self.dispatcher.dispatch_runs
 
     @classmethod
     def from_settings(cls, settings: Settings, *, broker: dramatiq.Broker | None = None) -> App:

@@ -72,6 +72,13 @@ async def make_workspace(
     return Tenant(org_id, ws_id)
 
 
+async def stored_texts(app: App, workspace_id: str) -> dict[str, str]:
+    """The workspace's prompt ids by text."""
+    async with app.db.transaction(write=False) as session:
+        rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
+        return {row.text: row.id for row in rows}
+
+
 async def add_workspace_member(app: App, workspace_id: str, user_id: str, role: str) -> None:
     """Adds a guest member (no organization role) to a workspace."""
     async with app.db.transaction() as session:

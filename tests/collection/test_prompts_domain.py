@@ -5,15 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
 
 from service.app import App
 from service.clock import utcnow
-from service.db.models import Prompt
 from service.domain import prompts
 from service.domain.errors import FailedPrecondition, InvalidArgument
-from tests.collection.builders import make_workspace
+from tests.collection.builders import make_workspace, stored_texts
 from tests.conftest import NewUser
+from tests.support import actor_of
+
+STORE_PROMPTS = "beacon.v1.PromptService/StorePrompts"
 
 
 def test_texts_are_trimmed_and_duplicates_dropped_in_order() -> None:
@@ -70,24 +71,25 @@ def test_at_most_500_distinct_prompts() -> None:
     assert "at most 500" in caught.value.message
 
 
-async def stored_texts(app: App, workspace_id: str) -> dict[str, str]:
-    async with app.db.transaction(write=False) as session:
-        rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
-        return {row.text: row.id for row in rows}
-
-
 async def test_store_replaces_the_set_and_keeps_ids_of_kept_texts(
     app: App, new_user: NewUser
 ) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     now = utcnow()
     async with app.db.transaction() as session:
-        first = await prompts.store_prompts(session, tenant.workspace_id, ["a", "b", "c"], now=now)
+        first = await prompts.store_prompts(
+            session, actor, tenant.workspace_id, ["a", "b", "c"], now=now
+        )
     ids = {row.text: row.id for row in first.prompts}
     async with app.db.transaction() as session:
         second = await prompts.store_prompts(
-            session, tenant.workspace_id, ["c", " d ", "a", "d"], now=now + timedelta(seconds=1)
+            session,
+            actor,
+            tenant.workspace_id,
+            ["c", " d ", "a", "d"],
+            now=now + timedelta(seconds=1),
         )
     assert [row.text for row in second.prompts] == ["c", "d", "a"]
     assert second.duplicates_dropped == 1
@@ -95,37 +97,39 @@ async def test_store_replaces_the_set_and_keeps_ids_of_kept_texts(
     assert second.prompts[2].id == ids["a"]
     stored = await stored_texts(app, tenant.workspace_id)
     assert stored == {"a": ids["a"], "c": ids["c"], "d": second.prompts[1].id}
-    row = second.prompts[1]
-    assert row.text_hash == prompts.text_hash("d")
-    assert row.id.startswith("prm_")
+    assert second.prompts[1].id.startswith("prm_")
 
 
 async def test_bad_input_writes_nothing(app: App, new_user: NewUser) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     async with app.db.transaction() as session:
-        await prompts.store_prompts(session, tenant.workspace_id, ["kept"], now=utcnow())
+        await prompts.store_prompts(session, actor, tenant.workspace_id, ["kept"], now=utcnow())
     with pytest.raises(InvalidArgument):
         async with app.db.transaction() as session:
-            await prompts.store_prompts(session, tenant.workspace_id, ["new", ""], now=utcnow())
+            await prompts.store_prompts(
+                session, actor, tenant.workspace_id, ["new", ""], now=utcnow()
+            )
     assert list(await stored_texts(app, tenant.workspace_id)) == ["kept"]
 
 
 async def test_add_skips_stored_texts_and_respects_the_limit(app: App, new_user: NewUser) -> None:
     user = await new_user()
     tenant = await make_workspace(app, user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
     async with app.db.transaction() as session:
         await prompts.store_prompts(
-            session, tenant.workspace_id, [f"p{i}" for i in range(498)], now=utcnow()
+            session, actor, tenant.workspace_id, [f"p{i}" for i in range(498)], now=utcnow()
         )
     async with app.db.transaction() as session:
         added = await prompts.add_prompts(
-            session, tenant.workspace_id, ["p1", "new", "new ", "p2"], now=utcnow()
+            session, actor, tenant.workspace_id, ["p1", "new", "new ", "p2"], now=utcnow()
         )
     assert [row.text for row in added.prompts] == ["new"]
     assert added.duplicates_dropped == 3
     with pytest.raises(FailedPrecondition) as caught:
         async with app.db.transaction() as session:
-            await prompts.add_prompts(session, tenant.workspace_id, ["x", "y"], now=utcnow())
+            await prompts.add_prompts(session, actor, tenant.workspace_id, ["x", "y"], now=utcnow())
     assert caught.value.violations[0].type == "PROMPT_LIMIT"
     assert len(await stored_texts(app, tenant.workspace_id)) == 499

@@ -21,9 +21,10 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
 from service.db.models import AuditEvent, Workspace
-from service.domain.errors import InvalidArgument
+from service.domain import join_codes
+from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
-from tests.support import expect_error
+from tests.support import actor_of, expect_error
 from tests.tenancy.membership_support import add_and_accept, create_workspace
 
 CODE_SHAPE = re.compile(rf"[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}")
@@ -288,3 +289,40 @@ async def test_malformed_code_is_invalid_argument(stubs: SimpleNamespace, new_us
     joiner = await new_user()
     bad = await expect_error(grpc.StatusCode.INVALID_ARGUMENT, _join(stubs, joiner, "ABC123XYZ"))
     assert bad.details["BadRequest"].field_violations[0].field == "code"
+
+
+async def test_join_code_commands_run_at_the_time_they_are_given(
+    stubs: SimpleNamespace, new_user: Any, app: App
+) -> None:
+    owner, joiner = await new_user(), await new_user()
+    workspace = await create_workspace(stubs, owner)
+    rotation = actor_of(owner.user_id, "beacon.v1.MembershipService/RotateJoinCode")
+    now = datetime(2031, 5, 1, 12, 0, tzinfo=UTC)
+    async with app.db.transaction() as session:
+        info = await join_codes.rotate_join_code(
+            session,
+            rotation,
+            workspace.id,
+            ttl_seconds=3600,
+            default_ttl=timedelta(days=7),
+            now=now,
+        )
+    assert info.expire_time == now + timedelta(hours=1)
+    async with app.db.transaction(write=False) as session:
+        event_time = await session.scalar(
+            select(AuditEvent.create_time).where(AuditEvent.request_id == rotation.request_id)
+        )
+    assert event_time == now
+    later = now + timedelta(hours=1, seconds=1)
+    async with app.db.transaction(write=False) as session:
+        live = await join_codes.get_join_info(session, workspace.id, now=now)
+        assert live.code == info.code
+        with pytest.raises(FailedPrecondition):
+            await join_codes.get_join_info(session, workspace.id, now=later)
+    joining = actor_of(joiner.user_id, "beacon.v1.MembershipService/JoinWorkspaceByCode")
+    with pytest.raises(NotFound):
+        async with app.db.transaction() as session:
+            await join_codes.join_by_code(session, joining, info.code, now=later)
+    async with app.db.transaction() as session:
+        member = await join_codes.join_by_code(session, joining, info.code, now=now)
+    assert member.scope_id == workspace.id

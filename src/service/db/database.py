@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,21 @@ from sqlalchemy.pool import StaticPool
 
 # Anything a read can run on: an ORM session or a Core connection (`Database.read`).
 Reader = AsyncSession | AsyncConnection
+# Hands committed outbox runs to the broker (the App's dispatcher, `workers.dispatch`).
+RunSender = Callable[[Sequence[str]], Awaitable[object]]
+# Where a session collects the runs to send once its transaction has committed.
+_RUNS_TO_SEND = "beacon_runs_to_send"
+
+
+def send_runs_after_commit(session: AsyncSession, run_ids: Iterable[str]) -> None:
+    """Asks the unit of work to hand these outbox runs to the broker once the session's
+    transaction has committed (nothing is sent when it rolls back).
+
+    A run that is not sent (no sender, a broker error, a crash) stays in the outbox
+    (`enqueue_time` NULL) and the ticker's sweep sends it.
+    """
+    pending: dict[str, None] = session.info.setdefault(_RUNS_TO_SEND, {})
+    pending.update(dict.fromkeys(run_ids))
 
 
 def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
@@ -64,13 +79,19 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
 
 class Database:
-    """Owns the engine; hands out units of work."""
+    """Owns the engine; hands out units of work.
+
+    `run_sender` (set by `service.app.App` to its dispatcher) receives the runs a committed
+    transaction asked to send (`send_runs_after_commit`); without one they wait in the
+    outbox for the ticker.
+    """
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.run_sender: RunSender | None = None
 
     @asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[AsyncSession]:
@@ -78,11 +99,13 @@ class Database:
 
         `write=False` marks read-only work: it runs without BEGIN/ROLLBACK round trips
         (autocommit; each statement sees its own snapshot) and never takes SQLite's write
-        lock.
+        lock. After a write commits, the runs it asked to send (`send_runs_after_commit`) go
+        to `run_sender`, once the session's connection is back in the pool.
         """
         options: dict[str, Any] = (
             {"beacon_write": True} if write else {"isolation_level": "AUTOCOMMIT"}
         )
+        to_send: list[str] = []
         async with self._sessions() as session:
             await session.connection(execution_options=options)
             try:
@@ -92,10 +115,13 @@ class Database:
                 raise
             if write:
                 await session.commit()
+                to_send = list(session.info.pop(_RUNS_TO_SEND, ()))
             else:
                 # Keep what was read usable after the block: rollback would expire it.
                 session.expunge_all()
                 await session.rollback()
+        if to_send and self.run_sender is not None:
+            await self.run_sender(to_send)
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:

@@ -6,6 +6,7 @@ sent them and stay (they may cancel them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,8 +40,10 @@ class DeletedAccount:
     file_ids: list[str]
 
 
-async def delete_account(session: AsyncSession, call: Actor) -> DeletedAccount:
-    """Deletes the caller's account, or nothing at all.
+async def delete_account(
+    session: AsyncSession, call: Actor, *, now: datetime | None = None
+) -> DeletedAccount:
+    """Deletes the caller's account at `now` (its audit events' time), or nothing at all.
 
     Only the user themself may: a service key acting as them is PermissionDenied. An
     organization whose only member (organization members and guests of its live
@@ -93,7 +96,7 @@ async def delete_account(session: AsyncSession, call: Actor) -> DeletedAccount:
         )
     )
     for org_id in sorted((set(roles) | guest_orgs) - set(doomed)):
-        audit.record(session, call, organization_id=org_id, target_ids=[user_id])
+        audit.record(session, call, organization_id=org_id, target_ids=[user_id], now=now)
     if doomed:
         await session.execute(delete(Organization).where(Organization.id.in_(doomed)))
     file_ids = await _release_uploads(session, user_id)

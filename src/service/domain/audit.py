@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id, utcnow
-from service.db.models import AuditEvent
+from service.db.models import AuditEvent, Workspace
 from service.domain.actor import Actor
+from service.domain.errors import NotFound
 
 
 def record(
@@ -18,8 +20,10 @@ def record(
     organization_id: str,
     workspace_id: str | None = None,
     target_ids: Iterable[str] = (),
+    now: datetime | None = None,
 ) -> None:
-    """Adds the audit event of the current call to the session (never secrets: ids only).
+    """Adds the audit event of the current call, made at `now`, to the session (never
+    secrets: ids only).
 
     The actor is the user (acted for, when a service key acts as one) and the key is
     recorded beside it; the event is identified by the server's request id, and the
@@ -36,6 +40,29 @@ def record(
             target_ids=list(target_ids),
             request_id=call.request_id,
             correlation_id=call.correlation_id,
-            create_time=utcnow(),
+            create_time=now or utcnow(),
         )
+    )
+
+
+async def record_workspace_change(
+    session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    *,
+    target_ids: Iterable[str],
+    now: datetime,
+) -> None:
+    """Adds the audit event of a change in `workspace_id` (empty target ids are left out);
+    its organization is the workspace's (the session's copy when it holds one)."""
+    workspace = await session.get(Workspace, workspace_id)
+    if workspace is None:
+        raise NotFound("workspace", workspace_id)
+    record(
+        session,
+        call,
+        organization_id=workspace.organization_id,
+        workspace_id=workspace_id,
+        target_ids=[t for t in target_ids if t],
+        now=now,
     )

@@ -154,9 +154,12 @@ class UploadTicket:
     max_bytes: int
 
 
-async def create_upload(session: AsyncSession, settings: Settings, owner_id: str) -> UploadTicket:
-    """A new pending file owned by `owner_id` and its signed, single-use upload URL."""
-    now = utcnow()
+async def create_upload(
+    session: AsyncSession, settings: Settings, owner_id: str, *, now: datetime | None = None
+) -> UploadTicket:
+    """A new pending file owned by `owner_id`, made at `now`, and its signed, single-use
+    upload URL."""
+    now = now or utcnow()
     expire_time = now + timedelta(seconds=settings.upload_url_ttl_seconds)
     file = File(
         id=new_id("file"),
@@ -264,13 +267,19 @@ def sniff_image_type(data: bytes) -> str | None:
 
 
 async def claim_upload(
-    session: AsyncSession, file_id: str, *, content_type: str, size: int
+    session: AsyncSession,
+    file_id: str,
+    *,
+    content_type: str,
+    size: int,
+    now: datetime | None = None,
 ) -> bool:
-    """Marks a pending, unexpired file uploaded; False when it was used, expired or gone.
+    """Marks a pending file, unexpired at `now`, uploaded; False when it was used, expired or
+    gone.
 
     One conditional UPDATE: of two racing uploads to the same URL exactly one wins.
     """
-    now = utcnow()
+    now = now or utcnow()
     result = await session.execute(
         update(File)
         .where(File.id == file_id, File.state == PENDING, File.upload_expire_time > now)

@@ -1,21 +1,76 @@
-"""Request ids (AIP-155): a retried create with the same request_id returns the first result."""
+"""Request ids (AIP-155): a retried create with the same request_id returns the first result.
+
+A request is keyed by the caller's actor id, the action and the resource it changes (its
+scope: a workspace or organization id) and the request id, so another user's identical id,
+or the same id sent for another resource, is a request of its own. The first call claims its
+key in its own transaction before doing anything; a concurrent call with the same key waits
+for that transaction (PostgreSQL's unique key; SQLite's write transactions are serial) and
+then replays the stored result, so the work is done once.
+
+Domain commands store their result dataclass as JSON (`once`); the servicers that still
+wrap a whole call store the protobuf response (`run_once`).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 from google.protobuf.message import Message
-from sqlalchemy import select
+from pydantic import TypeAdapter
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import IdempotencyKey
+from service.domain.actor import Actor
 from service.domain.inputs import require_request_id
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """Whose request (actor id), of what (action|scope) and which (the request id)."""
+
+    principal_id: str
+    method: str
+    request_id: str
+
+
+async def once(
+    session: AsyncSession,
+    call: Actor,
+    request_id: str,
+    *,
+    scope: str,
+    result_type: type[T],
+    now: datetime,
+    run: Callable[[], Awaitable[T]],
+) -> T:
+    """The result of `run()` in the session's transaction, done once per request id.
+
+    Without a request id it simply runs. With one, the first call by `call` for `scope`
+    runs and its result (a dataclass) is stored with the key; a retry returns that result
+    and runs nothing. InvalidArgument (`request_id`) for a malformed id.
+    """
+    require_request_id(request_id)
+    if not request_id:
+        return await run()
+    key = RequestKey(call.actor_id, f"{call.action}|{scope}", request_id)
+    adapter = _adapter(result_type)
+    stored = await _claim(session, key, now)
+    if stored is not None:
+        replayed: T = adapter.validate_json(stored)
+        return replayed
+    result = await run()
+    await _store(session, key, adapter.dump_json(result))
+    return result
 
 
 async def run_once(
@@ -29,50 +84,78 @@ async def run_once(
 ) -> M:
     """Runs `create` in a transaction and remembers its response under the request id.
 
-    Without a request id it simply runs. With one, a stored response is replayed; two
-    concurrent calls with the same id both run, but only one commits (the key is unique)
-    and the other replays the winner's response.
+    Without a request id it simply runs. With one, a stored response is replayed (a call
+    racing the first waits for it, then replays its response).
     """
     require_request_id(request_id)
-    if not request_id:
-        async with db.transaction() as session:
+    async with db.transaction() as session:
+        if not request_id:
             return await create(session)
-    key = (principal_id, method, request_id)
-    stored = await _load(db, key, response_type)
+        key = RequestKey(principal_id, method, request_id)
+        stored = await _claim(session, key, utcnow())
+        if stored is not None:
+            message = response_type()
+            message.ParseFromString(stored)
+            return message
+        response = await create(session)
+        await _store(session, key, response.SerializeToString())
+        return response
+
+
+# Building an adapter compiles a schema: one per result type, reused.
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(result_type: type[T]) -> TypeAdapter[T]:
+    adapter = _ADAPTERS.get(result_type)
+    if adapter is None:
+        adapter = _ADAPTERS[result_type] = TypeAdapter(result_type)
+    return adapter
+
+
+async def _claim(session: AsyncSession, key: RequestKey, now: datetime) -> bytes | None:
+    """The stored result of an earlier call with `key`; None when this transaction has just
+    claimed the key (its result is then stored with `_store` before it commits)."""
+    stored = await _stored(session, key)
     if stored is not None:
         return stored
     try:
-        async with db.transaction() as session:
-            response = await create(session)
+        async with session.begin_nested():
             session.add(
                 IdempotencyKey(
-                    principal_id=principal_id,
-                    method=method,
-                    request_id=request_id,
-                    response=response.SerializeToString(),
-                    create_time=utcnow(),
+                    principal_id=key.principal_id,
+                    method=key.method,
+                    request_id=key.request_id,
+                    response=b"",
+                    create_time=now,
                 )
             )
-            await session.flush()
-        return response
     except IntegrityError:
-        stored = await _load(db, key, response_type)
+        # A concurrent call claimed it and has committed since: replay its result.
+        stored = await _stored(session, key)
         if stored is None:
             raise
         return stored
+    return None
 
 
-async def _load(db: Database, key: tuple[str, str, str], response_type: type[M]) -> M | None:
-    async with db.transaction(write=False) as session:
-        raw = await session.scalar(
-            select(IdempotencyKey.response).where(
-                IdempotencyKey.principal_id == key[0],
-                IdempotencyKey.method == key[1],
-                IdempotencyKey.request_id == key[2],
-            )
-        )
-    if raw is None:
-        return None
-    message = response_type()
-    message.ParseFromString(raw)
-    return message
+async def _store(session: AsyncSession, key: RequestKey, result: bytes) -> None:
+    await session.execute(
+        update(IdempotencyKey)
+        .where(*_is(key))
+        .values(response=result)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def _stored(session: AsyncSession, key: RequestKey) -> bytes | None:
+    stored: bytes | None = await session.scalar(select(IdempotencyKey.response).where(*_is(key)))
+    return stored
+
+
+def _is(key: RequestKey) -> tuple[Any, ...]:
+    return (
+        IdempotencyKey.principal_id == key.principal_id,
+        IdempotencyKey.method == key.method,
+        IdempotencyKey.request_id == key.request_id,
+    )

@@ -2,7 +2,8 @@
 
 Nobody becomes a member without their own action. AddMember and InviteOrganizationMember
 store a pending invitation to an email (`service.domain.workspace_members`,
-`service.domain.organization_members`); signing in claims nothing. The invitee lists the invitations to their email and accepts or declines each.
+`service.domain.organization_members`); signing in claims nothing. The invitee lists the
+invitations to their email and accepts or declines each.
 
 An invitation is the invitee's only when the caller's token carries its email *verified*
 (`Principal.email_verified`, from the `email_verified` claim): an identity provider that
@@ -184,6 +185,7 @@ async def accept_invitation(
             organization_id=workspace.organization_id,
             workspace_id=workspace.id,
             target_ids=[workspace.id, invitation_id],
+            now=now,
         )
         await session.flush()
         return Accepted(
@@ -198,7 +200,9 @@ async def accept_invitation(
             organization_id=organization_id, user_id=user_id, role=role, create_time=now
         )
         session.add(org_member)
-    audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
+    audit.record(
+        session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
+    )
     await session.flush()
     return Accepted(
         organization_member=active_member(
@@ -228,10 +232,13 @@ async def decline_invitation(
             organization_id=organization_id,
             workspace_id=found.workspace_id,
             target_ids=[found.workspace_id, invitation_id],
+            now=now,
         )
         return
     await _take(session, OrganizationInvitation, email, invitation_id, now)
-    audit.record(session, call, organization_id=found.organization_id, target_ids=[invitation_id])
+    audit.record(
+        session, call, organization_id=found.organization_id, target_ids=[invitation_id], now=now
+    )
 
 
 async def _find(

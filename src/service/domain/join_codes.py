@@ -80,13 +80,15 @@ def normalize_code(raw: str) -> str:
     return code
 
 
-async def get_join_info(session: AsyncSession, workspace_id: str) -> JoinInfo:
-    """The workspace's live join code. Reading writes nothing: a workspace gets its code when
-    it is created and a new one from `rotate_join_code`. FailedPrecondition (type
+async def get_join_info(
+    session: AsyncSession, workspace_id: str, *, now: datetime | None = None
+) -> JoinInfo:
+    """The workspace's join code live at `now`. Reading writes nothing: a workspace gets its
+    code when it is created and a new one from `rotate_join_code`. FailedPrecondition (type
     JOIN_CODE_UNAVAILABLE) when it has no live code: it expired, or the workspace was made
     before codes were made at creation."""
     workspace = await _live_workspace(session, workspace_id)
-    if not _is_live(workspace):
+    if not _is_live(workspace, now or clock.utcnow()):
         raise FailedPrecondition(
             "the workspace has no live join code: a workspace owner makes one with RotateJoinCode",
             [
@@ -107,8 +109,9 @@ async def rotate_join_code(
     *,
     ttl_seconds: float | None,
     default_ttl: timedelta,
+    now: datetime | None = None,
 ) -> JoinInfo:
-    """Replaces the join code; the old one stops working at once.
+    """Replaces the join code at `now`; the old one stops working at once.
 
     `ttl_seconds` None means `default_ttl`; otherwise it must be 1 hour to 90 days.
     """
@@ -118,19 +121,22 @@ async def rotate_join_code(
             raise InvalidArgument("ttl", "must be between 1 hour and 90 days")
         ttl = timedelta(seconds=ttl_seconds)
     workspace = await lock_live_workspace(session, workspace_id)
-    return await _replace_code(session, call, workspace, ttl)
+    return await _replace_code(session, call, workspace, ttl, now or clock.utcnow())
 
 
-async def join_by_code(session: AsyncSession, call: Actor, raw_code: str) -> Member:
+async def join_by_code(
+    session: AsyncSession, call: Actor, raw_code: str, *, now: datetime | None = None
+) -> Member:
     """Makes the caller a member of the code's workspace (their existing membership, if any,
-    is returned unchanged). Unknown and expired codes, and codes of deleted workspaces, are
-    NOT_FOUND with the same message."""
+    is returned unchanged) when the code is live at `now`. Unknown and expired codes, and
+    codes of deleted workspaces, are NOT_FOUND with the same message."""
     code = normalize_code(raw_code)
     user_id = call.require_user_id()
+    now = now or clock.utcnow()
     workspace = await session.scalar(live_workspace_for_update(Workspace.join_code == code))
-    if workspace is None or not _is_live(workspace):
+    if workspace is None or not _is_live(workspace, now):
         raise NotFound("join code")
-    return await add_workspace_member_if_absent(session, call, workspace, user_id)
+    return await add_workspace_member_if_absent(session, call, workspace, user_id, now=now)
 
 
 async def _live_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
@@ -142,16 +148,16 @@ async def _live_workspace(session: AsyncSession, workspace_id: str) -> Workspace
     return workspace
 
 
-def _is_live(workspace: Workspace) -> bool:
+def _is_live(workspace: Workspace, now: datetime) -> bool:
     expire_time = workspace.join_code_expire_time
-    return bool(workspace.join_code) and expire_time is not None and expire_time > clock.utcnow()
+    return bool(workspace.join_code) and expire_time is not None and expire_time > now
 
 
 async def _replace_code(
-    session: AsyncSession, call: Actor, workspace: Workspace, ttl: timedelta
+    session: AsyncSession, call: Actor, workspace: Workspace, ttl: timedelta, now: datetime
 ) -> JoinInfo:
     code = await unused_code(session)
-    expire_time = clock.utcnow() + ttl
+    expire_time = now + ttl
     # A Core update, so that update_time (the workspace's content) is left as it is.
     await session.execute(
         update(Workspace)
@@ -169,6 +175,7 @@ async def _replace_code(
         organization_id=workspace.organization_id,
         workspace_id=workspace.id,
         target_ids=[workspace.id],
+        now=now,
     )
     return JoinInfo(workspace_id=workspace.id, code=display_code(code), expire_time=expire_time)
 

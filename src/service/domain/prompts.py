@@ -20,6 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
 from service.db.models import Prompt
+from service.domain import audit, idempotency
+from service.domain.actor import Actor
 from service.domain.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -46,10 +48,24 @@ class NormalizedPrompts:
 
 
 @dataclass(frozen=True, slots=True)
+class PromptView:
+    """A stored prompt."""
+
+    id: str
+    workspace_id: str
+    text: str
+    create_time: datetime
+
+    @classmethod
+    def of(cls, row: Prompt) -> PromptView:
+        return cls(row.id, row.workspace_id, row.text, row.create_time)
+
+
+@dataclass(frozen=True, slots=True)
 class StoredPrompts:
     """Prompts written by a store or add, and how many request entries were duplicates."""
 
-    prompts: list[Prompt]
+    prompts: list[PromptView]
     duplicates_dropped: int
 
 
@@ -125,60 +141,106 @@ def _step(now: datetime, index: int) -> datetime:
 
 
 async def store_prompts(
-    session: AsyncSession, workspace_id: str, texts: Sequence[str], *, now: datetime
+    session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    texts: Sequence[str],
+    *,
+    request_id: str = "",
+    now: datetime,
 ) -> StoredPrompts:
     """Replaces the workspace's prompts with `texts` (normalized); returns them in order.
 
     Prompts whose text is kept retain their ids and creation times; the rest are deleted
-    (their past responses stay).
+    (their past responses stay). A retry with the same `request_id` returns the first result
+    and changes nothing.
     """
-    normalized = normalize_prompts(texts)
-    await lock_live_workspace(session, workspace_id)
-    existing = await _existing(session, workspace_id)
-    wanted = {text_hash(text): text for text in normalized.texts}
-    stale = [row.id for key, row in existing.items() if key not in wanted]
-    if stale:
-        await session.execute(delete(Prompt).where(Prompt.id.in_(stale)))
-    result: list[Prompt] = []
-    for index, (key, text) in enumerate(wanted.items()):
-        row = existing.get(key)
-        if row is None:
-            row = _new_prompt(workspace_id, text, _step(now, index))
-            session.add(row)
-        result.append(row)
-    await session.flush()
-    return StoredPrompts(result, normalized.duplicates_dropped)
+
+    async def store() -> StoredPrompts:
+        normalized = normalize_prompts(texts)
+        await lock_live_workspace(session, workspace_id)
+        existing = await _existing(session, workspace_id)
+        wanted = {text_hash(text): text for text in normalized.texts}
+        stale = [row.id for key, row in existing.items() if key not in wanted]
+        if stale:
+            await session.execute(delete(Prompt).where(Prompt.id.in_(stale)))
+        result: list[Prompt] = []
+        for index, (key, text) in enumerate(wanted.items()):
+            row = existing.get(key)
+            if row is None:
+                row = _new_prompt(workspace_id, text, _step(now, index))
+                session.add(row)
+            result.append(row)
+        await session.flush()
+        await audit.record_workspace_change(
+            session, call, workspace_id, target_ids=[workspace_id], now=now
+        )
+        return StoredPrompts([PromptView.of(row) for row in result], normalized.duplicates_dropped)
+
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=StoredPrompts,
+        now=now,
+        run=store,
+    )
 
 
 async def add_prompts(
-    session: AsyncSession, workspace_id: str, texts: Sequence[str], *, now: datetime
+    session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    texts: Sequence[str],
+    *,
+    request_id: str = "",
+    now: datetime,
 ) -> StoredPrompts:
     """Adds the texts not stored yet; returns the added prompts.
 
-    Raises FailedPrecondition when the workspace would hold more than 500 prompts.
+    Raises FailedPrecondition when the workspace would hold more than 500 prompts. A retry
+    with the same `request_id` returns the first result and changes nothing.
     """
-    normalized = normalize_prompts(texts)
-    await lock_live_workspace(session, workspace_id)
-    existing = await _existing(session, workspace_id)
-    fresh = [text for text in normalized.texts if text_hash(text) not in existing]
-    total = len(existing) + len(fresh)
-    if total > MAX_PROMPTS:
-        raise FailedPrecondition(
-            f"a workspace holds at most {MAX_PROMPTS} prompts: it has {len(existing)} and "
-            f"{len(fresh)} would be added",
-            [
-                PreconditionViolation(
-                    "PROMPT_LIMIT", workspace_id, f"at most {MAX_PROMPTS} prompts per workspace"
-                )
-            ],
+
+    async def add() -> StoredPrompts:
+        normalized = normalize_prompts(texts)
+        await lock_live_workspace(session, workspace_id)
+        existing = await _existing(session, workspace_id)
+        fresh = [text for text in normalized.texts if text_hash(text) not in existing]
+        total = len(existing) + len(fresh)
+        if total > MAX_PROMPTS:
+            raise FailedPrecondition(
+                f"a workspace holds at most {MAX_PROMPTS} prompts: it has {len(existing)} and "
+                f"{len(fresh)} would be added",
+                [
+                    PreconditionViolation(
+                        "PROMPT_LIMIT", workspace_id, f"at most {MAX_PROMPTS} prompts per workspace"
+                    )
+                ],
+            )
+        added = [_new_prompt(workspace_id, text, _step(now, i)) for i, text in enumerate(fresh)]
+        session.add_all(added)
+        await session.flush()
+        await audit.record_workspace_change(
+            session, call, workspace_id, target_ids=[row.id for row in added], now=now
         )
-    added = [_new_prompt(workspace_id, text, _step(now, i)) for i, text in enumerate(fresh)]
-    session.add_all(added)
-    await session.flush()
-    return StoredPrompts(added, len(texts) - len(fresh))
+        return StoredPrompts([PromptView.of(row) for row in added], len(texts) - len(fresh))
+
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=StoredPrompts,
+        now=now,
+        run=add,
+    )
 
 
-async def delete_prompt(session: AsyncSession, workspace_id: str, prompt_id: str) -> None:
+async def delete_prompt(
+    session: AsyncSession, call: Actor, workspace_id: str, prompt_id: str, *, now: datetime
+) -> None:
     """Deletes one prompt of the workspace; NotFound when there is none by that id."""
     await lock_live_workspace(session, workspace_id)
     result = await session.execute(
@@ -186,6 +248,9 @@ async def delete_prompt(session: AsyncSession, workspace_id: str, prompt_id: str
     )
     if cast(CursorResult[Any], result).rowcount == 0:
         raise NotFound("prompt", prompt_id)
+    await audit.record_workspace_change(
+        session, call, workspace_id, target_ids=[prompt_id], now=now
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,9 @@
 """Collection runs: creation (the outbox), starting, progress, cancellation, watching, answers.
 
-A run is written with status "queued" and `enqueue_time` NULL; whoever wrote it hands it to the
-broker after committing (`workers.dispatch.dispatch_pending_runs`), and the ticker re-sends any
-left behind. A worker expands the run into probes, one per (prompt, provider), and ends it.
+A run is written with status "queued" and `enqueue_time` NULL; the command that wrote it asks
+the unit of work to hand it to the broker once the transaction has committed
+(`service.db.database.send_runs_after_commit`), and the ticker sends any left behind. A worker
+expands the run into probes, one per (prompt, provider), and ends it.
 
 Statuses: `service.domain.run_status`; triggers manual|schedule|schedule_set.
 """
@@ -22,8 +23,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
 from service.config import PROVIDERS
-from service.db.database import Database
+from service.db.database import Database, send_runs_after_commit
 from service.db.models import Probe, Prompt, Run, Workspace
+from service.domain import audit, idempotency
+from service.domain.actor import Actor
 from service.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -163,6 +166,54 @@ async def create_run(
 
 async def start_run(
     session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    *,
+    configured: Collection[str],
+    prompt_ids: Sequence[str] = (),
+    providers: Sequence[str] = (),
+    request_id: str = "",
+    now: datetime,
+) -> StartOutcome:
+    """Starts a manual run over the given prompts (default all) and providers (default all
+    enabled); see `queue_run`. The run is sent to the workers once the transaction commits.
+
+    A retry with the same `request_id` returns the first outcome and starts nothing; it asks
+    again to send the run, which sends it only if the first call's send failed.
+    """
+
+    async def start() -> StartOutcome:
+        outcome = await queue_run(
+            session,
+            workspace_id=workspace_id,
+            trigger="manual",
+            configured=configured,
+            now=now,
+            prompt_ids=prompt_ids,
+            providers=providers,
+        )
+        if outcome.run is not None:
+            await audit.record_workspace_change(
+                session, call, workspace_id, target_ids=[outcome.run.id], now=now
+            )
+        return outcome
+
+    outcome = await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=StartOutcome,
+        now=now,
+        run=start,
+    )
+    if outcome.run is not None:
+        send_runs_after_commit(session, [outcome.run.id])
+    return outcome
+
+
+async def queue_run(
+    session: AsyncSession,
     *,
     workspace_id: str,
     trigger: Trigger,
@@ -171,7 +222,8 @@ async def start_run(
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
 ) -> StartOutcome:
-    """Starts a run over the given prompts (default all) and providers (default all enabled).
+    """Writes a run over the given prompts (default all) and providers (default all enabled)
+    into the outbox, for a command that records and sends it (`start_run`, SetSchedule).
 
     Explicit providers must be enabled and every one must have credentials (`configured`);
     by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
@@ -346,7 +398,7 @@ async def list_runs(
 
 
 async def cancel_run(
-    session: AsyncSession, workspace_id: str, run_id: str, *, now: datetime
+    session: AsyncSession, call: Actor, workspace_id: str, run_id: str, *, now: datetime
 ) -> RunView:
     """Requests cancellation: pending probes are skipped and the run ends CANCELED at once
     when it has no probes yet or had pending ones (workers skip probes of canceled runs).
@@ -361,6 +413,7 @@ async def cancel_run(
         )
     await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
     await cancel(session, run_id, now)
+    await audit.record_workspace_change(session, call, workspace_id, target_ids=[run_id], now=now)
     return await _view(session, await _load_run(session, workspace_id, run_id))
 
 

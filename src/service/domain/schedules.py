@@ -22,9 +22,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import utcnow
+from service.db.database import send_runs_after_commit
 from service.db.models import Run, Schedule, Workspace
-from service.domain import runs
+from service.domain import audit, runs, workspace_views
+from service.domain.actor import Actor
 from service.domain.errors import InvalidArgument
+from service.domain.workspace_views import WorkspaceView
 
 DEFAULT_TIME_ZONE = "UTC"
 MAX_CRON_LENGTH = 120
@@ -325,18 +328,29 @@ class ImmediateRun:
     reason: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class ScheduleChange:
+    """What SetSchedule did: the schedule now, its immediate run and the workspace after it."""
+
+    schedule: ScheduleState
+    immediate_run: ImmediateRun
+    workspace: WorkspaceView
+
+
 async def set_schedule(
     session: AsyncSession,
-    *,
+    call: Actor,
     workspace_id: str,
+    *,
     cron: str,
     time_zone: str,
     min_interval_minutes: int,
     configured_providers: Collection[str],
     charge_run: Callable[[], Awaitable[None]],
     now: datetime,
-) -> tuple[ScheduleState, ImmediateRun]:
-    """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once.
+) -> ScheduleChange:
+    """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once,
+    sent to the workers once the transaction commits.
 
     Setting the cron and time zone the workspace already has changes nothing and starts no
     run (not_requested). Before a run is started `charge_run` is awaited: it charges the
@@ -346,15 +360,41 @@ async def set_schedule(
     schedule = (
         parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
     )
-    if schedule is not None:
-        current = await get_schedule(session, workspace_id)
-        if (current.cron, current.time_zone) == (schedule.cron, schedule.time_zone):
-            return current, ImmediateRun("not_requested", reason=UNCHANGED_REASON)
+    current = await _current_if_same(session, workspace_id, schedule)
+    if current is not None:
+        state, immediate = current, ImmediateRun("not_requested", reason=UNCHANGED_REASON)
+    elif schedule is None:
+        state = await save_schedule(session, workspace_id, None, now=now)
+        immediate = ImmediateRun("not_requested")
+    else:
         await charge_run()
-    state = await save_schedule(session, workspace_id, schedule, now=now)
+        state = await save_schedule(session, workspace_id, schedule, now=now)
+        immediate = await _immediate_run(session, workspace_id, configured_providers, now)
+    await audit.record_workspace_change(
+        session, call, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
+    )
+    if immediate.run_id:
+        send_runs_after_commit(session, [immediate.run_id])
+    return ScheduleChange(state, immediate, await workspace_views.load_view(session, workspace_id))
+
+
+async def _current_if_same(
+    session: AsyncSession, workspace_id: str, schedule: ValidSchedule | None
+) -> ScheduleState | None:
+    """The workspace's schedule when it has the cron and time zone of `schedule`, else None."""
     if schedule is None:
-        return state, ImmediateRun("not_requested")
-    outcome = await runs.start_run(
+        return None
+    current = await get_schedule(session, workspace_id)
+    same = (current.cron, current.time_zone) == (schedule.cron, schedule.time_zone)
+    return current if same else None
+
+
+async def _immediate_run(
+    session: AsyncSession, workspace_id: str, configured_providers: Collection[str], now: datetime
+) -> ImmediateRun:
+    """Writes the run a changed schedule starts at once (every prompt, every enabled
+    provider with credentials), or says why there is none."""
+    outcome = await runs.queue_run(
         session,
         workspace_id=workspace_id,
         trigger="schedule_set",
@@ -362,13 +402,13 @@ async def set_schedule(
         now=now,
     )
     if outcome.run is not None:
-        return state, ImmediateRun("queued", run_id=outcome.run.id)
+        return ImmediateRun("queued", run_id=outcome.run.id)
     if outcome.status == "empty":
-        return state, ImmediateRun("empty")
+        return ImmediateRun("empty")
     missing = ", ".join(p.upper() for p in outcome.providers_without_credentials)
     reason = (
         f"no enabled provider has credentials configured on the server ({missing})"
         if missing
         else "the workspace has no enabled providers"
     )
-    return state, ImmediateRun("failed", reason=reason)
+    return ImmediateRun("failed", reason=reason)

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import grpc
 from google.protobuf import empty_pb2
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
+from service.auth.context import current_actor
 from service.clock import utcnow
 from service.db.models import Prompt
 from service.domain import prompts
-from service.servicers.calls import record_workspace_change, resolved_workspace_id
+from service.domain.prompts import PromptView
+from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import timestamp
-from service.servicers.once import run_once
 
 
-def prompt_to_proto(row: Prompt) -> pb.Prompt:
-    """The Prompt message of a prompt row."""
+def prompt_to_proto(row: Prompt | PromptView) -> pb.Prompt:
+    """The Prompt message of a prompt (a row or a command's view of one)."""
     return pb.Prompt(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -29,7 +29,7 @@ def prompt_to_proto(row: Prompt) -> pb.Prompt:
     )
 
 
-def _prompt_messages(rows: Iterable[Prompt]) -> list[pb.Prompt]:
+def _prompt_messages(rows: Iterable[Prompt | PromptView]) -> list[pb.Prompt]:
     return [prompt_to_proto(row) for row in rows]
 
 
@@ -40,22 +40,10 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def StorePrompts(
         self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StorePromptsResponse:
-        async def store(session: AsyncSession) -> pb.StorePromptsResponse:
-            stored = await prompts.store_prompts(
-                session, request.workspace_id, request.prompts, now=utcnow()
-            )
-            record_workspace_change(session, request.workspace_id, [request.workspace_id])
-            return pb.StorePromptsResponse(
-                prompts=_prompt_messages(stored.prompts),
-                duplicates_dropped=stored.duplicates_dropped,
-            )
-
-        return await run_once(
-            self.app.db,
-            request.request_id,
-            pb.StorePromptsResponse,
-            store,
-            scope=request.workspace_id,
+        stored = await self._change(prompts.store_prompts, request)
+        return pb.StorePromptsResponse(
+            prompts=_prompt_messages(stored.prompts),
+            duplicates_dropped=stored.duplicates_dropped,
         )
 
     async def ListPrompts(
@@ -78,29 +66,35 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddPromptsResponse:
-        async def add(session: AsyncSession) -> pb.AddPromptsResponse:
-            added = await prompts.add_prompts(
-                session, request.workspace_id, request.prompts, now=utcnow()
-            )
-            record_workspace_change(
-                session, request.workspace_id, [row.id for row in added.prompts]
-            )
-            return pb.AddPromptsResponse(
-                added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
-            )
-
-        return await run_once(
-            self.app.db, request.request_id, pb.AddPromptsResponse, add, scope=request.workspace_id
+        added = await self._change(prompts.add_prompts, request)
+        return pb.AddPromptsResponse(
+            added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
         )
 
     async def DeletePrompt(
         self, request: pb.DeletePromptRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        workspace_id = resolved_workspace_id()
         async with self.app.db.transaction() as session:
-            await prompts.delete_prompt(session, workspace_id, request.prompt_id)
-            record_workspace_change(session, workspace_id, [request.prompt_id])
+            await prompts.delete_prompt(
+                session, current_actor(), resolved_workspace_id(), request.prompt_id, now=utcnow()
+            )
         return empty_pb2.Empty()
+
+    async def _change(
+        self,
+        command: Callable[..., Awaitable[prompts.StoredPrompts]],
+        request: pb.StorePromptsRequest | pb.AddPromptsRequest,
+    ) -> prompts.StoredPrompts:
+        """Runs StorePrompts' or AddPrompts' command on the request's workspace and texts."""
+        async with self.app.db.transaction() as session:
+            return await command(
+                session,
+                current_actor(),
+                request.workspace_id,
+                request.prompts,
+                request_id=request.request_id,
+                now=utcnow(),
+            )
 
 
 def add(server: grpc.aio.Server, app: App) -> str:

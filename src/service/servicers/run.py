@@ -10,21 +10,19 @@ from typing import Any, Literal
 import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth.context import current_call
+from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import reports, runs, workspace_access
 from service.domain.errors import InvalidArgument
 from service.domain.run_status import ProbeStatus, RunStatus
-from service.servicers.calls import record_workspace_change, resolved_workspace_id
+from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
-from service.servicers.once import run_once
 
 RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
     RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
@@ -157,36 +155,24 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def StartRun(
         self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.StartRunResponse:
-        workspace_id = resolved_workspace_id()
-
-        async def start(session: AsyncSession) -> pb.StartRunResponse:
+        async with self.app.db.transaction() as session:
             outcome = await runs.start_run(
                 session,
-                workspace_id=workspace_id,
-                trigger="manual",
+                current_actor(),
+                resolved_workspace_id(),
                 configured=self.app.settings.configured_providers(),
-                now=utcnow(),
                 prompt_ids=list(request.prompt_ids),
                 providers=[provider_name(p) for p in request.providers],
+                request_id=request.request_id,
+                now=utcnow(),
             )
-            if outcome.run is not None:
-                record_workspace_change(session, workspace_id, [outcome.run.id])
-            return pb.StartRunResponse(
-                status=START_STATUS_TO_PROTO[outcome.status],
-                run=run_to_proto(outcome.run) if outcome.run is not None else None,
-                providers_without_credentials=[
-                    PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
-                ],
-            )
-
-        started = await run_once(
-            self.app.db, request.request_id, pb.StartRunResponse, start, scope=workspace_id
+        return pb.StartRunResponse(
+            status=START_STATUS_TO_PROTO[outcome.status],
+            run=run_to_proto(outcome.run) if outcome.run is not None else None,
+            providers_without_credentials=[
+                PROVIDER_TO_PROTO[p] for p in outcome.providers_without_credentials
+            ],
         )
-        if started.HasField("run"):
-            # Sends only a run not yet enqueued: a replay re-sends nothing, unless the first
-            # call's send failed, in which case the retry sends it.
-            await self.app.dispatcher.dispatch_runs([started.run.id])
-        return started
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
         async with self.app.db.transaction(write=False) as session:
@@ -210,10 +196,10 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.Run:
-        workspace_id = resolved_workspace_id()
         async with self.app.db.transaction() as session:
-            view = await runs.cancel_run(session, workspace_id, request.run_id, now=utcnow())
-            record_workspace_change(session, workspace_id, [request.run_id])
+            view = await runs.cancel_run(
+                session, current_actor(), resolved_workspace_id(), request.run_id, now=utcnow()
+            )
         return run_to_proto(view)
 
     async def WatchRun(

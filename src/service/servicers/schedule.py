@@ -9,10 +9,10 @@ import grpc
 from beacon.v1 import schedule_service_pb2 as pb
 from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
+from service.auth.context import current_actor
 from service.clock import utcnow
 from service.domain import schedules
 from service.servicers import convert
-from service.servicers.calls import record_workspace_change
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
     "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
@@ -40,9 +40,10 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
     ) -> pb.SetScheduleResponse:
         settings = self.app.settings
         async with self.app.db.transaction() as session:
-            _, immediate = await schedules.set_schedule(
+            change = await schedules.set_schedule(
                 session,
-                workspace_id=request.workspace_id,
+                current_actor(),
+                request.workspace_id,
                 cron=request.cron,
                 time_zone=request.time_zone,
                 min_interval_minutes=settings.schedule_min_interval_minutes,
@@ -50,14 +51,9 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 charge_run=functools.partial(self.app.rate_limits.charge_run, request.workspace_id),
                 now=utcnow(),
             )
-            record_workspace_change(
-                session, request.workspace_id, [request.workspace_id, immediate.run_id]
-            )
-            workspace = await convert.workspace_message(session, settings, request.workspace_id)
-        if immediate.run_id:
-            await self.app.dispatcher.dispatch_runs([immediate.run_id])
+        immediate = change.immediate_run
         return pb.SetScheduleResponse(
-            workspace=workspace,
+            workspace=convert.workspace_to_proto(change.workspace, settings),
             immediate_run=pb.ImmediateRun(
                 status=IMMEDIATE_RUN_STATUS_TO_PROTO[immediate.status],
                 run_id=immediate.run_id,
