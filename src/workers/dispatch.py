@@ -36,7 +36,7 @@ from service.db.models import Probe, Run
 from service.db.types import UTCDateTime
 from workers import metrics
 from workers.actors import current_broker
-from workers.broker import ready_backlog, send_messages
+from workers.broker import new_message_ids, ready_backlog, send_messages
 from workers.messages import run_message
 from workers.statements import table_of, tune_batch_transaction
 
@@ -233,8 +233,12 @@ def traced_run_messages(
     """The run messages of (run id, workspace id) pairs. With tracing on, each run gets a
     PRODUCER span (a child of the current one: the RPC that started the run; a new trace in
     the ticker) covering the send, whose context its message carries."""
+    message_ids = new_message_ids(len(runs))
     if not tracing.enabled():
-        yield [run_message(run_id) for run_id, _ in runs]
+        yield [
+            run_message(run_id, message_id=message_id)
+            for (run_id, _), message_id in zip(runs, message_ids, strict=True)
+        ]
         return
     spans = [
         tracing.start_span(
@@ -251,8 +255,8 @@ def traced_run_messages(
     ]
     try:
         yield [
-            run_message(run_id, tracing.message_options(span))
-            for (run_id, _), span in zip(runs, spans, strict=True)
+            run_message(run_id, tracing.message_options(span), message_id=message_id)
+            for (run_id, _), span, message_id in zip(runs, spans, message_ids, strict=True)
         ]
     except BaseException as exc:
         for span in spans:
