@@ -311,12 +311,18 @@ def encode_json(message: dramatiq.Message[None]) -> bytes:
     if message.options or message.kwargs:
         return _COMPACT_JSON.encode(_redis_data(message)).encode()
     message_id = encode_basestring_ascii(message.message_id)
+    args = message.args
+    if all(type(arg) is str for arg in args):  # run ids
+        encoded_args = f"[{','.join(map(encode_basestring_ascii, args))}]"
+    else:
+        encoded_args = _COMPACT_JSON.encode(args)
+    timestamp = message.message_timestamp
     return (
         f'{{"queue_name":{encode_basestring_ascii(message.queue_name)},'
         f'"actor_name":{encode_basestring_ascii(message.actor_name)},'
-        f'"args":{_COMPACT_JSON.encode(message.args)},"kwargs":{{}},'
+        f'"args":{encoded_args},"kwargs":{{}},'
         f'"options":{{"redis_message_id":{message_id}}},"message_id":{message_id},'
-        f'"message_timestamp":{_COMPACT_JSON.encode(message.message_timestamp)}}}'
+        f'"message_timestamp":{timestamp if type(timestamp) is int else _COMPACT_JSON.encode(timestamp)}}}'
     ).encode()
 
 

@@ -216,7 +216,7 @@ async def _stamp_and_send(
     async with db.transaction() as session:
         await tune_batch_transaction(db, session)
         conn = await session.connection()
-        runs = [(run_id, workspace_id) for run_id, workspace_id in await conn.execute(stamp, parameters)]
+        runs: Sequence[tuple[str, str]] = (await conn.execute(stamp, parameters)).tuples().all()
         if not runs:
             return 0
         with traced_run_messages(runs, resent=resent) as messages:
