@@ -216,7 +216,7 @@ async def _stamp_and_send(
     async with db.transaction() as session:
         await tune_batch_transaction(db, session)
         conn = await session.connection()
-        runs: Sequence[tuple[str, str]] = (await conn.execute(stamp, parameters)).tuples().all()
+        runs: Sequence[tuple[str, str]] = (await conn.execute(stamp, parameters)).all()
         if not runs:
             return 0
         with traced_run_messages(runs, resent=resent) as messages:
