@@ -10,7 +10,10 @@ with a sweep of runs that were written but never sent, by any process; every
 were lost (`workers.dispatch.redispatch_stalled_runs`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
-on `next_run_time`, runs through the one on `enqueue_time`.
+on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
+finds unsent runs through the index on `enqueue_time`. A batch is three statements (claim, one
+INSERT ... SELECT FROM unnest, one UPDATE ... FROM unnest) and its dispatch one; sequential scans
+are off in these transactions (`workers.statements.tune_batch_transaction` says why).
 """
 
 from __future__ import annotations
