@@ -17,24 +17,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import dramatiq
 from opentelemetry.trace import SpanKind
-from sqlalchemy import ColumnElement, and_, exists, or_, select, update
+from sqlalchemy import ColumnElement, String, and_, any_, bindparam, exists, or_, select, update
+from sqlalchemy.dialects import postgresql
 
 from service import tracing
 from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Probe, Run
+from service.db.types import UTCDateTime
 from workers import metrics
 from workers.actors import current_broker
-from workers.broker import ready_backlog, send_messages
+from workers.broker import new_message_ids, ready_backlog, send_messages
 from workers.messages import run_message
-from workers.statements import commit_without_waiting_for_disk, id_in
+from workers.statements import table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +73,14 @@ async def dispatch_pending_runs(
         log.warning("no broker configured: runs stay in the outbox for the ticker")
         return 0
     sent = 0
-    chunks = (
-        [run_ids[i : i + ID_CHUNK] for i in range(0, len(run_ids), ID_CHUNK)] if run_ids else []
-    )
-    unsent = Run.enqueue_time.is_(None)
     try:
         if run_ids is None:
-            sent = await _dispatch_chunk(db, target, unsent, limit)
+            sent = await _dispatch_chunk(db, target, Run.enqueue_time.is_(None), limit)
         else:
-            for chunk in chunks:
-                if sent >= limit:
-                    break
-                sent += await _dispatch_chunk(
-                    db, target, and_(unsent, id_in(db, Run.id, chunk)), limit - sent
-                )
+            # `limit` caps the runs looked at.
+            ids = list(run_ids[:limit])
+            for start in range(0, len(ids), ID_CHUNK):
+                sent += await _dispatch_runs(db, target, ids[start : start + ID_CHUNK])
     except Exception:
         metrics.DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
@@ -155,22 +153,70 @@ async def _dispatch_chunk(
 ) -> int:
     """Stamps (with `now`, default the current time) and sends up to `limit` runs matching
     `condition`; `resent`: they were sent before (stalled runs)."""
-    candidates = select(Run.id).where(condition).limit(limit)
+    runs = table_of(Run)
+    candidates = select(runs.c.id).where(condition).limit(limit)
     if not db.is_sqlite:
         # Another dispatcher holding a run is already sending it: skip it rather than wait.
-        candidates = candidates.with_for_update(skip_locked=True, of=Run)
-    # Stamp first, send, then commit: the rows stay locked while they are sent, and a failed
-    # send rolls the stamps back.
+        candidates = candidates.with_for_update(skip_locked=True, of=runs)
     stamp = (
-        update(Run)
-        .where(Run.id.in_(candidates.scalar_subquery()))
+        update(runs)
+        .where(runs.c.id.in_(candidates.scalar_subquery()))
         .values(enqueue_time=now or utcnow())
-        .returning(Run.id, Run.workspace_id)
-        .execution_options(synchronize_session=False)
+        .returning(runs.c.id, runs.c.workspace_id)
     )
+    return await _stamp_and_send(db, broker, stamp, {}, resent=resent)
+
+
+async def _dispatch_runs(db: Database, broker: dramatiq.Broker, run_ids: list[str]) -> int:
+    """Stamps and sends those of `run_ids` not yet sent (and not being sent by another)."""
+    if db.is_sqlite:
+        return await _dispatch_chunk(
+            db, broker, and_(Run.enqueue_time.is_(None), Run.id.in_(run_ids)), len(run_ids)
+        )
+    return await _stamp_and_send(db, broker, _stamp_runs(), {"ids": run_ids, "now": utcnow()})
+
+
+@functools.cache
+def _stamp_runs() -> Any:
+    """WITH locked AS MATERIALIZED (SELECT id, enqueue_time FROM runs WHERE id = ANY(:ids)
+    FOR UPDATE SKIP LOCKED) UPDATE runs ... FROM locked WHERE locked.enqueue_time IS NULL
+    (PostgreSQL).
+
+    The runs are found by key, and whether they were sent is looked at once they are locked:
+    with `enqueue_time IS NULL` in the scan, the planner may read every unsent run through the
+    index on `enqueue_time` (all of them while the broker is down) for each chunk.
+    """
+    runs = table_of(Run)
+    locked = (
+        select(runs.c.id, runs.c.enqueue_time)
+        .where(runs.c.id == any_(bindparam("ids", type_=postgresql.ARRAY(String))))
+        .with_for_update(skip_locked=True)
+        .cte("locked")
+        .prefix_with("MATERIALIZED")
+    )
+    return (
+        update(runs)
+        .where(runs.c.id == locked.c.id, locked.c.enqueue_time.is_(None))
+        .values(enqueue_time=bindparam("now", type_=UTCDateTime()))
+        .returning(runs.c.id, runs.c.workspace_id)
+    )
+
+
+async def _stamp_and_send(
+    db: Database,
+    broker: dramatiq.Broker,
+    stamp: Any,
+    parameters: dict[str, Any],
+    *,
+    resent: bool = False,
+) -> int:
+    """Runs `stamp` (an UPDATE of runs returning their id and workspace id), sends the runs it
+    stamped, then commits: the rows stay locked while they are sent, and a failed send rolls
+    the stamps back."""
     async with db.transaction() as session:
-        await commit_without_waiting_for_disk(db, session)
-        runs = [(run_id, workspace_id) for run_id, workspace_id in await session.execute(stamp)]
+        await tune_batch_transaction(db, session)
+        conn = await session.connection()
+        runs: Sequence[tuple[str, str]] = (await conn.execute(stamp, parameters)).all()
         if not runs:
             return 0
         with traced_run_messages(runs, resent=resent) as messages:
@@ -187,8 +233,12 @@ def traced_run_messages(
     """The run messages of (run id, workspace id) pairs. With tracing on, each run gets a
     PRODUCER span (a child of the current one: the RPC that started the run; a new trace in
     the ticker) covering the send, whose context its message carries."""
+    message_ids = new_message_ids(len(runs))
     if not tracing.enabled():
-        yield [run_message(run_id) for run_id, _ in runs]
+        yield [
+            run_message(run_id, message_id=message_id)
+            for (run_id, _), message_id in zip(runs, message_ids, strict=True)
+        ]
         return
     spans = [
         tracing.start_span(
@@ -205,8 +255,8 @@ def traced_run_messages(
     ]
     try:
         yield [
-            run_message(run_id, tracing.message_options(span))
-            for (run_id, _), span in zip(runs, spans, strict=True)
+            run_message(run_id, tracing.message_options(span), message_id=message_id)
+            for (run_id, _), span, message_id in zip(runs, spans, message_ids, strict=True)
         ]
     except BaseException as exc:
         for span in spans:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import dramatiq
+from dramatiq.message import generate_unique_id
 
 from service import tracing
 
@@ -34,15 +35,18 @@ MAX_BACKOFF_MS = 15_000
 PRIORITIES = {PROCESS_RUN: 0, PROCESS_PROBES: 10}
 
 
-def run_message(run_id: str, options: dict[str, object] | None = None) -> dramatiq.Message[None]:
+def run_message(
+    run_id: str, options: dict[str, object] | None = None, *, message_id: str | None = None
+) -> dramatiq.Message[None]:
     """The message asking a worker to expand `run_id`; `options` may carry its trace context
-    (`service.tracing.message_options`)."""
+    (`service.tracing.message_options`); `message_id` defaults to a new random one."""
     return dramatiq.Message(
         queue_name=RUN_QUEUE,
         actor_name=PROCESS_RUN,
         args=(run_id,),
         kwargs={},
         options=options or {},
+        message_id=message_id or generate_unique_id(),
     )
 
 

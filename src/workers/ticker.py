@@ -10,15 +10,20 @@ with a sweep of runs that were written but never sent, by any process; every
 were lost (`workers.dispatch.redispatch_stalled_runs`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
-on `next_run_time`, runs through the one on `enqueue_time`.
+on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
+finds unsent runs through the index on `enqueue_time`. A batch is three statements (claim, one
+INSERT ... SELECT FROM unnest, one UPDATE ... FROM unnest) and its dispatch one; sequential scans
+are off in these transactions (`workers.statements.tune_batch_transaction` says why).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
 import logging
+import secrets
 import signal
 import time
 from collections import defaultdict
@@ -30,9 +35,9 @@ import dramatiq
 from croniter import CroniterBadDateError
 from sqlalchemy import JSON, String, bindparam, func, literal, select, update
 from sqlalchemy.dialects import postgresql
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.clock import new_id, utcnow
+from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
@@ -43,12 +48,7 @@ from workers import metrics
 from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.statements import (
-    commit_without_waiting_for_disk,
-    id_in,
-    insert_ignoring_duplicates,
-    table_of,
-)
+from workers.statements import insert_ignoring_duplicates, table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -126,58 +126,101 @@ async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
 
     Schedules of deleted workspaces are advanced without a run.
     """
-    # A correlated lookup rather than a join: the planner may hash-join every workspace.
-    delete_time = (
-        select(Workspace.delete_time).where(Workspace.id == Schedule.workspace_id)
-    ).scalar_subquery()
-    query = (
-        select(
-            Schedule.workspace_id,
-            Schedule.cron,
-            Schedule.time_zone,
-            Schedule.next_run_time,
-            delete_time,
-        )
-        .where(Schedule.next_run_time <= now)
-        .order_by(Schedule.next_run_time)
-        .limit(limit)
-    )
-    if not db.is_sqlite:
-        query = query.with_for_update(skip_locked=True, of=Schedule)
     fire_times = FireTimes(now)
     async with db.transaction() as session:
-        await commit_without_waiting_for_disk(db, session)
-        rows = (await session.execute(query)).all()
+        await tune_batch_transaction(db, session)
+        conn = await session.connection()
+        rows = (await conn.execute(_claim_query(db.is_sqlite), {"now": now, "limit": limit})).all()
         if not rows:
             return Claim(0, [])
         runs: list[tuple[str, datetime]] = []
-        advance: dict[datetime, list[str]] = defaultdict(list)
+        advance: list[tuple[str, datetime]] = []
         for workspace_id, cron, time_zone, due, deleted in rows:
             slot, following = fire_times.get(cron, time_zone, due)
-            advance[following].append(workspace_id)
+            advance.append((workspace_id, following))
             if slot is not None and deleted is None:
                 runs.append((workspace_id, slot))
-        run_ids = await _insert_runs(db, session, runs, now) if runs else []
-        for following, workspace_ids in advance.items():
-            # The due-time bound lets the planner use its index whatever the table's size.
-            await session.execute(
-                update(Schedule)
-                .where(
-                    Schedule.next_run_time <= now,
-                    id_in(db, Schedule.workspace_id, workspace_ids),
-                )
-                .values(next_run_time=following, update_time=now)
-                .execution_options(synchronize_session=False)
-            )
+        run_ids = await _insert_runs(db, conn, runs, now) if runs else []
+        await _advance_schedules(db, conn, advance, now)
     return Claim(len(rows), run_ids)
 
 
+@functools.cache
+def _claim_query(sqlite: bool) -> Any:
+    """Due schedules (:now, :limit) with their workspace's delete time, locked on PostgreSQL
+    (`FOR UPDATE SKIP LOCKED`: concurrent tickers take disjoint batches)."""
+    schedules, workspaces = table_of(Schedule), table_of(Workspace)
+    # A correlated lookup rather than a join: the planner may hash-join every workspace.
+    delete_time = (
+        select(workspaces.c.delete_time).where(workspaces.c.id == schedules.c.workspace_id)
+    ).scalar_subquery()
+    query = (
+        select(
+            schedules.c.workspace_id,
+            schedules.c.cron,
+            schedules.c.time_zone,
+            schedules.c.next_run_time,
+            delete_time,
+        )
+        .where(schedules.c.next_run_time <= bindparam("now", type_=UTCDateTime()))
+        .order_by(schedules.c.next_run_time)
+        .limit(bindparam("limit"))
+    )
+    return query if sqlite else query.with_for_update(skip_locked=True, of=schedules)
+
+
+async def _advance_schedules(
+    db: Database, conn: AsyncConnection, advance: list[tuple[str, datetime]], now: datetime
+) -> None:
+    """Sets each claimed schedule's next run time (the rows are locked by the claim)."""
+    if not db.is_sqlite:
+        # One UPDATE ... FROM unnest(...) whatever the number of distinct next run times.
+        parameters = {
+            "workspace_ids": [ws for ws, _ in advance],
+            "followings": [following for _, following in advance],
+            "now": now,
+        }
+        await conn.execute(_unnest_advance(), parameters)
+        return
+    by_time: dict[datetime, list[str]] = defaultdict(list)
+    for workspace_id, following in advance:
+        by_time[following].append(workspace_id)
+    schedules = table_of(Schedule)
+    for following, workspace_ids in by_time.items():
+        await conn.execute(
+            update(schedules)
+            .where(schedules.c.workspace_id.in_(workspace_ids))
+            .values(next_run_time=following, update_time=now)
+        )
+
+
+@functools.cache
+def _unnest_advance() -> Any:
+    """UPDATE schedules SET next_run_time = v.following FROM unnest(:workspace_ids,
+    :followings) AS v (PostgreSQL)."""
+    source = select(
+        func.unnest(bindparam("workspace_ids", type_=postgresql.ARRAY(String))).label("ws"),
+        func.unnest(bindparam("followings", type_=postgresql.ARRAY(UTCDateTime()))).label(
+            "following"
+        ),
+    ).subquery()
+    schedules = table_of(Schedule)
+    return (
+        update(schedules)
+        .where(schedules.c.workspace_id == source.c.ws)
+        .values(
+            next_run_time=source.c.following,
+            update_time=bindparam("now", type_=UTCDateTime()),
+        )
+    )
+
+
 async def _insert_runs(
-    db: Database, session: AsyncSession, slots: list[tuple[str, datetime]], now: datetime
+    db: Database, conn: AsyncConnection, slots: list[tuple[str, datetime]], now: datetime
 ) -> list[str]:
     """Inserts a queued scheduled run per (workspace, slot) unless the slot has one already;
     returns the ids of the runs inserted."""
-    ids = [new_id("run") for _ in slots]
+    ids = new_ids("run", len(slots))
     if db.is_sqlite:
         rows = [
             {**SCHEDULED_RUN, "id": run_id, "workspace_id": ws, "scheduled_time": slot}
@@ -188,7 +231,7 @@ async def _insert_runs(
         statement = insert_ignoring_duplicates(
             db, Run, ("workspace_id", "scheduled_time")
         ).returning(table.c.id)
-        return list((await (await session.connection()).execute(statement, rows)).scalars())
+        return list((await conn.execute(statement, rows)).scalars())
     # PostgreSQL: one INSERT ... SELECT over arrays, whatever the batch size.
     parameters = {
         "ids": ids,
@@ -196,7 +239,14 @@ async def _insert_runs(
         "slots": [slot for _, slot in slots],
         "now": now,
     }
-    return list(await session.scalars(_unnest_insert(), parameters))
+    return list((await conn.execute(_unnest_insert(), parameters)).scalars())
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ids like `service.clock.new_id(prefix)`, from one draw of random bytes."""
+    # 10 random bytes are 16 base32 characters, without padding.
+    token = base64.b32encode(secrets.token_bytes(10 * count)).decode().lower()
+    return [f"{prefix}_{token[i : i + 16]}" for i in range(0, 16 * count, 16)]
 
 
 SCHEDULED_RUN: dict[str, object] = {

@@ -6,8 +6,10 @@ the refusal of a URL that cannot work, and the queues and messages RabbitMQ ends
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
+import dramatiq
 import pika
 import pika.exceptions
 import pytest
@@ -20,6 +22,8 @@ from workers.actors import configure_broker, reset_brokers
 from workers.broker import (
     BeaconRabbitmqBroker,
     RabbitmqOptions,
+    encode_json,
+    new_message_ids,
     rabbitmq_options,
     send_messages,
 )
@@ -141,3 +145,35 @@ def test_a_rabbitmq_consumer_holds_at_most_the_urls_prefetch(
     finally:
         consumer.close()
     assert [message is not None for message in held] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param(run_message("run_abc"), id="run message"),
+        pytest.param(run_message('run_\u00e9"\n'), id="string argument to escape"),
+        pytest.param(run_message("run_abc", {"traceparent": "00-ab-cd-01"}), id="with options"),
+        pytest.param(probe_message(["prb_1", "prb_2"], attempt=3), id="list and int arguments"),
+        pytest.param(
+            dramatiq.Message(queue_name="q", actor_name="a", args=(), kwargs={"k": 1}, options={}),
+            id="keyword arguments",
+        ),
+    ],
+)
+def test_the_redis_bulk_send_stores_what_dramatiqs_encoder_makes(
+    message: dramatiq.Message[None],
+) -> None:
+    # What Dramatiq's own Redis enqueue stores: the message's dict with its redis_message_id.
+    expected = dramatiq.JSONEncoder().encode(
+        {**message.asdict(), "options": {**message.options, "redis_message_id": message.message_id}}
+    )
+    assert encode_json(message) == expected
+    assert dramatiq.Message.decode(encode_json(message)).args == message.args
+
+
+def test_message_ids_drawn_together_are_distinct_uuid4s() -> None:
+    ids = new_message_ids(1000)
+    assert len(set(ids)) == 1000
+    assert all(str(uuid.UUID(message_id)) == message_id for message_id in ids)
+    assert {uuid.UUID(message_id).version for message_id in ids} == {4}
+    assert {uuid.UUID(message_id).variant for message_id in ids} == {uuid.RFC_4122}

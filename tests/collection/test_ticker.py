@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +20,7 @@ from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
 from workers.actors import declare_actors
 from workers.messages import RUN_QUEUE
-from workers.ticker import Ticker, tick
+from workers.ticker import Ticker, new_ids, tick
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker
@@ -129,6 +130,37 @@ async def test_one_run_for_the_latest_due_slot(
     (run,) = await runs_of(collection_db, ws)
     assert run.scheduled_time == at(slot)
     assert (await schedule_of(collection_db, ws)).next_run_time == at(following)
+
+
+async def test_one_batch_advances_each_schedule_to_its_own_next_time(
+    collection_db: Database, tick_settings: Settings, stub_broker: StubBroker
+) -> None:
+    crons = ["0 * * * *", "*/15 * * * *", "30 10 * * *", "0 9 * * 1", "*/20 * * * *"]
+    workspaces = [await make_workspace(collection_db) for _ in crons]
+    for ws, cron in zip(workspaces, crons, strict=True):
+        await add_schedule(collection_db, ws, cron, at("2026-05-04T10:00:00"))
+
+    result = await tick(collection_db, tick_settings, at("2026-05-04T10:05:00"), broker=stub_broker)
+
+    assert result.claimed == len(crons)  # one batch (of 7)
+    followings = [(await schedule_of(collection_db, ws)).next_run_time for ws in workspaces]
+    assert followings == [
+        at("2026-05-04T11:00:00"),
+        at("2026-05-04T10:15:00"),
+        at("2026-05-04T10:30:00"),
+        at("2026-05-11T09:00:00"),
+        at("2026-05-04T10:20:00"),
+    ]
+    for ws in workspaces:
+        (run,) = await runs_of(collection_db, ws)
+        assert run.scheduled_time == at("2026-05-04T10:00:00")
+
+
+def test_run_ids_drawn_together_look_like_new_ids() -> None:
+    ids = new_ids("run", 500)
+    assert len(set(ids)) == 500
+    assert all(re.fullmatch(r"run_[a-z2-7]{16}", run_id) for run_id in ids)
+    assert len({run_id[4:8] for run_id in ids}) > 100  # not one draw repeated
 
 
 async def test_schedules_not_due_are_untouched(
