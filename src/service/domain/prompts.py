@@ -19,6 +19,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
+from service.db.database import Reader
 from service.db.models import Prompt
 from service.domain.errors import (
     FailedPrecondition,
@@ -217,7 +218,7 @@ async def list_prompts(
     return PromptPage(rows[: page.size], page.next_token(rows), total)
 
 
-async def count_prompts(session: AsyncSession, workspace_id: str) -> int:
+async def count_prompts(session: Reader, workspace_id: str) -> int:
     """How many prompts the workspace holds."""
     total = await session.scalar(
         select(func.count()).select_from(Prompt).where(Prompt.workspace_id == workspace_id)

@@ -13,13 +13,14 @@ from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
 from service.clock import utcnow
 from service.db.models import Prompt
-from service.domain import prompts
+from service.domain import prompts, read_views
+from service.domain.read_views import PromptRow
 from service.servicers.calls import record_workspace_change, resolved_workspace_id
 from service.servicers.convert import timestamp
 from service.servicers.once import run_once
 
 
-def prompt_to_proto(row: Prompt) -> pb.Prompt:
+def prompt_to_proto(row: Prompt | PromptRow) -> pb.Prompt:
     """The Prompt message of a prompt row."""
     return pb.Prompt(
         id=row.id,
@@ -29,7 +30,7 @@ def prompt_to_proto(row: Prompt) -> pb.Prompt:
     )
 
 
-def _prompt_messages(rows: Iterable[Prompt]) -> list[pb.Prompt]:
+def _prompt_messages(rows: Iterable[Prompt | PromptRow]) -> list[pb.Prompt]:
     return [prompt_to_proto(row) for row in rows]
 
 
@@ -61,19 +62,18 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def ListPrompts(
         self, request: pb.ListPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPromptsResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await prompts.list_prompts(
-                session,
+        async with self.app.db.read() as reader:
+            page = await read_views.list_prompts(
+                reader,
                 request.workspace_id,
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
-            # Inside the transaction: its end expires the rows.
-            return pb.ListPromptsResponse(
-                prompts=_prompt_messages(page.prompts),
-                next_page_token=page.next_page_token,
-                total_size=page.total_size,
-            )
+        return pb.ListPromptsResponse(
+            prompts=_prompt_messages(page.prompts),
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
 
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
