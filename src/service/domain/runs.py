@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal, Protocol
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
@@ -266,25 +266,28 @@ async def _enabled_providers(session: Reader, workspace_id: str) -> list[str]:
     return _in_provider_order(enabled or [])
 
 
+# Built once (read on every GetRun, ListRuns and WatchRun poll): building it cost more than
+# running it.
+_PROGRESS = (
+    select(
+        Probe.run_id,
+        Probe.provider,
+        func.count(),
+        func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
+        func.sum(case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)),
+    )
+    .where(Probe.run_id.in_(bindparam("run_ids", expanding=True)))
+    .group_by(Probe.run_id, Probe.provider)
+)
+
+
 async def _progress(session: Reader, run_ids: Sequence[str]) -> dict[str, list[ProviderProgress]]:
     """Per-provider probe counts of each run that has probes."""
     if not run_ids:
         return {}
-    stmt = (
-        select(
-            Probe.run_id,
-            Probe.provider,
-            func.count(),
-            func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
-            func.sum(
-                case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)
-            ),
-        )
-        .where(Probe.run_id.in_(run_ids))
-        .group_by(Probe.run_id, Probe.provider)
-    )
     counts: dict[str, dict[str, ProviderProgress]] = {}
-    for run_id, provider, total, done, failed in await session.execute(stmt):
+    rows = await session.execute(_PROGRESS, {"run_ids": list(run_ids)})
+    for run_id, provider, total, done, failed in rows:
         counts.setdefault(run_id, {})[provider] = ProviderProgress(
             provider, int(total), int(done or 0), int(failed or 0)
         )
