@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import secrets
 import signal
@@ -52,6 +53,9 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
         http_server = await start_http(app)
         metrics_server = await start_metrics(app)
         metrics = f", metrics on port {metrics_server.port}" if metrics_server else ""
+        # Everything built so far lives as long as the process: keep the collector from
+        # walking it on every full collection (a pause of every call in flight, ~0.2 s).
+        gc.freeze()
         print(
             f"beacon: gRPC on {settings.grpc_addr.rsplit(':', 1)[0]}:{grpc_server.port}, "
             f"HTTP on port {http_server.port}{metrics}",

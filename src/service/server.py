@@ -23,7 +23,7 @@ from service.access_cache import AccessCache, InvalidationListener
 from service.app import App
 from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
-from service.interceptors.base import Around, WrappingInterceptor
+from service.interceptors.base import Around, Pipeline
 from service.interceptors.errors import ErrorsAround
 from service.interceptors.inputs import InputsAround
 from service.interceptors.observability import ObservabilityAround
@@ -41,31 +41,32 @@ HEALTH_INTERVAL_SECONDS = 2.0
 
 
 class _Registrations:
-    """The server as servicers see it while they register: every call goes to the server, and
-    the handlers registered are kept for the interceptors' start-up check."""
+    """The server as servicers see it while they register: every call goes to the server,
+    except that the Beacon methods' handlers are registered wrapped by `pipeline` (and a
+    kind it cannot wrap is refused, RuntimeError, before the server starts)."""
 
-    def __init__(self, server: grpc.aio.Server) -> None:
+    def __init__(self, server: grpc.aio.Server, pipeline: Pipeline) -> None:
         self._server = server
-        self.handlers: list[grpc.GenericRpcHandler] = []
+        self._pipeline = pipeline
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
-        self.handlers.extend(handlers)
-        self._server.add_generic_rpc_handlers(handlers)
+        self._server.add_generic_rpc_handlers(
+            [self._pipeline.wrap_generic(handler) for handler in handlers]
+        )
 
     def add_registered_method_handlers(
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
-        self.handlers.append(grpc.method_handlers_generic_handler(service, handlers))
-        self._server.add_registered_method_handlers(service, handlers)
+        self._server.add_registered_method_handlers(
+            service, self._pipeline.wrap_registered(service, handlers)
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
 
 
-def build_interceptors(
-    app: App, cache: AccessCache | None = None
-) -> list[grpc.aio.ServerInterceptor]:
-    """One interceptor running each concern in turn, outermost first: observability,
+def build_pipeline(app: App, cache: AccessCache | None = None) -> Pipeline:
+    """The steps around every Beacon RPC, each concern in turn, outermost first: observability,
     tracing (only while it is on), errors, the per-peer ceiling, authentication, the peer
     and user limits, authorization, input checks, the workspace limits (each concern lives
     in its own module).
@@ -76,19 +77,17 @@ def build_interceptors(
     authenticator = Authenticator(app.settings, app.db)
     # Tracing (when on) sits inside observability, whose call context names the workspace.
     traced: tuple[Around, ...] = (TracingAround(),) if tracing.enabled() else ()
-    return [
-        WrappingInterceptor(
-            ObservabilityAround(app.settings.page_token_key),
-            *traced,
-            ErrorsAround(),
-            PeerCeilingAround(app.rate_limits),
-            AuthenticateAround(authenticator),
-            RateLimitAround(app.rate_limits, CALLER_KEYS),
-            AuthorizeAround(app.db, cache),
-            InputsAround(),
-            RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
-        )
-    ]
+    return Pipeline(
+        ObservabilityAround(app.settings.page_token_key),
+        *traced,
+        ErrorsAround(),
+        PeerCeilingAround(app.rate_limits),
+        AuthenticateAround(authenticator),
+        RateLimitAround(app.rate_limits, CALLER_KEYS),
+        AuthorizeAround(app.db, cache),
+        InputsAround(),
+        RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
+    )
 
 
 @dataclass
@@ -144,9 +143,9 @@ async def start_server(
     # the other replicas' invalidations (service.access_cache).
     cache = AccessCache(shared=not app.db.is_sqlite)
     listener = None if app.db.is_sqlite else InvalidationListener(app.db.url, cache)
-    interceptors = build_interceptors(app, cache)
+    # No grpc.aio interceptor: the Beacon handlers are registered wrapped (`_Registrations`),
+    # so health and reflection calls run none of Beacon's steps, and Beacon calls no lookup.
     server = grpc.aio.server(
-        interceptors=interceptors,
         options=[
             ("grpc.max_send_message_length", settings.max_message_bytes),
             ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -155,11 +154,7 @@ async def start_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    registrations = _Registrations(server)
-    services = add_servicers(registrations, app, servicers)
-    for interceptor in interceptors:
-        if isinstance(interceptor, WrappingInterceptor):
-            interceptor.refuse_unwrappable(registrations.handlers)
+    services = add_servicers(_Registrations(server, build_pipeline(app, cache)), app, servicers)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

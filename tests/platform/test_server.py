@@ -101,3 +101,23 @@ async def test_start_refuses_a_handler_kind_the_interceptors_cannot_wrap(app: Ap
         await start_server(app, "127.0.0.1:0", servicers=[client_streaming_runs])
     accepted = await start_server(app, "127.0.0.1:0", servicers=[unary_runs])
     await accepted.stop(grace=0)
+
+
+def client_streaming_registered_runs(server: grpc.aio.Server, _app: App) -> str:
+    """RunService/WatchRun as a client-streaming *registered* method (the route generated
+    code also takes), not through a generic handler."""
+
+    async def consume(requests: AsyncIterator[Any], context: Any) -> Any:
+        return run_pb.Run()
+
+    server.add_registered_method_handlers(
+        "beacon.v1.RunService", {"WatchRun": grpc.stream_unary_rpc_method_handler(consume)}
+    )
+    return "beacon.v1.RunService"
+
+
+async def test_start_refuses_a_registered_method_of_a_kind_that_cannot_be_wrapped(
+    app: App,
+) -> None:
+    with pytest.raises(RuntimeError, match=r"RunService/WatchRun has a stream-unary handler"):
+        await start_server(app, "127.0.0.1:0", servicers=[client_streaming_registered_runs])

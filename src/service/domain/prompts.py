@@ -19,6 +19,7 @@ from sqlalchemy import CursorResult, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
+from service.db.database import Reader
 from service.db.models import Prompt
 from service.domain import audit, idempotency
 from service.domain.actor import Actor
@@ -29,7 +30,6 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
-from service.domain.paging import parse_page
 from service.domain.workspace_locks import lock_live_workspace
 
 MAX_PROMPTS = 500
@@ -253,36 +253,7 @@ async def delete_prompt(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class PromptPage:
-    """One page of prompts, oldest first."""
-
-    prompts: list[Prompt]
-    next_page_token: str
-    total_size: int
-
-
-async def list_prompts(
-    session: AsyncSession, workspace_id: str, *, page_size: int, page_token: str
-) -> PromptPage:
-    """The workspace's prompts, oldest first, paged (1-500 per page, default 100), and
-    their total count."""
-    page = parse_page(
-        page_size, page_token, scope=f"prompts:{workspace_id}", default=100, maximum=MAX_PROMPTS
-    )
-    rows = list(
-        await session.scalars(
-            select(Prompt)
-            .where(Prompt.workspace_id == workspace_id, page.where(Prompt.create_time, Prompt.id))
-            .order_by(Prompt.create_time, Prompt.id)
-            .limit(page.size + 1)
-        )
-    )
-    total = await count_prompts(session, workspace_id)
-    return PromptPage(rows[: page.size], page.next_token(rows), total)
-
-
-async def count_prompts(session: AsyncSession, workspace_id: str) -> int:
+async def count_prompts(session: Reader, workspace_id: str) -> int:
     """How many prompts the workspace holds."""
     total = await session.scalar(
         select(func.count()).select_from(Prompt).where(Prompt.workspace_id == workspace_id)

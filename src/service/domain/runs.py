@@ -16,14 +16,14 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import bindparam, case, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
 from service.config import PROVIDERS
-from service.db.database import Database, send_runs_after_commit
+from service.db.database import Database, Reader, send_runs_after_commit
 from service.db.models import Probe, Prompt, Run, Workspace
 from service.domain import audit, idempotency
 from service.domain.actor import Actor
@@ -55,6 +55,33 @@ class ProviderProgress:
     failed: int
 
 
+class RunRecord(Protocol):
+    """The columns of a run a RunView is made of: an ORM `Run` or a Core row of them."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def workspace_id(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def scheduled_time(self) -> datetime | None: ...
+    @property
+    def create_time(self) -> datetime: ...
+    @property
+    def start_time(self) -> datetime | None: ...
+    @property
+    def end_time(self) -> datetime | None: ...
+    @property
+    def prompt_count(self) -> int: ...
+    @property
+    def prompt_ids(self) -> list[str]: ...
+    @property
+    def providers(self) -> list[str]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RunView:
     """A snapshot of a run with the providers it asks and their progress."""
@@ -72,7 +99,7 @@ class RunView:
     progress: list[ProviderProgress]
 
     @classmethod
-    def of(cls, run: Run, providers: list[str], progress: list[ProviderProgress]) -> RunView:
+    def of(cls, run: RunRecord, providers: list[str], progress: list[ProviderProgress]) -> RunView:
         return cls(
             id=run.id,
             workspace_id=run.workspace_id,
@@ -284,34 +311,35 @@ async def _validate_prompt_ids(
     return unique
 
 
-async def _enabled_providers(session: AsyncSession, workspace_id: str) -> list[str]:
+async def _enabled_providers(session: Reader, workspace_id: str) -> list[str]:
     enabled = await session.scalar(
         select(Workspace.enabled_providers).where(Workspace.id == workspace_id)
     )
     return _in_provider_order(enabled or [])
 
 
-async def _progress(
-    session: AsyncSession, run_ids: Sequence[str]
-) -> dict[str, list[ProviderProgress]]:
+# Built once (read on every GetRun, ListRuns and WatchRun poll): building it cost more than
+# running it.
+_PROGRESS = (
+    select(
+        Probe.run_id,
+        Probe.provider,
+        func.count(),
+        func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
+        func.sum(case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)),
+    )
+    .where(Probe.run_id.in_(bindparam("run_ids", expanding=True)))
+    .group_by(Probe.run_id, Probe.provider)
+)
+
+
+async def _progress(session: Reader, run_ids: Sequence[str]) -> dict[str, list[ProviderProgress]]:
     """Per-provider probe counts of each run that has probes."""
     if not run_ids:
         return {}
-    stmt = (
-        select(
-            Probe.run_id,
-            Probe.provider,
-            func.count(),
-            func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
-            func.sum(
-                case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)
-            ),
-        )
-        .where(Probe.run_id.in_(run_ids))
-        .group_by(Probe.run_id, Probe.provider)
-    )
     counts: dict[str, dict[str, ProviderProgress]] = {}
-    for run_id, provider, total, done, failed in await session.execute(stmt):
+    rows = await session.execute(_PROGRESS, {"run_ids": list(run_ids)})
+    for run_id, provider, total, done, failed in rows:
         counts.setdefault(run_id, {})[provider] = ProviderProgress(
             provider, int(total), int(done or 0), int(failed or 0)
         )
@@ -322,7 +350,9 @@ async def _progress(
     }
 
 
-async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
+async def run_views(session: Reader, runs: Sequence[RunRecord]) -> list[RunView]:
+    """The views of `runs` with their progress (one query, plus at most one per workspace
+    for runs not expanded yet)."""
     progress = await _progress(session, [run.id for run in runs])
     enabled: dict[str, list[str]] = {}
     prompt_counts: dict[str, int] = {}
@@ -350,7 +380,7 @@ async def _views(session: AsyncSession, runs: Sequence[Run]) -> list[RunView]:
 
 
 async def _view(session: AsyncSession, run: Run) -> RunView:
-    return (await _views(session, [run]))[0]
+    return (await run_views(session, [run]))[0]
 
 
 async def _load_run(
@@ -394,7 +424,7 @@ async def list_runs(
             .limit(page.size + 1)
         )
     )
-    return RunPage(await _views(session, rows[: page.size]), page.next_token(rows))
+    return RunPage(await run_views(session, rows[: page.size]), page.next_token(rows))
 
 
 async def cancel_run(

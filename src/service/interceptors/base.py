@@ -1,16 +1,17 @@
 """Shared mechanics of Beacon's interceptors.
 
-A grpc.aio interceptor sees the method name and metadata but not the request, so each of
-ours wraps the handler's behaviour instead. The wrapped handler is built once per method
-and cached; RPCs outside beacon.v1 (health, reflection) pass through untouched. Only
-unary-unary and unary-stream handlers can be wrapped: `refuse_unwrappable` rejects, at start-up,
-a Beacon method served by any other kind, and a call reaching one anyway fails instead of
-passing unchecked.
+A grpc.aio interceptor sees the method name and metadata but not the request, and runs on
+every call of every service (health too): so ours are not grpc.aio interceptors but steps
+(`Around`) wrapped around each Beacon handler's behaviour when it is registered
+(`Pipeline`). RPCs outside beacon.v1 (health, reflection) are served untouched. Only
+unary-unary and unary-stream handlers can be wrapped: registering a Beacon method served by
+any other kind fails at start-up, and a call reaching one anyway fails instead of passing
+unchecked.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,14 +41,35 @@ class Around:
             yield item
 
 
-def _unary_step(around: Around, rules: MethodRules, inner: Unary) -> Unary:
-    if type(around).call is Around.call:  # only `before`: skip a frame per call
+def _before_only(around: Around) -> bool:
+    return type(around).call is Around.call and type(around).stream is Around.stream
 
-        async def before_then(request: Any, context: Any) -> Any:
-            await around.before(rules, request, context)
+
+def _stages(arounds: Sequence[Around]) -> list[Around | tuple[Around, ...]]:
+    """The arounds, outermost first, with each run of consecutive `before`-only ones grouped:
+    a group runs as one step (a loop over its checks), not one coroutine frame each."""
+    stages: list[Around | tuple[Around, ...]] = []
+    for around in arounds:
+        if _before_only(around) and stages and isinstance(stages[-1], tuple):
+            stages[-1] = (*stages[-1], around)
+        elif _before_only(around):
+            stages.append((around,))
+        else:
+            stages.append(around)
+    return stages
+
+
+def _unary_step(stage: Around | tuple[Around, ...], rules: MethodRules, inner: Unary) -> Unary:
+    if isinstance(stage, tuple):
+        checks = tuple(around.before for around in stage)
+
+        async def checks_then(request: Any, context: Any) -> Any:
+            for check in checks:
+                await check(rules, request, context)
             return await inner(request, context)
 
-        return before_then
+        return checks_then
+    around = stage
 
     async def step(request: Any, context: Any) -> Any:
         return await around.call(rules, request, context, inner)
@@ -55,7 +77,19 @@ def _unary_step(around: Around, rules: MethodRules, inner: Unary) -> Unary:
     return step
 
 
-def _stream_step(around: Around, rules: MethodRules, inner: Stream) -> Stream:
+def _stream_step(stage: Around | tuple[Around, ...], rules: MethodRules, inner: Stream) -> Stream:
+    if isinstance(stage, tuple):
+        checks = tuple(around.before for around in stage)
+
+        async def checks_then(request: Any, context: Any) -> AsyncIterator[Any]:
+            for check in checks:
+                await check(rules, request, context)
+            async for item in inner(request, context):
+                yield item
+
+        return checks_then
+    around = stage
+
     async def step(request: Any, context: Any) -> AsyncIterator[Any]:
         async for item in around.stream(rules, request, context, inner):
             yield item
@@ -63,61 +97,95 @@ def _stream_step(around: Around, rules: MethodRules, inner: Stream) -> Stream:
     return step
 
 
-class WrappingInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps the unary-unary and unary-stream behaviours of Beacon RPCs with `Around`s.
+class Pipeline:
+    """Wraps the unary-unary and unary-stream behaviours of Beacon RPCs with `Around`s, at
+    registration: the server runs no grpc.aio interceptor at all.
 
-    The first `Around` is outermost. One interceptor runs them all: the chain for a method is
-    composed once and cached, so a call pays for no interceptor plumbing beyond the steps.
+    The first `Around` is outermost. The chain of each method is composed once, when its
+    handler is registered (`wrap_registered`, `wrap_generic`), so a call pays for no
+    interceptor plumbing (no `intercept_service` per call, no handler lookup beyond the
+    server's own) and for one coroutine frame per step, checks grouped (`_stages`). Handlers
+    of other services (health, reflection) are never touched.
     """
 
     def __init__(self, *arounds: Around) -> None:
         self.arounds = arounds
+        self._stages = _stages(arounds)
         self._rules = method_rules()
-        self._cache: dict[str, tuple[Any, Any]] = {}
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(details)
-        rules = self._rules.get(details.method)
-        if handler is None or rules is None:
-            return handler
-        cached = self._cache.get(details.method)
-        if cached is not None and cached[0] is handler:
-            return cached[1]
-        wrapped = self._wrap(handler, rules)
-        self._cache[details.method] = (handler, wrapped)
-        return wrapped
-
-    def _wrap(self, handler: Any, rules: MethodRules) -> Any:
+    def wrap(self, handler: Any, rules: MethodRules) -> Any:
+        """`handler` with every step around it; RuntimeError for a kind that cannot be."""
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
-            for around in reversed(self.arounds):
-                unary = _unary_step(around, rules, unary)
+            for stage in reversed(self._stages):
+                unary = _unary_step(stage, rules, unary)
             return handler._replace(unary_unary=unary)
         if handler.unary_stream is not None:
             stream: Stream = handler.unary_stream
-            for around in reversed(self.arounds):
-                stream = _stream_step(around, rules, stream)
+            for stage in reversed(self._stages):
+                stream = _stream_step(stage, rules, stream)
             return handler._replace(unary_stream=stream)
         raise RuntimeError(f"{rules.name}: {handler_kind(handler)} handlers cannot be wrapped")
 
-    def refuse_unwrappable(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
-        """Raises RuntimeError naming the first Beacon method that `handlers` serve with a
-        handler kind these interceptors cannot wrap (client or bidirectional streaming), so
-        that such a method can never be served without authentication."""
+    def wrap_registered(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> dict[str, grpc.RpcMethodHandler]:
+        """The handlers of a service's registered methods, Beacon ones wrapped (refused, with
+        RuntimeError, when of a kind that cannot be)."""
+        wrapped = {}
+        for name, handler in handlers.items():
+            rules = self._rules.get(f"/{service}/{name}")
+            if rules is not None:
+                _refuse_kind(rules, handler)
+                handler = self.wrap(handler, rules)
+            wrapped[name] = handler
+        return wrapped
+
+    def wrap_generic(self, generic: grpc.GenericRpcHandler) -> grpc.GenericRpcHandler:
+        """`generic` with the Beacon methods it serves wrapped (refused, with RuntimeError,
+        when of a kind that cannot be); their chains are built now."""
+        wrapping = _WrappedGeneric(generic, self)
         for path, rules in self._rules.items():
-            for generic in handlers:
-                handler = generic.service(_Details(path))
-                if handler is None:
-                    continue
-                if handler.unary_unary is None and handler.unary_stream is None:
-                    raise RuntimeError(
-                        f"{rules.name} has a {handler_kind(handler)} handler, which the "
-                        "interceptors cannot wrap (no authentication would run): refused"
-                    )
+            handler = generic.service(_Details(path))
+            if handler is not None:
+                _refuse_kind(rules, handler)
+                wrapping.wrapped(path, rules, handler)
+        return wrapping
+
+
+def _refuse_kind(rules: MethodRules, handler: Any) -> None:
+    if handler.unary_unary is None and handler.unary_stream is None:
+        raise RuntimeError(
+            f"{rules.name} has a {handler_kind(handler)} handler, which the "
+            "interceptors cannot wrap (no authentication would run): refused"
+        )
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):  # type: ignore[misc]
+    """A generic handler whose Beacon methods come back wrapped, each chain built once per
+    handler it returns (a generic handler may build a new one per lookup: that one is
+    wrapped then, and a call reaching a kind that cannot be fails instead of passing)."""
+
+    def __init__(self, generic: grpc.GenericRpcHandler, pipeline: Pipeline) -> None:
+        self.generic = generic
+        self.pipeline = pipeline
+        self._rules = pipeline._rules
+        self._cache: dict[str, tuple[Any, Any]] = {}
+
+    def wrapped(self, path: str, rules: MethodRules, handler: Any) -> Any:
+        cached = self._cache.get(path)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self.pipeline.wrap(handler, rules)
+        self._cache[path] = (handler, wrapped)
+        return wrapped
+
+    def service(self, details: grpc.HandlerCallDetails) -> Any:
+        handler = self.generic.service(details)
+        rules = self._rules.get(details.method)
+        if handler is None or rules is None:
+            return handler
+        return self.wrapped(details.method, rules, handler)
 
 
 @dataclass(frozen=True)

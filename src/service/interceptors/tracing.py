@@ -5,7 +5,7 @@ The span is named after the method and carries the gRPC status code and, once au
 resolved it, the workspace id; never request fields, metadata or tokens. A client's own trace
 context (`traceparent` metadata) is not trusted: every RPC starts a trace of its own, and the
 client's `x-request-id` is on the request log line for correlation. Registered only while
-tracing is on (see `service.server.build_interceptors`).
+tracing is on (see `service.server.build_pipeline`).
 """
 
 from __future__ import annotations

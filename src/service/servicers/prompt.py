@@ -13,14 +13,15 @@ from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
 from service.db.models import Prompt
-from service.domain import prompts
+from service.domain import prompts, read_views
 from service.domain.prompts import PromptView
+from service.domain.read_views import PromptRow
 from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import timestamp
 
 
-def prompt_to_proto(row: Prompt | PromptView) -> pb.Prompt:
-    """The Prompt message of a prompt (a row or a command's view of one)."""
+def prompt_to_proto(row: Prompt | PromptView | PromptRow) -> pb.Prompt:
+    """The Prompt message of a prompt (a row, a read row or a command's view of one)."""
     return pb.Prompt(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -29,7 +30,7 @@ def prompt_to_proto(row: Prompt | PromptView) -> pb.Prompt:
     )
 
 
-def _prompt_messages(rows: Iterable[Prompt | PromptView]) -> list[pb.Prompt]:
+def _prompt_messages(rows: Iterable[Prompt | PromptView | PromptRow]) -> list[pb.Prompt]:
     return [prompt_to_proto(row) for row in rows]
 
 
@@ -49,19 +50,18 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def ListPrompts(
         self, request: pb.ListPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPromptsResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await prompts.list_prompts(
-                session,
+        async with self.app.db.read() as reader:
+            page = await read_views.list_prompts(
+                reader,
                 request.workspace_id,
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
-            # Inside the transaction: its end expires the rows.
-            return pb.ListPromptsResponse(
-                prompts=_prompt_messages(page.prompts),
-                next_page_token=page.next_page_token,
-                total_size=page.total_size,
-            )
+        return pb.ListPromptsResponse(
+            prompts=_prompt_messages(page.prompts),
+            next_page_token=page.next_page_token,
+            total_size=page.total_size,
+        )
 
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext

@@ -18,7 +18,7 @@ from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.db.models import Probe
-from service.domain import reports, runs, workspace_access
+from service.domain import read_views, reports, runs, workspace_access
 from service.domain.errors import InvalidArgument
 from service.domain.run_status import ProbeStatus, RunStatus
 from service.servicers.calls import resolved_workspace_id
@@ -175,8 +175,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         )
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
-        async with self.app.db.transaction(write=False) as session:
-            view = await runs.get_run(session, resolved_workspace_id(), request.run_id)
+        async with self.app.db.read() as reader:
+            view = await read_views.get_run(reader, resolved_workspace_id(), request.run_id)
         return run_to_proto(view)
 
     async def ListRuns(

@@ -18,7 +18,14 @@ from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
-from service.domain import accounts, files, idempotency, workspace_lifecycle, workspace_views
+from service.domain import (
+    accounts,
+    files,
+    idempotency,
+    read_views,
+    workspace_lifecycle,
+    workspace_views,
+)
 from service.domain.paging import parse_page
 from service.domain.workspace_fields import Competitor
 from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
@@ -91,9 +98,9 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             request.page_token,
             scope=f"workspaces|{user_id}|{request.organization_id}",
         )
-        async with self.app.db.transaction(write=False) as session:
-            views, token = await workspace_views.list_views(
-                session, user_id, request.organization_id, page
+        async with self.app.db.read() as reader:
+            views, token = await read_views.list_workspaces(
+                reader, user_id, request.organization_id, page
             )
         return pb.ListWorkspacesResponse(
             workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
