@@ -32,9 +32,9 @@ from service.domain import (
 from service.domain.actor import Access, Actor
 from service.domain.workspace_lifecycle import NewWorkspace
 from tests.collection.builders import Tenant, make_workspace
-from tests.tenancy.builders import grant_organization_role, grant_workspace_role
 from tests.conftest import NewUser
 from tests.support import actor_of, unique
+from tests.tenancy.builders import grant_organization_role, grant_workspace_role
 
 NOW = datetime(2031, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 # A command called with a request id; `attempt` changes its arguments, so that a retry which
