@@ -30,6 +30,7 @@ from service.domain import (
     workspace_members,
 )
 from service.domain.actor import Access, Actor
+from service.domain.members import Member
 from service.domain.workspace_lifecycle import NewWorkspace
 from tests.collection.builders import Tenant, make_workspace
 from tests.conftest import NewUser
@@ -62,34 +63,24 @@ async def create_organization(
     )
 
 
-async def add_member(
-    session: AsyncSession, actor: Actor, tenant: Tenant, request_id: str, attempt: int
-) -> object:
-    return await workspace_members.add_member(
-        session,
-        actor,
-        tenant.workspace_id,
-        email=f"invitee-{attempt}@example.com",
-        role="",
-        invitation_ttl=timedelta(days=7),
-        request_id=request_id,
-        now=NOW,
-    )
+def inviting(invite: Callable[..., Awaitable[Member]], scope: Callable[[Tenant], str]) -> Command:
+    """AddMember or InviteOrganizationMember of a new email into the tenant's `scope`."""
 
+    async def command(
+        session: AsyncSession, actor: Actor, tenant: Tenant, request_id: str, attempt: int
+    ) -> object:
+        return await invite(
+            session,
+            actor,
+            scope(tenant),
+            email=f"invitee-{attempt}@example.com",
+            role="",
+            invitation_ttl=timedelta(days=7),
+            request_id=request_id,
+            now=NOW,
+        )
 
-async def invite_organization_member(
-    session: AsyncSession, actor: Actor, tenant: Tenant, request_id: str, attempt: int
-) -> object:
-    return await organization_members.invite_organization_member(
-        session,
-        actor,
-        tenant.organization_id,
-        email=f"invitee-{attempt}@example.com",
-        role="",
-        invitation_ttl=timedelta(days=7),
-        request_id=request_id,
-        now=NOW,
-    )
+    return command
 
 
 async def rotate_join_code(
@@ -109,8 +100,12 @@ async def rotate_join_code(
 COMMANDS: dict[str, Command] = {
     "beacon.v1.WorkspaceService/CreateWorkspace": create_workspace,
     "beacon.v1.OrganizationService/CreateOrganization": create_organization,
-    "beacon.v1.MembershipService/AddMember": add_member,
-    "beacon.v1.MembershipService/InviteOrganizationMember": invite_organization_member,
+    "beacon.v1.MembershipService/AddMember": inviting(
+        workspace_members.add_member, lambda tenant: tenant.workspace_id
+    ),
+    "beacon.v1.MembershipService/InviteOrganizationMember": inviting(
+        organization_members.invite_organization_member, lambda tenant: tenant.organization_id
+    ),
     "beacon.v1.MembershipService/RotateJoinCode": rotate_join_code,
 }
 # The commands whose request ids also belong to the workspace or organization they name.

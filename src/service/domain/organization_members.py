@@ -83,47 +83,38 @@ async def invite_organization_member(
     Inviting a pending email again renews the invitation with the new role. A retry with
     the same `request_id` returns the first answer and changes nothing.
     """
+
+    async def invite() -> Member:
+        clean_email = normalize_email(email)
+        clean_role = _organization_role(role, required=False)
+        if clean_role == "owner":
+            _require_organization_owner(call, "only organization owners may grant owner")
+        await lock_organization(session, organization_id)
+        row = await member_with_email(
+            session, OrganizationMember, "organization_id", organization_id, clean_email
+        )
+        if row is None:
+            expire_time = now + invitation_ttl
+            return await _invite_to_organization(
+                session,
+                call,
+                organization_id,
+                clean_email,
+                clean_role,
+                expire_time=expire_time,
+                now=now,
+            )
+        member, user = row[0], row[1]
+        if member.role != clean_role:
+            raise AlreadyExists(
+                f"{clean_email} is already a member with role {member.role}; "
+                "change it with UpdateOrganizationMemberRole"
+            )
+        return active_member(organization_id, member.role, member.create_time, user)
+
     return await idempotency.once(
-        session,
-        call,
-        request_id,
-        scope=organization_id,
-        result_type=Member,
-        now=now,
-        run=lambda: _invite_organization_member(
-            session, call, organization_id, email, role, invitation_ttl, now
-        ),
+        session, call, request_id, scope=organization_id, result_type=Member, now=now, run=invite
     )
-
-
-async def _invite_organization_member(
-    session: AsyncSession,
-    call: Actor,
-    organization_id: str,
-    email: str,
-    role: str,
-    invitation_ttl: timedelta,
-    now: datetime,
-) -> Member:
-    email = normalize_email(email)
-    role = _organization_role(role, required=False)
-    if role == "owner":
-        _require_organization_owner(call, "only organization owners may grant owner")
-    await lock_organization(session, organization_id)
-    row = await member_with_email(
-        session, OrganizationMember, "organization_id", organization_id, email
-    )
-    if row is None:
-        return await _invite_to_organization(
-            session, call, organization_id, email, role, expire_time=now + invitation_ttl, now=now
-        )
-    member, user = row[0], row[1]
-    if member.role != role:
-        raise AlreadyExists(
-            f"{email} is already a member with role {member.role}; "
-            "change it with UpdateOrganizationMemberRole"
-        )
-    return active_member(organization_id, member.role, member.create_time, user)
 
 
 async def update_organization_member_role(

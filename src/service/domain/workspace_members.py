@@ -93,43 +93,32 @@ async def add_member(
     Inviting a pending email again renews the invitation (and raises its role). A retry
     with the same `request_id` returns the first answer and changes nothing.
     """
-    return await idempotency.once(
-        session,
-        call,
-        request_id,
-        scope=workspace_id,
-        result_type=Member,
-        now=now,
-        run=lambda: _add_member(session, call, workspace_id, email, role, invitation_ttl, now),
-    )
 
-
-async def _add_member(
-    session: AsyncSession,
-    call: Actor,
-    workspace_id: str,
-    email: str,
-    role: str,
-    invitation_ttl: timedelta,
-    now: datetime,
-) -> Member:
-    email = normalize_email(email)
-    role = _workspace_role(role, required=False)
-    access = call.require_access()
-    if role == "owner" and access.workspace_role != "owner":
-        raise PermissionDenied("only workspace owners may add owners")
-    workspace = await lock_live_workspace(session, workspace_id)
-    row = await member_with_email(session, WorkspaceMember, "workspace_id", workspace_id, email)
-    if row is None:
-        return await _invite_to_workspace(
-            session, call, workspace, email, role, expire_time=now + invitation_ttl, now=now
+    async def add() -> Member:
+        clean_email = normalize_email(email)
+        clean_role = _workspace_role(role, required=False)
+        access = call.require_access()
+        if clean_role == "owner" and access.workspace_role != "owner":
+            raise PermissionDenied("only workspace owners may add owners")
+        workspace = await lock_live_workspace(session, workspace_id)
+        row = await member_with_email(
+            session, WorkspaceMember, "workspace_id", workspace_id, clean_email
         )
-    member, user = row[0], row[1]
-    if WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]:
-        member.role = role
-        _audit(session, call, workspace, user.id, now)
-        await session.flush()
-    return active_member(workspace_id, member.role, member.create_time, user)
+        if row is None:
+            expire_time = now + invitation_ttl
+            return await _invite_to_workspace(
+                session, call, workspace, clean_email, clean_role, expire_time=expire_time, now=now
+            )
+        member, user = row[0], row[1]
+        if WORKSPACE_ROLE_RANK[clean_role] > WORKSPACE_ROLE_RANK[member.role]:
+            member.role = clean_role
+            _audit(session, call, workspace, user.id, now)
+            await session.flush()
+        return active_member(workspace_id, member.role, member.create_time, user)
+
+    return await idempotency.once(
+        session, call, request_id, scope=workspace_id, result_type=Member, now=now, run=add
+    )
 
 
 async def update_member_role(
