@@ -45,7 +45,7 @@ async def test_slug_collisions_in_one_organization(app: App, new_user: Any) -> N
                 NewWorkspace(name="Acme Europe", organization_id=org.id),
                 now=utcnow(),
             )
-            slugs.append((await workspace_views.load_view(session, created.workspace_id)).slug)
+            slugs.append(created.workspace.slug)
     assert slugs[0] == "acme-europe" and len(set(slugs)) == 3
     assert all(RANDOM_SUFFIX.fullmatch(slug.removeprefix("acme-europe")) for slug in slugs[1:])
     with pytest.raises(AlreadyExists):
@@ -81,7 +81,7 @@ async def test_update_checks_etag_and_bumps_version_only_on_change(app: App, new
         created = await workspace_lifecycle.create_workspace(
             session, call, NewWorkspace(name="Etag Ws"), now=utcnow()
         )
-    workspace_id = created.workspace_id
+    workspace_id = created.workspace.id
     async with app.db.transaction() as session:
         await workspace_lifecycle.update_workspace(
             session,
@@ -137,15 +137,15 @@ async def test_navigation_prefers_the_stored_workspace(app: App, new_user: Any) 
         )
     async with app.db.transaction(write=False) as session:
         state = await organizations.navigation_state(session, user.user_id)
-    assert state.current_workspace_id == first.workspace_id
+    assert state.current_workspace_id == first.workspace.id
     set_call = call_as(
         user.user_id,
         "beacon.v1.OrganizationService/SetCurrentWorkspace",
-        access=Access(organization_id=second.organization.id, workspace_id=second.workspace_id),
+        access=Access(organization_id=second.organization.id, workspace_id=second.workspace.id),
     )
     async with app.db.transaction() as session:
         state = await organizations.set_current_workspace(
-            session, set_call, second.workspace_id, now=utcnow()
+            session, set_call, second.workspace.id, now=utcnow()
         )
-    assert state.current_workspace_id == second.workspace_id
+    assert state.current_workspace_id == second.workspace.id
     assert state.current_organization_id == second.organization.id

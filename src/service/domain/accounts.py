@@ -40,9 +40,7 @@ class DeletedAccount:
     file_ids: list[str]
 
 
-async def delete_account(
-    session: AsyncSession, call: Actor, *, now: datetime | None = None
-) -> DeletedAccount:
+async def delete_account(session: AsyncSession, call: Actor, *, now: datetime) -> DeletedAccount:
     """Deletes the caller's account at `now` (its audit events' time), or nothing at all.
 
     Only the user themself may: a service key acting as them is PermissionDenied. An

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import new_id, utcnow
+from service.clock import new_id
 from service.db.models import AuditEvent, Workspace
 from service.domain.actor import Actor
 from service.domain.errors import NotFound
@@ -20,7 +20,7 @@ def record(
     organization_id: str,
     workspace_id: str | None = None,
     target_ids: Iterable[str] = (),
-    now: datetime | None = None,
+    now: datetime,
 ) -> None:
     """Adds the audit event of the current call, made at `now`, to the session (never
     secrets: ids only).
@@ -40,7 +40,7 @@ def record(
             target_ids=list(target_ids),
             request_id=call.request_id,
             correlation_id=call.correlation_id,
-            create_time=now or utcnow(),
+            create_time=now,
         )
     )
 

@@ -155,11 +155,10 @@ class UploadTicket:
 
 
 async def create_upload(
-    session: AsyncSession, settings: Settings, owner_id: str, *, now: datetime | None = None
+    session: AsyncSession, settings: Settings, owner_id: str, *, now: datetime
 ) -> UploadTicket:
     """A new pending file owned by `owner_id`, made at `now`, and its signed, single-use
     upload URL."""
-    now = now or utcnow()
     expire_time = now + timedelta(seconds=settings.upload_url_ttl_seconds)
     file = File(
         id=new_id("file"),
@@ -272,14 +271,13 @@ async def claim_upload(
     *,
     content_type: str,
     size: int,
-    now: datetime | None = None,
+    now: datetime,
 ) -> bool:
     """Marks a pending file, unexpired at `now`, uploaded; False when it was used, expired or
     gone.
 
     One conditional UPDATE: of two racing uploads to the same URL exactly one wins.
     """
-    now = now or utcnow()
     result = await session.execute(
         update(File)
         .where(File.id == file_id, File.state == PENDING, File.upload_expire_time > now)

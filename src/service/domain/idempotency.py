@@ -7,8 +7,8 @@ key in its own transaction before doing anything; a concurrent call with the sam
 for that transaction (PostgreSQL's unique key; SQLite's write transactions are serial) and
 then replays the stored result, so the work is done once.
 
-Domain commands store their result dataclass as JSON (`once`); the servicers that still
-wrap a whole call store the protobuf response (`run_once`).
+Domain commands call `once` inside their transaction; it stores their result dataclass as
+JSON.
 """
 
 from __future__ import annotations
@@ -18,19 +18,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
-from google.protobuf.message import Message
 from pydantic import TypeAdapter
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import utcnow
-from service.db.database import Database
 from service.db.models import IdempotencyKey
 from service.domain.actor import Actor
 from service.domain.inputs import require_request_id
 
-M = TypeVar("M", bound=Message)
 T = TypeVar("T")
 
 
@@ -71,35 +67,6 @@ async def once(
     result = await run()
     await _store(session, key, adapter.dump_json(result))
     return result
-
-
-async def run_once(
-    db: Database,
-    *,
-    principal_id: str,
-    method: str,
-    request_id: str,
-    response_type: type[M],
-    create: Callable[[AsyncSession], Awaitable[M]],
-) -> M:
-    """Runs `create` in a transaction and remembers its response under the request id.
-
-    Without a request id it simply runs. With one, a stored response is replayed (a call
-    racing the first waits for it, then replays its response).
-    """
-    require_request_id(request_id)
-    async with db.transaction() as session:
-        if not request_id:
-            return await create(session)
-        key = RequestKey(principal_id, method, request_id)
-        stored = await _claim(session, key, utcnow())
-        if stored is not None:
-            message = response_type()
-            message.ParseFromString(stored)
-            return message
-        response = await create(session)
-        await _store(session, key, response.SerializeToString())
-        return response
 
 
 # Building an adapter compiles a schema: one per result type, reused.

@@ -22,9 +22,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service import clock
 from service.db.models import Workspace
-from service.domain import audit
+from service.domain import audit, idempotency
 from service.domain.actor import Actor
 from service.domain.errors import (
     FailedPrecondition,
@@ -80,15 +79,13 @@ def normalize_code(raw: str) -> str:
     return code
 
 
-async def get_join_info(
-    session: AsyncSession, workspace_id: str, *, now: datetime | None = None
-) -> JoinInfo:
+async def get_join_info(session: AsyncSession, workspace_id: str, *, now: datetime) -> JoinInfo:
     """The workspace's join code live at `now`. Reading writes nothing: a workspace gets its
     code when it is created and a new one from `rotate_join_code`. FailedPrecondition (type
     JOIN_CODE_UNAVAILABLE) when it has no live code: it expired, or the workspace was made
     before codes were made at creation."""
     workspace = await _live_workspace(session, workspace_id)
-    if not _is_live(workspace, now or clock.utcnow()):
+    if not _is_live(workspace, now):
         raise FailedPrecondition(
             "the workspace has no live join code: a workspace owner makes one with RotateJoinCode",
             [
@@ -109,30 +106,43 @@ async def rotate_join_code(
     *,
     ttl_seconds: float | None,
     default_ttl: timedelta,
-    now: datetime | None = None,
+    request_id: str = "",
+    now: datetime,
 ) -> JoinInfo:
     """Replaces the join code at `now`; the old one stops working at once.
 
-    `ttl_seconds` None means `default_ttl`; otherwise it must be 1 hour to 90 days.
+    `ttl_seconds` None means `default_ttl`; otherwise it must be 1 hour to 90 days. A retry
+    with the same `request_id` returns the first code and replaces nothing.
     """
-    ttl = default_ttl
-    if ttl_seconds is not None:
-        if not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
-            raise InvalidArgument("ttl", "must be between 1 hour and 90 days")
-        ttl = timedelta(seconds=ttl_seconds)
-    workspace = await lock_live_workspace(session, workspace_id)
-    return await _replace_code(session, call, workspace, ttl, now or clock.utcnow())
+
+    async def rotate() -> JoinInfo:
+        ttl = default_ttl
+        if ttl_seconds is not None:
+            if not MIN_TTL.total_seconds() <= ttl_seconds <= MAX_TTL.total_seconds():
+                raise InvalidArgument("ttl", "must be between 1 hour and 90 days")
+            ttl = timedelta(seconds=ttl_seconds)
+        workspace = await lock_live_workspace(session, workspace_id)
+        return await _replace_code(session, call, workspace, ttl, now)
+
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=JoinInfo,
+        now=now,
+        run=rotate,
+    )
 
 
 async def join_by_code(
-    session: AsyncSession, call: Actor, raw_code: str, *, now: datetime | None = None
+    session: AsyncSession, call: Actor, raw_code: str, *, now: datetime
 ) -> Member:
     """Makes the caller a member of the code's workspace (their existing membership, if any,
     is returned unchanged) when the code is live at `now`. Unknown and expired codes, and
     codes of deleted workspaces, are NOT_FOUND with the same message."""
     code = normalize_code(raw_code)
     user_id = call.require_user_id()
-    now = now or clock.utcnow()
     workspace = await session.scalar(live_workspace_for_update(Workspace.join_code == code))
     if workspace is None or not _is_live(workspace, now):
         raise NotFound("join code")

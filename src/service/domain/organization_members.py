@@ -24,7 +24,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import audit
+from service.domain import audit, idempotency
 from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from service.domain.inputs import normalize_email
@@ -72,6 +72,7 @@ async def invite_organization_member(
     email: str,
     role: str,
     invitation_ttl: timedelta,
+    request_id: str = "",
     now: datetime,
 ) -> Member:
     """Invites `email` to the organization; the invitee joins by accepting (never at once).
@@ -79,27 +80,41 @@ async def invite_organization_member(
     `role` "" means member; only owners grant owner. The answer is the same whether or not
     a user has the email. An email already held by a member returns that membership when
     the role is the same, and is ALREADY_EXISTS otherwise (use UpdateOrganizationMemberRole).
-    Inviting a pending email again renews the invitation with the new role.
+    Inviting a pending email again renews the invitation with the new role. A retry with
+    the same `request_id` returns the first answer and changes nothing.
     """
-    email = normalize_email(email)
-    role = _organization_role(role, required=False)
-    if role == "owner":
-        _require_organization_owner(call, "only organization owners may grant owner")
-    await lock_organization(session, organization_id)
-    row = await member_with_email(
-        session, OrganizationMember, "organization_id", organization_id, email
+
+    async def invite() -> Member:
+        clean_email = normalize_email(email)
+        clean_role = _organization_role(role, required=False)
+        if clean_role == "owner":
+            _require_organization_owner(call, "only organization owners may grant owner")
+        await lock_organization(session, organization_id)
+        row = await member_with_email(
+            session, OrganizationMember, "organization_id", organization_id, clean_email
+        )
+        if row is None:
+            expire_time = now + invitation_ttl
+            return await _invite_to_organization(
+                session,
+                call,
+                organization_id,
+                clean_email,
+                clean_role,
+                expire_time=expire_time,
+                now=now,
+            )
+        member, user = row[0], row[1]
+        if member.role != clean_role:
+            raise AlreadyExists(
+                f"{clean_email} is already a member with role {member.role}; "
+                "change it with UpdateOrganizationMemberRole"
+            )
+        return active_member(organization_id, member.role, member.create_time, user)
+
+    return await idempotency.once(
+        session, call, request_id, scope=organization_id, result_type=Member, now=now, run=invite
     )
-    if row is None:
-        return await _invite_to_organization(
-            session, call, organization_id, email, role, expire_time=now + invitation_ttl, now=now
-        )
-    member, user = row[0], row[1]
-    if member.role != role:
-        raise AlreadyExists(
-            f"{email} is already a member with role {member.role}; "
-            "change it with UpdateOrganizationMemberRole"
-        )
-    return active_member(organization_id, member.role, member.create_time, user)
 
 
 async def update_organization_member_role(
@@ -124,7 +139,7 @@ async def update_organization_member_role(
         if member.role == "owner":
             await _keep_organization_owner(session, organization_id, user_id)
         member.role = role
-        audit.record(session, call, organization_id=organization_id, target_ids=[user_id])
+        audit.record(session, call, organization_id=organization_id, target_ids=[user_id], now=now)
         await session.flush()
     return active_member(organization_id, member.role, member.create_time, user)
 
@@ -156,7 +171,9 @@ async def remove_organization_member(
         )
         if invitation_id is None:
             raise NotFound("invitation", email.strip().lower()[:254])
-        audit.record(session, call, organization_id=organization_id, target_ids=[invitation_id])
+        audit.record(
+            session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
+        )
         return
     await lock_organization(session, organization_id)
     member, _ = await explicit_member(
@@ -175,7 +192,7 @@ async def remove_organization_member(
             ),
         )
     )
-    audit.record(session, call, organization_id=organization_id, target_ids=[user_id])
+    audit.record(session, call, organization_id=organization_id, target_ids=[user_id], now=now)
     await session.flush()
 
 
@@ -221,7 +238,9 @@ async def _invite_to_organization(
         if invitation.expire_time <= now:  # an expired invitation starts over
             invitation.create_time = now
         invitation.role, invitation.expire_time = role, expire_time
-    audit.record(session, call, organization_id=organization_id, target_ids=[invitation.id])
+    audit.record(
+        session, call, organization_id=organization_id, target_ids=[invitation.id], now=now
+    )
     await session.flush()
     return invited(organization_id, invitation)
 

@@ -1,4 +1,8 @@
-"""Organizations: creation, naming, navigation state, WorkOS links and the audit log."""
+"""Organizations: creation, naming, navigation state, WorkOS links and the audit log.
+
+Commands take the session, the `Actor`, their arguments and `now`, record their own audit
+event and return an `OrganizationView` (plain data, as the reads do).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
 from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
-from service.domain import audit
+from service.domain import audit, idempotency
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
 from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
@@ -25,6 +29,42 @@ from service.domain.visibility import accessible_workspaces, reachable_organizat
 
 WORKOS_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
 ACTION = re.compile(r"^beacon\.v1\.[A-Za-z]{1,40}/[A-Za-z]{1,60}$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationView:
+    """Everything an Organization message shows."""
+
+    id: str
+    name: str
+    slug: str
+    workos_organization_id: str
+    create_time: datetime
+    update_time: datetime
+
+    @classmethod
+    def of(cls, org: Organization) -> OrganizationView:
+        return cls(
+            id=org.id,
+            name=org.name,
+            slug=org.slug,
+            workos_organization_id=org.workos_organization_id or "",
+            create_time=org.create_time,
+            update_time=org.update_time,
+        )
+
+    @property
+    def etag(self) -> str:
+        return organization_etag(self.update_time)
+
+
+def organization_etag(update_time: datetime) -> str:
+    """An organization's version tag: its update time in microseconds, which every change
+    (rename, WorkOS link or unlink) moves and a no-op leaves as it is."""
+    if update_time.tzinfo is None:
+        update_time = update_time.replace(tzinfo=UTC)
+    return str((update_time - _EPOCH) // timedelta(microseconds=1))
 
 
 async def insert_organization(
@@ -58,25 +98,36 @@ async def insert_organization(
     return org
 
 
-async def _recorded(session: AsyncSession, call: Actor, org: Organization) -> Organization:
-    """`org` after writing the audit event of the change made to it."""
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id])
+async def _recorded(
+    session: AsyncSession, call: Actor, org: Organization, now: datetime
+) -> OrganizationView:
+    """The view of `org` after writing the audit event of the change made to it at `now`."""
+    audit.record(session, call, organization_id=org.id, target_ids=[org.id], now=now)
     await session.flush()
-    return org
+    return OrganizationView.of(org)
 
 
 async def create_organization(
-    session: AsyncSession, call: Actor, name: str, *, now: datetime
-) -> Organization:
-    """Creates an organization owned by the caller."""
-    clean = display_name("name", name)
-    org = await insert_organization(session, name=clean, owner_id=call.require_user_id(), now=now)
-    return await _recorded(session, call, org)
+    session: AsyncSession, call: Actor, name: str, *, request_id: str = "", now: datetime
+) -> OrganizationView:
+    """Creates an organization owned by the caller. A retry with the same `request_id`
+    returns the first organization and creates nothing."""
+
+    async def create() -> OrganizationView:
+        clean = display_name("name", name)
+        org = await insert_organization(
+            session, name=clean, owner_id=call.require_user_id(), now=now
+        )
+        return await _recorded(session, call, org, now)
+
+    return await idempotency.once(
+        session, call, request_id, scope="", result_type=OrganizationView, now=now, run=create
+    )
 
 
 async def list_my_organizations(
     session: AsyncSession, user_id: str, page: Page
-) -> tuple[list[Organization], str]:
+) -> tuple[list[OrganizationView], str]:
     """The caller's organizations, oldest first, and the next page token."""
     rows = list(
         await session.scalars(
@@ -90,11 +141,15 @@ async def list_my_organizations(
             .limit(page.size + 1)
         )
     )
-    return rows[: page.size], page.next_token(rows)
+    return [OrganizationView.of(org) for org in rows[: page.size]], page.next_token(rows)
 
 
-async def get_organization(session: AsyncSession, organization_id: str) -> Organization:
+async def get_organization(session: AsyncSession, organization_id: str) -> OrganizationView:
     """The organization; NotFound when it does not exist."""
+    return OrganizationView.of(await _organization(session, organization_id))
+
+
+async def _organization(session: AsyncSession, organization_id: str) -> Organization:
     org = await session.get(Organization, organization_id)
     if org is None:
         raise NotFound("organization", organization_id)
@@ -113,7 +168,7 @@ async def update_organization(
     paths: Sequence[str],
     etag: str = "",
     now: datetime,
-) -> Organization:
+) -> OrganizationView:
     """Renames the organization. The mask follows UpdateWorkspace's rule: it names the
     fields to change (`name`, the only updatable one, or `*`), and an empty mask is
     InvalidArgument naming `update_mask`; `etag`, when set, must be the current one. A
@@ -123,23 +178,13 @@ async def update_organization(
     org = await session.get(Organization, organization_id, with_for_update=True)
     if org is None:
         raise NotFound("organization", organization_id)
-    check_etag("organization.etag", etag, organization_etag(org), resource="organization")
+    check_etag(
+        "organization.etag", etag, organization_etag(org.update_time), resource="organization"
+    )
     if "name" in masked and org.name != clean:
         org.name = clean
         org.update_time = now
-    return await _recorded(session, call, org)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def organization_etag(org: Organization) -> str:
-    """The organization's version tag: its update time in microseconds, which every change
-    (rename, WorkOS link or unlink) moves and a no-op leaves as it is."""
-    update_time = org.update_time
-    if update_time.tzinfo is None:
-        update_time = update_time.replace(tzinfo=UTC)
-    return str((update_time - _EPOCH) // timedelta(microseconds=1))
+    return await _recorded(session, call, org, now)
 
 
 # Navigation -------------------------------------------------------------------------------
@@ -159,7 +204,7 @@ class NavigationState:
 
     current_organization_id: str
     current_workspace_id: str
-    organizations: list[Organization]
+    organizations: list[OrganizationView]
     workspaces: list[NavigationWorkspace]
 
 
@@ -179,13 +224,14 @@ async def navigation_state(session: AsyncSession, user_id: str) -> NavigationSta
             .order_by(Workspace.create_time, Workspace.id)
         )
     ]
-    organizations = list(
-        await session.scalars(
+    organizations = [
+        OrganizationView.of(org)
+        for org in await session.scalars(
             select(Organization)
             .where(reachable_organizations(user_id))
             .order_by(Organization.create_time, Organization.id)
         )
-    )
+    ]
     current = next((w for w in workspaces if w.id == stored), None)
     if current is None and workspaces:
         current = workspaces[0]
@@ -217,6 +263,7 @@ async def set_current_workspace(
         organization_id=access.organization_id,
         workspace_id=workspace_id,
         target_ids=[user_id],
+        now=now,
     )
     await session.flush()
     return await navigation_state(session, user_id)
@@ -253,14 +300,14 @@ async def link_workos_organization(
     workos_organization_id: str,
     *,
     now: datetime,
-) -> Organization:
+) -> OrganizationView:
     """Links a WorkOS organization id; AlreadyExists when another organization holds it."""
     workos_id = workos_organization_id.strip()
     if not WORKOS_ID.fullmatch(workos_id):
         raise InvalidArgument(
             "workos_organization_id", "must be 'org_' followed by 1-64 letters or digits"
         )
-    org = await get_organization(session, organization_id)
+    org = await _organization(session, organization_id)
     if org.workos_organization_id != workos_id:
         holder = await session.scalar(
             select(Organization.id).where(Organization.workos_organization_id == workos_id)
@@ -276,18 +323,18 @@ async def link_workos_organization(
             raise AlreadyExists(
                 "this WorkOS organization is linked to another organization"
             ) from None
-    return await _recorded(session, call, org)
+    return await _recorded(session, call, org, now)
 
 
 async def unlink_workos_organization(
     session: AsyncSession, call: Actor, organization_id: str, *, now: datetime
-) -> Organization:
+) -> OrganizationView:
     """Removes the organization's WorkOS link (harmless when there is none)."""
-    org = await get_organization(session, organization_id)
+    org = await _organization(session, organization_id)
     if org.workos_organization_id is not None:
         org.workos_organization_id = None
         org.update_time = now
-    return await _recorded(session, call, org)
+    return await _recorded(session, call, org, now)
 
 
 # Audit log --------------------------------------------------------------------------------

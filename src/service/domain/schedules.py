@@ -21,7 +21,6 @@ from croniter import CroniterBadDateError, CroniterError, croniter
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import utcnow
 from service.db.database import send_runs_after_commit
 from service.db.models import Run, Schedule, Workspace
 from service.domain import audit, runs, workspace_views
@@ -64,26 +63,25 @@ def parse_schedule(
     time_zone: str = "",
     min_interval: int | timedelta = 15,
     *,
-    now: datetime | None = None,
+    now: datetime,
 ) -> ValidSchedule:
     """Validates a cron expression and time zone (empty means UTC).
 
     `min_interval` (minutes, or a timedelta) is the smallest allowed time between two
-    consecutive firings, daylight-saving changes within the next two years included.
+    consecutive firings, daylight-saving changes within two years of `now` included.
     Raises InvalidArgument naming `cron` or `time_zone`.
     """
     zone_name = parse_time_zone(time_zone)
     expression = _parse_cron_syntax(cron)
-    start = now or utcnow()
     try:
-        next_fire_time(expression, zone_name, start)
+        next_fire_time(expression, zone_name, now)
     except CroniterBadDateError:
         raise InvalidArgument(
             "cron", "never fires: no date matches its day-of-month, month and day-of-week"
         ) from None
     limit = min_interval if isinstance(min_interval, timedelta) else timedelta(minutes=min_interval)
     if limit > timedelta(0):
-        _check_minimum_interval(expression, zone_name, start, limit)
+        _check_minimum_interval(expression, zone_name, now, limit)
     return ValidSchedule(cron=expression, time_zone=zone_name)
 
 

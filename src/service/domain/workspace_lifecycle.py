@@ -26,7 +26,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import audit, files, inputs, join_codes
+from service.domain import audit, files, idempotency, inputs, join_codes, workspace_views
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     effective_workspace_role,
@@ -45,7 +45,7 @@ from service.domain.errors import (
 from service.domain.hostnames import normalize_hostname
 from service.domain.inputs import masked_paths, require_id
 from service.domain.names import derive_slug, display_name, suffixed_slug, validate_slug
-from service.domain.organizations import insert_organization
+from service.domain.organizations import OrganizationView, insert_organization
 from service.domain.slugs import MAX_ATTEMPTS, save_with_unique_slug
 from service.domain.visibility import accessible_workspaces
 from service.domain.workspace_fields import (
@@ -57,6 +57,7 @@ from service.domain.workspace_fields import (
 )
 from service.domain.workspace_locks import lock_live_workspace
 from service.domain.workspace_purge import DeletedSince
+from service.domain.workspace_views import WorkspaceView
 
 DEFAULT_JOIN_CODE_TTL = timedelta(days=7)  # BEACON_JOIN_CODE_TTL_HOURS' default
 UPDATABLE_FIELDS = ("name", "slug", "domain", "icon_file_id", "brand_aliases", "competitors")
@@ -82,8 +83,10 @@ class NewWorkspace:
 
 @dataclass(frozen=True, slots=True)
 class CreatedWorkspace:
-    workspace_id: str
-    organization: Organization
+    """The new workspace, its organization, and whether it is the caller's first one."""
+
+    workspace: WorkspaceView
+    organization: OrganizationView
     is_first_workspace: bool
 
 
@@ -121,6 +124,7 @@ async def create_workspace(
     call: Actor,
     request: NewWorkspace,
     *,
+    request_id: str = "",
     now: datetime,
     join_code_ttl: timedelta = DEFAULT_JOIN_CODE_TTL,
 ) -> CreatedWorkspace:
@@ -129,8 +133,28 @@ async def create_workspace(
 
     With `organization_name` a new organization is made (caller owner); with
     `organization_id` the caller must be an owner or admin of it; with neither, the
-    caller's personal organization is used, created on first use.
+    caller's personal organization is used, created on first use. A retry with the same
+    `request_id` (for the same `organization_id`) returns the first result and creates
+    nothing.
     """
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=request.organization_id,
+        result_type=CreatedWorkspace,
+        now=now,
+        run=lambda: _create_workspace(session, call, request, now, join_code_ttl),
+    )
+
+
+async def _create_workspace(
+    session: AsyncSession,
+    call: Actor,
+    request: NewWorkspace,
+    now: datetime,
+    join_code_ttl: timedelta,
+) -> CreatedWorkspace:
     user_id = call.require_user_id()
     clean = _clean_new(request)
     is_first = not await session.scalar(
@@ -189,9 +213,12 @@ async def create_workspace(
         organization_id=org.id,
         workspace_id=workspace.id,
         target_ids=[workspace.id, org.id],
+        now=now,
     )
     await session.flush()
-    return CreatedWorkspace(workspace.id, org, is_first)
+    return CreatedWorkspace(
+        await workspace_views.load_view(session, workspace.id), OrganizationView.of(org), is_first
+    )
 
 
 def _live_in(organization_id: str) -> ColumnElement[bool]:
@@ -264,14 +291,18 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
     inputs.check_etag(field_name, etag, str(version), resource="workspace")
 
 
-def audit_workspace(session: AsyncSession, call: Actor, workspace: Workspace) -> None:
-    """Records the audit event of a change to `workspace` (target: the workspace)."""
+def audit_workspace(
+    session: AsyncSession, call: Actor, workspace: Workspace, now: datetime
+) -> None:
+    """Records the audit event of a change to `workspace` made at `now` (target: the
+    workspace)."""
     audit.record(
         session,
         call,
         organization_id=workspace.organization_id,
         workspace_id=workspace.id,
         target_ids=[workspace.id],
+        now=now,
     )
 
 
@@ -311,7 +342,7 @@ async def update_workspace(
     if changed or new_slug is not None:
         workspace.version += 1
         workspace.update_time = now
-    audit_workspace(session, call, workspace)
+    audit_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -333,7 +364,7 @@ async def delete_workspace(
     workspace.join_code = None
     workspace.join_code_expire_time = None
     await session.execute(delete(Schedule).where(Schedule.workspace_id == workspace_id))
-    audit_workspace(session, call, workspace)
+    audit_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -378,7 +409,7 @@ async def undelete_workspace(
         raise not_found(workspace_id)
     check_etag("etag", etag, workspace.version)
     await _restore(session, workspace, now=now, join_code_expire_time=now + join_code_ttl)
-    audit_workspace(session, call, workspace)
+    audit_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -434,5 +465,5 @@ async def set_enabled_providers(
         workspace.enabled_providers = clean
         workspace.version += 1
         workspace.update_time = now
-    audit_workspace(session, call, workspace)
+    audit_workspace(session, call, workspace, now)
     await session.flush()

@@ -25,7 +25,7 @@ from sqlalchemy import and_, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import aliased
 
-from service.clock import new_id, utcnow
+from service.clock import new_id
 from service.db.models import (
     OrganizationMember,
     User,
@@ -33,7 +33,7 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
-from service.domain import audit
+from service.domain import audit, idempotency
 from service.domain.access import (
     ORGANIZATION_ADMIN_ROLES,
     WORKSPACE_ROLE_RANK,
@@ -82,6 +82,7 @@ async def add_member(
     email: str,
     role: str,
     invitation_ttl: timedelta,
+    request_id: str = "",
     now: datetime,
 ) -> Member:
     """Invites `email` to the workspace; the invitee joins by accepting (never at once).
@@ -89,25 +90,35 @@ async def add_member(
     `role` "" means member. Members may invite members; only owners invite owners. The
     answer is the same whether or not a user has the email. An email already held by an
     explicit member returns that membership, raised to `role` when that is higher.
-    Inviting a pending email again renews the invitation (and raises its role).
+    Inviting a pending email again renews the invitation (and raises its role). A retry
+    with the same `request_id` returns the first answer and changes nothing.
     """
-    email = normalize_email(email)
-    role = _workspace_role(role, required=False)
-    access = call.require_access()
-    if role == "owner" and access.workspace_role != "owner":
-        raise PermissionDenied("only workspace owners may add owners")
-    workspace = await lock_live_workspace(session, workspace_id)
-    row = await member_with_email(session, WorkspaceMember, "workspace_id", workspace_id, email)
-    if row is None:
-        return await _invite_to_workspace(
-            session, call, workspace, email, role, expire_time=now + invitation_ttl, now=now
+
+    async def add() -> Member:
+        clean_email = normalize_email(email)
+        clean_role = _workspace_role(role, required=False)
+        access = call.require_access()
+        if clean_role == "owner" and access.workspace_role != "owner":
+            raise PermissionDenied("only workspace owners may add owners")
+        workspace = await lock_live_workspace(session, workspace_id)
+        row = await member_with_email(
+            session, WorkspaceMember, "workspace_id", workspace_id, clean_email
         )
-    member, user = row[0], row[1]
-    if WORKSPACE_ROLE_RANK[role] > WORKSPACE_ROLE_RANK[member.role]:
-        member.role = role
-        _audit(session, call, workspace, user.id)
-        await session.flush()
-    return active_member(workspace_id, member.role, member.create_time, user)
+        if row is None:
+            expire_time = now + invitation_ttl
+            return await _invite_to_workspace(
+                session, call, workspace, clean_email, clean_role, expire_time=expire_time, now=now
+            )
+        member, user = row[0], row[1]
+        if WORKSPACE_ROLE_RANK[clean_role] > WORKSPACE_ROLE_RANK[member.role]:
+            member.role = clean_role
+            _audit(session, call, workspace, user.id, now)
+            await session.flush()
+        return active_member(workspace_id, member.role, member.create_time, user)
+
+    return await idempotency.once(
+        session, call, request_id, scope=workspace_id, result_type=Member, now=now, run=add
+    )
 
 
 async def update_member_role(
@@ -125,7 +136,7 @@ async def update_member_role(
     if role != member.role:
         await _keep_workspace_owner(session, workspace, user_id, new_role=role)
         member.role = role
-        _audit(session, call, workspace, user_id)
+        _audit(session, call, workspace, user_id, now)
         await session.flush()
     return active_member(workspace_id, member.role, member.create_time, user)
 
@@ -149,11 +160,11 @@ async def remove_member(
         email = normalize_email(email)
     workspace = await lock_live_workspace(session, workspace_id)
     if not user_id:
-        await _cancel_workspace_invitation(session, call, workspace, email)
+        await _cancel_workspace_invitation(session, call, workspace, email, now)
         return
     await explicit_member(session, WorkspaceMember, "workspace_id", workspace_id, user_id)
     await _keep_workspace_owner(session, workspace, user_id, new_role=None)
-    await _delete_workspace_member(session, call, workspace, user_id)
+    await _delete_workspace_member(session, call, workspace, user_id, now)
 
 
 async def leave_workspace(
@@ -181,7 +192,7 @@ async def leave_workspace(
             ],
         )
     await _keep_workspace_owner(session, workspace, user_id, new_role=None)
-    await _delete_workspace_member(session, call, workspace, user_id)
+    await _delete_workspace_member(session, call, workspace, user_id, now)
 
 
 async def add_workspace_member_if_absent(
@@ -190,20 +201,19 @@ async def add_workspace_member_if_absent(
     workspace: Workspace,
     user_id: str,
     *,
-    now: datetime | None = None,
+    now: datetime,
 ) -> Member:
     """The user's explicit membership, created (at `now`) with role member when there is none.
 
-    The caller must hold the workspace's row lock (see `lock_live_workspace`). `now` falls
-    back to the clock for callers that do not pass it yet.
+    The caller must hold the workspace's row lock (see `lock_live_workspace`).
     """
     member = await session.get(WorkspaceMember, (workspace.id, user_id))
     if member is None:
         member = WorkspaceMember(
-            workspace_id=workspace.id, user_id=user_id, role="member", create_time=now or utcnow()
+            workspace_id=workspace.id, user_id=user_id, role="member", create_time=now
         )
         session.add(member)
-        _audit(session, call, workspace, user_id)
+        _audit(session, call, workspace, user_id, now)
         await session.flush()
     user = await session.get(User, user_id)
     if user is None:
@@ -243,13 +253,13 @@ async def _invite_to_workspace(
             invitation.role, invitation.create_time = role, now
         invitation.role = max(invitation.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
         invitation.expire_time = expire_time
-    _audit(session, call, workspace, invitation.id)
+    _audit(session, call, workspace, invitation.id, now)
     await session.flush()
     return invited(workspace_id, invitation)
 
 
 async def _cancel_workspace_invitation(
-    session: AsyncSession, call: Actor, workspace: Workspace, email: str
+    session: AsyncSession, call: Actor, workspace: Workspace, email: str, now: datetime
 ) -> None:
     invitation_id = await session.scalar(
         delete(WorkspaceInvitation)
@@ -258,7 +268,7 @@ async def _cancel_workspace_invitation(
     )
     if invitation_id is None:
         raise NotFound("invitation", email)
-    _audit(session, call, workspace, invitation_id)
+    _audit(session, call, workspace, invitation_id, now)
 
 
 async def _keep_workspace_owner(
@@ -342,23 +352,26 @@ async def _leaves_no_owner(
 
 
 async def _delete_workspace_member(
-    session: AsyncSession, call: Actor, workspace: Workspace, user_id: str
+    session: AsyncSession, call: Actor, workspace: Workspace, user_id: str, now: datetime
 ) -> None:
     await session.execute(
         delete(WorkspaceMember).where(
             WorkspaceMember.workspace_id == workspace.id, WorkspaceMember.user_id == user_id
         )
     )
-    _audit(session, call, workspace, user_id)
+    _audit(session, call, workspace, user_id, now)
 
 
-def _audit(session: AsyncSession, call: Actor, workspace: Workspace, target_id: str) -> None:
+def _audit(
+    session: AsyncSession, call: Actor, workspace: Workspace, target_id: str, now: datetime
+) -> None:
     audit.record(
         session,
         call,
         organization_id=workspace.organization_id,
         workspace_id=workspace.id,
         target_ids=[workspace.id, target_id],
+        now=now,
     )
 
 

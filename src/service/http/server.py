@@ -27,6 +27,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from service.app import App
+from service.clock import utcnow
 from service.domain import files
 from service.domain.files import FileStorage
 
@@ -95,7 +96,7 @@ async def upload(request: web.Request) -> web.Response:
     content_type, data = image.content_type, image.data
     async with app.db.transaction() as session:
         claimed = await files.claim_upload(
-            session, file_id, content_type=content_type, size=len(data)
+            session, file_id, content_type=content_type, size=len(data), now=utcnow()
         )
     if not claimed:
         return _error(410, "URL_USED", "this upload URL was already used or has expired")

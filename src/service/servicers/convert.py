@@ -12,8 +12,8 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import providers
 from service.config import Settings
 from service.db.database import Reader
-from service.db.models import Organization
-from service.domain import files, organizations, workspace_views
+from service.domain import files, workspace_views
+from service.domain.organizations import OrganizationView
 from service.domain.workspace_views import WorkspaceView
 
 PROVIDER_TO_PROTO = providers.TO_PROTO
@@ -38,16 +38,16 @@ ORGANIZATION_ROLE_TO_PROTO = {
 ORGANIZATION_ROLE_FROM_PROTO = {v: k for k, v in ORGANIZATION_ROLE_TO_PROTO.items()}
 
 
-def organization_to_proto(org: Organization) -> org_pb.Organization:
-    """The Organization message of an organization row."""
+def organization_to_proto(org: OrganizationView) -> org_pb.Organization:
+    """The Organization message of an organization view."""
     return org_pb.Organization(
         id=org.id,
         name=org.name,
         slug=org.slug,
-        workos_organization_id=org.workos_organization_id or "",
+        workos_organization_id=org.workos_organization_id,
         create_time=timestamp(org.create_time),
         update_time=timestamp(org.update_time),
-        etag=organizations.organization_etag(org),
+        etag=org.etag,
     )
 
 

@@ -12,7 +12,6 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import membership_service_pb2_grpc
@@ -30,7 +29,6 @@ from service.servicers.convert import (
     timestamp,
     workspace_message,
 )
-from service.servicers.once import run_once
 
 WORKSPACE_ROLE_TO_PROTO = {"owner": pb.WORKSPACE_ROLE_OWNER, "member": pb.WORKSPACE_ROLE_MEMBER}
 WORKSPACE_ROLE_FROM_PROTO = {v: k for k, v in WORKSPACE_ROLE_TO_PROTO.items()}
@@ -68,7 +66,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def AddMember(
         self, request: pb.AddMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.WorkspaceMember:
-        async def add(session: AsyncSession) -> pb.WorkspaceMember:
+        async with self.app.db.transaction() as session:
             member = await workspace_members.add_member(
                 session,
                 current_actor(),
@@ -76,13 +74,10 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 email=request.email,
                 role=_workspace_role(request.role),
                 invitation_ttl=self._invitation_ttl,
+                request_id=request.request_id,
                 now=utcnow(),
             )
-            return _workspace_member(member)
-
-        return await run_once(
-            self.app.db, request.request_id, pb.WorkspaceMember, add, scope=request.workspace_id
-        )
+        return _workspace_member(member)
 
     async def UpdateMemberRole(
         self, request: pb.UpdateMemberRoleRequest, context: grpc.aio.ServicerContext
@@ -125,7 +120,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         self, request: pb.GetJoinInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinInfo:
         async with self.app.db.transaction(write=False) as session:
-            info = await join_codes.get_join_info(session, request.workspace_id)
+            info = await join_codes.get_join_info(session, request.workspace_id, now=utcnow())
         return _join_info(info)
 
     async def RotateJoinCode(
@@ -134,26 +129,25 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
         ttl_seconds = None
         if request.HasField("ttl"):
             ttl_seconds = request.ttl.seconds + request.ttl.nanos / 1e9
-
-        async def rotate(session: AsyncSession) -> pb.JoinInfo:
+        async with self.app.db.transaction() as session:
             info = await join_codes.rotate_join_code(
                 session,
                 current_actor(),
                 request.workspace_id,
                 ttl_seconds=ttl_seconds,
                 default_ttl=self._join_code_ttl,
+                request_id=request.request_id,
+                now=utcnow(),
             )
-            return _join_info(info)
-
-        return await run_once(
-            self.app.db, request.request_id, pb.JoinInfo, rotate, scope=request.workspace_id
-        )
+        return _join_info(info)
 
     async def JoinWorkspaceByCode(
         self, request: pb.JoinWorkspaceByCodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.JoinWorkspaceByCodeResponse:
         async with self.app.db.transaction() as session:
-            member = await join_codes.join_by_code(session, current_actor(), request.code)
+            member = await join_codes.join_by_code(
+                session, current_actor(), request.code, now=utcnow()
+            )
             workspace = await workspace_message(session, self.app.settings, member.scope_id)
         return pb.JoinWorkspaceByCodeResponse(
             workspace=workspace, membership=_workspace_member(member)
@@ -178,7 +172,7 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
     async def InviteOrganizationMember(
         self, request: pb.InviteOrganizationMemberRequest, context: grpc.aio.ServicerContext
     ) -> pb.OrganizationMember:
-        async def invite(session: AsyncSession) -> pb.OrganizationMember:
+        async with self.app.db.transaction() as session:
             member = await organization_members.invite_organization_member(
                 session,
                 current_actor(),
@@ -186,17 +180,10 @@ class MembershipServicer(membership_service_pb2_grpc.MembershipServiceServicer):
                 email=request.email,
                 role=_organization_role(request.role),
                 invitation_ttl=self._invitation_ttl,
+                request_id=request.request_id,
                 now=utcnow(),
             )
-            return _organization_member(member)
-
-        return await run_once(
-            self.app.db,
-            request.request_id,
-            pb.OrganizationMember,
-            invite,
-            scope=request.organization_id,
-        )
+        return _organization_member(member)
 
     async def UpdateOrganizationMemberRole(
         self, request: pb.UpdateOrganizationMemberRoleRequest, context: grpc.aio.ServicerContext

@@ -7,14 +7,13 @@ in a unit of work and converts the result.
 from __future__ import annotations
 
 import grpc
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import organization_service_pb2 as pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
-from service.domain import idempotency, organizations
+from service.domain import organizations
 from service.domain.organizations import AuditFilter, NavigationState
 from service.domain.paging import parse_page
 from service.servicers.convert import (
@@ -31,20 +30,11 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     async def CreateOrganization(
         self, request: pb.CreateOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.Organization:
-        call = current_actor()
-
-        async def create(session: AsyncSession) -> pb.Organization:
-            org = await organizations.create_organization(session, call, request.name, now=utcnow())
-            return organization_to_proto(org)
-
-        return await idempotency.run_once(
-            self.app.db,
-            principal_id=call.actor_id,
-            method=call.action,
-            request_id=request.request_id,
-            response_type=pb.Organization,
-            create=create,
-        )
+        async with self.app.db.transaction() as session:
+            org = await organizations.create_organization(
+                session, current_actor(), request.name, request_id=request.request_id, now=utcnow()
+            )
+        return organization_to_proto(org)
 
     async def ListMyOrganizations(
         self, request: pb.ListMyOrganizationsRequest, context: grpc.aio.ServicerContext

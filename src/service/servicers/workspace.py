@@ -11,21 +11,13 @@ from datetime import timedelta
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from beacon.v1 import workspace_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
-from service.domain import (
-    accounts,
-    files,
-    idempotency,
-    read_views,
-    workspace_lifecycle,
-    workspace_views,
-)
+from service.domain import accounts, files, read_views, workspace_lifecycle, workspace_views
 from service.domain.paging import parse_page
 from service.domain.workspace_fields import Competitor
 from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
@@ -52,7 +44,6 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def CreateWorkspace(
         self, request: pb.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateWorkspaceResponse:
-        call = current_actor()
         new = NewWorkspace(
             name=request.name,
             slug=request.slug,
@@ -63,28 +54,19 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             brand_aliases=list(request.brand_aliases),
             competitors=_competitors(list(request.competitors)),
         )
-
-        async def create(session: AsyncSession) -> pb.CreateWorkspaceResponse:
+        async with self.app.db.transaction() as session:
             created = await workspace_lifecycle.create_workspace(
                 session,
-                call,
+                current_actor(),
                 new,
+                request_id=request.request_id,
                 now=utcnow(),
                 join_code_ttl=timedelta(hours=self.app.settings.join_code_ttl_hours),
             )
-            return pb.CreateWorkspaceResponse(
-                workspace=await workspace_message(session, self.app.settings, created.workspace_id),
-                organization=organization_to_proto(created.organization),
-                is_first_workspace=created.is_first_workspace,
-            )
-
-        return await idempotency.run_once(
-            self.app.db,
-            principal_id=call.actor_id,
-            method=call.action,
-            request_id=request.request_id,
-            response_type=pb.CreateWorkspaceResponse,
-            create=create,
+        return pb.CreateWorkspaceResponse(
+            workspace=workspace_to_proto(created.workspace, self.app.settings),
+            organization=organization_to_proto(created.organization),
+            is_first_workspace=created.is_first_workspace,
         )
 
     async def ListWorkspaces(
@@ -190,7 +172,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     ) -> pb.GenerateWorkspaceIconUploadUrlResponse:
         user_id = current_call().require_user_id()
         async with self.app.db.transaction() as session:
-            ticket = await files.create_upload(session, self.app.settings, user_id)
+            ticket = await files.create_upload(session, self.app.settings, user_id, now=utcnow())
         return pb.GenerateWorkspaceIconUploadUrlResponse(
             upload_url=ticket.url,
             storage_id=ticket.file_id,
@@ -220,7 +202,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: pb.DeleteAccountRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteAccountResponse:
         async with self.app.db.transaction() as session:
-            deleted = await accounts.delete_account(session, current_actor())
+            deleted = await accounts.delete_account(session, current_actor(), now=utcnow())
         await files.delete_bytes(self.storage, deleted.file_ids)
         return pb.DeleteAccountResponse(
             user_id=deleted.user_id, deleted_organization_ids=deleted.deleted_organization_ids
