@@ -1,10 +1,14 @@
-"""Visibility rollups: per (workspace, UTC day, provider) sums over the answers of that day.
+"""Visibility rollups: per (workspace, UTC day, provider) sums over the answers of that day,
+and the same per UTC hour.
 
-A report over a year reads at most 366 rows per provider, however many answers the workspace
-has. The rollups are written by whoever stores an answer (a succeeded probe), in the same
+A report over a year reads at most 366 daily rows per provider, however many answers the
+workspace has; a report in a time zone whose days do not start at 00:00 UTC also reads, for
+each local midnight, the hourly rows between it and the nearer UTC midnight (`read_periods`).
+The rollups are written by whoever stores an answer (a succeeded probe), in the same
 transaction (`add_answers`): the worker when it saves results, the migration that introduced
 them (a backfill from the probes), and test builders that write probes as a worker would.
-An answer counts on the UTC day of its `complete_time`; answers never change once stored.
+An answer counts on the UTC day and hour of its `complete_time`; answers never change once
+stored.
 
 Deleting a workspace (purge, account deletion) deletes its rollups by foreign-key cascade.
 Whoever deletes answers of a live workspace must call `rebuild` for the days they covered.
@@ -13,18 +17,25 @@ Whoever deletes answers of a live workspace must call `rebuild` for the days the
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Insert, Table, delete, func, select, type_coerce
+from sqlalchemy import Date, Insert, Table, TextClause, bindparam, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
-from sqlalchemy.types import NullType
 
 from service.db.database import Reader
-from service.db.models import CompetitorRollup, Probe, VisibilityRollup
+from service.db.types import UTCDateTime
+from service.db.models import (
+    CompetitorRollup,
+    HourlyCompetitorRollup,
+    HourlyVisibilityRollup,
+    Probe,
+    VisibilityRollup,
+)
 from service.domain.run_status import ProbeStatus
 
 SUMS = ("responses", "brand_mentions", "rank_sum", "ranked", "brand_citations", "citations")
@@ -93,6 +104,10 @@ def utc_day(moment: datetime) -> date:
     return moment.astimezone(UTC).date()
 
 
+def utc_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
 async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
     """Adds newly stored answers to their rollups; call it in the transaction that stores
     them, once per answer (the caller guarantees each probe turned succeeded just now).
@@ -100,48 +115,50 @@ async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
     Rows are upserted in key order, so that concurrent transactions lock them in the same
     order (no deadlocks between workers saving results of one workspace).
     """
-    totals: dict[tuple[str, date, str], list[int]] = {}
-    mentions: dict[tuple[str, date, str, str], int] = {}
-    for item in answers:
-        key = (item.workspace_id, utc_day(item.complete_time), item.provider)
-        sums = totals.setdefault(key, [0] * len(SUMS))
-        ranked = item.brand_mentioned and item.brand_rank > 0
-        for index, value in enumerate(
-            (
-                1,
-                int(item.brand_mentioned),
-                item.brand_rank if ranked else 0,
-                int(ranked),
-                item.brand_citations,
-                item.citation_count,
-            )
-        ):
-            sums[index] += value
-        for name in item.competitors:
-            mentions[(*key, name)] = mentions.get((*key, name), 0) + 1
-    if not totals:
+    answers = list(answers)
+    if not answers:
         return
     dialect = _dialect(reader)
-    await reader.execute(
-        _upsert(dialect, "visibility"),
-        [
-            {
-                "workspace_id": ws,
-                "day": day,
-                "provider": provider,
-                **dict(zip(SUMS, sums, strict=True)),
-            }
-            for (ws, day, provider), sums in sorted(totals.items())
-        ],
-    )
-    if mentions:
+    for unit, bucket in (("day", utc_day), ("hour", utc_hour)):
+        totals: dict[tuple[str, Any, str], list[int]] = {}
+        mentions: dict[tuple[str, Any, str, str], int] = {}
+        for item in answers:
+            key = (item.workspace_id, bucket(item.complete_time), item.provider)
+            sums = totals.setdefault(key, [0] * len(SUMS))
+            ranked = item.brand_mentioned and item.brand_rank > 0
+            for index, value in enumerate(
+                (
+                    1,
+                    int(item.brand_mentioned),
+                    item.brand_rank if ranked else 0,
+                    int(ranked),
+                    item.brand_citations,
+                    item.citation_count,
+                )
+            ):
+                sums[index] += value
+            for name in item.competitors:
+                mentions[(*key, name)] = mentions.get((*key, name), 0) + 1
         await reader.execute(
-            _upsert(dialect, "competitor"),
+            _upsert(dialect, "visibility", unit),
             [
-                {"workspace_id": ws, "day": day, "provider": p, "name": name, "mentions": count}
-                for (ws, day, p, name), count in sorted(mentions.items())
+                {
+                    "workspace_id": ws,
+                    unit: at,
+                    "provider": provider,
+                    **dict(zip(SUMS, sums, strict=True)),
+                }
+                for (ws, at, provider), sums in sorted(totals.items())
             ],
         )
+        if mentions:
+            await reader.execute(
+                _upsert(dialect, "competitor", unit),
+                [
+                    {"workspace_id": ws, unit: at, "provider": p, "name": name, "mentions": n}
+                    for (ws, at, p, name), n in sorted(mentions.items())
+                ],
+            )
 
 
 def _dialect(reader: Reader) -> str:
@@ -158,16 +175,23 @@ def _table(model: Any) -> Table:
 
 VISIBILITY = _table(VisibilityRollup)
 COMPETITORS = _table(CompetitorRollup)
+HOURLY_VISIBILITY = _table(HourlyVisibilityRollup)
+HOURLY_COMPETITORS = _table(HourlyCompetitorRollup)
 PROBES = _table(Probe)
 
 
 @functools.cache
-def _upsert(dialect: str, which: str) -> Insert:
+def _upsert(dialect: str, which: str, unit: str) -> Insert:
     """INSERT ... ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum."""
+    daily = unit == "day"
     table, keys, sums = (
-        (VISIBILITY, ("workspace_id", "day", "provider"), SUMS)
+        (VISIBILITY if daily else HOURLY_VISIBILITY, ("workspace_id", unit, "provider"), SUMS)
         if which == "visibility"
-        else (COMPETITORS, ("workspace_id", "day", "provider", "name"), ("mentions",))
+        else (
+            COMPETITORS if daily else HOURLY_COMPETITORS,
+            ("workspace_id", unit, "provider", "name"),
+            ("mentions",),
+        )
     )
     insert = (sqlite if dialect == "sqlite" else postgresql).insert(table)
     upsert: Insert = insert.on_conflict_do_update(
@@ -177,56 +201,158 @@ def _upsert(dialect: str, which: str) -> Insert:
     return upsert
 
 
-DayRow = tuple[date, str, tuple[int, ...], dict[str, int]]
-"""One rollup row: (UTC day, provider, sums in SUMS order, competitor -> mentions)."""
+Piece = tuple[int, int, Any, Any]
+"""(period index, sign, lo, hi): `sign` times the sums over [lo, hi) count in the period."""
 
 
-async def read(reader: Reader, workspace_id: str, first: date, end: date) -> list[DayRow]:
-    """The workspace's rollups of the days in [first, end), one row per (day, provider).
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What each period of a report is made of: signed ranges of UTC days (daily rollups),
+    of whole UTC hours (hourly rollups) and of time (answers themselves)."""
 
-    Each row carries its competitor mentions as one JSON object aggregated in the database,
-    so that a year is ~2,200 rows (six providers) whatever the number of competitors.
+    days: Sequence[Piece]
+    hours: Sequence[Piece]
+    answers: Sequence[Piece]
+
+
+PeriodRow = tuple[int, str, tuple[int, ...], dict[str, int]]
+"""(period index, provider, sums in SUMS order, competitor -> answers mentioning it)."""
+
+_SIGNED = ", ".join(f"r.s * {{t}}.{name} AS {name}" for name in SUMS)
+_TOTALS = {
+    "days": f"SELECT r.i AS i, v.provider AS provider, {_SIGNED.format(t='v')} "
+    "FROM visibility_rollups AS v JOIN {days} ON v.day >= r.lo AND v.day < r.hi "
+    "WHERE v.workspace_id = :workspace_id AND v.day >= :days_lo AND v.day < :days_hi",
+    "hours": f"SELECT r.i AS i, v.provider AS provider, {_SIGNED.format(t='v')} "
+    "FROM hourly_visibility_rollups AS v JOIN {hours} ON v.hour >= r.lo AND v.hour < r.hi "
+    "WHERE v.workspace_id = :workspace_id AND v.hour >= :hours_lo AND v.hour < :hours_hi",
+    # The same sums as add_answers, over the answers themselves.
+    "answers": "SELECT r.i AS i, p.provider AS provider, r.s AS responses, "
+    "r.s * CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END AS brand_mentions, "
+    "r.s * CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN p.brand_rank ELSE 0 END "
+    "AS rank_sum, "
+    "r.s * CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN 1 ELSE 0 END AS ranked, "
+    "r.s * coalesce(p.brand_citations, 0) AS brand_citations, "
+    "r.s * coalesce(p.citation_count, 0) AS citations "
+    "FROM probes AS p JOIN {answers} ON p.complete_time >= r.lo AND p.complete_time < r.hi "
+    "WHERE {answered}",
+}
+_MENTIONS = {
+    "days": "SELECT r.i AS i, c.provider AS provider, c.name AS name, r.s * c.mentions AS n "
+    "FROM competitor_rollups AS c JOIN {days} ON c.day >= r.lo AND c.day < r.hi "
+    "WHERE c.workspace_id = :workspace_id AND c.day >= :days_lo AND c.day < :days_hi",
+    "hours": "SELECT r.i AS i, c.provider AS provider, c.name AS name, r.s * c.mentions AS n "
+    "FROM hourly_competitor_rollups AS c JOIN {hours} ON c.hour >= r.lo AND c.hour < r.hi "
+    "WHERE c.workspace_id = :workspace_id AND c.hour >= :hours_lo AND c.hour < :hours_hi",
+    # Once per answer (and range) however often the answer lists the name.
+    "answers": "SELECT d.i AS i, d.provider AS provider, d.name AS name, d.s AS n FROM ("
+    "SELECT DISTINCT r.k AS k, r.i AS i, r.s AS s, p.id AS id, p.provider AS provider, "
+    "{name} AS name FROM probes AS p JOIN {answers} "
+    "ON p.complete_time >= r.lo AND p.complete_time < r.hi CROSS JOIN {elements} "
+    "WHERE {answered} AND {is_text}) AS d WHERE d.name <> ''",
+}
+_PERIODS = (
+    "WITH totals AS ({totals}), "
+    "period_totals AS (SELECT i, provider, "
+    + ", ".join(f"sum({name}) AS {name}" for name in SUMS)
+    + " FROM totals GROUP BY i, provider HAVING sum(responses) <> 0), "
+    "mentions AS ({mentions}), "
+    "period_mentions AS (SELECT i, provider, name, sum(n) AS n FROM mentions "
+    "GROUP BY i, provider, name HAVING sum(n) <> 0) "
+    "SELECT t.i, t.provider, "
+    + ", ".join(f"t.{name}" for name in SUMS)
+    + ", {aggregate} FROM period_totals AS t LEFT JOIN period_mentions AS m "
+    "ON m.i = t.i AND m.provider = t.provider GROUP BY t.i, t.provider, "
+    + ", ".join(f"t.{name}" for name in SUMS)
+)
+_ANSWERED = (
+    "p.workspace_id = :workspace_id AND p.status = 'succeeded' "
+    "AND p.complete_time >= :answers_lo AND p.complete_time < :answers_hi"
+)
+_RANGES = ("k", "i", "s", "lo", "hi")
+_POSTGRESQL = {
+    "days": "json_to_recordset(CAST(:days AS json)) AS r(k int, i int, s int, lo date, hi date)",
+    "hours": "json_to_recordset(CAST(:hours AS json)) "
+    "AS r(k int, i int, s int, lo timestamptz, hi timestamptz)",
+    "answers": "json_to_recordset(CAST(:answers AS json)) "
+    "AS r(k int, i int, s int, lo timestamptz, hi timestamptz)",
+    "name": "e.value ->> 'name'",
+    "elements": "json_array_elements(CASE WHEN json_typeof(p.competitors) = 'array' "
+    "THEN p.competitors ELSE CAST('[]' AS json) END) AS e(value)",
+    "is_text": "json_typeof(e.value -> 'name') = 'string'",
+    # Two arrays, which asyncpg decodes without json.
+    "aggregate": "array_agg(m.name) FILTER (WHERE m.name IS NOT NULL), "
+    "array_agg(m.n) FILTER (WHERE m.name IS NOT NULL)",
+}
+
+
+def _sqlite_ranges(name: str) -> str:
+    columns = ", ".join(f"json_extract(value, '$.{c}') AS {c}" for c in _RANGES)
+    return f"(SELECT {columns} FROM json_each(:{name})) AS r"
+
+
+_SQLITE = {
+    "days": _sqlite_ranges("days"),
+    "hours": _sqlite_ranges("hours"),
+    "answers": _sqlite_ranges("answers"),
+    "name": "json_extract(e.value, '$.name')",
+    "elements": "json_each(CASE WHEN json_type(p.competitors) = 'array' "
+    "THEN p.competitors ELSE '[]' END) AS e",
+    "is_text": "json_type(e.value, '$.name') = 'text'",
+    "aggregate": "json_group_object(m.name, m.n) FILTER (WHERE m.name IS NOT NULL)",
+}
+
+
+@functools.cache
+def _periods_statement(dialect: str, parts: tuple[str, ...]) -> TextClause:
+    """The statement summing the signed ranges of `parts` (some of days, hours, answers)."""
+    fragments = {**(_SQLITE if dialect == "sqlite" else _POSTGRESQL), "answered": _ANSWERED}
+    statement = _PERIODS.format(
+        totals=" UNION ALL ".join(_TOTALS[p].format(**fragments) for p in parts),
+        mentions=" UNION ALL ".join(_MENTIONS[p].format(**fragments) for p in parts),
+        aggregate=fragments["aggregate"],
+    )
+    types = {"days": Date(), "hours": UTCDateTime(), "answers": UTCDateTime()}
+    return text(statement).bindparams(
+        *(bindparam(f"{p}_{end}", type_=types[p]) for p in parts for end in ("lo", "hi"))
+    )
+
+
+def _json_bound(value: Any, dialect: str) -> str:
+    """A range end as the backend compares it: SQLite stores dates and UTC datetimes as text."""
+    if isinstance(value, datetime):
+        utc = value.astimezone(UTC)
+        return utc.strftime("%Y-%m-%d %H:%M:%S.%f") if dialect == "sqlite" else utc.isoformat()
+    return str(value.isoformat())
+
+
+async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[PeriodRow]:
+    """The sums of each period of `plan`, one row per (period, provider) with answers.
+
+    One statement: the signed ranges go to the database as JSON, every part is summed there
+    per (period, provider) and per (period, provider, competitor), so that a year is read in
+    ~2,200 rows (six providers) whatever the number of answers, hours and competitors.
     """
-    sqlite = _dialect(reader) == "sqlite"
-
-    def mentions(aggregate: Any) -> Any:
-        return (
-            select(aggregate)
-            .where(
-                COMPETITORS.c.workspace_id == VISIBILITY.c.workspace_id,
-                COMPETITORS.c.day == VISIBILITY.c.day,
-                COMPETITORS.c.provider == VISIBILITY.c.provider,
-            )
-            .scalar_subquery()
+    dialect = _dialect(reader)
+    parts = tuple(p for p in ("days", "hours", "answers") if getattr(plan, p))
+    if not parts:
+        return []
+    params: dict[str, Any] = {"workspace_id": workspace_id}
+    for part in parts:
+        pieces: Sequence[Piece] = getattr(plan, part)
+        params[part] = json.dumps(
+            [
+                {"k": k, "i": i, "s": s, "lo": _json_bound(lo, dialect), "hi": _json_bound(hi, dialect)}
+                for k, (i, s, lo, hi) in enumerate(pieces)
+            ]
         )
-
-    # SQLite: one JSON object; PostgreSQL: two arrays, which asyncpg decodes without json.
-    extra = (
-        [
-            type_coerce(
-                mentions(func.json_group_object(COMPETITORS.c.name, COMPETITORS.c.mentions)), JSON
-            )
-        ]
-        if sqlite
-        else [
-            # Untyped: asyncpg's lists as they come, without SQLAlchemy's per-item processing.
-            type_coerce(mentions(func.array_agg(COMPETITORS.c.name)), NullType()),
-            type_coerce(mentions(func.array_agg(COMPETITORS.c.mentions)), NullType()),
-        ]
-    )
-    result = await reader.execute(
-        select(
-            VISIBILITY.c.day, VISIBILITY.c.provider, *(VISIBILITY.c[s] for s in SUMS), *extra
-        ).where(
-            VISIBILITY.c.workspace_id == workspace_id,
-            VISIBILITY.c.day >= first,
-            VISIBILITY.c.day < end,
-        )
-    )
+        params[f"{part}_lo"] = min(piece[2] for piece in pieces)
+        params[f"{part}_hi"] = max(piece[3] for piece in pieces)
+    result = await reader.execute(_periods_statement(dialect, parts), params)
     sums = slice(2, 2 + len(SUMS))
     # .all(): one fetch for the rows, not one per row through the async adapter.
-    if sqlite:
-        return [(r[0], r[1], tuple(r[sums]), r[-1] or {}) for r in result.all()]
+    if dialect == "sqlite":
+        return [(r[0], r[1], tuple(r[sums]), json.loads(r[-1] or "{}")) for r in result.all()]
     return [
         (r[0], r[1], tuple(r[sums]), dict(zip(r[-2], r[-1], strict=True)) if r[-2] else {})
         for r in result.all()
@@ -237,17 +363,19 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
     """Recomputes the workspace's rollups of `days` from its stored answers (after answers of
     those days were deleted, for example)."""
     for day in sorted(set(days)):
-        await reader.execute(
-            delete(VISIBILITY).where(
-                VISIBILITY.c.workspace_id == workspace_id, VISIBILITY.c.day == day
-            )
-        )
-        await reader.execute(
-            delete(COMPETITORS).where(
-                COMPETITORS.c.workspace_id == workspace_id, COMPETITORS.c.day == day
-            )
-        )
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        for table in (VISIBILITY, COMPETITORS):
+            await reader.execute(
+                delete(table).where(table.c.workspace_id == workspace_id, table.c.day == day)
+            )
+        for table in (HOURLY_VISIBILITY, HOURLY_COMPETITORS):
+            await reader.execute(
+                delete(table).where(
+                    table.c.workspace_id == workspace_id,
+                    table.c.hour >= start,
+                    table.c.hour < start + timedelta(days=1),
+                )
+            )
         probes = await reader.execute(
             select(PROBES).where(
                 PROBES.c.workspace_id == workspace_id,
