@@ -218,99 +218,129 @@ class Plan:
 PeriodRow = tuple[int, str, tuple[int, ...], dict[str, int]]
 """(period index, provider, sums in SUMS order, competitor -> answers mentioning it)."""
 
-_SIGNED = ", ".join(f"r.s * {{t}}.{name} AS {name}" for name in SUMS)
+_SUMMED = ", ".join(f"sum(v.{name}) AS {name}" for name in SUMS)
 _TOTALS = {
-    "days": f"SELECT r.i AS i, v.provider AS provider, {_SIGNED.format(t='v')} "
+    "days": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} "
     "FROM visibility_rollups AS v JOIN {days} ON v.day >= r.lo AND v.day < r.hi "
-    "WHERE v.workspace_id = :workspace_id AND v.day >= :days_lo AND v.day < :days_hi",
-    "hours": f"SELECT r.i AS i, v.provider AS provider, {_SIGNED.format(t='v')} "
+    "WHERE v.workspace_id = :workspace_id AND v.day >= :days_lo AND v.day < :days_hi "
+    "GROUP BY r.k, v.provider",
+    "hours": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} "
     "FROM hourly_visibility_rollups AS v JOIN {hours} ON v.hour >= r.lo AND v.hour < r.hi "
-    "WHERE v.workspace_id = :workspace_id AND v.hour >= :hours_lo AND v.hour < :hours_hi",
+    "WHERE v.workspace_id = :workspace_id AND v.hour >= :hours_lo AND v.hour < :hours_hi "
+    "GROUP BY r.k, v.provider",
     # The same sums as add_answers, over the answers themselves.
-    "answers": "SELECT r.i AS i, p.provider AS provider, r.s AS responses, "
-    "r.s * CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END AS brand_mentions, "
-    "r.s * CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN p.brand_rank ELSE 0 END "
+    "answers": "SELECT r.k AS k, p.provider AS provider, count(*) AS responses, "
+    "sum(CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END) AS brand_mentions, "
+    "sum(CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN p.brand_rank ELSE 0 END) "
     "AS rank_sum, "
-    "r.s * CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN 1 ELSE 0 END AS ranked, "
-    "r.s * coalesce(p.brand_citations, 0) AS brand_citations, "
-    "r.s * coalesce(p.citation_count, 0) AS citations "
+    "sum(CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN 1 ELSE 0 END) AS ranked, "
+    "sum(coalesce(p.brand_citations, 0)) AS brand_citations, "
+    "sum(coalesce(p.citation_count, 0)) AS citations "
     "FROM probes AS p JOIN {answers} ON p.complete_time >= r.lo AND p.complete_time < r.hi "
-    "WHERE {answered}",
+    "WHERE {answered} GROUP BY r.k, p.provider",
 }
 _MENTIONS = {
-    "days": "SELECT r.i AS i, c.provider AS provider, c.name AS name, r.s * c.mentions AS n "
+    "days": "SELECT r.k AS k, c.provider AS provider, c.name AS name, sum(c.mentions) AS n "
     "FROM competitor_rollups AS c JOIN {days} ON c.day >= r.lo AND c.day < r.hi "
-    "WHERE c.workspace_id = :workspace_id AND c.day >= :days_lo AND c.day < :days_hi",
-    "hours": "SELECT r.i AS i, c.provider AS provider, c.name AS name, r.s * c.mentions AS n "
+    "WHERE c.workspace_id = :workspace_id AND c.day >= :days_lo AND c.day < :days_hi "
+    "GROUP BY r.k, c.provider, c.name",
+    "hours": "SELECT r.k AS k, c.provider AS provider, c.name AS name, sum(c.mentions) AS n "
     "FROM hourly_competitor_rollups AS c JOIN {hours} ON c.hour >= r.lo AND c.hour < r.hi "
-    "WHERE c.workspace_id = :workspace_id AND c.hour >= :hours_lo AND c.hour < :hours_hi",
-    # Once per answer (and range) however often the answer lists the name.
-    "answers": "SELECT d.i AS i, d.provider AS provider, d.name AS name, d.s AS n FROM ("
-    "SELECT DISTINCT r.k AS k, r.i AS i, r.s AS s, p.id AS id, p.provider AS provider, "
-    "{name} AS name FROM probes AS p JOIN {answers} "
-    "ON p.complete_time >= r.lo AND p.complete_time < r.hi CROSS JOIN {elements} "
-    "WHERE {answered} AND {is_text}) AS d WHERE d.name <> ''",
+    "WHERE c.workspace_id = :workspace_id AND c.hour >= :hours_lo AND c.hour < :hours_hi "
+    "GROUP BY r.k, c.provider, c.name",
+    # Once per answer however often the answer lists the name.
+    "answers": "SELECT d.k AS k, d.provider AS provider, d.name AS name, count(*) AS n FROM ("
+    "SELECT DISTINCT r.k AS k, p.id AS id, p.provider AS provider, {name} AS name "
+    "FROM probes AS p JOIN {answers} ON p.complete_time >= r.lo AND p.complete_time < r.hi "
+    "CROSS JOIN {elements} WHERE {answered} AND {is_text}) AS d WHERE d.name <> '' "
+    "GROUP BY d.k, d.provider, d.name",
 }
+_SIGNED = ", ".join(f"t.s * x.{name} AS {name}" for name in SUMS)
+# Each range is summed once, then counted (signed) in each period it belongs to.
 _PERIODS = (
     "WITH totals AS ({totals}), "
     "period_totals AS (SELECT i, provider, "
-    + ", ".join(f"sum({name}) AS {name}" for name in SUMS)
+    # bigint: PostgreSQL sums bigints as numeric (Decimal).
+    + ", ".join(f"CAST(sum({name}) AS bigint) AS {name}" for name in SUMS)
     + " FROM totals GROUP BY i, provider HAVING sum(responses) <> 0), "
     "mentions AS ({mentions}), "
-    "period_mentions AS (SELECT i, provider, name, sum(n) AS n FROM mentions "
-    "GROUP BY i, provider, name HAVING sum(n) <> 0) "
+    "period_mentions AS (SELECT i, provider, name, CAST(sum(n) AS bigint) AS n FROM mentions "
+    "GROUP BY i, provider, name HAVING sum(n) <> 0), "
+    "period_lists AS (SELECT i, provider, {aggregate} FROM period_mentions GROUP BY i, provider) "
     "SELECT t.i, t.provider, "
     + ", ".join(f"t.{name}" for name in SUMS)
-    + ", {aggregate} FROM period_totals AS t LEFT JOIN period_mentions AS m "
-    "ON m.i = t.i AND m.provider = t.provider GROUP BY t.i, t.provider, "
-    + ", ".join(f"t.{name}" for name in SUMS)
+    + ", {lists} FROM period_totals AS t LEFT JOIN period_lists AS l "
+    "ON l.i = t.i AND l.provider = t.provider"
+)
+_TARGETED_TOTALS = (
+    "SELECT t.i AS i, x.provider AS provider, " + _SIGNED + " FROM ({sums}) AS x "
+    "JOIN {targets} ON t.k = x.k"
+)
+_TARGETED_MENTIONS = (
+    "SELECT t.i AS i, x.provider AS provider, x.name AS name, t.s * x.n AS n "
+    "FROM ({sums}) AS x JOIN {targets} ON t.k = x.k"
 )
 _ANSWERED = (
     "p.workspace_id = :workspace_id AND p.status = 'succeeded' "
     "AND p.complete_time >= :answers_lo AND p.complete_time < :answers_hi"
 )
-_RANGES = ("k", "i", "s", "lo", "hi")
 _POSTGRESQL = {
-    "days": "json_to_recordset(CAST(:days AS json)) AS r(k int, i int, s int, lo date, hi date)",
-    "hours": "json_to_recordset(CAST(:hours AS json)) "
-    "AS r(k int, i int, s int, lo timestamptz, hi timestamptz)",
+    "days": "json_to_recordset(CAST(:days AS json)) AS r(k int, lo date, hi date)",
+    "hours": "json_to_recordset(CAST(:hours AS json)) AS r(k int, lo timestamptz, hi timestamptz)",
     "answers": "json_to_recordset(CAST(:answers AS json)) "
-    "AS r(k int, i int, s int, lo timestamptz, hi timestamptz)",
+    "AS r(k int, lo timestamptz, hi timestamptz)",
+    "targets": "json_to_recordset(CAST(:{part}_targets AS json)) AS t(k int, i int, s int)",
     "name": "e.value ->> 'name'",
     "elements": "json_array_elements(CASE WHEN json_typeof(p.competitors) = 'array' "
     "THEN p.competitors ELSE CAST('[]' AS json) END) AS e(value)",
     "is_text": "json_typeof(e.value -> 'name') = 'string'",
     # Two arrays, which asyncpg decodes without json.
-    "aggregate": "array_agg(m.name) FILTER (WHERE m.name IS NOT NULL), "
-    "array_agg(m.n) FILTER (WHERE m.name IS NOT NULL)",
+    "aggregate": "array_agg(name) AS names, array_agg(n) AS counts",
+    "lists": "l.names, l.counts",
 }
 
 
-def _sqlite_ranges(name: str) -> str:
-    columns = ", ".join(f"json_extract(value, '$.{c}') AS {c}" for c in _RANGES)
-    return f"(SELECT {columns} FROM json_each(:{name})) AS r"
+def _sqlite_table(param: str, alias: str, columns: Sequence[str]) -> str:
+    values = ", ".join(f"json_extract(value, '$.{c}') AS {c}" for c in columns)
+    return f"(SELECT {values} FROM json_each(:{param})) AS {alias}"
 
 
 _SQLITE = {
-    "days": _sqlite_ranges("days"),
-    "hours": _sqlite_ranges("hours"),
-    "answers": _sqlite_ranges("answers"),
+    "days": _sqlite_table("days", "r", ("k", "lo", "hi")),
+    "hours": _sqlite_table("hours", "r", ("k", "lo", "hi")),
+    "answers": _sqlite_table("answers", "r", ("k", "lo", "hi")),
+    "targets": _sqlite_table("{part}_targets", "t", ("k", "i", "s")),
     "name": "json_extract(e.value, '$.name')",
     "elements": "json_each(CASE WHEN json_type(p.competitors) = 'array' "
     "THEN p.competitors ELSE '[]' END) AS e",
     "is_text": "json_type(e.value, '$.name') = 'text'",
-    "aggregate": "json_group_object(m.name, m.n) FILTER (WHERE m.name IS NOT NULL)",
+    "aggregate": "json_group_object(name, n) AS names",
+    "lists": "l.names",
 }
+# The ranges change on every call: a generic plan cannot see them (it reads every hour of
+# the year), and a parallel plan costs more to start than this query takes.
+_POSTGRESQL_SETTINGS = text(
+    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
+    "set_config('max_parallel_workers_per_gather', '0', true)"
+)
 
 
 @functools.cache
 def _periods_statement(dialect: str, parts: tuple[str, ...]) -> TextClause:
     """The statement summing the signed ranges of `parts` (some of days, hours, answers)."""
     fragments = {**(_SQLITE if dialect == "sqlite" else _POSTGRESQL), "answered": _ANSWERED}
+
+    def targeted(template: str, sums: dict[str, str], part: str) -> str:
+        return template.format(
+            sums=sums[part].format(**fragments),
+            targets=fragments["targets"].format(part=part),
+        )
+
     statement = _PERIODS.format(
-        totals=" UNION ALL ".join(_TOTALS[p].format(**fragments) for p in parts),
-        mentions=" UNION ALL ".join(_MENTIONS[p].format(**fragments) for p in parts),
+        totals=" UNION ALL ".join(targeted(_TARGETED_TOTALS, _TOTALS, p) for p in parts),
+        mentions=" UNION ALL ".join(targeted(_TARGETED_MENTIONS, _MENTIONS, p) for p in parts),
         aggregate=fragments["aggregate"],
+        lists=fragments["lists"],
     )
     types = {"days": Date(), "hours": UTCDateTime(), "answers": UTCDateTime()}
     return text(statement).bindparams(
@@ -329,9 +359,10 @@ def _json_bound(value: Any, dialect: str) -> str:
 async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[PeriodRow]:
     """The sums of each period of `plan`, one row per (period, provider) with answers.
 
-    One statement: the signed ranges go to the database as JSON, every part is summed there
-    per (period, provider) and per (period, provider, competitor), so that a year is read in
-    ~2,200 rows (six providers) whatever the number of answers, hours and competitors.
+    One statement: the ranges (each once, however many periods it counts in) and their
+    (period, sign) targets go to the database as JSON and everything is summed there, so that
+    a year comes back in ~2,200 rows (six providers) whatever the number of answers, hours
+    and competitors.
     """
     dialect = _dialect(reader)
     parts = tuple(p for p in ("days", "hours", "answers") if getattr(plan, p))
@@ -339,15 +370,22 @@ async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[Pe
         return []
     params: dict[str, Any] = {"workspace_id": workspace_id}
     for part in parts:
-        pieces: Sequence[Piece] = getattr(plan, part)
+        ranges: dict[tuple[Any, Any], int] = {}
+        targets = []
+        for i, sign, lo, hi in getattr(plan, part):
+            k = ranges.setdefault((lo, hi), len(ranges))
+            targets.append({"k": k, "i": i, "s": sign})
         params[part] = json.dumps(
             [
-                {"k": k, "i": i, "s": s, "lo": _json_bound(lo, dialect), "hi": _json_bound(hi, dialect)}
-                for k, (i, s, lo, hi) in enumerate(pieces)
+                {"k": k, "lo": _json_bound(lo, dialect), "hi": _json_bound(hi, dialect)}
+                for (lo, hi), k in ranges.items()
             ]
         )
-        params[f"{part}_lo"] = min(piece[2] for piece in pieces)
-        params[f"{part}_hi"] = max(piece[3] for piece in pieces)
+        params[f"{part}_targets"] = json.dumps(targets)
+        params[f"{part}_lo"] = min(lo for lo, _ in ranges)
+        params[f"{part}_hi"] = max(hi for _, hi in ranges)
+    if dialect == "postgresql":
+        await reader.execute(_POSTGRESQL_SETTINGS)
     result = await reader.execute(_periods_statement(dialect, parts), params)
     sums = slice(2, 2 + len(SUMS))
     # .all(): one fetch for the rows, not one per row through the async adapter.
