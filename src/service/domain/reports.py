@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from itertools import pairwise
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -111,7 +112,7 @@ async def scanned_report(
     """`visibility_report` counted from every answer of the range, without the rollups: the
     reference the rollups are checked against (tests, benchmark)."""
     bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
-    pieces = [(i, 1, lo, hi) for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False))]
+    pieces = [(i, 1, lo, hi) for i, (lo, hi) in enumerate(pairwise(bounds))]
     return await _rows(session, workspace_id, labels, rollups.Plan([], [], pieces))
 
 
