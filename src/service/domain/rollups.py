@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Date, Insert, Table, TextClause, bindparam, delete, select, text
+from sqlalchemy import Insert, Table, TextClause, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,7 +35,6 @@ from service.db.models import (
     Probe,
     VisibilityRollup,
 )
-from service.db.types import UTCDateTime
 from service.domain.run_status import ProbeStatus
 
 SUMS = ("responses", "brand_mentions", "rank_sum", "ranked", "brand_citations", "citations")
@@ -219,15 +218,13 @@ PeriodRow = tuple[int, str, tuple[int, ...], dict[str, int]]
 """(period index, provider, sums in SUMS order, competitor -> answers mentioning it)."""
 
 _SUMMED = ", ".join(f"sum(v.{name}) AS {name}" for name in SUMS)
+# Each range is read by its own index scan (see `_from`).
 _TOTALS = {
-    "days": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} "
-    "FROM visibility_rollups AS v JOIN {days} ON v.day >= r.lo AND v.day < r.hi "
-    "WHERE v.workspace_id = :workspace_id AND v.day >= :days_lo AND v.day < :days_hi "
-    "GROUP BY r.k, v.provider",
-    "hours": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} "
-    "FROM hourly_visibility_rollups AS v JOIN {hours} ON v.hour >= r.lo AND v.hour < r.hi "
-    "WHERE v.workspace_id = :workspace_id AND v.hour >= :hours_lo AND v.hour < :hours_hi "
-    "GROUP BY r.k, v.provider",
+    "days": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} FROM "
+    + "{days_from}"
+    + " GROUP BY r.k, v.provider",
+    "hours": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} FROM "
+    + "{hours_from} GROUP BY r.k, v.provider",
     # The same sums as add_answers, over the answers themselves.
     "answers": "SELECT r.k AS k, p.provider AS provider, count(*) AS responses, "
     "sum(CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END) AS brand_mentions, "
@@ -239,14 +236,10 @@ _TOTALS = {
     "FROM {answers_from} GROUP BY r.k, p.provider",
 }
 _MENTIONS = {
-    "days": "SELECT r.k AS k, c.provider AS provider, c.name AS name, sum(c.mentions) AS n "
-    "FROM competitor_rollups AS c JOIN {days} ON c.day >= r.lo AND c.day < r.hi "
-    "WHERE c.workspace_id = :workspace_id AND c.day >= :days_lo AND c.day < :days_hi "
-    "GROUP BY r.k, c.provider, c.name",
-    "hours": "SELECT r.k AS k, c.provider AS provider, c.name AS name, sum(c.mentions) AS n "
-    "FROM hourly_competitor_rollups AS c JOIN {hours} ON c.hour >= r.lo AND c.hour < r.hi "
-    "WHERE c.workspace_id = :workspace_id AND c.hour >= :hours_lo AND c.hour < :hours_hi "
-    "GROUP BY r.k, c.provider, c.name",
+    "days": "SELECT r.k AS k, v.provider AS provider, v.name AS name, sum(v.mentions) AS n "
+    "FROM {days_names_from} GROUP BY r.k, v.provider, v.name",
+    "hours": "SELECT r.k AS k, v.provider AS provider, v.name AS name, sum(v.mentions) AS n "
+    "FROM {hours_names_from} GROUP BY r.k, v.provider, v.name",
     # Once per answer however often the answer lists the name.
     "answers": "SELECT d.k AS k, d.provider AS provider, d.name AS name, count(*) AS n FROM ("
     "SELECT DISTINCT r.k AS k, p.id AS id, p.provider AS provider, {name} AS name "
@@ -278,25 +271,79 @@ _TARGETED_MENTIONS = (
     "SELECT t.i AS i, x.provider AS provider, x.name AS name, t.s * x.n AS n "
     "FROM ({sums}) AS x JOIN {targets} ON t.k = x.k"
 )
-_ANSWERED = (
-    "p.workspace_id = :workspace_id AND p.status = 'succeeded' "
-    "AND p.complete_time >= :answers_lo AND p.complete_time < :answers_hi "
-    "AND p.complete_time >= r.lo AND p.complete_time < r.hi"
-)
 _ANSWER_COLUMNS = (
     "p.id, p.provider, p.brand_mentioned, p.brand_rank, p.brand_citations, p.citation_count, "
     "p.competitors"
 )
+# (ranges, table, alias, range column, columns read, extra condition) of each part's FROM.
+_SOURCES = {
+    "days_from": (
+        "days",
+        "visibility_rollups",
+        "v",
+        "day",
+        "v.provider, " + ", ".join(f"v.{name}" for name in SUMS),
+        "",
+    ),
+    "hours_from": (
+        "hours",
+        "hourly_visibility_rollups",
+        "v",
+        "hour",
+        "v.provider, " + ", ".join(f"v.{name}" for name in SUMS),
+        "",
+    ),
+    "days_names_from": (
+        "days",
+        "competitor_rollups",
+        "v",
+        "day",
+        "v.provider, v.name, v.mentions",
+        "",
+    ),
+    "hours_names_from": (
+        "hours",
+        "hourly_competitor_rollups",
+        "v",
+        "hour",
+        "v.provider, v.name, v.mentions",
+        "",
+    ),
+    "answers_from": (
+        "answers",
+        "probes",
+        "p",
+        "complete_time",
+        _ANSWER_COLUMNS,
+        " AND p.status = 'succeeded'",
+    ),
+}
+
+
+def _from(dialect: str, source: str, ranges: str) -> str:
+    """FROM the rows of `source` in each range of `ranges` (a table of k, lo, hi)."""
+    _, table, alias, column, columns, extra = _SOURCES[source]
+    where = (
+        f"{alias}.workspace_id = :workspace_id{extra} "
+        f"AND {alias}.{column} >= r.lo AND {alias}.{column} < r.hi"
+    )
+    if dialect == "sqlite":
+        return f"{table} AS {alias} JOIN {ranges} ON {where}"
+    # One index scan per range: OFFSET 0 keeps the planner from joining the other way round
+    # (every row of the year against every range), which it may do for a prepared
+    # statement's generic plan (the ranges change on every call) or without statistics.
+    return (
+        f"{ranges} CROSS JOIN LATERAL (SELECT {columns} FROM {table} AS {alias} "
+        f"WHERE {where} OFFSET 0) AS {alias}"
+    )
+
+
 _POSTGRESQL = {
     "days": "json_to_recordset(CAST(:days AS json)) AS r(k int, lo date, hi date)",
     "hours": "json_to_recordset(CAST(:hours AS json)) AS r(k int, lo timestamptz, hi timestamptz)",
     "answers": "json_to_recordset(CAST(:answers AS json)) "
     "AS r(k int, lo timestamptz, hi timestamptz)",
     "targets": "json_to_recordset(CAST(:{part}_targets AS json)) AS t(k int, i int, s int)",
-    # One index scan of the answers per range: OFFSET 0 keeps the planner from joining the
-    # other way round (every answer of the year against every range) when it misjudges them.
-    "answers_from": "{answers} CROSS JOIN LATERAL (SELECT " + _ANSWER_COLUMNS + " "
-    "FROM probes AS p WHERE {answered} OFFSET 0) AS p",
     "name": "e.value ->> 'name'",
     "elements": "json_array_elements(CASE WHEN json_typeof(p.competitors) = 'array' "
     "THEN p.competitors ELSE CAST('[]' AS json) END) AS e(value)",
@@ -317,7 +364,6 @@ _SQLITE = {
     "hours": _sqlite_table("hours", "r", ("k", "lo", "hi")),
     "answers": _sqlite_table("answers", "r", ("k", "lo", "hi")),
     "targets": _sqlite_table("{part}_targets", "t", ("k", "i", "s")),
-    "answers_from": "probes AS p JOIN {answers} ON {answered}",
     "name": "json_extract(e.value, '$.name')",
     "elements": "json_each(CASE WHEN json_type(p.competitors) = 'array' "
     "THEN p.competitors ELSE '[]' END) AS e",
@@ -325,19 +371,14 @@ _SQLITE = {
     "aggregate": "json_group_object(name, n) AS names",
     "lists": "l.names",
 }
-# The ranges change on every call: a generic plan cannot see them (it reads every hour of
-# the year), and a parallel plan costs more to start than this query takes.
-_POSTGRESQL_SETTINGS = text(
-    "SELECT set_config('plan_cache_mode', 'force_custom_plan', true), "
-    "set_config('max_parallel_workers_per_gather', '0', true)"
-)
 
 
 @functools.cache
 def _periods_statement(dialect: str, parts: tuple[str, ...]) -> TextClause:
     """The statement summing the signed ranges of `parts` (some of days, hours, answers)."""
-    fragments = {**(_SQLITE if dialect == "sqlite" else _POSTGRESQL), "answered": _ANSWERED}
-    fragments["answers_from"] = fragments["answers_from"].format(**fragments)
+    fragments = dict(_SQLITE if dialect == "sqlite" else _POSTGRESQL)
+    for source, (ranges, *_) in _SOURCES.items():
+        fragments[source] = _from(dialect, source, fragments[ranges])
 
     def targeted(template: str, sums: dict[str, str], part: str) -> str:
         return template.format(
@@ -351,10 +392,7 @@ def _periods_statement(dialect: str, parts: tuple[str, ...]) -> TextClause:
         aggregate=fragments["aggregate"],
         lists=fragments["lists"],
     )
-    types = {"days": Date(), "hours": UTCDateTime(), "answers": UTCDateTime()}
-    return text(statement).bindparams(
-        *(bindparam(f"{p}_{end}", type_=types[p]) for p in parts for end in ("lo", "hi"))
-    )
+    return text(statement)
 
 
 def _json_bound(value: Any, dialect: str) -> str:
@@ -391,10 +429,6 @@ async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[Pe
             ]
         )
         params[f"{part}_targets"] = json.dumps(targets)
-        params[f"{part}_lo"] = min(lo for lo, _ in ranges)
-        params[f"{part}_hi"] = max(hi for _, hi in ranges)
-    if dialect == "postgresql":
-        await reader.execute(_POSTGRESQL_SETTINGS)
     result = await reader.execute(_periods_statement(dialect, parts), params)
     sums = slice(2, 2 + len(SUMS))
     # .all(): one fetch for the rows, not one per row through the async adapter.
