@@ -6,10 +6,13 @@ directly in PostgreSQL with generate_series, in a fresh database at the revision
 rollups. "before" times the report as it was (counting every answer of the range,
 `reports.scanned_report`, on that schema); then the database is migrated to head, whose
 migration backfills the rollups (its time is shown), and "after" times GetVisibilityReport
-through a real `beacon serve` (one call at a time, over gRPC). Ratios are against the 10k
-workspace of the same phase; targets: p50 <= 50 ms at 1M and 1M/10k <= 2.
+through a real `beacon serve` (one call at a time, over gRPC), in UTC and in each further
+`--zones` time zone (whose days add hourly rollups and, off the hour, answers). Ratios are
+against the 10k workspace of the same phase; targets (UTC): p50 <= 50 ms at 1M and
+1M/10k <= 2.
 
   python -m bench.bench_report [--sizes 10000,100000,1000000] [--calls 60]
+      [--zones America/New_York,Asia/Kolkata]
 """
 
 from __future__ import annotations
@@ -198,7 +201,7 @@ async def before(url: str, workspaces: dict[int, str]) -> dict[int, Measured]:
 
 
 async def after(
-    port: int, pid: int, token: str, workspaces: dict[int, str], calls: int
+    port: int, pid: int, token: str, workspaces: dict[int, str], calls: int, time_zone: str = ""
 ) -> dict[int, Measured]:
     """GetVisibilityReport through the server, with the rows and answers of each report."""
     results: dict[int, Measured] = {}
@@ -211,6 +214,7 @@ async def after(
                 start_time=stamp(START),
                 end_time=stamp(END),
                 granularity=pb.GRANULARITY_DAY,
+                time_zone=time_zone,
             )
 
             async def call(request: pb.GetVisibilityReportRequest = request) -> object:
@@ -224,7 +228,7 @@ async def after(
     return results
 
 
-def run(sizes: Sequence[int], calls: int) -> list[str]:
+def run(sizes: Sequence[int], calls: int, zones: Sequence[str]) -> list[str]:
     name = f"beacon_bench_report_{uuid.uuid4().hex[:10]}"
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
@@ -246,11 +250,17 @@ def run(sizes: Sequence[int], calls: int) -> list[str]:
         with serve(backend, 1, **env) as group:
             pid = group.processes[0].pid
             served = asyncio.run(after(group.port, pid, token, workspaces, calls))
+            zoned = {
+                zone: asyncio.run(after(group.port, pid, token, workspaces, calls // 2, zone))
+                for zone in zones
+            }
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     smallest, largest = min(sizes), max(sizes)
     rows = []
-    for phase, measured in (("before (scan)", scans), ("after (rollups, RPC)", served)):
+    phases = [("before (scan)", scans), ("after (rollups, RPC)", served)]
+    phases += [(f"after, {zone}", measured) for zone, measured in zoned.items()]
+    for phase, measured in phases:
         base = percentiles(measured[smallest].samples)[0]
         for size in sizes:
             p50, p99 = percentiles(measured[size].samples)
@@ -280,12 +290,14 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--calls", type=int, default=60)
+    parser.add_argument("--zones", default="America/New_York,Asia/Kolkata")
     args = parser.parse_args()
     if not production_backend_available():
         print("report benchmark: PostgreSQL and Redis are not reachable; skipped")
         return 0
     sizes = sorted(int(s) for s in args.sizes.split(","))
-    for line in run(sizes, args.calls):
+    zones = [z for z in args.zones.split(",") if z]
+    for line in run(sizes, args.calls, zones):
         print(line, flush=True)
     return 0
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from alembic import command
@@ -88,11 +89,13 @@ duration = st.one_of(
 )
 
 
-def at(second: int, micros: int = 0) -> datetime:
-    return BASE + timedelta(seconds=second, microseconds=micros)
+def at(second: int, micros: int = 0, base: datetime = BASE) -> datetime:
+    return base + timedelta(seconds=second, microseconds=micros)
 
 
-async def store_answers(db: Database, workspace_id: str, drawn: Sequence[dict[str, Any]]) -> None:
+async def store_answers(
+    db: Database, workspace_id: str, drawn: Sequence[dict[str, Any]], base: datetime = BASE
+) -> None:
     """Probes with their results and, in the same transaction, their rollups (as the worker
     writes them)."""
     run_id = await insert_run(db, workspace_id)
@@ -106,8 +109,8 @@ async def store_answers(db: Database, workspace_id: str, drawn: Sequence[dict[st
                 prompt_text="question",
                 provider=item["provider"],
                 status=item["status"],
-                create_time=BASE,
-                complete_time=at(item["second"], item["micros"]),
+                create_time=base,
+                complete_time=at(item["second"], item["micros"], base),
                 brand_mentioned=item["brand_mentioned"],
                 brand_rank=item["brand_rank"],
                 brand_citations=item["brand_citations"],
@@ -124,10 +127,20 @@ async def store_answers(db: Database, workspace_id: str, drawn: Sequence[dict[st
 
 
 async def both_reports(
-    db: Database, workspace_id: str, start: datetime, end: datetime, granularity: Any
+    db: Database,
+    workspace_id: str,
+    start: datetime,
+    end: datetime,
+    granularity: Any,
+    time_zone: str = "UTC",
 ) -> tuple[list[reports.VisibilityRow], list[reports.VisibilityRow]]:
     async with db.transaction(write=False) as session:
-        kwargs: dict[str, Any] = {"start": start, "end": end, "granularity": granularity}
+        kwargs: dict[str, Any] = {
+            "start": start,
+            "end": end,
+            "granularity": granularity,
+            "time_zone": time_zone,
+        }
         return (
             await reports.visibility_report(session, workspace_id, **kwargs),
             await reports.scanned_report(session, workspace_id, **kwargs),
@@ -169,6 +182,97 @@ async def test_reports_from_rollups_equal_reports_from_every_answer(
     assert sum(row.responses for row in whole[0]) == sum(
         1 for item in first + second if item["status"] == "succeeded"
     )
+
+
+# Each zone with a window of WINDOW_DAYS from its base that holds a clock change (except the
+# fixed half- and three-quarter-hour offsets): Santiago skips its midnight, Lord Howe moves
+# by 30 minutes, Chatham and St John's are off the hour by 45 and 30 minutes.
+ZONES = (
+    ("America/New_York", datetime(2026, 3, 2, tzinfo=UTC)),
+    ("Europe/Paris", datetime(2026, 10, 19, tzinfo=UTC)),
+    ("Asia/Kolkata", BASE),
+    ("Asia/Kathmandu", BASE),
+    ("Australia/Lord_Howe", datetime(2026, 3, 30, tzinfo=UTC)),
+    ("America/Santiago", datetime(2026, 8, 31, tzinfo=UTC)),
+    ("Pacific/Chatham", datetime(2026, 3, 30, tzinfo=UTC)),
+    ("America/St_Johns", BASE),
+)
+# Seconds from a zone's base: often on or one second either side of a local midnight or
+# of a whole UTC hour.
+local_moment = st.one_of(
+    moment,
+    st.builds(
+        lambda hour, shift: hour * 3600 + shift,
+        st.integers(-24, WINDOW_DAYS * 24),
+        st.sampled_from((-1, 0, 1)),
+    ),
+)
+
+
+def expected_tallies(
+    drawn: Sequence[dict[str, Any]],
+    base: datetime,
+    start: datetime,
+    end: datetime,
+    granularity: Any,
+    zone: ZoneInfo,
+) -> dict[tuple[datetime, str], tuple[int, int, dict[str, int]]]:
+    """Counted here from the drawn answers: (local period start, provider) -> (answers,
+    answers mentioning the brand, competitor -> answers naming it)."""
+    tallies: dict[tuple[datetime, str], tuple[int, int, dict[str, int]]] = {}
+    for item in drawn:
+        when = at(item["second"], item["micros"], base)
+        if item["status"] != "succeeded" or not start <= when < end:
+            continue
+        day = when.astimezone(zone).date()
+        if granularity == "week":
+            day -= timedelta(days=day.weekday())
+        key = (reports.local_midnight(day, zone), item["provider"])
+        count, mentioned, names = tallies.get(key, (0, 0, {}))
+        for name in rollups.competitor_names(item["competitors"]):
+            names[name] = names.get(name, 0) + 1
+        tallies[key] = (count + 1, mentioned + int(item["brand_mentioned"]), names)
+    return tallies
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    zone=st.sampled_from(ZONES),
+    drawn=st.lists(
+        st.builds(lambda item, second: {**item, "second": second}, answer, local_moment),
+        max_size=25,
+    ),
+    start=local_moment,
+    length=duration,
+    granularity=st.sampled_from(("day", "week")),
+)
+async def test_reports_in_a_time_zone_equal_counting_every_answer_there(
+    collection_db: Database,
+    zone: tuple[str, datetime],
+    drawn: list[dict[str, Any]],
+    start: int,
+    length: int,
+    granularity: Any,
+) -> None:
+    name, base = zone
+    workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
+    await store_answers(collection_db, workspace_id, drawn, base)
+    for begin, end in (
+        (at(start, base=base), at(start + length, base=base)),
+        (at(-2 * DAY_SECONDS, base=base), at((WINDOW_DAYS + 2) * DAY_SECONDS, base=base)),
+    ):
+        rolled, scanned = await both_reports(
+            collection_db, workspace_id, begin, end, granularity, name
+        )
+        assert rolled == scanned
+        assert {
+            (row.period_start, row.provider): (
+                row.responses,
+                round(row.mention_rate * row.responses),
+                {c.name: c.mentions for c in row.competitors if c.mentions},
+            )
+            for row in rolled
+        } == expected_tallies(drawn, base, begin, end, granularity, ZoneInfo(name))
 
 
 async def rollup_rows(db: Database, workspace_id: str) -> tuple[list[Any], list[Any]]:

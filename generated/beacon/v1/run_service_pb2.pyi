@@ -159,9 +159,9 @@ class _GranularityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Granulari
     GRANULARITY_UNSPECIFIED: _Granularity.ValueType  # 0
     """Never used."""
     GRANULARITY_DAY: _Granularity.ValueType  # 1
-    """UTC days."""
+    """Days of the request's time zone."""
     GRANULARITY_WEEK: _Granularity.ValueType  # 2
-    """ISO weeks starting Monday 00:00 UTC."""
+    """ISO weeks of the request's time zone, starting Monday 00:00."""
 
 class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
     """Period length of a report."""
@@ -169,9 +169,9 @@ class Granularity(_Granularity, metaclass=_GranularityEnumTypeWrapper):
 GRANULARITY_UNSPECIFIED: Granularity.ValueType  # 0
 """Never used."""
 GRANULARITY_DAY: Granularity.ValueType  # 1
-"""UTC days."""
+"""Days of the request's time zone."""
 GRANULARITY_WEEK: Granularity.ValueType  # 2
-"""ISO weeks starting Monday 00:00 UTC."""
+"""ISO weeks of the request's time zone, starting Monday 00:00."""
 Global___Granularity: _TypeAlias = Granularity  # noqa: Y015
 
 @_typing.final
@@ -718,10 +718,13 @@ class GetVisibilityReportRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     GRANULARITY_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
     granularity: Global___Granularity.ValueType
     """Period length. Required."""
+    time_zone: _builtins.str
+    """IANA time zone of the periods, e.g. "Europe/Paris"; empty means UTC."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Start of the range (inclusive). Required."""
@@ -737,10 +740,11 @@ class GetVisibilityReportRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
         granularity: Global___Granularity.ValueType = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "granularity", b"granularity", "start_time", b"start_time", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "granularity", b"granularity", "start_time", b"start_time", "time_zone", b"time_zone", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -801,7 +805,7 @@ class VisibilityRow(_message.Message):
     """Share of all citations pointing at the brand's domain, 0–1."""
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp:
-        """Start of the period."""
+        """Start of the period: local midnight of its first day in the request's time zone."""
 
     @_builtins.property
     def competitors(self) -> _containers.RepeatedCompositeFieldContainer[Global___CompetitorShare]:

@@ -60,15 +60,16 @@ class RunServiceStub:
     ListResponses: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
     GetVisibilityReport: _grpc.UnaryUnaryMultiCallable[_run_service_pb2.GetVisibilityReportRequest, _run_service_pb2.VisibilityReport]
-    """Visibility per provider and period over a time range. Periods are UTC: there is no
-    time-zone field, so a day is 00:00-24:00 UTC and a week starts Monday 00:00 UTC. Every
-    figure is exact (equal to counting the answers themselves): whole UTC days are read from
-    daily rollups kept with each answer, and when start_time or end_time is not at 00:00 UTC
-    the partial days at the ends are counted from the answers of those hours. A report
-    therefore costs what its range holds in days, not in answers. (Periods in another time
-    zone would need finer rollups, hourly for whole-hour offsets and 15-minute ones for
-    offsets such as +05:30 or +05:45; they are not offered.)
-    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity).
+    """Visibility per provider and period over a time range. Periods are days or ISO weeks of
+    the request's time_zone (UTC when empty): a day runs from one local midnight to the
+    next (23 or 25 hours across a daylight-saving change), a week from Monday's. Every figure
+    is exact (equal to counting the answers themselves): whole UTC days are read from daily
+    rollups kept with each answer, the hours between a UTC midnight and a local one from
+    hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
+    off the hour) from the answers. A report therefore costs what its range holds in days,
+    not in answers.
+    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
+    time_zone not an IANA name).
     """
 
 @_typing.type_check_only
@@ -103,15 +104,16 @@ class RunServiceAsyncStub(RunServiceStub):
     ListResponses: _aio.UnaryUnaryMultiCallable[_run_service_pb2.ListResponsesRequest, _run_service_pb2.ListResponsesResponse]  # type: ignore[assignment]
     """Answers collected by runs, newest first, filtered by run, provider and prompt."""
     GetVisibilityReport: _aio.UnaryUnaryMultiCallable[_run_service_pb2.GetVisibilityReportRequest, _run_service_pb2.VisibilityReport]  # type: ignore[assignment]
-    """Visibility per provider and period over a time range. Periods are UTC: there is no
-    time-zone field, so a day is 00:00-24:00 UTC and a week starts Monday 00:00 UTC. Every
-    figure is exact (equal to counting the answers themselves): whole UTC days are read from
-    daily rollups kept with each answer, and when start_time or end_time is not at 00:00 UTC
-    the partial days at the ends are counted from the answers of those hours. A report
-    therefore costs what its range holds in days, not in answers. (Periods in another time
-    zone would need finer rollups, hourly for whole-hour offsets and 15-minute ones for
-    offsets such as +05:30 or +05:45; they are not offered.)
-    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity).
+    """Visibility per provider and period over a time range. Periods are days or ISO weeks of
+    the request's time_zone (UTC when empty): a day runs from one local midnight to the
+    next (23 or 25 hours across a daylight-saving change), a week from Monday's. Every figure
+    is exact (equal to counting the answers themselves): whole UTC days are read from daily
+    rollups kept with each answer, the hours between a UTC midnight and a local one from
+    hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
+    off the hour) from the answers. A report therefore costs what its range holds in days,
+    not in answers.
+    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
+    time_zone not an IANA name).
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -185,15 +187,16 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _run_service_pb2.GetVisibilityReportRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_service_pb2.VisibilityReport, _abc.Awaitable[_run_service_pb2.VisibilityReport]]:
-        """Visibility per provider and period over a time range. Periods are UTC: there is no
-        time-zone field, so a day is 00:00-24:00 UTC and a week starts Monday 00:00 UTC. Every
-        figure is exact (equal to counting the answers themselves): whole UTC days are read from
-        daily rollups kept with each answer, and when start_time or end_time is not at 00:00 UTC
-        the partial days at the ends are counted from the answers of those hours. A report
-        therefore costs what its range holds in days, not in answers. (Periods in another time
-        zone would need finer rollups, hourly for whole-hour offsets and 15-minute ones for
-        offsets such as +05:30 or +05:45; they are not offered.)
-        Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity).
+        """Visibility per provider and period over a time range. Periods are days or ISO weeks of
+        the request's time_zone (UTC when empty): a day runs from one local midnight to the
+        next (23 or 25 hours across a daylight-saving change), a week from Monday's. Every figure
+        is exact (equal to counting the answers themselves): whole UTC days are read from daily
+        rollups kept with each answer, the hours between a UTC midnight and a local one from
+        hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
+        off the hour) from the answers. A report therefore costs what its range holds in days,
+        not in answers.
+        Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
+        time_zone not an IANA name).
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,35 +1,43 @@
-"""Visibility reports: how answers mention the brand, per provider and UTC day or ISO week.
+"""Visibility reports: how answers mention the brand, per provider and day or ISO week of a
+time zone.
 
-Only answered probes count, placed in the period of their answer's time (`complete_time`).
-Whole UTC days come from the daily rollups (`service.domain.rollups`, one row per day and
-provider), so a report costs what its range holds in days, not in answers; the partial days at
-the ends of a range that does not start or end at 00:00 UTC are counted from the answers in SQL
-(one grouped query for the answers, one over the competitors each answer mentions). The ratios
-are taken here, from the same integer sums either way.
+Only answered probes count, placed in the period of their answer's time (`complete_time`) in
+the report's time zone; a period starts at local midnight (Monday's, for weeks). The report is
+planned here as signed ranges (`rollups.Plan`): each period takes the daily rollups of the UTC
+days from the one holding its start to the one holding its end, less the part of the first
+UTC day before its start, plus the part of the last one before its end. That part of a day
+is read from the hourly rollups for whole hours and from the answers for the minutes past
+the last whole hour (only for offsets such as +05:30, and at range ends off the hour); when
+it is longer than half a day, the complement (the rest of the day) is read instead. In UTC
+every period is whole daily rollups. The database sums everything (`rollups.read_periods`),
+so a report costs what its range holds in days, not in answers; the ratios are taken here,
+from the same integer sums as counting every answer.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
-from typing import Any, Literal
+from collections import defaultdict
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
+from itertools import pairwise
+from typing import Literal, NamedTuple
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, case, func, literal_column, select, true
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import PROVIDERS
-from service.db.models import Probe, Workspace
+from service.db.models import Workspace
 from service.domain import rollups
 from service.domain.errors import InvalidArgument
-from service.domain.run_status import ProbeStatus
+from service.domain.schedules import parse_time_zone
 
 Granularity = Literal["day", "week"]
 MAX_RANGE = timedelta(days=366)
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 
 
-@dataclass(frozen=True, slots=True)
-class CompetitorShare:
+class CompetitorShare(NamedTuple):
     """Answers mentioning a competitor, and the brand's share of voice against it."""
 
     name: str
@@ -37,9 +45,8 @@ class CompetitorShare:
     brand_share_of_voice: float
 
 
-@dataclass(frozen=True, slots=True)
-class VisibilityRow:
-    """One provider in one period."""
+class VisibilityRow(NamedTuple):
+    """One provider in one period (a NamedTuple: a year holds thousands of them)."""
 
     provider: str
     period_start: datetime
@@ -51,9 +58,10 @@ class VisibilityRow:
 
 
 def validate_range(
-    start: datetime | None, end: datetime | None, granularity: str
-) -> tuple[datetime, datetime, Granularity]:
-    """Checks the report's range and granularity; InvalidArgument naming the bad field."""
+    start: datetime | None, end: datetime | None, granularity: str, time_zone: str = ""
+) -> tuple[datetime, datetime, Granularity, str]:
+    """Checks the report's range, granularity and time zone (empty: UTC); InvalidArgument
+    naming the bad field. Returns the zone's canonical IANA name."""
     if start is None:
         raise InvalidArgument("start_time", "is required")
     if end is None:
@@ -62,54 +70,12 @@ def validate_range(
         raise InvalidArgument("end_time", "must be after start_time")
     if end - start > MAX_RANGE:
         raise InvalidArgument("end_time", f"must be at most {MAX_RANGE.days} days after start_time")
+    zone = parse_time_zone(time_zone)
     if granularity == "day":
-        return start, end, "day"
+        return start, end, "day", zone
     if granularity == "week":
-        return start, end, "week"
+        return start, end, "week", zone
     raise InvalidArgument("granularity", "is required: DAY or WEEK")
-
-
-def _period_start(dialect: str, column: Any, granularity: Granularity) -> ColumnElement[Any]:
-    """SQL for the start of the UTC day or ISO week (Monday) containing `column`."""
-    # Literals, not bound parameters: PostgreSQL must see the GROUP BY expression as the
-    # selected one.
-    if dialect == "postgresql":
-        return func.date_trunc(
-            literal_column(f"'{granularity}'"), func.timezone(literal_column("'UTC'"), column)
-        )
-    # SQLite stores UTC as text, 'YYYY-MM-DD HH:MM:SS.ffffff': the day is its first ten
-    # characters (date() of the whole text rounds to milliseconds, so 23:59:59.9996 would be
-    # the next day). 'weekday 0' moves to the next Sunday (or stays), -6 days is Monday.
-    day = func.substr(column, 1, 10)
-    if granularity == "week":
-        return func.date(day, literal_column("'weekday 0'"), literal_column("'-6 days'"))
-    return func.date(day)
-
-
-def _as_utc(value: Any) -> datetime:
-    if isinstance(value, datetime):
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
-
-
-def _ratio(part: float, whole: float) -> float:
-    return part / whole if whole else 0.0
-
-
-@dataclass(slots=True)
-class _Tally:
-    """Sums over the answers of one (period, provider), in `rollups.SUMS` order."""
-
-    sums: list[int] = field(default_factory=lambda: [0] * len(rollups.SUMS))
-    competitors: dict[str, int] = field(default_factory=dict)
-
-    def add(self, sums: Sequence[int], competitors: Mapping[str, int]) -> None:
-        self.sums = [mine + int(value or 0) for mine, value in zip(self.sums, sums, strict=True)]
-        for name, count in competitors.items():
-            self.competitors[name] = self.competitors.get(name, 0) + count
-
-
-Tallies = dict[tuple[datetime, str], _Tally]
 
 
 async def visibility_report(
@@ -119,30 +85,19 @@ async def visibility_report(
     start: datetime,
     end: datetime,
     granularity: Granularity,
+    time_zone: str = "UTC",
 ) -> list[VisibilityRow]:
-    """Rows per (period, provider) with answers in [start, end), by period then provider.
+    """Rows per (period, provider) with answers in [start, end), by period then provider;
+    periods are days or ISO weeks of `time_zone` (an IANA name), labelled by their start.
 
     mention_rate = answers mentioning the brand / answers; average_rank = mean brand rank over
     answers that rank it; brand_citation_share = citations on the brand's domain / citations;
     per competitor, brand_share_of_voice = brand mentions / (brand mentions + its mentions).
 
-    The whole UTC days of the range are read from the daily rollups; only the partial days at
-    either end (when start or end is not at 00:00 UTC) are counted from the answers. The
-    result equals `scanned_report`'s.
+    Read from the rollups (see the module); the result equals `scanned_report`'s.
     """
-    start, end = start.astimezone(UTC), end.astimezone(UTC)
-    first = _midnight(start) if start == _midnight(start) else _midnight(start) + DAY
-    last = _midnight(end)
-    if first >= last:
-        tallies = await _scan(session, workspace_id, start, end, granularity)
-    else:
-        tallies = await _from_rollups(session, workspace_id, first, last, granularity)
-        for edge_start, edge_end in ((start, first), (last, end)):
-            if edge_start < edge_end:
-                scanned = await _scan(session, workspace_id, edge_start, edge_end, granularity)
-                for key, tally in scanned.items():
-                    tallies.setdefault(key, _Tally()).add(tally.sums, tally.competitors)
-    return await _rows(session, workspace_id, tallies)
+    bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
+    return await _rows(session, workspace_id, labels, plan(bounds))
 
 
 async def scanned_report(
@@ -152,147 +107,147 @@ async def scanned_report(
     start: datetime,
     end: datetime,
     granularity: Granularity,
+    time_zone: str = "UTC",
 ) -> list[VisibilityRow]:
     """`visibility_report` counted from every answer of the range, without the rollups: the
     reference the rollups are checked against (tests, benchmark)."""
-    tallies = await _scan(session, workspace_id, start, end, granularity)
-    return await _rows(session, workspace_id, tallies)
+    bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
+    pieces = [(i, 1, lo, hi) for i, (lo, hi) in enumerate(pairwise(bounds))]
+    return await _rows(session, workspace_id, labels, rollups.Plan([], [], pieces))
 
 
-DAY = timedelta(days=1)
+def local_midnight(day: date, zone: tzinfo) -> datetime:
+    """The first instant of `day` in `zone`, in UTC (where clocks skip midnight, the
+    instant they skip it at; where midnight happens twice, the first time)."""
+    return datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+
+
+def period_of(moment: datetime, granularity: Granularity, zone: tzinfo) -> datetime:
+    """The start (UTC) of the day or ISO week of `zone` holding `moment`."""
+    day = moment.astimezone(zone).date()
+    if granularity == "week":
+        day -= timedelta(days=day.weekday())
+    return local_midnight(day, zone)
+
+
+def periods(
+    start: datetime, end: datetime, granularity: Granularity, zone: tzinfo
+) -> tuple[list[datetime], list[datetime]]:
+    """The report's boundaries (start, every period start inside the range, end) and each
+    period's label (the start of the local day or week holding its first instant)."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    step = timedelta(days=7 if granularity == "week" else 1)
+    label = period_of(start, granularity, zone)
+    day = label.astimezone(zone).date()
+    bounds, labels = [start], [label]
+    while True:
+        day += step
+        following = local_midnight(day, zone)
+        if following >= end:
+            break
+        bounds.append(following)
+        labels.append(following)
+    bounds.append(end)
+    return bounds, labels
 
 
 def _midnight(moment: datetime) -> datetime:
     return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
 
 
-def _period_of(day: date, granularity: Granularity) -> datetime:
-    if granularity == "week":
-        day -= timedelta(days=day.weekday())
-    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+def plan(bounds: list[datetime]) -> rollups.Plan:
+    """Signed ranges whose sums give each period [bounds[i], bounds[i + 1]).
 
-
-async def _from_rollups(
-    session: AsyncSession,
-    workspace_id: str,
-    first: datetime,
-    last: datetime,
-    granularity: Granularity,
-) -> Tallies:
-    """Tallies of the whole UTC days in [first, last), from the rollups."""
-    tallies: Tallies = {}
-    periods: dict[date, datetime] = {}
-    for day, provider, sums, competitors in await rollups.read(
-        session, workspace_id, first.date(), last.date()
-    ):
-        period = periods.get(day)
-        if period is None:
-            period = periods[day] = _period_of(day, granularity)
-        tally = tallies.get((period, provider))
-        if tally is None:  # the only row of its period (always, for days)
-            tallies[(period, provider)] = _Tally(list(sums), competitors)
+    Period i = days [m(b_i), m(b_i+1)) - H(b_i) + H(b_i+1), where m(b) is the UTC midnight
+    at or before b and H(b) the answers in [m(b), b): read as hours [m(b), b's hour) and
+    answers [b's hour, b), or, past midday, as the day m(b) less hours [b's next hour,
+    m(b) + 1 day) and less answers [b, b's next hour).
+    """
+    days: defaultdict[tuple[int, date], int] = defaultdict(int)
+    hours: list[rollups.Piece] = []
+    answers: list[rollups.Piece] = []
+    count = len(bounds) - 1
+    for i in range(count):
+        day, last = _midnight(bounds[i]), _midnight(bounds[i + 1])
+        while day < last:
+            days[(i, day.date())] += 1
+            day += DAY
+    for j, bound in enumerate(bounds):
+        midnight = _midnight(bound)
+        if bound == midnight:
+            continue
+        # H(b) counts +1 in the period before b and -1 in the period from b.
+        targets = [(i, sign) for i, sign in ((j - 1, 1), (j, -1)) if 0 <= i < count]
+        floor = bound.replace(minute=0, second=0, microsecond=0)
+        if bound - midnight <= midnight + DAY - bound:
+            for i, sign in targets:
+                if midnight < floor:
+                    hours.append((i, sign, midnight, floor))
+                if floor < bound:
+                    answers.append((i, sign, floor, bound))
         else:
-            tally.add(sums, competitors)
-    return tallies
+            ceiling = floor + HOUR if floor < bound else floor
+            for i, sign in targets:
+                days[(i, midnight.date())] += sign
+                if ceiling < midnight + DAY:
+                    hours.append((i, -sign, ceiling, midnight + DAY))
+                if bound < ceiling:
+                    answers.append((i, -sign, bound, ceiling))
+    return rollups.Plan(_day_ranges(days), hours, answers)
 
 
-async def _scan(
-    session: AsyncSession,
-    workspace_id: str,
-    start: datetime,
-    end: datetime,
-    granularity: Granularity,
-) -> Tallies:
-    """Tallies counted from the answers in [start, end)."""
-    dialect = session.get_bind().dialect.name
-    period = _period_start(dialect, Probe.complete_time, granularity).label("period")
-    answered = and_(
-        Probe.workspace_id == workspace_id,
-        Probe.status == ProbeStatus.SUCCEEDED,
-        Probe.complete_time >= start,
-        Probe.complete_time < end,
-    )
-    ranked = and_(Probe.brand_mentioned.is_(True), Probe.brand_rank > 0)
-    totals = await session.execute(
-        select(
-            period,
-            Probe.provider,
-            func.count(),
-            func.sum(case((Probe.brand_mentioned.is_(True), 1), else_=0)),
-            func.sum(case((ranked, Probe.brand_rank), else_=0)),
-            func.sum(case((ranked, 1), else_=0)),
-            func.sum(Probe.brand_citations),
-            func.sum(Probe.citation_count),
-        )
-        .where(answered)
-        .group_by(period, Probe.provider)
-    )
-    mentions = await _competitor_mentions(session, dialect, period, answered)
-    tallies: Tallies = {}
-    for key, provider, *sums in totals:
-        tallies[(_as_utc(key), provider)] = _Tally(
-            [int(value or 0) for value in sums], mentions.get((str(key), provider), {})
-        )
-    return tallies
+def _day_ranges(days: dict[tuple[int, date], int]) -> list[rollups.Piece]:
+    """The days with a non-zero count, as ranges of consecutive days of one period and count."""
+    ranges: list[rollups.Piece] = []
+    for (i, day), sign in sorted(days.items()):
+        if not sign:
+            continue
+        if ranges:
+            period, previous, lo, hi = ranges[-1]
+            if period == i and previous == sign and hi == day:
+                ranges[-1] = (i, sign, lo, day + DAY)
+                continue
+        ranges.append((i, sign, day, day + DAY))
+    return ranges
 
 
-async def _rows(session: AsyncSession, workspace_id: str, tallies: Tallies) -> list[VisibilityRow]:
+def _ratio(part: float, whole: float) -> float:
+    return part / whole if whole else 0.0
+
+
+async def _rows(
+    session: AsyncSession, workspace_id: str, labels: list[datetime], planned: rollups.Plan
+) -> list[VisibilityRow]:
     configured = await _competitor_names(session, workspace_id)
     known = set(configured)
+    order = {name: index for index, name in enumerate(PROVIDERS)}
+    found = await rollups.read_periods(session, workspace_id, planned)
+    found.sort(key=lambda r: (r[0], order.get(r[1], len(order)), r[1]))
     rows: list[VisibilityRow] = []
-    for (period_start, provider), tally in tallies.items():
-        count, brand_mentions, rank_sum, ranked_count, brand_cites, cites = tally.sums
-        by_name = tally.competitors
+    for i, provider, sums, by_name in found:
+        count, brand_mentions, rank_sum, ranked_count, brand_cites, cites = sums
         extra = by_name.keys() - known
         names = configured + sorted(extra) if extra else configured
+        get = by_name.get
         rows.append(
             VisibilityRow(
-                provider=provider,
-                period_start=period_start,
-                responses=count,
-                mention_rate=_ratio(brand_mentions, count),
-                average_rank=_ratio(rank_sum, ranked_count),
-                brand_citation_share=_ratio(brand_cites, cites),
-                competitors=[
+                provider,
+                labels[i],
+                count,
+                _ratio(brand_mentions, count),
+                _ratio(rank_sum, ranked_count),
+                _ratio(brand_cites, cites),
+                [
                     CompetitorShare(
                         name,
-                        by_name.get(name, 0),
-                        _ratio(brand_mentions, brand_mentions + by_name.get(name, 0)),
+                        mentions := get(name, 0),
+                        _ratio(brand_mentions, brand_mentions + mentions),
                     )
                     for name in names
                 ],
             )
         )
-    order = {name: index for index, name in enumerate(PROVIDERS)}
-    rows.sort(key=lambda r: (r.period_start, order.get(r.provider, len(order)), r.provider))
     return rows
-
-
-async def _competitor_mentions(
-    session: AsyncSession, dialect: str, period: Any, answered: ColumnElement[bool]
-) -> dict[tuple[str, str], dict[str, int]]:
-    """Answers mentioning each competitor, by (period key as text, provider); only non-empty
-    string names count (as in `rollups.competitor_names`)."""
-    if dialect == "postgresql":
-        element = func.json_array_elements(Probe.competitors).table_valued("value").alias("c")
-        name: Any = element.c.value.op("->>")(literal_column("'name'"))
-        is_text = func.json_typeof(element.c.value.op("->")(literal_column("'name'"))) == "string"
-    else:
-        element = func.json_each(Probe.competitors).table_valued("value").alias("c")
-        name = func.json_extract(element.c.value, literal_column("'$.name'"))
-        is_text = func.json_type(element.c.value, literal_column("'$.name'")) == "text"
-    result = await session.execute(
-        select(period, Probe.provider, name.label("name"), func.count(func.distinct(Probe.id)))
-        .select_from(Probe)
-        .join(element, true())
-        .where(answered, is_text)
-        .group_by(period, Probe.provider, name)
-    )
-    counts: dict[tuple[str, str], dict[str, int]] = {}
-    for key, provider, competitor, count in result:
-        if competitor:
-            counts.setdefault((str(key), provider), {})[str(competitor)] = int(count)
-    return counts
 
 
 async def _competitor_names(session: AsyncSession, workspace_id: str) -> list[str]:

@@ -3,6 +3,8 @@
 from service.db.base import Base
 from service.db.models.collection import (
     CompetitorRollup,
+    HourlyCompetitorRollup,
+    HourlyVisibilityRollup,
     Probe,
     Prompt,
     Run,
@@ -26,6 +28,8 @@ __all__ = [
     "Base",
     "CompetitorRollup",
     "File",
+    "HourlyCompetitorRollup",
+    "HourlyVisibilityRollup",
     "IdempotencyKey",
     "Organization",
     "OrganizationInvitation",

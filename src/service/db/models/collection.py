@@ -158,3 +158,36 @@ class CompetitorRollup(Base):
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     mentions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HourlyVisibilityRollup(Base):
+    """`VisibilityRollup`'s sums for one UTC hour: a report in a time zone whose days do not
+    start at 00:00 UTC moves the hours between a UTC midnight and a local one with them."""
+
+    __tablename__ = "hourly_visibility_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    responses: Mapped[int] = mapped_column(Integer, default=0)
+    brand_mentions: Mapped[int] = mapped_column(Integer, default=0)
+    rank_sum: Mapped[int] = mapped_column(Integer, default=0)
+    ranked: Mapped[int] = mapped_column(Integer, default=0)
+    brand_citations: Mapped[int] = mapped_column(Integer, default=0)
+    citations: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HourlyCompetitorRollup(Base):
+    """`CompetitorRollup`'s mentions for one UTC hour."""
+
+    __tablename__ = "hourly_competitor_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    mentions: Mapped[int] = mapped_column(Integer, default=0)
