@@ -381,12 +381,8 @@ class Soak:
     async def read(self, user: User) -> None:
         ws, md = user.workspace, user.md
         now = utcnow()
-        report_range = {
-            "start_time": timestamp_pb2.Timestamp(
-                seconds=int((now - timedelta(days=7)).timestamp())
-            ),
-            "end_time": timestamp_pb2.Timestamp(seconds=int(now.timestamp()) + 60),
-        }
+        week_ago = timestamp_pb2.Timestamp(seconds=int((now - timedelta(days=7)).timestamp()))
+        soon = timestamp_pb2.Timestamp(seconds=int(now.timestamp()) + 60)
         reads: list[tuple[str, str, Any]] = [
             ("workspace", "GetWorkspace", ws_pb.GetWorkspaceRequest(workspace_id=ws)),
             ("workspace", "ListWorkspaces", ws_pb.ListWorkspacesRequest(page_size=20)),
@@ -398,7 +394,10 @@ class Soak:
                 "run",
                 "GetVisibilityReport",
                 run_pb.GetVisibilityReportRequest(
-                    workspace_id=ws, granularity=run_pb.GRANULARITY_DAY, **report_range
+                    workspace_id=ws,
+                    granularity=run_pb.GRANULARITY_DAY,
+                    start_time=week_ago,
+                    end_time=soon,
                 ),
             ),
             ("schedule", "GetSchedule", schedule_pb.GetScheduleRequest(workspace_id=ws)),
