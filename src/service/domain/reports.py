@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from itertools import pairwise
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -97,7 +96,8 @@ async def visibility_report(
     Read from the rollups (see the module); the result equals `scanned_report`'s.
     """
     bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
-    return await _rows(session, workspace_id, labels, plan(bounds))
+    found = await rollups.read_periods(session, workspace_id, plan(bounds))
+    return await _rows(session, workspace_id, labels, found)
 
 
 async def scanned_report(
@@ -111,9 +111,13 @@ async def scanned_report(
 ) -> list[VisibilityRow]:
     """`visibility_report` counted from every answer of the range, without the rollups: the
     reference the rollups are checked against (tests, benchmark)."""
-    bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
-    pieces = [(i, 1, lo, hi) for i, (lo, hi) in enumerate(pairwise(bounds))]
-    return await _rows(session, workspace_id, labels, rollups.Plan([], [], pieces))
+    zone = ZoneInfo(time_zone)
+    _, labels = periods(start, end, granularity, zone)
+    index = {label.astimezone(zone).date(): i for i, label in enumerate(labels)}
+    found = await rollups.scan_periods(
+        session, workspace_id, start, end, zone, week=granularity == "week"
+    )
+    return await _rows(session, workspace_id, labels, [(index[d], p, s, n) for d, p, s, n in found])
 
 
 def local_midnight(day: date, zone: tzinfo) -> datetime:
@@ -216,12 +220,14 @@ def _ratio(part: float, whole: float) -> float:
 
 
 async def _rows(
-    session: AsyncSession, workspace_id: str, labels: list[datetime], planned: rollups.Plan
+    session: AsyncSession,
+    workspace_id: str,
+    labels: list[datetime],
+    found: list[rollups.PeriodRow],
 ) -> list[VisibilityRow]:
     configured = await _competitor_names(session, workspace_id)
     known = set(configured)
     order = {name: index for index, name in enumerate(PROVIDERS)}
-    found = await rollups.read_periods(session, workspace_id, planned)
     found.sort(key=lambda r: (r[0], order.get(r[1], len(order)), r[1]))
     rows: list[VisibilityRow] = []
     for i, provider, sums, by_name in found:

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Insert, Table, TextClause, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -124,17 +125,7 @@ async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
         for item in answers:
             key = (item.workspace_id, bucket(item.complete_time), item.provider)
             sums = totals.setdefault(key, [0] * len(SUMS))
-            ranked = item.brand_mentioned and item.brand_rank > 0
-            for index, value in enumerate(
-                (
-                    1,
-                    int(item.brand_mentioned),
-                    item.brand_rank if ranked else 0,
-                    int(ranked),
-                    item.brand_citations,
-                    item.citation_count,
-                )
-            ):
+            for index, value in enumerate(_sums(item)):
                 sums[index] += value
             for name in item.competitors:
                 mentions[(*key, name)] = mentions.get((*key, name), 0) + 1
@@ -158,6 +149,19 @@ async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
                     for (ws, at, p, name), n in sorted(mentions.items())
                 ],
             )
+
+
+def _sums(item: Answer) -> tuple[int, ...]:
+    """One answer's contribution to each of SUMS."""
+    ranked = item.brand_mentioned and item.brand_rank > 0
+    return (
+        1,
+        int(item.brand_mentioned),
+        item.brand_rank if ranked else 0,
+        int(ranked),
+        item.brand_citations,
+        item.citation_count,
+    )
 
 
 def _dialect(reader: Reader) -> str:
@@ -438,6 +442,105 @@ async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[Pe
         (r[0], r[1], tuple(r[sums]), dict(zip(r[-2], r[-1], strict=True)) if r[-2] else {})
         for r in result.all()
     ]
+
+
+_SCAN_SUMS = (
+    "count(*) AS responses, "
+    "sum(CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END) AS brand_mentions, "
+    "sum(CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN p.brand_rank ELSE 0 END) "
+    "AS rank_sum, "
+    "sum(CASE WHEN p.brand_mentioned AND p.brand_rank > 0 THEN 1 ELSE 0 END) AS ranked, "
+    "CAST(sum(coalesce(p.brand_citations, 0)) AS bigint) AS brand_citations, "
+    "CAST(sum(coalesce(p.citation_count, 0)) AS bigint) AS citations"
+)
+_SCAN_WHERE = (
+    "p.workspace_id = :workspace_id AND p.status = 'succeeded' "
+    "AND p.complete_time >= :start AND p.complete_time < :end"
+)
+# The local day or ISO week (Monday) of the answer, as a date.
+_SCAN_PERIOD = (
+    "CAST(date_trunc(CAST(:unit AS text), timezone(CAST(:zone AS text), p.complete_time)) AS date)"
+)
+_SCAN_TOTALS = text(
+    f"SELECT {_SCAN_PERIOD} AS period, p.provider, {_SCAN_SUMS} FROM probes AS p "
+    f"WHERE {_SCAN_WHERE} GROUP BY 1, 2"
+)
+_SCAN_MENTIONS = text(
+    "SELECT d.period, d.provider, d.name, count(*) FROM ("
+    f"SELECT DISTINCT {_SCAN_PERIOD} AS period, p.id, p.provider, "
+    + _POSTGRESQL["name"]
+    + " AS name FROM probes AS p CROSS JOIN "
+    + _POSTGRESQL["elements"]
+    + f" WHERE {_SCAN_WHERE} AND "
+    + _POSTGRESQL["is_text"]
+    + ") AS d WHERE d.name <> '' GROUP BY 1, 2, 3"
+)
+
+ScannedRow = tuple[date, str, tuple[int, ...], dict[str, int]]
+"""(first local day of the period, provider, sums in SUMS order, competitor -> answers)."""
+
+
+async def scan_periods(
+    reader: Reader,
+    workspace_id: str,
+    start: datetime,
+    end: datetime,
+    zone: ZoneInfo,
+    week: bool,
+) -> list[ScannedRow]:
+    """The same sums as `read_periods`, counted from every answer in [start, end) and grouped
+    by the local day (or ISO week) of `zone` holding its time, without the rollups: the
+    reference the rollups are checked against. PostgreSQL groups (one scan of the range);
+    on SQLite the answers are grouped here."""
+    if _dialect(reader) == "sqlite":
+        return await _scan_in_python(reader, workspace_id, start, end, zone, week)
+    params = {
+        "workspace_id": workspace_id,
+        "start": start,
+        "end": end,
+        "unit": "week" if week else "day",
+        "zone": zone.key,
+    }
+    names: dict[tuple[date, str], dict[str, int]] = {}
+    for period, provider, name, count in (await reader.execute(_SCAN_MENTIONS, params)).all():
+        names.setdefault((period, provider), {})[name] = count
+    return [
+        (r[0], r[1], tuple(int(v) for v in r[2:]), names.get((r[0], r[1]), {}))
+        for r in (await reader.execute(_SCAN_TOTALS, params)).all()
+    ]
+
+
+async def _scan_in_python(
+    reader: Reader,
+    workspace_id: str,
+    start: datetime,
+    end: datetime,
+    zone: ZoneInfo,
+    week: bool,
+) -> list[ScannedRow]:
+    probes = await reader.execute(
+        select(PROBES).where(
+            PROBES.c.workspace_id == workspace_id,
+            PROBES.c.status == ProbeStatus.SUCCEEDED,
+            PROBES.c.complete_time >= start,
+            PROBES.c.complete_time < end,
+        )
+    )
+    totals: dict[tuple[date, str], list[int]] = {}
+    mentions: dict[tuple[date, str], dict[str, int]] = {}
+    for p in probes:
+        item = answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping))
+        day = item.complete_time.astimezone(zone).date()
+        if week:
+            day -= timedelta(days=day.weekday())
+        key = (day, item.provider)
+        sums = totals.setdefault(key, [0] * len(SUMS))
+        for index, value in enumerate(_sums(item)):
+            sums[index] += value
+        names = mentions.setdefault(key, {})
+        for name in item.competitors:
+            names[name] = names.get(name, 0) + 1
+    return [(d, pr, tuple(sums), mentions[(d, pr)]) for (d, pr), sums in totals.items()]
 
 
 async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> None:
