@@ -32,7 +32,14 @@ from service.app import App
 from service.clock import new_id, utcnow
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade_async
-from service.db.models import CompetitorRollup, Probe, Run, VisibilityRollup, Workspace
+from service.db.models import (
+    CompetitorRollup,
+    Probe,
+    QuarterHourVisibilityRollup,
+    Run,
+    VisibilityRollup,
+    Workspace,
+)
 from service.domain import reports, rollups
 from service.domain.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
@@ -378,6 +385,11 @@ async def test_the_migration_backfills_rollups_from_existing_answers(
         for hour in (0, 5, 23)
         for provider, status in (("openai", "succeeded"), ("anthropic", "succeeded"))
     ] + [{**_quiet("google"), "status": "failed"}]
+    # Around Kolkata's (18:30 UTC) and Kathmandu's (18:15 UTC) midnights: the quarter-hours.
+    drawn += [
+        {**_quiet("mistral"), "status": "succeeded", "second": 18 * 3600 + minute * 60}
+        for minute in (14, 15, 29, 30, 44)
+    ]
     config = alembic_config(db.url)
     previous = ScriptDirectory.from_config(config).get_revision("0004").down_revision
     assert isinstance(previous, str)
@@ -403,14 +415,29 @@ async def test_the_migration_backfills_rollups_from_existing_answers(
     await upgrade_async(db.url)
 
     totals, names = await rollup_rows(db, workspace_id)
-    assert sum(row[1] for row in totals) == 18
+    assert sum(row[1] for row in totals) == 23
     assert names  # competitor mentions were backfilled too
     for granularity in ("day", "week"):
-        rolled, scanned = await both_reports(
-            db, workspace_id, at(-DAY_SECONDS), at(7 * DAY_SECONDS), granularity
+        for zone in ("UTC", "Asia/Kolkata", "Asia/Kathmandu"):
+            rolled, scanned = await both_reports(
+                db, workspace_id, at(-DAY_SECONDS), at(7 * DAY_SECONDS), granularity, zone
+            )
+            assert rolled == scanned
+            assert sum(r.responses for r in rolled) == 23
+    async with db.transaction(write=False) as session:
+        quarters = await session.execute(
+            select(QuarterHourVisibilityRollup.quarter_hour, QuarterHourVisibilityRollup.responses)
+            .where(
+                QuarterHourVisibilityRollup.workspace_id == workspace_id,
+                QuarterHourVisibilityRollup.provider == "mistral",
+            )
+            .order_by(QuarterHourVisibilityRollup.quarter_hour)
         )
-        assert rolled == scanned
-        assert sum(r.responses for r in rolled) == 18
+        assert [tuple(r) for r in quarters] == [
+            (BASE + timedelta(hours=18), 1),
+            (BASE + timedelta(hours=18, minutes=15), 2),
+            (BASE + timedelta(hours=18, minutes=30), 2),
+        ]
 
 
 def _quiet(provider: str) -> dict[str, Any]:
@@ -474,6 +501,16 @@ def stamp(value: datetime) -> Timestamp:
     return result
 
 
+# Six whole local days (from a local midnight to another) in zones off the whole hour.
+LOCAL_DAYS = {
+    zone: (BASE - offset, BASE + timedelta(days=6) - offset)
+    for zone, offset in (
+        ("Asia/Kolkata", timedelta(hours=5, minutes=30)),
+        ("Asia/Kathmandu", timedelta(hours=5, minutes=45)),
+    )
+}
+
+
 async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answers(
     app: App, collection: SimpleNamespace, new_user: NewUser
 ) -> None:
@@ -498,13 +535,16 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    async def call(start: datetime, end: datetime, granularity: Any) -> list[pb.VisibilityRow]:
+    async def call(
+        start: datetime, end: datetime, granularity: Any, time_zone: str = ""
+    ) -> list[pb.VisibilityRow]:
         report = await collection.runs.GetVisibilityReport(
             pb.GetVisibilityReportRequest(
                 workspace_id=tenant.workspace_id,
                 start_time=stamp(start),
                 end_time=stamp(end),
                 granularity=granularity,
+                time_zone=time_zone,
             ),
             metadata=owner.metadata,
         )
@@ -514,10 +554,28 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     event.listen(engine, "before_cursor_execute", record)
     try:
         whole = await call(BASE, BASE + timedelta(days=5), pb.GRANULARITY_DAY)
+        # Whole local days off the whole hour (+05:30, +05:45) read quarter-hour rollups.
+        local = {
+            zone: await call(*LOCAL_DAYS[zone], pb.GRANULARITY_DAY, zone) for zone in LOCAL_DAYS
+        }
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert statements and not [s for s in statements if "FROM probes" in s]
     assert sum(row.responses for row in whole) == 12
+    for zone, rows in local.items():
+        assert sum(row.responses for row in rows) == 12
+        async with app.db.transaction(write=False) as session:
+            expected = await reports.scanned_report(
+                session,
+                tenant.workspace_id,
+                start=LOCAL_DAYS[zone][0],
+                end=LOCAL_DAYS[zone][1],
+                granularity="day",
+                time_zone=zone,
+            )
+        assert [(r.period_start.ToDatetime(tzinfo=UTC), r.responses) for r in rows] == [
+            (e.period_start, e.responses) for e in expected
+        ]
 
     start, end = BASE + timedelta(hours=15, minutes=30), BASE + timedelta(days=3, hours=9)
     rows = await call(start, end, pb.GRANULARITY_WEEK)

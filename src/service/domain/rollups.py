@@ -1,14 +1,16 @@
 """Visibility rollups: per (workspace, UTC day, provider) sums over the answers of that day,
-and the same per UTC hour.
+and the same per UTC hour and per UTC quarter-hour.
 
 A report over a year reads at most 366 daily rows per provider, however many answers the
 workspace has; a report in a time zone whose days do not start at 00:00 UTC also reads, for
-each local midnight, the hourly rows between it and the nearer UTC midnight (`read_periods`).
+each local midnight, the hourly rows between it and the nearer UTC midnight, and for a zone
+off the whole hour (+05:30, +05:45; every offset in tzdata is a multiple of 15 minutes) the
+quarter-hour rows between it and the nearer whole hour (`read_periods`).
 The rollups are written by whoever stores an answer (a succeeded probe), in the same
 transaction (`add_answers`): the worker when it saves results, the migration that introduced
 them (a backfill from the probes), and test builders that write probes as a worker would.
-An answer counts on the UTC day and hour of its `complete_time`; answers never change once
-stored.
+An answer counts on the UTC day, hour and quarter-hour of its `complete_time`; answers never
+change once stored.
 
 Deleting a workspace (purge, account deletion) deletes its rollups by foreign-key cascade.
 Whoever deletes answers of a live workspace must call `rebuild` for the days they covered.
@@ -34,6 +36,8 @@ from service.db.models import (
     HourlyCompetitorRollup,
     HourlyVisibilityRollup,
     Probe,
+    QuarterHourCompetitorRollup,
+    QuarterHourVisibilityRollup,
     VisibilityRollup,
 )
 from service.domain.run_status import ProbeStatus
@@ -108,6 +112,15 @@ def utc_hour(moment: datetime) -> datetime:
     return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
 
 
+def utc_quarter_hour(moment: datetime) -> datetime:
+    utc = moment.astimezone(UTC)
+    return utc.replace(minute=utc.minute - utc.minute % 15, second=0, microsecond=0)
+
+
+UNITS = {"day": utc_day, "hour": utc_hour, "quarter_hour": utc_quarter_hour}
+"""Each rollup's key column and how an answer's time falls into it."""
+
+
 async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
     """Adds newly stored answers to their rollups; call it in the transaction that stores
     them, once per answer (the caller guarantees each probe turned succeeded just now).
@@ -119,7 +132,7 @@ async def add_answers(reader: Reader, answers: Iterable[Answer]) -> None:
     if not answers:
         return
     dialect = _dialect(reader)
-    for unit, bucket in (("day", utc_day), ("hour", utc_hour)):
+    for unit, bucket in UNITS.items():
         totals: dict[tuple[str, Any, str], list[int]] = {}
         mentions: dict[tuple[str, Any, str, str], int] = {}
         for item in answers:
@@ -180,21 +193,25 @@ VISIBILITY = _table(VisibilityRollup)
 COMPETITORS = _table(CompetitorRollup)
 HOURLY_VISIBILITY = _table(HourlyVisibilityRollup)
 HOURLY_COMPETITORS = _table(HourlyCompetitorRollup)
+QUARTER_HOUR_VISIBILITY = _table(QuarterHourVisibilityRollup)
+QUARTER_HOUR_COMPETITORS = _table(QuarterHourCompetitorRollup)
+# (visibility table, competitor table) of each unit.
+_TABLES = {
+    "day": (VISIBILITY, COMPETITORS),
+    "hour": (HOURLY_VISIBILITY, HOURLY_COMPETITORS),
+    "quarter_hour": (QUARTER_HOUR_VISIBILITY, QUARTER_HOUR_COMPETITORS),
+}
 PROBES = _table(Probe)
 
 
 @functools.cache
 def _upsert(dialect: str, which: str, unit: str) -> Insert:
     """INSERT ... ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum."""
-    daily = unit == "day"
+    totals, names = _TABLES[unit]
     table, keys, sums = (
-        (VISIBILITY if daily else HOURLY_VISIBILITY, ("workspace_id", unit, "provider"), SUMS)
+        (totals, ("workspace_id", unit, "provider"), SUMS)
         if which == "visibility"
-        else (
-            COMPETITORS if daily else HOURLY_COMPETITORS,
-            ("workspace_id", unit, "provider", "name"),
-            ("mentions",),
-        )
+        else (names, ("workspace_id", unit, "provider", "name"), ("mentions",))
     )
     insert = (sqlite if dialect == "sqlite" else postgresql).insert(table)
     upsert: Insert = insert.on_conflict_do_update(
@@ -211,11 +228,13 @@ Piece = tuple[int, int, Any, Any]
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What each period of a report is made of: signed ranges of UTC days (daily rollups),
-    of whole UTC hours (hourly rollups) and of time (answers themselves)."""
+    of whole UTC hours (hourly rollups), of whole UTC quarter-hours (quarter-hour rollups)
+    and of time (answers themselves)."""
 
     days: Sequence[Piece]
     hours: Sequence[Piece]
     answers: Sequence[Piece]
+    quarter_hours: Sequence[Piece] = ()
 
 
 PeriodRow = tuple[int, str, tuple[int, ...], dict[str, int]]
@@ -229,6 +248,8 @@ _TOTALS = {
     + " GROUP BY r.k, v.provider",
     "hours": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} FROM "
     + "{hours_from} GROUP BY r.k, v.provider",
+    "quarter_hours": f"SELECT r.k AS k, v.provider AS provider, {_SUMMED} FROM "
+    + "{quarter_hours_from} GROUP BY r.k, v.provider",
     # The same sums as add_answers, over the answers themselves.
     "answers": "SELECT r.k AS k, p.provider AS provider, count(*) AS responses, "
     "sum(CASE WHEN p.brand_mentioned THEN 1 ELSE 0 END) AS brand_mentions, "
@@ -244,6 +265,8 @@ _MENTIONS = {
     "FROM {days_names_from} GROUP BY r.k, v.provider, v.name",
     "hours": "SELECT r.k AS k, v.provider AS provider, v.name AS name, sum(v.mentions) AS n "
     "FROM {hours_names_from} GROUP BY r.k, v.provider, v.name",
+    "quarter_hours": "SELECT r.k AS k, v.provider AS provider, v.name AS name, "
+    "sum(v.mentions) AS n FROM {quarter_hours_names_from} GROUP BY r.k, v.provider, v.name",
     # Once per answer however often the answer lists the name.
     "answers": "SELECT d.k AS k, d.provider AS provider, d.name AS name, count(*) AS n FROM ("
     "SELECT DISTINCT r.k AS k, p.id AS id, p.provider AS provider, {name} AS name "
@@ -313,6 +336,22 @@ _SOURCES = {
         "v.provider, v.name, v.mentions",
         "",
     ),
+    "quarter_hours_from": (
+        "quarter_hours",
+        "quarter_hour_visibility_rollups",
+        "v",
+        "quarter_hour",
+        "v.provider, " + ", ".join(f"v.{name}" for name in SUMS),
+        "",
+    ),
+    "quarter_hours_names_from": (
+        "quarter_hours",
+        "quarter_hour_competitor_rollups",
+        "v",
+        "quarter_hour",
+        "v.provider, v.name, v.mentions",
+        "",
+    ),
     "answers_from": (
         "answers",
         "probes",
@@ -345,6 +384,8 @@ def _from(dialect: str, source: str, ranges: str) -> str:
 _POSTGRESQL = {
     "days": "json_to_recordset(CAST(:days AS json)) AS r(k int, lo date, hi date)",
     "hours": "json_to_recordset(CAST(:hours AS json)) AS r(k int, lo timestamptz, hi timestamptz)",
+    "quarter_hours": "json_to_recordset(CAST(:quarter_hours AS json)) "
+    "AS r(k int, lo timestamptz, hi timestamptz)",
     "answers": "json_to_recordset(CAST(:answers AS json)) "
     "AS r(k int, lo timestamptz, hi timestamptz)",
     "targets": "json_to_recordset(CAST(:{part}_targets AS json)) AS t(k int, i int, s int)",
@@ -366,6 +407,7 @@ def _sqlite_table(param: str, alias: str, columns: Sequence[str]) -> str:
 _SQLITE = {
     "days": _sqlite_table("days", "r", ("k", "lo", "hi")),
     "hours": _sqlite_table("hours", "r", ("k", "lo", "hi")),
+    "quarter_hours": _sqlite_table("quarter_hours", "r", ("k", "lo", "hi")),
     "answers": _sqlite_table("answers", "r", ("k", "lo", "hi")),
     "targets": _sqlite_table("{part}_targets", "t", ("k", "i", "s")),
     "name": "json_extract(e.value, '$.name')",
@@ -379,7 +421,7 @@ _SQLITE = {
 
 @functools.cache
 def _periods_statement(dialect: str, parts: tuple[str, ...]) -> TextClause:
-    """The statement summing the signed ranges of `parts` (some of days, hours, answers)."""
+    """The statement summing the signed ranges of `parts` (some of PARTS)."""
     fragments = dict(_SQLITE if dialect == "sqlite" else _POSTGRESQL)
     for source, (ranges, *_) in _SOURCES.items():
         fragments[source] = _from(dialect, source, fragments[ranges])
@@ -407,6 +449,9 @@ def _json_bound(value: Any, dialect: str) -> str:
     return str(value.isoformat())
 
 
+PARTS = ("days", "hours", "quarter_hours", "answers")
+
+
 async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[PeriodRow]:
     """The sums of each period of `plan`, one row per (period, provider) with answers.
 
@@ -416,7 +461,7 @@ async def read_periods(reader: Reader, workspace_id: str, plan: Plan) -> list[Pe
     and competitors.
     """
     dialect = _dialect(reader)
-    parts = tuple(p for p in ("days", "hours", "answers") if getattr(plan, p))
+    parts = tuple(p for p in PARTS if getattr(plan, p))
     if not parts:
         return []
     params: dict[str, Any] = {"workspace_id": workspace_id}
@@ -552,14 +597,15 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
             await reader.execute(
                 delete(table).where(table.c.workspace_id == workspace_id, table.c.day == day)
             )
-        for table in (HOURLY_VISIBILITY, HOURLY_COMPETITORS):
-            await reader.execute(
-                delete(table).where(
-                    table.c.workspace_id == workspace_id,
-                    table.c.hour >= start,
-                    table.c.hour < start + timedelta(days=1),
+        for unit in ("hour", "quarter_hour"):
+            for table in _TABLES[unit]:
+                await reader.execute(
+                    delete(table).where(
+                        table.c.workspace_id == workspace_id,
+                        table.c[unit] >= start,
+                        table.c[unit] < start + timedelta(days=1),
+                    )
                 )
-            )
         probes = await reader.execute(
             select(PROBES).where(
                 PROBES.c.workspace_id == workspace_id,
