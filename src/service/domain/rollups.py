@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Insert, Table, TextClause, delete, select, text
+from sqlalchemy import Insert, Select, Table, TextClause, delete, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -567,6 +567,16 @@ async def scan_periods(
     ]
 
 
+def _succeeded(workspace_id: str, start: datetime, end: datetime) -> Select[Any]:
+    """The workspace's answers with a time in [start, end)."""
+    return select(PROBES).where(
+        PROBES.c.workspace_id == workspace_id,
+        PROBES.c.status == ProbeStatus.SUCCEEDED,
+        PROBES.c.complete_time >= start,
+        PROBES.c.complete_time < end,
+    )
+
+
 async def _scan_in_python(
     reader: Reader,
     workspace_id: str,
@@ -575,14 +585,7 @@ async def _scan_in_python(
     zone: ZoneInfo,
     week: bool,
 ) -> list[ScannedRow]:
-    probes = await reader.execute(
-        select(PROBES).where(
-            PROBES.c.workspace_id == workspace_id,
-            PROBES.c.status == ProbeStatus.SUCCEEDED,
-            PROBES.c.complete_time >= start,
-            PROBES.c.complete_time < end,
-        )
-    )
+    probes = await reader.execute(_succeeded(workspace_id, start, end))
     totals: dict[tuple[date, str], list[int]] = {}
     mentions: dict[tuple[date, str], dict[str, int]] = {}
     for p in probes:
@@ -618,14 +621,7 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
                         table.c[unit] < start + timedelta(days=1),
                     )
                 )
-        probes = await reader.execute(
-            select(PROBES).where(
-                PROBES.c.workspace_id == workspace_id,
-                PROBES.c.status == ProbeStatus.SUCCEEDED,
-                PROBES.c.complete_time >= start,
-                PROBES.c.complete_time < start + timedelta(days=1),
-            )
-        )
+        probes = await reader.execute(_succeeded(workspace_id, start, start + timedelta(days=1)))
         await add_answers(
             reader,
             (answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping)) for p in probes),

@@ -63,92 +63,40 @@ SQLITE = {
 }
 
 
+SUMS = ("responses", "brand_mentions", "rank_sum", "ranked", "brand_citations", "citations")
+# (table prefix, key column) of each rollup this revision adds.
+SLOTS = (("hourly", "hour"), ("quarter_hour", "quarter_hour"))
+
+
+def create_tables(prefix: str, column: str) -> None:
+    """The visibility and competitor rollups of one slot (hour, quarter-hour)."""
+    for kind, keys, values in (
+        ("visibility", ("workspace_id", column, "provider"), SUMS),
+        ("competitor", ("workspace_id", column, "provider", "name"), ("mentions",)),
+    ):
+        table = f"{prefix}_{kind}_rollups"
+        op.create_table(
+            table,
+            sa.Column("workspace_id", sa.String(length=40), nullable=False),
+            sa.Column(column, service.db.types.UTCDateTime(timezone=True), nullable=False),
+            sa.Column("provider", sa.String(length=20), nullable=False),
+            *([sa.Column("name", sa.Text(), nullable=False)] if kind == "competitor" else []),
+            *(sa.Column(name, sa.Integer(), nullable=False) for name in values),
+            sa.ForeignKeyConstraint(
+                ["workspace_id"],
+                ["workspaces.id"],
+                name=op.f(f"fk_{table}_workspace_id_workspaces"),
+                ondelete="CASCADE",
+            ),
+            sa.PrimaryKeyConstraint(*keys, name=op.f(f"pk_{table}")),
+        )
+
+
 def upgrade() -> None:
-    op.create_table(
-        "hourly_visibility_rollups",
-        sa.Column("workspace_id", sa.String(length=40), nullable=False),
-        sa.Column("hour", service.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("provider", sa.String(length=20), nullable=False),
-        sa.Column("responses", sa.Integer(), nullable=False),
-        sa.Column("brand_mentions", sa.Integer(), nullable=False),
-        sa.Column("rank_sum", sa.Integer(), nullable=False),
-        sa.Column("ranked", sa.Integer(), nullable=False),
-        sa.Column("brand_citations", sa.Integer(), nullable=False),
-        sa.Column("citations", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["workspace_id"],
-            ["workspaces.id"],
-            name=op.f("fk_hourly_visibility_rollups_workspace_id_workspaces"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint(
-            "workspace_id", "hour", "provider", name=op.f("pk_hourly_visibility_rollups")
-        ),
-    )
-    op.create_table(
-        "hourly_competitor_rollups",
-        sa.Column("workspace_id", sa.String(length=40), nullable=False),
-        sa.Column("hour", service.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("provider", sa.String(length=20), nullable=False),
-        sa.Column("name", sa.Text(), nullable=False),
-        sa.Column("mentions", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["workspace_id"],
-            ["workspaces.id"],
-            name=op.f("fk_hourly_competitor_rollups_workspace_id_workspaces"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint(
-            "workspace_id", "hour", "provider", "name", name=op.f("pk_hourly_competitor_rollups")
-        ),
-    )
-    op.create_table(
-        "quarter_hour_visibility_rollups",
-        sa.Column("workspace_id", sa.String(length=40), nullable=False),
-        sa.Column("quarter_hour", service.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("provider", sa.String(length=20), nullable=False),
-        sa.Column("responses", sa.Integer(), nullable=False),
-        sa.Column("brand_mentions", sa.Integer(), nullable=False),
-        sa.Column("rank_sum", sa.Integer(), nullable=False),
-        sa.Column("ranked", sa.Integer(), nullable=False),
-        sa.Column("brand_citations", sa.Integer(), nullable=False),
-        sa.Column("citations", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["workspace_id"],
-            ["workspaces.id"],
-            name=op.f("fk_quarter_hour_visibility_rollups_workspace_id_workspaces"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint(
-            "workspace_id",
-            "quarter_hour",
-            "provider",
-            name=op.f("pk_quarter_hour_visibility_rollups"),
-        ),
-    )
-    op.create_table(
-        "quarter_hour_competitor_rollups",
-        sa.Column("workspace_id", sa.String(length=40), nullable=False),
-        sa.Column("quarter_hour", service.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column("provider", sa.String(length=20), nullable=False),
-        sa.Column("name", sa.Text(), nullable=False),
-        sa.Column("mentions", sa.Integer(), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["workspace_id"],
-            ["workspaces.id"],
-            name=op.f("fk_quarter_hour_competitor_rollups_workspace_id_workspaces"),
-            ondelete="CASCADE",
-        ),
-        sa.PrimaryKeyConstraint(
-            "workspace_id",
-            "quarter_hour",
-            "provider",
-            "name",
-            name=op.f("pk_quarter_hour_competitor_rollups"),
-        ),
-    )
+    for prefix, column in SLOTS:
+        create_tables(prefix, column)
     parts = SQLITE if op.get_bind().dialect.name == "sqlite" else POSTGRESQL
-    for table, column in (("hourly", "hour"), ("quarter_hour", "quarter_hour")):
+    for table, column in SLOTS:
         slot = {"table": table, "column": column, "slot": parts[column]}
         op.execute(BACKFILL_TOTALS.format(**parts, **slot))
         op.execute(BACKFILL_COMPETITORS.format(**parts, **slot))
