@@ -25,7 +25,7 @@ from alembic.script import ScriptDirectory
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, event, func, select, text, update
 
 from beacon.v1 import run_service_pb2 as pb
 from service.app import App
@@ -592,3 +592,37 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     assert [[(c.name, c.mentions) for c in r.competitors] for r in rows] == [
         [(c.name, c.mentions) for c in e.competitors] for e in expected
     ]
+
+
+async def test_the_rollup_statement_runs_without_jit_and_leaves_the_setting_as_it_was(
+    backend: str, collection_db: Database
+) -> None:
+    if backend != "postgres":
+        pytest.skip("JIT is PostgreSQL's")
+    workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
+    await store_answers(collection_db, workspace_id, [{**_quiet("openai"), "status": "succeeded"}])
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = collection_db.engine.sync_engine
+    async with collection_db.transaction(write=False) as session:
+        before = await session.scalar(text("SHOW jit"))
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            rows = await reports.visibility_report(
+                session,
+                workspace_id,
+                start=BASE - timedelta(hours=5, minutes=30),
+                end=BASE + timedelta(days=1),
+                granularity="day",
+                time_zone="Asia/Kolkata",
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert await session.scalar(text("SHOW jit")) == before
+    assert sum(r.responses for r in rows) == 1
+    summing = next(i for i, s in enumerate(statements) if s.startswith("WITH totals"))
+    assert statements[summing - 1] == "SET jit = off"
+    assert statements[summing + 1] == "RESET jit"
