@@ -204,13 +204,13 @@ ZONES = (
     ("Pacific/Chatham", datetime(2026, 3, 30, tzinfo=UTC)),
     ("America/St_Johns", BASE),
 )
-# Seconds from a zone's base: often on or one second either side of a local midnight or
-# of a whole UTC hour.
+# Seconds from a zone's base: often on or one second either side of a UTC midnight or of a
+# UTC quarter-hour (whole hours among them: the slots of the rollups; local midnights too).
 local_moment = st.one_of(
     moment,
     st.builds(
-        lambda hour, shift: hour * 3600 + shift,
-        st.integers(-24, WINDOW_DAYS * 24),
+        lambda quarter, shift: quarter * 900 + shift,
+        st.integers(-96, WINDOW_DAYS * 96),
         st.sampled_from((-1, 0, 1)),
     ),
 )
@@ -626,3 +626,25 @@ async def test_the_rollup_statement_runs_without_jit_and_leaves_the_setting_as_i
     summing = next(i for i, s in enumerate(statements) if s.startswith("WITH totals"))
     assert statements[summing - 1] == "SET jit = off"
     assert statements[summing + 1] == "RESET jit"
+
+
+async def test_answers_on_either_side_of_every_quarter_hour_fall_in_their_local_day(
+    collection_db: Database,
+) -> None:
+    workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
+    drawn = [
+        {**_quiet(PROVIDERS[quarter % 3]), "status": "succeeded", "second": quarter * 900 + shift}
+        for quarter in range(2 * 96)
+        for shift in (-1, 0)
+    ]
+    await store_answers(collection_db, workspace_id, drawn)
+    begin, end = at(-DAY_SECONDS), at(3 * DAY_SECONDS)
+    for name in ("Asia/Kathmandu", "Asia/Kolkata", "Pacific/Chatham", "America/St_Johns"):
+        rolled, scanned = await both_reports(collection_db, workspace_id, begin, end, "day", name)
+        assert rolled == scanned
+        assert {(row.period_start, row.provider): row.responses for row in rolled} == {
+            key: count
+            for key, (count, _, _) in expected_tallies(
+                drawn, BASE, begin, end, "day", ZoneInfo(name)
+            ).items()
+        }
