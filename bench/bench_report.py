@@ -7,7 +7,9 @@ rollups. "before" times the report as it was (counting every answer of the range
 `reports.scanned_report`, on that schema); then the database is migrated to head, whose
 migration backfills the rollups (its time is shown), and "after" times GetVisibilityReport
 through a real `beacon serve` (one call at a time, over gRPC), in UTC and in each further
-`--zones` time zone (whose days add hourly rollups and, off the hour, answers). Ratios are
+`--zones` time zone (whose days add hourly rollups and, off the hour, quarter-hour ones;
+no answers). The "before" scan groups every answer of the year by local day in one
+statement (~2.6 s at 1M). Ratios are
 against the 10k workspace of the same phase; targets (UTC): p50 <= 50 ms at 1M and
 1M/10k <= 2.
 

@@ -25,14 +25,21 @@ from alembic.script import ScriptDirectory
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import delete, event, func, select, update
+from sqlalchemy import delete, event, func, select, text, update
 
 from beacon.v1 import run_service_pb2 as pb
 from service.app import App
 from service.clock import new_id, utcnow
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade_async
-from service.db.models import CompetitorRollup, Probe, Run, VisibilityRollup, Workspace
+from service.db.models import (
+    CompetitorRollup,
+    Probe,
+    QuarterHourVisibilityRollup,
+    Run,
+    VisibilityRollup,
+    Workspace,
+)
 from service.domain import reports, rollups
 from service.domain.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
@@ -197,13 +204,13 @@ ZONES = (
     ("Pacific/Chatham", datetime(2026, 3, 30, tzinfo=UTC)),
     ("America/St_Johns", BASE),
 )
-# Seconds from a zone's base: often on or one second either side of a local midnight or
-# of a whole UTC hour.
+# Seconds from a zone's base: often on or one second either side of a UTC midnight or of a
+# UTC quarter-hour (whole hours among them: the slots of the rollups; local midnights too).
 local_moment = st.one_of(
     moment,
     st.builds(
-        lambda hour, shift: hour * 3600 + shift,
-        st.integers(-24, WINDOW_DAYS * 24),
+        lambda quarter, shift: quarter * 900 + shift,
+        st.integers(-96, WINDOW_DAYS * 96),
         st.sampled_from((-1, 0, 1)),
     ),
 )
@@ -378,6 +385,11 @@ async def test_the_migration_backfills_rollups_from_existing_answers(
         for hour in (0, 5, 23)
         for provider, status in (("openai", "succeeded"), ("anthropic", "succeeded"))
     ] + [{**_quiet("google"), "status": "failed"}]
+    # Around Kolkata's (18:30 UTC) and Kathmandu's (18:15 UTC) midnights: the quarter-hours.
+    drawn += [
+        {**_quiet("mistral"), "status": "succeeded", "second": 18 * 3600 + minute * 60}
+        for minute in (14, 15, 29, 30, 44)
+    ]
     config = alembic_config(db.url)
     previous = ScriptDirectory.from_config(config).get_revision("0004").down_revision
     assert isinstance(previous, str)
@@ -403,14 +415,29 @@ async def test_the_migration_backfills_rollups_from_existing_answers(
     await upgrade_async(db.url)
 
     totals, names = await rollup_rows(db, workspace_id)
-    assert sum(row[1] for row in totals) == 18
+    assert sum(row[1] for row in totals) == 23
     assert names  # competitor mentions were backfilled too
     for granularity in ("day", "week"):
-        rolled, scanned = await both_reports(
-            db, workspace_id, at(-DAY_SECONDS), at(7 * DAY_SECONDS), granularity
+        for zone in ("UTC", "Asia/Kolkata", "Asia/Kathmandu"):
+            rolled, scanned = await both_reports(
+                db, workspace_id, at(-DAY_SECONDS), at(7 * DAY_SECONDS), granularity, zone
+            )
+            assert rolled == scanned
+            assert sum(r.responses for r in rolled) == 23
+    async with db.transaction(write=False) as session:
+        quarters = await session.execute(
+            select(QuarterHourVisibilityRollup.quarter_hour, QuarterHourVisibilityRollup.responses)
+            .where(
+                QuarterHourVisibilityRollup.workspace_id == workspace_id,
+                QuarterHourVisibilityRollup.provider == "mistral",
+            )
+            .order_by(QuarterHourVisibilityRollup.quarter_hour)
         )
-        assert rolled == scanned
-        assert sum(r.responses for r in rolled) == 18
+        assert [tuple(r) for r in quarters] == [
+            (BASE + timedelta(hours=18), 1),
+            (BASE + timedelta(hours=18, minutes=15), 2),
+            (BASE + timedelta(hours=18, minutes=30), 2),
+        ]
 
 
 def _quiet(provider: str) -> dict[str, Any]:
@@ -474,6 +501,16 @@ def stamp(value: datetime) -> Timestamp:
     return result
 
 
+# Six whole local days (from a local midnight to another) in zones off the whole hour.
+LOCAL_DAYS = {
+    zone: (BASE - offset, BASE + timedelta(days=6) - offset)
+    for zone, offset in (
+        ("Asia/Kolkata", timedelta(hours=5, minutes=30)),
+        ("Asia/Kathmandu", timedelta(hours=5, minutes=45)),
+    )
+}
+
+
 async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answers(
     app: App, collection: SimpleNamespace, new_user: NewUser
 ) -> None:
@@ -498,13 +535,16 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)
 
-    async def call(start: datetime, end: datetime, granularity: Any) -> list[pb.VisibilityRow]:
+    async def call(
+        start: datetime, end: datetime, granularity: Any, time_zone: str = ""
+    ) -> list[pb.VisibilityRow]:
         report = await collection.runs.GetVisibilityReport(
             pb.GetVisibilityReportRequest(
                 workspace_id=tenant.workspace_id,
                 start_time=stamp(start),
                 end_time=stamp(end),
                 granularity=granularity,
+                time_zone=time_zone,
             ),
             metadata=owner.metadata,
         )
@@ -514,10 +554,28 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     event.listen(engine, "before_cursor_execute", record)
     try:
         whole = await call(BASE, BASE + timedelta(days=5), pb.GRANULARITY_DAY)
+        # Whole local days off the whole hour (+05:30, +05:45) read quarter-hour rollups.
+        local = {
+            zone: await call(*LOCAL_DAYS[zone], pb.GRANULARITY_DAY, zone) for zone in LOCAL_DAYS
+        }
     finally:
         event.remove(engine, "before_cursor_execute", record)
     assert statements and not [s for s in statements if "FROM probes" in s]
     assert sum(row.responses for row in whole) == 12
+    for zone, rows in local.items():
+        assert sum(row.responses for row in rows) == 12
+        async with app.db.transaction(write=False) as session:
+            expected = await reports.scanned_report(
+                session,
+                tenant.workspace_id,
+                start=LOCAL_DAYS[zone][0],
+                end=LOCAL_DAYS[zone][1],
+                granularity="day",
+                time_zone=zone,
+            )
+        assert [(r.period_start.ToDatetime(tzinfo=UTC), r.responses) for r in rows] == [
+            (e.period_start, e.responses) for e in expected
+        ]
 
     start, end = BASE + timedelta(hours=15, minutes=30), BASE + timedelta(days=3, hours=9)
     rows = await call(start, end, pb.GRANULARITY_WEEK)
@@ -534,3 +592,59 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     assert [[(c.name, c.mentions) for c in r.competitors] for r in rows] == [
         [(c.name, c.mentions) for c in e.competitors] for e in expected
     ]
+
+
+async def test_the_rollup_statement_runs_without_jit_and_leaves_the_setting_as_it_was(
+    backend: str, collection_db: Database
+) -> None:
+    if backend != "postgres":
+        pytest.skip("JIT is PostgreSQL's")
+    workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
+    await store_answers(collection_db, workspace_id, [{**_quiet("openai"), "status": "succeeded"}])
+    statements: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    engine = collection_db.engine.sync_engine
+    async with collection_db.transaction(write=False) as session:
+        before = await session.scalar(text("SHOW jit"))
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            rows = await reports.visibility_report(
+                session,
+                workspace_id,
+                start=BASE - timedelta(hours=5, minutes=30),
+                end=BASE + timedelta(days=1),
+                granularity="day",
+                time_zone="Asia/Kolkata",
+            )
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        assert await session.scalar(text("SHOW jit")) == before
+    assert sum(r.responses for r in rows) == 1
+    summing = next(i for i, s in enumerate(statements) if s.startswith("WITH totals"))
+    assert statements[summing - 1] == "SET jit = off"
+    assert statements[summing + 1] == "RESET jit"
+
+
+async def test_answers_on_either_side_of_every_quarter_hour_fall_in_their_local_day(
+    collection_db: Database,
+) -> None:
+    workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
+    drawn = [
+        {**_quiet(PROVIDERS[quarter % 3]), "status": "succeeded", "second": quarter * 900 + shift}
+        for quarter in range(2 * 96)
+        for shift in (-1, 0)
+    ]
+    await store_answers(collection_db, workspace_id, drawn)
+    begin, end = at(-DAY_SECONDS), at(3 * DAY_SECONDS)
+    for name in ("Asia/Kathmandu", "Asia/Kolkata", "Pacific/Chatham", "America/St_Johns"):
+        rolled, scanned = await both_reports(collection_db, workspace_id, begin, end, "day", name)
+        assert rolled == scanned
+        assert {(row.period_start, row.provider): row.responses for row in rolled} == {
+            key: count
+            for key, (count, _, _) in expected_tallies(
+                drawn, BASE, begin, end, "day", ZoneInfo(name)
+            ).items()
+        }

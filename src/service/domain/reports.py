@@ -6,8 +6,9 @@ the report's time zone; a period starts at local midnight (Monday's, for weeks).
 planned here as signed ranges (`rollups.Plan`): each period takes the daily rollups of the UTC
 days from the one holding its start to the one holding its end, less the part of the first
 UTC day before its start, plus the part of the last one before its end. That part of a day
-is read from the hourly rollups for whole hours and from the answers for the minutes past
-the last whole hour (only for offsets such as +05:30, and at range ends off the hour); when
+is read from the hourly rollups for whole hours, from the quarter-hour rollups for the whole
+quarter-hours past the last whole hour (offsets such as +05:30, +05:45) and from the answers
+only for the minutes past the last quarter-hour (at range ends off the quarter-hour); when
 it is longer than half a day, the complement (the rest of the day) is read instead. In UTC
 every period is whole daily rollups. The database sums everything (`rollups.read_periods`),
 so a report costs what its range holds in days, not in answers; the ratios are taken here,
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from itertools import pairwise
 from typing import Literal, NamedTuple
 from zoneinfo import ZoneInfo
 
@@ -35,6 +35,7 @@ Granularity = Literal["day", "week"]
 MAX_RANGE = timedelta(days=366)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
+QUARTER_HOUR = timedelta(minutes=15)
 
 
 class CompetitorShare(NamedTuple):
@@ -97,7 +98,8 @@ async def visibility_report(
     Read from the rollups (see the module); the result equals `scanned_report`'s.
     """
     bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
-    return await _rows(session, workspace_id, labels, plan(bounds))
+    found = await rollups.read_periods(session, workspace_id, plan(bounds))
+    return await _rows(session, workspace_id, labels, found)
 
 
 async def scanned_report(
@@ -109,11 +111,16 @@ async def scanned_report(
     granularity: Granularity,
     time_zone: str = "UTC",
 ) -> list[VisibilityRow]:
-    """`visibility_report` counted from every answer of the range, without the rollups: the
-    reference the rollups are checked against (tests, benchmark)."""
-    bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
-    pieces = [(i, 1, lo, hi) for i, (lo, hi) in enumerate(pairwise(bounds))]
-    return await _rows(session, workspace_id, labels, rollups.Plan([], [], pieces))
+    """`visibility_report` counted from every answer of the range, grouped by local period
+    in one scan, without the rollups: the reference the rollups are checked against (tests,
+    benchmark)."""
+    zone = ZoneInfo(time_zone)
+    _, labels = periods(start, end, granularity, zone)
+    index = {label.astimezone(zone).date(): i for i, label in enumerate(labels)}
+    found = await rollups.scan_periods(
+        session, workspace_id, start, end, zone, week=granularity == "week"
+    )
+    return await _rows(session, workspace_id, labels, [(index[d], p, s, n) for d, p, s, n in found])
 
 
 def local_midnight(day: date, zone: tzinfo) -> datetime:
@@ -159,12 +166,15 @@ def plan(bounds: list[datetime]) -> rollups.Plan:
     """Signed ranges whose sums give each period [bounds[i], bounds[i + 1]).
 
     Period i = days [m(b_i), m(b_i+1)) - H(b_i) + H(b_i+1), where m(b) is the UTC midnight
-    at or before b and H(b) the answers in [m(b), b): read as hours [m(b), b's hour) and
-    answers [b's hour, b), or, past midday, as the day m(b) less hours [b's next hour,
-    m(b) + 1 day) and less answers [b, b's next hour).
+    at or before b and H(b) the answers in [m(b), b): read as hours [m(b), b's hour),
+    quarter-hours [b's hour, b's quarter-hour) and answers [b's quarter-hour, b), or, past
+    midday, as the day m(b) less hours [b's next hour, m(b) + 1 day), less quarter-hours
+    [b's next quarter-hour, b's next hour) and less answers [b, b's next quarter-hour).
+    Answers are read only at bounds off the quarter-hour (the range's own ends, if so).
     """
     days: defaultdict[tuple[int, date], int] = defaultdict(int)
     hours: list[rollups.Piece] = []
+    quarters: list[rollups.Piece] = []
     answers: list[rollups.Piece] = []
     count = len(bounds) - 1
     for i in range(count):
@@ -179,21 +189,27 @@ def plan(bounds: list[datetime]) -> rollups.Plan:
         # H(b) counts +1 in the period before b and -1 in the period from b.
         targets = [(i, sign) for i, sign in ((j - 1, 1), (j, -1)) if 0 <= i < count]
         floor = bound.replace(minute=0, second=0, microsecond=0)
+        quarter = bound.replace(minute=bound.minute - bound.minute % 15, second=0, microsecond=0)
         if bound - midnight <= midnight + DAY - bound:
             for i, sign in targets:
                 if midnight < floor:
                     hours.append((i, sign, midnight, floor))
-                if floor < bound:
-                    answers.append((i, sign, floor, bound))
+                if floor < quarter:
+                    quarters.append((i, sign, floor, quarter))
+                if quarter < bound:
+                    answers.append((i, sign, quarter, bound))
         else:
             ceiling = floor + HOUR if floor < bound else floor
+            quarter_ceiling = quarter + QUARTER_HOUR if quarter < bound else quarter
             for i, sign in targets:
                 days[(i, midnight.date())] += sign
                 if ceiling < midnight + DAY:
                     hours.append((i, -sign, ceiling, midnight + DAY))
-                if bound < ceiling:
-                    answers.append((i, -sign, bound, ceiling))
-    return rollups.Plan(_day_ranges(days), hours, answers)
+                if quarter_ceiling < ceiling:
+                    quarters.append((i, -sign, quarter_ceiling, ceiling))
+                if bound < quarter_ceiling:
+                    answers.append((i, -sign, bound, quarter_ceiling))
+    return rollups.Plan(_day_ranges(days), hours, answers, quarters)
 
 
 def _day_ranges(days: dict[tuple[int, date], int]) -> list[rollups.Piece]:
@@ -216,12 +232,14 @@ def _ratio(part: float, whole: float) -> float:
 
 
 async def _rows(
-    session: AsyncSession, workspace_id: str, labels: list[datetime], planned: rollups.Plan
+    session: AsyncSession,
+    workspace_id: str,
+    labels: list[datetime],
+    found: list[rollups.PeriodRow],
 ) -> list[VisibilityRow]:
     configured = await _competitor_names(session, workspace_id)
     known = set(configured)
     order = {name: index for index, name in enumerate(PROVIDERS)}
-    found = await rollups.read_periods(session, workspace_id, planned)
     found.sort(key=lambda r: (r[0], order.get(r[1], len(order)), r[1]))
     rows: list[VisibilityRow] = []
     for i, provider, sums, by_name in found:

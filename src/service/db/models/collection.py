@@ -160,7 +160,18 @@ class CompetitorRollup(Base):
     mentions: Mapped[int] = mapped_column(Integer, default=0)
 
 
-class HourlyVisibilityRollup(Base):
+class _VisibilitySums:
+    """`VisibilityRollup`'s sums, for the rollups of shorter slots."""
+
+    responses: Mapped[int] = mapped_column(Integer, default=0)
+    brand_mentions: Mapped[int] = mapped_column(Integer, default=0)
+    rank_sum: Mapped[int] = mapped_column(Integer, default=0)
+    ranked: Mapped[int] = mapped_column(Integer, default=0)
+    brand_citations: Mapped[int] = mapped_column(Integer, default=0)
+    citations: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class HourlyVisibilityRollup(_VisibilitySums, Base):
     """`VisibilityRollup`'s sums for one UTC hour: a report in a time zone whose days do not
     start at 00:00 UTC moves the hours between a UTC midnight and a local one with them."""
 
@@ -171,12 +182,6 @@ class HourlyVisibilityRollup(Base):
     )
     hour: Mapped[datetime] = mapped_column(primary_key=True)
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
-    responses: Mapped[int] = mapped_column(Integer, default=0)
-    brand_mentions: Mapped[int] = mapped_column(Integer, default=0)
-    rank_sum: Mapped[int] = mapped_column(Integer, default=0)
-    ranked: Mapped[int] = mapped_column(Integer, default=0)
-    brand_citations: Mapped[int] = mapped_column(Integer, default=0)
-    citations: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class HourlyCompetitorRollup(Base):
@@ -188,6 +193,34 @@ class HourlyCompetitorRollup(Base):
         ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
     )
     hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    mentions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class QuarterHourVisibilityRollup(_VisibilitySums, Base):
+    """`VisibilityRollup`'s sums for one UTC quarter-hour (every zone offset is a multiple of
+    15 minutes): a report in a zone off the whole hour moves the minutes between a whole UTC
+    hour and a local midnight with them."""
+
+    __tablename__ = "quarter_hour_visibility_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    quarter_hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+
+
+class QuarterHourCompetitorRollup(Base):
+    """`CompetitorRollup`'s mentions for one UTC quarter-hour."""
+
+    __tablename__ = "quarter_hour_competitor_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    quarter_hour: Mapped[datetime] = mapped_column(primary_key=True)
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     mentions: Mapped[int] = mapped_column(Integer, default=0)
