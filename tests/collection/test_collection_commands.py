@@ -16,9 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import App
 from service.clock import utcnow
-from service.db.models import AuditEvent, Run
+from service.db.models import AuditEvent, IdempotencyKey, Run
 from service.domain import prompts, runs, schedules
 from service.domain.actor import Actor
+from service.domain.errors import FailedPrecondition
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.builders import Tenant, make_workspace, stored_texts
 from tests.conftest import NewUser
@@ -128,6 +129,34 @@ async def test_a_retried_request_id_returns_the_first_result_and_changes_nothing
     assert len(events) == 1, "the change was made (and audited) once"
     assert events[0].create_time == now
     assert events[0].organization_id == tenant.organization_id
+
+
+async def test_a_request_id_whose_result_an_earlier_version_stored_is_refused_not_redone(
+    app: App, new_user: NewUser
+) -> None:
+    user = await new_user()
+    tenant = await make_workspace(app, user.user_id)
+    actor = actor_of(user.user_id, STORE_PROMPTS)
+    request_id = unique("req-")
+    async with app.db.transaction() as session:
+        # What a server before the domain kept request ids stored: the protobuf response.
+        session.add(
+            IdempotencyKey(
+                principal_id=actor.actor_id,
+                method=f"{STORE_PROMPTS}|{tenant.workspace_id}",
+                request_id=request_id,
+                response=b"\n\x07\n\x05prm_x",
+                create_time=utcnow(),
+            )
+        )
+    with pytest.raises(FailedPrecondition) as refused:
+        async with app.db.transaction() as session:
+            await prompts.store_prompts(
+                session, actor, tenant.workspace_id, ["a"], request_id=request_id, now=utcnow()
+            )
+    assert refused.value.reason == "REQUEST_ID_NOT_REPLAYABLE"
+    assert [v.subject for v in refused.value.violations] == ["request_id"]
+    assert await stored_texts(app, tenant.workspace_id) == {}, "the work is not done twice"
 
 
 async def test_a_request_id_belongs_to_its_actor_and_workspace(app: App, new_user: NewUser) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import IdempotencyKey
 from service.domain.actor import Actor
+from service.domain.errors import FailedPrecondition, PreconditionViolation
 from service.domain.inputs import require_request_id
 
 T = TypeVar("T")
@@ -53,7 +54,8 @@ async def once(
 
     Without a request id it simply runs. With one, the first call by `call` for `scope`
     runs and its result (a dataclass) is stored with the key; a retry returns that result
-    and runs nothing. InvalidArgument (`request_id`) for a malformed id.
+    and runs nothing. InvalidArgument (`request_id`) for a malformed id; FailedPrecondition
+    (REQUEST_ID_NOT_REPLAYABLE) for a result stored in a form this version cannot read.
     """
     require_request_id(request_id)
     if not request_id:
@@ -62,11 +64,29 @@ async def once(
     adapter = _adapter(result_type)
     stored = await _claim(session, key, now)
     if stored is not None:
-        replayed: T = adapter.validate_json(stored)
+        try:
+            replayed: T = adapter.validate_json(stored)
+        except ValueError:  # stored in another form: earlier servers kept protobuf
+            raise _not_replayable() from None
         return replayed
     result = await run()
     await _store(session, key, adapter.dump_json(result))
     return result
+
+
+def _not_replayable() -> FailedPrecondition:
+    """The first call is done, but its result is not one this server can read (an earlier
+    version stored it in another form): doing the work again would do it twice."""
+    return FailedPrecondition(
+        "this request_id was used by an earlier call whose result this server version cannot "
+        "replay: its work is done; send a new request_id to do it again",
+        [
+            PreconditionViolation(
+                "REQUEST_ID_NOT_REPLAYABLE", "request_id", "stored by an earlier server version"
+            )
+        ],
+        reason="REQUEST_ID_NOT_REPLAYABLE",
+    )
 
 
 # Building an adapter compiles a schema: one per result type, reused.
