@@ -22,6 +22,10 @@ WORKSPACE_TABLES = (
     "probes",
     "visibility_rollups",
     "competitor_rollups",
+    "hourly_visibility_rollups",
+    "hourly_competitor_rollups",
+    "quarter_hour_visibility_rollups",
+    "quarter_hour_competitor_rollups",
 )
 
 

@@ -38,7 +38,7 @@ from service.config import Settings
 from service.rules import MethodRules, method_rules
 from tests.security import world as w
 from tests.security.calls import Outcome, invoke, methods_by_path
-from tests.security.snapshots import snapshot
+from tests.security.snapshots import ORGANIZATION_TABLES, TABLES, WORKSPACE_TABLES, snapshot
 from tests.security.world import World, build_world
 
 Code: TypeAlias = grpc.StatusCode
@@ -293,6 +293,12 @@ def cell_id(cell: tuple[str, str]) -> str:
 
 def test_the_table_has_one_entry_per_rpc() -> None:
     assert set(TABLE) == set(method_rules()) == set(methods_by_path())
+
+
+def test_every_table_of_a_workspace_is_in_the_tenants_snapshot() -> None:
+    """A new table keyed by workspace (a rollup, say) must be compared row by row too."""
+    keyed = {name for name, table in TABLES.items() if "workspace_id" in table.c}
+    assert keyed - {"audit_events"} <= {*WORKSPACE_TABLES, *ORGANIZATION_TABLES}
 
 
 def test_every_rpc_requires_credentials() -> None:
