@@ -66,3 +66,18 @@ async def record_workspace_change(
         target_ids=[t for t in target_ids if t],
         now=now,
     )
+
+
+def record_workspace(
+    session: AsyncSession, call: Actor, workspace: Workspace, now: datetime
+) -> None:
+    """Records the audit event of a change to `workspace` made at `now` (target: the
+    workspace)."""
+    record(
+        session,
+        call,
+        organization_id=workspace.organization_id,
+        workspace_id=workspace.id,
+        target_ids=[workspace.id],
+        now=now,
+    )

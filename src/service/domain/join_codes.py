@@ -179,14 +179,7 @@ async def _replace_code(
         )
         .execution_options(synchronize_session=False)
     )
-    audit.record(
-        session,
-        call,
-        organization_id=workspace.organization_id,
-        workspace_id=workspace.id,
-        target_ids=[workspace.id],
-        now=now,
-    )
+    audit.record_workspace(session, call, workspace, now)
     return JoinInfo(workspace_id=workspace.id, code=display_code(code), expire_time=expire_time)
 
 

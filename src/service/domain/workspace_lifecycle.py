@@ -291,21 +291,6 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
     inputs.check_etag(field_name, etag, str(version), resource="workspace")
 
 
-def audit_workspace(
-    session: AsyncSession, call: Actor, workspace: Workspace, now: datetime
-) -> None:
-    """Records the audit event of a change to `workspace` made at `now` (target: the
-    workspace)."""
-    audit.record(
-        session,
-        call,
-        organization_id=workspace.organization_id,
-        workspace_id=workspace.id,
-        target_ids=[workspace.id],
-        now=now,
-    )
-
-
 async def update_workspace(
     session: AsyncSession,
     call: Actor,
@@ -342,7 +327,7 @@ async def update_workspace(
     if changed or new_slug is not None:
         workspace.version += 1
         workspace.update_time = now
-    audit_workspace(session, call, workspace, now)
+    audit.record_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -364,7 +349,7 @@ async def delete_workspace(
     workspace.join_code = None
     workspace.join_code_expire_time = None
     await session.execute(delete(Schedule).where(Schedule.workspace_id == workspace_id))
-    audit_workspace(session, call, workspace, now)
+    audit.record_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -409,7 +394,7 @@ async def undelete_workspace(
         raise not_found(workspace_id)
     check_etag("etag", etag, workspace.version)
     await _restore(session, workspace, now=now, join_code_expire_time=now + join_code_ttl)
-    audit_workspace(session, call, workspace, now)
+    audit.record_workspace(session, call, workspace, now)
     await session.flush()
 
 
@@ -465,5 +450,5 @@ async def set_enabled_providers(
         workspace.enabled_providers = clean
         workspace.version += 1
         workspace.update_time = now
-    audit_workspace(session, call, workspace, now)
+    audit.record_workspace(session, call, workspace, now)
     await session.flush()
