@@ -594,11 +594,10 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     ]
 
 
+@pytest.mark.postgres_only  # JIT is PostgreSQL's
 async def test_the_rollup_statement_runs_without_jit_and_leaves_the_setting_as_it_was(
-    backend: str, collection_db: Database
+    collection_db: Database,
 ) -> None:
-    if backend != "postgres":
-        pytest.skip("JIT is PostgreSQL's")
     workspace_id = await make_workspace(collection_db, competitors=CONFIGURED)
     await store_answers(collection_db, workspace_id, [{**_quiet("openai"), "status": "succeeded"}])
     statements: list[str] = []
