@@ -58,26 +58,24 @@ async def record_workspace_change(
     workspace = await session.get(Workspace, workspace_id)
     if workspace is None:
         raise NotFound("workspace", workspace_id)
-    record(
-        session,
-        call,
-        organization_id=workspace.organization_id,
-        workspace_id=workspace_id,
-        target_ids=[t for t in target_ids if t],
-        now=now,
-    )
+    record_workspace(session, call, workspace, now, target_ids=[t for t in target_ids if t])
 
 
 def record_workspace(
-    session: AsyncSession, call: Actor, workspace: Workspace, now: datetime
+    session: AsyncSession,
+    call: Actor,
+    workspace: Workspace,
+    now: datetime,
+    *,
+    target_ids: Iterable[str] | None = None,
 ) -> None:
-    """Records the audit event of a change to `workspace` made at `now` (target: the
-    workspace)."""
+    """Records the audit event of a change to `workspace` made at `now` (targets: the
+    workspace, unless `target_ids` are given)."""
     record(
         session,
         call,
         organization_id=workspace.organization_id,
         workspace_id=workspace.id,
-        target_ids=[workspace.id],
+        target_ids=[workspace.id] if target_ids is None else target_ids,
         now=now,
     )

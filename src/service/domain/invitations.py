@@ -179,13 +179,8 @@ async def accept_invitation(
             session.add(member)
         else:
             member.role = max(member.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
-        audit.record(
-            session,
-            call,
-            organization_id=workspace.organization_id,
-            workspace_id=workspace.id,
-            target_ids=[workspace.id, invitation_id],
-            now=now,
+        audit.record_workspace(
+            session, call, workspace, now, target_ids=[workspace.id, invitation_id]
         )
         await session.flush()
         return Accepted(

@@ -112,7 +112,9 @@ async def add_member(
         member, user = row[0], row[1]
         if WORKSPACE_ROLE_RANK[clean_role] > WORKSPACE_ROLE_RANK[member.role]:
             member.role = clean_role
-            _audit(session, call, workspace, user.id, now)
+            audit.record_workspace(
+                session, call, workspace, now, target_ids=[workspace.id, user.id]
+            )
             await session.flush()
         return active_member(workspace_id, member.role, member.create_time, user)
 
@@ -136,7 +138,7 @@ async def update_member_role(
     if role != member.role:
         await _keep_workspace_owner(session, workspace, user_id, new_role=role)
         member.role = role
-        _audit(session, call, workspace, user_id, now)
+        audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
         await session.flush()
     return active_member(workspace_id, member.role, member.create_time, user)
 
@@ -213,7 +215,7 @@ async def add_workspace_member_if_absent(
             workspace_id=workspace.id, user_id=user_id, role="member", create_time=now
         )
         session.add(member)
-        _audit(session, call, workspace, user_id, now)
+        audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
         await session.flush()
     user = await session.get(User, user_id)
     if user is None:
@@ -253,7 +255,7 @@ async def _invite_to_workspace(
             invitation.role, invitation.create_time = role, now
         invitation.role = max(invitation.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
         invitation.expire_time = expire_time
-    _audit(session, call, workspace, invitation.id, now)
+    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, invitation.id])
     await session.flush()
     return invited(workspace_id, invitation)
 
@@ -268,7 +270,7 @@ async def _cancel_workspace_invitation(
     )
     if invitation_id is None:
         raise NotFound("invitation", email)
-    _audit(session, call, workspace, invitation_id, now)
+    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, invitation_id])
 
 
 async def _keep_workspace_owner(
@@ -359,20 +361,7 @@ async def _delete_workspace_member(
             WorkspaceMember.workspace_id == workspace.id, WorkspaceMember.user_id == user_id
         )
     )
-    _audit(session, call, workspace, user_id, now)
-
-
-def _audit(
-    session: AsyncSession, call: Actor, workspace: Workspace, target_id: str, now: datetime
-) -> None:
-    audit.record(
-        session,
-        call,
-        organization_id=workspace.organization_id,
-        workspace_id=workspace.id,
-        target_ids=[workspace.id, target_id],
-        now=now,
-    )
+    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
 
 
 def _workspace_role(role: str, *, required: bool) -> str:
