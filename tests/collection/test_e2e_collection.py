@@ -466,7 +466,7 @@ async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
             run_id = await insert_run(app.db, ws)
             await dispatch_pending_runs(app.db, run_ids=[run_id])
             async with asyncio.timeout(30):
-                await fake_provider.wait_for_requests(2, prompt=prompts[0])
+                await fake_provider.wait_for_requests(2, prompts=prompts)
             await first.kill()  # SIGKILL with provider calls in flight, messages unacknowledged
             answered_before = asked(fake_provider, prompts)
             second = await Beacon.start("worker", env, tmp_path / "worker-2.log")
@@ -509,7 +509,7 @@ async def test_a_rabbitmq_crash_mid_run_loses_no_message(
         run_id = await insert_run(app.db, ws)
         await dispatch_pending_runs(app.db, run_ids=[run_id])
         async with asyncio.timeout(30):
-            await fake_provider.wait_for_requests(2, prompt=prompts[0])
+            await fake_provider.wait_for_requests(2, prompts=prompts)
         await node.kill()  # 20 probes: some answered, some in flight, the rest queued
         answered_before = asked(fake_provider, prompts)
         # A run started during the outage waits in the outbox: the ticker sends it later.

@@ -297,13 +297,18 @@ class FakeProviderServer:
         count: int,
         provider: str | None = None,
         prompt: str | None = None,
+        *,
+        prompts: Sequence[str] = (),
     ) -> None:
-        """Return once ``requests(provider, prompt) >= count``.
+        """Return once ``requests(provider, prompt) >= count`` (with ``prompts``: once the
+        requests for those prompts add up to ``count``).
 
         Bound the wait with ``asyncio.timeout`` so that a request that never comes fails the test.
         """
 
         def reached() -> bool:
+            if prompts:
+                return sum(self.requests(provider, p) for p in prompts) >= count
             return self.requests(provider, prompt) >= count
 
         if reached():
