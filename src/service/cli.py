@@ -17,7 +17,7 @@ from service import tracing
 from service.app import App
 from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
-from service.logs import configure_logging
+from service.logs import access_log, configure_logging
 
 log = logging.getLogger("beacon")
 
@@ -74,6 +74,7 @@ async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
         if embedded is not None:
             await asyncio.to_thread(embedded.stop)
         await app.close()
+        access_log.flush()
 
 
 def _run(settings: Settings, main: Callable[[], Coroutine[Any, Any, Any]]) -> Any:

@@ -1,10 +1,20 @@
-"""Structured logging: one JSON object per line on stderr."""
+"""Structured logging: one JSON object per line on stderr.
+
+The per-call request line (`beacon.rpc`) is the one written thousands of times a second, so
+it is recorded lazily (`AccessLog`): a call keeps its fields in a tuple, and the records are
+built, formatted and written in batches, off the call path.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +35,111 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes the request lines still waiting in `access_log` before
+    any other record (so the stream stays in time order) and, inside `batch()`, flushes the
+    stream once at the end instead of after every line."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._batching = False
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Before taking this handler's lock: `AccessLog.flush` takes its own lock, then this.
+        if record.name != ACCESS_LOGGER:
+            access_log.flush()
+        return bool(super().handle(record))
+
+    def flush(self) -> None:
+        if not self._batching:
+            super().flush()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        with self.lock:  # type: ignore[union-attr]
+            self._batching = True
+            try:
+                yield
+            finally:
+                self._batching = False
+                self.flush()
+
+
+ACCESS_LOGGER = "beacon.rpc"
+# The fields of a request line, in the order `AccessLog.record` takes them.
+ACCESS_FIELDS = (
+    "method",
+    "code",
+    "duration_ms",
+    "request_id",
+    "correlation_id",
+    "principal_id",
+    "service_key_id",
+    "peer",
+)
+
+
+class AccessLog:
+    """The request lines (`beacon.rpc`, INFO), recorded lazily.
+
+    `record` keeps the call's time and fields, nothing more. The pending records become
+    ordinary `logging` records (any handler sees them, with the call's own time) and are
+    written in one batch: FLUSH_SECONDS after the first of them on the event loop, as soon as
+    MAX_PENDING wait, before any other log line, and at shutdown and exit (`flush`). A process
+    that is killed outright loses at most the last FLUSH_SECONDS of request lines; metrics
+    count every call at once.
+    """
+
+    FLUSH_SECONDS = 0.05
+    MAX_PENDING = 512
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger(ACCESS_LOGGER)
+        self._pending: list[tuple[Any, ...]] = []
+        self._flushing = threading.RLock()
+
+    def enabled(self) -> bool:
+        return self.logger.isEnabledFor(logging.INFO)
+
+    def record(self, created: float, *fields: Any) -> None:
+        """Keeps one request line: the time (`time.time()`) and ACCESS_FIELDS' values."""
+        pending = self._pending
+        pending.append((created, fields))
+        if len(pending) == 1:
+            try:
+                asyncio.get_running_loop().call_later(self.FLUSH_SECONDS, self.flush)
+            except RuntimeError:  # no event loop: write it now
+                self.flush()
+        elif len(pending) >= self.MAX_PENDING:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes every pending request line."""
+        if not self._pending:
+            return
+        with self._flushing, ExitStack() as batches:
+            pending, self._pending = self._pending, []
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, LineHandler):
+                    batches.enter_context(handler.batch())
+            for created, fields in pending:
+                self.logger.handle(self._make(created, fields))
+
+    def _make(self, created: float, fields: tuple[Any, ...]) -> logging.LogRecord:
+        extra = dict(zip(ACCESS_FIELDS, fields, strict=True))
+        record = self.logger.makeRecord(
+            ACCESS_LOGGER, logging.INFO, "", 0, "rpc", (), None, extra=extra
+        )
+        record.created = created
+        record.msecs = int(created * 1000) % 1000
+        record.relativeCreated = (created - logging._startTime) * 1000  # type: ignore[attr-defined]
+        return record
+
+
+access_log = AccessLog()
+atexit.register(access_log.flush)
+
+
 def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     # No record needs its caller's file and line, thread or process names: finding them walks
     # the stack or calls into the OS on every line (the logging HOWTO's "Optimization").
@@ -32,7 +147,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = LineHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s")
     )

@@ -1,4 +1,5 @@
-"""Request logging and metrics: one structured JSON line and one metric sample per call.
+"""Request logging and metrics: one structured JSON line (`beacon.rpc`, written in batches
+by `service.logs.access_log`) and one metric sample per call.
 
 Creates the call context (request id, peer, metadata) that the inner interceptors fill in.
 Never logs tokens or request bodies.
@@ -6,7 +7,6 @@ Never logs tokens or request bodies.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,9 +17,8 @@ from prometheus_client import Counter, Histogram
 from service.auth.context import CallContext, set_current_call
 from service.clock import new_id
 from service.interceptors.base import Around, Stream, Unary
+from service.logs import access_log
 from service.rules import MethodRules
-
-log = logging.getLogger("beacon.rpc")
 
 RPCS = Counter("beacon_rpc_total", "RPCs served", ["method", "code"])
 LATENCY = Histogram(
@@ -49,7 +48,7 @@ def _timer(method: str) -> Any:
 
 
 def _start(rules: MethodRules, context: Any, page_key: bytes) -> CallContext:
-    metadata = {k: v for k, v in context.invocation_metadata() or ()}
+    metadata = dict(context.invocation_metadata() or ())
     supplied = metadata.get("x-request-id", "")
     # The server names every call itself: a client-chosen id could collide with (or mimic)
     # another call's. The client's id is kept apart, for correlation only.
@@ -77,20 +76,18 @@ def _finish(call: CallContext, context: Any, started: float, failed: bool) -> No
     code_name = code.name if isinstance(code, grpc.StatusCode) else str(code)
     _counter(call.method, code_name).inc()
     _timer(call.method).observe(elapsed)
-    if log.isEnabledFor(logging.INFO):
+    if access_log.enabled():
         principal = call.principal
-        log.info(
-            "rpc",
-            extra={
-                "method": call.method,
-                "code": code_name,
-                "duration_ms": round(elapsed * 1000, 3),
-                "request_id": call.request_id,
-                "correlation_id": call.correlation_id,
-                "principal_id": principal.actor_id if principal else None,
-                "service_key_id": principal.key_id if principal else None,
-                "peer": call.peer,
-            },
+        access_log.record(
+            time.time(),
+            call.method,
+            code_name,
+            round(elapsed * 1000, 3),
+            call.request_id,
+            call.correlation_id,
+            principal.actor_id if principal else None,
+            principal.key_id if principal else None,
+            call.peer,
         )
     set_current_call(None)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import providers
+from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Reader
 from service.domain import files, workspace_views
@@ -51,8 +53,11 @@ def organization_to_proto(org: OrganizationView) -> org_pb.Organization:
     )
 
 
-def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspace:
-    """The Workspace message of a view; the icon URL is signed here (expiring GET URL)."""
+def workspace_to_proto(
+    view: WorkspaceView, settings: Settings, now: datetime | None = None
+) -> ws_pb.Workspace:
+    """The Workspace message of a view; the icon URL is signed here (an expiring GET URL,
+    valid for at least `icon_url_ttl_seconds` after `now`)."""
     return ws_pb.Workspace(
         id=view.id,
         organization_id=view.organization_id,
@@ -62,7 +67,7 @@ def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspa
         slug=view.slug,
         domain=view.domain,
         icon_file_id=view.icon_file_id,
-        icon_url=files.download_url(settings, view.icon_file_id) if view.icon_file_id else "",
+        icon_url=files.download_url(settings, view.icon_file_id, now) if view.icon_file_id else "",
         brand_aliases=view.brand_aliases,
         competitors=[ws_pb.Competitor(name=c.name, domain=c.domain) for c in view.competitors],
         enabled_providers=[PROVIDER_TO_PROTO[p] for p in view.enabled_providers],
@@ -73,6 +78,39 @@ def workspace_to_proto(view: WorkspaceView, settings: Settings) -> ws_pb.Workspa
         delete_time=timestamp(view.delete_time),
         purge_time=timestamp(view.purge_time),
     )
+
+
+class WorkspaceMessages:
+    """The Workspace message of each view the access cache serves, built once per view.
+
+    GetWorkspace answers with the view its access check read, and that view object is served
+    from `service.access_cache` for up to `max_age` seconds: its message is kept here, keyed
+    by the object itself (an invalidated or expired entry's next check reads a new view, so
+    a change is never served from here), for `max_age` seconds at most. The icon URL is
+    signed as of the end of that time, so it stays valid for at least
+    `icon_url_ttl_seconds` whenever the message is sent.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, settings: Settings, max_age: float) -> None:
+        self.settings = settings
+        self.max_age = max_age
+        self._built: dict[int, tuple[WorkspaceView, float, ws_pb.Workspace]] = {}
+
+    def get(self, view: WorkspaceView) -> ws_pb.Workspace:
+        now = time.monotonic()
+        entry = self._built.get(id(view))
+        if entry is not None and entry[0] is view and entry[1] > now:
+            return entry[2]
+        if len(self._built) >= self.MAX_ENTRIES:
+            self._built = {k: e for k, e in self._built.items() if e[1] > now}
+            if len(self._built) >= self.MAX_ENTRIES:
+                self._built.clear()
+        signed_as_of = utcnow() + timedelta(seconds=self.max_age)
+        message = workspace_to_proto(view, self.settings, signed_as_of)
+        self._built[id(view)] = (view, now + self.max_age, message)
+        return message
 
 
 async def workspace_messages(

@@ -14,6 +14,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from beacon.v1 import workspace_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2_grpc
+from service import access_cache
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
@@ -25,6 +26,7 @@ from service.domain.workspace_purge import DeletedSince
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,
+    WorkspaceMessages,
     organization_to_proto,
     timestamp,
     workspace_message,
@@ -40,6 +42,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
         self.storage = files.storage_for(app.settings)
+        self.messages = WorkspaceMessages(app.settings, max_age=access_cache.TTL_SECONDS)
 
     async def CreateWorkspace(
         self, request: pb.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
@@ -113,7 +116,8 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
         self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
         view = current_call().require_access().workspace  # read by the access check
-        return workspace_to_proto(view, self.app.settings)
+        assert view is not None
+        return self.messages.get(view)
 
     async def UpdateWorkspace(
         self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
