@@ -90,6 +90,8 @@ class Database:
         self.url = url
         self.engine = create_engine(url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # The same pool, its connections in autocommit while `read` holds them.
+        self._autocommit = self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sessions = async_sessionmaker(self.engine, expire_on_commit=False)
         self.run_sender: RunSender | None = None
 
@@ -130,8 +132,8 @@ class Database:
         Several times cheaper per call than `transaction(write=False)`; use it for
         single-statement reads served on every RPC (access checks, GetWorkspace).
         """
-        async with self.engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+        async with self._autocommit.connect() as conn:
+            yield conn
 
     async def ping(self) -> bool:
         """True when the database answers."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -18,6 +18,7 @@ from service.domain import files, workspace_views
 from service.domain.organizations import OrganizationView
 from service.domain.workspace_views import WorkspaceView
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PROVIDER_TO_PROTO = providers.TO_PROTO
 PROVIDER_FROM_PROTO = providers.FROM_PROTO
 
@@ -26,9 +27,10 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     """A protobuf Timestamp, or None for an unset time."""
     if value is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    if value.tzinfo is None:  # naive times are UTC, as in Timestamp.FromDatetime
+        value = value.replace(tzinfo=UTC)
+    since = value - EPOCH  # exact: no float on the way (FromDatetime is several times slower)
+    return Timestamp(seconds=since.days * 86_400 + since.seconds, nanos=since.microseconds * 1000)
 
 
 ORGANIZATION_ROLE_TO_PROTO = {

@@ -1,17 +1,23 @@
-"""GetWorkspace's messages of cached views (`convert.WorkspaceMessages`): built once per view
+"""Conversions to messages: timestamps exactly as protobuf's own `FromDatetime` makes them, and
+GetWorkspace's messages of cached views (`convert.WorkspaceMessages`): built once per view
 object, never for another one, for `max_age` at most, icon URLs valid for their full TTL."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import UTC, datetime
+from typing import Any
+from datetime import UTC, datetime, timedelta, timezone
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from hypothesis import given
+from hypothesis import strategies as st
 from urllib.parse import parse_qs, urlparse
 
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
 from service.domain.workspace_views import WorkspaceView
-from service.servicers.convert import WorkspaceMessages, workspace_to_proto
+from service.servicers.convert import WorkspaceMessages, timestamp, workspace_to_proto
 
 SETTINGS = Settings(signing_secret="s" * 40, icon_url_ttl_seconds=600)
 VIEW = WorkspaceView(
@@ -32,6 +38,17 @@ VIEW = WorkspaceView(
     update_time=datetime(2026, 1, 2, tzinfo=UTC),
     version=3,
 )
+
+
+OFFSETS = st.integers(-1439, 1439).map(lambda minutes: timezone(timedelta(minutes=minutes)))
+ZONES: st.SearchStrategy[Any] = st.none() | st.just(UTC) | OFFSETS
+
+
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=ZONES))
+def test_timestamps_are_those_protobuf_makes(value: datetime) -> None:
+    expected = Timestamp()
+    expected.FromDatetime(value)
+    assert timestamp(value) == expected
 
 
 def without_icon_url(message: ws_pb.Workspace) -> ws_pb.Workspace:
