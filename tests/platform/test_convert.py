@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Any
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
-from urllib.parse import parse_qs, urlparse
 
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
