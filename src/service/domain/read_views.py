@@ -17,6 +17,7 @@ from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, func, or
 from sqlalchemy.sql.elements import BindParameter
 
 from service.db.database import Reader
+from service.db.hot import HotSelect
 from service.db.models import Organization, Prompt, Run, Workspace
 from service.domain.errors import NotFound
 from service.domain.inputs import require_id
@@ -107,8 +108,8 @@ def _prompts_statement(after: bool) -> Select[str, str, str, datetime]:
     return query.order_by(Prompt.create_time, Prompt.id).limit(_LIMIT)
 
 
-_PROMPTS = {after: _prompts_statement(after) for after in (False, True)}
-_PROMPT_COUNT = (
+_PROMPTS = {after: HotSelect(_prompts_statement(after)) for after in (False, True)}
+_PROMPT_COUNT = HotSelect(
     select(func.count()).select_from(Prompt).where(Prompt.workspace_id == bindparam("workspace_id"))
 )
 
@@ -131,34 +132,34 @@ async def list_prompts(
         page_size, page_token, scope=f"prompts:{workspace_id}", default=100, maximum=MAX_PROMPTS
     )
     params = {"workspace_id": workspace_id, **_page_params(page)}
-    rows = [
-        PromptRow(*row) for row in await reader.execute(_PROMPTS[page.after is not None], params)
-    ]
-    total = await reader.scalar(_PROMPT_COUNT, params)
+    rows = [PromptRow(*row) for row in await _PROMPTS[page.after is not None].rows(reader, params)]
+    total = await _PROMPT_COUNT.scalar(reader, params)
     return PromptRowPage(rows[: page.size], page.next_token(rows), int(total or 0))
 
 
 # Runs ---------------------------------------------------------------------------------------
 
 
-_RUN = select(
-    Run.id,
-    Run.workspace_id,
-    Run.status,
-    Run.trigger,
-    Run.scheduled_time,
-    Run.create_time,
-    Run.start_time,
-    Run.end_time,
-    Run.prompt_count,
-    Run.prompt_ids,
-    Run.providers,
-).where(Run.id == bindparam("run_id"), Run.workspace_id == bindparam("workspace_id"))
+_RUN = HotSelect(
+    select(
+        Run.id,
+        Run.workspace_id,
+        Run.status,
+        Run.trigger,
+        Run.scheduled_time,
+        Run.create_time,
+        Run.start_time,
+        Run.end_time,
+        Run.prompt_count,
+        Run.prompt_ids,
+        Run.providers,
+    ).where(Run.id == bindparam("run_id"), Run.workspace_id == bindparam("workspace_id"))
+)
 
 
 async def get_run(reader: Reader, workspace_id: str, run_id: str) -> RunView:
     """`runs.get_run`: one run of the workspace with its progress; NotFound otherwise."""
-    row = (await reader.execute(_RUN, {"run_id": run_id, "workspace_id": workspace_id})).first()
-    if row is None:
+    rows = await _RUN.rows(reader, {"run_id": run_id, "workspace_id": workspace_id})
+    if not rows:
         raise NotFound("run", run_id)
-    return (await run_views(reader, [row]))[0]
+    return (await run_views(reader, rows))[0]
