@@ -13,6 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
+from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from service.config import Settings
 from tests.fakes.provider_server import FakeProviderServer
@@ -90,9 +91,10 @@ async def test_postgres_unreachable_for_30s_mid_run_is_ridden_out(
         assert fleet.serve is not None
         target = fleet.serve.target
         collection = await mid_run(fleet, fake_provider)
-        *_, runs = fleet.stubs()
+        _, prompts, _, runs = fleet.stubs()
         md = collection.owners[0]
         request = run_pb.ListRunsRequest(workspace_id=collection.workspaces[0])
+        listed = prompt_pb.ListPromptsRequest(workspace_id=collection.workspaces[0])
 
         await pg_cluster.stop()
         down = time.monotonic()
@@ -119,8 +121,13 @@ async def test_postgres_unreachable_for_30s_mid_run_is_ridden_out(
         await eventually(serving, "serve to report SERVING again", 15)
 
         async def answers() -> bool:
+            # Each read path, the hot ones on the driver connection (service.db.hot) too, on
+            # whatever connections the pool kept through the outage.
             try:
-                await runs.ListRuns(request, metadata=md, timeout=10)
+                reply = await runs.ListRuns(request, metadata=md, timeout=10)
+                one = run_pb.GetRunRequest(run_id=reply.runs[0].id)
+                assert (await runs.GetRun(one, metadata=md, timeout=10)).id == one.run_id
+                assert (await prompts.ListPrompts(listed, metadata=md, timeout=10)).prompts
             except grpc.aio.AioRpcError as error:
                 assert error.code() == grpc.StatusCode.UNAVAILABLE, error.details()
                 return False
