@@ -21,11 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-from sqlalchemy import Select
+from sqlalchemy import Select, bindparam
 from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql import visitors
+from sqlalchemy.sql.elements import BindParameter, ClauseList, Grouping
 
 from service.db.database import Reader
 
@@ -58,12 +60,27 @@ class _Compiled:
         )
 
 
+def _fixed_in_lists(statement: Select[Any]) -> Any:
+    """`statement` with each IN list the statement itself fixes (`role.in_(("owner", ...))`)
+    bound as one parameter per value, as SQLAlchemy renders it on every execution."""
+
+    def replace(element: Any) -> Any:
+        if isinstance(element, BindParameter) and element.expanding and not element.required:
+            values = [
+                bindparam(None, v, type_=element.type, unique=True) for v in element.value or ()
+            ]
+            return Grouping(ClauseList(*values))
+        return None
+
+    return visitors.replacement_traverse(statement, {}, replace)  # type: ignore[call-overload]
+
+
 def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
-    compiled = statement.compile(dialect=dialect)
+    compiled = _fixed_in_lists(statement).compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     binds = compiled.binds
     for name in names:
-        if binds[name].expanding:  # IN lists are rendered per call: not for a HotSelect
+        if binds[name].expanding:  # a caller's IN list is rendered per call: not here
             raise ValueError(f"HotSelect cannot bind the expanding parameter {name!r}")
     return _Compiled(
         sql=compiled.string,

@@ -60,7 +60,7 @@ def _workspaces_statement(in_organization: bool, after: bool) -> Select[Any]:
 
 
 _WORKSPACES = {
-    (in_org, after): _workspaces_statement(in_org, after)
+    (in_org, after): HotSelect(_workspaces_statement(in_org, after))
     for in_org in (False, True)
     for after in (False, True)
 }
@@ -82,7 +82,7 @@ async def list_workspaces(
         if await reader.scalar(_REACHABLE_ORGANIZATION, params) is None:
             raise NotFound("organization", organization_id)
     statement = _WORKSPACES[(bool(organization_id), page.after is not None)]
-    views = [view_of(row) for row in await reader.execute(statement, params)]
+    views = [view_of(row) for row in await statement.rows(reader, params)]
     return views[: page.size], page.next_token(views)
 
 
