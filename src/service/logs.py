@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
@@ -95,7 +96,9 @@ class AccessLog:
 
     def __init__(self) -> None:
         self.logger = logging.getLogger(ACCESS_LOGGER)
-        self._pending: list[tuple[Any, ...]] = []
+        # Appended to by the event loop only, drained by whichever thread flushes (deque
+        # appends and pops are atomic: no line is lost or written twice).
+        self._pending: deque[tuple[float, tuple[Any, ...]]] = deque()
         self._flushing = threading.RLock()
 
     def enabled(self) -> bool:
@@ -117,12 +120,16 @@ class AccessLog:
         """Writes every pending request line."""
         if not self._pending:
             return
+        pending = self._pending
         with self._flushing, ExitStack() as batches:
-            pending, self._pending = self._pending, []
             for handler in logging.getLogger().handlers:
                 if isinstance(handler, LineHandler):
                     batches.enter_context(handler.batch())
-            for created, fields in pending:
+            while pending:
+                try:
+                    created, fields = pending.popleft()
+                except IndexError:  # another thread took the last one
+                    break
                 self.logger.handle(self._make(created, fields))
 
     def _make(self, created: float, fields: tuple[Any, ...]) -> logging.LogRecord:
