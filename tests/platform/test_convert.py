@@ -84,10 +84,9 @@ def test_the_icon_url_stays_valid_for_its_ttl_until_the_message_is_dropped() -> 
     assert expires >= built + max_age + SETTINGS.icon_url_ttl_seconds
 
 
-def test_a_full_memo_starts_over_rather_than_grow() -> None:
-    messages = WorkspaceMessages(SETTINGS, max_age=60)
-    messages.MAX_ENTRIES = 3
+def test_a_full_memo_stays_bounded() -> None:
+    messages = WorkspaceMessages(SETTINGS, max_age=60, max_entries=3)
     views = [dataclasses.replace(VIEW, id=f"ws_{n}") for n in range(5)]
     for view in views:
         messages.get(view)
-    assert len(messages._built) <= 3
+    assert len(messages._built._items) <= 3

@@ -18,11 +18,10 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy import Select, bindparam
-from sqlalchemy.dialects.postgresql import asyncpg as asyncpg_dialect
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -60,12 +59,16 @@ class _Compiled:
         )
 
 
+def _is_in_list(element: Any) -> TypeGuard[BindParameter[Any]]:
+    return isinstance(element, BindParameter) and element.expanding
+
+
 def _fixed_in_lists(statement: Select[Any]) -> Any:
     """`statement` with each IN list the statement itself fixes (`role.in_(("owner", ...))`)
     bound as one parameter per value, as SQLAlchemy renders it on every execution."""
 
     def replace(element: Any) -> Any:
-        if isinstance(element, BindParameter) and element.expanding and not element.required:
+        if _is_in_list(element) and not element.required:
             values = [
                 bindparam(None, v, type_=element.type, unique=True) for v in element.value or ()
             ]
@@ -79,9 +82,6 @@ def _compile(statement: Select[Any], dialect: Dialect) -> _Compiled:
     compiled = _fixed_in_lists(statement).compile(dialect=dialect)
     names = tuple(compiled.positiontup or ())
     binds = compiled.binds
-    for name in names:
-        if binds[name].expanding:  # a caller's IN list is rendered per call: not here
-            raise ValueError(f"HotSelect cannot bind the expanding parameter {name!r}")
     return _Compiled(
         sql=compiled.string,
         names=names,
@@ -113,9 +113,11 @@ class HotSelect:
     """A SELECT whose rows are read on the driver connection (see the module docstring)."""
 
     def __init__(self, statement: Select[Any] | Any) -> None:
+        # An IN list the caller binds is rendered anew on every execution: not for a HotSelect.
+        for element in visitors.iterate(statement):
+            if _is_in_list(element) and element.required:
+                raise ValueError(f"HotSelect cannot bind the expanding parameter {element.key!r}")
         self.statement = statement
-        # Compiled now to refuse what it cannot run, and again for the engine's own dialect.
-        _compile(statement, asyncpg_dialect.dialect())  # type: ignore[no-untyped-call]
         self._compiled: _Compiled | None = None
 
     async def rows(self, conn: Reader, params: Mapping[str, Any]) -> list[Any]:

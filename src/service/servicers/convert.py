@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import providers
+from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Reader
@@ -93,25 +93,20 @@ class WorkspaceMessages:
     `icon_url_ttl_seconds` whenever the message is sent.
     """
 
-    MAX_ENTRIES = 10_000
-
-    def __init__(self, settings: Settings, max_age: float) -> None:
+    def __init__(self, settings: Settings, max_age: float, max_entries: int = 10_000) -> None:
         self.settings = settings
         self.max_age = max_age
-        self._built: dict[int, tuple[WorkspaceView, float, ws_pb.Workspace]] = {}
+        self._built: TtlCache[int, tuple[WorkspaceView, ws_pb.Workspace]] = TtlCache(
+            max_age, max_entries
+        )
 
     def get(self, view: WorkspaceView) -> ws_pb.Workspace:
-        now = time.monotonic()
         entry = self._built.get(id(view))
-        if entry is not None and entry[0] is view and entry[1] > now:
-            return entry[2]
-        if len(self._built) >= self.MAX_ENTRIES:
-            self._built = {k: e for k, e in self._built.items() if e[1] > now}
-            if len(self._built) >= self.MAX_ENTRIES:
-                self._built.clear()
+        if entry is not None and entry[0] is view:
+            return entry[1]
         signed_as_of = utcnow() + timedelta(seconds=self.max_age)
         message = workspace_to_proto(view, self.settings, signed_as_of)
-        self._built[id(view)] = (view, now + self.max_age, message)
+        self._built.put(id(view), (view, message))
         return message
 
 
