@@ -5,13 +5,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# uv installs exactly what uv.lock pins (versions and hashes), never resolving anew; it uses the
+# machine's Python and never downloads one.
+UV := UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv
 
-.PHONY: run test lint generate migrate bench soak setup clean
+.PHONY: run test lint lock generate migrate bench soak setup clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# A new .venv gets the locked uv (pip, hash-checked), then uv makes .venv equal the lock: it
+# installs, upgrades and removes until every package is the locked version (uv included).
+$(STAMP): pyproject.toml uv.lock
+	@test -x $(BIN)/uv || { \
+		$(PYTHON) -m venv $(VENV) && \
+		$(PYTHON) scripts/uv_requirement.py uv.lock > $(VENV)/uv-requirement.txt && \
+		$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+			-r $(VENV)/uv-requirement.txt; }
+	$(UV) sync --frozen --extra dev --python $(BIN)/python
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -23,6 +31,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
+	$(UV) lock --check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy src
@@ -33,6 +42,11 @@ lint: $(STAMP)
 		$(BIN)/buf breaking --against '.git#branch=main'; \
 	else echo "buf breaking: no main branch to compare against"; fi
 	@scripts/check-generated.sh
+
+# Upgrades every package to the newest release pyproject.toml allows and rewrites uv.lock (then
+# `make setup` installs it; `make generate` if grpcio-tools changed). PACKAGE=name upgrades one.
+lock: $(STAMP)
+	$(UV) lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 
 generate: $(STAMP)
 	scripts/generate.sh
