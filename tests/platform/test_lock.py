@@ -37,7 +37,7 @@ def test_every_installed_distribution_is_the_locked_version() -> None:
     assert drift == {}, f"installed ≠ uv.lock (installed, locked): {drift}; run `make setup`"
     # The lock's runtime dependencies that apply here are all installed.
     for name in ("grpcio", "grpcio-tools", "protobuf", "sqlalchemy", "asyncpg", "uv"):
-        assert installed.get(name) in versions[name], name
+        assert installed.get(canonicalize_name(name)) in versions[name], name
 
 
 def test_the_generated_code_was_produced_by_the_locked_compiler() -> None:
