@@ -1,11 +1,14 @@
-"""The auth and rate-limit options of every Beacon RPC, read once from the descriptors."""
+"""The options of every Beacon RPC (auth, rate limits, request size and the bounds of its
+repeated fields), read once from the descriptors."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
 
-from google.protobuf.descriptor import FileDescriptor, MethodDescriptor
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor, MethodDescriptor
+from google.protobuf.message import Message
 
 from beacon.v1 import (
     membership_service_pb2,
@@ -16,6 +19,7 @@ from beacon.v1 import (
     schedule_service_pb2,
     workspace_service_pb2,
 )
+from service.domain.inputs import ItemBound
 
 SERVICE_FILES: tuple[FileDescriptor, ...] = (
     organization_service_pb2.DESCRIPTOR,
@@ -36,6 +40,10 @@ class RateLimit:
     when_field: str
 
 
+# A request larger than this is refused unparsed unless its RPC declares another limit.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class MethodRules:
     """What the interceptors need to know about one RPC."""
@@ -45,6 +53,32 @@ class MethodRules:
     resource_fields: tuple[str, ...]
     service_scope: str
     rate_limits: tuple[RateLimit, ...]
+    request_type: type[Message]
+    max_request_bytes: int
+    item_bounds: tuple[ItemBound, ...]
+
+
+def item_bounds(descriptor: Descriptor, prefix: tuple[str, ...] = ()) -> list[ItemBound]:
+    """The `(beacon.v1.max_items)` bounds of a request's repeated fields, nested messages
+    included (well-known google.protobuf types excepted). ValueError when a repeated field
+    declares none, or when a bounded field sits inside a repeated message (its bound would
+    multiply rather than hold)."""
+    bounds: list[ItemBound] = []
+    for field in descriptor.fields:
+        path = (*prefix, field.name)
+        nested = field.message_type
+        if nested is not None and nested.full_name.startswith("google.protobuf."):
+            continue
+        if field.is_repeated:
+            limit = field.GetOptions().Extensions[options_pb2.max_items]
+            if not limit:
+                raise ValueError(f"{descriptor.full_name}.{field.name} declares no max_items")
+            bounds.append(ItemBound(path, limit))
+            if nested is not None and item_bounds(nested):
+                raise ValueError(f"{field.full_name}: bounded fields inside a repeated message")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and nested is not None:
+            bounds.extend(item_bounds(nested, path))
+    return bounds
 
 
 def _rules(method: MethodDescriptor) -> MethodRules:
@@ -60,6 +94,10 @@ def _rules(method: MethodDescriptor) -> MethodRules:
             RateLimit(r.requests, r.period_seconds, r.key, r.fail_closed, r.when_field)
             for r in limits
         ),
+        request_type=message_factory.GetMessageClass(method.input_type),
+        max_request_bytes=options.Extensions[options_pb2.max_request_bytes]
+        or DEFAULT_MAX_REQUEST_BYTES,
+        item_bounds=tuple(item_bounds(method.input_type)),
     )
 
 

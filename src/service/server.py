@@ -25,7 +25,7 @@ from service.auth.identity import Authenticator
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
 from service.interceptors.base import Around, Pipeline
 from service.interceptors.errors import ErrorsAround
-from service.interceptors.inputs import InputsAround
+from service.interceptors.inputs import DecodeAround, InputsAround
 from service.interceptors.observability import ObservabilityAround
 from service.interceptors.ratelimit import (
     CALLER_KEYS,
@@ -67,9 +67,9 @@ class _Registrations:
 
 def build_pipeline(app: App, cache: AccessCache | None = None) -> Pipeline:
     """The steps around every Beacon RPC, each concern in turn, outermost first: observability,
-    tracing (only while it is on), errors, the per-peer ceiling, authentication, the peer
-    and user limits, authorization, input checks, the workspace limits (each concern lives
-    in its own module).
+    tracing (only while it is on), errors, the per-peer ceiling, parsing the request (within
+    its RPC's size limit), authentication, the peer and user limits, authorization, input
+    checks, the workspace limits (each concern lives in its own module).
 
     Peer and user limits come before authorization so that failed lookups are counted too;
     workspace limits come after it so that only those who reach a workspace spend its budget.
@@ -82,6 +82,7 @@ def build_pipeline(app: App, cache: AccessCache | None = None) -> Pipeline:
         *traced,
         ErrorsAround(),
         PeerCeilingAround(app.rate_limits),
+        DecodeAround(),
         AuthenticateAround(authenticator),
         RateLimitAround(app.rate_limits, CALLER_KEYS),
         AuthorizeAround(app.db, cache),

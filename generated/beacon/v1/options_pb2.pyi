@@ -225,7 +225,24 @@ Global___RateLimitRule: _TypeAlias = RateLimitRule  # noqa: Y015
 
 AUTH_FIELD_NUMBER: _builtins.int
 RATE_LIMIT_FIELD_NUMBER: _builtins.int
+MAX_REQUEST_BYTES_FIELD_NUMBER: _builtins.int
+MAX_ITEMS_FIELD_NUMBER: _builtins.int
 auth: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, Global___AuthRule]
 """The RPC's auth rule; every Beacon RPC declares one."""
 rate_limit: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _containers.RepeatedCompositeFieldContainer[Global___RateLimitRule]]
 """The RPC's rate limits; every Beacon RPC declares at least one."""
+max_request_bytes: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.MethodOptions, _builtins.int]
+"""The largest serialized request the RPC accepts, in bytes; unset means 65536 (64 KiB).
+Checked on the received bytes before they are parsed: a larger request is
+INVALID_ARGUMENT (ErrorInfo reason REQUEST_TOO_LARGE, BadRequest field "request"). Far
+below the server's transport ceiling (BEACON_MAX_MESSAGE_BYTES, 4 MiB), so no request
+costs more to parse and check than its RPC needs. Bytes that are not a valid encoding
+of the request message are INVALID_ARGUMENT too (reason UNDECODABLE_REQUEST, field
+"request").
+"""
+max_items: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.int]
+"""The most entries a repeated field of a request may hold (every repeated field a request
+can carry declares one). Checked from the lengths alone before any handler or other
+check reads the entries: more is INVALID_ARGUMENT (ErrorInfo reason TOO_MANY_ITEMS,
+BadRequest naming the field, e.g. "providers" or "workspace.competitors").
+"""

@@ -73,7 +73,9 @@ class StorePromptsRequest(_message.Message):
     """
     @_builtins.property
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The complete new set; may be empty to clear it."""
+        """The complete new set; may be empty to clear it. At most 500 entries (duplicates
+        included).
+        """
 
     def __init__(
         self,
@@ -202,7 +204,7 @@ class AddPromptsRequest(_message.Message):
     """
     @_builtins.property
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Prompts to add."""
+        """Prompts to add: at most 500 entries (duplicates included)."""
 
     def __init__(
         self,

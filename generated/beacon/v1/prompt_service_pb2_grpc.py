@@ -64,8 +64,10 @@ class PromptServiceServicer:
 
     def StorePrompts(self, request, context):
         """Replaces the workspace's prompts: each is trimmed, duplicates are dropped, at most 500
-        remain, each 1–2000 characters. Prompts kept from the old set keep their ids.
-        Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many).
+        remain, each 1–2000 characters. Prompts kept from the old set keep their ids. A request
+        is at most 2 MiB (500 prompts of 2000 ASCII characters fit; store longer non-ASCII sets
+        in two steps, StorePrompts then AddPrompts).
+        Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many; request over 2 MiB).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -36,8 +36,10 @@ class PromptServiceStub:
     def __new__(cls, channel: _aio.Channel) -> PromptServiceAsyncStub: ...
     StorePrompts: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.StorePromptsRequest, _prompt_service_pb2.StorePromptsResponse]
     """Replaces the workspace's prompts: each is trimmed, duplicates are dropped, at most 500
-    remain, each 1–2000 characters. Prompts kept from the old set keep their ids.
-    Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many).
+    remain, each 1–2000 characters. Prompts kept from the old set keep their ids. A request
+    is at most 2 MiB (500 prompts of 2000 ASCII characters fit; store longer non-ASCII sets
+    in two steps, StorePrompts then AddPrompts).
+    Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many; request over 2 MiB).
     """
     ListPrompts: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptsRequest, _prompt_service_pb2.ListPromptsResponse]
     """Lists the workspace's prompts, oldest first."""
@@ -55,8 +57,10 @@ class PromptServiceAsyncStub(PromptServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     StorePrompts: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.StorePromptsRequest, _prompt_service_pb2.StorePromptsResponse]  # type: ignore[assignment]
     """Replaces the workspace's prompts: each is trimmed, duplicates are dropped, at most 500
-    remain, each 1–2000 characters. Prompts kept from the old set keep their ids.
-    Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many).
+    remain, each 1–2000 characters. Prompts kept from the old set keep their ids. A request
+    is at most 2 MiB (500 prompts of 2000 ASCII characters fit; store longer non-ASCII sets
+    in two steps, StorePrompts then AddPrompts).
+    Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many; request over 2 MiB).
     """
     ListPrompts: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.ListPromptsRequest, _prompt_service_pb2.ListPromptsResponse]  # type: ignore[assignment]
     """Lists the workspace's prompts, oldest first."""
@@ -77,8 +81,10 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_prompt_service_pb2.StorePromptsResponse, _abc.Awaitable[_prompt_service_pb2.StorePromptsResponse]]:
         """Replaces the workspace's prompts: each is trimmed, duplicates are dropped, at most 500
-        remain, each 1–2000 characters. Prompts kept from the old set keep their ids.
-        Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many).
+        remain, each 1–2000 characters. Prompts kept from the old set keep their ids. A request
+        is at most 2 MiB (500 prompts of 2000 ASCII characters fit; store longer non-ASCII sets
+        in two steps, StorePrompts then AddPrompts).
+        Errors: INVALID_ARGUMENT (prompts[i] empty or too long; too many; request over 2 MiB).
         """
 
     @_abc_1.abstractmethod

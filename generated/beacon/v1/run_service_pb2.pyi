@@ -295,11 +295,11 @@ class StartRunRequest(_message.Message):
     """
     @_builtins.property
     def prompt_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Only these prompts (`prm_...`); empty means all."""
+        """Only these prompts (`prm_...`, at most 500); empty means all."""
 
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[_workspace_service_pb2.Provider.ValueType]:
-        """Only these providers (must be enabled); empty means all enabled."""
+        """Only these providers (must be enabled, at most 6 entries); empty means all enabled."""
 
     def __init__(
         self,

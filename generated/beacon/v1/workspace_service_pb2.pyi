@@ -262,11 +262,11 @@ class CreateWorkspaceRequest(_message.Message):
     """Idempotency key (up to 100 characters)."""
     @_builtins.property
     def brand_aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Other names of the brand."""
+        """Other names of the brand (each 1–80 characters, at most 20)."""
 
     @_builtins.property
     def competitors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Competitor]:
-        """Competitors."""
+        """Competitors (at most 50)."""
 
     def __init__(
         self,
@@ -618,7 +618,9 @@ class SetEnabledProvidersRequest(_message.Message):
     """The workspace. Required."""
     @_builtins.property
     def providers(self) -> _containers.RepeatedScalarFieldContainer[Global___Provider.ValueType]:
-        """Providers to enable: at least one, no PROVIDER_UNSPECIFIED, duplicates dropped."""
+        """Providers to enable: at least one, no PROVIDER_UNSPECIFIED, duplicates dropped; at most
+        6 entries.
+        """
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ import jwt
 from service.auth.cache import TtlCache
 from service.config import Settings
 from service.domain.errors import Unauthenticated
+from service.domain.inputs import fold_email, unstorable
 
 log = logging.getLogger(__name__)
 
@@ -168,15 +169,25 @@ class TokenVerifier:
         return decoded
 
 
+# The claims a user row stores: a NUL (PostgreSQL refuses it) or a lone surrogate (no UTF-8
+# encoding) in one would fail every call of the token with INTERNAL.
+STORED_CLAIMS = ("iss", "sub", "email", "name")
+
+
 def _claims(decoded: dict[str, Any]) -> Claims:
     email = decoded.get("email")
     if not isinstance(email, str) or "@" not in email or len(email) > 254:
         raise Unauthenticated("token has no valid email claim", reason="NO_EMAIL")
+    for claim in STORED_CLAIMS:
+        if unstorable(decoded.get(claim)):
+            raise Unauthenticated(
+                f"token claim {claim!r} holds a NUL or a lone surrogate", reason="BAD_CLAIM"
+            )
     name = decoded.get("name")
     return Claims(
         issuer=str(decoded["iss"])[:255],
         subject=str(decoded["sub"])[:255],
-        email=email.strip().lower(),
+        email=fold_email(email),
         email_verified=_is_true(decoded.get("email_verified")),
         name=name[:200] if isinstance(name, str) else "",
     )
@@ -209,7 +220,7 @@ def mint_dev_token(
     claims = {
         "iss": settings.auth_dev_issuer,
         "aud": settings.auth_audience or DEV_AUDIENCE,
-        "sub": subject or f"dev|{email.strip().lower()}",
+        "sub": subject or f"dev|{fold_email(email)}",
         "email": email,
         "email_verified": email_verified,
         "name": name,

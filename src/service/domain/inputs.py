@@ -1,4 +1,5 @@
-"""Raw request values: checking ids and emails, and quoting values back in error messages safely.
+"""Raw request values: the request's bytes and the length of its repeated fields, checking ids
+and emails, and quoting values back in error messages safely.
 
 Error messages travel in gRPC trailers, which have a hard size limit: a value echoed back is
 always shortened, so a hostile 100 kB field still yields a clean INVALID_ARGUMENT.
@@ -7,10 +8,13 @@ always shortened, so a hostile 100 kB field still yields a clean INVALID_ARGUMEN
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+import string
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from service.domain.errors import Aborted, InvalidArgument
 
@@ -20,6 +24,56 @@ EMAIL_MAX_LENGTH = 254
 _EMAIL_SHAPE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 
 
+@dataclass(frozen=True, slots=True)
+class ItemBound:
+    """A repeated request field and the most entries it may hold: `path` is the chain of
+    field names from the request (singular messages, then the repeated field itself)."""
+
+    path: tuple[str, ...]
+    max_items: int
+
+
+def parse_request(message_type: type[Message], raw: bytes, max_bytes: int) -> Message:
+    """The request `raw` encodes; InvalidArgument naming `request` when it is longer than
+    `max_bytes` (checked before parsing: the cost of a request is bounded by its RPC's
+    limit, not by the transport's) or is not a valid encoding of `message_type`."""
+    if len(raw) > max_bytes:
+        raise InvalidArgument(
+            "request",
+            f"is {len(raw)} bytes; this RPC accepts at most {max_bytes}",
+            reason="REQUEST_TOO_LARGE",
+        )
+    try:
+        return message_type.FromString(raw)
+    except DecodeError:
+        raise InvalidArgument(
+            "request",
+            f"is not a valid {message_type.DESCRIPTOR.full_name} (protobuf binary encoding)",
+            reason="UNDECODABLE_REQUEST",
+        ) from None
+
+
+def refuse_too_many(request: Message, bounds: Iterable[ItemBound]) -> None:
+    """InvalidArgument (TOO_MANY_ITEMS) naming the first repeated field (dotted path, e.g.
+    "workspace.competitors") holding more entries than its bound. Reads lengths only, so it
+    costs the same whatever the request holds."""
+    for bound in bounds:
+        holder: Any = request
+        *parents, name = bound.path
+        for parent in parents:
+            if not holder.HasField(parent):
+                break
+            holder = getattr(holder, parent)
+        else:
+            count = len(getattr(holder, name))
+            if count > bound.max_items:
+                raise InvalidArgument(
+                    ".".join(bound.path),
+                    f"holds {count} entries; at most {bound.max_items} are accepted",
+                    reason="TOO_MANY_ITEMS",
+                )
+
+
 def quote(value: str) -> str:
     """`value` as a short printable literal for an error message."""
     if len(value) <= QUOTE_MAX:
@@ -27,11 +81,27 @@ def quote(value: str) -> str:
     return repr(value[:QUOTE_MAX]) + "..."
 
 
+# Fields that name one kind of resource, by their name (or dotted path): an id of another
+# kind there is refused, never resolved to the organization or workspace it belongs to.
+ID_KINDS = {
+    "organization_id": ("org_", "an organization id"),
+    "organization.id": ("org_", "an organization id"),
+    "workspace_id": ("ws_", "a workspace id"),
+    "workspace.id": ("ws_", "a workspace id"),
+    "run_id": ("run_", "a run id"),
+    "prompt_id": ("prm_", "a prompt id"),
+}
+
+
 def require_id(field: str, value: str) -> str:
-    """`value` when it has the shape of a Beacon id (`org_...`, `file_...`); else
-    InvalidArgument naming `field` (a malformed id cannot name anything)."""
+    """`value` when it has the shape of a Beacon id (`org_...`, `file_...`), of the kind the
+    field names (`ID_KINDS`: an `organization_id` holds `org_...`); else InvalidArgument
+    naming `field` (a malformed id cannot name anything)."""
     if not ID_PATTERN.fullmatch(value):
         raise InvalidArgument(field, "is not a valid id")
+    kind = ID_KINDS.get(field)
+    if kind is not None and not value.startswith(kind[0]):
+        raise InvalidArgument(field, f"must be {kind[1]} ({kind[0]}...)")
     return value
 
 
@@ -44,9 +114,28 @@ def require_request_id(value: str) -> str:
     return value
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: object) -> bool:
+    """Whether `value` is a string no database column can hold: a NUL (PostgreSQL refuses
+    it) or a lone surrogate (a string from JSON may hold one; it has no UTF-8 encoding)."""
+    return isinstance(value, str) and _UNSTORABLE.search(value) is not None
+
+
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def fold_email(raw: str) -> str:
+    """The email as Beacon compares it: trimmed, ASCII letters lowercased, every other
+    character as given. Unicode case mappings would fold other letters into ASCII ones
+    (KELVIN SIGN U+212A lowercases to "k"), making two different addresses one."""
+    return raw.strip().translate(_ASCII_LOWER)
+
+
 def normalize_email(raw: str, *, field: str = "email") -> str:
-    """The email trimmed and lowercased; InvalidArgument(field) unless it looks like one."""
-    email = raw.strip().lower()
+    """The email folded (`fold_email`); InvalidArgument(field) unless it looks like one."""
+    email = fold_email(raw)
     if not email:
         raise InvalidArgument(field, "is required")
     if len(email) > EMAIL_MAX_LENGTH:

@@ -35,7 +35,7 @@ from service.domain import audit
 from service.domain.access import WORKSPACE_ROLE_RANK
 from service.domain.actor import Actor
 from service.domain.errors import FailedPrecondition, NotFound, PreconditionViolation
-from service.domain.inputs import require_id
+from service.domain.inputs import fold_email, require_id
 from service.domain.members import Member, active_member
 from service.domain.organization_members import lock_organization
 from service.domain.paging import parse_page
@@ -84,7 +84,7 @@ def verified_email(call: Actor) -> str:
             [PreconditionViolation("EMAIL_NOT_VERIFIED", "email", "the token's email_verified")],
             reason="EMAIL_NOT_VERIFIED",
         )
-    return call.email.strip().lower()
+    return fold_email(call.email)
 
 
 async def list_my_invitations(

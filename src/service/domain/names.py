@@ -14,14 +14,36 @@ SLUG_MAX = 50
 SLUG_PATTERN = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 # Control characters, line and paragraph separators: never part of a display name.
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Zl", "Zp", "Cs"})
+# Format characters (Cf: bidi overrides and isolates, zero-width spaces, soft hyphens, ...)
+# make a name render unlike its text, or look like another name. Only the zero-width
+# (non-)joiners are kept, between two visible characters, where scripts (Persian, Indic) and
+# emoji sequences need them.
+_JOINERS = frozenset("\u200c\u200d")
+
+
+def _visible(char: str) -> bool:
+    return not char.isspace() and unicodedata.category(char) not in ("Cf", "Cc", "Zl", "Zp")
 
 
 def clean_text(field: str, value: str, *, minimum: int, maximum: int) -> str:
-    """`value` trimmed, checked to be `minimum`..`maximum` characters without control characters."""
+    """`value` trimmed, checked to be `minimum`..`maximum` characters without control or
+    format characters (but for a joiner between two visible characters)."""
     text = value.strip()
-    for char in text:
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+    for index, char in enumerate(text):
+        category = unicodedata.category(char)
+        if category in _FORBIDDEN_CATEGORIES:
             raise InvalidArgument(field, f"must not contain control characters (U+{ord(char):04X})")
+        if category == "Cf" and not (
+            char in _JOINERS
+            and 0 < index < len(text) - 1
+            and _visible(text[index - 1])
+            and _visible(text[index + 1])
+        ):
+            raise InvalidArgument(
+                field,
+                f"must not contain invisible formatting characters such as bidi overrides or "
+                f"zero-width spaces (U+{ord(char):04X})",
+            )
     if len(text) < minimum:
         if not text:
             raise InvalidArgument(field, "is required")

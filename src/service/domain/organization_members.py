@@ -27,7 +27,7 @@ from service.db.models import (
 from service.domain import audit, idempotency
 from service.domain.actor import Actor
 from service.domain.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
-from service.domain.inputs import normalize_email
+from service.domain.inputs import fold_email, normalize_email
 from service.domain.members import (
     Member,
     MemberPage,
@@ -170,7 +170,7 @@ async def remove_organization_member(
             .returning(OrganizationInvitation.id)
         )
         if invitation_id is None:
-            raise NotFound("invitation", email.strip().lower()[:254])
+            raise NotFound("invitation", fold_email(email)[:254])
         audit.record(
             session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
         )

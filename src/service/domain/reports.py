@@ -33,6 +33,10 @@ from service.domain.schedules import parse_time_zone
 
 Granularity = Literal["day", "week"]
 MAX_RANGE = timedelta(days=366)
+# Reports cover answers Beacon can hold; far from datetime's limits (local midnights and
+# week starts of a range near year 1 or 9999 would overflow).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(3000, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 QUARTER_HOUR = timedelta(minutes=15)
@@ -67,6 +71,10 @@ def validate_range(
         raise InvalidArgument("start_time", "is required")
     if end is None:
         raise InvalidArgument("end_time", "is required")
+    if start < EARLIEST:
+        raise InvalidArgument("start_time", f"must be at or after {EARLIEST:%Y-%m-%dT%H:%M:%SZ}")
+    if end > LATEST:
+        raise InvalidArgument("end_time", f"must be at or before {LATEST:%Y-%m-%dT%H:%M:%SZ}")
     if end <= start:
         raise InvalidArgument("end_time", "must be after start_time")
     if end - start > MAX_RANGE:

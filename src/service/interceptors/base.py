@@ -24,7 +24,14 @@ Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
 
 class Around:
-    """What an interceptor does around one call: `before` may raise; `after` always runs."""
+    """What an interceptor does around one call: `before` may raise; `after` always runs.
+
+    An around that `parses_request` receives the request's bytes and hands the parsed
+    message inward: a pipeline holding one registers its handlers without grpc's request
+    deserializer, so that the outer steps can answer for bytes that do not parse.
+    """
+
+    parses_request = False
 
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
         """Runs before the handler."""
@@ -112,9 +119,12 @@ class Pipeline:
         self.arounds = arounds
         self._stages = _stages(arounds)
         self._rules = method_rules()
+        self._parsed_by_step = any(around.parses_request for around in arounds)
 
     def wrap(self, handler: Any, rules: MethodRules) -> Any:
         """`handler` with every step around it; RuntimeError for a kind that cannot be."""
+        if self._parsed_by_step:
+            handler = handler._replace(request_deserializer=None)  # grpc hands over the bytes
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
             for stage in reversed(self._stages):
