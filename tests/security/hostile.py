@@ -45,6 +45,10 @@ HOSTILE_LITERALS = [
     " ",
     "\t\n\r",
     "\u202e\u200b\ufeff",
+    "\u202eAcme",  # a bidi override before a name
+    "\u200b\u200b",  # only zero-width spaces
+    "Ac\u00adme",  # a soft hyphen
+    "\u2066x\u2069",  # a bidi isolate
     "../../etc/passwd",
     "${jndi:ldap://x}",
     "<script>alert(1)</script>",
@@ -95,7 +99,14 @@ PLAUSIBLE: dict[str, list[str]] = {
         "a..b",
     ],
     "cron": ["0 9 * * 1", "*/5 * * * *", "0 0 31 2 *", "* * * * * *", "@hourly", "60 * * * *"],
-    "time_zone": ["UTC", "Europe/Paris", "Mars/Olympus", "America/Argentina/ComodRivadavia"],
+    "time_zone": [
+        "UTC",
+        "Europe/Paris",
+        "Mars/Olympus",
+        "America/Argentina/ComodRivadavia",
+        "localtime",
+        "Factory",
+    ],
     "workos_organization_id": ["org_01ABC", "org_", "org_" + "a" * 65],
     "action": ["beacon.v1.WorkspaceService/CreateWorkspace", "CreateWorkspace"],
     "prompts": ["What is the best CRM?", "  padded prompt  ", "p" * 2000, "p" * 2001],
@@ -333,6 +344,42 @@ def _mild_duration(name: str) -> st.SearchStrategy[Spec]:
 def _mild_field_mask(name: str) -> st.SearchStrategy[Spec]:
     paths = st.sampled_from(MASK_PATHS[:6])
     return st.fixed_dictionaries({"paths": st.lists(paths, min_size=1, max_size=3, unique=True)})
+
+
+# Values of token claims: hostile text, and what only JSON can carry into a string (lone
+# surrogates), which no request field can.
+CLAIM_TEXT = st.one_of(
+    SHORT_TEXT,
+    st.sampled_from(["\ud800", "a\udfffb", "\ud83d@example.com", "x\x00@example.com"]),
+    st.text(st.characters(exclude_categories=()), max_size=20),  # surrogates included
+)
+
+
+def claim_specs() -> st.SearchStrategy[dict[str, str]]:
+    """Email and name claims of a token: hostile, or a plausible email with hostile text."""
+    email = st.one_of(
+        CLAIM_TEXT,
+        st.builds(lambda local: f"{local}@example.com", CLAIM_TEXT),
+        st.sampled_from(["\u212aate@example.com", "IVAN@EXAMPLE.COM"]),
+    )
+    return st.fixed_dictionaries({"email": email, "name": CLAIM_TEXT})
+
+
+def undecodable(prefix: bytes) -> bytes:
+    """Bytes no message parses: `prefix`, then a string field (number 1) whose length runs
+    past the end."""
+    return prefix + b"\x0a\x7fab"
+
+
+# Report ranges anywhere in the Timestamp range (years 1 to 9999), at most 366 days long.
+REPORT_RANGES = st.builds(
+    lambda start, days: (start, min(start + days * 86_400, TIMESTAMP_SECONDS[1])),
+    st.one_of(
+        st.integers(*TIMESTAMP_SECONDS),
+        st.sampled_from([TIMESTAMP_SECONDS[0], TIMESTAMP_SECONDS[1] - 8 * 86_400]),
+    ),
+    st.integers(1, 366),
+)
 
 
 WELL_KNOWN: dict[str, tuple[Callable[[], Strategy], Callable[[str], Strategy]]] = {

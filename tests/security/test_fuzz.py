@@ -29,21 +29,38 @@ import grpc
 import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from google.protobuf.message import Message
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import update
 
 from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
+from service.auth.tokens import mint_dev_token
 from service.db.models import WorkspaceMember
 from service.domain.paging import encode_token
+from service.rules import method_rules
 from tests.security import world as w
-from tests.security.calls import Metadata, Outcome, bearer, invoke, methods_by_path, rpc_path
-from tests.security.hostile import build_request, request_specs
+from tests.security.calls import (
+    Metadata,
+    Outcome,
+    bearer,
+    invoke,
+    methods_by_path,
+    request_class,
+    rpc_path,
+)
+from tests.security.hostile import (
+    REPORT_RANGES,
+    build_request,
+    claim_specs,
+    request_specs,
+    undecodable,
+)
 from tests.security.servers import private_server
 from tests.security.snapshots import snapshots
 from tests.security.test_access_matrix import TABLE
 from tests.security.world import World, build_world
+from tests.support import failure
 
 # Examples per RPC: bounded so the module runs in about a minute per backend; raise it with
 # BEACON_FUZZ_EXAMPLES for a longer hunt.
@@ -265,3 +282,110 @@ async def test_forged_or_garbage_page_token_is_invalid_argument_on_page_token(
     assert outcome.failure is not None
     violations = outcome.failure.details["BadRequest"].field_violations
     assert [v.field for v in violations] == ["page_token"], outcome.describe()
+
+
+async def assert_raw_refused(target: Target, method: MethodDescriptor, raw: bytes) -> Outcome:
+    """Sends `raw` as the request's bytes: INVALID_ARGUMENT with ErrorInfo naming
+    `request`, nothing written."""
+    before, theirs = await snapshots(target.app, target.own, target.other, counts=True)
+    path = rpc_path(method)
+    try:
+        if method.server_streaming:
+            async for _ in target.channel.unary_stream(path)(raw, metadata=target.metadata):
+                pass
+        else:
+            await target.channel.unary_unary(path)(raw, metadata=target.metadata)
+        outcome = Outcome(grpc.StatusCode.OK)
+    except grpc.aio.AioRpcError as error:
+        outcome = Outcome(error.code(), failure(error))
+    after, theirs_after = await snapshots(target.app, target.own, target.other, counts=True)
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.describe()
+    assert outcome.failure is not None
+    info = outcome.failure.details.get("ErrorInfo")
+    assert info is not None and info.domain == "beacon", outcome.describe()
+    violations = outcome.failure.details["BadRequest"].field_violations
+    assert [v.field for v in violations] == ["request"], outcome.describe()
+    assert before.changes(after) == theirs.changes(theirs_after) == [], outcome.describe()
+    return outcome
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.rsplit("/", 1)[1] for p in PATHS])
+@settings(max_examples=max(3, EXAMPLES_PER_RPC // 5), deadline=None)
+@given(prefix=st.binary(max_size=48))
+async def test_undecodable_bytes(path: str, prefix: bytes, target: Target) -> None:
+    """Bytes that parse as no request: INVALID_ARGUMENT (UNDECODABLE_REQUEST), where grpc
+    would answer UNKNOWN with protobuf's error text."""
+    method = methods_by_path()[path]
+    raw = undecodable(prefix)
+    try:
+        request_class(method).FromString(raw)
+    except Exception:
+        pass
+    else:
+        assume(False)
+    outcome = await assert_raw_refused(target, method, raw)
+    assert outcome.failure is not None
+    assert outcome.failure.details["ErrorInfo"].reason == "UNDECODABLE_REQUEST"
+
+
+@pytest.mark.parametrize("path", PATHS, ids=[p.rsplit("/", 1)[1] for p in PATHS])
+async def test_request_one_byte_over_its_rpc_limit(path: str, target: Target) -> None:
+    """Each RPC's `(beacon.v1.max_request_bytes)` holds: one byte more is refused unread
+    (REQUEST_TOO_LARGE), however valid the bytes would be."""
+    method = methods_by_path()[path]
+    limit = method_rules()[path].max_request_bytes
+    # A valid encoding: one unknown bytes field (number 1000) filling the request.
+    header = b"\xc2\x3e"  # field 1000, wire type 2
+    length = limit + 1 - len(header)
+    length -= len(_varint(length))
+    raw = header + _varint(length) + b"x" * length
+    assert len(raw) == limit + 1
+    outcome = await assert_raw_refused(target, method, raw)
+    assert outcome.failure is not None
+    assert outcome.failure.details["ErrorInfo"].reason == "REQUEST_TOO_LARGE"
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+@settings(max_examples=EXAMPLES_PER_RPC * 2, deadline=None)
+@given(claims=claim_specs())
+async def test_hostile_token_claims(claims: dict[str, str], target: Target) -> None:
+    """A validly signed token whose email or name holds anything (NUL, lone surrogates,
+    control and format characters, a Kelvin sign): the call succeeds or is UNAUTHENTICATED
+    with ErrorInfo, never INTERNAL."""
+    token = mint_dev_token(target.app.settings, email=claims["email"], name=claims["name"])
+    method = methods_by_path()["/beacon.v1.OrganizationService/ListMyOrganizations"]
+    outcome = await invoke(target.channel, method, request_class(method)(), bearer(token))
+    assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.UNAUTHENTICATED), outcome.describe()
+    if outcome.failure is not None:
+        info = outcome.failure.details.get("ErrorInfo")
+        assert info is not None and info.reason, outcome.describe()
+
+
+REPORT = "/beacon.v1.RunService/GetVisibilityReport"
+
+
+@settings(max_examples=EXAMPLES_PER_RPC * 2, deadline=None)
+@given(
+    bounds=REPORT_RANGES,
+    granularity=st.sampled_from([1, 2]),
+    zone=st.sampled_from(["", "Pacific/Kiritimati", "Etc/GMT+12", "America/New_York"]),
+)
+async def test_report_ranges_anywhere_in_the_calendar(
+    bounds: tuple[int, int], granularity: int, zone: str, target: Target
+) -> None:
+    """Ranges of up to 366 days anywhere from year 1 to 9999 (whose local midnights and
+    week starts overflowed datetime): answered or INVALID_ARGUMENT, never INTERNAL."""
+    method = methods_by_path()[REPORT]
+    request: Any = TABLE[REPORT].request(target.own)
+    request.start_time.seconds, request.end_time.seconds = bounds
+    request.granularity, request.time_zone = granularity, zone
+    outcome = await assert_sound(target, method, request)
+    assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
