@@ -1,8 +1,11 @@
-"""Prints the per-RPC table of docs/api.md from the contract: auth level, rate limits, errors.
+"""Prints the per-RPC table of docs/api.md from the contract: auth level, rate limits, request
+limits, errors.
 
-Auth and rate limits come from the `(beacon.v1.auth)` / `(beacon.v1.rate_limit)` options of
-the generated descriptors; the errors from the "Errors:" part of each RPC's comment in
-protos/, plus the ones every RPC of its level can return.
+Auth, rate limits and request limits come from the `(beacon.v1.auth)` /
+`(beacon.v1.rate_limit)` / `(beacon.v1.max_request_bytes)` options of the generated
+descriptors and the `(beacon.v1.max_items)` options of the request's repeated fields; the
+errors from the "Errors:" part of each RPC's comment in protos/, plus the ones every RPC of
+its level can return.
 
 Usage: .venv/bin/python scripts/api_table.py            # print the table
        .venv/bin/python scripts/api_table.py --update docs/api.md   # rewrite it in place
@@ -18,7 +21,7 @@ from pathlib import Path
 from google.protobuf.descriptor import MethodDescriptor
 
 from beacon.v1 import options_pb2
-from service.rules import SERVICE_FILES
+from service.rules import SERVICE_FILES, method_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 START = "<!-- rpc-table:start -->"
@@ -96,6 +99,15 @@ def limits_text(method: MethodDescriptor) -> str:
     return "; ".join(parts)
 
 
+def request_limits_text(method: MethodDescriptor) -> str:
+    """The request's size limit, then each bounded repeated field, e.g. "2 MiB; `prompts` ≤ 500"."""
+    rules = method_rules()[f"/{method.containing_service.full_name}/{method.name}"]
+    size = rules.max_request_bytes
+    parts = [f"{size >> 20} MiB" if size % (1 << 20) == 0 else f"{size >> 10} KiB"]
+    parts += [f"`{'.'.join(b.path)}` ≤ {b.max_items}" for b in rules.item_bounds]
+    return "; ".join(parts)
+
+
 def errors_text(method: MethodDescriptor, comment: str) -> str:
     """The comment's "Errors:" part (or the codes it mentions), then the implied codes."""
     rule = method.GetOptions().Extensions[options_pb2.auth]
@@ -106,8 +118,7 @@ def errors_text(method: MethodDescriptor, comment: str) -> str:
     implied = []
     if rule.level != options_pb2.AUTH_LEVEL_OPEN:
         implied.append("UNAUTHENTICATED")
-    if rule.level in RESOURCE_LEVELS or "page_token" in method.input_type.fields_by_name:
-        implied.append("INVALID_ARGUMENT")
+    implied.append("INVALID_ARGUMENT")  # every request: its size, its bytes, its values
     if rule.level in RESOURCE_LEVELS:
         implied.append("NOT_FOUND")
     if rule.level in ROLE_LEVELS:
@@ -120,8 +131,8 @@ def errors_text(method: MethodDescriptor, comment: str) -> str:
 def table() -> str:
     comments = rpc_comments()
     lines = [
-        "| RPC | Auth level | Rate limits | Errors |",
-        "| --- | --- | --- | --- |",
+        "| RPC | Auth level | Rate limits | Request limits | Errors |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for file in SERVICE_FILES:
         for service in file.services_by_name.values():
@@ -131,6 +142,7 @@ def table() -> str:
                     f"`{service.name}/{method.name}`",
                     auth_text(method),
                     limits_text(method),
+                    request_limits_text(method),
                     errors_text(method, comment).replace("|", "\\|"),
                 ]
                 lines.append("| " + " | ".join(cells) + " |")

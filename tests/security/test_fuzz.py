@@ -37,6 +37,7 @@ from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
 from service.auth.tokens import mint_dev_token
 from service.db.models import WorkspaceMember
+from service.domain.inputs import ID_KINDS
 from service.domain.paging import encode_token
 from service.rules import method_rules
 from tests.security import world as w
@@ -389,3 +390,42 @@ async def test_report_ranges_anywhere_in_the_calendar(
     request.granularity, request.time_zone = granularity, zone
     outcome = await assert_sound(target, method, request)
     assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def id_fields(descriptor: Descriptor) -> list[str]:
+    """Paths of the request's fields named for one kind of id (`ID_KINDS`)."""
+    paths = [f.name for f in descriptor.fields if f.name in ID_KINDS]
+    for field in descriptor.fields:
+        if field.message_type is not None and not field.is_repeated:
+            nested = (f"{field.name}.{f.name}" for f in field.message_type.fields)
+            paths.extend(path for path in nested if path in ID_KINDS)
+    return paths
+
+
+ID_CASES = [
+    (path, field) for path in PATHS for field in id_fields(methods_by_path()[path].input_type)
+]
+
+
+@pytest.mark.parametrize("case", ID_CASES, ids=[f"{p.rsplit('/', 1)[1]}-{f}" for p, f in ID_CASES])
+async def test_id_of_another_kind_in_any_id_field_of_a_valid_request(
+    case: tuple[str, str], target: Target
+) -> None:
+    """An `organization_id` holding the caller's own workspace id (and so on for every
+    field named for a kind of id) in a request that would otherwise succeed: INVALID_ARGUMENT
+    naming the field, never resolved to the resource it belongs to."""
+    path, field = case
+    method = methods_by_path()[path]
+    request: Any = TABLE[path].request(target.own)
+    holder = request
+    *parents, name = field.split(".")
+    for parent in parents:
+        holder = getattr(holder, parent)
+    prefix = ID_KINDS[field][0]
+    wrong = target.own.organization_id if prefix != "org_" else target.own.workspace_id
+    setattr(holder, name, wrong)
+    outcome = await assert_sound(target, method, request)
+    assert outcome.code == grpc.StatusCode.INVALID_ARGUMENT, outcome.describe()
+    assert outcome.failure is not None
+    named = [v.field for v in outcome.failure.details["BadRequest"].field_violations]
+    assert named == [field], (named, outcome.describe())

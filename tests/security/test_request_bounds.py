@@ -433,3 +433,16 @@ async def test_a_kelvin_sign_email_is_not_the_ascii_address(
         member_pb.ListMyInvitationsRequest(), metadata=invitee
     )
     assert [i.workspace_id for i in listed.invitations] == [workspace.id]
+
+
+async def test_id_filters_refuse_ids_of_other_kinds(stubs: Stubs, new_user: Any) -> None:
+    """Held to their kind like resource fields: a workspace id as a run or prompt filter."""
+    owner = await new_user()
+    workspace = (await new_workspace(stubs, owner)).workspace
+    for field in ("run_id", "prompt_id"):
+        request = run_pb.ListResponsesRequest(workspace_id=workspace.id, **{field: workspace.id})
+        refused = await expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            stubs.runs.ListResponses(request, metadata=owner.metadata),
+        )
+        assert violations(refused) == [field], refused

@@ -147,8 +147,12 @@ class AuthRule(_message.Message):
         """Request fields, in order of preference, that name the resource the level is checked
         against (e.g. "workspace_id", "workspace.id", "run_id"). The first non-empty one is
         used; an id of another kind is resolved to its workspace or organization (a run to its
-        workspace, a workspace to its organization). A caller who cannot see the resource gets
-        NOT_FOUND; one who sees it without the role gets PERMISSION_DENIED.
+        workspace, a workspace to its organization), except in a field named for one kind:
+        `organization_id` / `organization.id` hold only `org_...`, `workspace_id` /
+        `workspace.id` only `ws_...`, `run_id` only `run_...`, `prompt_id` only `prm_...`
+        (INVALID_ARGUMENT naming the field otherwise, in every request field of those names).
+        A caller who cannot see the resource gets NOT_FOUND; one who sees it without the role
+        gets PERMISSION_DENIED.
         """
 
     def __init__(

@@ -117,7 +117,9 @@ class CreateOrganizationRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Display name, 2–80 characters after trimming. Required."""
+    """Display name, 2–80 characters after trimming, without control or invisible format
+    characters (bidi overrides, zero-width spaces...). Required.
+    """
     request_id: _builtins.str
     """Optional idempotency key (up to 100 characters): a retried request with the same id
     returns the first result.

@@ -724,14 +724,18 @@ class GetVisibilityReportRequest(_message.Message):
     granularity: Global___Granularity.ValueType
     """Period length. Required."""
     time_zone: _builtins.str
-    """IANA time zone of the periods, e.g. "Europe/Paris"; empty means UTC."""
+    """Time zone of the periods: an IANA time zone, e.g. "Europe/Paris"; empty means UTC. Case-insensitive; "localtime",
+    "Factory" and "posixrules" (files of a zoneinfo directory that name no zone) are refused.
+    """
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
-        """Start of the range (inclusive). Required."""
+        """Start of the range (inclusive); at or after 1970-01-01T00:00:00Z. Required."""
 
     @_builtins.property
     def end_time(self) -> _timestamp_pb2.Timestamp:
-        """End of the range (exclusive); at most 366 days after start_time. Required."""
+        """End of the range (exclusive); at most 366 days after start_time, at or before
+        3000-01-01T00:00:00Z. Required.
+        """
 
     def __init__(
         self,

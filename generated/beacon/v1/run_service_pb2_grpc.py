@@ -138,8 +138,8 @@ class RunServiceServicer:
         hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
         off the hour) from the answers. A report therefore costs what its range holds in days,
         not in answers.
-        Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
-        time_zone not an IANA name).
+        Errors: INVALID_ARGUMENT (start_time/end_time order or outside 1970–3000, range over 366
+        days, granularity, time_zone not an IANA name).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -68,8 +68,8 @@ class RunServiceStub:
     hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
     off the hour) from the answers. A report therefore costs what its range holds in days,
     not in answers.
-    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
-    time_zone not an IANA name).
+    Errors: INVALID_ARGUMENT (start_time/end_time order or outside 1970–3000, range over 366
+    days, granularity, time_zone not an IANA name).
     """
 
 @_typing.type_check_only
@@ -112,8 +112,8 @@ class RunServiceAsyncStub(RunServiceStub):
     hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
     off the hour) from the answers. A report therefore costs what its range holds in days,
     not in answers.
-    Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
-    time_zone not an IANA name).
+    Errors: INVALID_ARGUMENT (start_time/end_time order or outside 1970–3000, range over 366
+    days, granularity, time_zone not an IANA name).
     """
 
 class RunServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -195,8 +195,8 @@ class RunServiceServicer(metaclass=_abc_1.ABCMeta):
         hourly rollups, and only minutes past a whole hour (offsets such as +05:30, range ends
         off the hour) from the answers. A report therefore costs what its range holds in days,
         not in answers.
-        Errors: INVALID_ARGUMENT (start_time/end_time order, range over 366 days, granularity,
-        time_zone not an IANA name).
+        Errors: INVALID_ARGUMENT (start_time/end_time order or outside 1970–3000, range over 366
+        days, granularity, time_zone not an IANA name).
         """
 
 def add_RunServiceServicer_to_server(servicer: RunServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

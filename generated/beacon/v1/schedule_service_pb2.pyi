@@ -123,7 +123,9 @@ class SetScheduleRequest(_message.Message):
     cron: _builtins.str
     """5-field cron expression, e.g. "0 0 * * *"; empty clears the schedule."""
     time_zone: _builtins.str
-    """IANA time zone, e.g. "Europe/Paris"; empty means UTC."""
+    """IANA time zone, e.g. "Europe/Paris"; empty means UTC. Case-insensitive; "localtime",
+    "Factory" and "posixrules" (files of a zoneinfo directory that name no zone) are refused.
+    """
     def __init__(
         self,
         *,

@@ -71,7 +71,9 @@ class Competitor(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DOMAIN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Display name, 1–80 characters; matched in answers case-insensitively on word boundaries."""
+    """Display name, 1–80 characters without control or invisible format characters (as
+    workspace names); matched in answers case-insensitively on word boundaries.
+    """
     domain: _builtins.str
     """The competitor's domain (a hostname), optional."""
     def __init__(
@@ -162,7 +164,9 @@ class Workspace(_message.Message):
     """
     @_builtins.property
     def brand_aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Other names the brand goes by (each 1–80 characters, at most 20)."""
+        """Other names the brand goes by (each 1–80 characters, at most 20; the characters of
+        a workspace name).
+        """
 
     @_builtins.property
     def competitors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Competitor]:
@@ -243,7 +247,10 @@ class CreateWorkspaceRequest(_message.Message):
     BRAND_ALIASES_FIELD_NUMBER: _builtins.int
     COMPETITORS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Display name, 2–80 characters after trimming. Required."""
+    """Display name, 2–80 characters after trimming, without control or invisible format
+    characters (bidi overrides, zero-width spaces...; a zero-width joiner or non-joiner
+    between two visible characters is kept). Required.
+    """
     slug: _builtins.str
     """Slug, `[a-z0-9-]`, 2–50 characters; derived from the name (and suffixed on collision)
     when empty. An explicit slug that is taken is ALREADY_EXISTS.
@@ -262,7 +269,9 @@ class CreateWorkspaceRequest(_message.Message):
     """Idempotency key (up to 100 characters)."""
     @_builtins.property
     def brand_aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Other names of the brand (each 1–80 characters, at most 20)."""
+        """Other names of the brand (each 1–80 characters, at most 20; the characters of a
+        workspace name).
+        """
 
     @_builtins.property
     def competitors(self) -> _containers.RepeatedCompositeFieldContainer[Global___Competitor]:

@@ -99,10 +99,29 @@ def require_id(field: str, value: str) -> str:
     naming `field` (a malformed id cannot name anything)."""
     if not ID_PATTERN.fullmatch(value):
         raise InvalidArgument(field, "is not a valid id")
+    _require_kind(field, value)
+    return value
+
+
+def _require_kind(field: str, value: str) -> None:
     kind = ID_KINDS.get(field)
     if kind is not None and not value.startswith(kind[0]):
         raise InvalidArgument(field, f"must be {kind[1]} ({kind[0]}...)")
-    return value
+
+
+def refuse_other_kinds(request: Message) -> None:
+    """InvalidArgument naming the first field of `ID_KINDS` (at the top of the request, or
+    one level down such as `organization.id`) that holds an id of another kind: ids in
+    filters and optional fields are held to their kind as resource fields are."""
+    for field, value in request.ListFields():
+        if field.type == FieldDescriptor.TYPE_STRING and not field.is_repeated:
+            if value:
+                _require_kind(field.name, value)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE and not field.is_repeated:
+            for inner, inner_value in value.ListFields():
+                path = f"{field.name}.{inner.name}"
+                if path in ID_KINDS and inner_value:
+                    _require_kind(path, inner_value)
 
 
 def require_request_id(value: str) -> str:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from service.domain.inputs import parse_request, refuse_nul, refuse_too_many
+from service.domain.inputs import (
+    parse_request,
+    refuse_nul,
+    refuse_other_kinds,
+    refuse_too_many,
+)
 from service.interceptors.base import Around, Stream, Unary
 from service.rules import MethodRules
 
@@ -37,7 +42,8 @@ class DecodeAround(Around):
 class InputsAround(Around):
     """INVALID_ARGUMENT for a repeated field holding more entries than its
     `(beacon.v1.max_items)` (checked from the lengths first, so no check below iterates an
-    oversized list), then for a NUL character in any string field of the request.
+    oversized list), then for a NUL character in any string field of the request, then for
+    an id of another kind in a field named for one (`organization_id` holds `org_...`).
 
     It runs after authentication and authorization (whose queries take only well-formed ids),
     so a caller without credentials or access learns nothing from it.
@@ -46,3 +52,4 @@ class InputsAround(Around):
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
         refuse_too_many(request, rules.item_bounds)
         refuse_nul(request)
+        refuse_other_kinds(request)
