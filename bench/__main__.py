@@ -16,6 +16,7 @@ BENCHMARKS = {
     "report": "bench.bench_report",
     "ticker": "bench.bench_ticker",
     "workers": "bench.bench_workers",
+    "inputs": "bench.bench_inputs",
 }
 
 

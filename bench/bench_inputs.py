@@ -7,7 +7,7 @@ SetEnabledProviders with ~4M enum entries, SetSchedule `*/15 * * * *` in a zone 
 StorePrompts of ~4 MB, and undecodable request bytes. Each attack runs from ATTACKERS
 tenants at once. Also printed: how the server answered the attack (status codes seen).
 
-  .venv/bin/python -m bench inputs
+  .venv/bin/python -m bench inputs   (or: make bench runs it with the others)
 """
 
 from __future__ import annotations
