@@ -206,7 +206,9 @@ async def test_token_claims_no_column_can_hold_are_unauthenticated(
     """Such a token failed every call with INTERNAL (PostgreSQL refuses NUL; a surrogate has
     no UTF-8): it is UNAUTHENTICATED with ErrorInfo, and no user row is written."""
     fields = {"email": f"{unique('eve')}@example.com", "name": "Eve", **claims}
-    token = mint_dev_token(settings, **fields)
+    token = mint_dev_token(
+        settings, email=fields["email"], name=fields["name"], subject=fields.get("subject")
+    )
     refused = await refused_without_writing(
         app,
         grpc.StatusCode.UNAUTHENTICATED,
@@ -440,7 +442,8 @@ async def test_id_filters_refuse_ids_of_other_kinds(stubs: Stubs, new_user: Any)
     owner = await new_user()
     workspace = (await new_workspace(stubs, owner)).workspace
     for field in ("run_id", "prompt_id"):
-        request = run_pb.ListResponsesRequest(workspace_id=workspace.id, **{field: workspace.id})
+        request = run_pb.ListResponsesRequest(workspace_id=workspace.id)
+        setattr(request, field, workspace.id)
         refused = await expect_error(
             grpc.StatusCode.INVALID_ARGUMENT,
             stubs.runs.ListResponses(request, metadata=owner.metadata),
