@@ -164,13 +164,20 @@ async def test_delete_prompt(collection: SimpleNamespace, owner: Caller, workspa
         pb.DeletePromptRequest(prompt_id=stored.prompts[0].id), metadata=owner.metadata
     )
     assert [p.text for p in await listed(collection, owner, workspace_id)] == ["b"]
-    for prompt_id in (stored.prompts[0].id, "prm_doesnotexist", "ws_wrongkind"):
+    for prompt_id in (stored.prompts[0].id, "prm_doesnotexist"):
         await expect_error(
             grpc.StatusCode.NOT_FOUND,
             collection.prompts.DeletePrompt(
                 pb.DeletePromptRequest(prompt_id=prompt_id), metadata=owner.metadata
             ),
         )
+    # An id of another kind names no prompt whoever asks: refused by its shape.
+    await expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        collection.prompts.DeletePrompt(
+            pb.DeletePromptRequest(prompt_id=workspace_id), metadata=owner.metadata
+        ),
+    )
 
 
 async def test_members_may_edit_and_strangers_see_nothing(
