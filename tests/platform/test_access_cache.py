@@ -129,8 +129,8 @@ class Change:
     apply: Callable[[SimpleNamespace, str, TestUser, TestUser], Awaitable[Any]]
     refused: grpc.StatusCode
     tags: Callable[[str, TestUser], set[str]]
-    attempt: Callable[[SimpleNamespace, str, TestUser], Awaitable[Any]] = (
-        lambda stubs, ws, user: get_workspace(stubs, user, ws)
+    attempt: Callable[[SimpleNamespace, str, TestUser], Awaitable[Any]] = lambda s, ws, user: (
+        get_workspace(s, user, ws)
     )
 
 
