@@ -36,7 +36,6 @@ from tests.platform.processes import BeaconProcess, eventually, serve_env
 from tests.support import REDIS_URL, expect_error
 from tests.tenancy.membership_support import add_and_accept, create_workspace
 
-STALENESS_BOUND = 1.0  # seconds: service.access_cache.TTL_SECONDS, the documented worst case
 if TYPE_CHECKING:
     from tests.conftest import TestUser
 
