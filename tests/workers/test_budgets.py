@@ -1,5 +1,6 @@
 """Provider budgets in one process (the in-memory store `beacon dev` uses): how calls are paced,
-paused and shared; the cooldown also through the Redis store two processes share. The fleet-wide behaviour over Redis, with `beacon worker` processes, is in
+paused and shared; the cooldown also through the Redis store two processes share. The
+fleet-wide behaviour over Redis, with `beacon worker` processes, is in
 tests/collection/test_provider_budgets.py."""
 
 from __future__ import annotations
