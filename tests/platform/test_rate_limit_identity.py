@@ -20,7 +20,7 @@ from service.config import Settings
 from service.db.models import User
 from tests.platform.assertions import expect_refusal, passes_auth
 
-JOIN = member_pb.JoinWorkspaceByCodeRequest(code="NOPE-NOPE-NOPE")
+JOIN = member_pb.JoinWorkspaceByCodeRequest(code="ABCD-EFGH-JKMN")  # a well-formed guess
 JOIN_QUOTA = "5 per 900s per user"
 
 
