@@ -152,7 +152,8 @@ def _database_error_fields(exc: DBAPIError) -> dict[str, str]:
     for query argument $1: 'a@b.example'", PostgreSQL's "DETAIL: Key (email)=(...)")."""
     orig = exc.orig
     code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-    driver = type(orig.__cause__ or orig)  # asyncpg's own error, under SQLAlchemy's adapter
+    # asyncpg's own error, under SQLAlchemy's adapter
+    driver = type(getattr(orig, "__cause__", None) or orig or exc)
     return {
         "error": f"{driver.__module__}.{driver.__qualname__}",
         "error_code": str(code or ""),
