@@ -78,7 +78,7 @@ class Authenticator:
         self.db = db
         self.verifier = verifier or TokenVerifier(settings)
         # Short: a deleted account's token must map to a fresh user soon after.
-        self._users: TtlCache[Claims, str] = TtlCache(USER_CACHE_SECONDS)
+        self._users: TtlCache[Claims, tuple[str, str]] = TtlCache(USER_CACHE_SECONDS)
         # Revoking a key, deleting a user or removing them from the key's organizations
         # takes effect within `service_key_cache_seconds` (both caches share it).
         self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
@@ -100,15 +100,17 @@ class Authenticator:
         claims = await self.verifier.verify(token)  # bad credentials are UNAUTHENTICATED first
         if act_as:
             raise PermissionDenied("only service keys may act as another user", reason="ACT_AS")
-        user_id = self._users.get(claims)
-        if user_id is None:
+        known = self._users.get(claims)
+        if known is None:
             user_id = await ensure_user(self.db, claims)
-            self._users.put(claims, user_id)
+            known = (user_id, identity_key(claims.issuer, claims.subject))
+            self._users.put(claims, known)
+        user_id, identity = known
         return Principal(
             user_id=user_id,
             email=claims.email,
             email_verified=claims.email_verified,
-            identity=identity_key(claims.issuer, claims.subject),
+            identity=identity,
         )
 
     async def _service_principal(self, secret: str, act_as: str | None) -> Principal:
