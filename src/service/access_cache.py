@@ -32,7 +32,7 @@ import functools
 import logging
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import Counter
@@ -80,10 +80,19 @@ class AccessCache:
 
     `shared` caches (PostgreSQL, several replicas) start disabled: they serve nothing until
     their listener is connected, and are emptied and disabled again whenever it drops.
+    A `ttl` above TTL_SECONDS (the documented worst case) is clamped to it; `clock` (monotonic
+    seconds) lets tests move time.
     """
 
-    def __init__(self, *, shared: bool, ttl: float = TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        shared: bool,
+        ttl: float = TTL_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ttl = min(ttl, TTL_SECONDS)
+        self._clock = clock
         self.enabled = not shared and self.ttl > 0
         self.generation = 0  # moves on every invalidation
         self._entries: dict[Key, tuple[float, Access]] = {}
@@ -92,7 +101,7 @@ class AccessCache:
 
     def get(self, key: Key) -> Access | None:
         entry = self._entries.get(key)
-        if entry is None or entry[0] < time.monotonic() or not self.enabled:
+        if entry is None or entry[0] <= self._clock() or not self.enabled:
             if entry is not None:
                 del self._entries[key]
             MISSES.inc()
@@ -107,7 +116,7 @@ class AccessCache:
             return
         if len(self._entries) >= MAX_ENTRIES:
             self.clear()
-        self._entries[key] = (time.monotonic() + self.ttl, access)
+        self._entries[key] = (self._clock() + self.ttl, access)
         tags = [f"user:{key[1]}", f"org:{access.organization_id}"]
         if access.workspace_id:
             tags.append(f"ws:{access.workspace_id}")

@@ -80,17 +80,24 @@ def peer_subject(call: CallContext) -> str:
     return "peer:" + call.peer.rsplit(":", 1)[0]
 
 
-def subject(limit: RateLimit, call: CallContext) -> str:
-    """What `limit` counts the current call by."""
+def subject(limit: RateLimit, call: CallContext) -> tuple[str, str]:
+    """What `limit` counts the current call by, and how a refusal names it to the caller.
+
+    A user is counted by the person (`Principal.identity`: their tokens' issuer and
+    subject), not by their user id, which a deleted and re-created account changes; the
+    refusal names the user id the caller knows.
+    """
     if (
         limit.key == options_pb2.RATE_LIMIT_KEY_WORKSPACE
         and call.access
         and call.access.workspace_id
     ):
-        return f"workspace:{call.access.workspace_id}"
+        workspace = f"workspace:{call.access.workspace_id}"
+        return workspace, workspace
     if limit.key == options_pb2.RATE_LIMIT_KEY_PEER or call.principal is None:
-        return peer_subject(call)
-    return f"user:{call.principal.actor_id}"
+        peer = peer_subject(call)
+        return peer, peer
+    return f"user:{call.principal.rate_limit_id}", f"user:{call.principal.actor_id}"
 
 
 @dataclass(slots=True)
@@ -216,18 +223,20 @@ class RateLimits:
             self._items[(name, index)] = item
         return item
 
-    async def hit(self, name: str, index: int, limit: RateLimit, subject: str) -> None:
+    async def hit(
+        self, name: str, index: int, limit: RateLimit, subject: str, shown: str = ""
+    ) -> None:
         """Counts one call of rule `index` of RPC `name` for `subject`.
 
-        Raises ResourceExhausted when the window is full, Unavailable when the store is
-        unreachable and the rule fails closed.
+        Raises ResourceExhausted (naming `shown`, or else `subject`) when the window is
+        full, Unavailable when the store is unreachable and the rule fails closed.
         """
         item = self._item(name, index, limit)
         if self.batched is not None and is_hot(limit):
             wait = await self.batched.hit(item.namespace, subject, item.amount, item.get_expiry())
             if wait is None:
                 return
-            raise self._exhausted(name, item, limit, subject, wait)
+            raise self._exhausted(name, item, limit, shown or subject, wait)
         try:
             if await self.limiter.hit(item, subject):
                 return
@@ -244,7 +253,7 @@ class RateLimits:
             if await self.fallback.hit(item, subject):
                 return
             stats = await self.fallback.get_window_stats(item, subject)
-        raise self._exhausted(name, item, limit, subject, stats.reset_time - time.time())
+        raise self._exhausted(name, item, limit, shown or subject, stats.reset_time - time.time())
 
     @staticmethod
     def _exhausted(
@@ -268,7 +277,8 @@ class RateLimits:
                 continue
             if limit.when_field and not getattr(request, limit.when_field):
                 continue
-            await self.hit(rules.name, index, limit, subject(limit, call))
+            counted, shown = subject(limit, call)
+            await self.hit(rules.name, index, limit, counted, shown)
 
     async def hit_peer_ceiling(self, call: CallContext) -> None:
         """Counts the call against the per-peer ceiling shared by every RPC."""

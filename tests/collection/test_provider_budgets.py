@@ -3,6 +3,8 @@ a real API key, answers 429 with Retry-After above N requests per second.
 
 On PostgreSQL + Redis the workers are real processes sharing the budgets through Redis; the
 fairness test also runs on SQLite, with the in-process worker and store that `beacon dev` uses.
+The shared cooldown is shown one probe at a time, by two workers' contexts in this process
+(each with its budgets, its Redis connections and its cached view, as two processes have).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
 
 from service.config import Settings
@@ -34,16 +37,20 @@ from tests.collection.pipeline_fixtures import (
     provider_settings,
 )
 from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_namespace
-from tests.fakes.provider_server import FakeProviderServer, RateLimit
+from tests.fakes.provider_server import FakeProviderServer, Fault, RateLimit
 from tests.platform.processes import eventually, free_port
 from tests.support import REDIS_URL
 from workers.actors import configure_broker, reset_brokers
+from workers.context import WorkerContext
 from workers.dispatch import dispatch_pending_runs
+from workers.probes import Deferred, run_probe
+from workers.runs import expand_run
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
 fake_provider = fixtures.fake_provider
 collection_db = fixtures.collection_db
+stub_broker = fixtures.stub_broker
 
 FINISHED = re.compile(r'^beacon_probes_finished_total\{provider="openai",status="\w+"\} (\S+)$')
 
@@ -186,6 +193,53 @@ async def test_a_429_pauses_the_whole_fleet_for_its_retry_after(
     for refused in traffic.throttled:
         during = [t for t in traffic.arrivals if refused + 0.3 < t < refused + retry_after - 0.1]
         assert during == [], f"{len(during)} requests during the cooldown of a 429"
+
+
+async def test_after_a_429_a_probe_sent_later_by_another_worker_waits_for_its_retry_after(
+    backend: str,
+    settings: Settings,
+    collection_db: Database,
+    fake_provider: FakeProviderServer,
+    stub_broker: StubBroker,
+) -> None:
+    """The shared part of the cooldown, one probe at a time: worker A's probe gets a 429 with
+    Retry-After N; a probe of the same provider that worker B runs afterwards makes no request
+    before N has passed (a long N: it goes back to the queue for N without asking; a short
+    one: it asks once N has passed). On SQLite one process is the whole fleet: B is A."""
+    fleet = fleet_settings(backend, settings, collection_db, fake_provider)
+    prompts = ("first question", "second question")
+    ws = await make_workspace(collection_db, prompts=prompts, providers=("openai", "anthropic"))
+    a = WorkerContext.create(fleet, stub_broker, db=collection_db)
+    b = WorkerContext.create(fleet, stub_broker, db=collection_db) if backend == "postgres" else a
+    try:
+        run_id = await insert_run(collection_db, ws)
+        await expand_run(a, run_id)
+        probe = {
+            (p.prompt_text, p.provider): p.id for p in await load_probes(collection_db, run_id)
+        }
+
+        # A long Retry-After: B's probe goes back to the queue for that long, unasked.
+        fake_provider.inject("openai", Fault("rate_limit", retry_after=30.0))
+        assert await run_probe(a, probe[prompts[0], "openai"]) is None  # retried later
+        assert fake_provider.requests("openai") == 1
+        deferred = await run_probe(b, probe[prompts[1], "openai"])
+        assert isinstance(deferred, Deferred) and deferred.seconds >= 29.0, deferred
+        assert fake_provider.requests("openai") == 1
+
+        # A short one (another provider: the first cooldown does not hold it): B waits on
+        # its event loop and asks once the Retry-After has passed.
+        retry_after = 1.0
+        fake_provider.inject("anthropic", Fault("rate_limit", retry_after=retry_after))
+        assert await run_probe(a, probe[prompts[0], "anthropic"]) is None
+        assert await run_probe(b, probe[prompts[1], "anthropic"]) is None  # answered
+        refused, asked = fake_provider.traffic("anthropic").arrivals
+        assert asked - refused >= retry_after, "asked before the Retry-After had passed"
+        assert fake_provider.requests("anthropic", prompts[1]) == 1
+    finally:
+        await a.close(dispose_db=False)
+        if b is not a:
+            await b.close(dispose_db=False)
+        await delete_namespace(fleet.rate_limit_key_prefix)
 
 
 async def test_a_workspace_with_many_prompts_does_not_starve_the_others(

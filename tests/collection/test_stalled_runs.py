@@ -1,5 +1,6 @@
 """Runs whose messages vanished (a broker that lost its data) are sent again from the database,
-once per deadline, and their pending probes go on with their next attempt."""
+once per deadline, by the ticker's next tick, and their pending probes go on with their next
+attempt. A run that started, or had an answer, within the deadline is not stalled."""
 
 from __future__ import annotations
 
@@ -14,19 +15,21 @@ from sqlalchemy import update
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
-from service.db.models import Probe
+from service.db.models import Probe, Run
 from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import insert_run, load_run, make_workspace
+from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
 from workers.context import WorkerContext
 from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from workers.messages import PROBE_QUEUE, RUN_QUEUE
 from workers.runs import expand_run
+from workers.ticker import Ticker
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker
 fake_server = fixtures.fake_server
 fake_provider = fixtures.fake_provider
 worker_settings = fixtures.worker_settings
+no_schedules = fixtures.no_schedules
 
 STALL = 60.0
 
@@ -123,3 +126,89 @@ async def test_a_run_sent_again_resends_its_pending_probes_with_their_next_attem
     messages = queued(stub_broker, PROBE_QUEUE)
     attempts = sorted((m.args[1] if len(m.args) > 1 else 1, len(m.args[0])) for m in messages)
     assert attempts == [(1, 1), (3, 1)]
+
+
+# The ticker's sweep --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def ticker_settings(settings: Settings, collection_db: Database) -> Settings:
+    return derive_settings(settings, database_url=collection_db.url, run_stall_seconds=STALL)
+
+
+async def sent_long_ago(
+    db: Database,
+    broker: StubBroker,
+    workspace_id: str,
+    *,
+    start_ago: float | None = None,
+    context: WorkerContext | None = None,
+) -> str:
+    """A run sent (and, with `context`, expanded into probes) two deadlines ago; started
+    `start_ago` seconds ago when given. The broker is emptied: its messages are lost."""
+    run_id = await insert_run(db, workspace_id)
+    assert await dispatch_pending_runs(db, run_ids=[run_id], broker=broker) == 1
+    if context is not None:
+        await expand_run(context, run_id)
+    now = utcnow()
+    values: dict[str, object] = {"enqueue_time": now - timedelta(seconds=2 * STALL)}
+    if start_ago is not None:
+        values["start_time"] = now - timedelta(seconds=start_ago)
+    async with db.transaction() as session:
+        await session.execute(update(Run).where(Run.id == run_id).values(**values))
+    broker.flush_all()
+    return run_id
+
+
+def times_sent(broker: StubBroker, run_id: str) -> int:
+    return [m.args[0] for m in queued(broker, RUN_QUEUE)].count(run_id)
+
+
+@pytest.mark.usefixtures("no_schedules")
+async def test_the_next_tick_resends_a_run_idle_past_the_deadline_once(
+    collection_db: Database, stub_broker: StubBroker, ticker_settings: Settings
+) -> None:
+    ws = await make_workspace(collection_db)
+    never_started = await sent_long_ago(collection_db, stub_broker, ws)
+    started_long_ago = await sent_long_ago(collection_db, stub_broker, ws, start_ago=2 * STALL)
+
+    await Ticker(ticker_settings, collection_db, stub_broker).run_once()
+
+    assert times_sent(stub_broker, never_started) == 1
+    assert times_sent(stub_broker, started_long_ago) == 1
+    # Sent again, it is no longer idle: the next tick, of this ticker or of another one
+    # (whose sweep is due at once), leaves it alone.
+    stub_broker.flush_all()
+    await Ticker(ticker_settings, collection_db, stub_broker).run_once()
+    assert times_sent(stub_broker, never_started) == times_sent(stub_broker, started_long_ago) == 0
+
+
+@pytest.mark.usefixtures("no_schedules")
+async def test_a_tick_leaves_a_run_that_started_or_answered_within_the_deadline(
+    collection_db: Database,
+    stub_broker: StubBroker,
+    ticker_settings: Settings,
+    context: WorkerContext,
+) -> None:
+    ws = await make_workspace(collection_db, prompts=("one", "two"), providers=("openai",))
+    # Sent long ago, but a worker took it a moment ago (it may be expanding a large run).
+    just_started = await sent_long_ago(collection_db, stub_broker, ws, start_ago=STALL / 2)
+    # Started long ago, but one of its probes was answered a moment ago.
+    answering = await sent_long_ago(
+        collection_db, stub_broker, ws, start_ago=2 * STALL, context=context
+    )
+    async with collection_db.transaction() as session:
+        await session.execute(
+            update(Probe)
+            .where(Probe.run_id == answering, Probe.prompt_text == "one")
+            .values(status="succeeded", complete_time=utcnow() - timedelta(seconds=STALL / 2))
+        )
+    # Its twin, answered as long ago as it started, shows that the sweep did run.
+    idle = await sent_long_ago(collection_db, stub_broker, ws, start_ago=2 * STALL, context=context)
+    stub_broker.flush_all()
+
+    await Ticker(ticker_settings, collection_db, stub_broker).run_once()
+
+    assert times_sent(stub_broker, idle) == 1
+    assert times_sent(stub_broker, just_started) == 0
+    assert times_sent(stub_broker, answering) == 0

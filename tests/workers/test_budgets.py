@@ -1,5 +1,6 @@
 """Provider budgets in one process (the in-memory store `beacon dev` uses): how calls are paced,
-paused and shared. The fleet-wide behaviour over Redis, with `beacon worker` processes, is in
+paused and shared; the cooldown also through the Redis store two processes share. The
+fleet-wide behaviour over Redis, with `beacon worker` processes, is in
 tests/collection/test_provider_budgets.py."""
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from limits.aio.storage import MemoryStorage
 from pydantic import ValidationError
 
 from service.config import Settings
+from tests.conftest import delete_redis_keys
+from tests.support import REDIS_URL, unique
 from workers.budgets import (
     MAX_WAIT_SECONDS,
     Budget,
     MemoryState,
     ProviderBudgets,
+    RedisState,
     budgets_of,
     estimate_tokens,
 )
@@ -84,6 +88,27 @@ async def test_a_429_pauses_every_process_sharing_the_store() -> None:
     started = time.monotonic()
     assert await second.acquire("anthropic", WS_A, "best crm") is None
     assert time.monotonic() - started < 0.1
+
+
+async def test_a_429_in_one_process_hands_back_the_next_probe_of_another(backend: str) -> None:
+    """The shared part of a cooldown, through the store a fleet shares (Redis; on SQLite the
+    process's own): the other process, which has never seen the 429, does not call."""
+    prefix = unique("beacon-test-cooldown-")
+    if backend == "postgres":
+        states: list[MemoryState | RedisState] = [RedisState(REDIS_URL, prefix) for _ in "ab"]
+    else:
+        states = [MemoryState()] * 2
+    first, second = (ProviderBudgets({}, MemoryStorage(), state) for state in states)
+    try:
+        await first.throttled("openai", 30.0)
+        delay = await second.acquire("openai", WS_A, "best crm")
+        assert delay is not None and delay >= 29.0, delay
+        assert await second.acquire("anthropic", WS_A, "best crm") is None
+    finally:
+        for budget in (first, second):
+            await budget.close()
+        if backend == "postgres":
+            await delete_redis_keys(prefix)
 
 
 async def test_a_long_cooldown_hands_the_probe_back_instead_of_holding_it() -> None:

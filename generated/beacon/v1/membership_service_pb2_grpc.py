@@ -229,7 +229,8 @@ class MembershipServiceServicer:
 
     def RemoveOrganizationMember(self, request, context):
         """Removes an organization member or invitation (organization admin; only owners remove
-        owners; the last owner cannot be removed: FAILED_PRECONDITION).
+        owners or cancel an invitation to become one, PERMISSION_DENIED otherwise; the last
+        owner cannot be removed: FAILED_PRECONDITION).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

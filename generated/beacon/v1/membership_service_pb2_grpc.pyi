@@ -98,7 +98,8 @@ class MembershipServiceStub:
     """
     RemoveOrganizationMember: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.RemoveOrganizationMemberRequest, _empty_pb2.Empty]
     """Removes an organization member or invitation (organization admin; only owners remove
-    owners; the last owner cannot be removed: FAILED_PRECONDITION).
+    owners or cancel an invitation to become one, PERMISSION_DENIED otherwise; the last
+    owner cannot be removed: FAILED_PRECONDITION).
     """
     ListMyInvitations: _grpc.UnaryUnaryMultiCallable[_membership_service_pb2.ListMyInvitationsRequest, _membership_service_pb2.ListMyInvitationsResponse]
     """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
@@ -190,7 +191,8 @@ class MembershipServiceAsyncStub(MembershipServiceStub):
     """
     RemoveOrganizationMember: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.RemoveOrganizationMemberRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Removes an organization member or invitation (organization admin; only owners remove
-    owners; the last owner cannot be removed: FAILED_PRECONDITION).
+    owners or cancel an invitation to become one, PERMISSION_DENIED otherwise; the last
+    owner cannot be removed: FAILED_PRECONDITION).
     """
     ListMyInvitations: _aio.UnaryUnaryMultiCallable[_membership_service_pb2.ListMyInvitationsRequest, _membership_service_pb2.ListMyInvitationsResponse]  # type: ignore[assignment]
     """The caller's pending, unexpired invitations (to workspaces and organizations), oldest
@@ -351,7 +353,8 @@ class MembershipServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Removes an organization member or invitation (organization admin; only owners remove
-        owners; the last owner cannot be removed: FAILED_PRECONDITION).
+        owners or cancel an invitation to become one, PERMISSION_DENIED otherwise; the last
+        owner cannot be removed: FAILED_PRECONDITION).
         """
 
     @_abc_1.abstractmethod

@@ -88,9 +88,11 @@ class _RateLimitKeyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RateLimi
     RATE_LIMIT_KEY_UNSPECIFIED: _RateLimitKey.ValueType  # 0
     """Never used."""
     RATE_LIMIT_KEY_USER: _RateLimitKey.ValueType  # 1
-    """The authenticated user (or service key when it does not act as a user). Counted after
-    authentication and before authorization: calls answered NOT_FOUND or PERMISSION_DENIED
-    count as well, so probing for other tenants' ids is limited like any other call.
+    """The authenticated user (or service key when it does not act as a user), known by the
+    issuer and subject of their tokens: an account deleted and signed in again keeps the
+    budget it spent. Counted after authentication and before authorization: calls answered
+    NOT_FOUND or PERMISSION_DENIED count as well, so probing for other tenants' ids is
+    limited like any other call.
     """
     RATE_LIMIT_KEY_WORKSPACE: _RateLimitKey.ValueType  # 2
     """The workspace named by the auth rule's resource field. Counted after authorization, so
@@ -105,9 +107,11 @@ class RateLimitKey(_RateLimitKey, metaclass=_RateLimitKeyEnumTypeWrapper):
 RATE_LIMIT_KEY_UNSPECIFIED: RateLimitKey.ValueType  # 0
 """Never used."""
 RATE_LIMIT_KEY_USER: RateLimitKey.ValueType  # 1
-"""The authenticated user (or service key when it does not act as a user). Counted after
-authentication and before authorization: calls answered NOT_FOUND or PERMISSION_DENIED
-count as well, so probing for other tenants' ids is limited like any other call.
+"""The authenticated user (or service key when it does not act as a user), known by the
+issuer and subject of their tokens: an account deleted and signed in again keeps the
+budget it spent. Counted after authentication and before authorization: calls answered
+NOT_FOUND or PERMISSION_DENIED count as well, so probing for other tenants' ids is
+limited like any other call.
 """
 RATE_LIMIT_KEY_WORKSPACE: RateLimitKey.ValueType  # 2
 """The workspace named by the auth rule's resource field. Counted after authorization, so

@@ -27,11 +27,20 @@ class Principal:
     key_id: str | None = None
     scopes: frozenset[str] = frozenset()
     key_organizations: frozenset[str] | None = None
+    # The person behind the user (`identity.identity_key` of their tokens' issuer and
+    # subject): unlike the user id it survives DeleteAccount, so per-user rate limits count
+    # by it. Empty for a service key that acts for nobody.
+    identity: str = ""
 
     @property
     def actor_id(self) -> str:
-        """The id recorded in audit events and used for idempotency and rate limits."""
+        """The id recorded in audit events and used for idempotency."""
         return self.user_id or self.key_id or "anonymous"
+
+    @property
+    def rate_limit_id(self) -> str:
+        """Whom per-user rate limits count: the person, else the service key."""
+        return self.identity or self.actor_id
 
     @property
     def is_service(self) -> bool:

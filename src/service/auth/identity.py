@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -18,6 +20,13 @@ from service.domain.errors import PermissionDenied, Unauthenticated
 
 ACT_AS_SCOPE = "act_as"
 USER_CACHE_SECONDS = 5.0
+
+
+def identity_key(issuer: str, subject: str) -> str:
+    """A short name of the person whose tokens carry (issuer, subject): the same for every
+    user row they ever had (a deleted account signs in again under a new user id)."""
+    whole = f"{len(issuer)}:{issuer}{subject}".encode("utf-8", "surrogatepass")
+    return "idn_" + hashlib.sha256(whole).hexdigest()[:32]
 
 
 async def ensure_user(db: Database, claims: Claims) -> str:
@@ -69,13 +78,13 @@ class Authenticator:
         self.db = db
         self.verifier = verifier or TokenVerifier(settings)
         # Short: a deleted account's token must map to a fresh user soon after.
-        self._users: TtlCache[Claims, str] = TtlCache(USER_CACHE_SECONDS)
+        self._users: TtlCache[Claims, tuple[str, str]] = TtlCache(USER_CACHE_SECONDS)
         # Revoking a key, deleting a user or removing them from the key's organizations
         # takes effect within `service_key_cache_seconds` (both caches share it).
         self._keys: TtlCache[str, service_keys.KeyInfo] = TtlCache(
             settings.service_key_cache_seconds
         )
-        self._acted: TtlCache[tuple[str, str], tuple[str, bool]] = TtlCache(
+        self._acted: TtlCache[tuple[str, str], tuple[str, bool, str]] = TtlCache(
             settings.service_key_cache_seconds
         )
 
@@ -91,11 +100,18 @@ class Authenticator:
         claims = await self.verifier.verify(token)  # bad credentials are UNAUTHENTICATED first
         if act_as:
             raise PermissionDenied("only service keys may act as another user", reason="ACT_AS")
-        user_id = self._users.get(claims)
-        if user_id is None:
+        known = self._users.get(claims)
+        if known is None:
             user_id = await ensure_user(self.db, claims)
-            self._users.put(claims, user_id)
-        return Principal(user_id=user_id, email=claims.email, email_verified=claims.email_verified)
+            known = (user_id, identity_key(claims.issuer, claims.subject))
+            self._users.put(claims, known)
+        user_id, identity = known
+        return Principal(
+            user_id=user_id,
+            email=claims.email,
+            email_verified=claims.email_verified,
+            identity=identity,
+        )
 
     async def _service_principal(self, secret: str, act_as: str | None) -> Principal:
         key = self._keys.get(secret)
@@ -114,24 +130,29 @@ class Authenticator:
         if acted is None:
             acted = await self._acted_user(act_as, bound)
             self._acted.put((key.id, act_as), acted)
-        email, verified = acted
+        email, verified, identity = acted
         return Principal(
             user_id=act_as,
             email=email,
             email_verified=verified,
+            identity=identity,
             key_id=key.id,
             scopes=scopes,
             key_organizations=bound,
         )
 
-    async def _acted_user(self, user_id: str, bound: frozenset[str] | None) -> tuple[str, bool]:
-        """The email (and whether it is verified) of the user a key acts as;
-        PERMISSION_DENIED when there is no such user or they belong to none of the key's
+    async def _acted_user(
+        self, user_id: str, bound: frozenset[str] | None
+    ) -> tuple[str, bool, str]:
+        """The email (whether it is verified, and the identity key) of the user a key acts
+        as; PERMISSION_DENIED when there is no such user or they belong to none of the key's
         organizations."""
         async with self.db.transaction(write=False) as session:
             row = (
                 await session.execute(
-                    select(User.email, User.email_verified).where(User.id == user_id)
+                    select(User.email, User.email_verified, User.issuer, User.subject).where(
+                        User.id == user_id
+                    )
                 )
             ).first()
             outside = (
@@ -146,4 +167,4 @@ class Authenticator:
                 "x-beacon-act-as names a user outside the service key's organizations",
                 reason="ACT_AS_OUTSIDE_KEY_ORGANIZATIONS",
             )
-        return str(row[0]), bool(row[1])
+        return str(row[0]), bool(row[1]), identity_key(row[2], row[3])

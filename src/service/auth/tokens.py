@@ -26,6 +26,8 @@ DEV_AUDIENCE = "beacon"
 JWKS_MIN_REFETCH_SECONDS = 30.0
 # Verified tokens are remembered (never past their expiry) so hot paths skip the crypto.
 VERIFIED_CACHE_SECONDS = 300.0
+# The longest `iss` and `sub` accepted: the users table stores them whole (String(255)).
+MAX_IDENTITY_CLAIM_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +177,7 @@ STORED_CLAIMS = ("iss", "sub", "email", "name")
 
 
 def _claims(decoded: dict[str, Any]) -> Claims:
+    issuer, subject = _identity_claim(decoded, "iss"), _identity_claim(decoded, "sub")
     email = decoded.get("email")
     if not isinstance(email, str) or "@" not in email or len(email) > 254:
         raise Unauthenticated("token has no valid email claim", reason="NO_EMAIL")
@@ -185,12 +188,25 @@ def _claims(decoded: dict[str, Any]) -> Claims:
             )
     name = decoded.get("name")
     return Claims(
-        issuer=str(decoded["iss"])[:255],
-        subject=str(decoded["sub"])[:255],
+        issuer=issuer,
+        subject=subject,
         email=fold_email(email),
         email_verified=_is_true(decoded.get("email_verified")),
         name=name[:200] if isinstance(name, str) else "",
     )
+
+
+def _identity_claim(decoded: dict[str, Any], claim: str) -> str:
+    """The `iss` or `sub` claim, whole: a user is their (issuer, subject), so a value too
+    long to store is refused, never cut (two subjects sharing a prefix would be one user)."""
+    value = str(decoded[claim])
+    if len(value) > MAX_IDENTITY_CLAIM_LENGTH:
+        raise Unauthenticated(
+            f"token claim {claim!r} is longer than {MAX_IDENTITY_CLAIM_LENGTH} characters",
+            reason="CLAIM_TOO_LONG",
+            metadata={"claim": claim},
+        )
+    return value
 
 
 def _is_true(value: Any) -> bool:

@@ -41,9 +41,11 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
 
     SQLite runs in WAL mode with a busy timeout, and write transactions start with
     `BEGIN IMMEDIATE` so that concurrent writers queue instead of failing on lock upgrade.
+    Errors never show the values bound to their statement (`hide_parameters`): those are
+    emails and names, and errors get logged.
     """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"hide_parameters": True}
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             kwargs["poolclass"] = StaticPool
@@ -53,7 +55,9 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         return engine
     # No pre-ping: it costs a round trip per checkout. A dead connection fails its call
     # (UNAVAILABLE), is invalidated, and the next checkout gets a fresh one.
-    return create_async_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+    return create_async_engine(
+        url, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800, **kwargs
+    )
 
 
 def _configure_sqlite(engine: AsyncEngine) -> None:

@@ -156,21 +156,31 @@ async def remove_organization_member(
     """Removes a member (and their explicit memberships of the organization's workspaces),
     or with `user_id` empty cancels the invitation of `email`.
 
-    Only owners remove owners; the last owner cannot be removed (LAST_OWNER).
+    Only owners remove owners, or cancel an invitation to become one (as only they issue
+    it); the last owner cannot be removed (LAST_OWNER).
     """
     if not user_id:
         if not email.strip():
             raise InvalidArgument("user_id", "is required (or email, to cancel an invitation)")
-        invitation_id = await session.scalar(
-            delete(OrganizationInvitation)
-            .where(
-                OrganizationInvitation.organization_id == organization_id,
-                OrganizationInvitation.email == normalize_email(email),
+        await lock_organization(session, organization_id)  # the role read stays true
+        invitation = (
+            await session.execute(
+                select(OrganizationInvitation.id, OrganizationInvitation.role).where(
+                    OrganizationInvitation.organization_id == organization_id,
+                    OrganizationInvitation.email == normalize_email(email),
+                )
             )
-            .returning(OrganizationInvitation.id)
-        )
-        if invitation_id is None:
+        ).first()
+        if invitation is None:
             raise NotFound("invitation", fold_email(email)[:254])
+        invitation_id, role = invitation
+        if role == "owner":
+            _require_organization_owner(
+                call, "only organization owners may cancel an owner invitation"
+            )
+        await session.execute(
+            delete(OrganizationInvitation).where(OrganizationInvitation.id == invitation_id)
+        )
         audit.record(
             session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
         )

@@ -17,7 +17,7 @@ from service.db.database import Database
 from service.domain import access as acl
 from service.domain import workspace_access
 from service.domain.actor import Access
-from service.domain.errors import InvalidArgument, NotFound, PermissionDenied
+from service.domain.errors import InvalidArgument, NotFound, PermissionDenied, Unauthenticated
 from service.domain.inputs import require_id
 from service.interceptors.base import Around
 from service.rules import MethodRules
@@ -30,6 +30,8 @@ ORGANIZATION_LEVELS = (
     options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
     options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
 )
+# Headers that say who calls: each may come at most once.
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-beacon-act-as"})
 
 
 def resource_id(request: Any, fields: tuple[str, ...]) -> tuple[str, str]:
@@ -60,6 +62,21 @@ def _within_key_organizations(bound: frozenset[str], access: Access | None) -> N
         )
 
 
+def _credential_headers_once(metadata: Any) -> None:
+    """UNAUTHENTICATED when a credential header comes more than once: which of the two
+    values counted would depend on how each proxy on the way merges them."""
+    seen: set[str] = set()
+    for key, _ in metadata or ():
+        if key in CREDENTIAL_HEADERS:
+            if key in seen:
+                raise Unauthenticated(
+                    f"the {key!r} header is sent more than once",
+                    reason="DUPLICATE_CREDENTIALS",
+                    metadata={"header": key},
+                )
+            seen.add(key)
+
+
 class AuthenticateAround(Around):
     """Who is calling: sets the call's principal, or raises UNAUTHENTICATED."""
 
@@ -67,6 +84,7 @@ class AuthenticateAround(Around):
         self.authenticator = authenticator
 
     async def before(self, rules: MethodRules, request: Any, context: Any) -> None:
+        _credential_headers_once(context.invocation_metadata())
         call = current_call()
         call.principal = await self.authenticator.authenticate(
             call.metadata.get("authorization"), call.metadata.get("x-beacon-act-as")

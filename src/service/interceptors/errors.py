@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import traceback
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -144,19 +145,36 @@ def translate(exc: BaseException) -> e.DomainError | None:
     return None
 
 
+def _database_error_fields(exc: DBAPIError) -> dict[str, str]:
+    """What the log says of a database error: the driver's error class and code, the
+    statement (its values are bound, and hidden: `hide_parameters`) and where it was
+    raised; never the driver's message, which can quote a value (asyncpg's "invalid input
+    for query argument $1: 'a@b.example'", PostgreSQL's "DETAIL: Key (email)=(...)")."""
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    # asyncpg's own error, under SQLAlchemy's adapter
+    driver = type(getattr(orig, "__cause__", None) or orig or exc)
+    return {
+        "error": f"{driver.__module__}.{driver.__qualname__}",
+        "error_code": str(code or ""),
+        "statement": str(exc.statement or ""),
+        "frames": "".join(traceback.format_tb(exc.__traceback__)),
+    }
+
+
 async def _abort(context: Any, exc: BaseException) -> None:
     call = current_call()
     error = translate(exc)
     if error is None:
-        log.error(
-            "unhandled exception",
-            exc_info=exc,
-            extra={
-                "method": call.method,
-                "request_id": call.request_id,
-                "correlation_id": call.correlation_id,
-            },
-        )
+        ids = {
+            "method": call.method,
+            "request_id": call.request_id,
+            "correlation_id": call.correlation_id,
+        }
+        if isinstance(exc, DBAPIError):
+            log.error("database error", extra={**ids, **_database_error_fields(exc)})
+        else:
+            log.error("unhandled exception", exc_info=exc, extra=ids)
         error = e.DomainError(f"internal error (request id {call.request_id})", reason="INTERNAL")
         status = status_pb2.Status(
             code=code_pb2.INTERNAL,
