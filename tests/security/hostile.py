@@ -33,6 +33,11 @@ MAX_DEPTH = 2
 HOSTILE_LITERALS = [
     "\x00",
     "a\x00b",
+    "\x1b[31m",  # an ANSI escape: control characters other than NUL reach later checks
+    "a\x07b",
+    "\x7f",
+    "\x85",  # a C1 control
+    "\u2028",
     "' OR 1=1 --",
     "'; DROP TABLE users; --",
     "%",
@@ -82,6 +87,8 @@ SHORT_TEXT = st.one_of(
         st.characters(min_codepoint=0x10000, max_codepoint=0x10FFFF, codec="utf-8"), max_size=8
     ),
     st.text(st.characters(max_codepoint=0x1F), max_size=8),  # control characters, NUL
+    # Control characters without NUL (refused first), so the other checks see them too.
+    st.text(st.characters(min_codepoint=0x01, max_codepoint=0x1F), min_size=1, max_size=8),
 )
 HOSTILE_TEXT = st.one_of(st.just(""), SHORT_TEXT, HUGE)
 BENIGN = string.ascii_letters + string.digits + " -"
