@@ -43,6 +43,23 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = 1000
     shutdown_grace_seconds: float = 10.0
     uvloop: bool = True
+    # gRPC connections: one that has not finished its HTTP/2 handshake in this time, has had
+    # no call for this long, or is older than this (then allowed the grace for its calls to
+    # end) is closed by the server; clients reconnect on their own.
+    grpc_handshake_timeout_seconds: float = 10.0
+    grpc_max_connection_idle_seconds: float = 30.0
+    grpc_max_connection_age_seconds: float = 1800.0
+    grpc_max_connection_age_grace_seconds: float = 300.0
+    # The HTTP side: a request's headers must arrive within this time of the connection or of
+    # the previous response, and an upload's body within the other; connections beyond the
+    # caps are answered 503 and closed (0 disables a cap: only behind a proxy that caps).
+    http_header_timeout_seconds: float = 10.0
+    http_body_timeout_seconds: float = 30.0
+    http_max_connections_per_peer: NonNegativeInt = 32
+    http_max_connections: NonNegativeInt = 512
+    # Requests a minute per peer address on the HTTP side (0 disables it: only behind a
+    # proxy that limits per client itself).
+    http_peer_rate_limit_per_minute: NonNegativeInt = 600
 
     # Authentication.
     auth_secret: str = ""  # HS256 secret (>= 32 bytes); empty disables HS256
@@ -70,6 +87,12 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = 600
     icon_url_ttl_seconds: int = 3600
     icon_max_bytes: int = 1024 * 1024
+    # POSTs one upload URL accepts over its life (each failed attempt counts).
+    upload_attempts_per_url: int = 10
+    # Each upload is decoded in a process of its own, killed past this time; at most this
+    # many at once per server process (the others wait up to that time, then get 503).
+    upload_decode_timeout_seconds: float = 5.0
+    upload_decode_concurrency: int = 2
 
     # Collection.
     schedule_min_interval_minutes: int = 15

@@ -5,6 +5,8 @@ URL that expires. The first valid POST to that URL moves the row to `uploaded` i
 conditional UPDATE, so a URL can never be used twice, even by racing requests. Reads go
 through signed, expiring GET URLs. The bytes live behind the small `FileStorage` protocol:
 a local directory by default; an S3-compatible store only needs `put`, `get` and `delete`.
+The bytes are cleaned (`service.domain.images`) in a process of their own before a URL is
+used up.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import io
+import json
 import math
 import os
 import re
-import warnings
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,14 +26,16 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlencode
 
-from PIL import Image
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.models import File
+from service.domain import images
 from service.domain.errors import NotFound
+from service.domain.images import CleanImage, RefusedUpload
+from service.domain.images import sniff_image_type as sniff_image_type
 from service.domain.inputs import require_id
 
 PENDING = "pending"
@@ -173,96 +177,52 @@ async def create_upload(
     return UploadTicket(file.id, url, expire_time, settings.icon_max_bytes)
 
 
-_MAGIC: tuple[tuple[bytes, int, str], ...] = (
-    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
-    (b"\xff\xd8\xff", 0, "image/jpeg"),
-    (b"GIF87a", 0, "image/gif"),
-    (b"GIF89a", 0, "image/gif"),
-)
+async def clean_upload(data: bytes, settings: Settings) -> CleanImage:
+    """The upload `data` cleaned by `images.clean_image` in a process of its own (see
+    `service.domain.images`), killed after `upload_decode_timeout_seconds`.
 
-
-# Markup a browser or another parser could act on, anywhere in the bytes: an image that is
-# also an HTML/SVG/XML/PHP document (a polyglot) is refused even though it is re-encoded.
-# Tokens are at least five bytes long, so compressed image data matches one by chance about
-# once in 10^8 bytes.
-_MARKUP = re.compile(
-    rb"<(?:!doctype|\?xml|\?php|html|head[\s>]|body[\s>]|script|svg[\s>/]|iframe|object"
-    rb"|embed|meta[\s>]|style|link[\s>]|form[\s>]|img[\s/])",
-    re.IGNORECASE,
-)
-# Icons are small: the decoded image is bounded before its pixels are read.
-MAX_ICON_SIDE = 4096
-MAX_ICON_PIXELS = 2048 * 2048
-_PIL_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp"}
-
-
-class RefusedUpload(Exception):
-    """The bytes of an upload are not an acceptable image; `code` names why."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-@dataclass(frozen=True, slots=True)
-class CleanImage:
-    """An upload decoded and re-encoded: only pixels, no metadata, comments or trailers."""
-
-    content_type: str
-    data: bytes
-
-
-def clean_image(data: bytes) -> CleanImage:
-    """Decodes an uploaded image and encodes it again (JPEG stays JPEG; PNG, GIF and WebP
-    become PNG; animations keep their first frame), so what is served is always a clean
-    image. RefusedUpload when the bytes are no PNG, JPEG, WebP or GIF by their magic
-    bytes, contain markup, do not decode, or are too large an image. CPU-bound: run it
-    in a thread."""
-    sniffed = sniff_image_type(data)
-    if sniffed is None:
-        raise RefusedUpload("UNSUPPORTED_TYPE", "the upload must be a PNG, JPEG, WebP or GIF image")
-    if _MARKUP.search(data):
-        raise RefusedUpload("UNSAFE_CONTENT", "the image contains markup")
+    RefusedUpload as `images.clean_image` raises it, or IMAGE_TOO_COMPLEX when decoding
+    took too long or too much; RuntimeError when the process failed otherwise.
+    """
+    timeout = settings.upload_decode_timeout_seconds
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        images.__name__,
+        str(settings.icon_max_bytes),
+        str(timeout),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=list(_PIL_FORMATS)) as image:
-                width, height = image.size
-                if (
-                    _PIL_FORMATS.get(image.format or "") != sniffed
-                    or max(width, height) > MAX_ICON_SIDE
-                    or width * height > MAX_ICON_PIXELS
-                ):
-                    raise RefusedUpload(
-                        "BAD_IMAGE",
-                        f"the image must be a {sniffed} of at most {MAX_ICON_PIXELS} pixels",
-                    )
-                image.seek(0)
-                image.load()
-                return _encode(image, sniffed)
-    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombWarning):
-        raise RefusedUpload("BAD_IMAGE", "the image cannot be decoded") from None
+        out, err = await asyncio.wait_for(process.communicate(data), timeout)
+    except TimeoutError:
+        raise RefusedUpload(
+            "IMAGE_TOO_COMPLEX", f"the image did not decode within {timeout:g} seconds"
+        ) from None
+    finally:
+        if process.returncode is None:  # timed out, or the request was cancelled
+            process.kill()
+            await process.wait()
+    if process.returncode != 0 or b"\n" not in out:
+        if process.returncode is not None and process.returncode < 0:  # its CPU or memory cap
+            raise RefusedUpload("IMAGE_TOO_COMPLEX", "the image takes too much to decode")
+        raise RuntimeError(f"the image decoder failed: {err.decode(errors='replace')[-2000:]}")
+    line, _, body = out.partition(b"\n")
+    header = json.loads(line)
+    if "code" in header:
+        raise RefusedUpload(str(header["code"]), str(header["message"]))
+    return CleanImage(str(header["content_type"]), body)
 
 
-def _encode(image: Image.Image, sniffed: str) -> CleanImage:
-    out = io.BytesIO()
-    if sniffed == "image/jpeg":
-        image.convert("RGB").save(out, "JPEG", quality=90)
-        return CleanImage("image/jpeg", out.getvalue())
-    mode = "RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB"
-    image.convert(mode).save(out, "PNG")
-    return CleanImage("image/png", out.getvalue())
-
-
-def sniff_image_type(data: bytes) -> str | None:
-    """The image content type of `data` by its magic bytes (PNG, JPEG, WebP, GIF), else None."""
-    for magic, offset, content_type in _MAGIC:
-        if data[offset : offset + len(magic)] == magic:
-            return content_type
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
+async def upload_pending(session: AsyncSession, file_id: str, *, now: datetime) -> bool:
+    """Whether `file_id` still waits for its bytes at `now` (pending, unexpired): checked
+    before an upload's body is read, so a used URL costs nothing to replay."""
+    state = await session.scalar(
+        select(File.state).where(File.id == file_id, File.upload_expire_time > now)
+    )
+    return state == PENDING
 
 
 async def claim_upload(
