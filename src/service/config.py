@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     upload_attempts_per_url: int = 10
     # Each upload is decoded in a process of its own, killed past this time; at most this
     # many at once per server process (the others wait up to that time, then get 503).
-    upload_decode_timeout_seconds: float = 5.0
+    upload_decode_timeout_seconds: float = 10.0
     upload_decode_concurrency: int = 2
 
     # Collection.

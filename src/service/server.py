@@ -1,7 +1,7 @@
 """The grpc.aio server, built from one settings object.
 
 Health (NOT_SERVING while the database is unreachable), reflection, message size limits,
-maximum concurrent RPCs, and graceful shutdown: health goes NOT_SERVING, new calls are
+maximum concurrent RPCs, connection handshake/idle/age limits, and graceful shutdown: health goes NOT_SERVING, new calls are
 refused, in-flight calls drain within the grace period.
 """
 
@@ -22,6 +22,7 @@ from service import tracing
 from service.access_cache import AccessCache, InvalidationListener
 from service.app import App
 from service.auth.identity import Authenticator
+from service.config import Settings
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
 from service.interceptors.base import Around, Pipeline
 from service.interceptors.errors import ErrorsAround
@@ -134,6 +135,20 @@ class BeaconServer:
         await self.server.wait_for_termination()
 
 
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC core's limits on a connection's life, from the settings: its handshake, its
+    time without calls, its age (then a grace for its calls to end)."""
+    return [
+        (name, round(seconds * 1000))
+        for name, seconds in (
+            ("grpc.server_handshake_timeout_ms", settings.grpc_handshake_timeout_seconds),
+            ("grpc.max_connection_idle_ms", settings.grpc_max_connection_idle_seconds),
+            ("grpc.max_connection_age_ms", settings.grpc_max_connection_age_seconds),
+            ("grpc.max_connection_age_grace_ms", settings.grpc_max_connection_age_grace_seconds),
+        )
+    ]
+
+
 async def start_server(
     app: App, address: str | None = None, *, servicers: Iterable[Register] = ALL_SERVICERS
 ) -> BeaconServer:
@@ -152,6 +167,7 @@ async def start_server(
             ("grpc.max_receive_message_length", settings.max_message_bytes),
             ("grpc.so_reuseport", 1),
             ("grpc.keepalive_time_ms", 60_000),
+            *connection_options(settings),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

@@ -21,6 +21,7 @@ import resource
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 
@@ -29,6 +30,8 @@ MAX_ICON_SIDE = 4096
 MAX_ICON_PIXELS = 2048 * 2048
 # Encoders write up to ~12 scans for a progressive colour JPEG; the rest is an attack.
 MAX_JPEG_SCANS = 64
+# Lossy images are encoded again at the first of these qualities that fits the size cap.
+LOSSY_QUALITIES = (90, 75, 60)
 # The decoding process's address space (a 2048 x 2048 image needs a few tens of MiB).
 MAX_DECODER_BYTES = 1024 * 1024 * 1024
 
@@ -138,9 +141,9 @@ def jpeg_scan_count(data: bytes) -> int:
 
 def clean_image(data: bytes, max_bytes: int) -> CleanImage:
     """Decodes an uploaded image and encodes it again in its own format (PNG, JPEG and WebP
-    stay what they are, lossless WebP stays lossless; GIF becomes PNG with its palette;
-    animations keep their first frame), so what is stored is only pixels, about as large
-    as what was sent.
+    stay what they are, lossless WebP stays lossless, a JPEG keeps its quantization; GIF
+    becomes PNG with its palette; animations keep their first frame), so what is stored is
+    only pixels, about as large as what was sent and never more than `max_bytes`.
 
     RefusedUpload when the bytes are no PNG, JPEG, WebP or GIF by their magic bytes
     (UNSUPPORTED_TYPE), contain markup (UNSAFE_CONTENT), do not decode (BAD_IMAGE), claim
@@ -167,41 +170,52 @@ def clean_image(data: bytes, max_bytes: int) -> CleanImage:
                 _check_size(*image.size)
                 image.seek(0)
                 image.load()
-                encoded = _encode(image, sniffed, lossless)
+                return _encode(image, sniffed, lossless, max_bytes)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise _too_large("claims far more pixels") from None
     except (OSError, ValueError, SyntaxError, EOFError, MemoryError):
         raise RefusedUpload("BAD_IMAGE", "the image cannot be decoded") from None
-    if len(encoded.data) > max_bytes:
-        raise RefusedUpload(
-            "IMAGE_TOO_LARGE",
-            f"the image takes {len(encoded.data)} bytes once cleaned, more than the"
-            f" {max_bytes} an icon may take; send a smaller one",
-        )
-    return encoded
 
 
-def _encode(image: Image.Image, sniffed: str, lossless: bool) -> CleanImage:
+def _encode(image: Image.Image, sniffed: str, lossless: bool, max_bytes: int) -> CleanImage:
+    """`image` encoded in the format of its upload, at the first setting (best first) whose
+    output takes at most `max_bytes`."""
     # Only the pixels (and which palette entry is transparent) go to the encoder: no EXIF,
     # ICC profile, comment or text chunk of the upload is written again.
     image.info = {k: v for k, v in image.info.items() if k == "transparency"}
-    out = io.BytesIO()
+    tries: list[dict[str, Any]]
     if sniffed == "image/jpeg":
-        if image.mode in _JPEG_MODES:  # the upload's own quantization: about its own size
-            image.save(out, "JPEG", quality="keep", subsampling="keep")
-        else:
-            image.convert("RGB").save(out, "JPEG", quality=90)
-        return CleanImage("image/jpeg", out.getvalue())
-    if sniffed == "image/webp":
-        mode = (
-            "RGBA" if image.mode in ("RGBA", "LA", "PA") or image.has_transparency_data else "RGB"
+        kind, content_type = "JPEG", "image/jpeg"
+        # The upload's own quantization first: about the size it was sent at.
+        tries = [{"quality": "keep", "subsampling": "keep"}] if image.mode in _JPEG_MODES else []
+        tries += [{"quality": quality} for quality in LOSSY_QUALITIES]
+        if image.mode not in _JPEG_MODES:
+            image = image.convert("RGB")
+    elif sniffed == "image/webp":
+        kind, content_type = "WEBP", "image/webp"
+        tries = (
+            [{"lossless": True}]
+            if lossless
+            else [{"quality": quality} for quality in LOSSY_QUALITIES]
         )
-        image.convert(mode).save(out, "WEBP", lossless=lossless, quality=90)
-        return CleanImage("image/webp", out.getvalue())
-    if image.mode not in _PNG_MODES:
         image = image.convert("RGBA" if image.has_transparency_data else "RGB")
-    image.save(out, "PNG")
-    return CleanImage("image/png", out.getvalue())
+    else:
+        kind, content_type = "PNG", "image/png"
+        tries = [{}]
+        if image.mode not in _PNG_MODES:
+            image = image.convert("RGBA" if image.has_transparency_data else "RGB")
+    size = 0
+    for options in tries:
+        out = io.BytesIO()
+        image.save(out, kind, **options)
+        size = len(out.getvalue())
+        if size <= max_bytes:
+            return CleanImage(content_type, out.getvalue())
+    raise RefusedUpload(
+        "IMAGE_TOO_LARGE",
+        f"the image takes {size} bytes once cleaned, more than the {max_bytes} an icon may"
+        " take; send a smaller one",
+    )
 
 
 def _limit_process(cpu_seconds: float) -> None:
