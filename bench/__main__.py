@@ -1,7 +1,7 @@
 """`make bench`: every benchmark, each printing its own table.
 
   python -m bench            all of them
-  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers)
+  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers, inputs, uploads)
 
 The ratios in each table are measured in the same run against a baseline of that run.
 """
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "ticker": "bench.bench_ticker",
     "workers": "bench.bench_workers",
     "inputs": "bench.bench_inputs",
+    "uploads": "bench.bench_uploads",
 }
 
 

@@ -2,7 +2,7 @@
 
 Decoding hostile bytes costs CPU and memory that nothing bounds but the image itself, so it
 never runs in the server process: `files.clean_upload` runs `python -m service.domain.images`
-for each upload (this module imports only Pillow), which lowers its own priority, caps its
+for each upload (this module imports only Pillow) at a lower priority; it caps its own
 CPU time and address space, reads the upload on stdin and writes one JSON line, then the
 clean bytes, on stdout; the server kills it past its timeout. Before any pixel is decoded
 the image is bounded by what its header claims: at most MAX_ICON_SIDE pixels a side and
@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import resource
 import sys
@@ -219,8 +218,8 @@ def _encode(image: Image.Image, sniffed: str, lossless: bool, max_bytes: int) ->
 
 
 def _limit_process(cpu_seconds: float) -> None:
-    """Lower priority, bounded CPU time and address space for this decoding process."""
-    os.nice(10)
+    """Bounded CPU time and address space for this decoding process (the server lowers its
+    priority as it starts it)."""
     cpu = math.ceil(cpu_seconds) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (MAX_DECODER_BYTES, MAX_DECODER_BYTES))
