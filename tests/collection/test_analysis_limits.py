@@ -34,9 +34,11 @@ fake_provider = fixtures.fake_provider
 worker_settings = fixtures.worker_settings
 start_worker = fixtures.start_worker
 
-ATTACK_PROMPTS = ("reply with 3. and forty thousand digits", "and again, with ones")
-# Before analysis was linear, each of these took 10 s to analyse, blocking the worker.
-ATTACK_ANSWER = "3." + "1" * 40_000
+# Before analysis was linear, each of these answers took 10 s to analyse, blocking the worker.
+ATTACK = {
+    "reply with 3. and forty thousand digits": "3." + "1" * 40_000,
+    "the same, then an at sign": "3." + "1" * 40_000 + "@",
+}
 BYSTANDER_PROMPT = "best crm for startups"
 # How much slower the bystander's run may be while the attacker's answers are analysed: a
 # generous bound (the attack once made it 60 times slower) over a noisy shared machine.
@@ -73,9 +75,9 @@ async def bystander_run(db: Database, workspace_id: str, attack: str = "") -> fl
 async def test_an_answer_built_to_be_slow_to_analyse_does_not_stall_another_tenant(
     collection_db: Database, fake_provider: FakeProviderServer, start_worker: StartWorker
 ) -> None:
-    for prompt in ATTACK_PROMPTS:
-        fake_provider.script(prompt, ATTACK_ANSWER)
-    attacker = await make_workspace(collection_db, prompts=ATTACK_PROMPTS, name="Mallory")
+    for prompt, answer in ATTACK.items():
+        fake_provider.script(prompt, answer)
+    attacker = await make_workspace(collection_db, prompts=tuple(ATTACK), name="Mallory")
     bystander = await make_workspace(collection_db, prompts=(BYSTANDER_PROMPT,))
     worker = start_worker()
     await bystander_run(collection_db, bystander)  # warm up: connections, caches
@@ -91,7 +93,9 @@ async def test_an_answer_built_to_be_slow_to_analyse_does_not_stall_another_tena
     # The attacker's answers were analysed all the same.
     assert (await load_run(collection_db, attack)).status == "succeeded"
     probes = await load_probes(collection_db, attack)
-    assert [(p.status, p.text == ATTACK_ANSWER) for p in probes] == [("succeeded", True)] * 4
+    assert [(p.status, p.text == ATTACK[p.prompt_text]) for p in probes] == [
+        ("succeeded", True)
+    ] * 4
 
 
 async def test_an_answer_too_long_to_analyse_is_stored_failed_with_the_reason(

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.workers.test_analysis import BRAND, COMPETITORS
@@ -55,8 +55,8 @@ FAMILIES: dict[str, Callable[[int], str]] = {
     "one long word": lambda size: repeat("a", size),
     "many dots": lambda size: repeat(".", size),
     "dotted numbers": lambda size: repeat("1.", size),
-    "many labels": lambda size: repeat("a.", size),
-    "hyphenated labels": lambda size: repeat("a-", size, prefix="x."),
+    "many labels": lambda size: repeat("a.", size - 3) + "com",
+    "hyphenated labels": lambda size: repeat("a-", size - 5, prefix="x.") + "a.com",
     "hosts glued together": lambda size: repeat("a.com,", size),
     "URLs glued together": lambda size: repeat("https://acme.com/x,", size),
     "URLs between spaces": lambda size: repeat("https://hubspot.com/acme ", size),
@@ -86,14 +86,15 @@ def cost(text: str, tries: int = 1) -> float:
 
 def assert_linear(build: Callable[[int], str], sizes: tuple[int, ...]) -> None:
     """Each size costs at most `MAX_STEP_RATIO` times the one a quarter its length (measured
-    again, the least of three, when it looks dearer), stopping at the first that does not."""
+    again, the least of three, when it looks a little dearer), stopping at the first that
+    does not."""
     smaller = build(sizes[0])
     smaller_cost = cost(smaller)
     for size in sizes[1:]:
         text = build(size)
         assert len(text) == size
         spent = cost(text)
-        if spent > MAX_STEP_RATIO * smaller_cost:
+        if MAX_STEP_RATIO * smaller_cost < spent < 2 * MAX_STEP_RATIO * smaller_cost:
             smaller_cost = min(smaller_cost, cost(smaller, tries=2))
             spent = min(spent, cost(text, tries=2))
         assert spent <= MAX_STEP_RATIO * smaller_cost, (
@@ -114,7 +115,7 @@ TRICKY = st.sampled_from(
 PIECES = st.lists(TRICKY, max_size=4).map("".join)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=15, deadline=None)
 @given(prefix=PIECES, unit=st.lists(TRICKY, min_size=1, max_size=8).map("".join))
 def test_analysis_time_grows_linearly_for_any_repeated_text(prefix: str, unit: str) -> None:
     assert_linear(
