@@ -3,9 +3,9 @@
 One database engine, one HTTP client (a keep-alive pool sized to the worker's concurrency), one
 adapter and one concurrency limit per provider, the provider budgets the fleet shares
 (`workers.budgets`), the batchers that coalesce probe reads and writes, and the one thread that
-analyses answers (CPU work: a second thread would only take turns with it for the GIL, and
-with the event loop). They belong to the event loop that Dramatiq's AsyncIO middleware runs, so they are built
-lazily on that loop by the first message and closed when the worker shuts down.
+analyses answers (CPU work: a second thread would only take turns with it, and with the event
+loop, for the GIL). They belong to the event loop that Dramatiq's AsyncIO middleware runs, so
+they are built lazily on that loop by the first message and closed when the worker shuts down.
 """
 
 from __future__ import annotations
