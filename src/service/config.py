@@ -7,7 +7,7 @@ import hmac
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import NonNegativeInt, field_validator
+from pydantic import NonNegativeInt, PositiveFloat, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import providers
@@ -108,6 +108,9 @@ class Settings(BaseSettings):
     # An open run on which nothing happened for this long has its messages sent again (lost
     # in a broker restart, say); 0 never does. Keep it well above a probe's longest attempt.
     run_stall_seconds: float = 600.0
+    # CPU seconds one answer's analysis may take before the answer is stored unanalysed (FAILED,
+    # with the reason). Analysis is linear: its longest answer costs a fraction of this.
+    analysis_time_limit_seconds: PositiveFloat = 5.0
 
     # Providers: key, base URL and model each (defaults: the registry, service.providers); a
     # provider without a key cannot run.

@@ -2,15 +2,17 @@
 
 One database engine, one HTTP client (a keep-alive pool sized to the worker's concurrency), one
 adapter and one concurrency limit per provider, the provider budgets the fleet shares
-(`workers.budgets`), and the batchers that coalesce probe reads and
-writes. They belong to the event loop that Dramatiq's AsyncIO middleware runs, so they are built
-lazily on that loop by the first message and closed when the worker shuts down.
+(`workers.budgets`), the batchers that coalesce probe reads and writes, and the one thread that
+analyses answers (CPU work: a second thread would only take turns with it, and with the event
+loop, for the GIL). They belong to the event loop that Dramatiq's AsyncIO middleware runs, so
+they are built lazily on that loop by the first message and closed when the worker shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,8 @@ class WorkerContext:
     limits: dict[str, asyncio.Semaphore]
     budgets: ProviderBudgets
     store: ProbeStore
+    # Answer analysis runs here, off the event loop (`workers.probes`).
+    analysis: ThreadPoolExecutor
 
     @classmethod
     def create(
@@ -81,9 +85,12 @@ class WorkerContext:
             limits={name: asyncio.Semaphore(settings.provider_concurrency) for name in PROVIDERS},
             budgets=ProviderBudgets.from_settings(settings),
             store=ProbeStore(database),
+            analysis=ThreadPoolExecutor(max_workers=1, thread_name_prefix="beacon-analysis"),
         )
 
     async def close(self, *, dispose_db: bool = True) -> None:
+        # An analysis under way ends within its time limit; none waiting will be needed.
+        self.analysis.shutdown(wait=False, cancel_futures=True)
         await self.http.aclose()
         await self.budgets.close()
         if dispose_db:

@@ -10,13 +10,17 @@ number, after the provider's Retry-After or an exponential backoff, up to
 the whole fleet calling that provider for the Retry-After period. Each call first takes the
 provider's budget (`workers.budgets`); a probe that would wait long for it, or whose workspace is
 over its fair share, is handed back to the queue with a delay (the same attempt, no provider
-call made). Reads and writes go through `ProbeStore`, which batches them across the probes in
-flight.
+call made). Answers are analysed on the worker's analysis thread (`WorkerContext.analysis`), after
+the provider's slot is released, so that the event loop keeps serving every other probe; an
+answer the analysis refuses (too long, or over `analysis_time_limit_seconds` of CPU) is stored
+FAILED with the reason, keeping its text and citations, and counts in no report. Reads and
+writes go through `ProbeStore`, which batches them across the probes in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -33,7 +37,7 @@ from service.config import Settings
 from service.db.models import Probe
 from service.domain.run_status import CANCELED_REASON, ProbeStatus
 from workers import metrics
-from workers.analysis import analyse
+from workers.analysis import AnalysisFailed, analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
 from workers.messages import probe_message
 from workers.probe_store import ProbeResult, ProbeTask
@@ -101,6 +105,8 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
     if isinstance(result, Deferred):
         metrics.PROBES_DEFERRED.labels(task.provider).inc()
         return result
+    if isinstance(result, Answer):
+        result = await _analysed(context, task, attempt, result)
     if result is not None:
         await context.store.save(result)
         metrics.PROBES_FINISHED.labels(task.provider, result.status).inc()
@@ -109,9 +115,10 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
 
 async def _ask(
     context: WorkerContext, task: ProbeTask, attempt: int
-) -> ProbeResult | Deferred | None:
-    """The probe's result; None when another attempt has been scheduled, `Deferred` when the
-    provider's budget sends it back to the queue."""
+) -> Answer | ProbeResult | Deferred | None:
+    """The provider's answer, or the probe's result when there is none; None when another
+    attempt has been scheduled, `Deferred` when the provider's budget sends it back to the
+    queue."""
     adapter = context.adapters.get(task.provider)
     if adapter is None:
         message = (
@@ -137,7 +144,7 @@ async def _ask(
 
 async def _ask_in_slot(
     context: WorkerContext, task: ProbeTask, attempt: int, adapter: ProviderAdapter
-) -> ProbeResult | Deferred | None:
+) -> Answer | ProbeResult | Deferred | None:
     async with context.in_flight:
         wait = await context.budgets.acquire(task.provider, task.workspace_id, task.prompt_text)
         if wait is not None:
@@ -176,7 +183,7 @@ async def _ask_in_slot(
             metrics.PROBES_IN_FLIGHT.dec()
             metrics.PROVIDER_SECONDS.labels(task.provider).observe(time.perf_counter() - started)
     context.budgets.spent(task.provider, answer.text)
-    return _succeeded(task, attempt, answer)
+    return answer
 
 
 def provider_span(task: ProbeTask, attempt: int) -> AbstractContextManager[Span | None]:
@@ -214,8 +221,37 @@ def _failed(task: ProbeTask, attempt: int, message: str) -> ProbeResult:
     return ProbeResult(task.id, task.run_id, ProbeStatus.FAILED, attempt, {"error": message})
 
 
-def _succeeded(task: ProbeTask, attempt: int, answer: Answer) -> ProbeResult:
-    analysis = analyse(answer.text, answer.citations, task.brand, task.competitors)
+async def _analysed(
+    context: WorkerContext, task: ProbeTask, attempt: int, answer: Answer
+) -> ProbeResult:
+    """The probe's result: the answer and its analysis, made on the analysis thread."""
+    job = functools.partial(
+        analyse,
+        answer.text,
+        answer.citations,
+        task.brand,
+        task.competitors,
+        time_limit=context.settings.analysis_time_limit_seconds,
+    )
+    try:
+        analysis = await asyncio.get_running_loop().run_in_executor(context.analysis, job)
+    except AnalysisFailed as exc:
+        log.warning("probe %s: %s", task.id, exc.reason)
+        values = {**_answer_values(task, answer), "error": f"answer not analysed: {exc.reason}"}
+        return ProbeResult(task.id, task.run_id, ProbeStatus.FAILED, attempt, values)
+    values = {
+        **_answer_values(task, answer),
+        "brand_mentioned": analysis.brand_mentioned,
+        "brand_rank": analysis.brand_rank or 0,
+        "competitors": [{"name": c.name, "rank": c.rank} for c in analysis.competitors],
+        "brand_citations": analysis.brand_citations,
+        "citation_count": analysis.citation_count,
+    }
+    return ProbeResult(task.id, task.run_id, ProbeStatus.SUCCEEDED, attempt, values)
+
+
+def _answer_values(task: ProbeTask, answer: Answer) -> dict[str, object]:
+    """What the provider said, as stored whether or not it could be analysed."""
     brand_domain = normalize_domain(task.brand.domain)
     citations = [
         {
@@ -226,18 +262,12 @@ def _succeeded(task: ProbeTask, attempt: int, answer: Answer) -> ProbeResult:
         }
         for citation in answer.citations
     ]
-    values = {
+    return {
         "model": answer.model,
         "text": answer.text,
         "citations": citations,
-        "brand_mentioned": analysis.brand_mentioned,
-        "brand_rank": analysis.brand_rank or 0,
-        "competitors": [{"name": c.name, "rank": c.rank} for c in analysis.competitors],
-        "brand_citations": analysis.brand_citations,
-        "citation_count": analysis.citation_count,
         "latency_ms": answer.latency_ms,
     }
-    return ProbeResult(task.id, task.run_id, ProbeStatus.SUCCEEDED, attempt, values)
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:

@@ -7,7 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from workers.analysis import (
+    MAX_ANSWER_CHARS,
     Analysis,
+    AnalysisFailed,
     BrandSpec,
     CompetitorMention,
     CompetitorSpec,
@@ -78,6 +80,11 @@ def mentions(text: str) -> list[tuple[str, int]]:
         ("Acme first, HubSpot second, Acme again.", [("Acme", 1), ("HubSpot", 2)]),
         ("Acme Cloud is new.", [("Acme Cloud", 1)]),
         ("Acme Cloud rivals Acme.", [("Acme Cloud", 1), ("Acme", 2)]),
+        # Addresses, hosts and URLs glued together, and brackets after URLs.
+        ("Mail a@x.io,sales@acme.com,hubspot.com", [("Acme", 1), ("HubSpot", 2)]),
+        ("Write to a@b.com.x@acme.com.", [("Acme", 1)]),
+        ("See https://hubspot.com/(acme))) today.", [("HubSpot", 1)]),
+        ("(https://hubspot.com/x)),acme.com", [("HubSpot", 1)]),  # all one URL
         ("", []),
     ],
 )
@@ -156,3 +163,25 @@ def test_name_glued_to_a_word_is_not_a_mention(prefix: str, suffix: str) -> None
     assert not analyse(f"{prefix}acme{suffix}", (), BRAND, ()).brand_mentioned
     if prefix:
         assert not analyse(f"{prefix}acme", (), BRAND, ()).brand_mentioned
+
+
+def test_an_answer_longer_than_any_provider_writes_is_not_analysed() -> None:
+    longest = ("Acme " * (MAX_ANSWER_CHARS // 5 + 1))[:MAX_ANSWER_CHARS]
+
+    assert analyse(longest, (), BRAND, COMPETITORS).brand_mentioned
+    with pytest.raises(AnalysisFailed) as failure:
+        analyse(longest + "!", (), BRAND, COMPETITORS)
+    assert (
+        failure.value.reason
+        == "answer too long to analyse (1,000,001 characters; at most 1,000,000)"
+    )
+
+
+def test_an_analysis_stops_once_its_time_limit_is_spent() -> None:
+    # Far more than a millisecond of work, past the first look at the clock.
+    answer = "Acme and hubspot.com, " * (MAX_ANSWER_CHARS // 22)
+
+    with pytest.raises(AnalysisFailed) as failure:
+        analyse(answer, (), BRAND, COMPETITORS, time_limit=0.001)
+    assert failure.value.reason == "answer analysis exceeded its time limit (0.001 s)"
+    assert analyse(answer, (), BRAND, COMPETITORS, time_limit=60).brand_rank == 1
