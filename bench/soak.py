@@ -28,6 +28,12 @@ that died or did not exit cleanly on SIGTERM, RSS growth of 10% or more after wa
   SOAK_MINUTES=3 make soak       (default 30)
   SOAK_USERS=8                   virtual users (default 8)
   SOAK_PG_DOWN_SECONDS=5         how long PostgreSQL stays down (default 5)
+  SOAK_TRACEMALLOC_FRAMES=10     frames of each allocation the processes trace (0: no tracing)
+
+Every process traces its allocations (`service.memtrace`, off in production): after warm-up
+and at the end the soak has each write a tracemalloc snapshot and a census of its objects by
+type, and prints the allocation sites and object types that grew most in between (the top 25
+when the RSS invariant fails, 8 otherwise).
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
+from bench import _memtrace as memtrace
 from bench._common import rss_mb, table
 from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
 from service.clock import utcnow
@@ -118,6 +125,7 @@ class Plan:
     duration: float
     users: int
     pg_down: float
+    trace_frames: int = 10
 
     @classmethod
     def from_env(cls) -> Plan:
@@ -125,11 +133,17 @@ class Plan:
             duration=env_float("SOAK_MINUTES", 30.0) * 60,
             users=int(env_float("SOAK_USERS", 8)),
             pg_down=env_float("SOAK_PG_DOWN_SECONDS", 5.0),
+            trace_frames=int(env_float("SOAK_TRACEMALLOC_FRAMES", 10)),
         )
 
     @property
     def warm_up(self) -> float:
         return min(max(30.0, 0.1 * self.duration), 0.3 * self.duration)
+
+    @property
+    def rss_every(self) -> float:
+        """Seconds between the RSS samples of the series printed at the end."""
+        return min(max(15.0, self.duration / 30), 120.0)
 
     @property
     def redis_restart(self) -> float:
@@ -540,6 +554,9 @@ class Soak:
         named += [(f"ticker-{i + 1}", t.process) for i, t in enumerate(fleet.tickers)]
         return named
 
+    def pids(self) -> dict[str, int]:
+        return {name: p.pid for name, p in self.processes() if p.returncode is None}
+
     def rss(self) -> dict[str, float]:
         return {name: rss_mb(p.pid) for name, p in self.processes() if p.returncode is None}
 
@@ -724,6 +741,13 @@ def judge(soak: Soak, state: dict[str, Any], rss: dict[str, dict[str, float]]) -
     return out
 
 
+def rss_series(series: list[tuple[float, dict[str, float]]]) -> list[str]:
+    """RSS of every process over the load, a row per sample."""
+    names = sorted({name for _, sample in series for name in sample})
+    rows = [[f"{at:.0f}", *(sample.get(n, 0.0) for n in names)] for at, sample in series]
+    return ["", "RSS (MiB) over the load:", *table(["s", *names], rows)]
+
+
 def logged_errors(fleet: Fleet) -> list[str]:
     """ERROR records of every process's log, counted by message and the exception that
     ended their traceback (the processes recover from these; they are shown, not judged)."""
@@ -799,6 +823,8 @@ async def soak(plan: Plan, tmp: Path) -> int:
                 shutdown_grace_seconds=5.0,
                 schedule_min_interval_minutes=1,
                 peer_rate_limit_per_minute=1_000_000,
+                tracemalloc_frames=plan.trace_frames,
+                tracemalloc_dir=tmp / "tracemalloc",
             )
             fleet = Fleet(settings, tmp, serve_count=2, worker_count=1)
             client: Client | None = None
@@ -826,6 +852,10 @@ async def drive(run: Soak) -> int:
     """The load, the faults and the RSS samples; then the drain, the verdict and the stop."""
     fleet, plan, stats = run.fleet, run.plan, run.stats
     rss: dict[str, dict[str, float]] = {}
+    snapshots: dict[str, dict[str, Path]] = {}
+    trace_dir = fleet.tmp / "tracemalloc"
+    if plan.trace_frames:
+        memtrace.start(run.pids())
     await run.set_up()
     stats.t0 = time.monotonic()
     stats.event(f"load started: {plan.users} users on {len(fleet.serves)} serve processes")
@@ -833,14 +863,20 @@ async def drive(run: Soak) -> int:
     faults = asyncio.create_task(run.faults())
     dead: list[str] = []
     samples = (("start", plan.warm_up), ("middle", plan.duration / 2), ("end", plan.duration))
+    series: list[tuple[float, dict[str, float]]] = []  # RSS every SERIES_SECONDS, printed
     for label, at in samples:
         while stats.now() < at:
             await asyncio.sleep(min(5.0, max(0.0, at - stats.now())))
+            if stats.now() >= len(series) * plan.rss_every:
+                series.append((stats.now(), run.rss()))
             dead = dead or run.dead()
             if faults.done():
                 faults.result()  # raises what went wrong restarting a server
         rss[label] = run.rss()
         stats.event(f"RSS {label}: " + ", ".join(f"{k} {v:.0f}" for k, v in rss[label].items()))
+        if plan.trace_frames and label in ("start", "end"):
+            snapshots[label] = await memtrace.dump(trace_dir, run.pids())
+            stats.event(f"tracemalloc snapshots ({label}): {len(snapshots[label])}")
     run.stop.set()
     await faults
     _, pending = await asyncio.wait(tasks, timeout=60)
@@ -854,6 +890,10 @@ async def drive(run: Soak) -> int:
     state = await drain(run, within=240)
     dead = dead or run.dead()
     outcome = judge(run, state, rss)
+    outcome.lines += rss_series(series)
+    if snapshots.get("end"):
+        top = 25 if any("RSS flat" in f for f in outcome.failures) else 8
+        outcome.lines += memtrace.report(snapshots["start"], snapshots["end"], top)
     outcome.check(not dead, f"every process stayed up ({', '.join(dead) or 'all did'})")
     outcome.check(not crashed, f"no virtual user crashed ({'; '.join(crashed)[:500]})")
     try:

@@ -60,6 +60,9 @@ PEER_CEILING = "beacon.v1/*"
 START_RUN = "/beacon.v1.RunService/StartRun"
 HOT_RULE_REQUESTS = 600  # declared requests per window from which a rule may be batched
 FLUSH_SECONDS = 0.1
+# (rule, subject, window) slots one process batches at most; beyond, a new subject is counted
+# exactly (in Redis per call) until expired windows free room.
+MAX_BATCHED_SLOTS = 20_000
 
 
 def build_storage(settings: Settings) -> Storage:
@@ -111,6 +114,7 @@ class BatchedCounters:
         )
         self.prefix = f"{key_prefix}:batched:"
         self._slots: dict[str, _Slot] = {}
+        self._swept = 0.0  # when `accepts` last dropped the expired slots
         self._flusher: asyncio.Task[None] | None = None
 
     async def hit(self, namespace: str, subject: str, amount: int, period: int) -> float | None:
@@ -133,6 +137,21 @@ class BatchedCounters:
         slot.pending += 1
         self._schedule()
         return None
+
+    def accepts(self, namespace: str, subject: str, period: int) -> bool:
+        """Whether a call of `subject` can be batched: its window has a slot, or there is
+        room for one (expired slots are dropped to make room)."""
+        if len(self._slots) < MAX_BATCHED_SLOTS:
+            return True
+        key = f"{self.prefix}{namespace}:{subject}:{int(time.time() // period)}"
+        if key in self._slots:
+            return True
+        now = time.time()
+        if now - self._swept >= 1.0:  # a full scan at most once a second
+            self._swept = now
+            for expired in [k for k, slot in self._slots.items() if slot.expires <= now]:
+                del self._slots[expired]
+        return len(self._slots) < MAX_BATCHED_SLOTS
 
     async def _add(self, key: str, count: int, period: int) -> int:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -223,8 +242,13 @@ class RateLimits:
         unreachable and the rule fails closed.
         """
         item = self._item(name, index, limit)
-        if self.batched is not None and is_hot(limit):
-            wait = await self.batched.hit(item.namespace, subject, item.amount, item.get_expiry())
+        batched = self.batched
+        if (
+            batched is not None
+            and is_hot(limit)
+            and batched.accepts(item.namespace, subject, item.get_expiry())
+        ):
+            wait = await batched.hit(item.namespace, subject, item.amount, item.get_expiry())
             if wait is None:
                 return
             raise self._exhausted(name, item, limit, subject, wait)
