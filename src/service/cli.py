@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service import memtrace, tracing
+from service import malloc, memtrace, tracing
 from service.app import App
 from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     if args.command in {"serve", "worker", "ticker", "dev"}:
+        malloc.configure(settings)
         memtrace.install(settings)
     try:
         code: int = args.fn(settings, args)

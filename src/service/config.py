@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1:9464"
     worker_metrics_addr: str = ""
     ticker_metrics_addr: str = ""
+    # Memory (service.malloc, glibc): arenas for threads (0: glibc's default, 8 per core) and
+    # how often freed heap pages go back to the OS (0: never).
+    malloc_arena_max: NonNegativeInt = 2
+    malloc_trim_seconds: float = 30.0
     # Allocation tracing for soak runs (service.memtrace): frames kept per allocation, 0 = off
     # (production); snapshots go to the directory (default <data_dir>/tracemalloc) on SIGUSR2.
     tracemalloc_frames: NonNegativeInt = 0

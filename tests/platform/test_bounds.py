@@ -137,7 +137,6 @@ def access(n: int) -> Access:
 
 def test_access_cache_holds_at_most_max_entries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(access_cache, "MAX_ENTRIES", 100)
-    monkeypatch.setattr(access_cache, "MAX_TAGGED_KEYS", 300)
     cache = AccessCache(shared=False)
     for n in range(1000):  # a distinct resource each: run ids, prompt ids
         cache.put(("ws", "user_1", f"run_{n}"), access(n), cache.generation)
