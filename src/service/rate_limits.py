@@ -63,11 +63,38 @@ FLUSH_SECONDS = 0.1
 # (rule, subject, window) slots one process batches at most; beyond, a new subject is counted
 # exactly (in Redis per call) until expired windows free room.
 MAX_BATCHED_SLOTS = 20_000
+# (rule, subject) keys counted in process memory at most (no Redis, or Redis unreachable);
+# a new key beyond it first drops every count (see BoundedMemoryStorage).
+MAX_MEMORY_KEYS = 100_000
+
+
+class BoundedMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage, bounded: it drops expired keys itself, but a flood of
+    distinct subjects within one window (peers, say) would grow it without limit. A new key
+    that would make MAX_MEMORY_KEYS clears every count, as a restart would."""
+
+    def _bound(self, key: str) -> None:
+        if key in self.storage or key in self.events:
+            return
+        if len(self.storage) + len(self.events) >= MAX_MEMORY_KEYS:
+            log.warning("in-process rate limit counts full: cleared")
+            self.storage.clear()
+            self.expirations.clear()
+            self.events.clear()
+            self.locks.clear()
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        self._bound(key)
+        return await super().incr(key, expiry, amount)
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        self._bound(key)
+        return await super().acquire_entry(key, limit, expiry, amount)
 
 
 def build_storage(settings: Settings) -> Storage:
     if not settings.redis_url:
-        return MemoryStorage()
+        return BoundedMemoryStorage()
     return RedisStorage(
         "async+" + settings.redis_url,
         implementation="redispy",
@@ -209,7 +236,7 @@ class RateLimits:
         strategy = STRATEGIES[settings.rate_limit_strategy]
         self.limiter = strategy(self.storage)
         # Only a shared store can become unreachable; memory is its stand-in meanwhile.
-        self.fallback = strategy(MemoryStorage()) if settings.redis_url else None
+        self.fallback = strategy(BoundedMemoryStorage()) if settings.redis_url else None
         self.scale = settings.rate_limit_scale
         self.peer_ceiling = (
             RateLimit(

@@ -199,6 +199,30 @@ async def test_batched_rate_limit_slots_are_bounded_and_count_exactly_beyond(
         await delete_redis_keys(prefix)
 
 
+@pytest.mark.parametrize("strategy", ["moving-window", "fixed-window", "sliding-window-counter"])
+async def test_in_process_rate_limit_counts_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
+    from beacon.v1 import options_pb2
+    from service import rate_limits
+    from service.rate_limits import RateLimits
+    from service.rules import RateLimit
+
+    monkeypatch.setattr(rate_limits, "MAX_MEMORY_KEYS", 50)
+    limits = RateLimits(Settings(redis_url="", rate_limit_strategy=strategy))
+    storage = limits.storage
+    assert isinstance(storage, rate_limits.BoundedMemoryStorage)
+    rule = RateLimit(2, 900, options_pb2.RATE_LIMIT_KEY_PEER, False, "")
+    for n in range(500):  # a distinct peer each, all within one window
+        await limits.hit("/beacon.v1.Test/Write", 0, rule, f"peer:ipv4:10.0.{n // 250}.{n % 250}")
+        assert len(storage.storage) + len(storage.events) <= 50
+    # Still counting: a subject's third call in the window is refused.
+    await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
+    await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
+    with pytest.raises(rate_limits.ResourceExhausted):
+        await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
+
+
 # --- metrics, log lines ------------------------------------------------------------------------
 
 
