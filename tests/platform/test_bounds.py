@@ -13,7 +13,6 @@ import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 
@@ -25,6 +24,7 @@ from service.auth.tokens import TokenVerifier, mint_dev_token
 from service.config import Settings
 from service.db.database import Database
 from service.domain.actor import Access
+from service.domain.errors import ResourceExhausted
 from service.domain.workspace_views import WorkspaceView
 from service.interceptors import observability
 from service.logs import AccessLog, configure_logging
@@ -191,7 +191,7 @@ async def test_batched_rate_limit_slots_are_bounded_and_count_exactly_beyond(
         # A subject beyond the bound is still counted, exactly, in the shared store.
         for _ in range(600):
             await limits.hit("/beacon.v1.Test/Read", 0, hot, "user:late")
-        with pytest.raises(rate_limits.ResourceExhausted):
+        with pytest.raises(ResourceExhausted):
             await limits.hit("/beacon.v1.Test/Read", 0, hot, "user:late")
         assert len(limits.batched._slots) == 40
     finally:
@@ -219,7 +219,7 @@ async def test_in_process_rate_limit_counts_are_bounded(
     # Still counting: a subject's third call in the window is refused.
     await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
     await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
-    with pytest.raises(rate_limits.ResourceExhausted):
+    with pytest.raises(ResourceExhausted):
         await limits.hit("/beacon.v1.Test/Write", 0, rule, "peer:ipv4:10.9.9.9")
 
 
@@ -261,7 +261,3 @@ async def test_pending_request_lines_are_bounded_while_the_loop_is_busy(
         assert [r.request_id for r in written] == [f"req_{n}" for n in range(total)]  # type: ignore[attr-defined]
     finally:
         log.logger.removeHandler(keep)
-
-
-def _unused(*_: Any) -> None:
-    return None
