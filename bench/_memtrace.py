@@ -23,7 +23,7 @@ def start(pids: dict[str, int]) -> None:
         os.kill(pid, SIGNAL)
 
 
-async def dump(directory: Path, pids: dict[str, int], within: float = 120.0) -> dict[str, Path]:
+async def dump(directory: Path, pids: dict[str, int], within: float = 300.0) -> dict[str, Path]:
     """Signals every process to write a snapshot; the new snapshot of each (by name) that
     arrived within `within` seconds."""
     before = {name: _snapshots(directory, pid) for name, pid in pids.items()}
