@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 import weakref
@@ -111,7 +112,15 @@ class AccessCache:
             return
         if len(self._entries) >= MAX_ENTRIES or self._tagged_keys >= MAX_TAGGED_KEYS:
             self.clear()
-        self._entries[key] = (time.monotonic() + self.ttl, access)
+        now = time.monotonic()
+        # Oldest first, so that the entries are in expiry order: drop up to two expired ones
+        # (an entry whose key is never asked again would otherwise wait for MAX_ENTRIES).
+        self._entries.pop(key, None)
+        for old in list(itertools.islice(self._entries.items(), 2)):
+            if old[1][0] >= now:
+                break
+            del self._entries[old[0]]
+        self._entries[key] = (now + self.ttl, access)
         tags = [f"user:{key[1]}", f"org:{access.organization_id}"]
         if access.workspace_id:
             tags.append(f"ws:{access.workspace_id}")

@@ -162,6 +162,19 @@ def test_access_cache_tag_lists_are_bounded_when_expired_entries_are_dropped(
     assert sum(len(keys) for keys in cache._tagged.values()) <= 300
 
 
+def test_access_cache_drops_expired_entries_long_before_max_entries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(monkeypatch)
+    cache = AccessCache(shared=False)
+    for n in range(5000):  # a new run every 10 ms, never asked about again: 50 s of them
+        cache.put(("ws", "user_1", f"run_{n}"), access(n), cache.generation)
+        clock.now += 0.01
+    # About a second of them is live; the rest were dropped, not kept until MAX_ENTRIES.
+    assert len(cache._entries) <= 110
+    assert cache.get(("ws", "user_1", "run_4999")) == access(4999)
+
+
 # --- rate limits ------------------------------------------------------------------------------
 
 
