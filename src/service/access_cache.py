@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import time
 import weakref
@@ -55,6 +56,9 @@ log = logging.getLogger("beacon.access_cache")
 CHANNEL = "beacon_access"
 TTL_SECONDS = 1.0  # the worst-case staleness: never raise it above 1 s
 MAX_ENTRIES = 50_000
+# Keys listed under tags: an expired entry dropped by `get` stays listed until its tag is
+# invalidated, so the lists are bounded apart from the entries (each entry has <= 3 tags).
+MAX_TAGGED_KEYS = 3 * MAX_ENTRIES
 EVERYTHING = "*"
 NOTIFY_LIMIT = 7000  # bytes of one payload (PostgreSQL's limit is 8000)
 RECONNECT_SECONDS = 0.5
@@ -97,6 +101,7 @@ class AccessCache:
         self.generation = 0  # moves on every invalidation
         self._entries: dict[Key, tuple[float, Access]] = {}
         self._tagged: dict[str, set[Key]] = {}
+        self._tagged_keys = 0  # the sum of the sizes of the sets in _tagged
         _caches.add(self)
 
     def get(self, key: Key) -> Access | None:
@@ -114,16 +119,27 @@ class AccessCache:
         invalidation arrived meanwhile (the read may predate the change)."""
         if not self.enabled or generation != self.generation:
             return
-        if len(self._entries) >= MAX_ENTRIES:
+        if len(self._entries) >= MAX_ENTRIES or self._tagged_keys >= MAX_TAGGED_KEYS:
             self.clear()
-        self._entries[key] = (self._clock() + self.ttl, access)
+        now = self._clock()
+        # Oldest first, so that the entries are in expiry order: drop up to two expired ones
+        # (an entry whose key is never asked again would otherwise wait for MAX_ENTRIES).
+        self._entries.pop(key, None)
+        for old in list(itertools.islice(self._entries.items(), 2)):
+            if old[1][0] > now:
+                break
+            del self._entries[old[0]]
+        self._entries[key] = (now + self.ttl, access)
         tags = [f"user:{key[1]}", f"org:{access.organization_id}"]
         if access.workspace_id:
             tags.append(f"ws:{access.workspace_id}")
         elif key[2].startswith("ws_"):
             tags.append(f"ws:{key[2]}")
         for tag in tags:
-            self._tagged.setdefault(tag, set()).add(key)
+            listed = self._tagged.setdefault(tag, set())
+            if key not in listed:
+                listed.add(key)
+                self._tagged_keys += 1
 
     def invalidate(self, tags: Iterable[str]) -> None:
         self.generation += 1
@@ -131,13 +147,16 @@ class AccessCache:
             if tag == EVERYTHING:
                 self.clear()
                 return
-            for key in self._tagged.pop(tag, ()):
+            listed = self._tagged.pop(tag, set())
+            self._tagged_keys -= len(listed)
+            for key in listed:
                 self._entries.pop(key, None)
 
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
         self._tagged.clear()
+        self._tagged_keys = 0
 
     def set_enabled(self, enabled: bool) -> None:
         if not enabled:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from service import tracing
+from service import memtrace, tracing
 from service.app import App
 from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
+    if args.command in {"serve", "worker", "ticker", "dev"}:
+        memtrace.install(settings)
     try:
         code: int = args.fn(settings, args)
     except (ValueError, DomainError) as exc:  # bad input on the command line or environment

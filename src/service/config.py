@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     metrics_addr: str = "127.0.0.1:9464"
     worker_metrics_addr: str = ""
     ticker_metrics_addr: str = ""
+    # Allocation tracing for soak runs (service.memtrace): frames kept per allocation, 0 = off
+    # (production); snapshots go to the directory (default <data_dir>/tracemalloc) on SIGUSR2.
+    tracemalloc_frames: NonNegativeInt = 0
+    tracemalloc_dir: Path | None = None
 
     @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
     @classmethod

@@ -60,11 +60,41 @@ PEER_CEILING = "beacon.v1/*"
 START_RUN = "/beacon.v1.RunService/StartRun"
 HOT_RULE_REQUESTS = 600  # declared requests per window from which a rule may be batched
 FLUSH_SECONDS = 0.1
+# (rule, subject, window) slots one process batches at most; beyond, a new subject is counted
+# exactly (in Redis per call) until expired windows free room.
+MAX_BATCHED_SLOTS = 20_000
+# (rule, subject) keys counted in process memory at most (no Redis, or Redis unreachable);
+# a new key beyond it first drops every count (see BoundedMemoryStorage).
+MAX_MEMORY_KEYS = 100_000
+
+
+class BoundedMemoryStorage(MemoryStorage):
+    """`limits`' in-process storage, bounded: it drops expired keys itself, but a flood of
+    distinct subjects within one window (peers, say) would grow it without limit. A new key
+    that would make MAX_MEMORY_KEYS clears every count, as a restart would."""
+
+    def _bound(self, key: str) -> None:
+        if key in self.storage or key in self.events:
+            return
+        if len(self.storage) + len(self.events) >= MAX_MEMORY_KEYS:
+            log.warning("in-process rate limit counts full: cleared")
+            self.storage.clear()
+            self.expirations.clear()
+            self.events.clear()
+            self.locks.clear()
+
+    async def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        self._bound(key)
+        return await super().incr(key, expiry, amount)
+
+    async def acquire_entry(self, key: str, limit: int, expiry: int, amount: int = 1) -> bool:
+        self._bound(key)
+        return await super().acquire_entry(key, limit, expiry, amount)
 
 
 def build_storage(settings: Settings) -> Storage:
     if not settings.redis_url:
-        return MemoryStorage()
+        return BoundedMemoryStorage()
     return RedisStorage(
         "async+" + settings.redis_url,
         implementation="redispy",
@@ -118,6 +148,7 @@ class BatchedCounters:
         )
         self.prefix = f"{key_prefix}:batched:"
         self._slots: dict[str, _Slot] = {}
+        self._swept = 0.0  # when `accepts` last dropped the expired slots
         self._flusher: asyncio.Task[None] | None = None
 
     async def hit(self, namespace: str, subject: str, amount: int, period: int) -> float | None:
@@ -140,6 +171,21 @@ class BatchedCounters:
         slot.pending += 1
         self._schedule()
         return None
+
+    def accepts(self, namespace: str, subject: str, period: int) -> bool:
+        """Whether a call of `subject` can be batched: its window has a slot, or there is
+        room for one (expired slots are dropped to make room)."""
+        if len(self._slots) < MAX_BATCHED_SLOTS:
+            return True
+        key = f"{self.prefix}{namespace}:{subject}:{int(time.time() // period)}"
+        if key in self._slots:
+            return True
+        now = time.time()
+        if now - self._swept >= 1.0:  # a full scan at most once a second
+            self._swept = now
+            for expired in [k for k, slot in self._slots.items() if slot.expires <= now]:
+                del self._slots[expired]
+        return len(self._slots) < MAX_BATCHED_SLOTS
 
     async def _add(self, key: str, count: int, period: int) -> int:
         async with self.client.pipeline(transaction=False) as pipe:
@@ -197,7 +243,7 @@ class RateLimits:
         strategy = STRATEGIES[settings.rate_limit_strategy]
         self.limiter = strategy(self.storage)
         # Only a shared store can become unreachable; memory is its stand-in meanwhile.
-        self.fallback = strategy(MemoryStorage()) if settings.redis_url else None
+        self.fallback = strategy(BoundedMemoryStorage()) if settings.redis_url else None
         self.scale = settings.rate_limit_scale
         self.peer_ceiling = (
             RateLimit(
@@ -232,8 +278,13 @@ class RateLimits:
         full, Unavailable when the store is unreachable and the rule fails closed.
         """
         item = self._item(name, index, limit)
-        if self.batched is not None and is_hot(limit):
-            wait = await self.batched.hit(item.namespace, subject, item.amount, item.get_expiry())
+        batched = self.batched
+        if (
+            batched is not None
+            and is_hot(limit)
+            and batched.accepts(item.namespace, subject, item.get_expiry())
+        ):
+            wait = await batched.hit(item.namespace, subject, item.amount, item.get_expiry())
             if wait is None:
                 return
             raise self._exhausted(name, item, limit, shown or subject, wait)

@@ -28,22 +28,44 @@ LATENCY = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 MAX_REQUEST_ID = 100
+# Label values are bounded: a child per (method, code) lives as long as the process. Methods
+# are the rule table's (every Beacon RPC); past MAX_METHODS distinct ones (never, unless a
+# caller can name methods) the rest are counted as OTHER_METHOD, and codes are grpc's.
+MAX_METHODS = 256
+OTHER_METHOD = "other"
+CODES = frozenset(code.name for code in grpc.StatusCode)
+_METHODS: dict[str, str] = {}
 # Pre-bound metric children: `labels()` hashes and locks on every call; a dict lookup does not.
 _COUNTERS: dict[tuple[str, str], Any] = {}
 _TIMERS: dict[str, Any] = {}
 
 
+def _method_label(method: str) -> str:
+    label = _METHODS.get(method)
+    if label is None:
+        if len(_METHODS) >= MAX_METHODS:
+            return OTHER_METHOD
+        label = _METHODS[method] = method
+    return label
+
+
 def _counter(method: str, code: str) -> Any:
     child = _COUNTERS.get((method, code))
     if child is None:
-        child = _COUNTERS[(method, code)] = RPCS.labels(method, code)
+        key = (_method_label(method), code if code in CODES else "UNKNOWN")
+        child = _COUNTERS.get(key)
+        if child is None:
+            child = _COUNTERS[key] = RPCS.labels(*key)
     return child
 
 
 def _timer(method: str) -> Any:
     child = _TIMERS.get(method)
     if child is None:
-        child = _TIMERS[method] = LATENCY.labels(method)
+        label = _method_label(method)
+        child = _TIMERS.get(label)
+        if child is None:
+            child = _TIMERS[label] = LATENCY.labels(label)
     return child
 
 
