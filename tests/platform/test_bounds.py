@@ -40,7 +40,10 @@ class Clock:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.now = time.monotonic()
-        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        monkeypatch.setattr(time, "monotonic", self)
+
+    def __call__(self) -> float:
+        return self.now
 
 
 # --- TtlCache (tokens, users, service keys, acted-as users, Workspace messages) --------------
@@ -152,7 +155,7 @@ def test_access_cache_tag_lists_are_bounded_when_expired_entries_are_dropped(
     clock = Clock(monkeypatch)
     monkeypatch.setattr(access_cache, "MAX_ENTRIES", 100)
     monkeypatch.setattr(access_cache, "MAX_TAGGED_KEYS", 300)
-    cache = AccessCache(shared=False)
+    cache = AccessCache(shared=False, clock=clock)
     for n in range(1000):
         key = ("ws", f"user_{n % 3}", f"run_{n}")
         cache.put(key, access(n), cache.generation)
@@ -166,7 +169,7 @@ def test_access_cache_drops_expired_entries_long_before_max_entries(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock(monkeypatch)
-    cache = AccessCache(shared=False)
+    cache = AccessCache(shared=False, clock=clock)
     for n in range(5000):  # a new run every 10 ms, never asked about again: 50 s of them
         cache.put(("ws", "user_1", f"run_{n}"), access(n), cache.generation)
         clock.now += 0.01
