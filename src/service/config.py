@@ -7,7 +7,7 @@ import hmac
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import NonNegativeInt, field_validator
+from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import providers
@@ -40,7 +40,16 @@ class Settings(BaseSettings):
     http_addr: str = "127.0.0.1:8080"
     public_http_url: str = ""  # base of signed URLs; defaults to http://<http_addr>
     max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 1000
+    # Unary Beacon calls in flight per server process; beyond it a call is RESOURCE_EXHAUSTED
+    # (SERVER_BUSY). Streams never count against it: they have their own budget below.
+    max_concurrent_rpcs: PositiveInt = 1000
+    # Streams (WatchRun) open per server process, per user and per workspace; beyond them a
+    # new stream is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS). A stream ends UNAVAILABLE
+    # (STREAM_LIFETIME_ENDED) after `max_stream_seconds`: the client reopens it.
+    max_concurrent_streams: PositiveInt = 1000
+    max_streams_per_user: PositiveInt = 10
+    max_streams_per_workspace: PositiveInt = 20
+    max_stream_seconds: PositiveFloat = 1800.0
     shutdown_grace_seconds: float = 10.0
     uvloop: bool = True
 
@@ -70,11 +79,19 @@ class Settings(BaseSettings):
     upload_url_ttl_seconds: int = 600
     icon_url_ttl_seconds: int = 3600
     icon_max_bytes: int = 1024 * 1024
+    # Live workspaces per organization, and organizations a user owns: creating one more is
+    # FAILED_PRECONDITION (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED).
+    max_workspaces_per_organization: PositiveInt = 100
+    max_organizations_per_user: PositiveInt = 10
 
     # Collection.
     schedule_min_interval_minutes: int = 15
-    # How often an open WatchRun stream re-checks that its caller may still see the run.
+    # How often an open WatchRun stream re-checks its caller's credentials (an expired token,
+    # a revoked key end it UNAUTHENTICATED) and that they may still see the run.
     watch_access_check_seconds: float = 3.0
+    # Open (queued or running) runs per workspace: StartRun beyond it is FAILED_PRECONDITION
+    # (RUN_ALREADY_OPEN) and the ticker skips the slot.
+    max_open_runs_per_workspace: PositiveInt = 1
     ticker_interval_seconds: float = 5.0
     ticker_batch_size: int = 1000
     worker_concurrency: int = 100

@@ -454,6 +454,7 @@ async def watch_run(
     *,
     check_access: Callable[[AsyncSession], Awaitable[object]],
     check_every: float,
+    check_caller: Callable[[], Awaitable[object]] | None = None,
     poll_seconds: float = WATCH_POLL_SECONDS,
 ) -> AsyncIterator[RunView]:
     """The run at once, then again whenever its status or progress changes; ends after the
@@ -461,10 +462,14 @@ async def watch_run(
 
     Every `check_every` seconds `check_access` re-checks that the watcher may still see the
     run, in the poll's transaction; it raises (NotFound) to end the stream once they may not.
+    Before every poll `check_caller` (when given) may raise to end the stream: the API's
+    re-check of the caller's credentials and of the stream's lifetime.
     """
     seen: tuple[object, ...] | None = None
     checked = time.monotonic()
     while True:
+        if check_caller is not None:
+            await check_caller()
         async with db.transaction(write=False) as session:
             if time.monotonic() - checked >= check_every:
                 await check_access(session)

@@ -45,6 +45,15 @@ def _before_only(around: Around) -> bool:
     return type(around).call is Around.call and type(around).stream is Around.stream
 
 
+def _streams_only(stage: Around | tuple[Around, ...]) -> bool:
+    """A step that does nothing around unary calls (it only wraps streams)."""
+    return (
+        not isinstance(stage, tuple)
+        and type(stage).call is Around.call
+        and type(stage).before is Around.before
+    )
+
+
 def _stages(arounds: Sequence[Around]) -> list[Around | tuple[Around, ...]]:
     """The arounds, outermost first, with each run of consecutive `before`-only ones grouped:
     a group runs as one step (a loop over its checks), not one coroutine frame each."""
@@ -118,7 +127,8 @@ class Pipeline:
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
             for stage in reversed(self._stages):
-                unary = _unary_step(stage, rules, unary)
+                if not _streams_only(stage):
+                    unary = _unary_step(stage, rules, unary)
             return handler._replace(unary_unary=unary)
         if handler.unary_stream is not None:
             stream: Stream = handler.unary_stream
