@@ -228,4 +228,3 @@ async def test_a_stream_ends_at_its_lifetime_and_frees_its_slot(
     # Every slot came back: the user opens as many again.
     for call in await held_streams(short_lived, run_id, user, PER_USER):
         call.cancel()
-
