@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 
 from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import providers
@@ -17,6 +18,11 @@ PROVIDERS = providers.NAMES
 # it is public, so `serve`, `worker` and `ticker` refuse to start on it.
 DEV_AUTH_SECRET = "beacon-dev-secret-change-me-in-production"
 MIN_SECRET_BYTES = 32
+# Provider calls a minute per API key, fleet-wide, unless BEACON_<PROVIDER>_RPM says otherwise:
+# one a second, below every provider's lowest paid tier, so that a new deployment cannot run
+# up a bill: at most 60 calls a minute to each provider for the whole fleet, 21,600 an hour
+# over six, where one workspace could make 540,000 an hour before.
+DEFAULT_PROVIDER_RPM = 60
 GENERATE_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
@@ -126,18 +132,19 @@ class Settings(BaseSettings):
     cohere_model: str = providers.COHERE.model
     provider_timeout_seconds: float = 60.0
     # Budgets per provider API key, shared by every worker (workers.budgets): requests and
-    # tokens per minute; 0 or empty is unlimited.
-    openai_rpm: NonNegativeInt = 0
+    # tokens per minute. Requests default to a conservative DEFAULT_PROVIDER_RPM (raise it
+    # to your provider tier), tokens to no budget; 0 is unlimited, empty is the default.
+    openai_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     openai_tpm: NonNegativeInt = 0
-    anthropic_rpm: NonNegativeInt = 0
+    anthropic_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     anthropic_tpm: NonNegativeInt = 0
-    google_rpm: NonNegativeInt = 0
+    google_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     google_tpm: NonNegativeInt = 0
-    perplexity_rpm: NonNegativeInt = 0
+    perplexity_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     perplexity_tpm: NonNegativeInt = 0
-    mistral_rpm: NonNegativeInt = 0
+    mistral_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     mistral_tpm: NonNegativeInt = 0
-    cohere_rpm: NonNegativeInt = 0
+    cohere_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     cohere_tpm: NonNegativeInt = 0
 
     log_level: str = "INFO"
@@ -151,8 +158,11 @@ class Settings(BaseSettings):
 
     @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
     @classmethod
-    def _empty_is_unlimited(cls, value: object) -> object:
-        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
+    def _empty_is_the_default(cls, value: object) -> object:
+        # An empty variable (a template left blank) must not lift the conservative default.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise PydanticUseDefault()
+        return value
 
     @property
     def is_sqlite(self) -> bool:

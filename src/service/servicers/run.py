@@ -164,6 +164,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 current_actor(),
                 resolved_workspace_id(),
                 configured=self.app.settings.configured_providers(),
+                max_open=self.app.settings.max_open_runs_per_workspace,
                 prompt_ids=list(request.prompt_ids),
                 providers=[provider_name(p) for p in request.providers],
                 request_id=request.request_id,
