@@ -7,7 +7,7 @@ import hmac
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     watch_access_check_seconds: float = 3.0
     # Open (queued or running) runs per workspace: StartRun beyond it is FAILED_PRECONDITION
     # (RUN_ALREADY_OPEN) and the ticker skips the slot.
-    max_open_runs_per_workspace: PositiveInt = 1
+    max_open_runs_per_workspace: int = Field(default=1, ge=1, le=1000)
     ticker_interval_seconds: float = 5.0
     ticker_batch_size: int = 1000
     worker_concurrency: int = 100
