@@ -45,13 +45,9 @@ def _before_only(around: Around) -> bool:
     return type(around).call is Around.call and type(around).stream is Around.stream
 
 
-def _streams_only(stage: Around | tuple[Around, ...]) -> bool:
-    """A step that does nothing around unary calls (it only wraps streams)."""
-    return (
-        not isinstance(stage, tuple)
-        and type(stage).call is Around.call
-        and type(stage).before is Around.before
-    )
+def _streams_only(around: Around) -> bool:
+    """An around that does nothing around unary calls (it only wraps streams)."""
+    return type(around).call is Around.call and type(around).before is Around.before
 
 
 def _stages(arounds: Sequence[Around]) -> list[Around | tuple[Around, ...]]:
@@ -120,15 +116,16 @@ class Pipeline:
     def __init__(self, *arounds: Around) -> None:
         self.arounds = arounds
         self._stages = _stages(arounds)
+        # Unary calls skip the arounds that only wrap streams (their checks stay grouped).
+        self._unary_stages = _stages([a for a in arounds if not _streams_only(a)])
         self._rules = method_rules()
 
     def wrap(self, handler: Any, rules: MethodRules) -> Any:
         """`handler` with every step around it; RuntimeError for a kind that cannot be."""
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
-            for stage in reversed(self._stages):
-                if not _streams_only(stage):
-                    unary = _unary_step(stage, rules, unary)
+            for stage in reversed(self._unary_stages):
+                unary = _unary_step(stage, rules, unary)
             return handler._replace(unary_unary=unary)
         if handler.unary_stream is not None:
             stream: Stream = handler.unary_stream
