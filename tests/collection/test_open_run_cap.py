@@ -26,7 +26,7 @@ from tests.collection.builders import insert_prompts, make_workspace
 from tests.collection.pipeline_fixtures import add_schedule, derive_settings
 from tests.conftest import NewUser
 from tests.support import actor_of, expect_error, failure
-from workers.ticker import tick
+from workers.ticker import TickResult, tick
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker
@@ -183,6 +183,7 @@ async def test_ticker_and_starts_racing_leave_one_open_run_per_workspace(
         *(start(workspace_id) for workspace_id in workspaces for _ in range(2)),
     )
 
+    assert isinstance(ticked, TickResult)
     assert set(starts) <= {"queued", "refused"}
     async with collection_db.transaction(write=False) as session:
         per_workspace = dict(
