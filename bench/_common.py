@@ -78,11 +78,13 @@ def fake_providers(latency: float) -> Iterator[str]:
 
 
 def provider_env(root: str) -> dict[str, str]:
-    """BEACON_* variables pointing every provider at the fake server at `root`."""
+    """BEACON_* variables pointing every provider at the fake server at `root`, without a
+    request budget (the benchmarks measure the workers, not the budgets)."""
     env: dict[str, str] = {}
     for name in PROVIDERS:
         env[f"BEACON_{name.upper()}_API_KEY"] = FAKE_API_KEY
         env[f"BEACON_{name.upper()}_BASE_URL"] = f"{root}/{name}{API_ROOTS[name]}"
+        env[f"BEACON_{name.upper()}_RPM"] = "0"
     return env
 
 

@@ -825,6 +825,9 @@ async def soak(plan: Plan, tmp: Path) -> int:
                 run_stall_seconds=20.0,
                 shutdown_grace_seconds=5.0,
                 schedule_min_interval_minutes=1,
+                # The soak checks one run per ticker slot, so slots must not be skipped
+                # while a run is open (the cap: tests/collection/test_open_run_cap.py).
+                max_open_runs_per_workspace=1000,
                 peer_rate_limit_per_minute=1_000_000,
                 tracemalloc_frames=plan.trace_frames,
                 tracemalloc_dir=tmp / "tracemalloc",

@@ -7,7 +7,8 @@ import hmac
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import NonNegativeInt, PositiveFloat, field_validator
+from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service import providers
@@ -17,6 +18,11 @@ PROVIDERS = providers.NAMES
 # it is public, so `serve`, `worker` and `ticker` refuse to start on it.
 DEV_AUTH_SECRET = "beacon-dev-secret-change-me-in-production"
 MIN_SECRET_BYTES = 32
+# Provider calls a minute per API key, fleet-wide, unless BEACON_<PROVIDER>_RPM says otherwise:
+# one a second, below every provider's lowest paid tier, so that a new deployment cannot run
+# up a bill: at most 60 calls a minute to each provider for the whole fleet, 21,600 an hour
+# over six, where one workspace could make 540,000 an hour before.
+DEFAULT_PROVIDER_RPM = 60
 GENERATE_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
@@ -40,7 +46,16 @@ class Settings(BaseSettings):
     http_addr: str = "127.0.0.1:8080"
     public_http_url: str = ""  # base of signed URLs; defaults to http://<http_addr>
     max_message_bytes: int = 4 * 1024 * 1024
-    max_concurrent_rpcs: int = 1000
+    # Unary Beacon calls in flight per server process; beyond it a call is RESOURCE_EXHAUSTED
+    # (SERVER_BUSY). Streams never count against it: they have their own budget below.
+    max_concurrent_rpcs: PositiveInt = 1000
+    # Streams (WatchRun) open per server process, per user and per workspace; beyond them a
+    # new stream is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS). A stream ends UNAVAILABLE
+    # (STREAM_LIFETIME_ENDED) after `max_stream_seconds`: the client reopens it.
+    max_concurrent_streams: PositiveInt = 1000
+    max_streams_per_user: PositiveInt = 10
+    max_streams_per_workspace: PositiveInt = 20
+    max_stream_seconds: PositiveFloat = 1800.0
     shutdown_grace_seconds: float = 10.0
     uvloop: bool = True
     # gRPC connections: one that has not finished its HTTP/2 handshake in this time, has had
@@ -93,11 +108,19 @@ class Settings(BaseSettings):
     # many at once per server process (the others wait up to that time, then get 503).
     upload_decode_timeout_seconds: float = 10.0
     upload_decode_concurrency: int = 2
+    # Live workspaces per organization, and organizations a user owns: creating one more is
+    # FAILED_PRECONDITION (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED).
+    max_workspaces_per_organization: PositiveInt = 100
+    max_organizations_per_user: PositiveInt = 10
 
     # Collection.
     schedule_min_interval_minutes: int = 15
-    # How often an open WatchRun stream re-checks that its caller may still see the run.
+    # How often an open WatchRun stream re-checks its caller's credentials (an expired token,
+    # a revoked key end it UNAUTHENTICATED) and that they may still see the run.
     watch_access_check_seconds: float = 3.0
+    # Open (queued or running) runs per workspace: StartRun beyond it is FAILED_PRECONDITION
+    # (RUN_ALREADY_OPEN) and the ticker skips the slot.
+    max_open_runs_per_workspace: int = Field(default=1, ge=1, le=1000)
     ticker_interval_seconds: float = 5.0
     ticker_batch_size: int = 1000
     worker_concurrency: int = 100
@@ -135,18 +158,19 @@ class Settings(BaseSettings):
     cohere_model: str = providers.COHERE.model
     provider_timeout_seconds: float = 60.0
     # Budgets per provider API key, shared by every worker (workers.budgets): requests and
-    # tokens per minute; 0 or empty is unlimited.
-    openai_rpm: NonNegativeInt = 0
+    # tokens per minute. Requests default to a conservative DEFAULT_PROVIDER_RPM (raise it
+    # to your provider tier), tokens to no budget; 0 is unlimited, empty is the default.
+    openai_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     openai_tpm: NonNegativeInt = 0
-    anthropic_rpm: NonNegativeInt = 0
+    anthropic_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     anthropic_tpm: NonNegativeInt = 0
-    google_rpm: NonNegativeInt = 0
+    google_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     google_tpm: NonNegativeInt = 0
-    perplexity_rpm: NonNegativeInt = 0
+    perplexity_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     perplexity_tpm: NonNegativeInt = 0
-    mistral_rpm: NonNegativeInt = 0
+    mistral_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     mistral_tpm: NonNegativeInt = 0
-    cohere_rpm: NonNegativeInt = 0
+    cohere_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     cohere_tpm: NonNegativeInt = 0
 
     log_level: str = "INFO"
@@ -164,8 +188,11 @@ class Settings(BaseSettings):
 
     @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
     @classmethod
-    def _empty_is_unlimited(cls, value: object) -> object:
-        return 0 if value is None or (isinstance(value, str) and not value.strip()) else value
+    def _empty_is_the_default(cls, value: object) -> object:
+        # An empty variable (a template left blank) must not lift the conservative default.
+        if value is None or (isinstance(value, str) and not value.strip()):
+            raise PydanticUseDefault()
+        return value
 
     @property
     def is_sqlite(self) -> bool:

@@ -1,8 +1,10 @@
 """The grpc.aio server, built from one settings object.
 
 Health (NOT_SERVING while the database is unreachable), reflection, message size limits,
-maximum concurrent RPCs, connection handshake/idle/age limits, and graceful shutdown: health goes NOT_SERVING, new calls are
-refused, in-flight calls drain within the grace period.
+a ceiling on concurrent RPCs (Beacon's budgets of unary calls and of streams are steps of the
+pipeline: `service.interceptors.concurrency`), connection handshake/idle/age limits, and
+graceful shutdown: health goes NOT_SERVING, new calls are refused, in-flight calls drain
+within the grace period.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from service.auth.identity import Authenticator
 from service.config import Settings
 from service.interceptors.auth import AuthenticateAround, AuthorizeAround
 from service.interceptors.base import Around, Pipeline
+from service.interceptors.concurrency import ConcurrencyAround, StreamCapsAround
 from service.interceptors.errors import ErrorsAround
 from service.interceptors.inputs import DecodeAround, InputsAround
 from service.interceptors.observability import ObservabilityAround
@@ -39,6 +42,8 @@ from service.servicers import ALL_SERVICERS, Register, add_servicers
 
 log = logging.getLogger("beacon.server")
 HEALTH_INTERVAL_SECONDS = 2.0
+# Health and reflection calls in flight beyond Beacon's budgets (the grpc server's ceiling).
+OTHER_RPCS = 100
 
 
 class _Registrations:
@@ -68,25 +73,29 @@ class _Registrations:
 
 def build_pipeline(app: App, cache: AccessCache | None = None) -> Pipeline:
     """The steps around every Beacon RPC, each concern in turn, outermost first: observability,
-    tracing (only while it is on), errors, the per-peer ceiling, parsing the request (within
-    its RPC's size limit), authentication, the peer and user limits, authorization, input
-    checks, the workspace limits (each concern lives in its own module).
+    tracing (only while it is on), errors, the unary and stream budgets, the per-peer
+    ceiling, parsing the request (within its RPC's size limit), authentication, the peer and
+    user limits, authorization, the per-user and per-workspace stream caps, input checks, the
+    workspace limits (each concern lives in its own module).
 
     Peer and user limits come before authorization so that failed lookups are counted too;
     workspace limits come after it so that only those who reach a workspace spend its budget.
     """
-    authenticator = Authenticator(app.settings, app.db)
+    settings = app.settings
+    authenticator = Authenticator(settings, app.db)
     # Tracing (when on) sits inside observability, whose call context names the workspace.
     traced: tuple[Around, ...] = (TracingAround(),) if tracing.enabled() else ()
     return Pipeline(
-        ObservabilityAround(app.settings.page_token_key),
+        ObservabilityAround(settings.page_token_key),
         *traced,
         ErrorsAround(),
+        ConcurrencyAround(settings.max_concurrent_rpcs, settings.max_concurrent_streams),
         PeerCeilingAround(app.rate_limits),
         DecodeAround(),
         AuthenticateAround(authenticator),
         RateLimitAround(app.rate_limits, CALLER_KEYS),
         AuthorizeAround(app.db, cache),
+        StreamCapsAround(settings, authenticator),
         InputsAround(),
         RateLimitAround(app.rate_limits, WORKSPACE_KEYS),
     )
@@ -169,7 +178,11 @@ async def start_server(
             ("grpc.keepalive_time_ms", 60_000),
             *connection_options(settings),
         ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        # A ceiling on every RPC, health and reflection included; Beacon's own calls are
+        # held to their budgets (unary and streams apart) by the pipeline, well below it.
+        maximum_concurrent_rpcs=(
+            settings.max_concurrent_rpcs + settings.max_concurrent_streams + OTHER_RPCS
+        ),
     )
     services = add_servicers(_Registrations(server, build_pipeline(app, cache)), app, servicers)
     health_servicer = health.aio.HealthServicer()

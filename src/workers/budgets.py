@@ -27,7 +27,8 @@ A probe waits for its budget on the worker's event loop for `MAX_WAIT_SECONDS` a
 longer wait (a long Retry-After, a spent minute, a booked-out second) hands it back to the
 queue with a delay, so that worker threads keep turning over and other workspaces' messages
 (and run expansions, which register their workspaces) are not stuck behind a waiting backlog.
-0 (or empty) means no budget: only the cooldowns apply. When the store cannot be reached the
+RPM defaults to a conservative `service.config.DEFAULT_PROVIDER_RPM` (60) per provider,
+TPM to no budget; 0 means no budget: only the cooldowns apply. When the store cannot be reached the
 call goes ahead (the provider's own 429s still pace the fleet) and a warning is logged.
 """
 
@@ -84,7 +85,7 @@ class Budget:
 
 
 def budgets_of(settings: Settings) -> dict[str, Budget]:
-    """Every provider's budget from `BEACON_<PROVIDER>_RPM` / `_TPM`."""
+    """Every provider's budget from `BEACON_<PROVIDER>_RPM` / `_TPM` (RPM 60 unless set)."""
     return {
         name: Budget(int(getattr(settings, f"{name}_rpm")), int(getattr(settings, f"{name}_tpm")))
         for name in PROVIDERS

@@ -28,6 +28,11 @@ TICK_SECONDS = Histogram(
 )
 SCHEDULES_CLAIMED = Counter("beacon_ticker_schedules_claimed_total", "Due schedules advanced.")
 RUNS_CREATED = Counter("beacon_ticker_runs_created_total", "Scheduled runs created.")
+SLOTS_SKIPPED = Counter(
+    "beacon_ticker_slots_skipped_total",
+    "Due schedule slots that created no run: the workspace had its maximum of runs open (or,"
+    " rarely, the slot had its run already).",
+)
 RUNS_DISPATCHED = Counter("beacon_runs_dispatched_total", "Run messages handed to the broker.")
 RUNS_REDISPATCHED = Counter(
     "beacon_runs_redispatched_total", "Stalled runs sent to the broker again (lost messages)."

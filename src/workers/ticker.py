@@ -4,7 +4,13 @@ Each tick claims due schedules in batches (`FOR UPDATE SKIP LOCKED` on PostgreSQ
 concurrent tickers take disjoint batches; on SQLite the write transaction is exclusive), inserts
 one run per (workspace, slot) under the runs' unique key, advances each schedule's next run time
 past now and commits; only then are the new runs sent to the broker (the outbox, see
-`workers.dispatch`). Missed slots collapse into one run for the latest of them. Every tick ends
+`workers.dispatch`). Missed slots collapse into one run for the latest of them. A slot of a
+workspace that still has its maximum of open runs (`BEACON_MAX_OPEN_RUNS_PER_WORKSPACE`,
+queued or running) creates no run: the schedule advances and the slot is skipped, counted in
+`beacon_ticker_slots_skipped_total` and the tick's log line (the open run is already asking
+the same prompts; queueing another behind it would only pile up spend). Each scheduled run
+takes a free open-run lane like StartRun's, so the unique index on open lanes holds the cap
+when a ticker and a StartRun race. Every tick ends
 with a sweep of runs that were written but never sent, by any process; every
 `run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
 were lost (`workers.dispatch.redispatch_stalled_runs`).
@@ -33,8 +39,8 @@ from typing import Any
 
 import dramatiq
 from croniter import CroniterBadDateError
-from sqlalchemy import JSON, String, bindparam, func, literal, select, update
-from sqlalchemy.dialects import postgresql
+from sqlalchemy import JSON, SmallInteger, String, bindparam, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.clock import utcnow
@@ -43,12 +49,13 @@ from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.db.types import UTCDateTime
 from service.domain.run_status import RunStatus
+from service.domain.runs import free_lane
 from service.domain.schedules import next_fire_time
 from workers import metrics
 from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.statements import insert_ignoring_duplicates, table_of, tune_batch_transaction
+from workers.statements import id_in, table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +78,7 @@ class TickResult:
     claimed: int  # due schedules advanced
     created: int  # runs created (a slot that already had its run creates none)
     dispatched: int  # run messages sent, including the sweep of older unsent runs
+    skipped: int = 0  # due slots whose workspace had its maximum of runs open
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +87,7 @@ class Claim:
 
     claimed: int
     run_ids: list[str]
+    skipped: int = 0
 
 
 async def tick(
@@ -86,15 +95,18 @@ async def tick(
 ) -> TickResult:
     """Fires every schedule due at `now`, then sends unsent runs (see the module docstring)."""
     started = time.perf_counter()
-    claimed = created = dispatched = 0
+    claimed = created = dispatched = skipped = 0
     batch_size = settings.ticker_batch_size
     # Each batch's runs are sent while the next batch is claimed (two connections at work).
     sending: asyncio.Task[int] | None = None
     try:
         while True:
-            claim = await claim_due_schedules(db, now, batch_size)
+            claim = await claim_due_schedules(
+                db, now, batch_size, max_open=settings.max_open_runs_per_workspace
+            )
             claimed += claim.claimed
             created += len(claim.run_ids)
+            skipped += claim.skipped
             if sending is not None:
                 dispatched += await sending
                 sending = None
@@ -118,13 +130,17 @@ async def tick(
     metrics.TICK_SECONDS.observe(time.perf_counter() - started)
     metrics.SCHEDULES_CLAIMED.inc(claimed)
     metrics.RUNS_CREATED.inc(created)
-    return TickResult(claimed=claimed, created=created, dispatched=dispatched)
+    metrics.SLOTS_SKIPPED.inc(skipped)
+    return TickResult(claimed=claimed, created=created, dispatched=dispatched, skipped=skipped)
 
 
-async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
+async def claim_due_schedules(
+    db: Database, now: datetime, limit: int, *, max_open: int = 1
+) -> Claim:
     """Claims up to `limit` schedules due at `now`: creates their runs, advances them, commits.
 
-    Schedules of deleted workspaces are advanced without a run.
+    Schedules of deleted workspaces are advanced without a run, and so are those of
+    workspaces that have `max_open` runs open (counted as skipped).
     """
     fire_times = FireTimes(now)
     async with db.transaction() as session:
@@ -140,9 +156,35 @@ async def claim_due_schedules(db: Database, now: datetime, limit: int) -> Claim:
             advance.append((workspace_id, following))
             if slot is not None and deleted is None:
                 runs.append((workspace_id, slot))
-        run_ids = await _insert_runs(db, conn, runs, now) if runs else []
+        lanes = await _free_lanes(db, conn, [ws for ws, _ in runs], max_open) if runs else {}
+        laned = [(ws, slot, lanes[ws]) for ws, slot in runs if ws in lanes]
+        run_ids = await _insert_runs(db, conn, laned, now) if laned else []
         await _advance_schedules(db, conn, advance, now)
-    return Claim(len(rows), run_ids)
+    return Claim(len(rows), run_ids, skipped=len(runs) - len(run_ids))
+
+
+async def _free_lanes(
+    db: Database, conn: AsyncConnection, workspace_ids: list[str], max_open: int
+) -> dict[str, int]:
+    """The open-run lane each workspace's next run takes; workspaces without a free one are
+    left out. One statement per batch, through the partial unique index on open lanes."""
+    runs = table_of(Run)
+    rows = await conn.execute(
+        select(runs.c.workspace_id, runs.c.open_lane).where(
+            id_in(db, runs.c.workspace_id, workspace_ids),
+            runs.c.end_time.is_(None),
+            runs.c.open_lane.is_not(None),
+        )
+    )
+    taken: dict[str, set[int]] = defaultdict(set)
+    for workspace_id, lane in rows:
+        taken[workspace_id].add(int(lane))
+    lanes = {}
+    for workspace_id in workspace_ids:
+        lane = free_lane(taken.get(workspace_id, ()), max_open)
+        if lane is not None:
+            lanes[workspace_id] = lane
+    return lanes
 
 
 @functools.cache
@@ -216,27 +258,27 @@ def _unnest_advance() -> Any:
 
 
 async def _insert_runs(
-    db: Database, conn: AsyncConnection, slots: list[tuple[str, datetime]], now: datetime
+    db: Database, conn: AsyncConnection, slots: list[tuple[str, datetime, int]], now: datetime
 ) -> list[str]:
-    """Inserts a queued scheduled run per (workspace, slot) unless the slot has one already;
-    returns the ids of the runs inserted."""
+    """Inserts a queued scheduled run per (workspace, slot, open-run lane) unless the slot
+    has one already or the lane was taken meanwhile (a racing StartRun: the slot is
+    skipped); returns the ids of the runs inserted."""
     ids = new_ids("run", len(slots))
     if db.is_sqlite:
         rows = [
             {**SCHEDULED_RUN, "id": run_id, "workspace_id": ws, "scheduled_time": slot}
-            | {"create_time": now}
-            for run_id, (ws, slot) in zip(ids, slots, strict=True)
+            | {"create_time": now, "open_lane": lane}
+            for run_id, (ws, slot, lane) in zip(ids, slots, strict=True)
         ]
         table = table_of(Run)
-        statement = insert_ignoring_duplicates(
-            db, Run, ("workspace_id", "scheduled_time")
-        ).returning(table.c.id)
+        statement = sqlite.insert(table).on_conflict_do_nothing().returning(table.c.id)
         return list((await conn.execute(statement, rows)).scalars())
     # PostgreSQL: one INSERT ... SELECT over arrays, whatever the batch size.
     parameters = {
         "ids": ids,
-        "workspace_ids": [ws for ws, _ in slots],
-        "slots": [slot for _, slot in slots],
+        "workspace_ids": [ws for ws, _, _ in slots],
+        "slots": [slot for _, slot, _ in slots],
+        "lanes": [lane for _, _, lane in slots],
         "now": now,
     }
     return list((await conn.execute(_unnest_insert(), parameters)).scalars())
@@ -262,12 +304,14 @@ SCHEDULED_RUN: dict[str, object] = {
 
 @functools.cache
 def _unnest_insert() -> Any:
-    """INSERT INTO runs ... SELECT FROM unnest(:ids, :workspace_ids, :slots) ON CONFLICT DO
-    NOTHING RETURNING id (PostgreSQL)."""
+    """INSERT INTO runs ... SELECT FROM unnest(:ids, :workspace_ids, :slots, :lanes) ON
+    CONFLICT DO NOTHING RETURNING id (PostgreSQL): a slot that has its run, or a lane a
+    concurrent start took, inserts nothing."""
     source = select(
         func.unnest(bindparam("ids", type_=postgresql.ARRAY(String))).label("id"),
         func.unnest(bindparam("workspace_ids", type_=postgresql.ARRAY(String))).label("ws"),
         func.unnest(bindparam("slots", type_=postgresql.ARRAY(UTCDateTime()))).label("slot"),
+        func.unnest(bindparam("lanes", type_=postgresql.ARRAY(SmallInteger))).label("lane"),
     ).subquery()
     constants = {
         name: literal(value, JSON if isinstance(value, list) else None)
@@ -277,14 +321,16 @@ def _unnest_insert() -> Any:
         source.c.id,
         source.c.ws,
         source.c.slot,
+        source.c.lane,
         bindparam("now", type_=UTCDateTime()),
         *constants.values(),
     )
     table = table_of(Run)
+    columns = ["id", "workspace_id", "scheduled_time", "open_lane", "create_time", *constants]
     return (
         postgresql.insert(table)
-        .from_select(["id", "workspace_id", "scheduled_time", "create_time", *constants], rows)
-        .on_conflict_do_nothing(index_elements=[table.c.workspace_id, table.c.scheduled_time])
+        .from_select(columns, rows)
+        .on_conflict_do_nothing()
         .returning(table.c.id)
     )
 
@@ -374,9 +420,11 @@ class Ticker:
             return None
         if result.claimed or result.dispatched:
             log.info(
-                "tick: %d schedules due, %d runs created, %d sent",
+                "tick: %d schedules due, %d runs created, %d slots skipped (a run was open),"
+                " %d sent",
                 result.claimed,
                 result.created,
+                result.skipped,
                 result.dispatched,
             )
         return result

@@ -58,11 +58,13 @@ def fake_provider(fake_server: FakeProviderServer) -> Iterator[FakeProviderServe
 
 
 def provider_settings(server: FakeProviderServer) -> dict[str, Any]:
-    """Settings giving every provider a key and the fake server's base URL."""
+    """Settings giving every provider a key and the fake server's base URL, and no request
+    budget (the fake has no bill; budgets are tested with their own, test_provider_budgets)."""
     values: dict[str, Any] = {}
     for name in PROVIDERS:
         values[f"{name}_api_key"] = FAKE_API_KEY
         values[f"{name}_base_url"] = server.base_url(name)
+        values[f"{name}_rpm"] = 0
     return values
 
 

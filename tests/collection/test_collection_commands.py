@@ -60,11 +60,23 @@ async def with_prompts(app: App, user_id: str, texts: Sequence[str] = ("a", "b")
 
 
 async def start(
-    session: AsyncSession, actor: Actor, workspace_id: str, request_id: str = ""
+    session: AsyncSession,
+    actor: Actor,
+    workspace_id: str,
+    request_id: str = "",
+    *,
+    max_open: int = 1,
 ) -> runs.StartOutcome:
-    """StartRun over every prompt with the configured provider, at the current time."""
+    """StartRun over every prompt with the configured provider, at the current time, in a
+    workspace that may hold `max_open` open runs."""
     return await runs.start_run(
-        session, actor, workspace_id, configured=CONFIGURED, request_id=request_id, now=utcnow()
+        session,
+        actor,
+        workspace_id,
+        configured=CONFIGURED,
+        max_open=max_open,
+        request_id=request_id,
+        now=utcnow(),
     )
 
 
@@ -174,7 +186,7 @@ async def test_a_request_id_belongs_to_its_actor_and_workspace(app: App, new_use
     ]:
         async with app.db.transaction() as session:
             actor = actor_of(user_id, START_RUN)
-            outcomes.append(await start(session, actor, workspace_id, request_id))
+            outcomes.append(await start(session, actor, workspace_id, request_id, max_open=2))
     run_ids = {o.run.id for o in outcomes if o.run is not None}
     assert len(run_ids) == 3
     assert await run_count(app, tenant.workspace_id) == 2
@@ -290,6 +302,7 @@ async def test_set_schedule_audits_once_and_sends_its_immediate_run(
             time_zone="Europe/Paris",
             min_interval_minutes=15,
             configured_providers=CONFIGURED,
+            max_open_runs=1,
             charge_run=charge,
             now=now,
         )

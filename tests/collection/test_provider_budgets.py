@@ -71,8 +71,7 @@ def fleet_settings(
         probe_backoff_seconds=0.05,
         probe_backoff_max_seconds=0.2,
         provider_timeout_seconds=10.0,
-        **provider_settings(server),
-        **over,
+        **{**provider_settings(server), **over},
     )
 
 

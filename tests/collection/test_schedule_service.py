@@ -262,10 +262,18 @@ async def test_schedule_runs_and_start_run_share_three_runs_a_minute_per_workspa
     await insert_prompts(app, workspace_id, ["best crm?"])
     start = run_pb.StartRunRequest(workspace_id=workspace_id)
 
-    await unscaled.runs.StartRun(start, metadata=user.metadata)
+    async def cancel(run_id: str) -> None:
+        """Ends the run, so that the next start is held by the rate limit alone (not by the
+        workspace's one open run)."""
+        await unscaled.runs.CancelRun(
+            run_pb.CancelRunRequest(run_id=run_id), metadata=user.metadata
+        )
+
+    await cancel((await unscaled.runs.StartRun(start, metadata=user.metadata)).run.id)
     changed = await set_schedule(unscaled, user, workspace_id, "0 6 * * *")
     assert changed.immediate_run.status == pb.IMMEDIATE_RUN_STATUS_QUEUED
-    await unscaled.runs.StartRun(start, metadata=user.metadata)
+    await cancel(changed.immediate_run.run_id)
+    await cancel((await unscaled.runs.StartRun(start, metadata=user.metadata)).run.id)
 
     # The budget is spent: neither way starts a fourth run, and the schedule stays as it was.
     refused = await expect_error(

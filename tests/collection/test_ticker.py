@@ -56,7 +56,14 @@ async def schedule_of(db: Database, workspace_id: str) -> Schedule:
 
 @pytest.fixture
 def tick_settings(settings: Settings, collection_db: Database) -> Settings:
-    return derive_settings(settings, database_url=collection_db.url, ticker_batch_size=7)
+    """Room for several open runs per workspace: these tests fire slot after slot with no
+    worker to end the runs (the cap itself: `test_open_run_cap.py`)."""
+    return derive_settings(
+        settings,
+        database_url=collection_db.url,
+        ticker_batch_size=7,
+        max_open_runs_per_workspace=10,
+    )
 
 
 async def test_due_schedule_creates_one_queued_run_and_advances(

@@ -196,6 +196,8 @@ def fleet_settings(
         "provider_timeout_seconds": 5.0,
         "shutdown_grace_seconds": 2.0,
         "run_stall_seconds": 0.0,
+        # A collection opens a run of each trigger at once in every workspace.
+        "max_open_runs_per_workspace": len(TRIGGERS),
         "log_level": "INFO",
         **provider_settings(fake),
         **over,

@@ -13,7 +13,7 @@ import pytest
 from limits.aio.storage import MemoryStorage
 from pydantic import ValidationError
 
-from service.config import Settings
+from service.config import DEFAULT_PROVIDER_RPM, Settings
 from tests.conftest import delete_redis_keys
 from tests.support import REDIS_URL, unique
 from workers.budgets import (
@@ -50,11 +50,15 @@ def most_in_one_second(times: list[float]) -> int:
 def test_budgets_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BEACON_OPENAI_RPM", "600")
     monkeypatch.setenv("BEACON_OPENAI_TPM", "90000")
-    monkeypatch.setenv("BEACON_ANTHROPIC_RPM", "")  # empty: unlimited
+    monkeypatch.setenv("BEACON_ANTHROPIC_RPM", "")  # empty: the conservative default
+    monkeypatch.setenv("BEACON_GOOGLE_RPM", "0")  # explicitly unlimited
+    monkeypatch.delenv("BEACON_MISTRAL_RPM", raising=False)
     configured = budgets_of(Settings())
     assert configured["openai"] == Budget(rpm=600, tpm=90000)
     assert configured["openai"].per_second == 10
-    assert configured["anthropic"] == Budget(0, 0)
+    assert configured["anthropic"] == Budget(DEFAULT_PROVIDER_RPM, 0) == configured["mistral"]
+    assert DEFAULT_PROVIDER_RPM == 60
+    assert configured["google"] == Budget(0, 0)
     monkeypatch.setenv("BEACON_OPENAI_RPM", "-5")
     with pytest.raises(ValidationError, match="openai_rpm"):
         Settings()

@@ -104,7 +104,11 @@ class OrganizationServiceServicer:
 
     def CreateOrganization(self, request, context):
         """Creates an organization; the caller becomes its owner. The slug is derived from the
-        name and suffixed when taken. Errors: INVALID_ARGUMENT (name).
+        name and suffixed when taken. A user owns at most BEACON_MAX_ORGANIZATIONS_PER_USER
+        organizations (default 10; concurrent creates included): one more is
+        FAILED_PRECONDITION with ErrorInfo reason ORGANIZATION_LIMIT_REACHED (metadata limit)
+        and a PreconditionFailure violation of that type whose subject is the user id.
+        Errors: INVALID_ARGUMENT (name), FAILED_PRECONDITION (ORGANIZATION_LIMIT_REACHED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,7 +39,11 @@ class OrganizationServiceStub:
     def __new__(cls, channel: _aio.Channel) -> OrganizationServiceAsyncStub: ...
     CreateOrganization: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.CreateOrganizationRequest, _organization_service_pb2.Organization]
     """Creates an organization; the caller becomes its owner. The slug is derived from the
-    name and suffixed when taken. Errors: INVALID_ARGUMENT (name).
+    name and suffixed when taken. A user owns at most BEACON_MAX_ORGANIZATIONS_PER_USER
+    organizations (default 10; concurrent creates included): one more is
+    FAILED_PRECONDITION with ErrorInfo reason ORGANIZATION_LIMIT_REACHED (metadata limit)
+    and a PreconditionFailure violation of that type whose subject is the user id.
+    Errors: INVALID_ARGUMENT (name), FAILED_PRECONDITION (ORGANIZATION_LIMIT_REACHED).
     """
     ListMyOrganizations: _grpc.UnaryUnaryMultiCallable[_organization_service_pb2.ListMyOrganizationsRequest, _organization_service_pb2.ListMyOrganizationsResponse]
     """Lists the organizations the caller is a member of, oldest first."""
@@ -88,7 +92,11 @@ class OrganizationServiceAsyncStub(OrganizationServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateOrganization: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.CreateOrganizationRequest, _organization_service_pb2.Organization]  # type: ignore[assignment]
     """Creates an organization; the caller becomes its owner. The slug is derived from the
-    name and suffixed when taken. Errors: INVALID_ARGUMENT (name).
+    name and suffixed when taken. A user owns at most BEACON_MAX_ORGANIZATIONS_PER_USER
+    organizations (default 10; concurrent creates included): one more is
+    FAILED_PRECONDITION with ErrorInfo reason ORGANIZATION_LIMIT_REACHED (metadata limit)
+    and a PreconditionFailure violation of that type whose subject is the user id.
+    Errors: INVALID_ARGUMENT (name), FAILED_PRECONDITION (ORGANIZATION_LIMIT_REACHED).
     """
     ListMyOrganizations: _aio.UnaryUnaryMultiCallable[_organization_service_pb2.ListMyOrganizationsRequest, _organization_service_pb2.ListMyOrganizationsResponse]  # type: ignore[assignment]
     """Lists the organizations the caller is a member of, oldest first."""
@@ -140,7 +148,11 @@ class OrganizationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_organization_service_pb2.Organization, _abc.Awaitable[_organization_service_pb2.Organization]]:
         """Creates an organization; the caller becomes its owner. The slug is derived from the
-        name and suffixed when taken. Errors: INVALID_ARGUMENT (name).
+        name and suffixed when taken. A user owns at most BEACON_MAX_ORGANIZATIONS_PER_USER
+        organizations (default 10; concurrent creates included): one more is
+        FAILED_PRECONDITION with ErrorInfo reason ORGANIZATION_LIMIT_REACHED (metadata limit)
+        and a PreconditionFailure violation of that type whose subject is the user id.
+        Errors: INVALID_ARGUMENT (name), FAILED_PRECONDITION (ORGANIZATION_LIMIT_REACHED).
         """
 
     @_abc_1.abstractmethod

@@ -83,8 +83,14 @@ class RunServiceServicer:
         (or the given subset). Limited to 3 per minute per workspace, a budget SetSchedule's
         immediate runs are charged to as well; the limit fails closed (UNAVAILABLE) while Redis
         is unreachable.
+        A workspace has at most BEACON_MAX_OPEN_RUNS_PER_WORKSPACE (default 1) open (queued or
+        running) runs, whoever started them (StartRun, SetSchedule, its schedule): while it has
+        them, StartRun starts nothing and answers FAILED_PRECONDITION with ErrorInfo reason
+        RUN_ALREADY_OPEN (metadata run_id: an open run; limit), and a PreconditionFailure
+        violation per open run (subject: its id). Watch that run (WatchRun) or cancel it
+        (CancelRun), then start again. Concurrent starts open one run, never more.
         Errors: INVALID_ARGUMENT (prompt_ids, providers), NOT_FOUND (a prompt id),
-        RESOURCE_EXHAUSTED, UNAVAILABLE.
+        FAILED_PRECONDITION (RUN_ALREADY_OPEN), RESOURCE_EXHAUSTED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -116,7 +122,18 @@ class RunServiceServicer:
         """Streams the run: its current state at once, then after each finished probe, ending
         when the run ends. Access is checked again every few seconds while the stream is open
         (BEACON_WATCH_ACCESS_CHECK_SECONDS, default 3): a caller who loses access (removed from
-        the workspace, workspace deleted) sees the stream end with NOT_FOUND.
+        the workspace, workspace deleted) sees the stream end with NOT_FOUND, and so are the
+        credentials: once the token expires or the service key is revoked the stream ends
+        UNAUTHENTICATED (TOKEN_EXPIRED, BAD_SERVICE_KEY). A stream lasts at most
+        BEACON_MAX_STREAM_SECONDS (default 1800), then ends UNAVAILABLE with ErrorInfo reason
+        STREAM_LIFETIME_ENDED: open it again (it sends the current state at once). Open
+        streams are capped per caller (BEACON_MAX_STREAMS_PER_USER, default 10), per workspace
+        (BEACON_MAX_STREAMS_PER_WORKSPACE, default 20) and per server process
+        (BEACON_MAX_CONCURRENT_STREAMS, default 1000): one more is RESOURCE_EXHAUSTED with
+        ErrorInfo reason TOO_MANY_STREAMS, a QuotaFailure naming the cap (subject user:<id>,
+        workspace:<id> or server) and RetryInfo. Streams never use the budget of unary calls.
+        Errors: NOT_FOUND, UNAUTHENTICATED, RESOURCE_EXHAUSTED (TOO_MANY_STREAMS, the rate
+        limit), UNAVAILABLE (STREAM_LIFETIME_ENDED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -32,7 +32,10 @@ class _ImmediateRunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Im
     IMMEDIATE_RUN_STATUS_EMPTY: _ImmediateRunStatus.ValueType  # 2
     """The workspace has no prompts; nothing to run."""
     IMMEDIATE_RUN_STATUS_FAILED: _ImmediateRunStatus.ValueType  # 3
-    """The run could not be started; reason says why."""
+    """The run could not be started; reason says why (no provider has credentials, or the
+    workspace already has its maximum of open runs, BEACON_MAX_OPEN_RUNS_PER_WORKSPACE: the
+    reason names the open run). The schedule is set all the same.
+    """
     IMMEDIATE_RUN_STATUS_NOT_REQUESTED: _ImmediateRunStatus.ValueType  # 4
     """No run was requested: the schedule was cleared, or it was set to the cron and time
     zone it already had (reason "the schedule is unchanged").
@@ -48,7 +51,10 @@ IMMEDIATE_RUN_STATUS_QUEUED: ImmediateRunStatus.ValueType  # 1
 IMMEDIATE_RUN_STATUS_EMPTY: ImmediateRunStatus.ValueType  # 2
 """The workspace has no prompts; nothing to run."""
 IMMEDIATE_RUN_STATUS_FAILED: ImmediateRunStatus.ValueType  # 3
-"""The run could not be started; reason says why."""
+"""The run could not be started; reason says why (no provider has credentials, or the
+workspace already has its maximum of open runs, BEACON_MAX_OPEN_RUNS_PER_WORKSPACE: the
+reason names the open run). The schedule is set all the same.
+"""
 IMMEDIATE_RUN_STATUS_NOT_REQUESTED: ImmediateRunStatus.ValueType  # 4
 """No run was requested: the schedule was cleared, or it was set to the cron and time
 zone it already had (reason "the schedule is unchanged").

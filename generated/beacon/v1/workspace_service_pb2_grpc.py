@@ -107,10 +107,17 @@ class WorkspaceServiceServicer:
         (organization_id; organization owner or admin), or in the caller's personal
         organization, created on first use. A retried request with the same request_id
         returns the first result. Creates that make a new organization are limited to 3 per
-        hour per user. Errors: INVALID_ARGUMENT (name, slug, domain, organization_name,
-        competitors, brand_aliases, icon_file_id), NOT_FOUND (organization_id, icon_file_id),
-        PERMISSION_DENIED (not an organization admin), ALREADY_EXISTS (slug taken when given
-        explicitly), RESOURCE_EXHAUSTED.
+        hour per user. An organization holds at most BEACON_MAX_WORKSPACES_PER_ORGANIZATION
+        live workspaces (default 100; concurrent creates included): one more is
+        FAILED_PRECONDITION with ErrorInfo reason WORKSPACE_LIMIT_REACHED (metadata limit) and
+        a PreconditionFailure violation whose subject is the organization id. A create that
+        makes a new organization (organization_name, or the personal organization on first
+        use) is held to the caller's BEACON_MAX_ORGANIZATIONS_PER_USER (see
+        CreateOrganization: ORGANIZATION_LIMIT_REACHED). Errors: INVALID_ARGUMENT (name, slug,
+        domain, organization_name, competitors, brand_aliases, icon_file_id), NOT_FOUND
+        (organization_id, icon_file_id), PERMISSION_DENIED (not an organization admin),
+        ALREADY_EXISTS (slug taken when given explicitly), FAILED_PRECONDITION
+        (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED), RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -160,9 +167,12 @@ class WorkspaceServiceServicer:
         organization took it meanwhile (then a random suffix is added), gets a new join code,
         and stays unscheduled (deletion removed the schedule). For anyone else, and for a
         workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
-        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
-        NOT_FOUND.
+        workspace that does not exist. An organization that already holds
+        BEACON_MAX_WORKSPACES_PER_ORGANIZATION live workspaces restores none
+        (FAILED_PRECONDITION WORKSPACE_LIMIT_REACHED, as CreateWorkspace). Errors:
+        INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the workspace
+        is live, to its owners), ABORTED (stale etag), FAILED_PRECONDITION
+        (WORKSPACE_LIMIT_REACHED), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -45,10 +45,17 @@ class WorkspaceServiceStub:
     (organization_id; organization owner or admin), or in the caller's personal
     organization, created on first use. A retried request with the same request_id
     returns the first result. Creates that make a new organization are limited to 3 per
-    hour per user. Errors: INVALID_ARGUMENT (name, slug, domain, organization_name,
-    competitors, brand_aliases, icon_file_id), NOT_FOUND (organization_id, icon_file_id),
-    PERMISSION_DENIED (not an organization admin), ALREADY_EXISTS (slug taken when given
-    explicitly), RESOURCE_EXHAUSTED.
+    hour per user. An organization holds at most BEACON_MAX_WORKSPACES_PER_ORGANIZATION
+    live workspaces (default 100; concurrent creates included): one more is
+    FAILED_PRECONDITION with ErrorInfo reason WORKSPACE_LIMIT_REACHED (metadata limit) and
+    a PreconditionFailure violation whose subject is the organization id. A create that
+    makes a new organization (organization_name, or the personal organization on first
+    use) is held to the caller's BEACON_MAX_ORGANIZATIONS_PER_USER (see
+    CreateOrganization: ORGANIZATION_LIMIT_REACHED). Errors: INVALID_ARGUMENT (name, slug,
+    domain, organization_name, competitors, brand_aliases, icon_file_id), NOT_FOUND
+    (organization_id, icon_file_id), PERMISSION_DENIED (not an organization admin),
+    ALREADY_EXISTS (slug taken when given explicitly), FAILED_PRECONDITION
+    (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED), RESOURCE_EXHAUSTED.
     """
     ListWorkspaces: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.ListWorkspacesRequest, _workspace_service_pb2.ListWorkspacesResponse]
     """Lists the workspaces the caller can access, optionally of one organization, oldest
@@ -77,9 +84,12 @@ class WorkspaceServiceStub:
     organization took it meanwhile (then a random suffix is added), gets a new join code,
     and stays unscheduled (deletion removed the schedule). For anyone else, and for a
     workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
-    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
-    NOT_FOUND.
+    workspace that does not exist. An organization that already holds
+    BEACON_MAX_WORKSPACES_PER_ORGANIZATION live workspaces restores none
+    (FAILED_PRECONDITION WORKSPACE_LIMIT_REACHED, as CreateWorkspace). Errors:
+    INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the workspace
+    is live, to its owners), ABORTED (stale etag), FAILED_PRECONDITION
+    (WORKSPACE_LIMIT_REACHED), NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _grpc.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -122,10 +132,17 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     (organization_id; organization owner or admin), or in the caller's personal
     organization, created on first use. A retried request with the same request_id
     returns the first result. Creates that make a new organization are limited to 3 per
-    hour per user. Errors: INVALID_ARGUMENT (name, slug, domain, organization_name,
-    competitors, brand_aliases, icon_file_id), NOT_FOUND (organization_id, icon_file_id),
-    PERMISSION_DENIED (not an organization admin), ALREADY_EXISTS (slug taken when given
-    explicitly), RESOURCE_EXHAUSTED.
+    hour per user. An organization holds at most BEACON_MAX_WORKSPACES_PER_ORGANIZATION
+    live workspaces (default 100; concurrent creates included): one more is
+    FAILED_PRECONDITION with ErrorInfo reason WORKSPACE_LIMIT_REACHED (metadata limit) and
+    a PreconditionFailure violation whose subject is the organization id. A create that
+    makes a new organization (organization_name, or the personal organization on first
+    use) is held to the caller's BEACON_MAX_ORGANIZATIONS_PER_USER (see
+    CreateOrganization: ORGANIZATION_LIMIT_REACHED). Errors: INVALID_ARGUMENT (name, slug,
+    domain, organization_name, competitors, brand_aliases, icon_file_id), NOT_FOUND
+    (organization_id, icon_file_id), PERMISSION_DENIED (not an organization admin),
+    ALREADY_EXISTS (slug taken when given explicitly), FAILED_PRECONDITION
+    (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED), RESOURCE_EXHAUSTED.
     """
     ListWorkspaces: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.ListWorkspacesRequest, _workspace_service_pb2.ListWorkspacesResponse]  # type: ignore[assignment]
     """Lists the workspaces the caller can access, optionally of one organization, oldest
@@ -154,9 +171,12 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     organization took it meanwhile (then a random suffix is added), gets a new join code,
     and stays unscheduled (deletion removed the schedule). For anyone else, and for a
     workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-    workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
-    (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
-    NOT_FOUND.
+    workspace that does not exist. An organization that already holds
+    BEACON_MAX_WORKSPACES_PER_ORGANIZATION live workspaces restores none
+    (FAILED_PRECONDITION WORKSPACE_LIMIT_REACHED, as CreateWorkspace). Errors:
+    INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the workspace
+    is live, to its owners), ABORTED (stale etag), FAILED_PRECONDITION
+    (WORKSPACE_LIMIT_REACHED), NOT_FOUND.
     """
     GenerateWorkspaceIconUploadUrl: _aio.UnaryUnaryMultiCallable[_workspace_service_pb2.GenerateWorkspaceIconUploadUrlRequest, _workspace_service_pb2.GenerateWorkspaceIconUploadUrlResponse]  # type: ignore[assignment]
     """Returns a signed, expiring, single-use URL on Beacon's HTTP side to POST an icon to
@@ -202,10 +222,17 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         (organization_id; organization owner or admin), or in the caller's personal
         organization, created on first use. A retried request with the same request_id
         returns the first result. Creates that make a new organization are limited to 3 per
-        hour per user. Errors: INVALID_ARGUMENT (name, slug, domain, organization_name,
-        competitors, brand_aliases, icon_file_id), NOT_FOUND (organization_id, icon_file_id),
-        PERMISSION_DENIED (not an organization admin), ALREADY_EXISTS (slug taken when given
-        explicitly), RESOURCE_EXHAUSTED.
+        hour per user. An organization holds at most BEACON_MAX_WORKSPACES_PER_ORGANIZATION
+        live workspaces (default 100; concurrent creates included): one more is
+        FAILED_PRECONDITION with ErrorInfo reason WORKSPACE_LIMIT_REACHED (metadata limit) and
+        a PreconditionFailure violation whose subject is the organization id. A create that
+        makes a new organization (organization_name, or the personal organization on first
+        use) is held to the caller's BEACON_MAX_ORGANIZATIONS_PER_USER (see
+        CreateOrganization: ORGANIZATION_LIMIT_REACHED). Errors: INVALID_ARGUMENT (name, slug,
+        domain, organization_name, competitors, brand_aliases, icon_file_id), NOT_FOUND
+        (organization_id, icon_file_id), PERMISSION_DENIED (not an organization admin),
+        ALREADY_EXISTS (slug taken when given explicitly), FAILED_PRECONDITION
+        (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED), RESOURCE_EXHAUSTED.
         """
 
     @_abc_1.abstractmethod
@@ -264,9 +291,12 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         organization took it meanwhile (then a random suffix is added), gets a new join code,
         and stays unscheduled (deletion removed the schedule). For anyone else, and for a
         workspace that is unknown, purged or due for purge, the answer is the NOT_FOUND of a
-        workspace that does not exist. Errors: INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS
-        (WORKSPACE_NOT_DELETED: the workspace is live, to its owners), ABORTED (stale etag),
-        NOT_FOUND.
+        workspace that does not exist. An organization that already holds
+        BEACON_MAX_WORKSPACES_PER_ORGANIZATION live workspaces restores none
+        (FAILED_PRECONDITION WORKSPACE_LIMIT_REACHED, as CreateWorkspace). Errors:
+        INVALID_ARGUMENT (workspace_id), ALREADY_EXISTS (WORKSPACE_NOT_DELETED: the workspace
+        is live, to its owners), ABORTED (stale etag), FAILED_PRECONDITION
+        (WORKSPACE_LIMIT_REACHED), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -64,6 +65,9 @@ class CallContext:
     principal: Principal | None = None
     access: Access | None = None
     page_key: bytes = b""  # signs page tokens (derived from BEACON_SIGNING_SECRET)
+    # A stream's re-check of its caller (service.interceptors.concurrency.StreamGuard):
+    # raises once the credentials fail or the stream's lifetime is over.
+    stream_check: Callable[[], Awaitable[None]] | None = None
 
     def require_principal(self) -> Principal:
         if self.principal is None:

@@ -99,18 +99,27 @@ class FailedPrecondition(DomainError):
         violations: Sequence[PreconditionViolation] = (),
         *,
         reason: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message, reason=reason)
+        super().__init__(message, reason=reason, metadata=metadata)
         self.violations = list(violations)
 
 
 class ResourceExhausted(DomainError):
-    """A rate limit was hit: retry after `retry_after` seconds."""
+    """A rate limit (or a concurrency cap) was hit: retry after `retry_after` seconds."""
 
     reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after: float, subject: str, quota: str) -> None:
-        super().__init__(message, metadata={"quota": quota})
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float,
+        subject: str,
+        quota: str,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, metadata={"quota": quota})
         self.retry_after = retry_after
         self.subject = subject
         self.quota = quota

@@ -11,16 +11,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import and_, or_, select, true
+from sqlalchemy import and_, func, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
+from service.config import Settings
 from service.db.models import AuditEvent, Organization, OrganizationMember, User, Workspace
 from service.domain import audit, idempotency
 from service.domain.access import BILLING_ROLES, ORGANIZATION_ADMIN_ROLES
 from service.domain.actor import Actor
-from service.domain.errors import AlreadyExists, InvalidArgument, NotFound
+from service.domain.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
 from service.domain.inputs import check_etag, masked_paths, require_id
 from service.domain.names import derive_slug, display_name
 from service.domain.paging import Page
@@ -30,6 +37,57 @@ from service.domain.visibility import accessible_workspaces, reachable_organizat
 WORKOS_ID = re.compile(r"^org_[A-Za-z0-9]{1,64}$")
 ACTION = re.compile(r"^beacon\.v1\.[A-Za-z]{1,40}/[A-Za-z]{1,60}$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _default(setting: str) -> int:
+    default = Settings.model_fields[setting].default
+    assert isinstance(default, int)
+    return default
+
+
+@dataclass(frozen=True, slots=True)
+class TenantCaps:
+    """Count limits that hold whatever a tenant spends: the live workspaces of an
+    organization (BEACON_MAX_WORKSPACES_PER_ORGANIZATION) and the organizations a user owns
+    (BEACON_MAX_ORGANIZATIONS_PER_USER). The defaults are the settings' defaults."""
+
+    workspaces_per_organization: int = _default("max_workspaces_per_organization")
+    organizations_per_user: int = _default("max_organizations_per_user")
+
+    @classmethod
+    def of(cls, settings: Settings) -> TenantCaps:
+        return cls(settings.max_workspaces_per_organization, settings.max_organizations_per_user)
+
+
+DEFAULT_CAPS = TenantCaps()
+
+
+async def check_organization_cap(session: AsyncSession, user_id: str, caps: TenantCaps) -> None:
+    """FailedPrecondition (ORGANIZATION_LIMIT_REACHED) when the user already owns
+    `caps.organizations_per_user` organizations. Takes the user's row lock first, so that
+    concurrent creates by one user are counted one after the other."""
+    await session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    owned = await session.scalar(
+        select(func.count())
+        .select_from(OrganizationMember)
+        .where(OrganizationMember.user_id == user_id, OrganizationMember.role == "owner")
+    )
+    limit = caps.organizations_per_user
+    if (owned or 0) >= limit:
+        raise FailedPrecondition(
+            f"you already own {owned} organizations, the most allowed"
+            f" (BEACON_MAX_ORGANIZATIONS_PER_USER={limit}): create the workspace in one of"
+            " them, or delete one",
+            [
+                PreconditionViolation(
+                    "ORGANIZATION_LIMIT_REACHED",
+                    user_id,
+                    f"a user may own at most {limit} organizations",
+                )
+            ],
+            reason="ORGANIZATION_LIMIT_REACHED",
+            metadata={"limit": str(limit)},
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +126,21 @@ def organization_etag(update_time: datetime) -> str:
 
 
 async def insert_organization(
-    session: AsyncSession, *, name: str, owner_id: str, now: datetime, personal: bool = False
+    session: AsyncSession,
+    *,
+    name: str,
+    owner_id: str,
+    now: datetime,
+    caps: TenantCaps,
+    personal: bool = False,
 ) -> Organization:
-    """A new organization named `name` (already validated) with `owner_id` as its owner.
+    """A new organization named `name` (already validated) with `owner_id` as its owner,
+    unless they own the most organizations `caps` allows (`check_organization_cap`).
 
     The slug is derived from the name and suffixed when taken. `personal` marks the
     owner's personal organization (at most one per user).
     """
+    await check_organization_cap(session, owner_id, caps)
     org = Organization(
         id=new_id("org"),
         name=name,
@@ -108,15 +174,22 @@ async def _recorded(
 
 
 async def create_organization(
-    session: AsyncSession, call: Actor, name: str, *, request_id: str = "", now: datetime
+    session: AsyncSession,
+    call: Actor,
+    name: str,
+    *,
+    request_id: str = "",
+    now: datetime,
+    caps: TenantCaps = DEFAULT_CAPS,
 ) -> OrganizationView:
-    """Creates an organization owned by the caller. A retry with the same `request_id`
-    returns the first organization and creates nothing."""
+    """Creates an organization owned by the caller; FailedPrecondition
+    (ORGANIZATION_LIMIT_REACHED) when they own the most `caps` allows. A retry with the
+    same `request_id` returns the first organization and creates nothing."""
 
     async def create() -> OrganizationView:
         clean = display_name("name", name)
         org = await insert_organization(
-            session, name=clean, owner_id=call.require_user_id(), now=now
+            session, name=clean, owner_id=call.require_user_id(), now=now, caps=caps
         )
         return await _recorded(session, call, org, now)
 

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from sqlalchemy import bindparam, case, func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.clock import new_id
@@ -28,6 +29,7 @@ from service.db.models import Probe, Prompt, Run, Workspace
 from service.domain import audit, idempotency
 from service.domain.actor import Actor
 from service.domain.errors import (
+    Aborted,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -41,6 +43,8 @@ Trigger = Literal["manual", "schedule", "schedule_set"]
 StartStatus = Literal["queued", "empty", "no_providers"]
 PROVIDER_NAMES = ", ".join(p.upper() for p in PROVIDERS)
 WATCH_POLL_SECONDS = 0.3
+# Tries for a free open-run lane when concurrent starts keep taking the one found.
+LANE_ATTEMPTS = 5
 ID_PATTERN = re.compile(r"[a-z]+_[a-z0-9]+")
 MAX_ID_LENGTH = 40
 
@@ -154,11 +158,47 @@ def validate_providers(names: Sequence[str]) -> list[str]:
     return result
 
 
+class RunAlreadyOpen(FailedPrecondition):
+    """The workspace holds its maximum of open (queued or running) runs: a new one starts
+    once one of them ends (or is canceled)."""
+
+    def __init__(self, open_run_ids: Sequence[str], limit: int) -> None:
+        shown = ", ".join(open_run_ids)
+        super().__init__(
+            f"the workspace already has {limit} open run{'s' if limit > 1 else ''} ({shown}),"
+            " the most allowed (BEACON_MAX_OPEN_RUNS_PER_WORKSPACE): watch or cancel it, or"
+            " start again once it has ended",
+            [
+                PreconditionViolation("RUN_ALREADY_OPEN", run_id, "this run has not ended yet")
+                for run_id in open_run_ids
+            ],
+            reason="RUN_ALREADY_OPEN",
+            metadata={"run_id": open_run_ids[0] if open_run_ids else "", "limit": str(limit)},
+        )
+        self.open_run_ids = list(open_run_ids)
+
+
+def free_lane(taken: Collection[int | None], limit: int) -> int | None:
+    """The lowest open-run lane in 0..limit-1 not in `taken` (None: every one is)."""
+    return next((lane for lane in range(limit) if lane not in taken), None)
+
+
+async def _open_lanes(session: AsyncSession, workspace_id: str) -> dict[int, str]:
+    """The lanes the workspace's open runs hold, with their runs' ids."""
+    rows = await session.execute(
+        select(Run.open_lane, Run.id)
+        .where(Run.workspace_id == workspace_id, Run.end_time.is_(None), Run.open_lane.is_not(None))
+        .order_by(Run.open_lane)
+    )
+    return {lane: run_id for lane, run_id in rows if lane is not None}
+
+
 async def create_run(
     session: AsyncSession,
     *,
     workspace_id: str,
     trigger: Trigger,
+    max_open: int,
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
     scheduled_time: datetime | None = None,
@@ -169,26 +209,40 @@ async def create_run(
 
     Empty `prompt_ids` / `providers` mean every prompt / every enabled provider when the run
     is expanded. `prompt_count` defaults to len(prompt_ids), or the workspace's prompt count.
+
+    The run takes a free open-run lane of the workspace (0..max_open-1); RunAlreadyOpen when
+    there is none. The unique index on open lanes settles a race with a concurrent start
+    (or the ticker): the loser looks again and finds the lane taken.
     """
     if prompt_count is None:
         prompt_count = len(prompt_ids) if prompt_ids else await count_prompts(session, workspace_id)
-    run = Run(
-        id=new_id("run"),
-        workspace_id=workspace_id,
-        trigger=trigger,
-        status=RunStatus.QUEUED,
-        scheduled_time=scheduled_time,
-        prompt_ids=list(prompt_ids),
-        providers=list(providers),
-        prompt_count=prompt_count,
-        create_time=now,
-        enqueue_time=None,
-        cancel_requested=False,
-        failure_reason="",
-    )
-    session.add(run)
-    await session.flush()
-    return run
+    for _ in range(LANE_ATTEMPTS):
+        open_lanes = await _open_lanes(session, workspace_id)
+        lane = free_lane(open_lanes, max_open)
+        if lane is None:
+            raise RunAlreadyOpen(list(open_lanes.values()), max_open)
+        run = Run(
+            id=new_id("run"),
+            workspace_id=workspace_id,
+            trigger=trigger,
+            status=RunStatus.QUEUED,
+            scheduled_time=scheduled_time,
+            prompt_ids=list(prompt_ids),
+            providers=list(providers),
+            prompt_count=prompt_count,
+            create_time=now,
+            enqueue_time=None,
+            open_lane=lane,
+            cancel_requested=False,
+            failure_reason="",
+        )
+        try:
+            async with session.begin_nested():
+                session.add(run)
+        except IntegrityError:
+            continue  # a concurrent start took the lane: look again
+        return run
+    raise Aborted("too many concurrent starts in this workspace; retry", reason="CONCURRENT_START")
 
 
 async def start_run(
@@ -197,6 +251,7 @@ async def start_run(
     workspace_id: str,
     *,
     configured: Collection[str],
+    max_open: int,
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
     request_id: str = "",
@@ -204,6 +259,7 @@ async def start_run(
 ) -> StartOutcome:
     """Starts a manual run over the given prompts (default all) and providers (default all
     enabled); see `queue_run`. The run is sent to the workers once the transaction commits.
+    RunAlreadyOpen (FAILED_PRECONDITION) while the workspace has `max_open` runs open.
 
     A retry with the same `request_id` returns the first outcome and starts nothing; it asks
     again to send the run, which sends it only if the first call's send failed.
@@ -215,6 +271,7 @@ async def start_run(
             workspace_id=workspace_id,
             trigger="manual",
             configured=configured,
+            max_open=max_open,
             now=now,
             prompt_ids=prompt_ids,
             providers=providers,
@@ -245,6 +302,7 @@ async def queue_run(
     workspace_id: str,
     trigger: Trigger,
     configured: Collection[str],
+    max_open: int,
     now: datetime,
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
@@ -255,7 +313,8 @@ async def queue_run(
     Explicit providers must be enabled and every one must have credentials (`configured`);
     by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
     none. EMPTY when there is no prompt to ask. Raises InvalidArgument (`prompt_ids[i]`,
-    `providers[i]`) and NotFound (a prompt id that is not the workspace's).
+    `providers[i]`), NotFound (a prompt id that is not the workspace's) and RunAlreadyOpen
+    (the workspace has `max_open` runs open; nothing is written).
     """
     chosen_prompts = await _validate_prompt_ids(session, workspace_id, prompt_ids)
     requested = validate_providers(providers)
@@ -281,6 +340,7 @@ async def queue_run(
         session,
         workspace_id=workspace_id,
         trigger=trigger,
+        max_open=max_open,
         prompt_ids=chosen_prompts,
         providers=asked,
         now=now,
@@ -454,6 +514,7 @@ async def watch_run(
     *,
     check_access: Callable[[AsyncSession], Awaitable[object]],
     check_every: float,
+    check_caller: Callable[[], Awaitable[object]] | None = None,
     poll_seconds: float = WATCH_POLL_SECONDS,
 ) -> AsyncIterator[RunView]:
     """The run at once, then again whenever its status or progress changes; ends after the
@@ -461,10 +522,14 @@ async def watch_run(
 
     Every `check_every` seconds `check_access` re-checks that the watcher may still see the
     run, in the poll's transaction; it raises (NotFound) to end the stream once they may not.
+    Before every poll `check_caller` (when given) may raise to end the stream: the API's
+    re-check of the caller's credentials and of the stream's lifetime.
     """
     seen: tuple[object, ...] | None = None
     checked = time.monotonic()
     while True:
+        if check_caller is not None:
+            await check_caller()
         async with db.transaction(write=False) as session:
             if time.monotonic() - checked >= check_every:
                 await check_access(session)

@@ -422,6 +422,7 @@ async def set_schedule(
     time_zone: str,
     min_interval_minutes: int,
     configured_providers: Collection[str],
+    max_open_runs: int,
     charge_run: Callable[[], Awaitable[None]],
     now: datetime,
 ) -> ScheduleChange:
@@ -431,7 +432,9 @@ async def set_schedule(
     Setting the cron and time zone the workspace already has changes nothing and starts no
     run (not_requested). Before a run is started `charge_run` is awaited: it charges the
     workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
-    call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything.
+    call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything. While the
+    workspace has `max_open_runs` runs open, the schedule is set and its immediate run is
+    FAILED, naming the open run.
     """
     schedule = (
         parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
@@ -445,7 +448,9 @@ async def set_schedule(
     else:
         await charge_run()
         state = await save_schedule(session, workspace_id, schedule, now=now)
-        immediate = await _immediate_run(session, workspace_id, configured_providers, now)
+        immediate = await _immediate_run(
+            session, workspace_id, configured_providers, max_open_runs, now
+        )
     await audit.record_workspace_change(
         session, call, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
     )
@@ -466,17 +471,25 @@ async def _current_if_same(
 
 
 async def _immediate_run(
-    session: AsyncSession, workspace_id: str, configured_providers: Collection[str], now: datetime
+    session: AsyncSession,
+    workspace_id: str,
+    configured_providers: Collection[str],
+    max_open_runs: int,
+    now: datetime,
 ) -> ImmediateRun:
     """Writes the run a changed schedule starts at once (every prompt, every enabled
     provider with credentials), or says why there is none."""
-    outcome = await runs.queue_run(
-        session,
-        workspace_id=workspace_id,
-        trigger="schedule_set",
-        configured=configured_providers,
-        now=now,
-    )
+    try:
+        outcome = await runs.queue_run(
+            session,
+            workspace_id=workspace_id,
+            trigger="schedule_set",
+            configured=configured_providers,
+            max_open=max_open_runs,
+            now=now,
+        )
+    except runs.RunAlreadyOpen as error:
+        return ImmediateRun("failed", reason=error.message)
     if outcome.run is not None:
         return ImmediateRun("queued", run_id=outcome.run.id)
     if outcome.status == "empty":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, delete, exists, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -38,14 +38,21 @@ from service.domain.actor import Actor
 from service.domain.errors import (
     Aborted,
     AlreadyExists,
+    FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    PreconditionViolation,
 )
 from service.domain.hostnames import normalize_hostname
 from service.domain.inputs import masked_paths, require_id
 from service.domain.names import derive_slug, display_name, suffixed_slug, validate_slug
-from service.domain.organizations import OrganizationView, insert_organization
+from service.domain.organizations import (
+    DEFAULT_CAPS,
+    OrganizationView,
+    TenantCaps,
+    insert_organization,
+)
 from service.domain.slugs import MAX_ATTEMPTS, save_with_unique_slug
 from service.domain.visibility import accessible_workspaces
 from service.domain.workspace_fields import (
@@ -127,15 +134,18 @@ async def create_workspace(
     request_id: str = "",
     now: datetime,
     join_code_ttl: timedelta = DEFAULT_JOIN_CODE_TTL,
+    caps: TenantCaps = DEFAULT_CAPS,
 ) -> CreatedWorkspace:
     """Creates a workspace, with a join code valid for `join_code_ttl`; the caller becomes
     its owner.
 
     With `organization_name` a new organization is made (caller owner); with
     `organization_id` the caller must be an owner or admin of it; with neither, the
-    caller's personal organization is used, created on first use. A retry with the same
-    `request_id` (for the same `organization_id`) returns the first result and creates
-    nothing.
+    caller's personal organization is used, created on first use. FailedPrecondition
+    when the organization holds the most live workspaces `caps` allows
+    (WORKSPACE_LIMIT_REACHED) or a new organization would exceed the organizations the
+    caller may own (ORGANIZATION_LIMIT_REACHED). A retry with the same `request_id` (for
+    the same `organization_id`) returns the first result and creates nothing.
     """
     return await idempotency.once(
         session,
@@ -144,8 +154,37 @@ async def create_workspace(
         scope=request.organization_id,
         result_type=CreatedWorkspace,
         now=now,
-        run=lambda: _create_workspace(session, call, request, now, join_code_ttl),
+        run=lambda: _create_workspace(session, call, request, now, join_code_ttl, caps),
     )
+
+
+async def check_workspace_cap(
+    session: AsyncSession, organization_id: str, caps: TenantCaps
+) -> None:
+    """FailedPrecondition (WORKSPACE_LIMIT_REACHED) when the organization already holds
+    `caps.workspaces_per_organization` live workspaces. Takes the organization's row lock
+    first, so that concurrent creates (and undeletes) in it are counted one after the other."""
+    await session.execute(
+        select(Organization.id).where(Organization.id == organization_id).with_for_update()
+    )
+    live = await session.scalar(
+        select(func.count()).select_from(Workspace).where(_live_in(organization_id))
+    )
+    limit = caps.workspaces_per_organization
+    if (live or 0) >= limit:
+        raise FailedPrecondition(
+            f"the organization already holds {live} workspaces, the most allowed"
+            f" (BEACON_MAX_WORKSPACES_PER_ORGANIZATION={limit}): delete one first",
+            [
+                PreconditionViolation(
+                    "WORKSPACE_LIMIT_REACHED",
+                    organization_id,
+                    f"an organization may hold at most {limit} live workspaces",
+                )
+            ],
+            reason="WORKSPACE_LIMIT_REACHED",
+            metadata={"limit": str(limit)},
+        )
 
 
 async def _create_workspace(
@@ -154,6 +193,7 @@ async def _create_workspace(
     request: NewWorkspace,
     now: datetime,
     join_code_ttl: timedelta,
+    caps: TenantCaps,
 ) -> CreatedWorkspace:
     user_id = call.require_user_id()
     clean = _clean_new(request)
@@ -172,10 +212,11 @@ async def _create_workspace(
             raise NotFound("organization", request.organization_id)
     elif clean.organization_name:
         org = await insert_organization(
-            session, name=clean.organization_name, owner_id=user_id, now=now
+            session, name=clean.organization_name, owner_id=user_id, now=now, caps=caps
         )
     else:
-        org = await _personal_organization(session, call, user_id, now)
+        org = await _personal_organization(session, call, user_id, now, caps)
+    await check_workspace_cap(session, org.id, caps)
     if request.icon_file_id:
         await files.require_own_upload(session, user_id, "icon_file_id", request.icon_file_id)
     join_code = await join_codes.unused_code(session)
@@ -226,7 +267,7 @@ def _live_in(organization_id: str) -> ColumnElement[bool]:
 
 
 async def _personal_organization(
-    session: AsyncSession, call: Actor, user_id: str, now: datetime
+    session: AsyncSession, call: Actor, user_id: str, now: datetime, caps: TenantCaps
 ) -> Organization:
     """The caller's personal organization, created on first use."""
     org = await session.scalar(
@@ -238,7 +279,7 @@ async def _personal_organization(
         who = (who or call.email or "My").strip()
         name = who[: 80 - len(PERSONAL_SUFFIX)].strip() + PERSONAL_SUFFIX
         return await insert_organization(
-            session, name=name, owner_id=user_id, personal=True, now=now
+            session, name=name, owner_id=user_id, personal=True, now=now, caps=caps
         )
     access = await organization_access(session, user_id, org.id)
     if access.organization_role not in ORGANIZATION_ADMIN_ROLES:
@@ -362,6 +403,7 @@ async def undelete_workspace(
     now: datetime,
     retention_days: int,
     join_code_ttl: timedelta = DEFAULT_JOIN_CODE_TTL,
+    caps: TenantCaps = DEFAULT_CAPS,
 ) -> None:
     """Restores a soft-deleted workspace before its purge (AIP-164), for its effective
     owners only: everyone else, and every workspace not restorable (unknown, purged or due
@@ -370,10 +412,19 @@ async def undelete_workspace(
 
     The workspace comes back with its members, prompts and history, its slug (suffixed
     when a live workspace took it meanwhile) and a new join code valid for
-    `join_code_ttl`; its schedule, removed on deletion, stays unset.
+    `join_code_ttl`; its schedule, removed on deletion, stays unset. An organization that
+    holds the most live workspaces `caps` allows restores none (WORKSPACE_LIMIT_REACHED).
     """
     user_id = call.require_user_id()
     require_id("workspace_id", workspace_id)
+    # The organization's row is locked before the workspace's, in the order creates take.
+    organization_id = await session.scalar(
+        select(Workspace.organization_id).where(Workspace.id == workspace_id)
+    )
+    if organization_id is not None:
+        await session.execute(
+            select(Organization.id).where(Organization.id == organization_id).with_for_update()
+        )
     row = (
         await session.execute(
             with_caller_roles(
@@ -393,6 +444,7 @@ async def undelete_workspace(
     if not DeletedSince(now, retention_days).is_restorable(workspace.delete_time):
         raise not_found(workspace_id)
     check_etag("etag", etag, workspace.version)
+    await check_workspace_cap(session, workspace.organization_id, caps)
     await _restore(session, workspace, now=now, join_code_expire_time=now + join_code_ttl)
     audit.record_workspace(session, call, workspace, now)
     await session.flush()

@@ -52,6 +52,11 @@ def _before_only(around: Around) -> bool:
     return type(around).call is Around.call and type(around).stream is Around.stream
 
 
+def _streams_only(around: Around) -> bool:
+    """An around that does nothing around unary calls (it only wraps streams)."""
+    return type(around).call is Around.call and type(around).before is Around.before
+
+
 def _stages(arounds: Sequence[Around]) -> list[Around | tuple[Around, ...]]:
     """The arounds, outermost first, with each run of consecutive `before`-only ones grouped:
     a group runs as one step (a loop over its checks), not one coroutine frame each."""
@@ -118,6 +123,8 @@ class Pipeline:
     def __init__(self, *arounds: Around) -> None:
         self.arounds = arounds
         self._stages = _stages(arounds)
+        # Unary calls skip the arounds that only wrap streams (their checks stay grouped).
+        self._unary_stages = _stages([a for a in arounds if not _streams_only(a)])
         self._rules = method_rules()
         self._parsed_by_step = any(around.parses_request for around in arounds)
 
@@ -127,7 +134,7 @@ class Pipeline:
             handler = handler._replace(request_deserializer=None)  # grpc hands over the bytes
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
-            for stage in reversed(self._stages):
+            for stage in reversed(self._unary_stages):
                 unary = _unary_step(stage, rules, unary)
             return handler._replace(unary_unary=unary)
         if handler.unary_stream is not None:

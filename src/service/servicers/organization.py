@@ -32,7 +32,12 @@ class OrganizationServicer(organization_service_pb2_grpc.OrganizationServiceServ
     ) -> pb.Organization:
         async with self.app.db.transaction() as session:
             org = await organizations.create_organization(
-                session, current_actor(), request.name, request_id=request.request_id, now=utcnow()
+                session,
+                current_actor(),
+                request.name,
+                request_id=request.request_id,
+                now=utcnow(),
+                caps=organizations.TenantCaps.of(self.app.settings),
             )
         return organization_to_proto(org)
 

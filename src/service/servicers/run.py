@@ -164,6 +164,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 current_actor(),
                 resolved_workspace_id(),
                 configured=self.app.settings.configured_providers(),
+                max_open=self.app.settings.max_open_runs_per_workspace,
                 prompt_ids=list(request.prompt_ids),
                 providers=[provider_name(p) for p in request.providers],
                 request_id=request.request_id,
@@ -208,9 +209,11 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.Run]:
-        user_id = current_call().require_user_id()
-        # The auth interceptor checked access once, at the start: check it again while the
-        # stream lasts, so that a removed member stops seeing the run within seconds.
+        call = current_call()
+        user_id = call.require_user_id()
+        # The auth interceptor checked access and credentials once, at the start: check
+        # them again while the stream lasts, so that a removed member, an expired token or
+        # a revoked key stops seeing the run within seconds (and the stream's lifetime ends).
         check_access = functools.partial(
             workspace_access.authorize_view, user_id=user_id, resource_id=request.run_id
         )
@@ -220,6 +223,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             request.run_id,
             check_access=check_access,
             check_every=self.app.settings.watch_access_check_seconds,
+            check_caller=call.stream_check,
         )
         async for view in watch:
             yield run_to_proto(view)

@@ -48,6 +48,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 time_zone=request.time_zone,
                 min_interval_minutes=settings.schedule_min_interval_minutes,
                 configured_providers=settings.configured_providers(),
+                max_open_runs=settings.max_open_runs_per_workspace,
                 charge_run=functools.partial(self.app.rate_limits.charge_run, request.workspace_id),
                 now=utcnow(),
             )

@@ -19,6 +19,7 @@ from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.domain import accounts, files, read_views, workspace_lifecycle, workspace_views
+from service.domain.organizations import TenantCaps
 from service.domain.paging import parse_page
 from service.domain.workspace_fields import Competitor
 from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
@@ -65,6 +66,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
                 request_id=request.request_id,
                 now=utcnow(),
                 join_code_ttl=timedelta(hours=self.app.settings.join_code_ttl_hours),
+                caps=TenantCaps.of(self.app.settings),
             )
         return pb.CreateWorkspaceResponse(
             workspace=workspace_to_proto(created.workspace, self.app.settings),
@@ -166,6 +168,7 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
                 now=utcnow(),
                 retention_days=settings.workspace_retention_days,
                 join_code_ttl=timedelta(hours=settings.join_code_ttl_hours),
+                caps=TenantCaps.of(settings),
             )
             return await workspace_message(session, settings, request.workspace_id)
 

@@ -12,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -61,6 +62,17 @@ class Run(Base):
         # One run per schedule slot, however many tickers race.
         UniqueConstraint("workspace_id", "scheduled_time"),
         Index("ix_runs_ws_created", "workspace_id", "create_time", "id"),
+        # At most one open run per (workspace, lane): with lanes 0..N-1 a workspace holds at
+        # most N open runs (BEACON_MAX_OPEN_RUNS_PER_WORKSPACE), however many callers and
+        # tickers race (service.domain.runs).
+        Index(
+            "uq_runs_open_lane",
+            "workspace_id",
+            "open_lane",
+            unique=True,
+            postgresql_where=text("end_time IS NULL"),
+            sqlite_where=text("end_time IS NULL"),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -77,6 +89,9 @@ class Run(Base):
     enqueue_time: Mapped[datetime | None] = mapped_column(default=None, index=True)
     start_time: Mapped[datetime | None] = mapped_column(default=None)
     end_time: Mapped[datetime | None] = mapped_column(default=None)
+    # The open-run slot the run holds until it ends (NULL: none, for rows written outside
+    # the commands that create runs).
+    open_lane: Mapped[int | None] = mapped_column(SmallInteger, default=None)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     failure_reason: Mapped[str] = mapped_column(Text, default="")
 
