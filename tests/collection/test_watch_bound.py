@@ -1,6 +1,6 @@
 """Open WatchRun streams are bounded (issue 26): each keeps a little state for as long as it
 is open (the run's last fingerprint, when access was last checked), and a server holds at most
-`max_concurrent_rpcs` calls of any kind open; one more is refused, not queued."""
+`max_concurrent_streams` of them open; one more is refused, not queued."""
 
 from __future__ import annotations
 
@@ -19,14 +19,14 @@ from tests.conftest import NewUser
 BOUND = 3
 
 
-async def test_watch_run_streams_past_max_concurrent_rpcs_are_refused(
+async def test_watch_run_streams_past_max_concurrent_streams_are_refused(
     app: App, new_user: NewUser
 ) -> None:
     owner = await new_user()
     tenant = await make_workspace(app, owner.user_id, enabled=["openai"])
     run_id = await insert_run(app, tenant.workspace_id)  # running: its streams stay open
     bounded = App(
-        settings=app.settings.model_copy(update={"max_concurrent_rpcs": BOUND}), db=app.db
+        settings=app.settings.model_copy(update={"max_concurrent_streams": BOUND}), db=app.db
     )
     server = await start_server(bounded, "127.0.0.1:0")
     try:

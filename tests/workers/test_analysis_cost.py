@@ -25,7 +25,7 @@ from tests.workers.test_analysis import BRAND, COMPETITORS
 from workers.analysis import MAX_ANSWER_CHARS, analyse
 
 # Linear: 4 (a little less, with fixed costs); quadratic: 16.
-MAX_STEP_RATIO = 8.0
+MAX_STEP_RATIO = 10.0
 SIZES = (MAX_ANSWER_CHARS // 64, MAX_ANSWER_CHARS // 16, MAX_ANSWER_CHARS // 4, MAX_ANSWER_CHARS)
 # Below this a measure is mostly noise; smaller costs count as this much.
 NOISE_FLOOR_SECONDS = 0.002
