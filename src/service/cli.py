@@ -275,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     if args.command in {"serve", "worker", "ticker", "dev"}:
+        memtrace.limit_arenas(settings)
         memtrace.install(settings)
     try:
         code: int = args.fn(settings, args)

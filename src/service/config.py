@@ -185,6 +185,11 @@ class Settings(BaseSettings):
     # (production); snapshots go to the directory (default <data_dir>/tracemalloc) on SIGUSR2.
     tracemalloc_frames: NonNegativeInt = 0
     tracemalloc_dir: Path | None = None
+    # glibc malloc arenas of serve, worker and ticker (0 = glibc's default of 8 per core).
+    # Every thread that allocates may otherwise get an arena of its own (grpc's, the
+    # executors'), and memory freed in one stays reserved there: RSS grows in steps with
+    # bursts of threads that a few shared arenas absorb.
+    malloc_arena_max: NonNegativeInt = 2
 
     @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
     @classmethod

@@ -12,6 +12,8 @@ allocation.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import itertools
 import json
@@ -28,6 +30,25 @@ from service.config import Settings
 SIGNAL = signal.SIGUSR2
 CHILD_SECONDS = 600  # a dumping child that takes longer is killed
 _dumps = itertools.count(1)
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def limit_arenas(settings: Settings) -> bool:
+    """Caps glibc's malloc arenas at `settings.malloc_arena_max` (what MALLOC_ARENA_MAX does,
+    set before any thread starts); whether the cap was set. False where the C library is not
+    glibc (musl has no arenas to cap) or the setting is 0."""
+    if settings.malloc_arena_max <= 0:
+        return False
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    libc = ctypes.CDLL(name)
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None or not hasattr(libc, "gnu_get_libc_version"):
+        return False
+    return bool(mallopt(M_ARENA_MAX, settings.malloc_arena_max))
 
 
 def install(settings: Settings) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import platform
 import time
 import uuid
 from dataclasses import replace
@@ -16,7 +17,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from service import access_cache
+from service import access_cache, memtrace
 from service.access_cache import AccessCache
 from service.auth.cache import TtlCache
 from service.auth.identity import Authenticator
@@ -277,3 +278,11 @@ async def test_pending_request_lines_are_bounded_while_the_loop_is_busy(
         assert [r.request_id for r in written] == [f"req_{n}" for n in range(total)]  # type: ignore[attr-defined]
     finally:
         log.logger.removeHandler(keep)
+
+
+def test_malloc_arenas_are_capped_on_glibc_and_left_alone_at_zero() -> None:
+    """Issue 26: serve, worker and ticker cap glibc's arenas (RSS grew in steps as bursts
+    of grpc and executor threads each took an arena of their own)."""
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert memtrace.limit_arenas(Settings(malloc_arena_max=2)) is glibc
+    assert memtrace.limit_arenas(Settings(malloc_arena_max=0)) is False
