@@ -54,7 +54,7 @@ from service.clock import new_id
 from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade
-from service.domain import reports
+from service.domain.collection import reports
 
 START = datetime(2025, 11, 24, tzinfo=UTC)  # a Monday
 END = START + timedelta(days=365)

@@ -21,7 +21,7 @@ from pathlib import Path
 from google.protobuf.descriptor import MethodDescriptor
 
 from beacon.v1 import options_pb2
-from service.rules import SERVICE_FILES, method_rules
+from service.rpc_options import SERVICE_FILES, method_rules
 
 ROOT = Path(__file__).resolve().parent.parent
 START = "<!-- rpc-table:start -->"

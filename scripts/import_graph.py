@@ -16,7 +16,7 @@ import grimp
 
 
 def part(module: str) -> str:
-    """`service.domain.runs` -> `service.domain`; `workers.runs` -> `workers.runs`."""
+    """`service.domain.collection.runs` -> `service.domain`; `workers.runs` -> `workers.runs`."""
     pieces = module.split(".")
     return ".".join(pieces[:2])
 

@@ -40,7 +40,7 @@ from beacon.v1 import options_pb2
 from service.auth.context import CallContext
 from service.config import Settings
 from service.domain.errors import ResourceExhausted, Unavailable
-from service.rules import MethodRules, RateLimit, method_rules
+from service.rpc_options import MethodRules, RateLimit, method_rules
 
 log = logging.getLogger("beacon.ratelimit")
 

@@ -2,7 +2,7 @@
 
 Health (NOT_SERVING while the database is unreachable), reflection, message size limits,
 a ceiling on concurrent RPCs (Beacon's budgets of unary calls and of streams are steps of the
-pipeline: `service.interceptors.concurrency`), connection handshake/idle/age limits, and
+pipeline: `service.pipeline.concurrency`), connection handshake/idle/age limits, and
 graceful shutdown: health goes NOT_SERVING, new calls are refused, in-flight calls drain
 within the grace period.
 """
@@ -25,19 +25,19 @@ from service.access_cache import AccessCache, InvalidationListener
 from service.app import App
 from service.auth.identity import Authenticator
 from service.config import Settings
-from service.interceptors.auth import AuthenticateAround, AuthorizeAround
-from service.interceptors.base import Around, Pipeline
-from service.interceptors.concurrency import ConcurrencyAround, StreamCapsAround
-from service.interceptors.errors import ErrorsAround
-from service.interceptors.inputs import DecodeAround, InputsAround
-from service.interceptors.observability import ObservabilityAround
-from service.interceptors.ratelimit import (
+from service.pipeline.auth import AuthenticateAround, AuthorizeAround
+from service.pipeline.base import Around, Pipeline
+from service.pipeline.concurrency import ConcurrencyAround, StreamCapsAround
+from service.pipeline.errors import ErrorsAround
+from service.pipeline.inputs import DecodeAround, InputsAround
+from service.pipeline.observability import ObservabilityAround
+from service.pipeline.ratelimit import (
     CALLER_KEYS,
     WORKSPACE_KEYS,
     PeerCeilingAround,
     RateLimitAround,
 )
-from service.interceptors.tracing import TracingAround
+from service.pipeline.tracing import TracingAround
 from service.servicers import ALL_SERVICERS, Register, add_servicers
 
 log = logging.getLogger("beacon.server")

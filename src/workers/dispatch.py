@@ -38,7 +38,7 @@ from workers import metrics
 from workers.actors import current_broker
 from workers.broker import new_message_ids, ready_backlog, send_messages
 from workers.messages import run_message
-from workers.statements import table_of, tune_batch_transaction
+from workers.sql_dialects import table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from sqlalchemy import update
 from service import tracing
 from service.config import Settings
 from service.db.models import Probe
-from service.domain.run_status import CANCELED_REASON, ProbeStatus
+from service.domain.collection.run_status import CANCELED_REASON, ProbeStatus
 from workers import metrics
 from workers.analysis import AnalysisFailed, analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds

@@ -26,12 +26,12 @@ from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
-from service.domain.run_status import ProbeStatus, RunStatus, cancel, end_run
+from service.domain.collection.run_status import ProbeStatus, RunStatus, cancel, end_run
 from workers import metrics
 from workers.broker import send_messages
 from workers.budgets import ProviderBudgets
 from workers.messages import probe_messages
-from workers.statements import id_in, insert_ignoring_duplicates, table_of
+from workers.sql_dialects import id_in, insert_ignoring_duplicates, table_of
 
 
 class RunContext(Protocol):
@@ -246,7 +246,7 @@ async def finish_runs(db: Database, run_ids: Iterable[str]) -> list[str]:
 
 async def cancel_run(db: Database, run_id: str) -> None:
     """Skips the pending probes of a run canceled (or whose workspace was deleted) and ends
-    it, as CancelRun does (`service.domain.run_status.cancel`)."""
+    it, as CancelRun does (`service.domain.collection.run_status.cancel`)."""
     async with db.transaction() as session:
         await cancel(session, run_id, utcnow())
     # Its probes may all have ended before (a crash between the last one and the run's end).

@@ -19,7 +19,7 @@ The cost of a tick follows the number of due schedules: schedules are found thro
 on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
 finds unsent runs through the index on `enqueue_time`. A batch is three statements (claim, one
 INSERT ... SELECT FROM unnest, one UPDATE ... FROM unnest) and its dispatch one; sequential scans
-are off in these transactions (`workers.statements.tune_batch_transaction` says why).
+are off in these transactions (`workers.sql_dialects.tune_batch_transaction` says why).
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.db.types import UTCDateTime
-from service.domain.run_status import RunStatus
-from service.domain.runs import free_lane
-from service.domain.schedules import next_fire_time
+from service.domain.collection.run_status import RunStatus
+from service.domain.collection.runs import free_lane
+from service.domain.collection.schedules import next_fire_time
 from workers import metrics
 from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.statements import id_in, table_of, tune_batch_transaction
+from workers.sql_dialects import id_in, table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -379,7 +379,7 @@ def fire_slot(
 async def purge_deleted(db: Database, settings: Settings, now: datetime) -> int:
     """Purges workspaces past their retention, when the tenancy domain provides it."""
     try:
-        from service.domain.workspace_purge import purge_deleted_workspaces
+        from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
     except ImportError:
         return 0
     return await purge_deleted_workspaces(db, now, retention_days=settings.workspace_retention_days)

@@ -25,8 +25,8 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain import rollups
-from service.domain.prompts import text_hash
+from service.domain.collection import rollups
+from service.domain.collection.prompts import text_hash
 from tests.support import unique
 
 

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.app import App
 from service.clock import utcnow
 from service.db.models import AuditEvent, IdempotencyKey, Run
-from service.domain import prompts, runs, schedules
 from service.domain.actor import Actor
+from service.domain.collection import prompts, runs, schedules
 from service.domain.errors import FailedPrecondition
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.builders import Tenant, make_workspace, stored_texts

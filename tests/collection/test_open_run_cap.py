@@ -20,7 +20,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule
-from service.domain import runs
+from service.domain.collection import runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.builders import insert_prompts, make_workspace
 from tests.collection.pipeline_fixtures import add_schedule, derive_settings

@@ -8,7 +8,7 @@ import pytest
 
 from service.app import App
 from service.clock import utcnow
-from service.domain import prompts
+from service.domain.collection import prompts
 from service.domain.errors import FailedPrecondition, InvalidArgument
 from tests.collection.builders import make_workspace, stored_texts
 from tests.conftest import NewUser

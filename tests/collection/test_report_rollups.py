@@ -40,8 +40,8 @@ from service.db.models import (
     VisibilityRollup,
     Workspace,
 )
-from service.domain import reports, rollups
-from service.domain.workspace_purge import purge_deleted_workspaces
+from service.domain.collection import reports, rollups
+from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import insert_run, make_workspace

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from service.app import App
-from service.domain import reports
+from service.domain.collection import reports
 from service.domain.errors import InvalidArgument
 from tests.collection.builders import insert_probe, insert_run, make_workspace
 from tests.conftest import NewUser

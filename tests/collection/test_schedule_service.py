@@ -15,7 +15,7 @@ from beacon.v1 import run_service_pb2_grpc, schedule_service_pb2_grpc
 from beacon.v1 import schedule_service_pb2 as pb
 from service.app import App
 from service.db.models import AuditEvent, Run
-from service.domain.schedules import next_fire_time
+from service.domain.collection.schedules import next_fire_time
 from service.server import start_server
 from tests.collection.builders import insert_prompts, make_workspace
 from tests.conftest import NewUser

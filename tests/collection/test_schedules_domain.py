@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.domain.collection.schedules import fire_times, next_fire_time, parse_schedule
 from service.domain.errors import InvalidArgument
-from service.domain.schedules import fire_times, next_fire_time, parse_schedule
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 

@@ -121,7 +121,7 @@ async def test_postgres_unreachable_for_30s_mid_run_is_ridden_out(
         await eventually(serving, "serve to report SERVING again", 15)
 
         async def answers() -> bool:
-            # Each read path, the hot ones on the driver connection (service.db.hot) too, on
+            # Each read path, the hot ones on the driver connection (service.db.compiled) too, on
             # whatever connections the pool kept through the outage.
             try:
                 reply = await runs.ListRuns(request, metadata=md, timeout=10)

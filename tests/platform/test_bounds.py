@@ -26,9 +26,9 @@ from service.config import Settings
 from service.db.database import Database
 from service.domain.actor import Access
 from service.domain.errors import ResourceExhausted
-from service.domain.workspace_views import WorkspaceView
-from service.interceptors import observability
+from service.domain.tenancy.workspace_views import WorkspaceView
 from service.logs import AccessLog, configure_logging
+from service.pipeline import observability
 from service.servicers.convert import WorkspaceMessages
 from tests.support import REDIS_URL, reachable
 
@@ -188,7 +188,7 @@ async def test_batched_rate_limit_slots_are_bounded_and_count_exactly_beyond(
 ) -> None:
     from service import rate_limits
     from service.rate_limits import RateLimits
-    from service.rules import RateLimit
+    from service.rpc_options import RateLimit
     from tests.conftest import delete_redis_keys
 
     monkeypatch.setattr(rate_limits, "MAX_BATCHED_SLOTS", 40)
@@ -223,7 +223,7 @@ async def test_in_process_rate_limit_counts_are_bounded(
     from beacon.v1 import options_pb2
     from service import rate_limits
     from service.rate_limits import RateLimits
-    from service.rules import RateLimit
+    from service.rpc_options import RateLimit
 
     monkeypatch.setattr(rate_limits, "MAX_MEMORY_KEYS", 50)
     limits = RateLimits(Settings(redis_url="", rate_limit_strategy=strategy))

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.config import Settings
-from service.domain.workspace_views import WorkspaceView
+from service.domain.tenancy.workspace_views import WorkspaceView
 from service.servicers.convert import WorkspaceMessages, timestamp, workspace_to_proto
 
 SETTINGS = Settings(signing_secret="s" * 40, icon_url_ttl_seconds=600)

@@ -1,4 +1,4 @@
-"""`service.db.hot.HotSelect`: the hot reads' rows, read on the driver connection, equal what
+"""`service.db.compiled.CompiledSelect`: the hot reads' rows, read on the driver connection, equal what
 SQLAlchemy's own execution returns, and a driver failure looks like SQLAlchemy's."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from sqlalchemy.exc import DBAPIError
 
 from service.app import App
 from service.clock import new_id, utcnow
-from service.db.hot import HotSelect
+from service.db.compiled import CompiledSelect
 from service.db.models import Organization, OrganizationMember, Prompt, Run, Schedule, Workspace
 from service.domain import read_views
-from service.interceptors.errors import translate
+from service.pipeline.errors import translate
 from tests.conftest import NewUser
 
 
@@ -98,10 +98,10 @@ async def seed(app: App, user_id: str) -> dict[str, Any]:
 def test_an_in_list_the_caller_binds_is_refused_when_built() -> None:
     in_list = select(Prompt.id).where(Prompt.id.in_(bindparam("ids", expanding=True)))
     with pytest.raises(ValueError, match="expanding"):
-        HotSelect(in_list)
+        CompiledSelect(in_list)
 
 
-def hot_selects() -> list[HotSelect]:
+def hot_selects() -> list[CompiledSelect]:
     return [
         *read_views._WORKSPACES.values(),  # with the IN lists of roles the statements fix
         *read_views._PROMPTS.values(),
@@ -148,7 +148,7 @@ async def test_a_broken_connection_is_dropped_and_reported_as_an_outage(
 async def test_a_failing_statement_raises_sqlalchemys_error_with_the_drivers_sqlstate(
     app: App,
 ) -> None:
-    missing = HotSelect(select(literal_column("1")).select_from(table("no_such_table")))
+    missing = CompiledSelect(select(literal_column("1")).select_from(table("no_such_table")))
     async with app.db.read() as conn:
         with pytest.raises(DBAPIError) as raised:
             await missing.rows(conn, {})

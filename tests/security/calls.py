@@ -9,7 +9,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import MethodDescriptor
 from google.protobuf.message import Message
 
-from service.rules import all_methods
+from service.rpc_options import all_methods
 from tests.support import RpcFailure, failure
 
 Metadata = tuple[tuple[str, str], ...]

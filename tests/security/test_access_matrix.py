@@ -35,7 +35,7 @@ from service.app import App
 from service.auth import service_keys
 from service.clock import new_id
 from service.config import Settings
-from service.rules import MethodRules, method_rules
+from service.rpc_options import MethodRules, method_rules
 from tests.security import world as w
 from tests.security.calls import Outcome, invoke, methods_by_path
 from tests.security.snapshots import ORGANIZATION_TABLES, TABLES, WORKSPACE_TABLES, snapshot

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from service.auth import service_keys
 from service.db.models import AuditEvent, Organization
-from service.rules import method_rules
+from service.rpc_options import method_rules
 from tests.security import world as w
 from tests.security.calls import Metadata, bearer, invoke, is_read, methods_by_path
 from tests.security.servers import PrivateServer, private_server

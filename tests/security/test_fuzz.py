@@ -39,7 +39,7 @@ from service.auth.tokens import mint_dev_token
 from service.db.models import WorkspaceMember
 from service.domain.inputs import ID_KINDS
 from service.domain.paging import encode_token
-from service.rules import method_rules
+from service.rpc_options import method_rules
 from tests.security import world as w
 from tests.security.calls import (
     Metadata,

@@ -28,7 +28,7 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
-from service.rules import item_bounds
+from service.rpc_options import item_bounds
 from tests.security.snapshots import row_counts
 from tests.support import RpcFailure, expect_error, unique
 from tests.tenancy.builders import new_workspace

@@ -30,7 +30,7 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
-from service.domain.join_codes import display_code, generate_code
+from service.domain.tenancy.join_codes import display_code, generate_code
 from tests.collection.builders import end_run, insert_prompts, insert_run
 from tests.security.calls import Metadata, bearer
 from tests.support import unique

@@ -7,16 +7,16 @@ import pytest
 
 from service.clock import random_slug_suffix
 from service.domain.errors import Aborted, InvalidArgument
-from service.domain.files import sniff_image_type
 from service.domain.hostnames import normalize_hostname
-from service.domain.names import derive_slug, display_name, suffixed_slug, validate_slug
-from service.domain.workspace_fields import (
+from service.domain.tenancy.files import sniff_image_type
+from service.domain.tenancy.names import derive_slug, display_name, suffixed_slug, validate_slug
+from service.domain.tenancy.workspace_fields import (
     Competitor,
     clean_brand_aliases,
     clean_competitors,
     clean_providers,
 )
-from service.domain.workspace_lifecycle import check_etag, update_paths
+from service.domain.tenancy.workspace_lifecycle import check_etag, update_paths
 
 
 def violation(error: pytest.ExceptionInfo[InvalidArgument]) -> tuple[str, str]:

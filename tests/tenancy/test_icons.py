@@ -18,7 +18,7 @@ from PIL import Image
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
-from service.domain import files
+from service.domain.tenancy import files
 from service.http.server import HttpServer, start_metrics
 from tests.support import expect_error
 from tests.tenancy.builders import new_workspace, png_bytes, upload_icon, upload_ticket

@@ -21,9 +21,9 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
 from service.db.models import AuditEvent, Workspace
-from service.domain import join_codes
 from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from service.domain.join_codes import ALPHABET, display_code, generate_code, normalize_code
+from service.domain.tenancy import join_codes
+from service.domain.tenancy.join_codes import ALPHABET, display_code, generate_code, normalize_code
 from tests.support import actor_of, expect_error
 from tests.tenancy.membership_support import add_and_accept, create_workspace
 

@@ -15,7 +15,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
-from service.domain.names import derive_slug
+from service.domain.tenancy.names import derive_slug
 from tests.support import expect_error, unique
 from tests.tenancy.builders import (
     new_organization,

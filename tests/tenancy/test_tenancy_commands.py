@@ -20,7 +20,8 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
-from service.domain import (
+from service.domain.actor import Access, Actor
+from service.domain.tenancy import (
     accounts,
     files,
     join_codes,
@@ -29,9 +30,8 @@ from service.domain import (
     workspace_lifecycle,
     workspace_members,
 )
-from service.domain.actor import Access, Actor
-from service.domain.members import Member
-from service.domain.workspace_lifecycle import NewWorkspace
+from service.domain.tenancy.members import Member
+from service.domain.tenancy.workspace_lifecycle import NewWorkspace
 from tests.collection.builders import Tenant, make_workspace
 from tests.conftest import NewUser
 from tests.support import actor_of, unique

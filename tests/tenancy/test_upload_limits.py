@@ -43,7 +43,7 @@ def decoders_running() -> list[int]:
         except OSError:
             continue
         parent = int(stat.rsplit(")", 1)[1].split()[1])
-        if parent == os.getpid() and b"service.domain.images" in cmdline:
+        if parent == os.getpid() and b"service.domain.tenancy.images" in cmdline:
             found.append(int(entry.name))
     return found
 

@@ -9,10 +9,10 @@ import pytest
 
 from service.app import App
 from service.clock import utcnow
-from service.domain import organizations, workspace_lifecycle, workspace_views
 from service.domain.actor import Access, Actor
 from service.domain.errors import Aborted, AlreadyExists, InvalidArgument
-from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
+from service.domain.tenancy import organizations, workspace_lifecycle, workspace_views
+from service.domain.tenancy.workspace_lifecycle import NewWorkspace, WorkspacePatch
 from tests.support import unique
 
 RANDOM_SUFFIX = re.compile(r"-[a-z0-9]{6}")

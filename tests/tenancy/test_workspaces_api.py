@@ -18,7 +18,7 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.clock import utcnow
 from service.db.models import Organization, Schedule, Workspace
-from service.domain.workspace_purge import purge_deleted_workspaces
+from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.support import expect_error, failure, unique
 from tests.tenancy.builders import (
     all_workspaces,

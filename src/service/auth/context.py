@@ -65,7 +65,7 @@ class CallContext:
     principal: Principal | None = None
     access: Access | None = None
     page_key: bytes = b""  # signs page tokens (derived from BEACON_SIGNING_SECRET)
-    # A stream's re-check of its caller (service.interceptors.concurrency.StreamGuard):
+    # A stream's re-check of its caller (service.pipeline.concurrency.StreamGuard):
     # raises once the credentials fail or the stream's lifetime is over.
     stream_check: Callable[[], Awaitable[None]] | None = None
 

@@ -15,8 +15,8 @@ from service.clock import new_id
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import User
-from service.domain import access as acl
 from service.domain.errors import PermissionDenied, Unauthenticated
+from service.domain.tenancy import access as acl
 
 ACT_AS_SCOPE = "act_as"
 USER_CACHE_SECONDS = 5.0

@@ -22,7 +22,7 @@ class Access:
     organization_role: str | None = None  # owner | admin | member | billing_admin
     workspace_role: str | None = None  # effective: owner | member
     via_service_scope: bool = False
-    # The workspace as read by the check (a service.domain.workspace_views.WorkspaceView), so a
+    # The workspace as read by the check (a service.domain.tenancy.workspace_views.WorkspaceView), so a
     # handler that shows it needs no second query.
     workspace: Any = None
 

@@ -16,16 +16,16 @@ from typing import Any
 from sqlalchemy import ColumnElement, Integer, Select, and_, bindparam, func, or_, select
 from sqlalchemy.sql.elements import BindParameter
 
+from service.db.compiled import CompiledSelect
 from service.db.database import Reader
-from service.db.hot import HotSelect
 from service.db.models import Organization, Prompt, Run, Workspace
+from service.domain.collection.prompts import MAX_PROMPTS
+from service.domain.collection.runs import RunView, run_views
 from service.domain.errors import NotFound
 from service.domain.inputs import require_id
 from service.domain.paging import Page, parse_page
-from service.domain.prompts import MAX_PROMPTS
-from service.domain.runs import RunView, run_views
-from service.domain.visibility import accessible_workspaces, reachable_organizations
-from service.domain.workspace_views import VIEWS, WorkspaceView, view_of
+from service.domain.tenancy.visibility import accessible_workspaces, reachable_organizations
+from service.domain.tenancy.workspace_views import VIEWS, WorkspaceView, view_of
 
 _USER: BindParameter[str] = bindparam("user_id")
 _LIMIT: BindParameter[int] = bindparam("limit", type_=Integer)
@@ -60,7 +60,7 @@ def _workspaces_statement(in_organization: bool, after: bool) -> Select[Any]:
 
 
 _WORKSPACES = {
-    (in_org, after): HotSelect(_workspaces_statement(in_org, after))
+    (in_org, after): CompiledSelect(_workspaces_statement(in_org, after))
     for in_org in (False, True)
     for after in (False, True)
 }
@@ -108,8 +108,8 @@ def _prompts_statement(after: bool) -> Select[str, str, str, datetime]:
     return query.order_by(Prompt.create_time, Prompt.id).limit(_LIMIT)
 
 
-_PROMPTS = {after: HotSelect(_prompts_statement(after)) for after in (False, True)}
-_PROMPT_COUNT = HotSelect(
+_PROMPTS = {after: CompiledSelect(_prompts_statement(after)) for after in (False, True)}
+_PROMPT_COUNT = CompiledSelect(
     select(func.count()).select_from(Prompt).where(Prompt.workspace_id == bindparam("workspace_id"))
 )
 
@@ -140,7 +140,7 @@ async def list_prompts(
 # Runs ---------------------------------------------------------------------------------------
 
 
-_RUN = HotSelect(
+_RUN = CompiledSelect(
     select(
         Run.id,
         Run.workspace_id,

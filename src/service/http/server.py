@@ -45,11 +45,11 @@ from beacon.v1 import options_pb2
 from service.app import App
 from service.clock import utcnow
 from service.config import Settings
-from service.domain import files
 from service.domain.errors import ResourceExhausted
-from service.domain.files import FileStorage
-from service.domain.images import CleanImage, RefusedUpload
-from service.rules import RateLimit
+from service.domain.tenancy import files
+from service.domain.tenancy.files import FileStorage
+from service.domain.tenancy.images import CleanImage, RefusedUpload
+from service.rpc_options import RateLimit
 
 log = logging.getLogger("beacon.http")
 CHUNK_BYTES = 64 * 1024

@@ -14,9 +14,9 @@ from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Reader
-from service.domain import files, workspace_views
-from service.domain.organizations import OrganizationView
-from service.domain.workspace_views import WorkspaceView
+from service.domain.tenancy import files, workspace_views
+from service.domain.tenancy.organizations import OrganizationView
+from service.domain.tenancy.workspace_views import WorkspaceView
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PROVIDER_TO_PROTO = providers.TO_PROTO

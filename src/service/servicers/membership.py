@@ -1,9 +1,9 @@
 """MembershipService: workspace members, join codes, organization members and invitations.
 
 Each handler reads the request, calls one domain function in a unit of work and converts
-the result; the rules live in `service.domain.workspace_members`,
-`service.domain.organization_members`, `service.domain.invitations` and
-`service.domain.join_codes`.
+the result; the rules live in `service.domain.tenancy.workspace_members`,
+`service.domain.tenancy.organization_members`, `service.domain.tenancy.invitations` and
+`service.domain.tenancy.join_codes`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
-from service.domain import invitations, join_codes, organization_members, workspace_members
-from service.domain.invitations import Invitation
-from service.domain.join_codes import JoinInfo
-from service.domain.members import Member
+from service.domain.tenancy import invitations, join_codes, organization_members, workspace_members
+from service.domain.tenancy.invitations import Invitation
+from service.domain.tenancy.join_codes import JoinInfo
+from service.domain.tenancy.members import Member
 from service.servicers.convert import (
     ORGANIZATION_ROLE_FROM_PROTO,
     ORGANIZATION_ROLE_TO_PROTO,

@@ -1,6 +1,6 @@
 """OrganizationService: organizations, navigation state, access, WorkOS links, audit log.
 
-Each handler reads the request, calls one domain function (`service.domain.organizations`)
+Each handler reads the request, calls one domain function (`service.domain.tenancy.organizations`)
 in a unit of work and converts the result.
 """
 
@@ -13,9 +13,9 @@ from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
-from service.domain import organizations
-from service.domain.organizations import AuditFilter, NavigationState
 from service.domain.paging import parse_page
+from service.domain.tenancy import organizations
+from service.domain.tenancy.organizations import AuditFilter, NavigationState
 from service.servicers.convert import (
     ORGANIZATION_ROLE_TO_PROTO,
     organization_to_proto,

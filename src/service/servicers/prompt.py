@@ -13,8 +13,9 @@ from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
 from service.db.models import Prompt
-from service.domain import prompts, read_views
-from service.domain.prompts import PromptView
+from service.domain import read_views
+from service.domain.collection import prompts
+from service.domain.collection.prompts import PromptView
 from service.domain.read_views import PromptRow
 from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import timestamp

@@ -17,9 +17,11 @@ from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
 from service.db.models import Probe
-from service.domain import read_views, reports, runs, workspace_access
+from service.domain import read_views
+from service.domain.collection import reports, runs
+from service.domain.collection.run_status import ProbeStatus, RunStatus
 from service.domain.errors import InvalidArgument
-from service.domain.run_status import ProbeStatus, RunStatus
+from service.domain.tenancy import workspace_access
 from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
 

@@ -11,7 +11,7 @@ from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
-from service.domain import schedules
+from service.domain.collection import schedules
 from service.servicers import convert
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {

@@ -18,12 +18,13 @@ from service import access_cache
 from service.app import App
 from service.auth.context import current_actor, current_call
 from service.clock import utcnow
-from service.domain import accounts, files, read_views, workspace_lifecycle, workspace_views
-from service.domain.organizations import TenantCaps
+from service.domain import read_views
 from service.domain.paging import parse_page
-from service.domain.workspace_fields import Competitor
-from service.domain.workspace_lifecycle import NewWorkspace, WorkspacePatch
-from service.domain.workspace_purge import DeletedSince
+from service.domain.tenancy import accounts, files, workspace_lifecycle, workspace_views
+from service.domain.tenancy.organizations import TenantCaps
+from service.domain.tenancy.workspace_fields import Competitor
+from service.domain.tenancy.workspace_lifecycle import NewWorkspace, WorkspacePatch
+from service.domain.tenancy.workspace_purge import DeletedSince
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,

@@ -64,7 +64,7 @@ class Run(Base):
         Index("ix_runs_ws_created", "workspace_id", "create_time", "id"),
         # At most one open run per (workspace, lane): with lanes 0..N-1 a workspace holds at
         # most N open runs (BEACON_MAX_OPEN_RUNS_PER_WORKSPACE), however many callers and
-        # tickers race (service.domain.runs).
+        # tickers race (service.domain.collection.runs).
         Index(
             "uq_runs_open_lane",
             "workspace_id",
@@ -141,7 +141,7 @@ class Probe(Base):
 class VisibilityRollup(Base):
     """Sums over a workspace's answers (succeeded probes) of one provider on one UTC day.
 
-    Written in the transaction that stores the answers (`service.domain.rollups`), so that a
+    Written in the transaction that stores the answers (`service.domain.collection.rollups`), so that a
     report reads one row per (day, provider) instead of every answer.
     """
 

@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 ANSWERED = "status = 'succeeded'"
 
-# The same sums as service.domain.rollups.add_answers, over every stored answer.
+# The same sums as service.domain.collection.rollups.add_answers, over every stored answer.
 BACKFILL_TOTALS = """
 INSERT INTO visibility_rollups
     (workspace_id, day, provider, responses, brand_mentions, rank_sum, ranked,

@@ -19,7 +19,7 @@ down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-# The same sums as service.domain.rollups.add_answers, over every stored answer.
+# The same sums as service.domain.collection.rollups.add_answers, over every stored answer.
 BACKFILL_TOTALS = """
 INSERT INTO {table}_visibility_rollups
     (workspace_id, {column}, provider, responses, brand_mentions, rank_sum, ranked,

@@ -1,0 +1,1 @@
+"""Collection: prompts, schedules, runs, their answers' rollups and the reports read from them."""

@@ -1,0 +1,263 @@
+"""A workspace's prompts: the questions its runs ask every enabled provider.
+
+Texts are normalized (line breaks unified to "\\n", surrounding whitespace trimmed) and
+deduplicated by exact text; each must be 1-2000 characters without control characters other
+than newline and tab, and a workspace holds at most 500. Prompt mutations of one workspace are
+serialized by locking the workspace row, so concurrent replacements cannot interleave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.clock import new_id
+from service.db.database import Reader
+from service.db.models import Prompt
+from service.domain import audit, idempotency
+from service.domain.actor import Actor
+from service.domain.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    PreconditionViolation,
+)
+from service.domain.tenancy.workspace_locks import lock_live_workspace
+
+MAX_PROMPTS = 500
+MAX_PROMPT_LENGTH = 2000
+# Control characters (Unicode category Cc: U+0000-U+001F, U+007F-U+009F) but newline and
+# tab, found by one regex scan rather than a Python loop over every character.
+_FORBIDDEN_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Violations reported in one error; the rest are summarized.
+MAX_VIOLATIONS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedPrompts:
+    """Valid, distinct prompt texts in request order and how many duplicates were dropped."""
+
+    texts: list[str]
+    duplicates_dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class PromptView:
+    """A stored prompt."""
+
+    id: str
+    workspace_id: str
+    text: str
+    create_time: datetime
+
+    @classmethod
+    def of(cls, row: Prompt) -> PromptView:
+        return cls(row.id, row.workspace_id, row.text, row.create_time)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPrompts:
+    """Prompts written by a store or add, and how many request entries were duplicates."""
+
+    prompts: list[PromptView]
+    duplicates_dropped: int
+
+
+def text_hash(text: str) -> str:
+    """The sha256 hex digest of a prompt's text (its identity within a workspace)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def normalize_prompts(texts: Sequence[str], *, field: str = "prompts") -> NormalizedPrompts:
+    """Trims and validates each text and drops exact duplicates, keeping the first.
+
+    Raises InvalidArgument naming each bad entry as `prompts[i]` (its index in the request),
+    or `prompts` when more than 500 distinct texts remain.
+    """
+    violations: list[FieldViolation] = []
+    seen: set[str] = set()
+    kept: list[str] = []
+    for index, raw in enumerate(texts):
+        text = raw.replace("\r\n", "\n").replace("\r", "\n").strip()
+        problem = _problem(text)
+        if problem:
+            violations.append(FieldViolation(f"{field}[{index}]", problem))
+        elif text not in seen:
+            seen.add(text)
+            kept.append(text)
+    if violations:
+        shown = violations[:MAX_VIOLATIONS]
+        if len(violations) > MAX_VIOLATIONS:
+            shown.append(
+                FieldViolation(field, f"{len(violations) - MAX_VIOLATIONS} more entries are bad")
+            )
+        raise InvalidArgument(shown[0].field, shown[0].description, more=shown[1:])
+    if len(kept) > MAX_PROMPTS:
+        raise InvalidArgument(
+            field,
+            f"a workspace holds at most {MAX_PROMPTS} prompts; got {len(kept)} distinct ones",
+        )
+    return NormalizedPrompts(kept, len(texts) - len(kept))
+
+
+def _problem(text: str) -> str:
+    if not text:
+        return "must not be empty or only whitespace"
+    if len(text) > MAX_PROMPT_LENGTH:
+        return f"must be at most {MAX_PROMPT_LENGTH} characters (got {len(text)})"
+    control = _FORBIDDEN_CONTROL.search(text)
+    if control is not None:
+        return (
+            f"must not contain control characters other than newline and tab "
+            f"(U+{ord(control.group()):04X} at position {control.start()})"
+        )
+    return ""
+
+
+async def _existing(session: AsyncSession, workspace_id: str) -> dict[str, Prompt]:
+    rows = await session.scalars(select(Prompt).where(Prompt.workspace_id == workspace_id))
+    return {row.text_hash: row for row in rows}
+
+
+def _new_prompt(workspace_id: str, text: str, create_time: datetime) -> Prompt:
+    return Prompt(
+        id=new_id("prm"),
+        workspace_id=workspace_id,
+        text=text,
+        text_hash=text_hash(text),
+        create_time=create_time,
+    )
+
+
+def _step(now: datetime, index: int) -> datetime:
+    # Microsecond steps keep the request order in "oldest first" listings.
+    return now + timedelta(microseconds=index)
+
+
+async def store_prompts(
+    session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    texts: Sequence[str],
+    *,
+    request_id: str = "",
+    now: datetime,
+) -> StoredPrompts:
+    """Replaces the workspace's prompts with `texts` (normalized); returns them in order.
+
+    Prompts whose text is kept retain their ids and creation times; the rest are deleted
+    (their past responses stay). A retry with the same `request_id` returns the first result
+    and changes nothing.
+    """
+
+    async def store() -> StoredPrompts:
+        normalized = normalize_prompts(texts)
+        await lock_live_workspace(session, workspace_id)
+        existing = await _existing(session, workspace_id)
+        wanted = {text_hash(text): text for text in normalized.texts}
+        stale = [row.id for key, row in existing.items() if key not in wanted]
+        if stale:
+            await session.execute(delete(Prompt).where(Prompt.id.in_(stale)))
+        result: list[Prompt] = []
+        for index, (key, text) in enumerate(wanted.items()):
+            row = existing.get(key)
+            if row is None:
+                row = _new_prompt(workspace_id, text, _step(now, index))
+                session.add(row)
+            result.append(row)
+        await session.flush()
+        await audit.record_workspace_change(
+            session, call, workspace_id, target_ids=[workspace_id], now=now
+        )
+        return StoredPrompts([PromptView.of(row) for row in result], normalized.duplicates_dropped)
+
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=StoredPrompts,
+        now=now,
+        run=store,
+    )
+
+
+async def add_prompts(
+    session: AsyncSession,
+    call: Actor,
+    workspace_id: str,
+    texts: Sequence[str],
+    *,
+    request_id: str = "",
+    now: datetime,
+) -> StoredPrompts:
+    """Adds the texts not stored yet; returns the added prompts.
+
+    Raises FailedPrecondition when the workspace would hold more than 500 prompts. A retry
+    with the same `request_id` returns the first result and changes nothing.
+    """
+
+    async def add() -> StoredPrompts:
+        normalized = normalize_prompts(texts)
+        await lock_live_workspace(session, workspace_id)
+        existing = await _existing(session, workspace_id)
+        fresh = [text for text in normalized.texts if text_hash(text) not in existing]
+        total = len(existing) + len(fresh)
+        if total > MAX_PROMPTS:
+            raise FailedPrecondition(
+                f"a workspace holds at most {MAX_PROMPTS} prompts: it has {len(existing)} and "
+                f"{len(fresh)} would be added",
+                [
+                    PreconditionViolation(
+                        "PROMPT_LIMIT", workspace_id, f"at most {MAX_PROMPTS} prompts per workspace"
+                    )
+                ],
+            )
+        added = [_new_prompt(workspace_id, text, _step(now, i)) for i, text in enumerate(fresh)]
+        session.add_all(added)
+        await session.flush()
+        await audit.record_workspace_change(
+            session, call, workspace_id, target_ids=[row.id for row in added], now=now
+        )
+        return StoredPrompts([PromptView.of(row) for row in added], len(texts) - len(fresh))
+
+    return await idempotency.once(
+        session,
+        call,
+        request_id,
+        scope=workspace_id,
+        result_type=StoredPrompts,
+        now=now,
+        run=add,
+    )
+
+
+async def delete_prompt(
+    session: AsyncSession, call: Actor, workspace_id: str, prompt_id: str, *, now: datetime
+) -> None:
+    """Deletes one prompt of the workspace; NotFound when there is none by that id."""
+    await lock_live_workspace(session, workspace_id)
+    result = await session.execute(
+        delete(Prompt).where(Prompt.id == prompt_id, Prompt.workspace_id == workspace_id)
+    )
+    if cast(CursorResult[Any], result).rowcount == 0:
+        raise NotFound("prompt", prompt_id)
+    await audit.record_workspace_change(
+        session, call, workspace_id, target_ids=[prompt_id], now=now
+    )
+
+
+async def count_prompts(session: Reader, workspace_id: str) -> int:
+    """How many prompts the workspace holds."""
+    total = await session.scalar(
+        select(func.count()).select_from(Prompt).where(Prompt.workspace_id == workspace_id)
+    )
+    return int(total or 0)

@@ -1,0 +1,1 @@
+"""Tenancy: organizations, workspaces, members, invitations, join codes, access and uploads."""
