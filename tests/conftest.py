@@ -258,6 +258,12 @@ def item_backend(item: pytest.Item) -> str | None:
 
 
 BACKEND_OF = pytest.StashKey[dict[str, str | None]]()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Each report names its backend: under xdist the controller collects nothing, so it
+    counts from the reports its workers send (user properties travel with them)."""
+    item.user_properties.append(("backend", item_backend(item) or "none"))
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 
@@ -272,7 +278,8 @@ def backend_counts(config: pytest.Config, stats: dict[str, list[Any]]) -> dict[s
             if nodeid is None or (nodeid, outcome) in seen:
                 continue
             seen.add((nodeid, outcome))
-            backend = backend_of.get(nodeid) or "none"
+            backend = dict(getattr(report, "user_properties", ())).get("backend")
+            backend = backend or backend_of.get(nodeid) or "none"
             counts.setdefault(backend, Counter())[outcome] += 1
     return counts
 
