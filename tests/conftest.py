@@ -61,6 +61,7 @@ hypothesis_settings.load_profile(
 )
 TEST_SECRET = "beacon-test-secret-0123456789abcdef"
 TEST_SIGNING_SECRET = "beacon-test-signing-secret-0123456789abcdef"
+TEST_WEBHOOK_SECRET_KEY = "beacon-test-webhook-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -110,6 +111,7 @@ def make_settings(
         "data_dir": data_dir,
         "auth_secret": TEST_SECRET,
         "signing_secret": TEST_SIGNING_SECRET,
+        "webhook_secret_key": TEST_WEBHOOK_SECRET_KEY,
         "metrics_addr": "",
         "rate_limit_key_prefix": prefix,
         "service_key_cache_seconds": 0,
