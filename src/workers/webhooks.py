@@ -240,4 +240,6 @@ async def sweep(db: Database, settings: Settings, broker: dramatiq.Broker, now: 
             session, now, lease=deliveries.lease_for(settings), limit=settings.webhook_batch_size
         )
     await asyncio.to_thread(send_messages, broker, webhook_messages(claims))
+    if claims:
+        log.info("webhooks: %d deliveries handed to the workers", len(claims))
     return len(claims)

@@ -33,8 +33,9 @@ SUCCEEDED: Final = "succeeded"
 FAILED: Final = "failed"
 STATUSES: Final = (PENDING, SUCCEEDED, FAILED)
 MAX_RESEND: Final = 1000
-# A claimed attempt may take the HTTP time limit plus this before its lease runs out.
-LEASE_MARGIN: Final = timedelta(seconds=30)
+# A claimed attempt may take the HTTP time limit plus as much again (at most this) before
+# its lease runs out.
+MAX_LEASE_MARGIN_SECONDS: Final = 30.0
 # Who disables an endpoint that fails for days (its audit event's actor and action).
 SYSTEM = Actor(
     actor_id="beacon",
@@ -176,7 +177,8 @@ async def claim_due(
 
 def lease_for(settings: Settings) -> timedelta:
     """How long a claimed attempt may take before it is due again."""
-    return timedelta(seconds=settings.webhook_timeout_seconds) + LEASE_MARGIN
+    limit = settings.webhook_timeout_seconds
+    return timedelta(seconds=limit + min(limit, MAX_LEASE_MARGIN_SECONDS))
 
 
 async def claimed(
