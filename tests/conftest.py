@@ -30,6 +30,7 @@ from beacon.v1 import (
     prompt_service_pb2_grpc,
     run_service_pb2_grpc,
     schedule_service_pb2_grpc,
+    webhook_service_pb2_grpc,
     workspace_service_pb2_grpc,
 )
 from service.app import App
@@ -184,6 +185,7 @@ def all_stubs(channel: grpc.aio.Channel) -> SimpleNamespace:
         schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
         prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
         runs=run_service_pb2_grpc.RunServiceStub(channel),
+        webhooks=webhook_service_pb2_grpc.WebhookServiceStub(channel),
     )
 
 
