@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
+from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
@@ -22,8 +23,8 @@ from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.errors import FailedPrecondition
 from service.domain.notifications import digests, endpoints
 from service.domain.notifications.secrets import SecretBox
-from tests.collection.builders import make_workspace
 from tests import conftest
+from tests.collection.builders import make_workspace
 from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET, NewUser
 from tests.support import expect_error
 from workers.webhooks import sign
@@ -172,7 +173,7 @@ async def test_a_weekly_digest_goes_out_at_the_local_hour(
         metadata=user.metadata,
     )
     due = digest.next_send_time.ToDatetime(tzinfo=UTC)
-    local = due.astimezone(digests.ZoneInfo("Europe/Paris"))
+    local = due.astimezone(ZoneInfo("Europe/Paris"))
     assert (local.isoweekday(), local.hour, local.minute) == (1, 9, 0)
     assert timedelta(0) < due - utcnow() <= timedelta(days=7)
     async with app.db.transaction() as session:
