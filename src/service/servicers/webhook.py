@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC
-
 import grpc
 from google.protobuf import empty_pb2, struct_pb2
 
@@ -17,7 +15,12 @@ from service.db.models import Alert, AlertRule, WebhookDelivery, WebhookEndpoint
 from service.domain.notifications import alerts, deliveries, digests, endpoints
 from service.domain.notifications.digests import DigestState
 from service.domain.notifications.endpoints import EndpointWithSecret
-from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.convert import (
+    PROVIDER_FROM_PROTO,
+    PROVIDER_TO_PROTO,
+    time_field,
+    timestamp,
+)
 
 STATUS_TO_PROTO = {
     deliveries.PENDING: pb.DELIVERY_STATUS_PENDING,
@@ -216,11 +219,7 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
     async def ResendWebhookDeliveries(
         self, request: pb.ResendWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResendWebhookDeliveriesResponse:
-        since = (
-            request.failed_since.ToDatetime(tzinfo=UTC)
-            if request.HasField("failed_since")
-            else None
-        )
+        since = time_field(request, "failed_since")
         async with self.app.db.transaction() as session:
             rows = await deliveries.resend(
                 session,
