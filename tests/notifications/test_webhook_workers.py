@@ -18,20 +18,30 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.notifications import events
+from tests.collection import pipeline_fixtures
+from tests.collection.pipeline_fixtures import provider_settings
 from tests.collection.test_e2e_collection import Beacon, beacon_env, broker_url
+from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import eventually
 from tests.notifications.builders import make_endpoint, make_workspace
 from tests.notifications.receiver import Receiver, running_receiver
+from workers.actors import configure_broker, reset_brokers
+from workers.dispatch import dispatch_pending_runs
 
 pytestmark = pytest.mark.postgres_only  # worker processes share PostgreSQL and Redis
+fake_server = pipeline_fixtures.fake_server
+fake_provider = pipeline_fixtures.fake_provider
 
 
 @contextlib.asynccontextmanager
-async def fleet(settings: Settings, logs: Path) -> AsyncIterator[tuple[Settings, list[Beacon]]]:
+async def fleet(
+    settings: Settings, logs: Path, **over: object
+) -> AsyncIterator[tuple[Settings, list[Beacon]]]:
     """A worker and a ticker on a broker namespace of their own; retries come fast."""
     async with broker_url("redis") as url:
         fast = settings.model_copy(
             update={
+                **over,
                 "broker_url": url,
                 "webhook_allow_http": True,
                 "webhook_allow_private": True,
@@ -155,3 +165,33 @@ async def test_a_worker_killed_mid_delivery_loses_no_event(
     assert first.message_id == again.message_id == delivery.message_id
     assert first.verified and again.verified
     assert delivery.attempts == 1  # the killed attempt recorded nothing
+
+
+async def test_a_run_ended_by_a_worker_sends_run_completed(
+    app: App,
+    settings: Settings,
+    receiver: Receiver,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    """The whole path: a worker asks the (fake) providers, ends the run, and the run's event,
+    written in that transaction, reaches the receiver signed."""
+    prompts = ["best crm for startups", "cheapest crm"]
+    ws = await pipeline_fixtures.make_workspace(app.db, prompts=prompts)
+    _, secret = await make_endpoint(app, ws, receiver.url("runs"), event_types=["run.completed"])
+    receiver.secrets["runs"] = [secret]
+    async with fleet(settings, tmp_path, **provider_settings(fake_provider)) as (fast, _):
+        run_id = await pipeline_fixtures.insert_run(app.db, ws)
+        configure_broker(fast)
+        try:
+            await dispatch_pending_runs(app.db, run_ids=[run_id])
+            (event,) = await receiver.wait_for("runs", 1, within=90)
+        finally:
+            reset_brokers()
+    assert event.verified
+    data = event.event["data"]
+    assert event.event["type"] == "run.completed"
+    assert (data["run_id"], data["status"]) == (run_id, "succeeded")
+    assert data["counts"]["succeeded"] == len(prompts) * 2
+    assert sorted(data["providers"]) == ["anthropic", "openai"]
+    assert all(p["responses"] == len(prompts) for p in data["providers"].values())
