@@ -182,21 +182,21 @@ def lease_for(settings: Settings) -> timedelta:
 
 
 async def claimed(
-    session: AsyncSession, delivery_id: str, token: str
+    session: AsyncSession, delivery_id: str, token: str, *, lock: bool = False
 ) -> tuple[WebhookDelivery, WebhookEndpoint] | None:
     """The delivery and its endpoint while `token` holds its lease; None otherwise (another
-    claim took it over, it was resent, deleted or recorded)."""
-    row = (
-        await session.execute(
-            select(WebhookDelivery, WebhookEndpoint)
-            .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
-            .where(
-                WebhookDelivery.id == delivery_id,
-                WebhookDelivery.lease_token == token,
-                WebhookDelivery.status == PENDING,
-            )
+    claim took it over, it was resent, deleted or recorded). `lock` holds both rows until the
+    transaction ends (a resend or an update cannot slip in before the outcome is written)."""
+    query = (
+        select(WebhookDelivery, WebhookEndpoint)
+        .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
+        .where(
+            WebhookDelivery.id == delivery_id,
+            WebhookDelivery.lease_token == token,
+            WebhookDelivery.status == PENDING,
         )
-    ).one_or_none()
+    )
+    row = (await session.execute(query.with_for_update() if lock else query)).one_or_none()
     return None if row is None else (row[0], row[1])
 
 
@@ -239,7 +239,7 @@ async def record_attempt(
     """Records the attempt if `token` still holds the lease; returns the delivery's status
     (None when the lease was lost: the outcome belongs to a later claim). A 410 disables the
     endpoint; an endpoint failing for `webhook_disable_after_hours` is disabled as well."""
-    found = await claimed(session, delivery_id, token)
+    found = await claimed(session, delivery_id, token, lock=True)
     if found is None:
         return None
     delivery, endpoint = found
