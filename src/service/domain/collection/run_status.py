@@ -4,7 +4,8 @@ A run is QUEUED until a worker expands it into probes (RUNNING), and ends exactl
 (`end_run`: `UPDATE ... WHERE end_time IS NULL`) as SUCCEEDED, PARTIAL, FAILED or CANCELED.
 Its events (`run.completed`, `run.failed`) and alerts are written in the transaction that
 ends it (`service.domain.notifications.run_events`). A probe is PENDING until it SUCCEEDED,
-FAILED or was SKIPPED (its run was canceled or its workspace deleted). `cancel` is how CancelRun and the workers alike skip a run's probes.
+FAILED or was SKIPPED (its run was canceled or its workspace deleted). `cancel` is how
+CancelRun and the workers alike skip a run's probes.
 """
 
 from __future__ import annotations
