@@ -1,7 +1,8 @@
 """`make bench`: every benchmark, each printing its own table.
 
   python -m bench            all of them
-  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers, inputs, uploads)
+  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers, inputs, uploads,
+                           webhooks)
 
 The ratios in each table are measured in the same run against a baseline of that run.
 """
@@ -18,6 +19,7 @@ BENCHMARKS = {
     "workers": "bench.bench_workers",
     "inputs": "bench.bench_inputs",
     "uploads": "bench.bench_uploads",
+    "webhooks": "bench.bench_webhooks",
 }
 
 

@@ -30,6 +30,7 @@ from beacon.v1 import (
     prompt_service_pb2_grpc,
     run_service_pb2_grpc,
     schedule_service_pb2_grpc,
+    webhook_service_pb2_grpc,
     workspace_service_pb2_grpc,
 )
 from service.app import App
@@ -61,6 +62,7 @@ hypothesis_settings.load_profile(
 )
 TEST_SECRET = "beacon-test-secret-0123456789abcdef"
 TEST_SIGNING_SECRET = "beacon-test-signing-secret-0123456789abcdef"
+TEST_WEBHOOK_SECRET_KEY = "beacon-test-webhook-secret-key-0123456789abcdef"
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
@@ -110,6 +112,7 @@ def make_settings(
         "data_dir": data_dir,
         "auth_secret": TEST_SECRET,
         "signing_secret": TEST_SIGNING_SECRET,
+        "webhook_secret_key": TEST_WEBHOOK_SECRET_KEY,
         "metrics_addr": "",
         "rate_limit_key_prefix": prefix,
         "service_key_cache_seconds": 0,
@@ -182,6 +185,7 @@ def all_stubs(channel: grpc.aio.Channel) -> SimpleNamespace:
         schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
         prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
         runs=run_service_pb2_grpc.RunServiceStub(channel),
+        webhooks=webhook_service_pb2_grpc.WebhookServiceStub(channel),
     )
 
 

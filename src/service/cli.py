@@ -15,7 +15,7 @@ from typing import Any
 
 from service import memtrace, tracing
 from service.app import App
-from service.config import DEV_AUTH_SECRET, Settings
+from service.config import DEV_AUTH_SECRET, DEV_WEBHOOK_SECRET_KEY, Settings
 from service.domain.errors import DomainError
 from service.logs import access_log, configure_logging
 
@@ -110,6 +110,13 @@ def dev_secrets(settings: Settings) -> list[str]:
             "Signed URLs: a random secret for this process only (set BEACON_SIGNING_SECRET"
             " to keep URLs valid across restarts)."
         )
+    if not settings.webhook_secret_key:
+        settings.webhook_secret_key = DEV_WEBHOOK_SECRET_KEY
+        notes.append(
+            "Webhooks: the PUBLIC development key encrypts signing secrets, and http:// URLs"
+            " are allowed. Set BEACON_WEBHOOK_SECRET_KEY in production."
+        )
+    settings.webhook_allow_http = True
     return notes
 
 

@@ -23,6 +23,8 @@ MIN_SECRET_BYTES = 32
 # up a bill: at most 60 calls a minute to each provider for the whole fleet, 21,600 an hour
 # over six, where one workspace could make 540,000 an hour before.
 DEFAULT_PROVIDER_RPM = 60
+# The webhook secret key only `beacon dev` may use: public, so the other commands refuse it.
+DEV_WEBHOOK_SECRET_KEY = "beacon-dev-webhook-key-change-me-in-production"
 GENERATE_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))'"
 
 
@@ -173,6 +175,32 @@ class Settings(BaseSettings):
     cohere_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
     cohere_tpm: NonNegativeInt = 0
 
+    # Webhooks (docs/webhooks.md). The key that encrypts endpoints' signing secrets at rest
+    # (>= 32 bytes, distinct from the other secrets); without it, endpoints cannot be created
+    # (FAILED_PRECONDITION WEBHOOKS_NOT_CONFIGURED) and none is delivered. `beacon dev` uses a
+    # public development key that `serve`, `worker` and `ticker` refuse.
+    webhook_secret_key: str = ""
+    # Endpoint URLs may be http:// (`beacon dev` and tests; otherwise https:// only).
+    webhook_allow_http: bool = False
+    # Deliveries may reach loopback, private, link-local and other non-public addresses
+    # (tests and on-premise receivers only: it opens the fleet's network to the API's users).
+    webhook_allow_private: bool = False
+    # One attempt's time limit, and the most of a response's body that is read.
+    webhook_timeout_seconds: PositiveFloat = 15.0
+    webhook_max_response_bytes: PositiveInt = 4096
+    # Failed attempts are retried with exponential backoff (first delay, doubling to the cap,
+    # each with jitter) until this long after the event; then the delivery is FAILED.
+    webhook_retry_hours: PositiveFloat = 72.0
+    webhook_backoff_seconds: PositiveFloat = 5.0
+    webhook_backoff_max_seconds: PositiveFloat = 6 * 3600.0
+    # An endpoint that has failed every attempt for this long is disabled (an audit event
+    # and an `endpoint.disabled` event to the workspace's other endpoints say so).
+    webhook_disable_after_hours: PositiveFloat = 96.0
+    # After a rotation the previous secret signs beside the new one for this long.
+    webhook_rotation_hours: NonNegativeInt = 24
+    # Deliveries the ticker hands to the workers per tick at most.
+    webhook_batch_size: PositiveInt = 500
+
     log_level: str = "INFO"
     log_json: bool = True
     metrics_enabled: bool = True
@@ -228,6 +256,8 @@ class Settings(BaseSettings):
         URL is), must not be the built-in development value and must have >= 32 bytes;
         BEACON_SIGNING_SECRET must be set, >= 32 bytes, and differ from the auth secret. A
         JWKS URL needs BEACON_AUTH_ISSUER and BEACON_AUTH_AUDIENCE, in every command.
+        BEACON_WEBHOOK_SECRET_KEY is optional, but when set it must be >= 32 bytes, differ
+        from both and not be the development key.
         """
         if self.auth_jwks_url and not (self.auth_issuer and self.auth_audience):
             raise ConfigError(
@@ -250,6 +280,21 @@ class Settings(BaseSettings):
         if self.signing_secret == self.auth_secret:
             raise ConfigError(
                 f"BEACON_SIGNING_SECRET must differ from BEACON_AUTH_SECRET; {GENERATE_HINT}"
+            )
+        self._check_webhook_secret_key()
+
+    def _check_webhook_secret_key(self) -> None:
+        key = self.webhook_secret_key
+        if key == DEV_WEBHOOK_SECRET_KEY:
+            raise ConfigError(
+                "BEACON_WEBHOOK_SECRET_KEY is the public development key (only `beacon dev` may"
+                f" use it); {GENERATE_HINT}"
+            )
+        _require_strong("BEACON_WEBHOOK_SECRET_KEY", key, optional=True)
+        if key and key in (self.auth_secret, self.signing_secret):
+            raise ConfigError(
+                "BEACON_WEBHOOK_SECRET_KEY must differ from BEACON_AUTH_SECRET and"
+                f" BEACON_SIGNING_SECRET; {GENERATE_HINT}"
             )
 
     @cached_property

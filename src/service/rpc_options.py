@@ -17,6 +17,7 @@ from beacon.v1 import (
     prompt_service_pb2,
     run_service_pb2,
     schedule_service_pb2,
+    webhook_service_pb2,
     workspace_service_pb2,
 )
 from service.domain.inputs import ItemBound
@@ -26,6 +27,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     workspace_service_pb2.DESCRIPTOR,
     membership_service_pb2.DESCRIPTOR,
     schedule_service_pb2.DESCRIPTOR,
+    webhook_service_pb2.DESCRIPTOR,
     prompt_service_pb2.DESCRIPTOR,
     run_service_pb2.DESCRIPTOR,
 )

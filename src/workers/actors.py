@@ -27,6 +27,7 @@ from service.config import Settings
 from workers.broker import build_broker
 from workers.context import WorkerResources
 from workers.messages import (
+    DELIVER_WEBHOOKS,
     MAX_BACKOFF_MS,
     MAX_RETRIES,
     MIN_BACKOFF_MS,
@@ -35,6 +36,7 @@ from workers.messages import (
     PROCESS_PROBES,
     PROCESS_RUN,
     RUN_QUEUE,
+    WEBHOOK_QUEUE,
 )
 from workers.tracing import MessageTrace
 
@@ -59,11 +61,21 @@ async def process_probes(probe_ids: list[str], attempt: int = 1) -> None:
         await run_probes(await worker_context(), probe_ids, attempt)
 
 
+async def deliver_webhooks(claims: list[list[str]]) -> None:
+    """Makes one attempt of each claimed webhook delivery ([delivery id, lease token] each)."""
+    from workers.context import worker_context
+    from workers.webhooks import deliver_batch
+
+    context = await worker_context()
+    await deliver_batch(context.db, context.settings, claims)
+
+
 def declare_actors(broker: dramatiq.Broker) -> None:
     """Declares Beacon's actors on `broker` (once per broker)."""
     for name, queue, fn in (
         (PROCESS_RUN, RUN_QUEUE, process_run),
         (PROCESS_PROBES, PROBE_QUEUE, process_probes),
+        (DELIVER_WEBHOOKS, WEBHOOK_QUEUE, deliver_webhooks),
     ):
         if name in broker.actors:
             continue

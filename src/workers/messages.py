@@ -20,6 +20,10 @@ PROBE_QUEUE = "beacon-probes"
 PROCESS_RUN = "process_run"
 PROCESS_PROBES = "process_probes"
 PROBES_PER_MESSAGE = 10
+WEBHOOK_QUEUE = "beacon-webhooks"
+DELIVER_WEBHOOKS = "deliver_webhooks"
+# Claimed deliveries per message, attempted concurrently by one worker thread's coroutine.
+DELIVERIES_PER_MESSAGE = 20
 
 # Unexpected failures (database down, a bug) are retried by Dramatiq's Retries middleware;
 # provider failures are retried by the probe logic itself, which honours Retry-After. The
@@ -32,7 +36,7 @@ MAX_BACKOFF_MS = 15_000
 # Within a worker, messages already fetched run lowest priority first: a run's expansion goes
 # ahead of the probe messages waiting for a thread, so that a new run (and its workspace's
 # claim on a fair share of the provider budgets) does not wait behind another run's backlog.
-PRIORITIES = {PROCESS_RUN: 0, PROCESS_PROBES: 10}
+PRIORITIES = {PROCESS_RUN: 0, PROCESS_PROBES: 10, DELIVER_WEBHOOKS: 5}
 
 
 def run_message(
@@ -69,4 +73,20 @@ def probe_messages(probe_ids: Sequence[str], attempt: int = 1) -> list[dramatiq.
     return [
         probe_message(probe_ids[start : start + PROBES_PER_MESSAGE], attempt)
         for start in range(0, len(probe_ids), PROBES_PER_MESSAGE)
+    ]
+
+
+def webhook_messages(claims: Sequence[tuple[str, str]]) -> list[dramatiq.Message[None]]:
+    """Messages asking a worker to attempt these claimed deliveries ((id, lease token) each),
+    `DELIVERIES_PER_MESSAGE` to a message. A lost message loses nothing: the claim's lease
+    runs out and the next sweep claims the delivery again."""
+    return [
+        dramatiq.Message(
+            queue_name=WEBHOOK_QUEUE,
+            actor_name=DELIVER_WEBHOOKS,
+            args=([list(claim) for claim in claims[start : start + DELIVERIES_PER_MESSAGE]],),
+            kwargs={},
+            options={},
+        )
+        for start in range(0, len(claims), DELIVERIES_PER_MESSAGE)
     ]

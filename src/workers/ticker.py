@@ -13,7 +13,8 @@ takes a free open-run lane like StartRun's, so the unique index on open lanes ho
 when a ticker and a StartRun race. Every tick ends
 with a sweep of runs that were written but never sent, by any process; every
 `run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
-were lost (`workers.dispatch.redispatch_stalled_runs`).
+were lost (`workers.dispatch.redispatch_stalled_runs`). Each tick also sends the due digests
+and hands the due webhook deliveries to the workers (`workers.webhooks.sweep`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
 on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
@@ -51,7 +52,7 @@ from service.db.types import UTCDateTime
 from service.domain.collection.run_status import RunStatus
 from service.domain.collection.runs import free_lane
 from service.domain.collection.schedules import next_fire_time
-from workers import metrics
+from workers import metrics, webhooks
 from workers.actors import configure_broker
 from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
@@ -415,6 +416,7 @@ class Ticker:
                 if purged:
                     log.info("purged %d deleted workspaces", purged)
             await self._sweep_stalled(now)
+            await webhooks.sweep(self.db, self.settings, self.broker, now)
         except Exception:
             log.exception("tick failed; retrying at the next interval")
             return None

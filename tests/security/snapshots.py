@@ -26,6 +26,11 @@ WORKSPACE_TABLES = (
     "hourly_competitor_rollups",
     "quarter_hour_visibility_rollups",
     "quarter_hour_competitor_rollups",
+    "webhook_endpoints",
+    "webhook_deliveries",
+    "alert_rules",
+    "alerts",
+    "digests",
 )
 
 

@@ -30,6 +30,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
+from beacon.v1 import webhook_service_pb2 as webhook_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth import service_keys
@@ -106,6 +107,7 @@ MEMBERS = "/beacon.v1.MembershipService/"
 SCHEDULES = "/beacon.v1.ScheduleService/"
 PROMPTS = "/beacon.v1.PromptService/"
 RUNS = "/beacon.v1.RunService/"
+WEBHOOKS = "/beacon.v1.WebhookService/"
 
 TABLE: dict[str, Entry] = {
     ORG + "CreateOrganization": Entry(
@@ -281,6 +283,80 @@ TABLE: dict[str, Entry] = {
             granularity=run_pb.GRANULARITY_DAY,
         )
     ),
+    WEBHOOKS + "CreateWebhookEndpoint": Entry(
+        lambda x: webhook_pb.CreateWebhookEndpointRequest(
+            workspace_id=x.workspace_id,
+            url="https://hooks.example.com/beacon",
+            event_types=["run.completed"],
+        )
+    ),
+    WEBHOOKS + "ListWebhookEndpoints": Entry(
+        lambda x: webhook_pb.ListWebhookEndpointsRequest(workspace_id=x.workspace_id)
+    ),
+    WEBHOOKS + "UpdateWebhookEndpoint": Entry(
+        lambda x: webhook_pb.UpdateWebhookEndpointRequest(
+            workspace_id=x.workspace_id,
+            endpoint=webhook_pb.WebhookEndpoint(id=x.webhook_endpoint_id, description="Slack"),
+            update_mask=FieldMask(paths=["description"]),
+        )
+    ),
+    WEBHOOKS + "DeleteWebhookEndpoint": Entry(
+        lambda x: webhook_pb.DeleteWebhookEndpointRequest(
+            workspace_id=x.workspace_id, endpoint_id=x.webhook_endpoint_id
+        )
+    ),
+    WEBHOOKS + "RotateWebhookSecret": Entry(
+        lambda x: webhook_pb.RotateWebhookSecretRequest(
+            workspace_id=x.workspace_id, endpoint_id=x.webhook_endpoint_id
+        )
+    ),
+    WEBHOOKS + "SendWebhookPing": Entry(
+        lambda x: webhook_pb.SendWebhookPingRequest(
+            workspace_id=x.workspace_id, endpoint_id=x.webhook_endpoint_id
+        )
+    ),
+    WEBHOOKS + "ListWebhookDeliveries": Entry(
+        lambda x: webhook_pb.ListWebhookDeliveriesRequest(workspace_id=x.workspace_id)
+    ),
+    WEBHOOKS + "ResendWebhookDeliveries": Entry(
+        lambda x: webhook_pb.ResendWebhookDeliveriesRequest(
+            workspace_id=x.workspace_id, delivery_id=x.webhook_delivery_id
+        )
+    ),
+    WEBHOOKS + "CreateAlertRule": Entry(
+        lambda x: webhook_pb.CreateAlertRuleRequest(
+            workspace_id=x.workspace_id,
+            alert_rule=webhook_pb.AlertRule(
+                kind=webhook_pb.ALERT_KIND_MENTION_RATE_DROP,
+                threshold=15,
+                trailing_runs=5,
+                min_sample=20,
+            ),
+        )
+    ),
+    WEBHOOKS + "ListAlertRules": Entry(
+        lambda x: webhook_pb.ListAlertRulesRequest(workspace_id=x.workspace_id)
+    ),
+    WEBHOOKS + "DeleteAlertRule": Entry(
+        lambda x: webhook_pb.DeleteAlertRuleRequest(
+            workspace_id=x.workspace_id, alert_rule_id=x.alert_rule_id
+        )
+    ),
+    WEBHOOKS + "ListAlerts": Entry(
+        lambda x: webhook_pb.ListAlertsRequest(workspace_id=x.workspace_id)
+    ),
+    WEBHOOKS + "GetDigest": Entry(
+        lambda x: webhook_pb.GetDigestRequest(workspace_id=x.workspace_id)
+    ),
+    WEBHOOKS + "SetDigest": Entry(
+        lambda x: webhook_pb.SetDigestRequest(
+            workspace_id=x.workspace_id,
+            frequency=webhook_pb.DIGEST_FREQUENCY_WEEKLY,
+            hour=9,
+            weekday=1,
+            time_zone="Europe/Paris",
+        )
+    ),
 }
 
 CELLS = [(path, caller) for path in TABLE for caller in w.CALLERS]
@@ -339,6 +415,9 @@ def ghost(world: World) -> World:
         run_id=new_id("run"),
         ended_run_id=new_id("run"),
         invitation_id=new_id("inv"),
+        webhook_endpoint_id=new_id("whk"),
+        webhook_delivery_id=new_id("dlv"),
+        alert_rule_id=new_id("alr"),
     )
 
 
@@ -354,6 +433,9 @@ def as_seen(outcome: Outcome, world: World) -> tuple[str, str, dict[str, str]]:
         world.prompt_id,
         world.run_id,
         world.invitation_id,
+        world.webhook_endpoint_id,
+        world.webhook_delivery_id,
+        world.alert_rule_id,
     )
     message = outcome.failure.message
     for id_ in (*ids, world.ended_run_id):

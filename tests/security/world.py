@@ -23,13 +23,17 @@ from service.auth.tokens import mint_dev_token
 from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.models import (
+    AlertRule,
     Organization,
     OrganizationMember,
     User,
+    WebhookDelivery,
+    WebhookEndpoint,
     Workspace,
     WorkspaceInvitation,
     WorkspaceMember,
 )
+from service.domain.notifications.secrets import SecretBox, new_secret
 from service.domain.tenancy.join_codes import display_code, generate_code
 from tests.collection.builders import end_run, insert_prompts, insert_run
 from tests.security.calls import Metadata, bearer
@@ -103,6 +107,9 @@ class World:
     ended_run_id: str
     join_code: str  # display form, live
     invitation_id: str  # pending, to the workspace, for the caller's email (if a user)
+    webhook_endpoint_id: str  # enabled, of the workspace
+    webhook_delivery_id: str  # failed, to that endpoint
+    alert_rule_id: str  # a mention-rate rule of the workspace
     member: Person  # an explicit workspace member (role member), not the caller
     org_member: Person  # an organization member (role member), not the caller
     founder: Person  # organization owner and explicit workspace owner
@@ -260,6 +267,7 @@ async def build_world(
                         create_time=now,
                     )
                 )
+        endpoint_id, delivery_id, rule_id = await _notifications(session, settings, ws_id)
     # Collection rows as the collection tests write them (a transaction each).
     (prompt_id,) = await insert_prompts(app, ws_id, [unique("What is the best tracker? ")])
     run_id = await insert_run(app, ws_id, status="queued")
@@ -279,12 +287,70 @@ async def build_world(
         ended_run_id=ended_run_id,
         join_code=display_code(code),
         invitation_id=invitation_id,
+        webhook_endpoint_id=endpoint_id,
+        webhook_delivery_id=delivery_id,
+        alert_rule_id=rule_id,
         member=member,
         org_member=org_member,
         founder=founder,
         caller=user,
         metadata=metadata,
     )
+
+
+async def _notifications(
+    session: AsyncSession, settings: Settings, ws_id: str
+) -> tuple[str, str, str]:
+    """A webhook endpoint, a failed delivery to it and an alert rule of the workspace."""
+    now = utcnow()
+    endpoint_id, delivery_id, rule_id = new_id("whk"), new_id("dlv"), new_id("alr")
+    session.add(
+        WebhookEndpoint(
+            id=endpoint_id,
+            workspace_id=ws_id,
+            url=f"https://hooks.example.com/{unique('h')}",
+            event_types=[],
+            enabled=True,
+            description="",
+            disabled_reason="",
+            secret_ciphertext=SecretBox.from_settings(settings).encrypt(new_secret(), endpoint_id),
+            secret_create_time=now,
+            create_time=now,
+        )
+    )
+    await session.flush()
+    session.add(
+        WebhookDelivery(
+            id=delivery_id,
+            workspace_id=ws_id,
+            endpoint_id=endpoint_id,
+            message_id=new_id("msg"),
+            event_type="run.completed",
+            body="{}",
+            status="failed",
+            attempts=3,
+            last_http_status=500,
+            last_error="HTTP 500",
+            last_latency_ms=12,
+            schedule_start_time=now - timedelta(hours=1),
+            create_time=now - timedelta(hours=1),
+            complete_time=now,
+        )
+    )
+    session.add(
+        AlertRule(
+            id=rule_id,
+            workspace_id=ws_id,
+            kind="mention_rate_drop",
+            provider="",
+            threshold=10.0,
+            trailing_runs=5,
+            min_sample=10,
+            firing=[],
+            create_time=now,
+        )
+    )
+    return endpoint_id, delivery_id, rule_id
 
 
 def _metadata(

@@ -14,6 +14,13 @@ from service.db.models.collection import (
     VisibilityRollup,
 )
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
+from service.db.models.notifications import (
+    Alert,
+    AlertRule,
+    Digest,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from service.db.models.tenancy import (
     AuditEvent,
     File,
@@ -26,9 +33,12 @@ from service.db.models.tenancy import (
 )
 
 __all__ = [
+    "Alert",
+    "AlertRule",
     "AuditEvent",
     "Base",
     "CompetitorRollup",
+    "Digest",
     "File",
     "HourlyCompetitorRollup",
     "HourlyVisibilityRollup",
@@ -45,6 +55,8 @@ __all__ = [
     "ServiceKey",
     "User",
     "VisibilityRollup",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "Workspace",
     "WorkspaceInvitation",
     "WorkspaceMember",

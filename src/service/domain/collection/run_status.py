@@ -2,8 +2,10 @@
 
 A run is QUEUED until a worker expands it into probes (RUNNING), and ends exactly once
 (`end_run`: `UPDATE ... WHERE end_time IS NULL`) as SUCCEEDED, PARTIAL, FAILED or CANCELED.
-A probe is PENDING until it SUCCEEDED, FAILED or was SKIPPED (its run was canceled or its
-workspace deleted). `cancel` is how CancelRun and the workers alike skip a run's probes.
+Its events (`run.completed`, `run.failed`) and alerts are written in the transaction that
+ends it (`service.domain.notifications.run_events`). A probe is PENDING until it SUCCEEDED,
+FAILED or was SKIPPED (its run was canceled or its workspace deleted). `cancel` is how
+CancelRun and the workers alike skip a run's probes.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import Probe, Run
+from service.domain.notifications import run_events
 
 
 class RunStatus(StrEnum):
@@ -58,6 +61,7 @@ async def end_run(
     ended = bool(cast(CursorResult[Any], result).rowcount)
     if ended:
         RUNS_ENDED.labels(status).inc()
+        await run_events.run_ended(session, run_id, status, now)
     return ended
 
 

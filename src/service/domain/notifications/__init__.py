@@ -1,0 +1,1 @@
+"""Events that leave Beacon: webhook endpoints and deliveries, alert rules, digests."""
