@@ -25,11 +25,10 @@ from dramatiq.middleware import Middleware
 
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
-from service.providers import build_adapter
 from workers.budgets import ProviderBudgets
 from workers.http import build_client
 from workers.probe_store import ProbeStore
-from workers.providers import ProviderAdapter, ProviderConfig
+from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
 
 log = logging.getLogger(__name__)
 

@@ -13,6 +13,7 @@ from service import config, providers
 from service.domain.collection.run_status import ProbeStatus, RunStatus
 from service.servicers import convert
 from service.servicers.run import RESPONSE_STATUS_TO_PROTO, RUN_STATUS_TO_PROTO
+from workers.providers import ADAPTERS
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 REGISTRY_FILE = SRC / "service" / "providers.py"
@@ -35,7 +36,8 @@ def test_the_registry_names_every_provider_of_the_wire_enum_once() -> None:
     assert len(providers.REGISTRY) == len(wire) == len(set(providers.NAMES))
     for spec in providers.REGISTRY:
         assert ws_pb.Provider.Name(spec.proto) == f"PROVIDER_{spec.name.upper()}"
-        assert spec.adapter.name == spec.name
+        assert ADAPTERS[spec.name].name == spec.name
+    assert set(ADAPTERS) == set(providers.NAMES)
     assert {s.name: s.proto for s in providers.REGISTRY} == convert.PROVIDER_TO_PROTO
     assert {s.proto: s.name for s in providers.REGISTRY} == convert.PROVIDER_FROM_PROTO
 
