@@ -36,10 +36,10 @@ from service import tracing
 from service.config import Settings
 from service.db.models import Probe
 from service.domain.collection.run_status import CANCELED_REASON, ProbeStatus
+from service.messages import probe_message
 from workers import metrics
 from workers.analysis import AnalysisFailed, analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
-from workers.messages import probe_message
 from workers.probe_store import ProbeResult, ProbeTask
 from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain

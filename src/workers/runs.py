@@ -2,7 +2,7 @@
 
 `expand_run` turns a queued run into one probe row per (prompt, provider) and one message per
 probe. Rows are inserted under the probes' unique key, so a redelivered (or re-sent, see
-`workers.dispatch.redispatch_stalled_runs`) run message inserts nothing new and only re-sends
+`service.outbox.redispatch_stalled_runs`) run message inserts nothing new and only re-sends
 the probes still pending, each with its next attempt number. `finish_runs` ends a run exactly once
 (`UPDATE ... WHERE end_time IS NULL`) when none of its probes is pending any more.
 """
@@ -22,16 +22,16 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service import tracing
+from service.broker import send_messages
 from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
+from service.db.sql_dialects import id_in, insert_ignoring_duplicates, table_of
 from service.domain.collection.run_status import ProbeStatus, RunStatus, cancel, end_run
+from service.messages import probe_messages
 from workers import metrics
-from workers.broker import send_messages
 from workers.budgets import ProviderBudgets
-from workers.messages import probe_messages
-from workers.sql_dialects import id_in, insert_ignoring_duplicates, table_of
 
 
 class RunContext(Protocol):

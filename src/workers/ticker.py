@@ -4,7 +4,7 @@ Each tick claims due schedules in batches (`FOR UPDATE SKIP LOCKED` on PostgreSQ
 concurrent tickers take disjoint batches; on SQLite the write transaction is exclusive), inserts
 one run per (workspace, slot) under the runs' unique key, advances each schedule's next run time
 past now and commits; only then are the new runs sent to the broker (the outbox, see
-`workers.dispatch`). Missed slots collapse into one run for the latest of them. A slot of a
+`service.outbox`). Missed slots collapse into one run for the latest of them. A slot of a
 workspace that still has its maximum of open runs (`BEACON_MAX_OPEN_RUNS_PER_WORKSPACE`,
 queued or running) creates no run: the schedule advances and the slot is skipped, counted in
 `beacon_ticker_slots_skipped_total` and the tick's log line (the open run is already asking
@@ -13,13 +13,13 @@ takes a free open-run lane like StartRun's, so the unique index on open lanes ho
 when a ticker and a StartRun race. Every tick ends
 with a sweep of runs that were written but never sent, by any process; every
 `run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
-were lost (`workers.dispatch.redispatch_stalled_runs`).
+were lost (`service.outbox.redispatch_stalled_runs`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
 on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
 finds unsent runs through the index on `enqueue_time`. A batch is three statements (claim, one
 INSERT ... SELECT FROM unnest, one UPDATE ... FROM unnest) and its dispatch one; sequential scans
-are off in these transactions (`workers.sql_dialects.tune_batch_transaction` says why).
+are off in these transactions (`service.db.sql_dialects.tune_batch_transaction` says why).
 """
 
 from __future__ import annotations
@@ -43,19 +43,19 @@ from sqlalchemy import JSON, SmallInteger, String, bindparam, func, literal, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from service.broker import broker_of
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
+from service.db.sql_dialects import id_in, table_of, tune_batch_transaction
 from service.db.types import UTCDateTime
 from service.domain.collection.run_status import RunStatus
 from service.domain.collection.runs import free_lane
 from service.domain.collection.schedules import next_fire_time
+from service.outbox import dispatch_pending_runs, redispatch_stalled_runs
 from workers import metrics
-from workers.actors import configure_broker
-from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.sql_dialects import id_in, table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Claim:
 
 
 async def tick(
-    db: Database, settings: Settings, now: datetime, *, broker: dramatiq.Broker | None = None
+    db: Database, settings: Settings, now: datetime, *, broker: dramatiq.Broker
 ) -> TickResult:
     """Fires every schedule due at `now`, then sends unsent runs (see the module docstring)."""
     started = time.perf_counter()
@@ -113,7 +113,7 @@ async def tick(
             if claim.run_ids:
                 sending = asyncio.create_task(
                     dispatch_pending_runs(
-                        db, run_ids=claim.run_ids, limit=len(claim.run_ids), broker=broker
+                        db, broker, run_ids=claim.run_ids, limit=len(claim.run_ids)
                     )
                 )
             if claim.claimed < batch_size:
@@ -122,7 +122,7 @@ async def tick(
         if sending is not None:  # dispatching never raises: its failures are logged
             dispatched += await sending
     for _ in range(MAX_SWEEPS):
-        swept = await dispatch_pending_runs(db, limit=batch_size, broker=broker)
+        swept = await dispatch_pending_runs(db, broker, limit=batch_size)
         dispatched += swept
         if swept < batch_size:
             break
@@ -437,7 +437,7 @@ class Ticker:
             return
         self._last_stall_sweep = clock
         await redispatch_stalled_runs(
-            self.db, stall, now=now, limit=self.settings.ticker_batch_size, broker=self.broker
+            self.db, self.broker, stall, now=now, limit=self.settings.ticker_batch_size
         )
 
     def stop(self) -> None:
@@ -446,7 +446,7 @@ class Ticker:
 
 def run_ticker(settings: Settings) -> None:
     """The `beacon ticker` process: ticks until SIGTERM or SIGINT, then exits cleanly."""
-    broker = configure_broker(settings)
+    broker = broker_of(settings)
     metrics.serve_metrics(settings, "ticker", Health(settings, broker))
     asyncio.run(_run_until_signal(settings, broker))
 

@@ -16,11 +16,11 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
+from service.messages import PROBE_QUEUE, RUN_QUEUE
+from service.outbox import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
 from workers.context import WorkerContext
-from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
-from workers.messages import PROBE_QUEUE, RUN_QUEUE
 from workers.runs import expand_run
 from workers.ticker import Ticker
 
@@ -41,7 +41,7 @@ def queued(broker: StubBroker, queue: str) -> list[dramatiq.Message[None]]:
 async def resent(db: Database, broker: StubBroker, now: datetime) -> list[str]:
     """The runs a sweep at `now` sends again (the broker is emptied first)."""
     broker.flush_all()
-    await redispatch_stalled_runs(db, STALL, now=now, broker=broker)
+    await redispatch_stalled_runs(db, broker, STALL, now=now)
     return [m.args[0] for m in queued(broker, RUN_QUEUE)]
 
 
@@ -59,7 +59,7 @@ async def test_a_sent_run_nobody_took_is_sent_again_once_per_deadline(
 ) -> None:
     ws = await make_workspace(collection_db)
     run_id = await insert_run(collection_db, ws)
-    assert await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker) == 1
+    assert await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id]) == 1
     stub_broker.flush_all()  # the broker restarted without its data
     sent = (await load_run(collection_db, run_id)).enqueue_time
     assert sent is not None
@@ -78,7 +78,7 @@ async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
 ) -> None:
     ws = await make_workspace(collection_db, prompts=("one", "two"), providers=("openai",))
     run_id = await insert_run(collection_db, ws)
-    await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker)
+    await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id])
     await expand_run(context, run_id)
     later = utcnow() + timedelta(seconds=STALL + 1)
     async with collection_db.transaction() as session:  # one probe answered a moment ago
@@ -94,13 +94,13 @@ async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
     stub_broker.flush_all()
     for _ in range(STALL_BACKLOG_LIMIT + 1):
         stub_broker.enqueue(queued_probe_message())
-    await redispatch_stalled_runs(collection_db, STALL, now=much_later, broker=stub_broker)
+    await redispatch_stalled_runs(collection_db, stub_broker, STALL, now=much_later)
     assert not queued(stub_broker, RUN_QUEUE)
     assert run_id in await resent(collection_db, stub_broker, much_later)
 
 
 def queued_probe_message() -> dramatiq.Message[None]:
-    from workers.messages import probe_message
+    from service.messages import probe_message
 
     return probe_message(["rsp_unrelated"])
 
@@ -147,7 +147,7 @@ async def sent_long_ago(
     """A run sent (and, with `context`, expanded into probes) two deadlines ago; started
     `start_ago` seconds ago when given. The broker is emptied: its messages are lost."""
     run_id = await insert_run(db, workspace_id)
-    assert await dispatch_pending_runs(db, run_ids=[run_id], broker=broker) == 1
+    assert await dispatch_pending_runs(db, broker, run_ids=[run_id]) == 1
     if context is not None:
         await expand_run(context, run_id)
     now = utcnow()

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis_async
 
+from service.broker import redis_options
 from service.config import Settings
+from service.messages import PROBE_QUEUE, RUN_QUEUE
 from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import eventually, fleet_settings, running_fleet
 from tests.platform.processes import RedisProcess
-from workers.broker import redis_options
-from workers.messages import PROBE_QUEUE, RUN_QUEUE
 
 pytestmark = pytest.mark.postgres_only
 

@@ -25,7 +25,7 @@ PROBES_PER_MESSAGE = 10
 # provider failures are retried by the probe logic itself, which honours Retry-After. The
 # backoff (2 s, 4 s, ... at most 15 s) rides out a database outage of about four minutes and
 # resumes within 15 s of its end; a message that runs out of retries is sent again by the
-# stalled-run sweep (`workers.dispatch.redispatch_stalled_runs`).
+# stalled-run sweep (`service.outbox.redispatch_stalled_runs`).
 MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 15_000
