@@ -101,13 +101,14 @@ def provider_configs(settings: Settings) -> dict[str, ProviderConfig]:
     return {
         name: ProviderConfig(
             name=name,
-            api_key=settings.provider_key(name),
-            base_url=str(getattr(settings, f"{name}_base_url")),
-            model=str(getattr(settings, f"{name}_model")),
+            api_key=provider.api_key,
+            base_url=provider.base_url,
+            model=provider.model,
             timeout=settings.provider_timeout_seconds,
-            api=settings.openai_api if name == "openai" else "",
+            api=provider.api,
         )
         for name in sorted(settings.configured_providers())
+        for provider in [settings.provider(name)]
     }
 
 

@@ -25,8 +25,8 @@ def test_settings_default_to_the_registry(monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.delenv(f"BEACON_{spec.name.upper()}_{field.upper()}", raising=False)
     settings = config.Settings()
     for spec in providers.REGISTRY:
-        assert getattr(settings, f"{spec.name}_base_url") == spec.base_url
-        assert getattr(settings, f"{spec.name}_model") == spec.model
+        assert settings.provider(spec.name).base_url == spec.base_url
+        assert settings.provider(spec.name).model == spec.model
     assert config.PROVIDERS == providers.NAMES
 
 
