@@ -11,6 +11,10 @@ from the database: an open run on which nothing happened for `run_stall_seconds`
 finished, not expanded or re-sent meanwhile) is sent again and re-stamped; the run actor then
 re-sends the run's pending probes (see `workers.runs.expand_run`). While the broker holds a
 backlog of ready messages the wait is explained and nothing is re-sent.
+
+A Redis that restarts without its data is noticed rather than waited out: `BrokerEpoch` keeps a
+mark in Redis that the ticker sets again on every tick (`SET ... NX`); finding it gone means
+every message went with it, and `redispatch_open_runs` sends every open run again at once.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
 from sqlalchemy import ColumnElement, String, and_, any_, bindparam, exists, or_, select, update
@@ -128,6 +133,55 @@ async def redispatch_stalled_runs(
         RUNS_REDISPATCHED.inc(sent)
         log.warning("re-sent %d runs idle for %gs or more", sent, stall_seconds)
     return sent
+
+
+async def redispatch_open_runs(
+    db: Database, broker: dramatiq.Broker, *, now: datetime | None = None, limit: int = 1000
+) -> int:
+    """Sends again every open run sent before `now` (its messages are gone: the broker lost
+    its data), `limit` to a transaction; returns how many. Broker errors are logged and
+    swallowed: the stalled-run sweep sends them later."""
+    at = now or utcnow()
+    sent = 0
+    try:
+        while True:
+            # Re-stamped runs (enqueue_time = at) no longer match: each pass takes new ones.
+            chunk = await _dispatch_chunk(db, broker, sent_before(at), limit, at, resent=True)
+            sent += chunk
+            if chunk < limit:
+                break
+    except Exception:
+        DISPATCH_ERRORS.inc()
+        log.exception("re-sending the open runs failed; the stalled-run sweep will send them")
+    if sent:
+        RUNS_REDISPATCHED.inc(sent)
+    return sent
+
+
+def sent_before(now: datetime) -> ColumnElement[bool]:
+    """Open runs sent before `now`."""
+    return and_(Run.enqueue_time < now, Run.end_time.is_(None))
+
+
+class BrokerEpoch:
+    """Notices that the broker lost its data: a mark kept in Redis (`<namespace>:beacon.epoch`)
+    that `lost` sets again whenever it is missing. Finding it missing means the messages went
+    with it (a Redis restarted without persistence, flushed or failed over to an empty
+    replica) or, once, that no one set it yet. Of several tickers, the one whose `SET NX` wins
+    answers True. Other brokers (RabbitMQ keeps its messages, the in-process one dies with its
+    process) never lose data this way: always False."""
+
+    KEY = "beacon.epoch"
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self.broker = broker
+
+    def lost(self) -> bool:
+        """Whether the mark was missing (and is now set); redis errors propagate."""
+        if not isinstance(self.broker, RedisBroker):
+            return False
+        key = f"{self.broker.namespace}:{self.KEY}"
+        return bool(self.broker.client.set(key, utcnow().isoformat(), nx=True))
 
 
 def stalled(now: datetime, stall_seconds: float) -> ColumnElement[bool]:

@@ -13,7 +13,8 @@ takes a free open-run lane like StartRun's, so the unique index on open lanes ho
 when a ticker and a StartRun race. Every tick ends
 with a sweep of runs that were written but never sent, by any process; every
 `run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
-were lost (`service.outbox.redispatch_stalled_runs`).
+were lost (`service.outbox.redispatch_stalled_runs`); a Redis that lost its data is noticed at
+the next tick (`service.outbox.BrokerEpoch`), and every open run is re-sent at once.
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
 on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
@@ -53,7 +54,12 @@ from service.db.types import UTCDateTime
 from service.domain.collection.run_status import RunStatus
 from service.domain.collection.runs import free_lane
 from service.domain.collection.schedules import next_fire_time
-from service.outbox import dispatch_pending_runs, redispatch_stalled_runs
+from service.outbox import (
+    BrokerEpoch,
+    dispatch_pending_runs,
+    redispatch_open_runs,
+    redispatch_stalled_runs,
+)
 from workers import metrics
 from workers.health import Health
 
@@ -393,6 +399,7 @@ class Ticker:
         self.db = db
         self.broker = broker
         self.stopping = asyncio.Event()
+        self.epoch = BrokerEpoch(broker)
         self._last_purge: datetime | None = None
         self._last_stall_sweep: float | None = None
 
@@ -414,6 +421,7 @@ class Ticker:
                 purged = await purge_deleted(self.db, self.settings, now)
                 if purged:
                     log.info("purged %d deleted workspaces", purged)
+            await self._notice_lost_broker(now)
             await self._sweep_stalled(now)
         except Exception:
             log.exception("tick failed; retrying at the next interval")
@@ -428,6 +436,24 @@ class Ticker:
                 result.dispatched,
             )
         return result
+
+    async def _notice_lost_broker(self, now: datetime) -> None:
+        """Re-sends every open run at once when the broker lost its data (`BrokerEpoch`)."""
+        try:
+            lost = await asyncio.to_thread(self.epoch.lost)
+        except Exception as exc:  # the broker is down: the tick's sends are failing too
+            log.warning("cannot reach the broker to check its epoch: %s", exc)
+            return
+        if lost:
+            sent = await redispatch_open_runs(
+                self.db, self.broker, now=now, limit=self.settings.ticker_batch_size
+            )
+            log.log(
+                logging.WARNING if sent else logging.INFO,
+                "the broker had no epoch mark (a Redis restarted without its data, or the"
+                " first tick on it): re-sent %d open runs",
+                sent,
+            )
 
     async def _sweep_stalled(self, now: datetime) -> None:
         stall = self.settings.run_stall_seconds
