@@ -4,14 +4,17 @@ attempt. A run that started, or had an answer, within the deadline is not stalle
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import dramatiq
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
 
+from service.broker import broker_of
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
@@ -20,6 +23,7 @@ from service.messages import PROBE_QUEUE, RUN_QUEUE
 from service.outbox import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
+from tests.support import REDIS_URL, unique
 from workers.context import WorkerContext
 from workers.runs import expand_run
 from workers.ticker import Ticker
@@ -212,3 +216,45 @@ async def test_a_tick_leaves_a_run_that_started_or_answered_within_the_deadline(
     assert times_sent(stub_broker, idle) == 1
     assert times_sent(stub_broker, just_started) == 0
     assert times_sent(stub_broker, answering) == 0
+
+
+# A broker that lost its data ------------------------------------------------------------------
+
+
+def redis_sends(broker: RedisBroker, run_id: str) -> int:
+    """How many messages for `run_id` wait in the Redis broker's run queue."""
+    data = broker.client.hvals(f"{broker.namespace}:{RUN_QUEUE}.msgs")
+    return [json.loads(item)["args"][0] for item in data].count(run_id)
+
+
+def lose_data(broker: RedisBroker) -> None:
+    """What a Redis restarted without persistence does to the broker's keys."""
+    keys = list(broker.client.scan_iter(f"{broker.namespace}:*"))
+    if keys:
+        broker.client.delete(*keys)
+
+
+@pytest.mark.usefixtures("no_schedules")
+async def test_the_next_tick_resends_every_open_run_when_redis_lost_its_data(
+    collection_db: Database, settings: Settings, ticker_settings: Settings
+) -> None:
+    url = f"{REDIS_URL}?namespace={unique('beacon-epoch-')}"
+    broker = broker_of(derive_settings(settings, broker_url=url))
+    assert isinstance(broker, RedisBroker)
+    ticker = Ticker(ticker_settings, collection_db, broker)
+    try:
+        await ticker.run_once()  # the first tick sets the epoch mark
+        ws = await make_workspace(collection_db)
+        run_id = await insert_run(collection_db, ws)
+        assert await dispatch_pending_runs(collection_db, broker, run_ids=[run_id]) == 1
+        await ticker.run_once()
+        assert redis_sends(broker, run_id) == 1  # not stalled: the sweep leaves it be
+
+        lose_data(broker)
+        await ticker.run_once()
+        assert redis_sends(broker, run_id) == 1  # sent again at once, long before the deadline
+        await ticker.run_once()
+        assert redis_sends(broker, run_id) == 1  # the mark is back: once only
+    finally:
+        lose_data(broker)
+        broker.close()
