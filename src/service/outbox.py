@@ -25,23 +25,24 @@ import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
 from opentelemetry.trace import SpanKind
 from prometheus_client import Counter
-from sqlalchemy import ColumnElement, String, and_, any_, bindparam, exists, or_, select, update
+from sqlalchemy import ColumnElement, String, and_, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql
 
 from service import tracing
 from service.broker import new_message_ids, ready_backlog, send_messages
 from service.clock import utcnow
 from service.db.database import Database
-from service.db.models import Probe, Run
+from service.db.models import Run
 from service.db.sql_dialects import table_of, tune_batch_transaction
 from service.db.types import UTCDateTime
+from service.domain.collection.run_lifecycle import sent_before, stalled
 from service.messages import run_message
 
 log = logging.getLogger(__name__)
@@ -56,9 +57,6 @@ DISPATCH_ERRORS = Counter("beacon_dispatch_errors_total", "Failed attempts to se
 ID_CHUNK = 1000
 # Ready messages in the broker above which a quiet run is explained by the backlog.
 STALL_BACKLOG_LIMIT = 1000
-# Runs sent longer ago than this are not looked at (bounds the scan of the enqueue_time index;
-# a stalled run is re-stamped on each re-send, so it stays inside).
-STALL_HORIZON = timedelta(days=2)
 
 
 async def dispatch_pending_runs(
@@ -158,11 +156,6 @@ async def redispatch_open_runs(
     return sent
 
 
-def sent_before(now: datetime) -> ColumnElement[bool]:
-    """Open runs sent before `now`."""
-    return and_(Run.enqueue_time < now, Run.end_time.is_(None))
-
-
 class BrokerEpoch:
     """Notices that the broker lost its data: a mark kept in Redis (`<namespace>:beacon.epoch`)
     that `lost` sets again whenever it is missing. Finding it missing means the messages went
@@ -182,19 +175,6 @@ class BrokerEpoch:
             return False
         key = f"{self.broker.namespace}:{self.KEY}"
         return bool(self.broker.client.set(key, utcnow().isoformat(), nx=True))
-
-
-def stalled(now: datetime, stall_seconds: float) -> ColumnElement[bool]:
-    """Open runs sent, started and last answered (any probe) before `now - stall_seconds`."""
-    cutoff = now - timedelta(seconds=stall_seconds)
-    answered = exists().where(Probe.run_id == Run.id, Probe.complete_time >= cutoff)
-    return and_(
-        Run.enqueue_time < cutoff,
-        Run.enqueue_time >= now - STALL_HORIZON,
-        Run.end_time.is_(None),
-        or_(Run.start_time.is_(None), Run.start_time < cutoff),
-        ~answered,
-    )
 
 
 async def _dispatch_chunk(

@@ -19,10 +19,9 @@ from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
 from service.db.sql_dialects import id_in, table_of
 from service.domain.collection import rollups
-from service.domain.collection.run_status import ProbeStatus
+from service.domain.collection.run_lifecycle import ProbeStatus, finish_runs
 from workers.analysis import BrandSpec, CompetitorSpec
 from workers.batching import Batcher
-from workers.runs import finish_runs
 
 # How stale a run's "canceled" flag may be when a probe is about to be asked.
 ABANDON_CHECK_SECONDS = 1.0

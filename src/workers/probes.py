@@ -35,7 +35,12 @@ from sqlalchemy import update
 from service import tracing
 from service.config import Settings
 from service.db.models import Probe
-from service.domain.collection.run_status import CANCELED_REASON, ProbeStatus
+from service.domain.collection.run_lifecycle import (
+    CANCELED_REASON,
+    ProbeStatus,
+    cancel_and_finish,
+    finish_runs,
+)
 from service.messages import probe_message
 from workers import metrics
 from workers.analysis import AnalysisFailed, analyse
@@ -43,7 +48,6 @@ from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
 from workers.probe_store import ProbeResult, ProbeTask
 from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain
-from workers.runs import cancel_run, finish_runs
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -99,7 +103,7 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
             await finish_runs(context.db, [task.run_id])
         return None
     if task.abandoned:
-        await cancel_run(context.db, task.run_id)
+        await cancel_and_finish(context.db, task.run_id)
         return None
     result = await _ask(context, task, attempt)
     if isinstance(result, Deferred):

@@ -26,11 +26,9 @@ are off in these transactions (`service.db.sql_dialects.tune_batch_transaction` 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
-import secrets
 import signal
 import time
 from collections import defaultdict
@@ -45,14 +43,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from service.broker import broker_of
-from service.clock import utcnow
+from service.clock import new_ids, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.db.sql_dialects import id_in, table_of, tune_batch_transaction
 from service.db.types import UTCDateTime
-from service.domain.collection.run_status import RunStatus
-from service.domain.collection.runs import free_lane
+from service.domain.collection.run_lifecycle import QUEUED_RUN, free_lane, queued_run
 from service.domain.collection.schedules import next_fire_time
 from service.outbox import (
     BrokerEpoch,
@@ -272,8 +269,14 @@ async def _insert_runs(
     ids = new_ids("run", len(slots))
     if db.is_sqlite:
         rows = [
-            {**SCHEDULED_RUN, "id": run_id, "workspace_id": ws, "scheduled_time": slot}
-            | {"create_time": now, "open_lane": lane}
+            queued_run(
+                run_id=run_id,
+                workspace_id=ws,
+                trigger=SCHEDULE_TRIGGER,
+                open_lane=lane,
+                now=now,
+                scheduled_time=slot,
+            )
             for run_id, (ws, slot, lane) in zip(ids, slots, strict=True)
         ]
         table = table_of(Run)
@@ -290,24 +293,6 @@ async def _insert_runs(
     return list((await conn.execute(_unnest_insert(), parameters)).scalars())
 
 
-def new_ids(prefix: str, count: int) -> list[str]:
-    """`count` ids like `service.clock.new_id(prefix)`, from one draw of random bytes."""
-    # 10 random bytes are 16 base32 characters, without padding.
-    token = base64.b32encode(secrets.token_bytes(10 * count)).decode().lower()
-    return [f"{prefix}_{token[i : i + 16]}" for i in range(0, 16 * count, 16)]
-
-
-SCHEDULED_RUN: dict[str, object] = {
-    "trigger": SCHEDULE_TRIGGER,
-    "status": RunStatus.QUEUED,
-    "prompt_ids": [],
-    "providers": [],
-    "prompt_count": 0,
-    "cancel_requested": False,
-    "failure_reason": "",
-}
-
-
 @functools.cache
 def _unnest_insert() -> Any:
     """INSERT INTO runs ... SELECT FROM unnest(:ids, :workspace_ids, :slots, :lanes) ON
@@ -321,7 +306,7 @@ def _unnest_insert() -> Any:
     ).subquery()
     constants = {
         name: literal(value, JSON if isinstance(value, list) else None)
-        for name, value in SCHEDULED_RUN.items()
+        for name, value in {"trigger": SCHEDULE_TRIGGER, **QUEUED_RUN}.items()
     }
     rows = select(
         source.c.id,

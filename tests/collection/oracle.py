@@ -17,7 +17,7 @@ from service.db.database import Reader
 from service.db.models import Probe
 from service.domain.collection import reports, rollups
 from service.domain.collection.reports import VisibilityRow
-from service.domain.collection.run_status import ProbeStatus
+from service.domain.collection.run_lifecycle import ProbeStatus
 
 
 def answer_of(probe: Probe) -> rollups.Answer:

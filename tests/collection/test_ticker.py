@@ -12,14 +12,14 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
-from service.clock import utcnow
+from service.clock import new_ids, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.messages import RUN_QUEUE
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
-from workers.ticker import Ticker, new_ids, tick
+from workers.ticker import Ticker, tick
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker

@@ -1,5 +1,5 @@
 """One source of truth per fact: the provider registry (`service.providers`) and the run and
-probe statuses (`service.domain.collection.run_status`) are what every other part reads."""
+probe statuses (`service.domain.collection.run_lifecycle`) are what every other part reads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import config, providers
-from service.domain.collection.run_status import ProbeStatus, RunStatus
+from service.domain.collection.run_lifecycle import ProbeStatus, RunStatus
 from service.servicers import convert
 from service.servicers.run import RESPONSE_STATUS_TO_PROTO, RUN_STATUS_TO_PROTO
 from workers.providers import ADAPTERS
