@@ -235,7 +235,7 @@ async def create_run(
 
 async def start_run(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     configured: Collection[str],
@@ -266,13 +266,13 @@ async def start_run(
         )
         if outcome.run is not None:
             await audit.record_workspace_change(
-                session, call, workspace_id, target_ids=[outcome.run.id], now=now
+                session, actor, workspace_id, target_ids=[outcome.run.id], now=now
             )
         return outcome
 
     outcome = await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=workspace_id,
         result_type=StartOutcome,
@@ -475,7 +475,7 @@ async def list_runs(
 
 
 async def cancel_run(
-    session: AsyncSession, call: Actor, workspace_id: str, run_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, run_id: str, *, now: datetime
 ) -> RunView:
     """Requests cancellation: pending probes are skipped and the run ends CANCELED at once
     when it has no probes yet or had pending ones (workers skip probes of canceled runs).
@@ -490,7 +490,7 @@ async def cancel_run(
         )
     await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
     await cancel(session, run_id, now)
-    await audit.record_workspace_change(session, call, workspace_id, target_ids=[run_id], now=now)
+    await audit.record_workspace_change(session, actor, workspace_id, target_ids=[run_id], now=now)
     return await _view(session, await _load_run(session, workspace_id, run_id))
 
 
