@@ -120,7 +120,8 @@ class ProviderVariables(PydanticBaseSettingsSource):
 
 
 class Settings(BaseSettings):
-    """Every knob of every Beacon process. Field `x` is read from `BEACON_X`."""
+    """Every knob of every Beacon process. Field `x` is read from `BEACON_X`; the providers'
+    settings from `BEACON_<PROVIDER>_<FIELD>` (`ProviderSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="BEACON_", extra="ignore")
 

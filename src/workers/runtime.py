@@ -44,9 +44,6 @@ WORKER_TIMEOUT_MS = 250
 QUIET_CHECKS = 3
 POLL_SECONDS = 0.005
 
-_embedded: Embedded | None = None
-
-
 def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
     """A Dramatiq worker over Beacon's queues of `broker` (a `workers.actors.worker_broker`;
     not started)."""
@@ -115,7 +112,6 @@ class Embedded:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the ticker, then the worker (finishing in-flight messages within `timeout`)."""
-        global _embedded
         if self._stopped:
             return
         self._stopped = True
@@ -124,8 +120,6 @@ class Embedded:
         if self._ticker_thread is not None:
             self._ticker_thread.join(timeout)
         self.worker.stop(timeout=round(timeout * 1000))
-        if _embedded is self:
-            _embedded = None
 
     def drain(self, timeout: float = 30.0) -> None:
         """Blocks until no message is queued, delayed or being processed (in-process broker).
@@ -166,7 +160,6 @@ def start_embedded(
     `workers.actors.worker_broker`, which the caller's API may send to) defaults to a new one
     for `settings` (the in-process one when no broker URL is set): `.broker` is it.
     """
-    global _embedded
     broker = broker or worker_broker(settings)
     worker = build_worker(settings, broker, worker_threads)
     worker.start()
@@ -178,7 +171,6 @@ def start_embedded(
         )
         embedded._ticker_thread.start()
         started.wait(10.0)
-    _embedded = embedded
     return embedded
 
 
@@ -196,10 +188,3 @@ def _ticker_thread(
             await db.dispose()
 
     asyncio.run(main())
-
-
-def drain(timeout: float = 30.0) -> None:
-    """Waits for the embedded worker's in-process queues to empty (see `Embedded.drain`)."""
-    if _embedded is None:
-        raise RuntimeError("no embedded worker is running: call start_embedded first")
-    _embedded.drain(timeout)
