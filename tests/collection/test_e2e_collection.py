@@ -114,7 +114,10 @@ async def embedded_pipeline(settings: Settings, db: Database) -> AsyncIterator[N
 def beacon_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a `beacon` process `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
-    for name, value in settings.model_dump().items():
+    values = settings.model_dump()
+    for name, value in values.pop("providers").items():
+        env.update({f"BEACON_{name}_{field}".upper(): str(v) for field, v in value.items()})
+    for name, value in values.items():
         if value is not None and name != "data_dir":
             env[f"BEACON_{name.upper()}"] = str(value)
     env["BEACON_LOG_JSON"] = "false"
