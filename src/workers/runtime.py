@@ -44,6 +44,7 @@ WORKER_TIMEOUT_MS = 250
 QUIET_CHECKS = 3
 POLL_SECONDS = 0.005
 
+
 def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
     """A Dramatiq worker over Beacon's queues of `broker` (a `workers.actors.worker_broker`;
     not started)."""
