@@ -3,6 +3,8 @@ probe statuses (`service.domain.collection.run_lifecycle`) are what every other 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,16 @@ def test_every_status_has_its_wire_value() -> None:
     for probe_status, response_status in RESPONSE_STATUS_TO_PROTO.items():
         name = run_pb.ResponseStatus.Name(response_status)
         assert name == f"RESPONSE_STATUS_{probe_status.upper()}"
+
+
+def test_the_api_loads_no_worker_module() -> None:
+    """`beacon serve` (and everything it imports) never loads `workers`: the registry holds
+    names and defaults, the outbox and the message schema live in `service`."""
+    probe = (
+        "import sys, service.server, service.cli, service.http.server;"
+        "print(sorted(m for m in sys.modules if m == 'workers' or m.startswith('workers.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout
