@@ -13,8 +13,9 @@ re-sends the run's pending probes (see `workers.runs.expand_run`). While the bro
 backlog of ready messages the wait is explained and nothing is re-sent.
 
 A Redis that restarts without its data is noticed rather than waited out: `BrokerEpoch` keeps a
-mark in Redis that the ticker sets again on every tick (`SET ... NX`); finding it gone means
-every message went with it, and `redispatch_open_runs` sends every open run again at once.
+mark in Redis that the ticker sets again on every tick (`SET ... NX`); finding gone a mark it
+has seen means every message went with it, and `redispatch_open_runs` sends every open run
+again at once.
 """
 
 from __future__ import annotations
@@ -158,23 +159,27 @@ async def redispatch_open_runs(
 
 class BrokerEpoch:
     """Notices that the broker lost its data: a mark kept in Redis (`<namespace>:beacon.epoch`)
-    that `lost` sets again whenever it is missing. Finding it missing means the messages went
-    with it (a Redis restarted without persistence, flushed or failed over to an empty
-    replica) or, once, that no one set it yet. Of several tickers, the one whose `SET NX` wins
-    answers True. Other brokers (RabbitMQ keeps its messages, the in-process one dies with its
-    process) never lose data this way: always False."""
+    that `lost` sets again whenever it is missing. Missing after this ticker has seen it means
+    the messages went with it (a Redis restarted without persistence, flushed, or failed over
+    to an empty replica). Missing at a ticker's first look says nothing (a new deployment, a
+    new namespace): it is only set, and a loss from before is left to the stalled-run sweep.
+    Of several tickers, the one whose `SET NX` wins answers True. Other brokers (RabbitMQ keeps
+    its messages, the in-process one dies with its process) never lose data this way."""
 
     KEY = "beacon.epoch"
 
     def __init__(self, broker: dramatiq.Broker) -> None:
         self.broker = broker
+        self._seen = False
 
     def lost(self) -> bool:
-        """Whether the mark was missing (and is now set); redis errors propagate."""
+        """Whether the mark this ticker saw is gone (it is set again); redis errors propagate."""
         if not isinstance(self.broker, RedisBroker):
             return False
         key = f"{self.broker.namespace}:{self.KEY}"
-        return bool(self.broker.client.set(key, utcnow().isoformat(), nx=True))
+        created = bool(self.broker.client.set(key, utcnow().isoformat(), nx=True))
+        seen, self._seen = self._seen, True
+        return created and seen
 
 
 async def _dispatch_chunk(

@@ -433,10 +433,9 @@ class Ticker:
             sent = await redispatch_open_runs(
                 self.db, self.broker, now=now, limit=self.settings.ticker_batch_size
             )
-            log.log(
-                logging.WARNING if sent else logging.INFO,
-                "the broker had no epoch mark (a Redis restarted without its data, or the"
-                " first tick on it): re-sent %d open runs",
+            log.warning(
+                "the broker lost its epoch mark (a Redis restarted without its data):"
+                " re-sent %d open runs",
                 sent,
             )
 
