@@ -30,13 +30,13 @@ from sqlalchemy import delete, func, select, text, update
 
 from bench._common import redis_namespace, table
 from bench._servers import REDIS_URL, Backend, scratch_backend
+from service import outbox
+from service.broker import broker_of, redis_options, send_messages
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule
-from workers import dispatch, ticker
-from workers.actors import configure_broker
-from workers.broker import redis_options, send_messages
-from workers.messages import RUN_QUEUE
+from service.messages import RUN_QUEUE
+from workers import ticker
 
 NOW = datetime(2026, 11, 23, 12, 0, 30, tzinfo=UTC)
 DUE = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -89,7 +89,7 @@ def _ticker_process(
 ) -> None:  # runs in a child process
     async def main() -> None:
         db = Database(settings.database_url)
-        broker = configure_broker(settings)
+        broker = broker_of(settings)
         await db.ping()
         start.wait()
         began = time.perf_counter()
@@ -193,7 +193,7 @@ async def ticks(
     db = Database(backend.database_url)
     times: list[float] = []
     try:
-        broker = configure_broker(settings)
+        broker = broker_of(settings)
         await db.ping()
         for _ in range(repeats):
             began = time.perf_counter()
@@ -246,14 +246,14 @@ async def phases(backend: Backend, broker_url: str, due: int, batch: int) -> dic
         spent["  of which Redis pipeline"] += time.perf_counter() - began
 
     claim = timed("claim: select, insert runs, advance", ticker.claim_due_schedules)
-    sweep = timed("dispatch: stamp, send, commit", dispatch.dispatch_pending_runs)
+    sweep = timed("dispatch: stamp, send, commit", outbox.dispatch_pending_runs)
     spent["claim: select, insert runs, advance"] = 0.0
     spent["dispatch: stamp, send, commit"] = 0.0
     spent["  of which Redis pipeline"] = 0.0
     with (
         patch.object(ticker, "claim_due_schedules", claim),
         patch.object(ticker, "dispatch_pending_runs", sweep),
-        patch.object(dispatch, "send_messages", timed_send),
+        patch.object(outbox, "send_messages", timed_send),
     ):
         cpu = time.process_time()
         total = await tick_time(backend, broker_url, due, due, batch)

@@ -39,7 +39,7 @@ from tests.collection.builders import insert_prompts, make_workspace
 from tests.notifications.builders import make_endpoint
 
 WEBHOOK_KEY = "beacon-bench-webhook-secret-key-0123456789abcdef"
-CONCURRENCY = 20  # deliveries per worker message (workers.messages.DELIVERIES_PER_MESSAGE)
+CONCURRENCY = 20  # deliveries per worker message (service.messages.DELIVERIES_PER_MESSAGE)
 STARTS = 60
 WARM_UP = 5
 Metadata = tuple[tuple[str, str], ...]
@@ -68,7 +68,7 @@ def settings_of(backend: Backend, broker_url: str) -> Settings:
         auth_secret=BENCH_SECRET,
         signing_secret=BENCH_SIGNING_SECRET,
         webhook_secret_key=WEBHOOK_KEY,
-        openai_api_key="bench",
+        **{"openai_api_key": "bench"},  # the variable's flat name (Settings takes it)
         rate_limit_scale=10_000.0,
         rate_limit_key_prefix=f"beacon-bench-{uuid.uuid4().hex[:8]}",
         metrics_addr="",

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import dramatiq
 import httpx
 from sqlalchemy import func, insert, select
 
@@ -49,12 +50,12 @@ from bench._common import (
     worker_env,
 )
 from bench._servers import BEACON, Backend, scratch_backend
+from service.broker import broker_of
 from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Workspace
-from workers.actors import configure_broker, reset_brokers
-from workers.dispatch import dispatch_pending_runs
+from service.outbox import dispatch_pending_runs
 
 LATENCY = 0.2
 PROVIDERS = ("openai", "anthropic", "mistral", "cohere")
@@ -124,7 +125,9 @@ async def seed_workspace(db: Database, prompts: int) -> str:
     return ws_id
 
 
-async def run_once(db: Database, workspace_id: str, seconds: float) -> tuple[str, float]:
+async def run_once(
+    db: Database, broker: dramatiq.Broker, workspace_id: str, seconds: float
+) -> tuple[str, float]:
     """Starts a run over every prompt and waits for its end; (run id, seconds it took)."""
     run_id = new_id("run")
     async with db.transaction() as session:
@@ -137,7 +140,7 @@ async def run_once(db: Database, workspace_id: str, seconds: float) -> tuple[str
                 create_time=utcnow(),
             )
         )
-    await dispatch_pending_runs(db, run_ids=[run_id])
+    await dispatch_pending_runs(db, broker, run_ids=[run_id])
 
     async def ended() -> bool:
         async with db.transaction(write=False) as session:
@@ -183,17 +186,17 @@ async def measure(
             **provider_env(root),
         )
         settings = Settings(database_url=backend.database_url, broker_url=broker_url)
-        configure_broker(settings)
+        sender = broker_of(settings)
         db = Database(backend.database_url, pool_size=4)
         worker = Process([BEACON, "worker"], env, f"worker-{concurrency}")
         try:
             # A small run first: the worker is up, its connections warm.
             warm = await seed_workspace(db, 2)
-            await run_once(db, warm, seconds=60)
+            await run_once(db, sender, warm, seconds=60)
             workspace = await seed_workspace(db, prompts)
             spy = _start_profile(worker.pid, profile) if profile else None
             cpu_before = worker.cpu_seconds()
-            run_id, seconds = await run_once(db, workspace, seconds=600)
+            run_id, seconds = await run_once(db, sender, workspace, seconds=600)
             cpu = worker.cpu_seconds() - cpu_before
             if spy is not None:
                 spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
@@ -203,7 +206,7 @@ async def measure(
         finally:
             worker.stop()
             await db.dispose()
-            reset_brokers()
+            sender.close()
     return Measure(broker, concurrency, prompts * len(PROVIDERS), seconds, cpu, done, latency)
 
 
@@ -275,7 +278,7 @@ async def measure_in_flight(
             **provider_env(root),
         )
         settings = Settings(database_url=backend.database_url, broker_url=broker_url)
-        configure_broker(settings)
+        sender = broker_of(settings)
         db = Database(backend.database_url, pool_size=4)
         worker = Process([BEACON, "worker"], env, f"worker-in-flight-{concurrency}")
         peak_rss = 0.0
@@ -288,14 +291,14 @@ async def measure_in_flight(
 
         try:
             warm = await seed_workspace(db, 2)
-            await run_once(db, warm, seconds=120)
+            await run_once(db, sender, warm, seconds=120)
             workspace = await seed_workspace(db, prompts)
             idle_rss = worker.rss_mb()
             await fake_in_flight(root, reset=True)
             sampler = asyncio.create_task(sample_rss())
             cpu_before = worker.cpu_seconds()
             try:
-                run_id, seconds = await run_once(db, workspace, seconds=1800)
+                run_id, seconds = await run_once(db, sender, workspace, seconds=1800)
             finally:
                 sampler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -308,7 +311,7 @@ async def measure_in_flight(
         finally:
             worker.stop()
             await db.dispose()
-            reset_brokers()
+            sender.close()
     return InFlight(
         concurrency,
         latency,

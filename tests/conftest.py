@@ -268,6 +268,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Each report names its backend: under xdist the controller collects nothing, so it
     counts from the reports its workers send (user properties travel with them)."""
     item.user_properties.append(("backend", item_backend(item) or "none"))
+
+
 OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed")
 
 

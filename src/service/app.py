@@ -10,12 +10,12 @@ import dramatiq
 
 from service.config import Settings
 from service.db.database import Database
+from service.outbox import RunDispatcher
 from service.rate_limits import RateLimits
-from workers.dispatch import RunDispatcher
 
 
 class Dispatcher(Protocol):
-    """Sends runs that were written and committed to the workers (`workers.dispatch`)."""
+    """Sends runs that were written and committed to the workers (`service.outbox`)."""
 
     async def dispatch_runs(self, run_ids: Sequence[str]) -> int:
         """Sends the runs not yet enqueued among `run_ids`; returns how many were sent."""
@@ -27,8 +27,8 @@ class App:
     """Settings, the database, the run dispatcher and the rate-limit counters; servicers
     receive it at construction.
 
-    `dispatcher` defaults to one sending to the broker configured last in this process (none:
-    runs wait in the outbox for the ticker); `from_settings` is given the broker explicitly.
+    `dispatcher` defaults to one without a broker (runs wait in the outbox for the ticker);
+    `from_settings` is given the broker explicitly.
     It becomes the database's run sender: the runs a domain command wrote are sent once its
     transaction has committed (`service.db.database.send_runs_after_commit`), so servicers
     never dispatch.
@@ -42,7 +42,7 @@ class App:
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
         if self.dispatcher is None:
-            self.dispatcher = RunDispatcher(self.db)
+            self.dispatcher = RunDispatcher(self.db, None)
         self.db.run_sender = self.dispatcher.dispatch_runs
 
     @classmethod

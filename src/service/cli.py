@@ -32,23 +32,30 @@ def _install_loop(settings: Settings) -> None:
 
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
+    from service.broker import broker_of
     from service.http.server import start_http, start_metrics
     from service.server import start_server
-    from workers.actors import configure_broker
 
     # Handlers first: a signal during start-up still leads to an orderly stop.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = App.from_settings(settings, broker=configure_broker(settings))
+    if embedded_workers:
+        from workers.actors import worker_broker
+
+        # One broker for the API and the embedded worker: the in-process one is in memory.
+        broker = worker_broker(settings)
+    else:
+        broker = broker_of(settings)
+    app = App.from_settings(settings, broker=broker)
     embedded = None
     grpc_server = http_server = metrics_server = None
     try:
         if embedded_workers:
             from workers.runtime import start_embedded
 
-            embedded = start_embedded(settings)
+            embedded = start_embedded(settings, broker=broker)
         grpc_server = await start_server(app)
         http_server = await start_http(app)
         metrics_server = await start_metrics(app)

@@ -14,8 +14,14 @@ def utcnow() -> datetime:
 
 def new_id(prefix: str) -> str:
     """A new opaque id: `<prefix>_` and 16 lowercase base32 characters (80 random bits)."""
-    token = base64.b32encode(secrets.token_bytes(10)).decode().lower()
-    return f"{prefix}_{token}"
+    return new_ids(prefix, 1)[0]
+
+
+def new_ids(prefix: str, count: int) -> list[str]:
+    """`count` ids like `new_id(prefix)`, from one draw of random bytes (a batch of runs)."""
+    # 10 random bytes are 16 base32 characters, without padding.
+    token = base64.b32encode(secrets.token_bytes(10 * count)).decode().lower()
+    return [f"{prefix}_{token[i : i + 16]}" for i in range(0, 16 * count, 16)]
 
 
 SLUG_SUFFIX_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"

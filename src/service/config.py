@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator
-from pydantic_core import PydanticUseDefault
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service import providers
 
@@ -32,8 +43,87 @@ class ConfigError(ValueError):
     """The environment does not allow this process to start; the message says how to fix it."""
 
 
+class ProviderSettings(BaseModel):
+    """One AI provider's settings, read from `BEACON_<PROVIDER>_<FIELD>` (for OpenAI:
+    BEACON_OPENAI_API_KEY, _BASE_URL, _MODEL, _RPM, _TPM and BEACON_OPENAI_API). An empty
+    variable (a template left blank) is the default, never an empty URL or an unlimited budget.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    api_key: str = Field(default="", description="API key; a provider without one cannot run.")
+    base_url: str = Field(description="API root (default: the registry's, service.providers).")
+    model: str = Field(description="Model asked (default: the registry's).")
+    # Budgets per provider API key, shared by every worker (workers.budgets): requests and
+    # tokens per minute. Requests default to a conservative DEFAULT_PROVIDER_RPM (raise it to
+    # your provider tier), tokens to no budget; 0 is unlimited.
+    rpm: NonNegativeInt = Field(
+        default=DEFAULT_PROVIDER_RPM, description="Requests a minute, fleet-wide; 0: unlimited."
+    )
+    tpm: NonNegativeInt = Field(default=0, description="Tokens a minute, fleet-wide; 0: unlimited.")
+    api: str = Field(
+        default="", description='OpenAI only: "responses" (default) or "chat" (Chat Completions).'
+    )
+
+
+# What a provider variable left empty falls back to: every field but the key (empty anyway).
+_DEFAULTED_WHEN_EMPTY = ("base_url", "model", "rpm", "tpm", "api")
+
+
+def provider_defaults(name: str) -> dict[str, Any]:
+    """Provider `name`'s settings when nothing is set (the registry's URL and model)."""
+    spec = providers.spec(name)
+    return {
+        "base_url": spec.base_url,
+        "model": spec.model,
+        "api": "responses" if name == "openai" else "",
+    }
+
+
+def provider_table(given: Any) -> dict[str, Any]:
+    """Every provider's settings: what `given` (provider name -> settings or field dict) sets,
+    the defaults for the rest; ValueError for a provider the registry does not know."""
+    if not isinstance(given, dict):
+        return given  # type: ignore[no-any-return]  # pydantic says what is wrong
+    unknown = sorted(set(given) - set(PROVIDERS))
+    if unknown:
+        raise ValueError(f"unknown providers {unknown}; expected some of {PROVIDERS}")
+    table: dict[str, Any] = {}
+    for name in PROVIDERS:
+        values = dict(_as_dict(given.get(name, {})))
+        for field in _DEFAULTED_WHEN_EMPTY:
+            value = values.get(field)
+            if value is None or (isinstance(value, str) and not value.strip()):
+                values.pop(field, None)
+        table[name] = {**provider_defaults(name), **values}
+    return table
+
+
+def _as_dict(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value
+
+
+class ProviderVariables(PydanticBaseSettingsSource):
+    """The provider settings from `BEACON_<PROVIDER>_<FIELD>` variables (case-insensitive, like
+    the others): the names operators have always set, read into `Settings.providers`."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is read in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {key.lower(): value for key, value in os.environ.items()}
+        table: dict[str, dict[str, str]] = {}
+        for name in PROVIDERS:
+            for field in ProviderSettings.model_fields:
+                value = environ.get(f"beacon_{name}_{field}")
+                if value is not None:
+                    table.setdefault(name, {})[field] = value
+        return {"providers": table} if table else {}
+
+
 class Settings(BaseSettings):
-    """Every knob of every Beacon process. Field `x` is read from `BEACON_X`."""
+    """Every knob of every Beacon process. Field `x` is read from `BEACON_X`; the providers'
+    settings from `BEACON_<PROVIDER>_<FIELD>` (`ProviderSettings`)."""
 
     model_config = SettingsConfigDict(env_prefix="BEACON_", extra="ignore")
 
@@ -137,43 +227,15 @@ class Settings(BaseSettings):
     # with the reason). Analysis is linear: its longest answer costs a fraction of this.
     analysis_time_limit_seconds: PositiveFloat = 5.0
 
-    # Providers: key, base URL and model each (defaults: the registry, service.providers); a
-    # provider without a key cannot run.
-    openai_api_key: str = ""
-    openai_base_url: str = providers.OPENAI.base_url
-    openai_model: str = providers.OPENAI.model
-    openai_api: str = "responses"
-    anthropic_api_key: str = ""
-    anthropic_base_url: str = providers.ANTHROPIC.base_url
-    anthropic_model: str = providers.ANTHROPIC.model
-    google_api_key: str = ""
-    google_base_url: str = providers.GOOGLE.base_url
-    google_model: str = providers.GOOGLE.model
-    perplexity_api_key: str = ""
-    perplexity_base_url: str = providers.PERPLEXITY.base_url
-    perplexity_model: str = providers.PERPLEXITY.model
-    mistral_api_key: str = ""
-    mistral_base_url: str = providers.MISTRAL.base_url
-    mistral_model: str = providers.MISTRAL.model
-    cohere_api_key: str = ""
-    cohere_base_url: str = providers.COHERE.base_url
-    cohere_model: str = providers.COHERE.model
+    # Providers: one `ProviderSettings` each, keyed by the registry's names (service.providers).
+    # Read from BEACON_<PROVIDER>_<FIELD> (BEACON_OPENAI_API_KEY, BEACON_ANTHROPIC_RPM, ...):
+    # see `ProviderSettings` and `ProviderVariables`.
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=lambda: provider_table({}),
+        description="Per provider: API key, base URL, model, RPM and TPM budgets, API variant"
+        " (BEACON_<PROVIDER>_API_KEY, _BASE_URL, _MODEL, _RPM, _TPM; BEACON_OPENAI_API).",
+    )
     provider_timeout_seconds: float = 60.0
-    # Budgets per provider API key, shared by every worker (workers.budgets): requests and
-    # tokens per minute. Requests default to a conservative DEFAULT_PROVIDER_RPM (raise it
-    # to your provider tier), tokens to no budget; 0 is unlimited, empty is the default.
-    openai_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    openai_tpm: NonNegativeInt = 0
-    anthropic_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    anthropic_tpm: NonNegativeInt = 0
-    google_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    google_tpm: NonNegativeInt = 0
-    perplexity_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    perplexity_tpm: NonNegativeInt = 0
-    mistral_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    mistral_tpm: NonNegativeInt = 0
-    cohere_rpm: NonNegativeInt = DEFAULT_PROVIDER_RPM
-    cohere_tpm: NonNegativeInt = 0
 
     # Webhooks (docs/webhooks.md). The key that encrypts endpoints' signing secrets at rest
     # (>= 32 bytes, distinct from the other secrets); without it, endpoints cannot be created
@@ -219,13 +281,50 @@ class Settings(BaseSettings):
     # bursts of threads that a few shared arenas absorb.
     malloc_arena_max: NonNegativeInt = 2
 
-    @field_validator(*(f"{p}_{unit}" for p in PROVIDERS for unit in ("rpm", "tpm")), mode="before")
     @classmethod
-    def _empty_is_the_default(cls, value: object) -> object:
-        # An empty variable (a template left blank) must not lift the conservative default.
-        if value is None or (isinstance(value, str) and not value.strip()):
-            raise PydanticUseDefault()
-        return value
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The provider variables come after the arguments, before the other variables.
+        return (
+            init_settings,
+            ProviderVariables(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _provider_fields(cls, data: Any) -> Any:
+        """Takes the flat `<provider>_<field>` names (the variables' names, which arguments
+        may use too: `Settings(openai_api_key=...)`) into `providers`."""
+        if not isinstance(data, dict):
+            return data
+        flat = {
+            (name, field): data.pop(f"{name}_{field}")
+            for name in PROVIDERS
+            for field in ProviderSettings.model_fields
+            if f"{name}_{field}" in data
+        }
+        if flat:
+            table = {
+                name: dict(_as_dict(value)) for name, value in data.get("providers", {}).items()
+            }
+            for (name, field), value in flat.items():
+                table.setdefault(name, {})[field] = value
+            data["providers"] = table
+        return data
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _every_provider(cls, value: Any) -> Any:
+        return provider_table(value)
 
     @property
     def is_sqlite(self) -> bool:
@@ -301,12 +400,13 @@ class Settings(BaseSettings):
     def effective_public_http_url(self) -> str:
         return (self.public_http_url or f"http://{self.http_addr}").rstrip("/")
 
-    def provider_key(self, provider: str) -> str:
-        return str(getattr(self, f"{provider}_api_key"))
+    def provider(self, name: str) -> ProviderSettings:
+        """Provider `name`'s settings (KeyError for an unknown name)."""
+        return self.providers[name]
 
     def configured_providers(self) -> frozenset[str]:
         """Providers that have credentials."""
-        return frozenset(p for p in PROVIDERS if self.provider_key(p))
+        return frozenset(p for p in PROVIDERS if self.providers[p].api_key)
 
 
 def _require_strong(variable: str, value: str, *, optional: bool) -> None:

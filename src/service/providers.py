@@ -1,9 +1,10 @@
 """The provider registry: the one place that says, for each AI provider, its name, its value
-of the `beacon.v1.Provider` enum, its default base URL and model, and the adapter that asks it.
+of the `beacon.v1.Provider` enum and its default base URL and model.
 
 `Settings`' defaults (`BEACON_<PROVIDER>_BASE_URL` / `_MODEL`), `service.config.PROVIDERS`,
-the servicers' enum conversion and the workers' adapters all read it. The order is the
-providers' display order (progress, reports).
+the servicers' enum conversion and the workers' adapters (`workers.providers.ADAPTERS`, keyed
+by these names) all read it. The order is the providers' display order (progress, reports).
+Names, defaults and enum values only: the API never loads an adapter (or httpx).
 
 The default models are the ones `Settings` has always run with (gpt-5, sonar-pro, ...): the
 adapters' own table used to say gpt-5-mini and sonar, but only tests built configs from it.
@@ -15,62 +16,46 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
-import httpx
-
 from beacon.v1 import workspace_service_pb2 as ws_pb
-from workers.providers.anthropic import AnthropicAdapter
-from workers.providers.base import HttpAdapter, ProviderAdapter, ProviderConfig
-from workers.providers.cohere import CohereAdapter
-from workers.providers.google import GoogleAdapter
-from workers.providers.mistral import MistralAdapter
-from workers.providers.openai import OpenAIAdapter
-from workers.providers.perplexity import PerplexityAdapter
 
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
-    """One provider: what the API calls it, where it lives by default, and its adapter."""
+    """One provider: what the API calls it and where it lives by default."""
 
     name: str
     proto: ws_pb.Provider.ValueType
     base_url: str
     model: str
-    adapter: type[HttpAdapter]
 
 
-OPENAI: Final = ProviderSpec(
-    "openai", ws_pb.PROVIDER_OPENAI, "https://api.openai.com/v1", "gpt-5", OpenAIAdapter
-)
+OPENAI: Final = ProviderSpec("openai", ws_pb.PROVIDER_OPENAI, "https://api.openai.com/v1", "gpt-5")
 ANTHROPIC: Final = ProviderSpec(
     "anthropic",
     ws_pb.PROVIDER_ANTHROPIC,
     "https://api.anthropic.com/v1",
     "claude-haiku-4-5",
-    AnthropicAdapter,
 )
 GOOGLE: Final = ProviderSpec(
     "google",
     ws_pb.PROVIDER_GOOGLE,
     "https://generativelanguage.googleapis.com/v1beta",
     "gemini-2.5-flash",
-    GoogleAdapter,
 )
 PERPLEXITY: Final = ProviderSpec(
     "perplexity",
     ws_pb.PROVIDER_PERPLEXITY,
     "https://api.perplexity.ai",
     "sonar-pro",
-    PerplexityAdapter,
 )
 MISTRAL: Final = ProviderSpec(
     "mistral",
     ws_pb.PROVIDER_MISTRAL,
     "https://api.mistral.ai/v1",
     "mistral-medium-latest",
-    MistralAdapter,
 )
 COHERE: Final = ProviderSpec(
-    "cohere", ws_pb.PROVIDER_COHERE, "https://api.cohere.com/v2", "command-a-03-2025", CohereAdapter
+    "cohere", ws_pb.PROVIDER_COHERE, "https://api.cohere.com/v2", "command-a-03-2025"
 )
 
 REGISTRY: Final[tuple[ProviderSpec, ...]] = (OPENAI, ANTHROPIC, GOOGLE, PERPLEXITY, MISTRAL, COHERE)
@@ -86,32 +71,3 @@ def spec(name: str) -> ProviderSpec:
     if found is None:
         raise ValueError(f"unknown provider {name!r}; expected one of {NAMES}")
     return found
-
-
-def default_config(
-    name: str,
-    api_key: str,
-    *,
-    base_url: str | None = None,
-    model: str | None = None,
-    timeout: float = 60.0,
-    api: str = "",
-) -> ProviderConfig:
-    """A config of provider `name` with its default base URL and model for what is not given."""
-    provider = spec(name)
-    return ProviderConfig(
-        name=name,
-        api_key=api_key,
-        base_url=base_url or provider.base_url,
-        model=model or provider.model,
-        timeout=timeout,
-        api=api,
-    )
-
-
-def build_adapter(config: ProviderConfig, client: httpx.AsyncClient) -> ProviderAdapter:
-    """The adapter for ``config.name``, sending its requests through ``client``.
-
-    Raises ValueError for an unknown provider name or API variant.
-    """
-    return spec(config.name).adapter(config, client)

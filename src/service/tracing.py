@@ -1,7 +1,7 @@
 """OpenTelemetry traces: one trace per run, from the RPC that starts it to every provider call.
 
 The RPC's span (`service.pipeline.tracing`) is the parent of the run's dispatch span
-(`workers.dispatch`), whose context travels in the Dramatiq message's options (`trace`, W3C
+(`service.outbox`), whose context travels in the Dramatiq message's options (`trace`, W3C
 `traceparent`); the worker's span for the run message continues it, passes it on in the probe
 messages, and each provider call gets a span of its own. A run the ticker sends (a scheduled
 run, or one whose message was lost) starts its trace at the ticker's dispatch span.

@@ -87,8 +87,7 @@ class Budget:
 def budgets_of(settings: Settings) -> dict[str, Budget]:
     """Every provider's budget from `BEACON_<PROVIDER>_RPM` / `_TPM` (RPM 60 unless set)."""
     return {
-        name: Budget(int(getattr(settings, f"{name}_rpm")), int(getattr(settings, f"{name}_tpm")))
-        for name in PROVIDERS
+        name: Budget(provider.rpm, provider.tpm) for name, provider in settings.providers.items()
     }
 
 

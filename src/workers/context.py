@@ -6,6 +6,10 @@ adapter and one concurrency limit per provider, the provider budgets the fleet s
 analyses answers (CPU work: a second thread would only take turns with it, and with the event
 loop, for the GIL). They belong to the event loop that Dramatiq's AsyncIO middleware runs, so
 they are built lazily on that loop by the first message and closed when the worker shuts down.
+
+`WorkerResources` is the one object the actors reach them through: built with the worker's
+broker (`workers.actors.worker_broker`), it hands each event loop its `WorkerContext`; its
+`WorkerHooks` middleware closes them at worker shutdown. Nothing is configured globally.
 """
 
 from __future__ import annotations
@@ -25,11 +29,10 @@ from dramatiq.middleware import Middleware
 
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
-from service.providers import build_adapter
 from workers.budgets import ProviderBudgets
 from workers.http import build_client
 from workers.probe_store import ProbeStore
-from workers.providers import ProviderAdapter, ProviderConfig
+from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +42,6 @@ INTERRUPT_CHECK_SECONDS = 1.0
 POOL_HEADROOM = 8
 # How long shutdown waits for each consumer thread to stop fetching.
 CONSUMER_JOIN_SECONDS = 2.0
-
-_settings: Settings | None = None
-_broker: dramatiq.Broker | None = None
-_contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
 
 
 @dataclass(slots=True)
@@ -102,43 +101,43 @@ def provider_configs(settings: Settings) -> dict[str, ProviderConfig]:
     return {
         name: ProviderConfig(
             name=name,
-            api_key=settings.provider_key(name),
-            base_url=str(getattr(settings, f"{name}_base_url")),
-            model=str(getattr(settings, f"{name}_model")),
+            api_key=provider.api_key,
+            base_url=provider.base_url,
+            model=provider.model,
             timeout=settings.provider_timeout_seconds,
-            api=settings.openai_api if name == "openai" else "",
+            api=provider.api,
         )
         for name in sorted(settings.configured_providers())
+        for provider in [settings.provider(name)]
     }
 
 
-def install(settings: Settings, broker: dramatiq.Broker) -> None:
-    """Sets the settings and the broker that worker contexts of this process are built from."""
-    global _settings, _broker
-    _settings = settings
-    _broker = broker
+class WorkerResources:
+    """What the actors of one broker use: the settings and broker they were built with, and
+    the `WorkerContext` of each event loop, built on its first message."""
+
+    def __init__(self, settings: Settings, broker: dramatiq.Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self._contexts: dict[asyncio.AbstractEventLoop, WorkerContext] = {}
+
+    async def context(self) -> WorkerContext:
+        """The context of the running event loop, built on first use."""
+        loop = asyncio.get_running_loop()
+        context = self._contexts.get(loop)
+        if context is None:
+            context = WorkerContext.create(self.settings, self.broker)
+            self._contexts[loop] = context
+        return context
+
+    async def close(self) -> None:
+        """Closes the running loop's context, if it has one."""
+        context = self._contexts.pop(asyncio.get_running_loop(), None)
+        if context is not None:
+            await context.close()
 
 
-async def worker_context() -> WorkerContext:
-    """The context of the running event loop, built on first use."""
-    loop = asyncio.get_running_loop()
-    context = _contexts.get(loop)
-    if context is None:
-        if _settings is None or _broker is None:
-            raise RuntimeError("worker settings not installed: call workers.context.install")
-        context = WorkerContext.create(_settings, _broker)
-        _contexts[loop] = context
-    return context
-
-
-async def close_worker_context() -> None:
-    """Closes the running loop's context, if it has one."""
-    context = _contexts.pop(asyncio.get_running_loop(), None)
-    if context is not None:
-        await context.close()
-
-
-class WorkerResources(Middleware):
+class WorkerHooks(Middleware):
     """Tunes the AsyncIO middleware's event loop thread once it has started. At worker
     shutdown: hands back the messages still held, then closes the worker's context
     on its event loop before the AsyncIO middleware stops it.
@@ -152,6 +151,9 @@ class WorkerResources(Middleware):
     Declared after `AsyncIO`: `before_*` hooks run in order and `after_*` hooks in reverse
     order, so this one sees the loop thread started and stops first.
     """
+
+    def __init__(self, resources: WorkerResources) -> None:
+        self.resources = resources
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: Any) -> None:
         thread = get_event_loop_thread()
@@ -173,7 +175,7 @@ class WorkerResources(Middleware):
         if thread is None:
             return
         try:
-            thread.run_coroutine(close_worker_context())
+            thread.run_coroutine(self.resources.close())
         except Exception:
             log.exception("closing the worker's resources failed")
 

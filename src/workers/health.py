@@ -24,9 +24,9 @@ import pika
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
+from service.broker import BeaconRabbitmqBroker, rabbitmq_options, redis_options
 from service.config import Settings
 from service.db.database import Database
-from workers.broker import BeaconRabbitmqBroker, rabbitmq_options, redis_options
 
 log = logging.getLogger(__name__)
 

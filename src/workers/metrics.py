@@ -33,11 +33,7 @@ SLOTS_SKIPPED = Counter(
     "Due schedule slots that created no run: the workspace had its maximum of runs open (or,"
     " rarely, the slot had its run already).",
 )
-RUNS_DISPATCHED = Counter("beacon_runs_dispatched_total", "Run messages handed to the broker.")
-RUNS_REDISPATCHED = Counter(
-    "beacon_runs_redispatched_total", "Stalled runs sent to the broker again (lost messages)."
-)
-DISPATCH_ERRORS = Counter("beacon_dispatch_errors_total", "Failed attempts to send run messages.")
+# The outbox's counters (runs dispatched, re-sent, failed sends) are `service.outbox`'s.
 
 PROBES_CREATED = Counter("beacon_probes_created_total", "Probes created by run expansion.")
 PROBES_FINISHED = Counter(

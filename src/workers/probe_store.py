@@ -17,12 +17,11 @@ from sqlalchemy import Select, Update, bindparam, select, update
 from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
+from service.db.sql_dialects import id_in, table_of
 from service.domain.collection import rollups
-from service.domain.collection.run_status import ProbeStatus
+from service.domain.collection.run_lifecycle import ProbeStatus, finish_runs
 from workers.analysis import BrandSpec, CompetitorSpec
 from workers.batching import Batcher
-from workers.runs import finish_runs
-from workers.sql_dialects import id_in, table_of
 
 # How stale a run's "canceled" flag may be when a probe is about to be asked.
 ABANDON_CHECK_SECONDS = 1.0

@@ -2,12 +2,25 @@
 
 A probe may be delivered twice (at-least-once delivery, in the same or another message): the
 result is written only while the probe is still pending, and a finished probe makes no provider
-call. Retryable
-provider failures (timeouts, 429, 5xx) are retried by a delayed message carrying the next attempt
-number, after the provider's Retry-After or an exponential backoff, up to
-`probe_max_attempts`; other failures are stored as a category and HTTP status
-("provider error (500)"), the provider's message going to the log only. A 429 also stops
-the whole fleet calling that provider for the Retry-After period. Each call first takes the
+call.
+
+Retry policy of provider calls (the one policy; `service.messages` holds Dramatiq's side):
+- A provider failure is retried here and only here. A retryable one (timeout, 429, 5xx) is
+  asked again by a delayed probe message carrying the next attempt number (stored in
+  `probes.attempts`, so that a re-sent run goes on with it), after the provider's Retry-After
+  or an exponential backoff with jitter (`probe_backoff_seconds`, doubling, at most
+  `probe_backoff_max_seconds`), until attempt `probe_max_attempts`; then, like any failure
+  that is not retryable, it is stored FAILED with a category and HTTP status ("provider error
+  (500)"), the provider's message going to the log only. A 429 also stops the whole fleet
+  calling that provider for the Retry-After period. An unexpected error around the call is
+  stored FAILED ("internal error"): it is never retried.
+- Dramatiq's Retries (`MAX_RETRIES`, 1-15 s backoff) retry a message whose handling raised:
+  the database was unreachable to load or store the probes. They re-run the same attempt
+  number; a probe whose answer was stored meanwhile is not asked again, one whose answer could
+  not be stored is (the answer was lost with the failed write). A message out of Dramatiq's
+  retries is covered by the stalled-run sweep (`service.outbox`).
+- Handing a probe back for the provider budget (below) is not an attempt: no call was made.
+ Each call first takes the
 provider's budget (`workers.budgets`); a probe that would wait long for it, or whose workspace is
 over its fair share, is handed back to the queue with a delay (the same attempt, no provider
 call made). Answers are analysed on the worker's analysis thread (`WorkerContext.analysis`), after
@@ -35,15 +48,19 @@ from sqlalchemy import update
 from service import tracing
 from service.config import Settings
 from service.db.models import Probe
-from service.domain.collection.run_status import CANCELED_REASON, ProbeStatus
+from service.domain.collection.run_lifecycle import (
+    CANCELED_REASON,
+    ProbeStatus,
+    cancel_and_finish,
+    finish_runs,
+)
+from service.messages import probe_message
 from workers import metrics
 from workers.analysis import AnalysisFailed, analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
-from workers.messages import probe_message
 from workers.probe_store import ProbeResult, ProbeTask
 from workers.providers import Answer, ProviderAdapter, ProviderError
 from workers.providers.urls import host_within, normalize_domain
-from workers.runs import cancel_run, finish_runs
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -99,7 +116,7 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
             await finish_runs(context.db, [task.run_id])
         return None
     if task.abandoned:
-        await cancel_run(context.db, task.run_id)
+        await cancel_and_finish(context.db, task.run_id)
         return None
     result = await _ask(context, task, attempt)
     if isinstance(result, Deferred):

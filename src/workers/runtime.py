@@ -2,7 +2,7 @@
 
 A worker is Dramatiq's own `Worker` with the AsyncIO middleware: every actor is a coroutine on
 one event loop, and each worker thread waits for one message's coroutine. A probe message
-carries several probes (`workers.messages.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
+carries several probes (`service.messages.PROBES_PER_MESSAGE`), so `worker_concurrency` provider
 calls in flight need only a few dozen threads. There are `THREADS_PER_MESSAGE_SLOT` times as
 many as the calls strictly need: a probe leaves its provider slot when the answer arrives but
 its message holds the thread until every probe in it is stored, and the spare messages keep
@@ -28,11 +28,10 @@ from dramatiq import Worker
 
 from service.config import Settings
 from service.db.database import Database
+from service.messages import PROBES_PER_MESSAGE
 from workers import metrics
-from workers.actors import configure_broker
-from workers.context import install
+from workers.actors import worker_broker
 from workers.health import Health
-from workers.messages import PROBES_PER_MESSAGE
 from workers.ticker import Ticker
 
 log = logging.getLogger(__name__)
@@ -45,12 +44,10 @@ WORKER_TIMEOUT_MS = 250
 QUIET_CHECKS = 3
 POLL_SECONDS = 0.005
 
-_embedded: Embedded | None = None
-
 
 def build_worker(settings: Settings, broker: dramatiq.Broker, threads: int | None = None) -> Worker:
-    """A Dramatiq worker over Beacon's queues (not started)."""
-    install(settings, broker)
+    """A Dramatiq worker over Beacon's queues of `broker` (a `workers.actors.worker_broker`;
+    not started)."""
     # httpx logs every request at INFO: hundreds of lines a second, with URLs that may carry
     # provider parameters. Probe outcomes are counted in the workers' metrics instead.
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -69,7 +66,7 @@ def worker_threads(concurrency: int) -> int:
 def run_worker(settings: Settings) -> None:
     """The `beacon worker` process: consumes until SIGTERM/SIGINT, then finishes in-flight
     messages (up to `shutdown_grace_seconds`; the rest go back to the queue) and exits."""
-    broker = configure_broker(settings)
+    broker = worker_broker(settings)
     metrics.serve_metrics(settings, "worker", Health(settings, broker))
     if settings.uvloop:
         _use_uvloop()
@@ -116,7 +113,6 @@ class Embedded:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stops the ticker, then the worker (finishing in-flight messages within `timeout`)."""
-        global _embedded
         if self._stopped:
             return
         self._stopped = True
@@ -125,8 +121,6 @@ class Embedded:
         if self._ticker_thread is not None:
             self._ticker_thread.join(timeout)
         self.worker.stop(timeout=round(timeout * 1000))
-        if _embedded is self:
-            _embedded = None
 
     def drain(self, timeout: float = 30.0) -> None:
         """Blocks until no message is queued, delayed or being processed (in-process broker).
@@ -155,15 +149,19 @@ class Embedded:
 
 
 def start_embedded(
-    settings: Settings, *, ticker: bool = True, worker_threads: int | None = None
+    settings: Settings,
+    *,
+    broker: dramatiq.Broker | None = None,
+    ticker: bool = True,
+    worker_threads: int | None = None,
 ) -> Embedded:
     """Starts a worker, and a ticker loop unless `ticker=False`, in background threads.
 
-    Used by `beacon dev` and the tests; call `.stop()` when done. The broker is whatever
-    `settings` selects (the in-process one when no broker URL is set).
+    Used by `beacon dev` and the tests; call `.stop()` when done. `broker` (a
+    `workers.actors.worker_broker`, which the caller's API may send to) defaults to a new one
+    for `settings` (the in-process one when no broker URL is set): `.broker` is it.
     """
-    global _embedded
-    broker = configure_broker(settings)
+    broker = broker or worker_broker(settings)
     worker = build_worker(settings, broker, worker_threads)
     worker.start()
     embedded = Embedded(broker=broker, worker=worker)
@@ -174,7 +172,6 @@ def start_embedded(
         )
         embedded._ticker_thread.start()
         started.wait(10.0)
-    _embedded = embedded
     return embedded
 
 
@@ -192,10 +189,3 @@ def _ticker_thread(
             await db.dispose()
 
     asyncio.run(main())
-
-
-def drain(timeout: float = 30.0) -> None:
-    """Waits for the embedded worker's in-process queues to empty (see `Embedded.drain`)."""
-    if _embedded is None:
-        raise RuntimeError("no embedded worker is running: call start_embedded first")
-    _embedded.drain(timeout)

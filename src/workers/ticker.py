@@ -4,7 +4,7 @@ Each tick claims due schedules in batches (`FOR UPDATE SKIP LOCKED` on PostgreSQ
 concurrent tickers take disjoint batches; on SQLite the write transaction is exclusive), inserts
 one run per (workspace, slot) under the runs' unique key, advances each schedule's next run time
 past now and commits; only then are the new runs sent to the broker (the outbox, see
-`workers.dispatch`). Missed slots collapse into one run for the latest of them. A slot of a
+`service.outbox`). Missed slots collapse into one run for the latest of them. A slot of a
 workspace that still has its maximum of open runs (`BEACON_MAX_OPEN_RUNS_PER_WORKSPACE`,
 queued or running) creates no run: the schedule advances and the slot is skipped, counted in
 `beacon_ticker_slots_skipped_total` and the tick's log line (the open run is already asking
@@ -13,24 +13,24 @@ takes a free open-run lane like StartRun's, so the unique index on open lanes ho
 when a ticker and a StartRun race. Every tick ends
 with a sweep of runs that were written but never sent, by any process; every
 `run_stall_seconds / STALL_SWEEPS_PER_DEADLINE` the ticker also re-sends runs whose messages
-were lost (`workers.dispatch.redispatch_stalled_runs`). Each tick also sends the due digests
-and hands the due webhook deliveries to the workers (`workers.webhooks.sweep`).
+were lost (`service.outbox.redispatch_stalled_runs`); a Redis that lost its data is noticed at
+the next tick (`service.outbox.BrokerEpoch`), and every open run is re-sent at once. Each tick
+also sends the due digests and hands the due webhook deliveries to the workers
+(`workers.webhooks.sweep`).
 
 The cost of a tick follows the number of due schedules: schedules are found through the index
 on `next_run_time` and advanced by key, the runs a batch wrote are stamped by key, and the sweep
 finds unsent runs through the index on `enqueue_time`. A batch is three statements (claim, one
 INSERT ... SELECT FROM unnest, one UPDATE ... FROM unnest) and its dispatch one; sequential scans
-are off in these transactions (`workers.sql_dialects.tune_batch_transaction` says why).
+are off in these transactions (`service.db.sql_dialects.tune_batch_transaction` says why).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import logging
-import secrets
 import signal
 import time
 from collections import defaultdict
@@ -44,19 +44,23 @@ from sqlalchemy import JSON, SmallInteger, String, bindparam, func, literal, sel
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from service.clock import utcnow
+from service.broker import broker_of
+from service.clock import new_ids, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
+from service.db.sql_dialects import id_in, table_of, tune_batch_transaction
 from service.db.types import UTCDateTime
-from service.domain.collection.run_status import RunStatus
-from service.domain.collection.runs import free_lane
+from service.domain.collection.run_lifecycle import QUEUED_RUN, free_lane, queued_run
 from service.domain.collection.schedules import next_fire_time
+from service.outbox import (
+    BrokerEpoch,
+    dispatch_pending_runs,
+    redispatch_open_runs,
+    redispatch_stalled_runs,
+)
 from workers import metrics, webhooks
-from workers.actors import configure_broker
-from workers.dispatch import dispatch_pending_runs, redispatch_stalled_runs
 from workers.health import Health
-from workers.sql_dialects import id_in, table_of, tune_batch_transaction
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ class Claim:
 
 
 async def tick(
-    db: Database, settings: Settings, now: datetime, *, broker: dramatiq.Broker | None = None
+    db: Database, settings: Settings, now: datetime, *, broker: dramatiq.Broker
 ) -> TickResult:
     """Fires every schedule due at `now`, then sends unsent runs (see the module docstring)."""
     started = time.perf_counter()
@@ -114,7 +118,7 @@ async def tick(
             if claim.run_ids:
                 sending = asyncio.create_task(
                     dispatch_pending_runs(
-                        db, run_ids=claim.run_ids, limit=len(claim.run_ids), broker=broker
+                        db, broker, run_ids=claim.run_ids, limit=len(claim.run_ids)
                     )
                 )
             if claim.claimed < batch_size:
@@ -123,7 +127,7 @@ async def tick(
         if sending is not None:  # dispatching never raises: its failures are logged
             dispatched += await sending
     for _ in range(MAX_SWEEPS):
-        swept = await dispatch_pending_runs(db, limit=batch_size, broker=broker)
+        swept = await dispatch_pending_runs(db, broker, limit=batch_size)
         dispatched += swept
         if swept < batch_size:
             break
@@ -267,8 +271,14 @@ async def _insert_runs(
     ids = new_ids("run", len(slots))
     if db.is_sqlite:
         rows = [
-            {**SCHEDULED_RUN, "id": run_id, "workspace_id": ws, "scheduled_time": slot}
-            | {"create_time": now, "open_lane": lane}
+            queued_run(
+                run_id=run_id,
+                workspace_id=ws,
+                trigger=SCHEDULE_TRIGGER,
+                open_lane=lane,
+                now=now,
+                scheduled_time=slot,
+            )
             for run_id, (ws, slot, lane) in zip(ids, slots, strict=True)
         ]
         table = table_of(Run)
@@ -285,24 +295,6 @@ async def _insert_runs(
     return list((await conn.execute(_unnest_insert(), parameters)).scalars())
 
 
-def new_ids(prefix: str, count: int) -> list[str]:
-    """`count` ids like `service.clock.new_id(prefix)`, from one draw of random bytes."""
-    # 10 random bytes are 16 base32 characters, without padding.
-    token = base64.b32encode(secrets.token_bytes(10 * count)).decode().lower()
-    return [f"{prefix}_{token[i : i + 16]}" for i in range(0, 16 * count, 16)]
-
-
-SCHEDULED_RUN: dict[str, object] = {
-    "trigger": SCHEDULE_TRIGGER,
-    "status": RunStatus.QUEUED,
-    "prompt_ids": [],
-    "providers": [],
-    "prompt_count": 0,
-    "cancel_requested": False,
-    "failure_reason": "",
-}
-
-
 @functools.cache
 def _unnest_insert() -> Any:
     """INSERT INTO runs ... SELECT FROM unnest(:ids, :workspace_ids, :slots, :lanes) ON
@@ -316,7 +308,7 @@ def _unnest_insert() -> Any:
     ).subquery()
     constants = {
         name: literal(value, JSON if isinstance(value, list) else None)
-        for name, value in SCHEDULED_RUN.items()
+        for name, value in {"trigger": SCHEDULE_TRIGGER, **QUEUED_RUN}.items()
     }
     rows = select(
         source.c.id,
@@ -394,6 +386,7 @@ class Ticker:
         self.db = db
         self.broker = broker
         self.stopping = asyncio.Event()
+        self.epoch = BrokerEpoch(broker)
         self._last_purge: datetime | None = None
         self._last_stall_sweep: float | None = None
 
@@ -415,6 +408,7 @@ class Ticker:
                 purged = await purge_deleted(self.db, self.settings, now)
                 if purged:
                     log.info("purged %d deleted workspaces", purged)
+            await self._notice_lost_broker(now)
             await self._sweep_stalled(now)
             await webhooks.sweep(self.db, self.settings, self.broker, now)
         except Exception:
@@ -431,6 +425,23 @@ class Ticker:
             )
         return result
 
+    async def _notice_lost_broker(self, now: datetime) -> None:
+        """Re-sends every open run at once when the broker lost its data (`BrokerEpoch`)."""
+        try:
+            lost = await asyncio.to_thread(self.epoch.lost)
+        except Exception as exc:  # the broker is down: the tick's sends are failing too
+            log.warning("cannot reach the broker to check its epoch: %s", exc)
+            return
+        if lost:
+            sent = await redispatch_open_runs(
+                self.db, self.broker, now=now, limit=self.settings.ticker_batch_size
+            )
+            log.warning(
+                "the broker lost its epoch mark (a Redis restarted without its data):"
+                " re-sent %d open runs",
+                sent,
+            )
+
     async def _sweep_stalled(self, now: datetime) -> None:
         stall = self.settings.run_stall_seconds
         clock = time.monotonic()
@@ -439,7 +450,7 @@ class Ticker:
             return
         self._last_stall_sweep = clock
         await redispatch_stalled_runs(
-            self.db, stall, now=now, limit=self.settings.ticker_batch_size, broker=self.broker
+            self.db, self.broker, stall, now=now, limit=self.settings.ticker_batch_size
         )
 
     def stop(self) -> None:
@@ -448,7 +459,7 @@ class Ticker:
 
 def run_ticker(settings: Settings) -> None:
     """The `beacon ticker` process: ticks until SIGTERM or SIGINT, then exits cleanly."""
-    broker = configure_broker(settings)
+    broker = broker_of(settings)
     metrics.serve_metrics(settings, "ticker", Health(settings, broker))
     asyncio.run(_run_until_signal(settings, broker))
 

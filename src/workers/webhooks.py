@@ -30,6 +30,7 @@ import dramatiq
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from service.broker import send_messages
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
@@ -39,8 +40,7 @@ from service.domain.notifications import deliveries, digests, endpoints, events
 from service.domain.notifications.deliveries import Attempt, refused
 from service.domain.notifications.secrets import SecretBox, SecretDecryptionError
 from service.domain.notifications.targets import address_refusal, split_target
-from workers.broker import send_messages
-from workers.messages import webhook_messages
+from service.messages import webhook_messages
 
 log = logging.getLogger(__name__)
 

@@ -27,6 +27,7 @@ from service.db.models import (
 )
 from service.domain.collection import rollups
 from service.domain.collection.prompts import text_hash
+from tests.collection import oracle
 from tests.support import unique
 
 
@@ -162,7 +163,7 @@ async def insert_probe(
         session.add(probe)
         await session.flush()
         if status == "succeeded":
-            await rollups.add_answers(session, [rollups.answer_of(probe)])
+            await rollups.add_answers(session, [oracle.answer_of(probe)])
     return probe.id
 
 
@@ -176,7 +177,7 @@ async def finish_probe(app: App, probe_id: str, status: str = "succeeded", **fie
             .returning(Probe)
         )
         if finished is not None and status == "succeeded":
-            await rollups.add_answers(session, [rollups.answer_of(finished)])
+            await rollups.add_answers(session, [oracle.answer_of(finished)])
 
 
 async def end_run(app: App, run_id: str, status: str) -> None:

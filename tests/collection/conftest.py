@@ -27,8 +27,10 @@ CONFIGURED = ("openai", "anthropic")
 
 @pytest.fixture(scope="session")
 async def keyed_app(app: App, settings: Settings) -> App:
-    keyed = settings.model_copy(
-        update={
+    # Validated (not model_copy): the flat provider names go into `providers`.
+    keyed = Settings.model_validate(
+        {
+            **settings.model_dump(),
             **{f"{provider}_api_key": "test-key" for provider in CONFIGURED},
             "rate_limit_scale": 100.0,
             "watch_access_check_seconds": 0.2,

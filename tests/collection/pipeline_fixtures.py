@@ -9,6 +9,7 @@ Test modules import the fixtures they use from here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
@@ -22,9 +23,10 @@ from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Schedule, Workspace
+from service.messages import PROBE_QUEUE, RUN_QUEUE
+from service.outbox import RunDispatcher
 from tests.conftest import temporary_database
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
-from workers.actors import configure_broker, declare_actors
 from workers.runtime import Embedded, start_embedded
 
 
@@ -94,10 +96,23 @@ def worker_settings(
 
 @pytest.fixture
 def stub_broker() -> StubBroker:
-    """A fresh in-process broker with Beacon's actors, that no worker consumes."""
+    """A fresh in-process broker with Beacon's queues, that no worker consumes."""
     broker = StubBroker()
-    declare_actors(broker)
+    for queue in (RUN_QUEUE, PROBE_QUEUE):
+        broker.declare_queue(queue)
     return broker
+
+
+@contextlib.contextmanager
+def sending_to(db: Database, broker: Any) -> Iterator[None]:
+    """Runs that commands on `db` write (StartRun, SetSchedule) are sent to `broker` meanwhile
+    (the App of the process would be built with it)."""
+    previous = db.run_sender
+    db.run_sender = RunDispatcher(db, broker).dispatch_runs
+    try:
+        yield
+    finally:
+        db.run_sender = previous
 
 
 StartWorker = Callable[..., Embedded]
@@ -110,7 +125,6 @@ def start_worker(worker_settings: Settings) -> Iterator[StartWorker]:
 
     def start(**over: Any) -> Embedded:
         changed = derive_settings(worker_settings, **over) if over else worker_settings
-        configure_broker(changed).flush_all()
         running = start_embedded(changed, ticker=False, worker_threads=8)
         started.append(running)
         return running

@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import time
 
+import dramatiq
+
 from service.db.database import Database
 from service.db.models import Run
+from service.outbox import dispatch_pending_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import (
     StartWorker,
@@ -26,7 +29,6 @@ from tests.collection.pipeline_fixtures import (
 )
 from tests.fakes.provider_server import FakeProviderServer
 from workers.analysis import MAX_ANSWER_CHARS
-from workers.dispatch import dispatch_pending_runs
 
 collection_db = fixtures.collection_db
 fake_server = fixtures.fake_server
@@ -65,10 +67,12 @@ def seconds(run: Run) -> float:
     return (run.end_time - run.create_time).total_seconds()
 
 
-async def bystander_run(db: Database, workspace_id: str, attack: str = "") -> float:
+async def bystander_run(
+    db: Database, broker: dramatiq.Broker, workspace_id: str, attack: str = ""
+) -> float:
     """Seconds the bystander's run takes, started just after the run ``attack`` (when given)."""
     bystander = await insert_run(db, workspace_id)
-    await dispatch_pending_runs(db, run_ids=[attack, bystander] if attack else [bystander])
+    await dispatch_pending_runs(db, broker, run_ids=[attack, bystander] if attack else [bystander])
     return seconds(await ended(db, bystander))
 
 
@@ -80,11 +84,11 @@ async def test_an_answer_built_to_be_slow_to_analyse_does_not_stall_another_tena
     attacker = await make_workspace(collection_db, prompts=tuple(ATTACK), name="Mallory")
     bystander = await make_workspace(collection_db, prompts=(BYSTANDER_PROMPT,))
     worker = start_worker()
-    await bystander_run(collection_db, bystander)  # warm up: connections, caches
+    await bystander_run(collection_db, worker.broker, bystander)  # warm up: connections, caches
 
-    alone = await bystander_run(collection_db, bystander)
+    alone = await bystander_run(collection_db, worker.broker, bystander)
     attack = await insert_run(collection_db, attacker)
-    attacked = await bystander_run(collection_db, bystander, attack)
+    attacked = await bystander_run(collection_db, worker.broker, bystander, attack)
     await drained(worker)
 
     assert attacked <= MAX_SLOWDOWN * max(alone, SHORT_RUN_SECONDS), (
@@ -109,7 +113,7 @@ async def test_an_answer_too_long_to_analyse_is_stored_failed_with_the_reason(
     worker = start_worker()
     run_id = await insert_run(collection_db, workspace)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     run = await load_run(collection_db, run_id)
@@ -140,7 +144,7 @@ async def test_an_answer_over_the_analysis_time_limit_is_stored_failed_with_the_
     worker = start_worker(analysis_time_limit_seconds=0.001)
     run_id = await insert_run(collection_db, workspace)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     run = await load_run(collection_db, run_id)

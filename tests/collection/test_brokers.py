@@ -14,20 +14,21 @@ import pika
 import pika.exceptions
 import pytest
 
-from service.config import Settings
-from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
-from tests.platform.test_cli import run_beacon
-from workers.actors import configure_broker, reset_brokers
-from workers.broker import (
+from service.broker import (
     BeaconRabbitmqBroker,
     RabbitmqOptions,
+    broker_of,
     encode_json,
     new_message_ids,
     rabbitmq_options,
     send_messages,
 )
-from workers.messages import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
+from service.config import Settings
+from service.messages import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
+from tests.brokers import rabbitmq_available, temporary_vhost
+from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
+from tests.platform.test_cli import run_beacon
+from workers.actors import worker_broker
 
 needs_rabbitmq = pytest.mark.skipif(
     not rabbitmq_available(), reason="RabbitMQ (BEACON_TEST_AMQP_URL) is not reachable"
@@ -71,7 +72,7 @@ def test_rabbitmq_url_options_are_read_and_the_rest_is_pikas() -> None:
 )
 def test_a_malformed_broker_url_is_refused_naming_the_variable(url: str, complaint: str) -> None:
     with pytest.raises(ValueError) as raised:
-        configure_broker(Settings(broker_url=url))
+        broker_of(Settings(broker_url=url))
     message = str(raised.value)
     assert message.startswith("BEACON_BROKER_URL is not a usable broker URL")
     assert complaint in message
@@ -102,12 +103,12 @@ async def test_beacon_processes_exit_on_a_malformed_broker_url(command: str) -> 
 async def rabbitmq_broker() -> AsyncIterator[BeaconRabbitmqBroker]:
     """Beacon's RabbitMQ broker on a virtual host of its own, prefetch 3."""
     async with temporary_vhost() as url:
-        broker = configure_broker(Settings(broker_url=f"{url}?prefetch=3"))
+        broker = worker_broker(Settings(broker_url=f"{url}?prefetch=3"))
         assert isinstance(broker, BeaconRabbitmqBroker)
         try:
             yield broker
         finally:
-            reset_brokers()
+            broker.close()
 
 
 @needs_rabbitmq

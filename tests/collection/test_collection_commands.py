@@ -20,11 +20,11 @@ from service.db.models import AuditEvent, IdempotencyKey, Run
 from service.domain.actor import Actor
 from service.domain.collection import prompts, runs, schedules
 from service.domain.errors import FailedPrecondition
+from service.outbox import dispatch_pending_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.builders import Tenant, make_workspace, stored_texts
 from tests.conftest import NewUser
 from tests.support import actor_of, unique
-from workers.dispatch import dispatch_pending_runs
 
 stub_broker = fixtures.stub_broker
 
@@ -99,7 +99,7 @@ class Sent:
                 select(func.count()).select_from(Run).where(Run.id.in_(list(run_ids)))
             )
         self.committed.append(found == len(run_ids))
-        return await dispatch_pending_runs(self.app.db, run_ids=run_ids, broker=self.broker)
+        return await dispatch_pending_runs(self.app.db, self.broker, run_ids=run_ids)
 
 
 @pytest.fixture(autouse=True)

@@ -35,10 +35,13 @@ from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.broker import broker_of, redis_options
 from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Organization, Run, Schedule
+from service.messages import RUN_QUEUE
+from service.outbox import dispatch_pending_runs
 from tests.brokers import rabbitmq_available, temporary_vhost
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import (
@@ -48,15 +51,12 @@ from tests.collection.pipeline_fixtures import (
     load_run,
     make_workspace,
     provider_settings,
+    sending_to,
 )
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer
 from tests.platform.processes import RabbitmqNode
 from tests.support import REDIS_URL, unique
-from workers.actors import configure_broker, reset_brokers
-from workers.broker import redis_options
-from workers.dispatch import dispatch_pending_runs
-from workers.messages import RUN_QUEUE
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -102,20 +102,22 @@ def pipeline_settings(settings: Settings, server: FakeProviderServer, broker_url
 
 
 @contextlib.asynccontextmanager
-async def embedded_pipeline(settings: Settings) -> AsyncIterator[None]:
-    configure_broker(settings)
+async def embedded_pipeline(settings: Settings, db: Database) -> AsyncIterator[None]:
     running = start_embedded(settings, ticker=True, worker_threads=8)
     try:
-        yield
+        with sending_to(db, running.broker):
+            yield
     finally:
         await asyncio.to_thread(running.stop)
-        reset_brokers()
 
 
 def beacon_env(settings: Settings) -> dict[str, str]:
     """The environment that gives a `beacon` process `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
-    for name, value in settings.model_dump().items():
+    values = settings.model_dump()
+    for name, value in values.pop("providers").items():
+        env.update({f"BEACON_{name}_{field}".upper(): str(v) for field, v in value.items()})
+    for name, value in values.items():
         if value is not None and name != "data_dir":
             env[f"BEACON_{name.upper()}"] = str(value)
     env["BEACON_LOG_JSON"] = "false"
@@ -184,34 +186,41 @@ async def broker_url(broker: str, **options: str) -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def process_pipeline(settings: Settings, logs: Path) -> AsyncIterator[None]:
+async def process_pipeline(settings: Settings, logs: Path, db: Database) -> AsyncIterator[None]:
     """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
-    configure_broker(settings)  # StartRun/SetSchedule in this process send to the same broker
+    # StartRun/SetSchedule in this process send to the same broker.
+    broker = broker_of(settings)
     env = beacon_env(settings)
     processes: list[Beacon] = []
     try:
         for command in ("worker", "ticker"):
             processes.append(await Beacon.start(command, env, logs / f"beacon-{command}.log"))
-        yield
+        with sending_to(db, broker):
+            yield
     finally:
         try:
             for process in processes:
                 await process.stop()
         finally:
-            reset_brokers()
+            broker.close()
 
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    backend: str, broker: str, settings: Settings, server: FakeProviderServer, tmp: Path
+    backend: str,
+    broker: str,
+    settings: Settings,
+    server: FakeProviderServer,
+    tmp: Path,
+    db: Database,
 ) -> AsyncIterator[None]:
     if backend == "sqlite":
-        async with embedded_pipeline(pipeline_settings(settings, server, "")):
+        async with embedded_pipeline(pipeline_settings(settings, server, ""), db):
             yield
         return
     async with (
         broker_url(broker) as url,
-        process_pipeline(pipeline_settings(settings, server, url), tmp),
+        process_pipeline(pipeline_settings(settings, server, url), tmp, db),
     ):
         yield
 
@@ -273,7 +282,7 @@ async def test_schedule_runs_are_collected_analysed_reported_and_repeated(
     )
     fake_provider.script(EMAIL, "HubSpot syncs email well.", [("https://hubspot.com/", "HubSpot")])
 
-    async with pipeline(backend, broker, settings, fake_provider, tmp_path):
+    async with pipeline(backend, broker, settings, fake_provider, tmp_path, app.db):
         # Setting the schedule runs it at once.
         reply = await collection.schedules.SetSchedule(
             schedule_pb.SetScheduleRequest(workspace_id=ws, cron="0 6 * * *"), metadata=md
@@ -357,6 +366,7 @@ DOMAIN_ONLY = "where can a startup compare crm plans"
 
 async def test_a_brand_named_only_by_an_alias_or_its_domain_is_reported_mentioned(
     backend: str,
+    app: App,
     settings: Settings,
     stubs: SimpleNamespace,
     collection: SimpleNamespace,
@@ -391,7 +401,7 @@ async def test_a_brand_named_only_by_an_alias_or_its_domain_is_reported_mentione
     fake_provider.script(ALIAS_ONLY, "HubSpot is popular, but Zephyr Cloud is cheaper.", [])
     fake_provider.script(DOMAIN_ONLY, "HubSpot lists its plans; so does acme.com/pricing.", [])
 
-    async with pipeline(backend, "redis", settings, fake_provider, tmp_path):
+    async with pipeline(backend, "redis", settings, fake_provider, tmp_path, app.db):
         started = await collection.runs.StartRun(
             run_pb.StartRunRequest(workspace_id=ws), metadata=md
         )
@@ -458,13 +468,13 @@ async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
     ws = await make_workspace(app.db, prompts=prompts, providers=("openai", "anthropic"))
     async with broker_url(broker, **KILL_OPTIONS[broker]) as url:
         worker_settings = kill_test_settings(settings, fake_provider, url)
-        configure_broker(worker_settings)
+        sender = broker_of(worker_settings)
         env = beacon_env(worker_settings)
         first = await Beacon.start("worker", env, tmp_path / "worker-1.log")
         second: Beacon | None = None
         try:
             run_id = await insert_run(app.db, ws)
-            await dispatch_pending_runs(app.db, run_ids=[run_id])
+            await dispatch_pending_runs(app.db, sender, run_ids=[run_id])
             async with asyncio.timeout(30):
                 await fake_provider.wait_for_requests(2, prompts=prompts)
             await first.kill()  # SIGKILL with provider calls in flight, messages unacknowledged
@@ -476,7 +486,7 @@ async def test_a_worker_killed_mid_run_loses_no_probe_and_stores_each_once(
             await first.kill()
             if second is not None:
                 await second.kill()
-            reset_brokers()
+            sender.close()
 
     await assert_every_probe_stored_once(app.db, run, prompts)
     # The (at least two) probes in flight at the kill were asked again, yet stored once.
@@ -499,7 +509,7 @@ async def test_a_rabbitmq_crash_mid_run_loses_no_message(
     prompts = [f"which crm for region {n}" for n in range(10)]
     ws = await make_workspace(app.db, prompts=prompts, providers=("openai", "anthropic"))
     worker_settings = kill_test_settings(settings, fake_provider, node.url)
-    configure_broker(worker_settings)
+    sender = broker_of(worker_settings)
     env = beacon_env(worker_settings)
     processes = [
         await Beacon.start(command, env, tmp_path / f"{command}.log")
@@ -507,14 +517,14 @@ async def test_a_rabbitmq_crash_mid_run_loses_no_message(
     ]
     try:
         run_id = await insert_run(app.db, ws)
-        await dispatch_pending_runs(app.db, run_ids=[run_id])
+        await dispatch_pending_runs(app.db, sender, run_ids=[run_id])
         async with asyncio.timeout(30):
             await fake_provider.wait_for_requests(2, prompts=prompts)
         await node.kill()  # 20 probes: some answered, some in flight, the rest queued
         answered_before = asked(fake_provider, prompts)
         # A run started during the outage waits in the outbox: the ticker sends it later.
         late_id = await insert_run(app.db, ws)
-        await dispatch_pending_runs(app.db, run_ids=[late_id])
+        await dispatch_pending_runs(app.db, sender, run_ids=[late_id])
         await node.boot()
         run = await run_ended(app.db, run_id)
         late = await run_ended(app.db, late_id)
@@ -523,7 +533,7 @@ async def test_a_rabbitmq_crash_mid_run_loses_no_message(
     finally:
         for process in processes:
             await process.kill()
-        reset_brokers()
+        sender.close()
         await node.kill()
 
     assert answered_before < len(prompts) * 2  # the crash did come mid-run

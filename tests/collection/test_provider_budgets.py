@@ -19,14 +19,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import dramatiq
 import httpx
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import func, select
 
+from service.broker import broker_of
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
+from service.outbox import dispatch_pending_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import (
     derive_settings,
@@ -40,9 +43,7 @@ from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_name
 from tests.fakes.provider_server import FakeProviderServer, Fault, RateLimit
 from tests.platform.processes import eventually, free_port
 from tests.support import REDIS_URL
-from workers.actors import configure_broker, reset_brokers
 from workers.context import WorkerContext
-from workers.dispatch import dispatch_pending_runs
 from workers.probes import Deferred, run_probe
 from workers.runs import expand_run
 from workers.runtime import start_embedded
@@ -76,9 +77,12 @@ def fleet_settings(
 
 
 @contextlib.asynccontextmanager
-async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncIterator[list[str]]:
-    """`count` `beacon worker` processes; yields each one's metrics address."""
-    configure_broker(settings)  # dispatch from this process sends to the same Redis
+async def worker_processes(
+    settings: Settings, count: int, logs: Path
+) -> AsyncIterator[tuple[list[str], dramatiq.Broker]]:
+    """`count` `beacon worker` processes; yields each one's metrics address, and a broker
+    this process sends to them with."""
+    sender = broker_of(settings)
     addresses = [f"127.0.0.1:{free_port()}" for _ in range(count)]
     started: list[Beacon] = []
     try:
@@ -96,13 +100,13 @@ async def worker_processes(settings: Settings, count: int, logs: Path) -> AsyncI
             await eventually(
                 functools.partial(_healthy, address), what=f"worker on {address}", within=60
             )
-        yield addresses
+        yield addresses, sender
     finally:
         try:
             for worker in started:
                 await worker.stop()
         finally:
-            reset_brokers()
+            sender.close()
             await delete_namespace(settings.rate_limit_key_prefix)
 
 
@@ -121,9 +125,11 @@ async def probes_finished(address: str) -> float:
     return sum(float(m.group(1)) for line in body.splitlines() if (m := FINISHED.match(line)))
 
 
-async def run_to_end(db: Database, workspace_id: str, within: float) -> Run:
+async def run_to_end(
+    db: Database, broker: dramatiq.Broker, workspace_id: str, within: float
+) -> Run:
     run_id = await insert_run(db, workspace_id)
-    await dispatch_pending_runs(db, run_ids=[run_id])
+    await dispatch_pending_runs(db, broker, run_ids=[run_id])
     return await ended(db, run_id, within)
 
 
@@ -152,8 +158,8 @@ async def test_two_workers_stay_under_the_providers_limit_and_every_probe_ends(
     # booked slot and the request's arrival. Each worker alone could make 160 calls a second
     # (8 in flight, 50 ms each).
     fleet = fleet_settings(backend, settings, collection_db, fake_provider, openai_rpm=7 * 60)
-    async with worker_processes(fleet, 2, tmp_path) as addresses:
-        run = await run_to_end(collection_db, ws, within=90)
+    async with worker_processes(fleet, 2, tmp_path) as (addresses, sender):
+        run = await run_to_end(collection_db, sender, ws, within=90)
         shares = [await probes_finished(address) for address in addresses]
 
     traffic = fake_provider.traffic("openai")
@@ -181,8 +187,8 @@ async def test_a_429_pauses_the_whole_fleet_for_its_retry_after(
     ws = await make_workspace(collection_db, prompts=prompts, providers=("openai",))
     # No budget configured: only the provider's 429s pace the fleet.
     fleet = fleet_settings(backend, settings, collection_db, fake_provider, probe_max_attempts=30)
-    async with worker_processes(fleet, 2, tmp_path):
-        run = await run_to_end(collection_db, ws, within=120)
+    async with worker_processes(fleet, 2, tmp_path) as (_, sender):
+        run = await run_to_end(collection_db, sender, ws, within=120)
 
     traffic = fake_provider.traffic("openai")
     assert run.status == "succeeded"
@@ -259,16 +265,16 @@ async def test_a_workspace_with_many_prompts_does_not_starve_the_others(
     def big_asked() -> int:
         return sum(fake_provider.requests("openai", prompt) for prompt in big_prompts)
 
-    async with fleet_of_one(backend, fleet, tmp_path):
+    async with fleet_of_one(backend, fleet, tmp_path) as sender:
         big_run = await insert_run(collection_db, big)
-        await dispatch_pending_runs(collection_db, run_ids=[big_run])
+        await dispatch_pending_runs(collection_db, sender, run_ids=[big_run])
 
         async def backlog() -> bool:
             return big_asked() >= 20
 
         await eventually(backlog, what="the big run to get going", within=30)
         started = time.monotonic()
-        small_run = await run_to_end(collection_db, small, within=60)
+        small_run = await run_to_end(collection_db, sender, small, within=60)
         small_seconds = time.monotonic() - started
         big_done_meanwhile = big_asked()
         big_end = await ended(collection_db, big_run, within=90)
@@ -281,19 +287,19 @@ async def test_a_workspace_with_many_prompts_does_not_starve_the_others(
 
 
 @contextlib.asynccontextmanager
-async def fleet_of_one(backend: str, settings: Settings, logs: Path) -> AsyncIterator[None]:
+async def fleet_of_one(
+    backend: str, settings: Settings, logs: Path
+) -> AsyncIterator[dramatiq.Broker]:
     """One `beacon worker` process on PostgreSQL + Redis; the in-process worker on SQLite."""
     if backend == "postgres":
-        async with worker_processes(settings, 1, logs):
-            yield
+        async with worker_processes(settings, 1, logs) as (_, sender):
+            yield sender
         return
-    configure_broker(settings)
     running = start_embedded(settings, ticker=False, worker_threads=8)
     try:
-        yield
+        yield running.broker
     finally:
         await asyncio.to_thread(running.stop)
-        reset_brokers()
 
 
 async def finished_probes(db: Database, run_id: str) -> int:

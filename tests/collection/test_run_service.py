@@ -271,7 +271,7 @@ async def test_cancel_skips_pending_probes(
 async def test_cancel_completes_the_skipped_probes_and_counts_the_run_ended(
     app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
 ) -> None:
-    # CancelRun and the workers end a run one way (service.domain.collection.run_status.cancel): skipped
+    # CancelRun and the workers end a run one way (service.domain.collection.run_lifecycle.cancel): skipped
     # probes get their complete time and reason, and the ended run is counted.
     run_id = await insert_run(app, workspace_id, prompt_count=2)
     await insert_probe(app, run_id, "p1", "openai", status="succeeded")

@@ -4,23 +4,27 @@ attempt. A run that started, or had an answer, within the deadline is not stalle
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import dramatiq
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import update
 
+from service.broker import broker_of
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
+from service.messages import PROBE_QUEUE, RUN_QUEUE
+from service.outbox import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
+from tests.support import REDIS_URL, unique
 from workers.context import WorkerContext
-from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
-from workers.messages import PROBE_QUEUE, RUN_QUEUE
 from workers.runs import expand_run
 from workers.ticker import Ticker
 
@@ -41,7 +45,7 @@ def queued(broker: StubBroker, queue: str) -> list[dramatiq.Message[None]]:
 async def resent(db: Database, broker: StubBroker, now: datetime) -> list[str]:
     """The runs a sweep at `now` sends again (the broker is emptied first)."""
     broker.flush_all()
-    await redispatch_stalled_runs(db, STALL, now=now, broker=broker)
+    await redispatch_stalled_runs(db, broker, STALL, now=now)
     return [m.args[0] for m in queued(broker, RUN_QUEUE)]
 
 
@@ -59,7 +63,7 @@ async def test_a_sent_run_nobody_took_is_sent_again_once_per_deadline(
 ) -> None:
     ws = await make_workspace(collection_db)
     run_id = await insert_run(collection_db, ws)
-    assert await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker) == 1
+    assert await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id]) == 1
     stub_broker.flush_all()  # the broker restarted without its data
     sent = (await load_run(collection_db, run_id)).enqueue_time
     assert sent is not None
@@ -78,7 +82,7 @@ async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
 ) -> None:
     ws = await make_workspace(collection_db, prompts=("one", "two"), providers=("openai",))
     run_id = await insert_run(collection_db, ws)
-    await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker)
+    await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id])
     await expand_run(context, run_id)
     later = utcnow() + timedelta(seconds=STALL + 1)
     async with collection_db.transaction() as session:  # one probe answered a moment ago
@@ -94,13 +98,13 @@ async def test_a_run_answering_or_behind_a_backlog_is_not_sent_again(
     stub_broker.flush_all()
     for _ in range(STALL_BACKLOG_LIMIT + 1):
         stub_broker.enqueue(queued_probe_message())
-    await redispatch_stalled_runs(collection_db, STALL, now=much_later, broker=stub_broker)
+    await redispatch_stalled_runs(collection_db, stub_broker, STALL, now=much_later)
     assert not queued(stub_broker, RUN_QUEUE)
     assert run_id in await resent(collection_db, stub_broker, much_later)
 
 
 def queued_probe_message() -> dramatiq.Message[None]:
-    from workers.messages import probe_message
+    from service.messages import probe_message
 
     return probe_message(["rsp_unrelated"])
 
@@ -147,7 +151,7 @@ async def sent_long_ago(
     """A run sent (and, with `context`, expanded into probes) two deadlines ago; started
     `start_ago` seconds ago when given. The broker is emptied: its messages are lost."""
     run_id = await insert_run(db, workspace_id)
-    assert await dispatch_pending_runs(db, run_ids=[run_id], broker=broker) == 1
+    assert await dispatch_pending_runs(db, broker, run_ids=[run_id]) == 1
     if context is not None:
         await expand_run(context, run_id)
     now = utcnow()
@@ -212,3 +216,44 @@ async def test_a_tick_leaves_a_run_that_started_or_answered_within_the_deadline(
     assert times_sent(stub_broker, idle) == 1
     assert times_sent(stub_broker, just_started) == 0
     assert times_sent(stub_broker, answering) == 0
+
+
+# A broker that lost its data ------------------------------------------------------------------
+
+
+def redis_sends(broker: RedisBroker, run_id: str) -> int:
+    """How many messages for `run_id` wait in the Redis broker's run queue."""
+    data = broker.client.hvals(f"{broker.namespace}:{RUN_QUEUE}.msgs")
+    return [json.loads(item)["args"][0] for item in data].count(run_id)
+
+
+def lose_data(broker: RedisBroker) -> None:
+    """What a Redis restarted without persistence does to the broker's keys."""
+    keys = list(broker.client.scan_iter(f"{broker.namespace}:*"))
+    if keys:
+        broker.client.delete(*keys)
+
+
+@pytest.mark.usefixtures("no_schedules")
+async def test_the_next_tick_resends_every_open_run_when_redis_lost_its_data(
+    collection_db: Database, settings: Settings, ticker_settings: Settings
+) -> None:
+    url = f"{REDIS_URL}?namespace={unique('beacon-epoch-')}"
+    broker = broker_of(derive_settings(settings, broker_url=url))
+    assert isinstance(broker, RedisBroker)
+    ticker = Ticker(ticker_settings, collection_db, broker)
+    try:
+        ws = await make_workspace(collection_db)
+        run_id = await insert_run(collection_db, ws)
+        assert await dispatch_pending_runs(collection_db, broker, run_ids=[run_id]) == 1
+        await ticker.run_once()  # a first look sets the mark: a new namespace lost nothing
+        assert redis_sends(broker, run_id) == 1  # nor is the run stalled
+
+        lose_data(broker)
+        await ticker.run_once()
+        assert redis_sends(broker, run_id) == 1  # sent again at once, long before the deadline
+        await ticker.run_once()
+        assert redis_sends(broker, run_id) == 1  # the mark is back: once only
+    finally:
+        lose_data(broker)
+        broker.close()

@@ -12,15 +12,14 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import select, update
 
-from service.clock import utcnow
+from service.clock import new_ids, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
+from service.messages import RUN_QUEUE
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
-from workers.actors import declare_actors
-from workers.messages import RUN_QUEUE
-from workers.ticker import Ticker, new_ids, tick
+from workers.ticker import Ticker, tick
 
 collection_db = fixtures.collection_db
 stub_broker = fixtures.stub_broker
@@ -276,7 +275,7 @@ async def test_runs_written_before_a_failed_send_are_sent_by_the_next_tick(
     for ws in workspaces:
         await add_schedule(collection_db, ws, "0 * * * *", at("2026-05-04T10:00:00"))
     down = BrokenBroker()
-    declare_actors(down)
+    down.declare_queue(RUN_QUEUE)
 
     first = await tick(collection_db, tick_settings, at("2026-05-04T10:00:01"), broker=down)
 

@@ -36,6 +36,8 @@ from service import tracing
 from service.app import App
 from service.config import Settings
 from service.db.database import Database
+from service.messages import RUN_QUEUE
+from service.outbox import RunDispatcher, dispatch_pending_runs
 from service.server import start_server
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import derive_settings, insert_run, make_workspace
@@ -43,9 +45,6 @@ from tests.collection.test_e2e_collection import pipeline_settings, wait_for_end
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
 from tests.support import unique
-from workers.actors import reset_brokers
-from workers.dispatch import dispatch_pending_runs
-from workers.messages import RUN_QUEUE
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -86,6 +85,7 @@ async def traced(
     keyed = App(settings=keyed_settings, db=app.db)
     server = await start_server(keyed, "127.0.0.1:0")
     worker = start_embedded(keyed.settings, ticker=False, worker_threads=8)
+    keyed.db.run_sender = RunDispatcher(keyed.db, worker.broker).dispatch_runs
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield SimpleNamespace(
@@ -96,7 +96,7 @@ async def traced(
             )
     finally:
         await asyncio.to_thread(worker.stop)
-        reset_brokers()
+        keyed.db.run_sender = app.db.run_sender = app.dispatcher.dispatch_runs
         await server.stop(grace=1.0)
 
 
@@ -221,7 +221,7 @@ async def test_run_messages_carry_the_dispatching_trace_in_their_options(
     run_id = await insert_run(collection_db, ws)
     with tracing.span("caller") as caller:
         assert caller is not None
-        sent = await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker)
+        sent = await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id])
     assert sent == 1
     (options,) = queued_options(stub_broker)
     (dispatch,) = [s for s in spans.get_finished_spans() if s.name == "beacon.run dispatch"]
@@ -250,7 +250,7 @@ async def test_with_tracing_off_messages_carry_no_trace_and_nothing_is_recorded(
     run_id = await insert_run(collection_db, ws)
     with tracing.span("ignored") as nothing:
         assert nothing is None
-        assert await dispatch_pending_runs(collection_db, run_ids=[run_id], broker=stub_broker)
+        assert await dispatch_pending_runs(collection_db, stub_broker, run_ids=[run_id])
     assert queued_options(stub_broker) == [{}]
     assert not tracing.configure_from_env("worker", environ={})
     assert not tracing.enabled()

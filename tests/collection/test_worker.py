@@ -13,10 +13,13 @@ from sqlalchemy import update
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.broker import RedisOptions, redis_options
 from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
+from service.messages import probe_message, run_message
+from service.outbox import dispatch_pending_runs
 from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import (
@@ -30,10 +33,7 @@ from tests.collection.pipeline_fixtures import (
 )
 from tests.conftest import NewUser
 from tests.fakes.provider_server import FakeProviderServer, Fault
-from workers.actors import configure_broker
-from workers.broker import RedisOptions, redis_options
-from workers.dispatch import dispatch_pending_runs
-from workers.messages import probe_message, run_message
+from workers.actors import worker_broker
 from workers.probes import retry_delay
 
 collection_db = fixtures.collection_db
@@ -65,7 +65,7 @@ async def test_a_run_becomes_analysed_answers_and_succeeds(
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
 
-    assert await dispatch_pending_runs(collection_db, run_ids=[run_id]) == 1
+    assert await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id]) == 1
     await drained(worker)
 
     run = await load_run(collection_db, run_id)
@@ -103,7 +103,7 @@ async def test_redelivered_messages_change_nothing(
     ws = await make_workspace(collection_db, prompts=(PROMPT,), providers=("openai", "mistral"))
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
     run = await load_run(collection_db, run_id)
     probes = await load_probes(collection_db, run_id)
@@ -133,7 +133,7 @@ async def test_retries_stop_at_the_attempt_limit(
     worker = start_worker(probe_max_attempts=3)
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     (probe,) = await load_probes(collection_db, run_id)
@@ -152,7 +152,7 @@ async def test_a_transient_failure_is_retried_and_succeeds(
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     (probe,) = await load_probes(collection_db, run_id)
@@ -169,7 +169,7 @@ async def test_rate_limit_waits_for_retry_after(
     worker = start_worker(probe_backoff_seconds=0.01, probe_backoff_max_seconds=0.05)
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     async with asyncio.timeout(20):
         await fake_provider.wait_for_requests(1, "anthropic")
         first = time.monotonic()
@@ -193,7 +193,7 @@ async def test_permanent_errors_are_recorded_as_a_category_and_logged_in_full(
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     by_provider = {p.provider: p for p in await load_probes(collection_db, run_id)}
@@ -217,7 +217,7 @@ async def test_canceling_a_run_skips_the_remaining_probes(
     worker = start_worker(provider_concurrency=1)
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     async with asyncio.timeout(20):
         await fake_provider.wait_for_requests(1, "perplexity")
     async with collection_db.transaction() as session:  # what CancelRun does
@@ -240,7 +240,7 @@ async def test_a_run_without_prompts_fails_with_the_reason(
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     run = await load_run(collection_db, run_id)
@@ -255,7 +255,7 @@ async def test_providers_without_credentials_are_left_out_of_scheduled_runs(
     worker = start_worker(google_api_key="")
     run_id = await insert_run(collection_db, ws, trigger="schedule")
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     assert [p.provider for p in await load_probes(collection_db, run_id)] == ["openai"]
@@ -271,7 +271,7 @@ async def test_a_run_whose_providers_all_lack_credentials_fails(
     worker = start_worker(mistral_api_key="")
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     run = await load_run(collection_db, run_id)
@@ -287,7 +287,7 @@ async def test_provider_timeouts_are_retried_then_recorded(
     worker = start_worker(provider_timeout_seconds=0.3, probe_max_attempts=2)
     run_id = await insert_run(collection_db, ws)
 
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     (probe,) = await load_probes(collection_db, run_id)
@@ -302,7 +302,7 @@ async def test_probes_of_a_deleted_workspace_are_skipped(
     ws = await make_workspace(collection_db, prompts=(PROMPT, "crm for agencies"))
     worker = start_worker()
     run_id = await insert_run(collection_db, ws)
-    await dispatch_pending_runs(collection_db, run_ids=[run_id])
+    await dispatch_pending_runs(collection_db, worker.broker, run_ids=[run_id])
     await drained(worker)
     # A second run is expanded, then the workspace is deleted before its probes are asked.
     second = await insert_run(collection_db, ws)
@@ -365,11 +365,11 @@ def test_broker_url_options_are_read_and_kept_from_redis() -> None:
         redis_options("redis://cache/0?heartbeat_timeout=soon")
 
 
-def test_configuring_the_broker_twice_gives_the_same_broker(worker_settings: Settings) -> None:
-    first = configure_broker(worker_settings)
-    again = configure_broker(derive_settings(worker_settings, worker_concurrency=3))
-    assert again is first
-    assert {"process_run", "process_probes"} <= set(first.actors)
+def test_each_worker_broker_is_its_own_with_the_actors_declared(worker_settings: Settings) -> None:
+    first = worker_broker(worker_settings)
+    again = worker_broker(worker_settings)
+    assert again is not first  # nothing is registered globally: a broker is passed on
+    assert {"process_run", "process_probes"} <= set(first.actors) == set(again.actors)
 
 
 async def test_tenants_see_a_failure_s_category_and_status_never_the_provider_s_text(
@@ -387,7 +387,7 @@ async def test_tenants_see_a_failure_s_category_and_status_never_the_provider_s_
     fake_provider.inject("anthropic", Fault("quota_exhausted"))
     worker = start_worker(database_url=app.settings.database_url, probe_max_attempts=1)
     run_id = await insert_run(app.db, tenant.workspace_id)
-    await dispatch_pending_runs(app.db, run_ids=[run_id])
+    await dispatch_pending_runs(app.db, worker.broker, run_ids=[run_id])
     await drained(worker)
 
     listed = await collection.runs.ListResponses(

@@ -36,7 +36,7 @@ from urllib.parse import quote_plus
 
 from aiohttp import web
 
-from service.providers import default_config
+from service.providers import spec
 from tests.fakes.dialects import (
     API_ROOTS,
     DIALECTS,
@@ -62,6 +62,28 @@ FaultKind = Literal[
     "pause_turn",  # Anthropic only: a paused turn the client must resume
 ]
 FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
+
+
+def default_config(
+    name: str,
+    api_key: str,
+    *,
+    base_url: str | None = None,
+    model: str | None = None,
+    timeout: float = 60.0,
+    api: str = "",
+) -> ProviderConfig:
+    """A config of provider `name` with its default base URL and model for what is not given."""
+    provider = spec(name)
+    return ProviderConfig(
+        name=name,
+        api_key=api_key,
+        base_url=base_url or provider.base_url,
+        model=model or provider.model,
+        timeout=timeout,
+        api=api,
+    )
+
 
 _HOST_IN_PROMPT = re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z]{2,}\b", re.IGNORECASE)
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from service.app import App
 from service.clock import new_id, utcnow
 from service.db.models import Alert, AlertRule, WebhookDelivery
-from service.domain.collection.run_status import RunStatus, end_run
+from service.domain.collection.run_lifecycle import RunStatus, end_run
 from tests.collection.builders import insert_probe, insert_run
 from tests.notifications.builders import make_endpoint, make_workspace
 

@@ -14,10 +14,12 @@ import pytest
 from sqlalchemy import select
 
 from service.app import App
+from service.broker import broker_of
 from service.clock import utcnow
 from service.config import Settings
 from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.notifications import events
+from service.outbox import dispatch_pending_runs
 from tests.collection import pipeline_fixtures
 from tests.collection.pipeline_fixtures import provider_settings
 from tests.collection.test_e2e_collection import Beacon, beacon_env, broker_url
@@ -25,8 +27,6 @@ from tests.fakes.provider_server import FakeProviderServer
 from tests.faults.fleet import eventually
 from tests.notifications.builders import make_endpoint, make_workspace
 from tests.notifications.receiver import Receiver, running_receiver
-from workers.actors import configure_broker, reset_brokers
-from workers.dispatch import dispatch_pending_runs
 
 pytestmark = pytest.mark.postgres_only  # worker processes share PostgreSQL and Redis
 fake_server = pipeline_fixtures.fake_server
@@ -182,12 +182,12 @@ async def test_a_run_ended_by_a_worker_sends_run_completed(
     receiver.secrets["runs"] = [secret]
     async with fleet(settings, tmp_path, **provider_settings(fake_provider)) as (fast, _):
         run_id = await pipeline_fixtures.insert_run(app.db, ws)
-        configure_broker(fast)
+        broker = broker_of(fast)
         try:
-            await dispatch_pending_runs(app.db, run_ids=[run_id])
+            await dispatch_pending_runs(app.db, broker, run_ids=[run_id])
             (event,) = await receiver.wait_for("runs", 1, within=90)
         finally:
-            reset_brokers()
+            broker.close()
     assert event.verified
     data = event.event["data"]
     assert event.event["type"] == "run.completed"

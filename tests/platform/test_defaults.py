@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -131,3 +132,31 @@ async def test_a_server_on_the_default_leeway_refuses_a_token_expired_five_minut
             metadata=(("authorization", f"Bearer {expired}"),),
         ),
     )
+
+
+def test_provider_variables_keep_their_documented_names_and_empty_is_the_default(
+    defaults: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BEACON_<PROVIDER>_<FIELD> are an operator contract: they fill `Settings.providers`;
+    a variable left empty (a template) is the default, never an empty URL or no budget."""
+    assert defaults.configured_providers() == frozenset()
+    assert {p.rpm for p in defaults.providers.values()} == {60}
+    monkeypatch.setenv("BEACON_OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("BEACON_OPENAI_API", "chat")
+    monkeypatch.setenv("BEACON_OPENAI_TPM", "90000")
+    monkeypatch.setenv("beacon_cohere_model", "command-r")  # any case, like the others
+    monkeypatch.setenv("BEACON_MISTRAL_BASE_URL", "https://eu.example/v1")
+    for empty in ("BEACON_ANTHROPIC_RPM", "BEACON_GOOGLE_BASE_URL", "BEACON_PERPLEXITY_MODEL"):
+        monkeypatch.setenv(empty, " ")
+    settings = Settings()
+    openai = settings.provider("openai")
+    assert (openai.api_key, openai.api, openai.tpm, openai.rpm) == ("sk-test", "chat", 90000, 60)
+    assert settings.configured_providers() == {"openai"}
+    assert settings.provider("cohere").model == "command-r"
+    assert settings.provider("mistral").base_url == "https://eu.example/v1"
+    assert settings.provider("anthropic").rpm == defaults.provider("anthropic").rpm == 60
+    assert settings.provider("google").base_url == defaults.provider("google").base_url
+    assert settings.provider("perplexity").model == defaults.provider("perplexity").model
+    # Arguments may use the variables' names too, and win over the environment.
+    arguments: dict[str, Any] = {"openai_api_key": "other"}
+    assert Settings(**arguments).provider("openai").api_key == "other"

@@ -1,8 +1,10 @@
 """One source of truth per fact: the provider registry (`service.providers`) and the run and
-probe statuses (`service.domain.collection.run_status`) are what every other part reads."""
+probe statuses (`service.domain.collection.run_lifecycle`) are what every other part reads."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,9 +12,10 @@ import pytest
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import config, providers
-from service.domain.collection.run_status import ProbeStatus, RunStatus
+from service.domain.collection.run_lifecycle import ProbeStatus, RunStatus
 from service.servicers import convert
 from service.servicers.run import RESPONSE_STATUS_TO_PROTO, RUN_STATUS_TO_PROTO
+from workers.providers import ADAPTERS
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 REGISTRY_FILE = SRC / "service" / "providers.py"
@@ -24,8 +27,8 @@ def test_settings_default_to_the_registry(monkeypatch: pytest.MonkeyPatch) -> No
             monkeypatch.delenv(f"BEACON_{spec.name.upper()}_{field.upper()}", raising=False)
     settings = config.Settings()
     for spec in providers.REGISTRY:
-        assert getattr(settings, f"{spec.name}_base_url") == spec.base_url
-        assert getattr(settings, f"{spec.name}_model") == spec.model
+        assert settings.provider(spec.name).base_url == spec.base_url
+        assert settings.provider(spec.name).model == spec.model
     assert config.PROVIDERS == providers.NAMES
 
 
@@ -35,7 +38,8 @@ def test_the_registry_names_every_provider_of_the_wire_enum_once() -> None:
     assert len(providers.REGISTRY) == len(wire) == len(set(providers.NAMES))
     for spec in providers.REGISTRY:
         assert ws_pb.Provider.Name(spec.proto) == f"PROVIDER_{spec.name.upper()}"
-        assert spec.adapter.name == spec.name
+        assert ADAPTERS[spec.name].name == spec.name
+    assert set(ADAPTERS) == set(providers.NAMES)
     assert {s.name: s.proto for s in providers.REGISTRY} == convert.PROVIDER_TO_PROTO
     assert {s.proto: s.name for s in providers.REGISTRY} == convert.PROVIDER_FROM_PROTO
 
@@ -60,3 +64,16 @@ def test_every_status_has_its_wire_value() -> None:
     for probe_status, response_status in RESPONSE_STATUS_TO_PROTO.items():
         name = run_pb.ResponseStatus.Name(response_status)
         assert name == f"RESPONSE_STATUS_{probe_status.upper()}"
+
+
+def test_the_api_loads_no_worker_module() -> None:
+    """`beacon serve` (and everything it imports) never loads `workers`: the registry holds
+    names and defaults, the outbox and the message schema live in `service`."""
+    probe = (
+        "import sys, service.server, service.cli, service.http.server;"
+        "print(sorted(m for m in sys.modules if m == 'workers' or m.startswith('workers.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout

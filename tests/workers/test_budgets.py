@@ -60,7 +60,7 @@ def test_budgets_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) 
     assert DEFAULT_PROVIDER_RPM == 60
     assert configured["google"] == Budget(0, 0)
     monkeypatch.setenv("BEACON_OPENAI_RPM", "-5")
-    with pytest.raises(ValidationError, match="openai_rpm"):
+    with pytest.raises(ValidationError, match=r"providers\.openai\.rpm"):
         Settings()
 
 

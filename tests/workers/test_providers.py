@@ -14,10 +14,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.providers import BY_NAME, NAMES, build_adapter, default_config
+from service.providers import BY_NAME, NAMES
 from tests.fakes.dialects import DIALECTS, served_model
-from tests.fakes.provider_server import FakeProviderServer, Fault
-from workers.providers import Answer, Citation, ProviderConfig, ProviderError
+from tests.fakes.provider_server import FakeProviderServer, Fault, default_config
+from workers.providers import Answer, Citation, ProviderConfig, ProviderError, build_adapter
 from workers.providers.base import error_message, retry_after_from_headers
 
 ROOT = Path(__file__).resolve().parents[2]

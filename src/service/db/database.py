@@ -19,7 +19,7 @@ from sqlalchemy.pool import StaticPool
 
 # Anything a read can run on: an ORM session or a Core connection (`Database.read`).
 Reader = AsyncSession | AsyncConnection
-# Hands committed outbox runs to the broker (the App's dispatcher, `workers.dispatch`).
+# Hands committed outbox runs to the broker (the App's dispatcher, `service.outbox`).
 RunSender = Callable[[Sequence[str]], Awaitable[object]]
 # Where a session collects the runs to send once its transaction has committed.
 _RUNS_TO_SEND = "beacon_runs_to_send"

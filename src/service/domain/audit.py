@@ -15,7 +15,7 @@ from service.domain.errors import NotFound
 
 def record(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     *,
     organization_id: str,
     workspace_id: str | None = None,
@@ -34,12 +34,12 @@ def record(
             id=new_id("aud"),
             organization_id=organization_id,
             workspace_id=workspace_id,
-            actor_id=call.actor_id,
-            service_key_id=call.service_key_id,
-            action=call.action,
+            actor_id=actor.actor_id,
+            service_key_id=actor.service_key_id,
+            action=actor.action,
             target_ids=list(target_ids),
-            request_id=call.request_id,
-            correlation_id=call.correlation_id,
+            request_id=actor.request_id,
+            correlation_id=actor.correlation_id,
             create_time=now,
         )
     )
@@ -47,7 +47,7 @@ def record(
 
 async def record_workspace_change(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     target_ids: Iterable[str],
@@ -58,12 +58,12 @@ async def record_workspace_change(
     workspace = await session.get(Workspace, workspace_id)
     if workspace is None:
         raise NotFound("workspace", workspace_id)
-    record_workspace(session, call, workspace, now, target_ids=[t for t in target_ids if t])
+    record_workspace(session, actor, workspace, now, target_ids=[t for t in target_ids if t])
 
 
 def record_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace: Workspace,
     now: datetime,
     *,
@@ -73,7 +73,7 @@ def record_workspace(
     workspace, unless `target_ids` are given)."""
     record(
         session,
-        call,
+        actor,
         organization_id=workspace.organization_id,
         workspace_id=workspace.id,
         target_ids=[workspace.id] if target_ids is None else target_ids,

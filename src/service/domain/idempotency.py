@@ -42,7 +42,7 @@ class RequestKey:
 
 async def once(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     request_id: str,
     *,
     scope: str,
@@ -52,7 +52,7 @@ async def once(
 ) -> T:
     """The result of `run()` in the session's transaction, done once per request id.
 
-    Without a request id it simply runs. With one, the first call by `call` for `scope`
+    Without a request id it simply runs. With one, the first call by `actor` for `scope`
     runs and its result (a dataclass) is stored with the key; a retry returns that result
     and runs nothing. InvalidArgument (`request_id`) for a malformed id; FailedPrecondition
     (REQUEST_ID_NOT_REPLAYABLE) for a result stored in a form this version cannot read.
@@ -60,7 +60,7 @@ async def once(
     require_request_id(request_id)
     if not request_id:
         return await run()
-    key = RequestKey(call.actor_id, f"{call.action}|{scope}", request_id)
+    key = RequestKey(actor.actor_id, f"{actor.action}|{scope}", request_id)
     adapter = _adapter(result_type)
     stored = await _claim(session, key, now)
     if stored is not None:

@@ -93,18 +93,19 @@ ID_KINDS = {
 }
 
 
-def require_id(field: str, value: str) -> str:
+def require_id(field: str, value: str, *, prefix: str = "") -> str:
     """`value` when it has the shape of a Beacon id (`org_...`, `file_...`), of the kind the
-    field names (`ID_KINDS`: an `organization_id` holds `org_...`); else InvalidArgument
-    naming `field` (a malformed id cannot name anything)."""
+    field names (`ID_KINDS`: an `organization_id` holds `org_...`) or `prefix` says (a field
+    `ID_KINDS` cannot name, such as `prompt_ids[3]`); else InvalidArgument naming `field` (a
+    malformed id cannot name anything). The one id check of the API."""
     if not ID_PATTERN.fullmatch(value):
         raise InvalidArgument(field, "is not a valid id")
-    _require_kind(field, value)
+    _require_kind(field, value, prefix)
     return value
 
 
-def _require_kind(field: str, value: str) -> None:
-    kind = ID_KINDS.get(field)
+def _require_kind(field: str, value: str, prefix: str = "") -> None:
+    kind = (prefix, f"an id of the form {prefix}...") if prefix else ID_KINDS.get(field)
     if kind is not None and not value.startswith(kind[0]):
         raise InvalidArgument(field, f"must be {kind[1]} ({kind[0]}...)")
 

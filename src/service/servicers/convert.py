@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.message import Message
@@ -122,15 +121,6 @@ class WorkspaceMessages:
         message = workspace_to_proto(view, self.settings, signed_as_of)
         self._built.put(id(view), (view, message))
         return message
-
-
-async def workspace_messages(
-    session: Reader, settings: Settings, workspace_ids: Sequence[str]
-) -> list[ws_pb.Workspace]:
-    """Workspace messages of the live workspaces among `workspace_ids`, in that order
-    (deleted or unknown ids are skipped). One query."""
-    views = await workspace_views.load_views(session, workspace_ids)
-    return [workspace_to_proto(view, settings) for view in views]
 
 
 async def workspace_message(

@@ -19,7 +19,7 @@ from service.clock import utcnow
 from service.db.models import Probe
 from service.domain import read_views
 from service.domain.collection import reports, runs
-from service.domain.collection.run_status import ProbeStatus, RunStatus
+from service.domain.collection.run_lifecycle import ProbeStatus, RunStatus
 from service.domain.tenancy import workspace_access
 from service.servicers.calls import resolved_workspace_id
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, time_field, timestamp

@@ -25,7 +25,7 @@ RETRYABLE_STATUSES: Final = frozenset({408, 409, 429})
 @dataclass(frozen=True, slots=True)
 class ProviderConfig:
     """How to reach one provider: credentials, endpoint, model and API variant (the
-    defaults of each provider are in the registry, `service.providers`)."""
+    defaults of each provider are in the registry, `service.providers`; the adapters, `workers.providers.ADAPTERS`)."""
 
     name: str
     api_key: str

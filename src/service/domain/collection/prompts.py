@@ -144,7 +144,7 @@ def _step(now: datetime, index: int) -> datetime:
 
 async def store_prompts(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     texts: Sequence[str],
     *,
@@ -175,13 +175,13 @@ async def store_prompts(
             result.append(row)
         await session.flush()
         await audit.record_workspace_change(
-            session, call, workspace_id, target_ids=[workspace_id], now=now
+            session, actor, workspace_id, target_ids=[workspace_id], now=now
         )
         return StoredPrompts([PromptView.of(row) for row in result], normalized.duplicates_dropped)
 
     return await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=workspace_id,
         result_type=StoredPrompts,
@@ -192,7 +192,7 @@ async def store_prompts(
 
 async def add_prompts(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     texts: Sequence[str],
     *,
@@ -225,13 +225,13 @@ async def add_prompts(
         session.add_all(added)
         await session.flush()
         await audit.record_workspace_change(
-            session, call, workspace_id, target_ids=[row.id for row in added], now=now
+            session, actor, workspace_id, target_ids=[row.id for row in added], now=now
         )
         return StoredPrompts([PromptView.of(row) for row in added], len(texts) - len(fresh))
 
     return await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=workspace_id,
         result_type=StoredPrompts,
@@ -241,7 +241,7 @@ async def add_prompts(
 
 
 async def delete_prompt(
-    session: AsyncSession, call: Actor, workspace_id: str, prompt_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, prompt_id: str, *, now: datetime
 ) -> None:
     """Deletes one prompt of the workspace; NotFound when there is none by that id."""
     await lock_live_workspace(session, workspace_id)
@@ -251,7 +251,7 @@ async def delete_prompt(
     if cast(CursorResult[Any], result).rowcount == 0:
         raise NotFound("prompt", prompt_id)
     await audit.record_workspace_change(
-        session, call, workspace_id, target_ids=[prompt_id], now=now
+        session, actor, workspace_id, target_ids=[prompt_id], now=now
     )
 
 

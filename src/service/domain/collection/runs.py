@@ -1,17 +1,18 @@
-"""Collection runs: creation (the outbox), starting, progress, cancellation, watching, answers.
+"""Collection runs as the API sees them: StartRun (the outbox), progress, cancellation,
+watching, answers. The rules of a run's life (its shape, the providers it asks, how it ends)
+are `service.domain.collection.run_lifecycle`'s.
 
 A run is written with status "queued" and `enqueue_time` NULL; the command that wrote it asks
 the unit of work to hand it to the broker once the transaction has committed
 (`service.db.database.send_runs_after_commit`), and the ticker sends any left behind. A worker
 expands the run into probes, one per (prompt, provider), and ends it.
 
-Statuses: `service.domain.collection.run_status`; triggers manual|schedule|schedule_set.
+Statuses: `service.domain.collection.run_lifecycle`; triggers manual|schedule|schedule_set.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, replace
@@ -29,11 +30,15 @@ from service.db.models import Probe, Prompt, Run, Workspace
 from service.domain import audit, idempotency
 from service.domain.actor import Actor
 from service.domain.collection.prompts import MAX_PROMPTS, count_prompts
-from service.domain.collection.run_status import (
+from service.domain.collection.run_lifecycle import (
     FINISHED_PROBE_STATUSES,
     ProbeStatus,
     RunStatus,
     cancel,
+    free_lane,
+    in_provider_order,
+    providers_to_ask,
+    queued_run,
 )
 from service.domain.errors import (
     Aborted,
@@ -42,6 +47,7 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
+from service.domain.inputs import require_id
 from service.domain.paging import parse_page
 
 Trigger = Literal["manual", "schedule", "schedule_set"]
@@ -50,8 +56,6 @@ PROVIDER_NAMES = ", ".join(p.upper() for p in PROVIDERS)
 WATCH_POLL_SECONDS = 0.3
 # Tries for a free open-run lane when concurrent starts keep taking the one found.
 LANE_ATTEMPTS = 5
-ID_PATTERN = re.compile(r"[a-z]+_[a-z0-9]+")
-MAX_ID_LENGTH = 40
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,20 +142,6 @@ class StartOutcome:
     providers_without_credentials: tuple[str, ...] = ()
 
 
-def check_id(field: str, value: str, prefix: str) -> None:
-    """InvalidArgument naming `field` unless `value` has the shape of a `prefix_...` id."""
-    if (
-        len(value) > MAX_ID_LENGTH
-        or not ID_PATTERN.fullmatch(value)
-        or not value.startswith(f"{prefix}_")
-    ):
-        raise InvalidArgument(field, f"must be an id of the form {prefix}_...")
-
-
-def _in_provider_order(names: Collection[str]) -> list[str]:
-    return [p for p in PROVIDERS if p in names]
-
-
 def validate_providers(names: Sequence[str]) -> list[str]:
     """Lowercase provider names, validated (InvalidArgument naming `providers[i]`), deduplicated."""
     result: list[str] = []
@@ -181,11 +171,6 @@ class RunAlreadyOpen(FailedPrecondition):
             metadata={"run_id": open_run_ids[0] if open_run_ids else "", "limit": str(limit)},
         )
         self.open_run_ids = list(open_run_ids)
-
-
-def free_lane(taken: Collection[int | None], limit: int) -> int | None:
-    """The lowest open-run lane in 0..limit-1 not in `taken` (None: every one is)."""
-    return next((lane for lane in range(limit) if lane not in taken), None)
 
 
 async def _open_lanes(session: AsyncSession, workspace_id: str) -> dict[int, str]:
@@ -227,19 +212,17 @@ async def create_run(
         if lane is None:
             raise RunAlreadyOpen(list(open_lanes.values()), max_open)
         run = Run(
-            id=new_id("run"),
-            workspace_id=workspace_id,
-            trigger=trigger,
-            status=RunStatus.QUEUED,
-            scheduled_time=scheduled_time,
-            prompt_ids=list(prompt_ids),
-            providers=list(providers),
-            prompt_count=prompt_count,
-            create_time=now,
-            enqueue_time=None,
-            open_lane=lane,
-            cancel_requested=False,
-            failure_reason="",
+            **queued_run(
+                run_id=new_id("run"),
+                workspace_id=workspace_id,
+                trigger=trigger,
+                open_lane=lane,
+                now=now,
+                scheduled_time=scheduled_time,
+                prompt_ids=prompt_ids,
+                providers=providers,
+                prompt_count=prompt_count,
+            )
         )
         try:
             async with session.begin_nested():
@@ -252,7 +235,7 @@ async def create_run(
 
 async def start_run(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     configured: Collection[str],
@@ -283,13 +266,13 @@ async def start_run(
         )
         if outcome.run is not None:
             await audit.record_workspace_change(
-                session, call, workspace_id, target_ids=[outcome.run.id], now=now
+                session, actor, workspace_id, target_ids=[outcome.run.id], now=now
             )
         return outcome
 
     outcome = await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=workspace_id,
         result_type=StartOutcome,
@@ -333,11 +316,10 @@ async def queue_run(
     count = len(chosen_prompts) if chosen_prompts else await count_prompts(session, workspace_id)
     if count == 0:
         return StartOutcome("empty")
+    asked = providers_to_ask(requested, enabled, configured)
     if requested:
         missing = [p for p in requested if p not in configured]
-        asked = requested
     else:
-        asked = [p for p in enabled if p in configured]
         missing = [] if asked else enabled
     if missing or not asked:
         return StartOutcome("no_providers", providers_without_credentials=tuple(missing))
@@ -361,7 +343,7 @@ async def _validate_prompt_ids(
         raise InvalidArgument("prompt_ids", f"at most {MAX_PROMPTS} prompt ids")
     unique: list[str] = []
     for index, prompt_id in enumerate(prompt_ids):
-        check_id(f"prompt_ids[{index}]", prompt_id, "prm")
+        require_id(f"prompt_ids[{index}]", prompt_id, prefix="prm_")
         if prompt_id not in unique:
             unique.append(prompt_id)
     if unique:
@@ -380,7 +362,7 @@ async def _enabled_providers(session: Reader, workspace_id: str) -> list[str]:
     enabled = await session.scalar(
         select(Workspace.enabled_providers).where(Workspace.id == workspace_id)
     )
-    return _in_provider_order(enabled or [])
+    return in_provider_order(enabled or [])
 
 
 # Built once (read on every GetRun, ListRuns and WatchRun poll): building it cost more than
@@ -409,7 +391,7 @@ async def _progress(session: Reader, run_ids: Sequence[str]) -> dict[str, list[P
             provider, int(total), int(done or 0), int(failed or 0)
         )
     return {
-        run_id: [by_provider[p] for p in _in_provider_order(by_provider)]
+        run_id: [by_provider[p] for p in in_provider_order(by_provider)]
         + [by_provider[p] for p in sorted(set(by_provider) - set(PROVIDERS))]
         for run_id, by_provider in counts.items()
     }
@@ -429,7 +411,7 @@ async def run_views(session: Reader, runs: Sequence[RunRecord]) -> list[RunView]
         # Not expanded yet: every provider will ask every prompt. A run written without its
         # subsets (the ticker's) asks the workspace's current prompts and enabled providers.
         workspace_id = run.workspace_id
-        providers = _in_provider_order(run.providers)
+        providers = in_provider_order(run.providers)
         if not providers:
             if workspace_id not in enabled:
                 enabled[workspace_id] = await _enabled_providers(session, workspace_id)
@@ -493,7 +475,7 @@ async def list_runs(
 
 
 async def cancel_run(
-    session: AsyncSession, call: Actor, workspace_id: str, run_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, run_id: str, *, now: datetime
 ) -> RunView:
     """Requests cancellation: pending probes are skipped and the run ends CANCELED at once
     when it has no probes yet or had pending ones (workers skip probes of canceled runs).
@@ -508,7 +490,7 @@ async def cancel_run(
         )
     await session.execute(update(Run).where(Run.id == run_id).values(cancel_requested=True))
     await cancel(session, run_id, now)
-    await audit.record_workspace_change(session, call, workspace_id, target_ids=[run_id], now=now)
+    await audit.record_workspace_change(session, actor, workspace_id, target_ids=[run_id], now=now)
     return await _view(session, await _load_run(session, workspace_id, run_id))
 
 
@@ -587,11 +569,11 @@ async def list_responses(
             raise InvalidArgument("provider", f"must name a provider ({PROVIDER_NAMES})")
         conditions.append(Probe.provider == filters.provider)
     if filters.run_id:
-        check_id("run_id", filters.run_id, "run")
+        require_id("run_id", filters.run_id)
         await _load_run(session, workspace_id, filters.run_id)
         conditions.append(Probe.run_id == filters.run_id)
     if filters.prompt_id:
-        check_id("prompt_id", filters.prompt_id, "prm")
+        require_id("prompt_id", filters.prompt_id)
         conditions.append(Probe.prompt_id == filters.prompt_id)
     scope = f"responses:{workspace_id}:{filters.run_id}:{filters.provider}:{filters.prompt_id}"
     page = parse_page(page_size, page_token, scope=scope)

@@ -417,7 +417,7 @@ class ScheduleChange:
 
 async def set_schedule(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     cron: str,
@@ -454,7 +454,7 @@ async def set_schedule(
             session, workspace_id, configured_providers, max_open_runs, now
         )
     await audit.record_workspace_change(
-        session, call, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
+        session, actor, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
     )
     if immediate.run_id:
         send_runs_after_commit(session, [immediate.run_id])

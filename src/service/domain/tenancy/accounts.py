@@ -40,7 +40,7 @@ class DeletedAccount:
     file_ids: list[str]
 
 
-async def delete_account(session: AsyncSession, call: Actor, *, now: datetime) -> DeletedAccount:
+async def delete_account(session: AsyncSession, actor: Actor, *, now: datetime) -> DeletedAccount:
     """Deletes the caller's account at `now` (its audit events' time), or nothing at all.
 
     Only the user themself may: a service key acting as them is PermissionDenied. An
@@ -52,12 +52,12 @@ async def delete_account(session: AsyncSession, call: Actor, *, now: datetime) -
     the icon of a workspace that survives pass to an owner of that workspace's
     organization; the other uploads are deleted. Invitations to the caller's email stay.
     """
-    if call.acts_as_user:
+    if actor.acts_as_user:
         raise PermissionDenied(
             "an account can only be deleted by its user, not through act_as",
             reason="ACT_AS_NOT_ALLOWED",
         )
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound("user", user_id)
@@ -94,7 +94,7 @@ async def delete_account(session: AsyncSession, call: Actor, *, now: datetime) -
         )
     )
     for org_id in sorted((set(roles) | guest_orgs) - set(doomed)):
-        audit.record(session, call, organization_id=org_id, target_ids=[user_id], now=now)
+        audit.record(session, actor, organization_id=org_id, target_ids=[user_id], now=now)
     if doomed:
         await session.execute(delete(Organization).where(Organization.id.in_(doomed)))
     file_ids = await _release_uploads(session, user_id)

@@ -75,24 +75,24 @@ class Accepted:
     organization_member: Member | None = None
 
 
-def verified_email(call: Actor) -> str:
+def verified_email(actor: Actor) -> str:
     """The caller's email when their token vouches for it; FailedPrecondition otherwise."""
-    if not call.email or not call.email_verified:
+    if not actor.email or not actor.email_verified:
         raise FailedPrecondition(
             "your email address is not verified: verify it with your identity provider to "
             "see and accept invitations",
             [PreconditionViolation("EMAIL_NOT_VERIFIED", "email", "the token's email_verified")],
             reason="EMAIL_NOT_VERIFIED",
         )
-    return fold_email(call.email)
+    return fold_email(actor.email)
 
 
 async def list_my_invitations(
-    session: AsyncSession, call: Actor, *, page_size: int, page_token: str, now: datetime
+    session: AsyncSession, actor: Actor, *, page_size: int, page_token: str, now: datetime
 ) -> InvitationPage:
     """The unexpired invitations to the caller's verified email, oldest first."""
-    email = verified_email(call)
-    page = parse_page(page_size, page_token, scope=f"my-invitations:{call.require_user_id()}")
+    email = verified_email(actor)
+    page = parse_page(page_size, page_token, scope=f"my-invitations:{actor.require_user_id()}")
     to_workspaces = await session.execute(
         select(WorkspaceInvitation, Workspace.name, Organization.id, Organization.name)
         .join(Workspace, Workspace.id == WorkspaceInvitation.workspace_id)
@@ -149,7 +149,7 @@ async def list_my_invitations(
 
 
 async def accept_invitation(
-    session: AsyncSession, call: Actor, invitation_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, invitation_id: str, *, now: datetime
 ) -> Accepted:
     """Turns one of the caller's invitations into a membership and uses it up.
 
@@ -159,8 +159,8 @@ async def accept_invitation(
     membership change does, and the invitation is then deleted (DELETE ... RETURNING), so
     two concurrent accepts give one membership and one NOT_FOUND.
     """
-    email = verified_email(call)
-    user_id = call.require_user_id()
+    email = verified_email(actor)
+    user_id = actor.require_user_id()
     found = await _find(session, email, invitation_id, now)
     user = await session.get(User, user_id)
     if user is None:
@@ -180,7 +180,7 @@ async def accept_invitation(
         else:
             member.role = max(member.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
         audit.record_workspace(
-            session, call, workspace, now, target_ids=[workspace.id, invitation_id]
+            session, actor, workspace, now, target_ids=[workspace.id, invitation_id]
         )
         await session.flush()
         return Accepted(
@@ -196,7 +196,7 @@ async def accept_invitation(
         )
         session.add(org_member)
     audit.record(
-        session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
+        session, actor, organization_id=organization_id, target_ids=[invitation_id], now=now
     )
     await session.flush()
     return Accepted(
@@ -207,10 +207,10 @@ async def accept_invitation(
 
 
 async def decline_invitation(
-    session: AsyncSession, call: Actor, invitation_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, invitation_id: str, *, now: datetime
 ) -> None:
     """Deletes one of the caller's invitations; it grants nothing."""
-    email = verified_email(call)
+    email = verified_email(actor)
     found = await _find(session, email, invitation_id, now)
     if isinstance(found, WorkspaceInvitation):
         organization_id = await session.scalar(
@@ -223,7 +223,7 @@ async def decline_invitation(
         await _take(session, WorkspaceInvitation, email, invitation_id, now)
         audit.record(
             session,
-            call,
+            actor,
             organization_id=organization_id,
             workspace_id=found.workspace_id,
             target_ids=[found.workspace_id, invitation_id],
@@ -232,7 +232,7 @@ async def decline_invitation(
         return
     await _take(session, OrganizationInvitation, email, invitation_id, now)
     audit.record(
-        session, call, organization_id=found.organization_id, target_ids=[invitation_id], now=now
+        session, actor, organization_id=found.organization_id, target_ids=[invitation_id], now=now
     )
 
 

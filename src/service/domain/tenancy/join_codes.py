@@ -101,7 +101,7 @@ async def get_join_info(session: AsyncSession, workspace_id: str, *, now: dateti
 
 async def rotate_join_code(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     ttl_seconds: float | None,
@@ -122,11 +122,11 @@ async def rotate_join_code(
                 raise InvalidArgument("ttl", "must be between 1 hour and 90 days")
             ttl = timedelta(seconds=ttl_seconds)
         workspace = await lock_live_workspace(session, workspace_id)
-        return await _replace_code(session, call, workspace, ttl, now)
+        return await _replace_code(session, actor, workspace, ttl, now)
 
     return await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=workspace_id,
         result_type=JoinInfo,
@@ -136,17 +136,17 @@ async def rotate_join_code(
 
 
 async def join_by_code(
-    session: AsyncSession, call: Actor, raw_code: str, *, now: datetime
+    session: AsyncSession, actor: Actor, raw_code: str, *, now: datetime
 ) -> Member:
     """Makes the caller a member of the code's workspace (their existing membership, if any,
     is returned unchanged) when the code is live at `now`. Unknown and expired codes, and
     codes of deleted workspaces, are NOT_FOUND with the same message."""
     code = normalize_code(raw_code)
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     workspace = await session.scalar(live_workspace_for_update(Workspace.join_code == code))
     if workspace is None or not _is_live(workspace, now):
         raise NotFound("join code")
-    return await add_workspace_member_if_absent(session, call, workspace, user_id, now=now)
+    return await add_workspace_member_if_absent(session, actor, workspace, user_id, now=now)
 
 
 async def _live_workspace(session: AsyncSession, workspace_id: str) -> Workspace:
@@ -164,7 +164,7 @@ def _is_live(workspace: Workspace, now: datetime) -> bool:
 
 
 async def _replace_code(
-    session: AsyncSession, call: Actor, workspace: Workspace, ttl: timedelta, now: datetime
+    session: AsyncSession, actor: Actor, workspace: Workspace, ttl: timedelta, now: datetime
 ) -> JoinInfo:
     code = await unused_code(session)
     expire_time = now + ttl
@@ -179,7 +179,7 @@ async def _replace_code(
         )
         .execution_options(synchronize_session=False)
     )
-    audit.record_workspace(session, call, workspace, now)
+    audit.record_workspace(session, actor, workspace, now)
     return JoinInfo(workspace_id=workspace.id, code=display_code(code), expire_time=expire_time)
 
 

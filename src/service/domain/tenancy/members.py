@@ -13,7 +13,7 @@ or renewed. The one exception is an email that already belongs to a member the c
 see in the member list: its membership is returned (raised to a higher requested role).
 
 The auth interceptor has already checked each RPC's level (workspace member or owner,
-organization admin) and put the caller's roles in `call.access`; the rules finer than a
+organization admin) and put the caller's roles in `actor.access`; the rules finer than a
 level live in the two halves.
 
 Concurrency: every change that counts owners first locks the workspace (or organization)

@@ -2,7 +2,7 @@
 workspace members is `service.domain.tenancy.members`.
 
 Only owners grant, revoke or remove `owner` (the RPC level has already checked that the
-caller is an organization admin, and put their role in `call.access`).
+caller is an organization admin, and put their role in `actor.access`).
 
 Last-owner rule: at least one member with role `owner` always remains. Demoting or removing
 the only owner fails with FAILED_PRECONDITION (violation type `LAST_OWNER`). Every change
@@ -66,7 +66,7 @@ async def list_organization_members(
 
 async def invite_organization_member(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     *,
     email: str,
@@ -88,7 +88,7 @@ async def invite_organization_member(
         clean_email = normalize_email(email)
         clean_role = _organization_role(role, required=False)
         if clean_role == "owner":
-            _require_organization_owner(call, "only organization owners may grant owner")
+            _require_organization_owner(actor, "only organization owners may grant owner")
         await lock_organization(session, organization_id)
         row = await member_with_email(
             session, OrganizationMember, "organization_id", organization_id, clean_email
@@ -97,7 +97,7 @@ async def invite_organization_member(
             expire_time = now + invitation_ttl
             return await _invite_to_organization(
                 session,
-                call,
+                actor,
                 organization_id,
                 clean_email,
                 clean_role,
@@ -113,13 +113,13 @@ async def invite_organization_member(
         return active_member(organization_id, member.role, member.create_time, user)
 
     return await idempotency.once(
-        session, call, request_id, scope=organization_id, result_type=Member, now=now, run=invite
+        session, actor, request_id, scope=organization_id, result_type=Member, now=now, run=invite
     )
 
 
 async def update_organization_member_role(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     *,
     user_id: str,
@@ -135,18 +135,18 @@ async def update_organization_member_role(
     )
     if role != member.role:
         if "owner" in (role, member.role):
-            _require_organization_owner(call, "only organization owners may grant or revoke owner")
+            _require_organization_owner(actor, "only organization owners may grant or revoke owner")
         if member.role == "owner":
             await _keep_organization_owner(session, organization_id, user_id)
         member.role = role
-        audit.record(session, call, organization_id=organization_id, target_ids=[user_id], now=now)
+        audit.record(session, actor, organization_id=organization_id, target_ids=[user_id], now=now)
         await session.flush()
     return active_member(organization_id, member.role, member.create_time, user)
 
 
 async def remove_organization_member(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     *,
     user_id: str,
@@ -176,13 +176,13 @@ async def remove_organization_member(
         invitation_id, role = invitation
         if role == "owner":
             _require_organization_owner(
-                call, "only organization owners may cancel an owner invitation"
+                actor, "only organization owners may cancel an owner invitation"
             )
         await session.execute(
             delete(OrganizationInvitation).where(OrganizationInvitation.id == invitation_id)
         )
         audit.record(
-            session, call, organization_id=organization_id, target_ids=[invitation_id], now=now
+            session, actor, organization_id=organization_id, target_ids=[invitation_id], now=now
         )
         return
     await lock_organization(session, organization_id)
@@ -190,7 +190,7 @@ async def remove_organization_member(
         session, OrganizationMember, "organization_id", organization_id, user_id
     )
     if member.role == "owner":
-        _require_organization_owner(call, "only organization owners may remove owners")
+        _require_organization_owner(actor, "only organization owners may remove owners")
         await _keep_organization_owner(session, organization_id, user_id)
     await session.delete(member)
     # Leaving the organization also ends explicit access to its workspaces.
@@ -202,7 +202,7 @@ async def remove_organization_member(
             ),
         )
     )
-    audit.record(session, call, organization_id=organization_id, target_ids=[user_id], now=now)
+    audit.record(session, actor, organization_id=organization_id, target_ids=[user_id], now=now)
     await session.flush()
 
 
@@ -217,7 +217,7 @@ async def lock_organization(session: AsyncSession, organization_id: str) -> None
 
 async def _invite_to_organization(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     email: str,
     role: str,
@@ -237,19 +237,19 @@ async def _invite_to_organization(
             organization_id=organization_id,
             email=email,
             role=role,
-            invited_by=call.user_id,
+            invited_by=actor.user_id,
             create_time=now,
             expire_time=expire_time,
         )
         session.add(invitation)
     else:
         if invitation.role == "owner" and role != "owner":
-            _require_organization_owner(call, "only organization owners may revoke owner")
+            _require_organization_owner(actor, "only organization owners may revoke owner")
         if invitation.expire_time <= now:  # an expired invitation starts over
             invitation.create_time = now
         invitation.role, invitation.expire_time = role, expire_time
     audit.record(
-        session, call, organization_id=organization_id, target_ids=[invitation.id], now=now
+        session, actor, organization_id=organization_id, target_ids=[invitation.id], now=now
     )
     await session.flush()
     return invited(organization_id, invitation)
@@ -271,8 +271,8 @@ async def _keep_organization_owner(
         raise last_owner("organization", organization_id)
 
 
-def _require_organization_owner(call: Actor, message: str) -> None:
-    if call.require_access().organization_role != "owner":
+def _require_organization_owner(actor: Actor, message: str) -> None:
+    if actor.require_access().organization_role != "owner":
         raise PermissionDenied(message)
 
 

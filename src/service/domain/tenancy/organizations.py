@@ -165,17 +165,17 @@ async def insert_organization(
 
 
 async def _recorded(
-    session: AsyncSession, call: Actor, org: Organization, now: datetime
+    session: AsyncSession, actor: Actor, org: Organization, now: datetime
 ) -> OrganizationView:
     """The view of `org` after writing the audit event of the change made to it at `now`."""
-    audit.record(session, call, organization_id=org.id, target_ids=[org.id], now=now)
+    audit.record(session, actor, organization_id=org.id, target_ids=[org.id], now=now)
     await session.flush()
     return OrganizationView.of(org)
 
 
 async def create_organization(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     name: str,
     *,
     request_id: str = "",
@@ -189,12 +189,12 @@ async def create_organization(
     async def create() -> OrganizationView:
         clean = display_name("name", name)
         org = await insert_organization(
-            session, name=clean, owner_id=call.require_user_id(), now=now, caps=caps
+            session, name=clean, owner_id=actor.require_user_id(), now=now, caps=caps
         )
-        return await _recorded(session, call, org, now)
+        return await _recorded(session, actor, org, now)
 
     return await idempotency.once(
-        session, call, request_id, scope="", result_type=OrganizationView, now=now, run=create
+        session, actor, request_id, scope="", result_type=OrganizationView, now=now, run=create
     )
 
 
@@ -234,7 +234,7 @@ UPDATABLE_ORGANIZATION_FIELDS = ("name",)
 
 async def update_organization(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     *,
     name: str,
@@ -257,7 +257,7 @@ async def update_organization(
     if "name" in masked and org.name != clean:
         org.name = clean
         org.update_time = now
-    return await _recorded(session, call, org, now)
+    return await _recorded(session, actor, org, now)
 
 
 # Navigation -------------------------------------------------------------------------------
@@ -321,18 +321,18 @@ async def navigation_state(session: AsyncSession, user_id: str) -> NavigationSta
 
 
 async def set_current_workspace(
-    session: AsyncSession, call: Actor, workspace_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, *, now: datetime
 ) -> NavigationState:
     """Stores the caller's current workspace (access already checked) and returns the state."""
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     user = await session.get(User, user_id)
     if user is None:
         raise NotFound("user", user_id)
     user.current_workspace_id = workspace_id
-    access = call.require_access()
+    access = actor.require_access()
     audit.record(
         session,
-        call,
+        actor,
         organization_id=access.organization_id,
         workspace_id=workspace_id,
         target_ids=[user_id],
@@ -368,7 +368,7 @@ def access_summary(organization_id: str, role: str) -> OrganizationAccessSummary
 
 async def link_workos_organization(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     organization_id: str,
     workos_organization_id: str,
     *,
@@ -396,18 +396,18 @@ async def link_workos_organization(
             raise AlreadyExists(
                 "this WorkOS organization is linked to another organization"
             ) from None
-    return await _recorded(session, call, org, now)
+    return await _recorded(session, actor, org, now)
 
 
 async def unlink_workos_organization(
-    session: AsyncSession, call: Actor, organization_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, organization_id: str, *, now: datetime
 ) -> OrganizationView:
     """Removes the organization's WorkOS link (harmless when there is none)."""
     org = await _organization(session, organization_id)
     if org.workos_organization_id is not None:
         org.workos_organization_id = None
         org.update_time = now
-    return await _recorded(session, call, org, now)
+    return await _recorded(session, actor, org, now)
 
 
 # Audit log --------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def _clean_new(request: NewWorkspace) -> _CleanWorkspace:
 
 async def create_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     request: NewWorkspace,
     *,
     request_id: str = "",
@@ -150,12 +150,12 @@ async def create_workspace(
     """
     return await idempotency.once(
         session,
-        call,
+        actor,
         request_id,
         scope=request.organization_id,
         result_type=CreatedWorkspace,
         now=now,
-        run=lambda: _create_workspace(session, call, request, now, join_code_ttl, caps),
+        run=lambda: _create_workspace(session, actor, request, now, join_code_ttl, caps),
     )
 
 
@@ -190,13 +190,13 @@ async def check_workspace_cap(
 
 async def _create_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     request: NewWorkspace,
     now: datetime,
     join_code_ttl: timedelta,
     caps: TenantCaps,
 ) -> CreatedWorkspace:
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     clean = _clean_new(request)
     is_first = not await session.scalar(
         select(exists().where(accessible_workspaces(user_id)).select_from(Workspace))
@@ -216,7 +216,7 @@ async def _create_workspace(
             session, name=clean.organization_name, owner_id=user_id, now=now, caps=caps
         )
     else:
-        org = await _personal_organization(session, call, user_id, now, caps)
+        org = await _personal_organization(session, actor, user_id, now, caps)
     await check_workspace_cap(session, org.id, caps)
     if request.icon_file_id:
         await files.require_own_upload(session, user_id, "icon_file_id", request.icon_file_id)
@@ -251,7 +251,7 @@ async def _create_workspace(
     )
     audit.record(
         session,
-        call,
+        actor,
         organization_id=org.id,
         workspace_id=workspace.id,
         target_ids=[workspace.id, org.id],
@@ -268,7 +268,7 @@ def _live_in(organization_id: str) -> ColumnElement[bool]:
 
 
 async def _personal_organization(
-    session: AsyncSession, call: Actor, user_id: str, now: datetime, caps: TenantCaps
+    session: AsyncSession, actor: Actor, user_id: str, now: datetime, caps: TenantCaps
 ) -> Organization:
     """The caller's personal organization, created on first use."""
     org = await session.scalar(
@@ -277,7 +277,7 @@ async def _personal_organization(
     if org is None:
         user = await session.get(User, user_id)
         who = (user.name or user.email) if user else ""
-        who = (who or call.email or "My").strip()
+        who = (who or actor.email or "My").strip()
         name = who[: 80 - len(PERSONAL_SUFFIX)].strip() + PERSONAL_SUFFIX
         return await insert_organization(
             session, name=name, owner_id=user_id, personal=True, now=now, caps=caps
@@ -335,7 +335,7 @@ def check_etag(field_name: str, etag: str, version: int) -> None:
 
 async def update_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     patch: WorkspacePatch,
     paths: Sequence[str],
@@ -350,7 +350,7 @@ async def update_workspace(
     icon = values.get("icon_file_id")
     if icon and icon != workspace.icon_file_id:
         await files.require_own_upload(
-            session, call.require_user_id(), "workspace.icon_file_id", icon
+            session, actor.require_user_id(), "workspace.icon_file_id", icon
         )
     changed = {k: v for k, v in values.items() if getattr(workspace, k) != v}
     new_slug = changed.pop("slug", None)
@@ -369,7 +369,7 @@ async def update_workspace(
     if changed or new_slug is not None:
         workspace.version += 1
         workspace.update_time = now
-    audit.record_workspace(session, call, workspace, now)
+    audit.record_workspace(session, actor, workspace, now)
     await session.flush()
 
 
@@ -377,7 +377,7 @@ async def update_workspace(
 
 
 async def delete_workspace(
-    session: AsyncSession, call: Actor, workspace_id: str, etag: str = "", *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, etag: str = "", *, now: datetime
 ) -> None:
     """Soft-deletes the workspace: it vanishes at once, its schedule stops, its slug and
     join code are freed; its owners see it with ListWorkspaces' show_deleted and may
@@ -391,13 +391,13 @@ async def delete_workspace(
     workspace.join_code = None
     workspace.join_code_expire_time = None
     await session.execute(delete(Schedule).where(Schedule.workspace_id == workspace_id))
-    audit.record_workspace(session, call, workspace, now)
+    audit.record_workspace(session, actor, workspace, now)
     await session.flush()
 
 
 async def undelete_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     etag: str = "",
     *,
@@ -416,7 +416,7 @@ async def undelete_workspace(
     `join_code_ttl`; its schedule, removed on deletion, stays unset. An organization that
     holds the most live workspaces `caps` allows restores none (WORKSPACE_LIMIT_REACHED).
     """
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     require_id("workspace_id", workspace_id)
     # The organization's row is locked before the workspace's, in the order creates take.
     organization_id = await session.scalar(
@@ -447,7 +447,7 @@ async def undelete_workspace(
     check_etag("etag", etag, workspace.version)
     await check_workspace_cap(session, workspace.organization_id, caps)
     await _restore(session, workspace, now=now, join_code_expire_time=now + join_code_ttl)
-    audit.record_workspace(session, call, workspace, now)
+    audit.record_workspace(session, actor, workspace, now)
     await session.flush()
 
 
@@ -490,7 +490,7 @@ async def _restore(
 
 async def set_enabled_providers(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     providers: Sequence[str],
     *,
@@ -503,5 +503,5 @@ async def set_enabled_providers(
         workspace.enabled_providers = clean
         workspace.version += 1
         workspace.update_time = now
-    audit.record_workspace(session, call, workspace, now)
+    audit.record_workspace(session, actor, workspace, now)
     await session.flush()

@@ -2,7 +2,7 @@
 organization members is `service.domain.tenancy.members`.
 
 Members may add members but only owners add or promote owners (the RPC level has already
-checked the caller is a member or an owner, and put their roles in `call.access`).
+checked the caller is a member or an owner, and put their roles in `actor.access`).
 
 Last-owner rule: the workspace's explicit members — the people `ListMembers` shows — keep
 at least one whose *effective* role is owner: an explicit workspace owner, or an explicit
@@ -76,7 +76,7 @@ async def list_members(
 
 async def add_member(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     email: str,
@@ -97,7 +97,7 @@ async def add_member(
     async def add() -> Member:
         clean_email = normalize_email(email)
         clean_role = _workspace_role(role, required=False)
-        access = call.require_access()
+        access = actor.require_access()
         if clean_role == "owner" and access.workspace_role != "owner":
             raise PermissionDenied("only workspace owners may add owners")
         workspace = await lock_live_workspace(session, workspace_id)
@@ -107,24 +107,30 @@ async def add_member(
         if row is None:
             expire_time = now + invitation_ttl
             return await _invite_to_workspace(
-                session, call, workspace, clean_email, clean_role, expire_time=expire_time, now=now
+                session, actor, workspace, clean_email, clean_role, expire_time=expire_time, now=now
             )
         member, user = row[0], row[1]
         if WORKSPACE_ROLE_RANK[clean_role] > WORKSPACE_ROLE_RANK[member.role]:
             member.role = clean_role
             audit.record_workspace(
-                session, call, workspace, now, target_ids=[workspace.id, user.id]
+                session, actor, workspace, now, target_ids=[workspace.id, user.id]
             )
             await session.flush()
         return active_member(workspace_id, member.role, member.create_time, user)
 
     return await idempotency.once(
-        session, call, request_id, scope=workspace_id, result_type=Member, now=now, run=add
+        session, actor, request_id, scope=workspace_id, result_type=Member, now=now, run=add
     )
 
 
 async def update_member_role(
-    session: AsyncSession, call: Actor, workspace_id: str, *, user_id: str, role: str, now: datetime
+    session: AsyncSession,
+    actor: Actor,
+    workspace_id: str,
+    *,
+    user_id: str,
+    role: str,
+    now: datetime,
 ) -> Member:
     """Changes an explicit member's role (owners only, by the RPC's level).
 
@@ -138,14 +144,14 @@ async def update_member_role(
     if role != member.role:
         await _keep_workspace_owner(session, workspace, user_id, new_role=role)
         member.role = role
-        audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
+        audit.record_workspace(session, actor, workspace, now, target_ids=[workspace.id, user_id])
         await session.flush()
     return active_member(workspace_id, member.role, member.create_time, user)
 
 
 async def remove_member(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace_id: str,
     *,
     user_id: str,
@@ -162,15 +168,15 @@ async def remove_member(
         email = normalize_email(email)
     workspace = await lock_live_workspace(session, workspace_id)
     if not user_id:
-        await _cancel_workspace_invitation(session, call, workspace, email, now)
+        await _cancel_workspace_invitation(session, actor, workspace, email, now)
         return
     await explicit_member(session, WorkspaceMember, "workspace_id", workspace_id, user_id)
     await _keep_workspace_owner(session, workspace, user_id, new_role=None)
-    await _delete_workspace_member(session, call, workspace, user_id, now)
+    await _delete_workspace_member(session, actor, workspace, user_id, now)
 
 
 async def leave_workspace(
-    session: AsyncSession, call: Actor, workspace_id: str, *, now: datetime
+    session: AsyncSession, actor: Actor, workspace_id: str, *, now: datetime
 ) -> None:
     """Removes the caller's own explicit membership.
 
@@ -178,7 +184,7 @@ async def leave_workspace(
     IMPLIED_MEMBERSHIP when the caller's access comes only from their organization role
     (there is nothing to leave; an organization admin removes organization members).
     """
-    user_id = call.require_user_id()
+    user_id = actor.require_user_id()
     workspace = await lock_live_workspace(session, workspace_id)
     member = await session.get(WorkspaceMember, (workspace_id, user_id))
     if member is None:
@@ -194,12 +200,12 @@ async def leave_workspace(
             ],
         )
     await _keep_workspace_owner(session, workspace, user_id, new_role=None)
-    await _delete_workspace_member(session, call, workspace, user_id, now)
+    await _delete_workspace_member(session, actor, workspace, user_id, now)
 
 
 async def add_workspace_member_if_absent(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace: Workspace,
     user_id: str,
     *,
@@ -215,7 +221,7 @@ async def add_workspace_member_if_absent(
             workspace_id=workspace.id, user_id=user_id, role="member", create_time=now
         )
         session.add(member)
-        audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
+        audit.record_workspace(session, actor, workspace, now, target_ids=[workspace.id, user_id])
         await session.flush()
     user = await session.get(User, user_id)
     if user is None:
@@ -225,7 +231,7 @@ async def add_workspace_member_if_absent(
 
 async def _invite_to_workspace(
     session: AsyncSession,
-    call: Actor,
+    actor: Actor,
     workspace: Workspace,
     email: str,
     role: str,
@@ -245,7 +251,7 @@ async def _invite_to_workspace(
             workspace_id=workspace_id,
             email=email,
             role=role,
-            invited_by=call.user_id,
+            invited_by=actor.user_id,
             create_time=now,
             expire_time=expire_time,
         )
@@ -255,13 +261,13 @@ async def _invite_to_workspace(
             invitation.role, invitation.create_time = role, now
         invitation.role = max(invitation.role, role, key=WORKSPACE_ROLE_RANK.__getitem__)
         invitation.expire_time = expire_time
-    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, invitation.id])
+    audit.record_workspace(session, actor, workspace, now, target_ids=[workspace.id, invitation.id])
     await session.flush()
     return invited(workspace_id, invitation)
 
 
 async def _cancel_workspace_invitation(
-    session: AsyncSession, call: Actor, workspace: Workspace, email: str, now: datetime
+    session: AsyncSession, actor: Actor, workspace: Workspace, email: str, now: datetime
 ) -> None:
     invitation_id = await session.scalar(
         delete(WorkspaceInvitation)
@@ -270,7 +276,7 @@ async def _cancel_workspace_invitation(
     )
     if invitation_id is None:
         raise NotFound("invitation", email)
-    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, invitation_id])
+    audit.record_workspace(session, actor, workspace, now, target_ids=[workspace.id, invitation_id])
 
 
 async def _keep_workspace_owner(
@@ -354,14 +360,14 @@ async def _leaves_no_owner(
 
 
 async def _delete_workspace_member(
-    session: AsyncSession, call: Actor, workspace: Workspace, user_id: str, now: datetime
+    session: AsyncSession, actor: Actor, workspace: Workspace, user_id: str, now: datetime
 ) -> None:
     await session.execute(
         delete(WorkspaceMember).where(
             WorkspaceMember.workspace_id == workspace.id, WorkspaceMember.user_id == user_id
         )
     )
-    audit.record_workspace(session, call, workspace, now, target_ids=[workspace.id, user_id])
+    audit.record_workspace(session, actor, workspace, now, target_ids=[workspace.id, user_id])
 
 
 def _workspace_role(role: str, *, required: bool) -> str:

@@ -40,6 +40,9 @@ from dramatiq.encoder import Encoder, JSONEncoder
 from dramatiq.errors import ConnectionClosed
 from dramatiq.middleware import AsyncIO, Middleware
 
+from service.config import Settings
+from service.messages import PROBE_QUEUE, RUN_QUEUE
+
 DEFAULT_NAMESPACE = "beacon"
 DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
 REDIS_CONNECTIONS = 512
@@ -51,6 +54,22 @@ MAINTENANCE_CHANCE = 10_000
 PIPELINE_CHUNK = 2000
 MAX_PREFETCH = 65_535  # AMQP's prefetch count is 16 bits; 0 (unlimited) is not offered
 PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+
+
+def broker_of(settings: Settings, extra_middleware: Sequence[Middleware] = ()) -> dramatiq.Broker:
+    """A new broker for `settings.effective_broker_url` (see `build_broker`) with Beacon's
+    queues declared, for a process that sends runs (the API, the ticker); ValueError naming
+    the variable for an unusable URL. Workers build theirs with `workers.actors.worker_broker`.
+    """
+    try:
+        broker = build_broker(settings.effective_broker_url, extra_middleware)
+    except ValueError as exc:
+        # The URL may hold a password: name the variable, never echo the value.
+        variable = "BEACON_BROKER_URL" if settings.broker_url else "BEACON_REDIS_URL"
+        raise ValueError(f"{variable} is not a usable broker URL: {exc}") from None
+    for queue in (RUN_QUEUE, PROBE_QUEUE):
+        broker.declare_queue(queue)
+    return broker
 
 
 def build_broker(url: str, extra_middleware: Sequence[Middleware] = ()) -> dramatiq.Broker:
@@ -226,8 +245,6 @@ def _whole(options: dict[str, str], name: str, default: int) -> int:
 def ready_backlog(broker: dramatiq.Broker) -> int | None:
     """Messages waiting in Beacon's run and probe queues (not the delayed ones), or None when
     the broker cannot tell cheaply (RabbitMQ)."""
-    from workers.messages import PROBE_QUEUE, RUN_QUEUE
-
     queues = (RUN_QUEUE, PROBE_QUEUE)
     if isinstance(broker, RedisBroker):
         pipe = broker.client.pipeline(transaction=False)

@@ -1,9 +1,9 @@
 """The message schema shared by the API's dispatcher, the ticker and the workers.
 
 Queue and actor names, the retry and priority settings the actors are declared with, and the
-builders of the two messages (`process_run`, `process_probes`). A leaf: it imports nothing of
-Beacon's, so the actors, the run and probe logic, the broker and the dispatcher all depend on
-it and not on each other.
+builders of the two messages (`process_run`, `process_probes`). A leaf (it imports only
+`service.tracing`, whose context messages carry), so the actors, the run and probe logic, the
+broker and the dispatcher all depend on it and not on each other.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ DELIVER_WEBHOOKS = "deliver_webhooks"
 # Claimed deliveries per message, attempted concurrently by one worker thread's coroutine.
 DELIVERIES_PER_MESSAGE = 20
 
-# Unexpected failures (database down, a bug) are retried by Dramatiq's Retries middleware;
-# provider failures are retried by the probe logic itself, which honours Retry-After. The
-# backoff (2 s, 4 s, ... at most 15 s) rides out a database outage of about four minutes and
-# resumes within 15 s of its end; a message that runs out of retries is sent again by the
-# stalled-run sweep (`workers.dispatch.redispatch_stalled_runs`).
+# Dramatiq's Retries middleware retries a message whose handling raised (the database down);
+# provider failures are never retried by it but by the probe logic, with its own attempt
+# counter (the retry policy: `workers.probes`). The backoff (2 s, 4 s, ... at most 15 s)
+# rides out a database outage of about four minutes and resumes within 15 s of its end; a
+# message that runs out of retries is sent again by the stalled-run sweep
+# (`service.outbox.redispatch_stalled_runs`).
 MAX_RETRIES = 20
 MIN_BACKOFF_MS = 1_000
 MAX_BACKOFF_MS = 15_000

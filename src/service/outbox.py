@@ -11,6 +11,11 @@ from the database: an open run on which nothing happened for `run_stall_seconds`
 finished, not expanded or re-sent meanwhile) is sent again and re-stamped; the run actor then
 re-sends the run's pending probes (see `workers.runs.expand_run`). While the broker holds a
 backlog of ready messages the wait is explained and nothing is re-sent.
+
+A Redis that restarts without its data is noticed rather than waited out: `BrokerEpoch` keeps a
+mark in Redis that the ticker sets again on every tick (`SET ... NX`); finding gone a mark it
+has seen means every message went with it, and `redispatch_open_runs` sends every open run
+again at once.
 """
 
 from __future__ import annotations
@@ -21,68 +26,67 @@ import functools
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import dramatiq
+from dramatiq.brokers.redis import RedisBroker
 from opentelemetry.trace import SpanKind
-from sqlalchemy import ColumnElement, String, and_, any_, bindparam, exists, or_, select, update
+from prometheus_client import Counter
+from sqlalchemy import ColumnElement, String, and_, any_, bindparam, select, update
 from sqlalchemy.dialects import postgresql
 
 from service import tracing
+from service.broker import new_message_ids, ready_backlog, send_messages
 from service.clock import utcnow
 from service.db.database import Database
-from service.db.models import Probe, Run
+from service.db.models import Run
+from service.db.sql_dialects import table_of, tune_batch_transaction
 from service.db.types import UTCDateTime
-from workers import metrics
-from workers.actors import current_broker
-from workers.broker import new_message_ids, ready_backlog, send_messages
-from workers.messages import run_message
-from workers.sql_dialects import table_of, tune_batch_transaction
+from service.domain.collection.run_lifecycle import sent_before, stalled
+from service.messages import run_message
 
 log = logging.getLogger(__name__)
+
+RUNS_DISPATCHED = Counter("beacon_runs_dispatched_total", "Run messages handed to the broker.")
+RUNS_REDISPATCHED = Counter(
+    "beacon_runs_redispatched_total", "Stalled runs sent to the broker again (lost messages)."
+)
+DISPATCH_ERRORS = Counter("beacon_dispatch_errors_total", "Failed attempts to send run messages.")
 
 # Ids per IN (...) list: well under SQLite's and asyncpg's bind-parameter limits.
 ID_CHUNK = 1000
 # Ready messages in the broker above which a quiet run is explained by the backlog.
 STALL_BACKLOG_LIMIT = 1000
-# Runs sent longer ago than this are not looked at (bounds the scan of the enqueue_time index;
-# a stalled run is re-stamped on each re-send, so it stays inside).
-STALL_HORIZON = timedelta(days=2)
 
 
 async def dispatch_pending_runs(
     db: Database,
+    broker: dramatiq.Broker,
     *,
     run_ids: Sequence[str] | None = None,
     limit: int = 1000,
-    broker: dramatiq.Broker | None = None,
 ) -> int:
     """Sends a `process_run` message for each run not yet enqueued; returns how many were sent.
 
-    `run_ids` restricts the sweep to those runs, otherwise up to `limit` pending runs are sent. Rows are locked while they are sent (`FOR UPDATE SKIP LOCKED` on PostgreSQL)
-    so concurrent dispatchers do not send the same run twice; broker errors are logged and
-    swallowed, leaving the runs for the ticker's next sweep. `broker` defaults to the configured
-    one.
+    `run_ids` restricts the sweep to those runs, otherwise up to `limit` pending runs are
+    sent. Rows are locked while they are sent (`FOR UPDATE SKIP LOCKED` on PostgreSQL) so
+    concurrent dispatchers do not send the same run twice; broker errors are logged and
+    swallowed, leaving the runs for the ticker's next sweep.
     """
     if run_ids is not None and not run_ids:
-        return 0
-    try:
-        target = broker or current_broker()
-    except RuntimeError:
-        log.warning("no broker configured: runs stay in the outbox for the ticker")
         return 0
     sent = 0
     try:
         if run_ids is None:
-            sent = await _dispatch_chunk(db, target, Run.enqueue_time.is_(None), limit)
+            sent = await _dispatch_chunk(db, broker, Run.enqueue_time.is_(None), limit)
         else:
             # `limit` caps the runs looked at.
             ids = list(run_ids[:limit])
             for start in range(0, len(ids), ID_CHUNK):
-                sent += await _dispatch_runs(db, target, ids[start : start + ID_CHUNK])
+                sent += await _dispatch_runs(db, broker, ids[start : start + ID_CHUNK])
     except Exception:
-        metrics.DISPATCH_ERRORS.inc()
+        DISPATCH_ERRORS.inc()
         log.exception("dispatching runs failed; the ticker will send them later")
     return sent
 
@@ -90,56 +94,92 @@ async def dispatch_pending_runs(
 @dataclass(slots=True)
 class RunDispatcher:
     """What the API sends the runs it wrote with (`service.app.App.dispatcher`): the outbox
-    sweep restricted to those runs, on `broker` (default: the broker configured last, if any;
-    without one the runs wait in the outbox for the ticker)."""
+    sweep restricted to those runs, on `broker`; without a broker (None) the runs wait in the
+    outbox for the ticker."""
 
     db: Database
-    broker: dramatiq.Broker | None = None
+    broker: dramatiq.Broker | None
 
     async def dispatch_runs(self, run_ids: Sequence[str]) -> int:
-        return await dispatch_pending_runs(self.db, run_ids=run_ids, broker=self.broker)
+        if self.broker is None:
+            return 0
+        return await dispatch_pending_runs(self.db, self.broker, run_ids=run_ids)
 
 
 async def redispatch_stalled_runs(
     db: Database,
+    broker: dramatiq.Broker,
     stall_seconds: float,
     *,
     now: datetime | None = None,
     limit: int = 1000,
-    broker: dramatiq.Broker | None = None,
 ) -> int:
     """Sends again up to `limit` open runs idle for `stall_seconds` (see the module docstring);
     returns how many. Broker errors are logged and swallowed, like `dispatch_pending_runs`."""
     if stall_seconds <= 0:
         return 0
     try:
-        target = broker or current_broker()
-        backlog = await asyncio.to_thread(ready_backlog, target)
+        backlog = await asyncio.to_thread(ready_backlog, broker)
         if backlog is not None and backlog > STALL_BACKLOG_LIMIT:
             return 0
         at = now or utcnow()
-        sent = await _dispatch_chunk(db, target, stalled(at, stall_seconds), limit, at, resent=True)
+        sent = await _dispatch_chunk(db, broker, stalled(at, stall_seconds), limit, at, resent=True)
     except Exception:
-        metrics.DISPATCH_ERRORS.inc()
+        DISPATCH_ERRORS.inc()
         log.exception("re-sending stalled runs failed; trying again at the next sweep")
         return 0
     if sent:
-        metrics.RUNS_REDISPATCHED.inc(sent)
+        RUNS_REDISPATCHED.inc(sent)
         log.warning("re-sent %d runs idle for %gs or more", sent, stall_seconds)
     return sent
 
 
-def stalled(now: datetime, stall_seconds: float) -> ColumnElement[bool]:
-    """Open runs sent, started and last answered (any probe) before `now - stall_seconds`."""
-    cutoff = now - timedelta(seconds=stall_seconds)
-    answered = exists().where(Probe.run_id == Run.id, Probe.complete_time >= cutoff)
-    return and_(
-        Run.enqueue_time < cutoff,
-        Run.enqueue_time >= now - STALL_HORIZON,
-        Run.end_time.is_(None),
-        or_(Run.start_time.is_(None), Run.start_time < cutoff),
-        ~answered,
-    )
+async def redispatch_open_runs(
+    db: Database, broker: dramatiq.Broker, *, now: datetime | None = None, limit: int = 1000
+) -> int:
+    """Sends again every open run sent before `now` (its messages are gone: the broker lost
+    its data), `limit` to a transaction; returns how many. Broker errors are logged and
+    swallowed: the stalled-run sweep sends them later."""
+    at = now or utcnow()
+    sent = 0
+    try:
+        while True:
+            # Re-stamped runs (enqueue_time = at) no longer match: each pass takes new ones.
+            chunk = await _dispatch_chunk(db, broker, sent_before(at), limit, at, resent=True)
+            sent += chunk
+            if chunk < limit:
+                break
+    except Exception:
+        DISPATCH_ERRORS.inc()
+        log.exception("re-sending the open runs failed; the stalled-run sweep will send them")
+    if sent:
+        RUNS_REDISPATCHED.inc(sent)
+    return sent
+
+
+class BrokerEpoch:
+    """Notices that the broker lost its data: a mark kept in Redis (`<namespace>:beacon.epoch`)
+    that `lost` sets again whenever it is missing. Missing after this ticker has seen it means
+    the messages went with it (a Redis restarted without persistence, flushed, or failed over
+    to an empty replica). Missing at a ticker's first look says nothing (a new deployment, a
+    new namespace): it is only set, and a loss from before is left to the stalled-run sweep.
+    Of several tickers, the one whose `SET NX` wins answers True. Other brokers (RabbitMQ keeps
+    its messages, the in-process one dies with its process) never lose data this way."""
+
+    KEY = "beacon.epoch"
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        self.broker = broker
+        self._seen = False
+
+    def lost(self) -> bool:
+        """Whether the mark this ticker saw is gone (it is set again); redis errors propagate."""
+        if not isinstance(self.broker, RedisBroker):
+            return False
+        key = f"{self.broker.namespace}:{self.KEY}"
+        created = bool(self.broker.client.set(key, utcnow().isoformat(), nx=True))
+        seen, self._seen = self._seen, True
+        return created and seen
 
 
 async def _dispatch_chunk(
@@ -222,7 +262,7 @@ async def _stamp_and_send(
         with traced_run_messages(runs, resent=resent) as messages:
             # The send blocks on the network: keep it off the event loop.
             await asyncio.to_thread(send_messages, broker, messages)
-    metrics.RUNS_DISPATCHED.inc(len(runs))
+    RUNS_DISPATCHED.inc(len(runs))
     return len(runs)
 
 
