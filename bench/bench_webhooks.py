@@ -61,17 +61,19 @@ async def receiver() -> tuple[web.AppRunner, int]:
 
 
 def settings_of(backend: Backend, broker_url: str) -> Settings:
-    return Settings(
-        database_url=backend.database_url,
-        redis_url=backend.redis_url,
-        broker_url=broker_url,
-        auth_secret=BENCH_SECRET,
-        signing_secret=BENCH_SIGNING_SECRET,
-        webhook_secret_key=WEBHOOK_KEY,
-        **{"openai_api_key": "bench"},  # the variable's flat name (Settings takes it)
-        rate_limit_scale=10_000.0,
-        rate_limit_key_prefix=f"beacon-bench-{uuid.uuid4().hex[:8]}",
-        metrics_addr="",
+    return Settings.model_validate(
+        {
+            "database_url": backend.database_url,
+            "redis_url": backend.redis_url,
+            "broker_url": broker_url,
+            "auth_secret": BENCH_SECRET,
+            "signing_secret": BENCH_SIGNING_SECRET,
+            "webhook_secret_key": WEBHOOK_KEY,
+            "openai_api_key": "bench",
+            "rate_limit_scale": 10_000.0,
+            "rate_limit_key_prefix": f"beacon-bench-{uuid.uuid4().hex[:8]}",
+            "metrics_addr": "",
+        }
     )
 
 
