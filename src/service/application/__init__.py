@@ -1,0 +1,50 @@
+"""Application services: one per area of the API (workspaces, organizations, members,
+prompts, schedules, runs, files).
+
+Each method opens the unit of work its call needs (`Database.read` for the hot reads, a
+read-only or a writing transaction otherwise), calls the domain, and returns plain views:
+no ORM row and no choice of read path reaches a caller. The gRPC servicers, the HTTP side and
+the CLI call them; this package imports the domain and the database, never grpc or the
+generated messages. `Services.build` is called once, by `service.app.App`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.application.files import FileService
+from service.application.members import MemberService
+from service.application.organizations import OrganizationService
+from service.application.prompts import PromptService
+from service.application.runs import RunService
+from service.application.schedules import ScheduleService
+from service.application.workspaces import WorkspaceService
+from service.config import Settings
+from service.db.database import Database
+from service.rate_limits import RateLimits
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """Every application service of the process, built with the same database and settings."""
+
+    workspaces: WorkspaceService
+    organizations: OrganizationService
+    members: MemberService
+    prompts: PromptService
+    schedules: ScheduleService
+    runs: RunService
+    files: FileService
+
+    @classmethod
+    def build(cls, db: Database, settings: Settings, rate_limits: RateLimits) -> Services:
+        """The services of one process (`App` builds them once)."""
+        return cls(
+            workspaces=WorkspaceService(db=db, settings=settings),
+            organizations=OrganizationService(db=db, settings=settings),
+            members=MemberService(db=db, settings=settings),
+            prompts=PromptService(db=db, settings=settings),
+            schedules=ScheduleService(db=db, settings=settings, rate_limits=rate_limits),
+            runs=RunService(db=db, settings=settings),
+            files=FileService(db=db, settings=settings),
+        )
