@@ -44,7 +44,7 @@ class App:
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
-        self.services = Services.build(self.db, self.settings, self.rate_limits)
+        self.services = Services.build(self.db, self.settings, self.rate_limits.charge_run)
         if self.dispatcher is None:
             self.dispatcher = RunDispatcher(self.db)
         self.db.run_sender = self.dispatcher.dispatch_runs

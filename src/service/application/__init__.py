@@ -17,11 +17,10 @@ from service.application.members import MemberService
 from service.application.organizations import OrganizationService
 from service.application.prompts import PromptService
 from service.application.runs import RunService
-from service.application.schedules import ScheduleService
+from service.application.schedules import ChargeRun, ScheduleService
 from service.application.workspaces import WorkspaceService
 from service.config import Settings
 from service.db.database import Database
-from service.rate_limits import RateLimits
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +36,15 @@ class Services:
     files: FileService
 
     @classmethod
-    def build(cls, db: Database, settings: Settings, rate_limits: RateLimits) -> Services:
-        """The services of one process (`App` builds them once)."""
+    def build(cls, db: Database, settings: Settings, charge_run: ChargeRun) -> Services:
+        """The services of one process (`App` builds them once); `charge_run` charges the
+        run a new schedule starts to the workspace's StartRun budget."""
         return cls(
             workspaces=WorkspaceService(db=db, settings=settings),
             organizations=OrganizationService(db=db, settings=settings),
             members=MemberService(db=db, settings=settings),
             prompts=PromptService(db=db, settings=settings),
-            schedules=ScheduleService(db=db, settings=settings, rate_limits=rate_limits),
+            schedules=ScheduleService(db=db, settings=settings, charge_run=charge_run),
             runs=RunService(db=db, settings=settings),
             files=FileService(db=db, settings=settings),
         )

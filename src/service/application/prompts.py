@@ -33,7 +33,9 @@ class PromptService(ServiceBase):
                 session, actor, workspace_id, texts, request_id=request_id, now=self.clock()
             )
 
-    async def list_prompts(self, workspace_id: str, *, page_size: int, page_token: str) -> PromptRowPage:
+    async def list_prompts(
+        self, workspace_id: str, *, page_size: int, page_token: str
+    ) -> PromptRowPage:
         """The workspace's prompts, oldest first, and their count (the hot read path)."""
         async with self.db.read() as reader:
             return await read_views.list_prompts(

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from service.application.base import ServiceBase
 from service.domain.actor import Actor
 from service.domain.collection import schedules
 from service.domain.collection.schedules import CronTiming, ScheduleChange, ScheduleState
-from service.rate_limits import RateLimits
+
+# Charges one run to a workspace's StartRun budget, raising to refuse it
+# (`service.rate_limits.RateLimits.charge_run`).
+ChargeRun = Callable[[str], Awaitable[None]]
 
 
 @dataclass(slots=True, kw_only=True)
 class ScheduleService(ServiceBase):
     """A workspace's schedule; the run a changed schedule starts is charged to the
-    workspace's StartRun budget (`rate_limits`)."""
+    workspace's StartRun budget (`charge_run`)."""
 
-    rate_limits: RateLimits
+    charge_run: ChargeRun
 
     async def get(self, workspace_id: str) -> ScheduleState:
         """The workspace's cron and time zone (empty when unscheduled)."""
@@ -39,7 +43,7 @@ class ScheduleService(ServiceBase):
                 min_interval_minutes=settings.schedule_min_interval_minutes,
                 configured_providers=settings.configured_providers(),
                 max_open_runs=settings.max_open_runs_per_workspace,
-                charge_run=functools.partial(self.rate_limits.charge_run, workspace_id),
+                charge_run=functools.partial(self.charge_run, workspace_id),
                 now=self.clock(),
             )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -13,8 +12,7 @@ from service import providers
 from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
-from service.db.database import Reader
-from service.domain.tenancy import files, workspace_views
+from service.domain.tenancy import files
 from service.domain.tenancy.organizations import OrganizationView
 from service.domain.tenancy.workspace_views import WorkspaceView
 
@@ -108,19 +106,3 @@ class WorkspaceMessages:
         message = workspace_to_proto(view, self.settings, signed_as_of)
         self._built.put(id(view), (view, message))
         return message
-
-
-async def workspace_messages(
-    session: Reader, settings: Settings, workspace_ids: Sequence[str]
-) -> list[ws_pb.Workspace]:
-    """Workspace messages of the live workspaces among `workspace_ids`, in that order
-    (deleted or unknown ids are skipped). One query."""
-    views = await workspace_views.load_views(session, workspace_ids)
-    return [workspace_to_proto(view, settings) for view in views]
-
-
-async def workspace_message(
-    session: Reader, settings: Settings, workspace_id: str
-) -> ws_pb.Workspace:
-    """The Workspace message of one live workspace; NotFound when it is gone. One query."""
-    return workspace_to_proto(await workspace_views.load_view(session, workspace_id), settings)
