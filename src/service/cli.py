@@ -171,15 +171,15 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
-    from service.auth import service_keys
+    from service.application.service_keys import ServiceKeyService
     from service.db.database import Database
 
     async def main() -> int:
         db = Database(settings.database_url)
+        keys = ServiceKeyService(db=db, settings=settings)
         try:
             if args.action == "create":
-                secret, info = await service_keys.create_key(
-                    db,
+                secret, info = await keys.create(
                     args.name,
                     args.scope or [],
                     organization_ids=args.organization or [],
@@ -192,14 +192,14 @@ def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             elif args.action == "list":
-                for key in await service_keys.list_keys(db):
+                for key in await keys.list_keys():
                     state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "active"
                     print(
                         f"{key.id}\t{key.name}\t{','.join(key.scopes)}"
                         f"\t{key.describe_organizations()}\t{state}"
                     )
             else:
-                await service_keys.revoke_key(db, args.key_id)
+                await keys.revoke(args.key_id)
                 print(f"revoked {args.key_id}", file=sys.stderr)
         finally:
             await db.dispose()

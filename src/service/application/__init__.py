@@ -1,5 +1,5 @@
 """Application services: one per area of the API (workspaces, organizations, members,
-prompts, schedules, runs, files).
+prompts, schedules, runs, files, service keys).
 
 Each method opens the unit of work its call needs (`Database.read` for the hot reads, a
 read-only or a writing transaction otherwise), calls the domain, and returns plain views:
@@ -18,6 +18,7 @@ from service.application.organizations import OrganizationService
 from service.application.prompts import PromptService
 from service.application.runs import RunService
 from service.application.schedules import ChargeRun, ScheduleService
+from service.application.service_keys import ServiceKeyService
 from service.application.workspaces import WorkspaceService
 from service.config import Settings
 from service.db.database import Database
@@ -34,6 +35,7 @@ class Services:
     schedules: ScheduleService
     runs: RunService
     files: FileService
+    service_keys: ServiceKeyService
 
     @classmethod
     def build(cls, db: Database, settings: Settings, charge_run: ChargeRun) -> Services:
@@ -47,4 +49,5 @@ class Services:
             schedules=ScheduleService(db=db, settings=settings, charge_run=charge_run),
             runs=RunService(db=db, settings=settings),
             files=FileService(db=db, settings=settings),
+            service_keys=ServiceKeyService(db=db, settings=settings),
         )
