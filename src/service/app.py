@@ -8,7 +8,7 @@ from typing import Protocol
 
 import dramatiq
 
-from service.application import Services
+from service.application.services import Services
 from service.config import Settings
 from service.db.database import Database
 from service.rate_limits import RateLimits

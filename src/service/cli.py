@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service import memtrace, tracing
-from service.app import App
 from service.config import DEV_AUTH_SECRET, Settings
 from service.domain.errors import DomainError
 from service.logs import access_log, configure_logging
@@ -32,6 +31,7 @@ def _install_loop(settings: Settings) -> None:
 
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
+    from service.app import App
     from service.http.server import start_http, start_metrics
     from service.server import start_server
     from workers.actors import configure_broker

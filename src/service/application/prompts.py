@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from service.application.base import ServiceBase
 from service.domain import read_views
@@ -19,17 +19,24 @@ class PromptService(ServiceBase):
         self, actor: Actor, workspace_id: str, texts: Sequence[str], *, request_id: str
     ) -> StoredPrompts:
         """Replaces the workspace's prompts with `texts`."""
-        async with self.db.transaction() as session:
-            return await prompts.store_prompts(
-                session, actor, workspace_id, texts, request_id=request_id, now=self.clock()
-            )
+        return await self._write(prompts.store_prompts, actor, workspace_id, texts, request_id)
 
     async def add(
         self, actor: Actor, workspace_id: str, texts: Sequence[str], *, request_id: str
     ) -> StoredPrompts:
         """Adds `texts` to the workspace's prompts."""
+        return await self._write(prompts.add_prompts, actor, workspace_id, texts, request_id)
+
+    async def _write(
+        self,
+        command: Callable[..., Awaitable[StoredPrompts]],
+        actor: Actor,
+        workspace_id: str,
+        texts: Sequence[str],
+        request_id: str,
+    ) -> StoredPrompts:
         async with self.db.transaction() as session:
-            return await prompts.add_prompts(
+            return await command(
                 session, actor, workspace_id, texts, request_id=request_id, now=self.clock()
             )
 

@@ -138,11 +138,6 @@ class WorkspaceService(ServiceBase):
             )
             return await workspace_views.load_view(session, workspace_id)
 
-    async def view(self, workspace_id: str) -> WorkspaceView:
-        """The view of one live workspace; NotFound when it is gone."""
-        async with self.db.transaction(write=False) as session:
-            return await workspace_views.load_view(session, workspace_id)
-
     async def delete_account(self, actor: Actor) -> DeletedAccount:
         """Deletes the caller's account; the bytes of their uploads go once it has
         committed."""
