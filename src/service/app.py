@@ -8,6 +8,7 @@ from typing import Protocol
 
 import dramatiq
 
+from service.application.services import Services
 from service.config import Settings
 from service.db.database import Database
 from service.outbox import RunDispatcher
@@ -24,8 +25,8 @@ class Dispatcher(Protocol):
 
 @dataclass(slots=True)
 class App:
-    """Settings, the database, the run dispatcher and the rate-limit counters; servicers
-    receive it at construction.
+    """Settings, the database, the run dispatcher, the rate-limit counters and the
+    application services; servicers receive it at construction.
 
     `dispatcher` defaults to one without a broker (runs wait in the outbox for the ticker);
     `from_settings` is given the broker explicitly.
@@ -38,9 +39,12 @@ class App:
     db: Database
     dispatcher: Dispatcher = field(default=None)  # type: ignore[assignment]
     rate_limits: RateLimits = field(init=False)
+    # The application services that servicers, the HTTP side and the CLI call.
+    services: Services = field(init=False)
 
     def __post_init__(self) -> None:
         self.rate_limits = RateLimits(self.settings)
+        self.services = Services.build(self.db, self.settings, self.rate_limits.charge_run)
         if self.dispatcher is None:
             self.dispatcher = RunDispatcher(self.db, None)
         self.db.run_sender = self.dispatcher.dispatch_runs

@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from service import memtrace, tracing
-from service.app import App
 from service.config import DEV_AUTH_SECRET, DEV_WEBHOOK_SECRET_KEY, Settings
 from service.domain.errors import DomainError
 from service.logs import access_log, configure_logging
@@ -32,6 +31,7 @@ def _install_loop(settings: Settings) -> None:
 
 async def serve(settings: Settings, *, embedded_workers: bool = False) -> None:
     """Runs the gRPC server and the HTTP side until SIGTERM/SIGINT, then drains."""
+    from service.app import App
     from service.broker import broker_of
     from service.http.server import start_http, start_metrics
     from service.server import start_server
@@ -185,15 +185,15 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
-    from service.auth import service_keys
+    from service.application.service_keys import ServiceKeyService
     from service.db.database import Database
 
     async def main() -> int:
         db = Database(settings.database_url)
+        keys = ServiceKeyService(db=db, settings=settings)
         try:
             if args.action == "create":
-                secret, info = await service_keys.create_key(
-                    db,
+                secret, info = await keys.create(
                     args.name,
                     args.scope or [],
                     organization_ids=args.organization or [],
@@ -206,14 +206,14 @@ def cmd_service_key(settings: Settings, args: argparse.Namespace) -> int:
                     file=sys.stderr,
                 )
             elif args.action == "list":
-                for key in await service_keys.list_keys(db):
+                for key in await keys.list_keys():
                     state = f"revoked {key.revoke_time:%Y-%m-%d}" if key.revoke_time else "active"
                     print(
                         f"{key.id}\t{key.name}\t{','.join(key.scopes)}"
                         f"\t{key.describe_organizations()}\t{state}"
                     )
             else:
-                await service_keys.revoke_key(db, args.key_id)
+                await keys.revoke(args.key_id)
                 print(f"revoked {args.key_id}", file=sys.stderr)
         finally:
             await db.dispose()

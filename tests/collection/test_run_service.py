@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import run_service_pb2 as pb
@@ -100,6 +101,30 @@ async def test_start_run_queues_every_prompt_on_the_providers_with_keys(
             ["openai", "anthropic"],
             [],
         )
+
+
+async def test_start_run_reads_its_workspace_once(
+    app: App, collection: SimpleNamespace, owner: Caller, workspace_id: str
+) -> None:
+    """The access check's read of the workspace serves the whole call: its enabled providers
+    choose the run's providers and its organization heads the audit event."""
+    await insert_prompts(app, workspace_id, ["a"])
+    reads: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if re.search(r"\bFROM workspaces\b", statement):
+            reads.append(statement)
+
+    engine = app.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        reply = await start(collection, owner, workspace_id, request_id="reads-once")
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert reply.status == pb.START_RUN_STATUS_QUEUED
+    assert list(reply.run.providers) == [OPENAI, ANTHROPIC]
+    assert len(reads) <= 1, reads
+    assert ("StartRun", [reply.run.id]) in await audited_actions(app, workspace_id)
 
 
 async def test_start_run_on_a_subset(

@@ -29,7 +29,7 @@ from sqlalchemy import Row, select
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
-from service.auth import service_keys, tokens
+from service.auth import tokens
 from service.auth.context import CallContext
 from service.auth.tokens import mint_dev_token
 from service.config import DEV_AUTH_SECRET, Settings
@@ -233,8 +233,8 @@ async def test_expiry_is_enforced_to_the_configured_leeway(
 
 async def new_key(app: App, *scopes: str) -> tuple[str, str]:
     """A platform-internal key (bound to all organizations) with `scopes`."""
-    secret, info = await service_keys.create_key(
-        app.db, f"svc-{uuid.uuid4().hex[:8]}", [*scopes], all_organizations=True
+    secret, info = await app.services.service_keys.create(
+        f"svc-{uuid.uuid4().hex[:8]}", [*scopes], all_organizations=True
     )
     return secret, info.id
 
@@ -300,7 +300,7 @@ async def test_revoked_and_unknown_keys_are_unauthenticated(
     secret, key_id = await new_key(app, "act_as")
     acting = (*bearer(secret), ("x-beacon-act-as", user.user_id))
     await probes.organizations.ListMyOrganizations(LIST_MINE, metadata=acting)
-    await service_keys.revoke_key(app.db, key_id)
+    await app.services.service_keys.revoke(key_id)
     await expect_refusal(
         UNAUTHENTICATED,
         "BAD_SERVICE_KEY",
@@ -337,7 +337,7 @@ async def test_a_revoked_key_is_refused_within_the_default_cache_time(
             secret, key_id = await new_key(app, "act_as")
             acting = (*bearer(secret), ("x-beacon-act-as", user.user_id))
             await stub.ListMyOrganizations(LIST_MINE, metadata=acting)  # now cached
-            await service_keys.revoke_key(app.db, key_id)
+            await app.services.service_keys.revoke(key_id)
             revoked = time.monotonic()
 
             async def refused() -> bool:

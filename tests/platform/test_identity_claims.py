@@ -18,7 +18,6 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import organization_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.auth.tokens import MAX_IDENTITY_CLAIM_LENGTH, mint_dev_token
 from service.config import Settings
 from service.db.models import User
@@ -137,8 +136,8 @@ async def test_service_key_headers_sent_twice_are_refused(
     user, other = await new_user(), await new_user()
     keys = [
         (
-            await service_keys.create_key(
-                app.db, f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], all_organizations=True
+            await app.services.service_keys.create(
+                f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], all_organizations=True
             )
         )[0]
         for _ in range(2)

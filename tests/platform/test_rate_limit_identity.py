@@ -14,7 +14,6 @@ from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
 from service.db.models import User
@@ -66,8 +65,8 @@ async def test_deleting_the_account_does_not_reset_the_join_code_budget(
     [violation] = refused.details["QuotaFailure"].violations
     assert (violation.subject, violation.description) == (f"user:{new_id}", JOIN_QUOTA)
     # A service key acting as the new user spends the same budget.
-    secret, _ = await service_keys.create_key(
-        app.db, f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], all_organizations=True
+    secret, _ = await app.services.service_keys.create(
+        f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], all_organizations=True
     )
     await expect_refusal(
         grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -18,7 +18,6 @@ import pytest
 from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.auth.tokens import mint_dev_token
 from service.clock import new_id, utcnow
 from service.db.models import Run
@@ -200,14 +199,14 @@ async def test_a_stream_ends_unauthenticated_when_its_service_key_is_revoked(
     user = await new_user()
     workspace_id = await seed_workspace(app, user.user_id)
     run_id = await open_run(app, workspace_id)
-    secret, key = await service_keys.create_key(
-        app.db, unique("watcher-"), ["act_as"], all_organizations=True
+    secret, key = await app.services.service_keys.create(
+        unique("watcher-"), ["act_as"], all_organizations=True
     )
     metadata = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", user.user_id))
     call = watch(limited, run_id, metadata)
     assert (await first_message(call)).id == run_id
 
-    await service_keys.revoke_key(app.db, key.id)
+    await app.services.service_keys.revoke(key.id)
     got = await refused(call)
     assert got.code == grpc.StatusCode.UNAUTHENTICATED
     assert got.details["ErrorInfo"].reason == "BAD_SERVICE_KEY"

@@ -33,7 +33,6 @@ from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import webhook_service_pb2 as webhook_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.clock import new_id
 from service.config import Settings
 from service.rpc_options import MethodRules, method_rules
@@ -393,15 +392,15 @@ def test_domain_outcomes_are_only_named_for_callers_that_pass_auth() -> None:
 async def keys(app: App) -> AsyncIterator[dict[str, str]]:
     """Secrets of a service key without scopes and of one with the `workos` scope (both
     platform-internal: bound to all organizations, as each cell builds its own tenants)."""
-    plain, plain_info = await service_keys.create_key(
-        app.db, "security matrix", [], all_organizations=True
+    plain, plain_info = await app.services.service_keys.create(
+        "security matrix", [], all_organizations=True
     )
-    workos, workos_info = await service_keys.create_key(
-        app.db, "security matrix", ["workos"], all_organizations=True
+    workos, workos_info = await app.services.service_keys.create(
+        "security matrix", ["workos"], all_organizations=True
     )
     yield {w.SERVICE_KEY: plain, w.WORKOS_KEY: workos}
     for info in (plain_info, workos_info):
-        await service_keys.revoke_key(app.db, info.id)
+        await app.services.service_keys.revoke(info.id)
 
 
 def ghost(world: World) -> World:

@@ -18,7 +18,6 @@ import grpc
 import pytest
 from sqlalchemy import select
 
-from service.auth import service_keys
 from service.db.models import AuditEvent, Organization
 from service.rpc_options import method_rules
 from tests.security import world as w
@@ -107,8 +106,8 @@ async def prepare(server: PrivateServer, case: Case) -> tuple[World, Metadata, s
         assert outcome.code == grpc.StatusCode.OK, f"{first}: {outcome.describe()}"
     if case.service_key:
         scope = method_rules()[case.path].service_scope
-        secret, info = await service_keys.create_key(
-            app.db, "audit", [scope], all_organizations=True
+        secret, info = await app.services.service_keys.create(
+            "audit", [scope], all_organizations=True
         )
         return world, bearer(secret), info.id
     assert world.caller is not None

@@ -21,7 +21,6 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 from sqlalchemy import func, select
 
-from service.auth import service_keys
 from service.db.models import AuditEvent
 from tests.security import world as w
 from tests.security.calls import Metadata, bearer, methods_by_path, responses
@@ -62,11 +61,11 @@ async def server(
 @pytest.fixture(scope="module")
 async def act_as_key(server: PrivateServer) -> AsyncIterator[str]:
     # Bound to all organizations: it acts for two users of two unrelated organizations.
-    secret, info = await service_keys.create_key(
-        server.app.db, "idempotency", ["act_as"], all_organizations=True
+    secret, info = await server.app.services.service_keys.create(
+        "idempotency", ["act_as"], all_organizations=True
     )
     yield secret
-    await service_keys.revoke_key(server.app.db, info.id)
+    await server.app.services.service_keys.revoke(info.id)
 
 
 async def audit_count(server: PrivateServer, path: str, actor_id: str) -> int:

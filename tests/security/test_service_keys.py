@@ -21,7 +21,6 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import organization_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.config import Settings
 from service.db.models import OrganizationMember, Workspace
 from service.server import start_server
@@ -35,8 +34,8 @@ DEFAULT_CACHE_SECONDS = float(Settings.model_fields["service_key_cache_seconds"]
 
 
 async def bound_key(app: App, *organization_ids: str) -> tuple[str, str]:
-    secret, info = await service_keys.create_key(
-        app.db, f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], organization_ids=[*organization_ids]
+    secret, info = await app.services.service_keys.create(
+        f"svc-{uuid.uuid4().hex[:8]}", ["act_as"], organization_ids=[*organization_ids]
     )
     return secret, info.id
 
@@ -187,7 +186,7 @@ async def test_revocation_deletion_and_leaving_take_effect_within_the_cache_time
             get_org(org_id), metadata=acting(secret, user.user_id)
         )  # cached from here on
 
-    await service_keys.revoke_key(app.db, revoked_id)
+    await app.services.service_keys.revoke(revoked_id)
     took = await seconds_until_refused(
         lambda: default_cache_server.GetOrganization(
             get_org(org_id), metadata=acting(revoked, owner.user_id)

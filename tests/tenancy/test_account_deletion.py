@@ -15,7 +15,6 @@ from sqlalchemy import func, select
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.clock import new_id, utcnow
 from service.db.models import (
     File,
@@ -212,8 +211,8 @@ async def test_a_service_key_acting_as_the_user_cannot_delete_the_account(
 ) -> None:
     user = await new_user()
     await new_workspace(stubs, user, organization_name="Kept Org")
-    secret, info = await service_keys.create_key(
-        app.db, "front end", ["act_as"], all_organizations=True
+    secret, info = await app.services.service_keys.create(
+        "front end", ["act_as"], all_organizations=True
     )
     try:
         acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", user.user_id))
@@ -222,6 +221,6 @@ async def test_a_service_key_acting_as_the_user_cannot_delete_the_account(
             stubs.workspaces.DeleteAccount(ws_pb.DeleteAccountRequest(), metadata=acting),
         )
     finally:
-        await service_keys.revoke_key(app.db, info.id)
+        await app.services.service_keys.revoke(info.id)
     assert error.details["ErrorInfo"].reason == "ACT_AS_NOT_ALLOWED"
     assert await count(app, User, User.id == user.user_id) == 1

@@ -20,7 +20,6 @@ from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from service.auth.tokens import mint_dev_token
 from service.clock import utcnow
 from service.config import Settings
@@ -301,8 +300,8 @@ async def test_a_service_key_acting_as_the_invitee_accepts_for_them(
     workspace = await create_workspace(stubs, owner)
     await add_member(stubs, workspace.id, owner, invitee.email)
     (invitation,) = await _my_invitations(stubs, invitee)
-    secret, info = await service_keys.create_key(
-        app.db, "front end", ["act_as"], all_organizations=True
+    secret, info = await app.services.service_keys.create(
+        "front end", ["act_as"], all_organizations=True
     )
     try:
         acting = (("authorization", f"Bearer {secret}"), ("x-beacon-act-as", invitee.user_id))
@@ -310,5 +309,5 @@ async def test_a_service_key_acting_as_the_invitee_accepts_for_them(
             pb.AcceptInvitationRequest(invitation_id=invitation.id), metadata=acting
         )
     finally:
-        await service_keys.revoke_key(app.db, info.id)
+        await app.services.service_keys.revoke(info.id)
     assert joined.workspace_member.user_id == invitee.user_id

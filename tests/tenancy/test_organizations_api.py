@@ -12,7 +12,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from service.auth import service_keys
 from tests.support import expect_error, unique
 from tests.tenancy.builders import grant_organization_role, new_organization, new_workspace
 
@@ -156,8 +155,8 @@ async def test_workos_links_by_admins_and_service_keys(
         ),
     )
     assert bad.details["BadRequest"].field_violations[0].field == "workos_organization_id"
-    secret, key = await service_keys.create_key(
-        app.db, unique("workos-sync"), ["workos"], all_organizations=True
+    secret, key = await app.services.service_keys.create(
+        unique("workos-sync"), ["workos"], all_organizations=True
     )
     service = (("authorization", f"Bearer {secret}"),)
     linked = await stubs.organizations.LinkWorkosOrganization(link, metadata=service)

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.clock import new_id, utcnow
+from service.clock import new_id
 from service.db.database import Database
 from service.db.models import Organization, ServiceKey
 from service.domain.errors import InvalidArgument, NotFound
@@ -51,12 +52,13 @@ def looks_like_key(token: str) -> bool:
 
 
 async def create_key(
-    db: Database,
+    session: AsyncSession,
     name: str,
     scopes: list[str],
     *,
     organization_ids: list[str] | None = None,
     all_organizations: bool = False,
+    now: datetime,
 ) -> tuple[str, KeyInfo]:
     """Creates a key bound to `organization_ids` (existing organizations) or, explicitly,
     to all organizations — exactly one of the two; returns the secret (shown once) and
@@ -86,37 +88,33 @@ async def create_key(
         scopes=sorted(set(scopes)),
         organization_ids=bound,
         all_organizations=all_organizations,
-        create_time=utcnow(),
+        create_time=now,
     )
-    async with db.transaction() as session:
-        if bound:
-            found = await session.scalar(
-                select(func.count()).select_from(Organization).where(Organization.id.in_(bound))
-            )
-            if found != len(bound):
-                raise InvalidArgument(
-                    "organization_ids", "names an organization that does not exist"
-                )
-        session.add(key)
+    if bound:
+        found = await session.scalar(
+            select(func.count()).select_from(Organization).where(Organization.id.in_(bound))
+        )
+        if found != len(bound):
+            raise InvalidArgument("organization_ids", "names an organization that does not exist")
+    session.add(key)
     return secret, _info(key)
 
 
-async def list_keys(db: Database) -> list[KeyInfo]:
-    async with db.transaction(write=False) as session:
-        keys = (await session.scalars(select(ServiceKey).order_by(ServiceKey.create_time))).all()
-        # Read inside the transaction: ending a read-only one expires the loaded rows.
-        return [_info(k) for k in keys]
+async def list_keys(session: AsyncSession) -> list[KeyInfo]:
+    """Every key, oldest first, revoked ones too."""
+    keys = (await session.scalars(select(ServiceKey).order_by(ServiceKey.create_time))).all()
+    return [_info(k) for k in keys]
 
 
-async def revoke_key(db: Database, key_id: str) -> None:
-    async with db.transaction() as session:
-        result = await session.execute(
-            update(ServiceKey)
-            .where(ServiceKey.id == key_id, ServiceKey.revoke_time.is_(None))
-            .values(revoke_time=utcnow())
-        )
-        if result.rowcount == 0:  # type: ignore[attr-defined]
-            raise NotFound("service key", key_id)
+async def revoke_key(session: AsyncSession, key_id: str, *, now: datetime) -> None:
+    """Revokes an active key; NotFound when there is no such active key."""
+    result = await session.execute(
+        update(ServiceKey)
+        .where(ServiceKey.id == key_id, ServiceKey.revoke_time.is_(None))
+        .values(revoke_time=now)
+    )
+    if result.rowcount == 0:  # type: ignore[attr-defined]
+        raise NotFound("service key", key_id)
 
 
 async def find_active_key(db: Database, secret: str) -> KeyInfo | None:

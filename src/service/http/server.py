@@ -43,7 +43,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from beacon.v1 import options_pb2
 from service.app import App
-from service.clock import utcnow
 from service.config import Settings
 from service.domain.errors import ResourceExhausted
 from service.domain.tenancy import files
@@ -258,9 +257,7 @@ async def upload(request: web.Request) -> web.Response:
     if refused is not None:
         return refused
     async with request.app[GATE_KEY].one_at_a_time(file_id):
-        async with app.db.transaction(write=False) as session:
-            pending = await files.upload_pending(session, file_id, now=utcnow())
-        if not pending:
+        if not await app.services.files.upload_pending(file_id):
             return _error(410, "URL_USED", "this upload URL was already used or has expired")
         return await _receive(request, app, file_id)
 
@@ -289,18 +286,16 @@ async def _receive(request: web.Request, app: App, file_id: str) -> web.Response
     except TimeoutError:
         return _error(503, "BUSY", "too many uploads are being decoded; retry", retry_after=1)
     content_type, data = image.content_type, image.data
-    async with app.db.transaction() as session:
-        claimed = await files.claim_upload(
-            session, file_id, content_type=content_type, size=len(data), now=utcnow()
-        )
+    claimed = await app.services.files.claim_upload(
+        file_id, content_type=content_type, size=len(data)
+    )
     if not claimed:
         return _error(410, "URL_USED", "this upload URL was already used or has expired")
     try:
         await request.app[STORAGE_KEY].put(file_id, data)
     except Exception:
         log.exception("storing an upload failed", extra={"file_id": file_id})
-        async with app.db.transaction() as session:
-            await files.release_upload(session, file_id)
+        await app.services.files.release_upload(file_id)
         return _error(503, "STORAGE_UNAVAILABLE", "the file could not be stored; retry")
     return web.json_response(
         {"storage_id": file_id, "content_type": content_type, "size": len(data)}, status=201
@@ -325,9 +320,7 @@ async def download(request: web.Request) -> web.StreamResponse:
     if refused is not None:
         return refused
     app = request.app[APP_KEY]
-    async with app.db.transaction(write=False) as session:
-        file = await files.uploaded_file(session, file_id)
-        content_type = file.content_type if file is not None else ""
+    content_type = await app.services.files.content_type(file_id)
     data = await request.app[STORAGE_KEY].get(file_id) if content_type else None
     if data is None:
         return _error(404, "NOT_FOUND", "no such file")

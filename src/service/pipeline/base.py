@@ -13,14 +13,52 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
+from service.auth.context import current_call
+from service.domain.actor import Access
 from service.rpc_options import MethodRules, method_rules
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+Servicer = TypeVar("Servicer")
+Request = TypeVar("Request")
+Result = TypeVar("Result")
+
+
+def takes_access(
+    handler: Callable[[Servicer, Request, Any, Access], Result],
+) -> Callable[[Servicer, Request, Any], Result]:
+    """Marks a servicer method that receives the authorization step's decision (`Access`:
+    the resource's organization and workspace, and the workspace view the check read) as a
+    third argument, `(request, context, access)`, instead of looking it up in the call.
+
+    The pipeline calls it with the access of the call it serves (`Pipeline.wrap`); to grpc
+    and to the generated base class it is a `(request, context)` method, as typed here.
+    """
+    handler.takes_access = True  # type: ignore[attr-defined]
+    return handler  # type: ignore[return-value]
+
+
+def _given_access(handler: Any) -> Any:
+    """The behaviour grpc calls, `(request, context)`, for a `takes_access` servicer
+    method: the pipeline hands it the access decision of the call it is serving."""
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_with_access(request: Any, context: Any) -> Any:
+            return await unary(request, context, current_call().require_access())
+
+        return handler._replace(unary_unary=unary_with_access)
+    stream = handler.unary_stream
+
+    async def stream_with_access(request: Any, context: Any) -> AsyncIterator[Any]:
+        async for item in stream(request, context, current_call().require_access()):
+            yield item
+
+    return handler._replace(unary_stream=stream_with_access)
 
 
 class Around:
@@ -132,6 +170,8 @@ class Pipeline:
         """`handler` with every step around it; RuntimeError for a kind that cannot be."""
         if self._parsed_by_step:
             handler = handler._replace(request_deserializer=None)  # grpc hands over the bytes
+        if getattr(handler.unary_unary or handler.unary_stream, "takes_access", False):
+            handler = _given_access(handler)
         if handler.unary_unary is not None:
             unary: Unary = handler.unary_unary
             for stage in reversed(self._unary_stages):

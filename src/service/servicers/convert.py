@@ -13,9 +13,8 @@ from service import providers
 from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
-from service.db.database import Reader
 from service.domain.errors import InvalidArgument
-from service.domain.tenancy import files, workspace_views
+from service.domain.tenancy import files
 from service.domain.tenancy.organizations import OrganizationView
 from service.domain.tenancy.workspace_views import WorkspaceView
 
@@ -121,10 +120,3 @@ class WorkspaceMessages:
         message = workspace_to_proto(view, self.settings, signed_as_of)
         self._built.put(id(view), (view, message))
         return message
-
-
-async def workspace_message(
-    session: Reader, settings: Settings, workspace_id: str
-) -> ws_pb.Workspace:
-    """The Workspace message of one live workspace; NotFound when it is gone. One query."""
-    return workspace_to_proto(await workspace_views.load_view(session, workspace_id), settings)

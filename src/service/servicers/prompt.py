@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 
 import grpc
 from google.protobuf import empty_pb2
@@ -11,18 +11,15 @@ from beacon.v1 import prompt_service_pb2 as pb
 from beacon.v1 import prompt_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor
-from service.clock import utcnow
-from service.db.models import Prompt
-from service.domain import read_views
-from service.domain.collection import prompts
+from service.domain.actor import Access
 from service.domain.collection.prompts import PromptView
 from service.domain.read_views import PromptRow
-from service.servicers.calls import resolved_workspace_id
+from service.pipeline.base import takes_access
 from service.servicers.convert import timestamp
 
 
-def prompt_to_proto(row: Prompt | PromptView | PromptRow) -> pb.Prompt:
-    """The Prompt message of a prompt (a row, a read row or a command's view of one)."""
+def prompt_to_proto(row: PromptView | PromptRow) -> pb.Prompt:
+    """The Prompt message of a prompt (a read row or a command's view of one)."""
     return pb.Prompt(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -31,18 +28,23 @@ def prompt_to_proto(row: Prompt | PromptView | PromptRow) -> pb.Prompt:
     )
 
 
-def _prompt_messages(rows: Iterable[Prompt | PromptView | PromptRow]) -> list[pb.Prompt]:
+def _prompt_messages(rows: Iterable[PromptView | PromptRow]) -> list[pb.Prompt]:
     return [prompt_to_proto(row) for row in rows]
 
 
 class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
+    """Each handler converts the request, makes one call to `service.application.prompts`
+    and converts the result."""
+
     def __init__(self, app: App) -> None:
-        self.app = app
+        self.prompts = app.services.prompts
 
     async def StorePrompts(
         self, request: pb.StorePromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.StorePromptsResponse:
-        stored = await self._change(prompts.store_prompts, request)
+        stored = await self.prompts.store(
+            current_actor(), request.workspace_id, request.prompts, request_id=request.request_id
+        )
         return pb.StorePromptsResponse(
             prompts=_prompt_messages(stored.prompts),
             duplicates_dropped=stored.duplicates_dropped,
@@ -51,13 +53,9 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def ListPrompts(
         self, request: pb.ListPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPromptsResponse:
-        async with self.app.db.read() as reader:
-            page = await read_views.list_prompts(
-                reader,
-                request.workspace_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = await self.prompts.list_prompts(
+            request.workspace_id, page_size=request.page_size, page_token=request.page_token
+        )
         return pb.ListPromptsResponse(
             prompts=_prompt_messages(page.prompts),
             next_page_token=page.next_page_token,
@@ -67,35 +65,20 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AddPromptsResponse:
-        added = await self._change(prompts.add_prompts, request)
+        added = await self.prompts.add(
+            current_actor(), request.workspace_id, request.prompts, request_id=request.request_id
+        )
         return pb.AddPromptsResponse(
             added=_prompt_messages(added.prompts), duplicates_dropped=added.duplicates_dropped
         )
 
+    @takes_access
     async def DeletePrompt(
-        self, request: pb.DeletePromptRequest, context: grpc.aio.ServicerContext
+        self, request: pb.DeletePromptRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> empty_pb2.Empty:
-        async with self.app.db.transaction() as session:
-            await prompts.delete_prompt(
-                session, current_actor(), resolved_workspace_id(), request.prompt_id, now=utcnow()
-            )
+        # The prompt's workspace, as the access check resolved it from the prompt id.
+        await self.prompts.delete(current_actor(), access.workspace_id or "", request.prompt_id)
         return empty_pb2.Empty()
-
-    async def _change(
-        self,
-        command: Callable[..., Awaitable[prompts.StoredPrompts]],
-        request: pb.StorePromptsRequest | pb.AddPromptsRequest,
-    ) -> prompts.StoredPrompts:
-        """Runs StorePrompts' or AddPrompts' command on the request's workspace and texts."""
-        async with self.app.db.transaction() as session:
-            return await command(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.prompts,
-                request_id=request.request_id,
-                now=utcnow(),
-            )
 
 
 def add(server: grpc.aio.Server, app: App) -> str:

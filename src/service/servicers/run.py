@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
@@ -14,14 +13,12 @@ from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.application.runs import ReportRange, ResponseView, RunRequest
 from service.auth.context import current_actor, current_call
-from service.clock import utcnow
-from service.db.models import Probe
-from service.domain import read_views
+from service.domain.actor import Access
 from service.domain.collection import reports, runs
 from service.domain.collection.run_lifecycle import ProbeStatus, RunStatus
-from service.domain.tenancy import workspace_access
-from service.servicers.calls import resolved_workspace_id
+from service.pipeline.base import takes_access
 from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, time_field, timestamp
 
 RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
@@ -89,7 +86,7 @@ def _citation(raw: dict[str, Any]) -> pb.Citation:
     )
 
 
-def response_to_proto(probe: Probe) -> pb.Response:
+def response_to_proto(probe: ResponseView) -> pb.Response:
     """The Response message of a finished probe."""
     latency = Duration()
     latency.FromMilliseconds(probe.latency_ms)
@@ -146,24 +143,26 @@ def _report_time(
 
 
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
-    def __init__(self, app: App) -> None:
-        self.app = app
+    """Each handler converts the request, makes one call to `service.application.runs`
+    with the access decision the pipeline hands it (the run's workspace, `takes_access`),
+    and converts the result."""
 
+    def __init__(self, app: App) -> None:
+        self.runs = app.services.runs
+
+    @takes_access
     async def StartRun(
-        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext
+        self, request: pb.StartRunRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> pb.StartRunResponse:
-        async with self.app.db.transaction() as session:
-            outcome = await runs.start_run(
-                session,
-                current_actor(),
-                resolved_workspace_id(),
-                configured=self.app.settings.configured_providers(),
-                max_open=self.app.settings.max_open_runs_per_workspace,
+        outcome = await self.runs.start(
+            current_actor(),
+            access,
+            RunRequest(
                 prompt_ids=list(request.prompt_ids),
                 providers=[provider_name(p) for p in request.providers],
                 request_id=request.request_id,
-                now=utcnow(),
-            )
+            ),
+        )
         return pb.StartRunResponse(
             status=START_STATUS_TO_PROTO[outcome.status],
             run=run_to_proto(outcome.run) if outcome.run is not None else None,
@@ -172,98 +171,81 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
             ],
         )
 
-    async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.Run:
-        async with self.app.db.read() as reader:
-            view = await read_views.get_run(reader, resolved_workspace_id(), request.run_id)
-        return run_to_proto(view)
+    @takes_access
+    async def GetRun(
+        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext, access: Access
+    ) -> pb.Run:
+        return run_to_proto(await self.runs.get(access, request.run_id))
 
+    @takes_access
     async def ListRuns(
-        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> pb.ListRunsResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await runs.list_runs(
-                session,
-                resolved_workspace_id(),
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = await self.runs.list_runs(
+            access, page_size=request.page_size, page_token=request.page_token
+        )
         return pb.ListRunsResponse(
             runs=[run_to_proto(view) for view in page.runs], next_page_token=page.next_page_token
         )
 
+    @takes_access
     async def CancelRun(
-        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> pb.Run:
-        async with self.app.db.transaction() as session:
-            view = await runs.cancel_run(
-                session, current_actor(), resolved_workspace_id(), request.run_id, now=utcnow()
-            )
-        return run_to_proto(view)
+        return run_to_proto(await self.runs.cancel(current_actor(), access, request.run_id))
 
+    @takes_access
     async def WatchRun(
-        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> AsyncIterator[pb.Run]:
         call = current_call()
-        user_id = call.require_user_id()
-        # The auth interceptor checked access and credentials once, at the start: check
+        # The pipeline checked access and credentials once, at the start: the service checks
         # them again while the stream lasts, so that a removed member, an expired token or
         # a revoked key stops seeing the run within seconds (and the stream's lifetime ends).
-        check_access = functools.partial(
-            workspace_access.authorize_view, user_id=user_id, resource_id=request.run_id
-        )
-        watch = runs.watch_run(
-            self.app.db,
-            resolved_workspace_id(),
+        watch = self.runs.watch(
+            access,
             request.run_id,
-            check_access=check_access,
-            check_every=self.app.settings.watch_access_check_seconds,
+            user_id=call.require_user_id(),
             check_caller=call.stream_check,
         )
         async for view in watch:
             yield run_to_proto(view)
 
+    @takes_access
     async def ListResponses(
-        self, request: pb.ListResponsesRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.ListResponsesRequest,
+        context: grpc.aio.ServicerContext,
+        access: Access,
     ) -> pb.ListResponsesResponse:
         filters = runs.ResponseFilter(
             run_id=request.run_id,
             provider=provider_name(request.provider) if request.provider else "",
             prompt_id=request.prompt_id,
         )
-        async with self.app.db.transaction(write=False) as session:
-            page = await runs.list_responses(
-                session,
-                resolved_workspace_id(),
-                filters,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            # Inside the transaction: its end expires the rows.
-            return pb.ListResponsesResponse(
-                responses=[response_to_proto(p) for p in page.responses],
-                next_page_token=page.next_page_token,
-            )
+        page = await self.runs.list_responses(
+            access, filters, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListResponsesResponse(
+            responses=[response_to_proto(view) for view in page.responses],
+            next_page_token=page.next_page_token,
+        )
 
+    @takes_access
     async def GetVisibilityReport(
-        self, request: pb.GetVisibilityReportRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetVisibilityReportRequest,
+        context: grpc.aio.ServicerContext,
+        access: Access,
     ) -> pb.VisibilityReport:
-        start, end, granularity, time_zone = reports.validate_range(
+        span = ReportRange(
             _report_time(request, "start_time"),
             _report_time(request, "end_time"),
             GRANULARITY_FROM_PROTO.get(request.granularity, ""),
             request.time_zone,
         )
-        workspace_id = resolved_workspace_id()
-        async with self.app.db.transaction(write=False) as session:
-            rows = await reports.visibility_report(
-                session,
-                workspace_id,
-                start=start,
-                end=end,
-                granularity=granularity,
-                time_zone=time_zone,
-            )
-        return report_to_proto(workspace_id, rows)
+        rows = await self.runs.visibility_report(access, span)
+        return report_to_proto(access.workspace_id or "", rows)
 
 
 def add(server: grpc.aio.Server, app: App) -> str:

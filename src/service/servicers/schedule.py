@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-
 import grpc
 
 from beacon.v1 import schedule_service_pb2 as pb
 from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor
-from service.clock import utcnow
-from service.domain.collection import schedules
 from service.servicers import convert
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
@@ -23,14 +19,17 @@ IMMEDIATE_RUN_STATUS_TO_PROTO = {
 
 
 class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
+    """Each handler converts the request, makes one call to `service.application.schedules`
+    and converts the result."""
+
     def __init__(self, app: App) -> None:
-        self.app = app
+        self.settings = app.settings
+        self.schedules = app.services.schedules
 
     async def GetSchedule(
         self, request: pb.GetScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.Schedule:
-        async with self.app.db.transaction(write=False) as session:
-            state = await schedules.get_schedule(session, request.workspace_id)
+        state = await self.schedules.get(request.workspace_id)
         return pb.Schedule(
             workspace_id=request.workspace_id, cron=state.cron, time_zone=state.time_zone
         )
@@ -38,23 +37,12 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def SetSchedule(
         self, request: pb.SetScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetScheduleResponse:
-        settings = self.app.settings
-        async with self.app.db.transaction() as session:
-            change = await schedules.set_schedule(
-                session,
-                current_actor(),
-                request.workspace_id,
-                cron=request.cron,
-                time_zone=request.time_zone,
-                min_interval_minutes=settings.schedule_min_interval_minutes,
-                configured_providers=settings.configured_providers(),
-                max_open_runs=settings.max_open_runs_per_workspace,
-                charge_run=functools.partial(self.app.rate_limits.charge_run, request.workspace_id),
-                now=utcnow(),
-            )
+        change = await self.schedules.set_schedule(
+            current_actor(), request.workspace_id, cron=request.cron, time_zone=request.time_zone
+        )
         immediate = change.immediate_run
         return pb.SetScheduleResponse(
-            workspace=convert.workspace_to_proto(change.workspace, settings),
+            workspace=convert.workspace_to_proto(change.workspace, self.settings),
             immediate_run=pb.ImmediateRun(
                 status=IMMEDIATE_RUN_STATUS_TO_PROTO[immediate.status],
                 run_id=immediate.run_id,
@@ -65,8 +53,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def GetCronTiming(
         self, request: pb.GetCronTimingRequest, context: grpc.aio.ServicerContext
     ) -> pb.CronTiming:
-        async with self.app.db.transaction(write=False) as session:
-            timing = await schedules.cron_timing(session, request.workspace_id)
+        timing = await self.schedules.timing(request.workspace_id)
         return pb.CronTiming(
             next_run_time=convert.timestamp(timing.next_run_time),
             last_prompt_run_time=convert.timestamp(timing.last_prompt_run_time),

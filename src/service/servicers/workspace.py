@@ -1,13 +1,11 @@
 """WorkspaceService: workspaces, icon uploads, enabled providers and account deletion.
 
-Each handler reads the request, calls one domain function (`service.domain.
-workspace_lifecycle`, `workspace_views`, `files`, `accounts`) in a unit of work and converts
-the result with `convert`.
+Each handler converts the request, makes one call to `service.application.workspaces` (or
+`files`) and converts the result; GetWorkspace and GetEnabledProviders answer from the view
+the access check read, handed to them by the pipeline (`takes_access`).
 """
 
 from __future__ import annotations
-
-from datetime import timedelta
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -17,21 +15,17 @@ from beacon.v1 import workspace_service_pb2_grpc
 from service import access_cache
 from service.app import App
 from service.auth.context import current_actor, current_call
-from service.clock import utcnow
-from service.domain import read_views
-from service.domain.paging import parse_page
-from service.domain.tenancy import accounts, files, workspace_lifecycle, workspace_views
-from service.domain.tenancy.organizations import TenantCaps
+from service.domain.actor import Access
 from service.domain.tenancy.workspace_fields import Competitor
 from service.domain.tenancy.workspace_lifecycle import NewWorkspace, WorkspacePatch
-from service.domain.tenancy.workspace_purge import DeletedSince
+from service.domain.tenancy.workspace_views import WorkspaceView
+from service.pipeline.base import takes_access
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,
     WorkspaceMessages,
     organization_to_proto,
     timestamp,
-    workspace_message,
     workspace_to_proto,
 )
 
@@ -42,8 +36,9 @@ def _competitors(messages: list[pb.Competitor]) -> list[Competitor]:
 
 class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     def __init__(self, app: App) -> None:
-        self.app = app
-        self.storage = files.storage_for(app.settings)
+        self.settings = app.settings
+        self.workspaces = app.services.workspaces
+        self.files = app.services.files
         self.messages = WorkspaceMessages(app.settings, max_age=access_cache.TTL_SECONDS)
 
     async def CreateWorkspace(
@@ -59,18 +54,9 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             brand_aliases=list(request.brand_aliases),
             competitors=_competitors(list(request.competitors)),
         )
-        async with self.app.db.transaction() as session:
-            created = await workspace_lifecycle.create_workspace(
-                session,
-                current_actor(),
-                new,
-                request_id=request.request_id,
-                now=utcnow(),
-                join_code_ttl=timedelta(hours=self.app.settings.join_code_ttl_hours),
-                caps=TenantCaps.of(self.app.settings),
-            )
+        created = await self.workspaces.create(current_actor(), new, request_id=request.request_id)
         return pb.CreateWorkspaceResponse(
-            workspace=workspace_to_proto(created.workspace, self.app.settings),
+            workspace=workspace_to_proto(created.workspace, self.settings),
             organization=organization_to_proto(created.organization),
             is_first_workspace=created.is_first_workspace,
         )
@@ -78,54 +64,29 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
     async def ListWorkspaces(
         self, request: pb.ListWorkspacesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWorkspacesResponse:
-        if request.show_deleted:
-            return await self._list_with_deleted(request)
-        user_id = current_call().require_user_id()
-        page = parse_page(
-            request.page_size,
-            request.page_token,
-            scope=f"workspaces|{user_id}|{request.organization_id}",
+        page = await self.workspaces.list_workspaces(
+            current_call().require_user_id(),
+            request.organization_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            show_deleted=request.show_deleted,
         )
-        async with self.app.db.read() as reader:
-            views, token = await read_views.list_workspaces(
-                reader, user_id, request.organization_id, page
-            )
         return pb.ListWorkspacesResponse(
-            workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
-            next_page_token=token,
+            workspaces=[workspace_to_proto(v, self.settings) for v in page.workspaces],
+            next_page_token=page.next_page_token,
         )
 
-    async def _list_with_deleted(
-        self, request: pb.ListWorkspacesRequest
-    ) -> pb.ListWorkspacesResponse:
-        """ListWorkspaces with show_deleted: the caller's soft-deleted workspaces too."""
-        user_id = current_call().require_user_id()
-        page = parse_page(
-            request.page_size,
-            request.page_token,
-            scope=f"workspaces-with-deleted|{user_id}|{request.organization_id}",
-        )
-        deleted = DeletedSince(utcnow(), self.app.settings.workspace_retention_days)
-        async with self.app.db.transaction(write=False) as session:
-            views, token = await workspace_views.list_views(
-                session, user_id, request.organization_id, page, deleted=deleted
-            )
-        return pb.ListWorkspacesResponse(
-            workspaces=[workspace_to_proto(v, self.app.settings) for v in views],
-            next_page_token=token,
-        )
-
+    @takes_access
     async def GetWorkspace(
-        self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetWorkspaceRequest, context: grpc.aio.ServicerContext, access: Access
     ) -> pb.Workspace:
-        view = current_call().require_access().workspace  # read by the access check
-        assert view is not None
-        return self.messages.get(view)
+        # The view the access check read (service.access_cache may have served it): the
+        # hot read path makes no query of its own.
+        return self.messages.get(_checked_view(access))
 
     async def UpdateWorkspace(
         self, request: pb.UpdateWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
-        call = current_actor()
         given = request.workspace
         patch = WorkspacePatch(
             name=given.name,
@@ -135,52 +96,29 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             brand_aliases=list(given.brand_aliases),
             competitors=_competitors(list(given.competitors)),
         )
-        async with self.app.db.transaction() as session:
-            await workspace_lifecycle.update_workspace(
-                session,
-                call,
-                given.id,
-                patch,
-                list(request.update_mask.paths),
-                given.etag,
-                now=utcnow(),
-            )
-            return await workspace_message(session, self.app.settings, given.id)
+        view = await self.workspaces.update(
+            current_actor(), given.id, patch, list(request.update_mask.paths), given.etag
+        )
+        return workspace_to_proto(view, self.settings)
 
     async def DeleteWorkspace(
         self, request: pb.DeleteWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> Empty:
-        async with self.app.db.transaction() as session:
-            await workspace_lifecycle.delete_workspace(
-                session, current_actor(), request.workspace_id, request.etag, now=utcnow()
-            )
+        await self.workspaces.delete(current_actor(), request.workspace_id, request.etag)
         return Empty()
 
     async def UndeleteWorkspace(
         self, request: pb.UndeleteWorkspaceRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
-        settings = self.app.settings
-        async with self.app.db.transaction() as session:
-            await workspace_lifecycle.undelete_workspace(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.etag,
-                now=utcnow(),
-                retention_days=settings.workspace_retention_days,
-                join_code_ttl=timedelta(hours=settings.join_code_ttl_hours),
-                caps=TenantCaps.of(settings),
-            )
-            return await workspace_message(session, settings, request.workspace_id)
+        view = await self.workspaces.undelete(current_actor(), request.workspace_id, request.etag)
+        return workspace_to_proto(view, self.settings)
 
     async def GenerateWorkspaceIconUploadUrl(
         self,
         request: pb.GenerateWorkspaceIconUploadUrlRequest,
         context: grpc.aio.ServicerContext,
     ) -> pb.GenerateWorkspaceIconUploadUrlResponse:
-        user_id = current_call().require_user_id()
-        async with self.app.db.transaction() as session:
-            ticket = await files.create_upload(session, self.app.settings, user_id, now=utcnow())
+        ticket = await self.files.create_upload(current_call().require_user_id())
         return pb.GenerateWorkspaceIconUploadUrlResponse(
             upload_url=ticket.url,
             storage_id=ticket.file_id,
@@ -188,33 +126,41 @@ class WorkspaceServicer(workspace_service_pb2_grpc.WorkspaceServiceServicer):
             max_bytes=ticket.max_bytes,
         )
 
+    @takes_access
     async def GetEnabledProviders(
-        self, request: pb.GetEnabledProvidersRequest, context: grpc.aio.ServicerContext
+        self,
+        request: pb.GetEnabledProvidersRequest,
+        context: grpc.aio.ServicerContext,
+        access: Access,
     ) -> pb.GetEnabledProvidersResponse:
-        view = current_call().require_access().workspace  # read by the access check
         return pb.GetEnabledProvidersResponse(
-            providers=[PROVIDER_TO_PROTO[p] for p in view.enabled_providers]
+            providers=[PROVIDER_TO_PROTO[p] for p in _checked_view(access).enabled_providers]
         )
 
     async def SetEnabledProviders(
         self, request: pb.SetEnabledProvidersRequest, context: grpc.aio.ServicerContext
     ) -> pb.Workspace:
         names = [PROVIDER_FROM_PROTO.get(p, "") for p in request.providers]
-        async with self.app.db.transaction() as session:
-            await workspace_lifecycle.set_enabled_providers(
-                session, current_actor(), request.workspace_id, names, now=utcnow()
-            )
-            return await workspace_message(session, self.app.settings, request.workspace_id)
+        view = await self.workspaces.set_enabled_providers(
+            current_actor(), request.workspace_id, names
+        )
+        return workspace_to_proto(view, self.settings)
 
     async def DeleteAccount(
         self, request: pb.DeleteAccountRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteAccountResponse:
-        async with self.app.db.transaction() as session:
-            deleted = await accounts.delete_account(session, current_actor(), now=utcnow())
-        await files.delete_bytes(self.storage, deleted.file_ids)
+        deleted = await self.workspaces.delete_account(current_actor())
         return pb.DeleteAccountResponse(
             user_id=deleted.user_id, deleted_organization_ids=deleted.deleted_organization_ids
         )
+
+
+def _checked_view(access: Access) -> WorkspaceView:
+    """The workspace view the access check read (a workspace-level rule always reads one)."""
+    view: WorkspaceView | None = access.workspace
+    if view is None:
+        raise RuntimeError("the auth rule did not read the workspace")
+    return view
 
 
 def add(server: grpc.aio.Server, app: App) -> str:

@@ -244,10 +244,15 @@ async def start_run(
     providers: Sequence[str] = (),
     request_id: str = "",
     now: datetime,
+    enabled_providers: Sequence[str] | None = None,
+    organization_id: str | None = None,
 ) -> StartOutcome:
     """Starts a manual run over the given prompts (default all) and providers (default all
     enabled); see `queue_run`. The run is sent to the workers once the transaction commits.
     RunAlreadyOpen (FAILED_PRECONDITION) while the workspace has `max_open` runs open.
+
+    A caller that has read the workspace passes its `enabled_providers` and
+    `organization_id`, so the workspace is not read again (else both are read here).
 
     A retry with the same `request_id` returns the first outcome and starts nothing; it asks
     again to send the run, which sends it only if the first call's send failed.
@@ -263,10 +268,22 @@ async def start_run(
             now=now,
             prompt_ids=prompt_ids,
             providers=providers,
+            enabled_providers=enabled_providers,
         )
-        if outcome.run is not None:
+        if outcome.run is None:
+            return outcome
+        if organization_id is None:
             await audit.record_workspace_change(
                 session, actor, workspace_id, target_ids=[outcome.run.id], now=now
+            )
+        else:
+            audit.record(
+                session,
+                actor,
+                organization_id=organization_id,
+                workspace_id=workspace_id,
+                target_ids=[outcome.run.id],
+                now=now,
             )
         return outcome
 
@@ -294,9 +311,11 @@ async def queue_run(
     now: datetime,
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
+    enabled_providers: Sequence[str] | None = None,
 ) -> StartOutcome:
     """Writes a run over the given prompts (default all) and providers (default all enabled)
     into the outbox, for a command that records and sends it (`start_run`, SetSchedule).
+    `enabled_providers` is the workspace's list when the caller has read it (else read here).
 
     Explicit providers must be enabled and every one must have credentials (`configured`);
     by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
@@ -306,7 +325,11 @@ async def queue_run(
     """
     chosen_prompts = await _validate_prompt_ids(session, workspace_id, prompt_ids)
     requested = validate_providers(providers)
-    enabled = await _enabled_providers(session, workspace_id)
+    enabled = (
+        await _enabled_providers(session, workspace_id)
+        if enabled_providers is None
+        else in_provider_order(enabled_providers)
+    )
     for index, name in enumerate(providers):
         if name not in enabled:
             raise InvalidArgument(
