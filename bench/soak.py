@@ -1,11 +1,11 @@
 """`make soak`: minutes of mixed load on a production-shaped fleet, with Redis and PostgreSQL
 restarted in the middle, then the invariants that must survive it.
 
-The fleet is the fault suite's (`tests/faults/fleet.py`): two `beacon serve`, one `beacon
+The fleet is the fault suite's (`tests/support/fleet.py`): two `beacon serve`, one `beacon
 worker` and two `beacon ticker` subprocesses on a private PostgreSQL cluster (`initdb` as the
 postgres user; without root, a private database on the shared server and no PostgreSQL
 restart) and a private `redis-server` without persistence, asking the fake providers
-(`tests/fakes/provider_server.py`) in this process. Nothing the machine shares is restarted.
+(`tests/support/fakes/provider_server.py`) in this process. Nothing the machine shares is restarted.
 
 Virtual users, each the owner of a workspace with fixed prompts and two providers, call both
 `serve` processes in a loop: reads (workspaces, prompts, runs, answers, reports, schedules,
@@ -82,9 +82,11 @@ from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
 from service.clock import utcnow
 from service.config import Settings
 from service.db.models import Probe
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults import fleet as fleet_module
-from tests.faults.fleet import (
+from tests.support import fleet as fleet_module
+from tests.support import processes
+from tests.support.builders import png_bytes
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import (
     PROVIDER_NAMES,
     PROVIDERS,
     Fleet,
@@ -92,9 +94,7 @@ from tests.faults.fleet import (
     fault_database,
     fleet_settings,
 )
-from tests.platform import processes
-from tests.platform.processes import RedisProcess
-from tests.tenancy.builders import png_bytes
+from tests.support.processes import RedisProcess
 
 PROMPTS = ["which crm suits a small team", "best crm for startups", "crm with email sync"]
 PROBES_PER_RUN = len(PROMPTS) * len(PROVIDERS)

@@ -15,9 +15,9 @@ import pika.exceptions
 import pytest
 
 from service.config import Settings
-from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
-from tests.platform.test_cli import run_beacon
+from tests.support.app import TEST_SECRET, TEST_SIGNING_SECRET
+from tests.support.brokers import rabbitmq_available, temporary_vhost
+from tests.support.processes import run_beacon
 from workers.actors import configure_broker, reset_brokers
 from workers.broker import (
     BeaconRabbitmqBroker,

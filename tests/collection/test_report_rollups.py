@@ -42,10 +42,10 @@ from service.db.models import (
 )
 from service.domain.collection import reports, rollups
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
-from tests.collection import builders
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import insert_run, make_workspace
-from tests.conftest import NewUser, temporary_database
+from tests.support import builders
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser, temporary_database
+from tests.support.pipeline import insert_run, make_workspace
 from workers.probe_store import ProbeResult, ProbeStore
 
 collection_db = fixtures.collection_db

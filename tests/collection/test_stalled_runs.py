@@ -16,8 +16,8 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
+from tests.support import pipeline as fixtures
+from tests.support.pipeline import derive_settings, insert_run, load_run, make_workspace
 from workers.context import WorkerContext
 from workers.dispatch import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
 from workers.messages import PROBE_QUEUE, RUN_QUEUE

@@ -16,8 +16,8 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
+from tests.support import pipeline as fixtures
+from tests.support.pipeline import add_schedule, derive_settings, make_workspace
 from workers.actors import declare_actors
 from workers.messages import RUN_QUEUE
 from workers.ticker import Ticker, new_ids, tick

@@ -17,9 +17,11 @@ from service.clock import new_id, utcnow
 from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
-from tests.collection import builders
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import (
+from tests.support import builders
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser
+from tests.support.fakes.provider_server import FakeProviderServer, Fault
+from tests.support.pipeline import (
     StartWorker,
     derive_settings,
     drained,
@@ -28,8 +30,6 @@ from tests.collection.pipeline_fixtures import (
     load_run,
     make_workspace,
 )
-from tests.conftest import NewUser
-from tests.fakes.provider_server import FakeProviderServer, Fault
 from workers.actors import configure_broker
 from workers.broker import RedisOptions, redis_options
 from workers.dispatch import dispatch_pending_runs

@@ -9,9 +9,9 @@ import pytest
 import redis.asyncio as redis_async
 
 from service.config import Settings
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults.fleet import eventually, fleet_settings, running_fleet
-from tests.platform.processes import RedisProcess
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import fleet_settings, running_fleet
+from tests.support.processes import RedisProcess, eventually
 from workers.broker import redis_options
 from workers.messages import PROBE_QUEUE, RUN_QUEUE
 

@@ -26,7 +26,7 @@ from service.access_cache import AccessCache
 from service.auth import identity
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
-from tests.platform.assertions import expect_refusal
+from tests.support.assertions import expect_refusal
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 MIB = 1024 * 1024

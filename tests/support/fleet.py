@@ -51,11 +51,10 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import upgrade_async
 from service.db.models import Probe, Run, Schedule
-from tests.collection.pipeline_fixtures import derive_settings, provider_settings
-from tests.collection.test_e2e_collection import Beacon, beacon_env
-from tests.fakes.provider_server import FakeProviderServer
-from tests.platform.processes import BeaconProcess, RedisProcess, free_port
 from tests.support import unique
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.pipeline import derive_settings, provider_settings
+from tests.support.processes import Beacon, BeaconProcess, RedisProcess, beacon_env, free_port
 
 T = TypeVar("T")
 
