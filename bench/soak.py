@@ -82,7 +82,6 @@ from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
 from service.clock import utcnow
 from service.config import Settings
 from service.db.models import Probe
-from tests.support import fleet as fleet_module
 from tests.support import processes
 from tests.support.builders import png_bytes
 from tests.support.fakes.provider_server import FakeProviderServer
@@ -857,8 +856,7 @@ async def start_fleet(settings: Settings, tmp: Path, attempts: int = 3) -> Fleet
     """The fleet, started again when a process was not up in time (the machine is shared:
     five processes importing at once on two busy cores take longer than the fleet's 30 s, so
     the soak gives `serve` START_SECONDS)."""
-    processes.eventually = _patient
-    fleet_module.eventually = _patient
+    processes.eventually = _patient  # the fleet's too: it calls processes.eventually
     for attempt in range(1, attempts + 1):
         fleet = Fleet(settings, tmp, serve_count=2, worker_count=1)
         try:

@@ -3,7 +3,8 @@
 The property test draws answers (with failed, skipped and pending probes, odd competitor
 lists, times on and around midnight) and report ranges (whole days or not), stores the answers
 as the worker does (probes and rollups in one transaction, in two batches), and compares
-`visibility_report` with `scanned_report` on both backends. The other tests cover the writers:
+`visibility_report` with the report oracle's `scanned_report` (tests/support/report_oracle.py)
+on both backends. The other tests cover the writers:
 the worker's result batches (exactly once under duplicate delivery), the migration's backfill,
 purges and rebuilds, and the RPC (a report over whole days reads no answers).
 """
@@ -44,6 +45,7 @@ from service.domain.collection import reports, rollups
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.support import builders
 from tests.support import pipeline as fixtures
+from tests.support import report_oracle as oracle
 from tests.support.app import NewUser, temporary_database
 from tests.support.pipeline import insert_run, make_workspace
 from workers.probe_store import ProbeResult, ProbeStore
@@ -129,7 +131,7 @@ async def store_answers(
         session.add_all(probes)
         await session.flush()
         await rollups.add_answers(
-            session, [rollups.answer_of(p) for p in probes if p.status == "succeeded"]
+            session, [oracle.answer_of(p) for p in probes if p.status == "succeeded"]
         )
 
 
@@ -150,7 +152,7 @@ async def both_reports(
         }
         return (
             await reports.visibility_report(session, workspace_id, **kwargs),
-            await reports.scanned_report(session, workspace_id, **kwargs),
+            await oracle.scanned_report(session, workspace_id, **kwargs),
         )
 
 
@@ -497,7 +499,7 @@ async def test_rebuild_after_deleting_a_run_matches_the_remaining_answers(
         count = await session.scalar(select(func.count()).where(Probe.run_id == doomed))
         assert count == 2
         await session.execute(delete(Run).where(Run.id == doomed))
-        await rollups.rebuild(session, workspace_id, [BASE.date(), (BASE + timedelta(1)).date()])
+        await oracle.rebuild(session, workspace_id, [BASE.date(), (BASE + timedelta(1)).date()])
     rolled, scanned = await both_reports(
         collection_db, workspace_id, BASE, BASE + timedelta(days=3), "day"
     )
@@ -575,7 +577,7 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     for zone, rows in local.items():
         assert sum(row.responses for row in rows) == 12
         async with app.db.transaction(write=False) as session:
-            expected = await reports.scanned_report(
+            expected = await oracle.scanned_report(
                 session,
                 tenant.workspace_id,
                 start=LOCAL_DAYS[zone][0],
@@ -590,7 +592,7 @@ async def test_the_rpc_reads_whole_days_from_rollups_and_partial_days_from_answe
     start, end = BASE + timedelta(hours=15, minutes=30), BASE + timedelta(days=3, hours=9)
     rows = await call(start, end, pb.GRANULARITY_WEEK)
     async with app.db.transaction(write=False) as session:
-        expected = await reports.scanned_report(
+        expected = await oracle.scanned_report(
             session, tenant.workspace_id, start=start, end=end, granularity="week"
         )
     assert [(r.period_start.ToDatetime(tzinfo=UTC), r.responses) for r in rows] == [

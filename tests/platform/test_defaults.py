@@ -139,7 +139,7 @@ async def test_a_server_on_the_default_leeway_refuses_a_token_expired_five_minut
 def test_every_setting_says_what_it_does() -> None:
     # Descriptions become docs/configuration.md. The per-provider fields are described in its
     # "Providers" section until they are one nested model.
-    per_provider = tuple(f"{name}_" for name in PROVIDERS) + ("provider_",)
+    per_provider = (*tuple(f"{name}_" for name in PROVIDERS), "provider_")
     missing = [
         name
         for name, field in Settings.model_fields.items()

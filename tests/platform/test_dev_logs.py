@@ -66,7 +66,7 @@ def test_beacon_dev_writes_json_when_asked(
     monkeypatch.setenv("BEACON_LOG_JSON", "true")
     configure_logging_for("dev", Settings())
     lines = migrate_and_log(tmp_path, capsys)
-    record = json.loads([line for line in lines if "beacon.server" in line][0])
+    record = json.loads(next(line for line in lines if "beacon.server" in line))
     assert record["port"] == 50051
 
 

@@ -38,6 +38,7 @@ from service.db.models import (
 from service.domain.collection import rollups
 from service.domain.collection.prompts import text_hash
 from tests.support import unique
+from tests.support.report_oracle import answer_of
 from workers.analysis import (
     BrandSpec,
     CompetitorSpec,
@@ -176,7 +177,7 @@ async def insert_probe(
         session.add(probe)
         await session.flush()
         if status == "succeeded":
-            await rollups.add_answers(session, [rollups.answer_of(probe)])
+            await rollups.add_answers(session, [answer_of(probe)])
     return probe.id
 
 
@@ -190,7 +191,7 @@ async def finish_probe(app: App, probe_id: str, status: str = "succeeded", **fie
             .returning(Probe)
         )
         if finished is not None and status == "succeeded":
-            await rollups.add_answers(session, [rollups.answer_of(finished)])
+            await rollups.add_answers(session, [answer_of(finished)])
 
 
 async def end_run(app: App, run_id: str, status: str) -> None:

@@ -103,32 +103,12 @@ async def visibility_report(
     answers that rank it; brand_citation_share = citations on the brand's domain / citations;
     per competitor, brand_share_of_voice = brand mentions / (brand mentions + its mentions).
 
-    Read from the rollups (see the module); the result equals `scanned_report`'s.
+    Read from the rollups (see the module); the result equals the tests' report oracle's
+    (`tests/support/report_oracle.py`, every answer counted in one scan).
     """
     bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
     found = await rollups.read_periods(session, workspace_id, plan(bounds))
     return await _rows(session, workspace_id, labels, found)
-
-
-async def scanned_report(
-    session: AsyncSession,
-    workspace_id: str,
-    *,
-    start: datetime,
-    end: datetime,
-    granularity: Granularity,
-    time_zone: str = "UTC",
-) -> list[VisibilityRow]:
-    """`visibility_report` counted from every answer of the range, grouped by local period
-    in one scan, without the rollups: the reference the rollups are checked against (tests,
-    benchmark)."""
-    zone = ZoneInfo(time_zone)
-    _, labels = periods(start, end, granularity, zone)
-    index = {label.astimezone(zone).date(): i for i, label in enumerate(labels)}
-    found = await rollups.scan_periods(
-        session, workspace_id, start, end, zone, week=granularity == "week"
-    )
-    return await _rows(session, workspace_id, labels, [(index[d], p, s, n) for d, p, s, n in found])
 
 
 def local_midnight(day: date, zone: tzinfo) -> datetime:
