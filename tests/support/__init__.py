@@ -10,6 +10,7 @@
     fakes/                      the fake AI providers (the provider stand-in)
     probes.py, assertions.py    the platform suites' probe servers and refusal checks
     hostile_images.py           decompression bombs and broken images
+    report_oracle.py            reports counted from every answer: what the rollups must equal
     security/                   the access matrix (TABLE), worlds, calls, snapshots, hostile input
 
 Test modules live beside it in tests/<area>/ and hold only test_*.py and conftest.py; bench/
