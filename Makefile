@@ -48,8 +48,11 @@ lint: $(STAMP)
 lock: $(STAMP)
 	$(UV) lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
 
+# generated/ from protos/, and the docs generated from the contract and from Settings.
 generate: $(STAMP)
 	scripts/generate.sh
+	$(BIN)/python scripts/api_table.py --update docs/api.md
+	$(BIN)/python scripts/settings_table.py --update docs/configuration.md
 
 migrate: $(STAMP)
 	$(BIN)/beacon migrate

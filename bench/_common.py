@@ -19,9 +19,9 @@ import redis
 
 from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, REDIS_URL, Backend
 from service.config import PROVIDERS
-from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.fakes.dialects import API_ROOTS
-from tests.fakes.provider_server import FAKE_API_KEY
+from tests.support.brokers import rabbitmq_available, temporary_vhost
+from tests.support.fakes.dialects import API_ROOTS
+from tests.support.fakes.provider_server import FAKE_API_KEY
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -62,7 +62,13 @@ async def broker_namespace(broker: str) -> AsyncIterator[str]:
 def fake_providers(latency: float) -> Iterator[str]:
     """The fake provider server in its own process; yields its root URL."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.provider_server", "--port=0", f"--latency={latency}"],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.fakes.provider_server",
+            "--port=0",
+            f"--latency={latency}",
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )

@@ -3,10 +3,9 @@
 Three workspaces with 10,000, 100,000 and 1,000,000 answers spread evenly over one year (six
 providers, a third mentioning the brand, competitor lists of zero to two names) are generated
 directly in PostgreSQL with generate_series, in a fresh database at the revision before the
-rollups. "before" times the report as it was (counting every answer of the range,
-`tests.collection.oracle.scanned_report`, on that schema); then the database is migrated
-to head, whose migration backfills the rollups (its time is shown), and "after" times
-GetVisibilityReport
+rollups. "before" times the report as it was (counting every answer of the range: the
+tests' report oracle, `scanned_report`, on that schema); then the database is migrated to head, whose
+migration backfills the rollups (its time is shown), and "after" times GetVisibilityReport
 through a real `beacon serve` (one call at a time, over gRPC), in UTC and in each further
 `--zones` time zone (whose days add hourly rollups and, off the hour, quarter-hour ones;
 no answers). The "before" scan groups every answer of the year by local day in one
@@ -55,7 +54,7 @@ from service.clock import new_id
 from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import alembic_config, upgrade
-from tests.collection import oracle
+from tests.support import report_oracle
 
 START = datetime(2025, 11, 24, tzinfo=UTC)  # a Monday
 END = START + timedelta(days=365)
@@ -193,7 +192,7 @@ async def before(url: str, workspaces: dict[int, str]) -> dict[int, Measured]:
 
             async def call(workspace_id: str = workspace_id) -> object:
                 async with db.transaction(write=False) as session:
-                    return await oracle.scanned_report(
+                    return await report_oracle.scanned_report(
                         session, workspace_id, start=START, end=END, granularity="day"
                     )
 

@@ -24,8 +24,8 @@ from bench._common import table
 from bench._servers import BENCH_SECRET, scratch_backend, serve
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
-from tests.tenancy.builders import png_bytes
-from tests.tenancy.hostile_images import scan_bomb_jpeg
+from tests.support.builders import png_bytes
+from tests.support.hostile_images import scan_bomb_jpeg
 
 ATTACKERS = 6  # clients posting at once (the default thread pool has 6 threads on 2 cores)
 SCANS = 1000

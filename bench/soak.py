@@ -1,11 +1,11 @@
 """`make soak`: minutes of mixed load on a production-shaped fleet, with Redis and PostgreSQL
 restarted in the middle, then the invariants that must survive it.
 
-The fleet is the fault suite's (`tests/faults/fleet.py`): two `beacon serve`, one `beacon
+The fleet is the fault suite's (`tests/support/fleet.py`): two `beacon serve`, one `beacon
 worker` and two `beacon ticker` subprocesses on a private PostgreSQL cluster (`initdb` as the
 postgres user; without root, a private database on the shared server and no PostgreSQL
 restart) and a private `redis-server` without persistence, asking the fake providers
-(`tests/fakes/provider_server.py`) in this process. Nothing the machine shares is restarted.
+(`tests/support/fakes/provider_server.py`) in this process. Nothing the machine shares is restarted.
 
 Virtual users, each the owner of a workspace with fixed prompts and two providers, call both
 `serve` processes in a loop: reads (workspaces, prompts, runs, answers, reports, schedules,
@@ -82,9 +82,10 @@ from bench._servers import BENCH_SECRET, BENCH_SIGNING_SECRET, PG_ADMIN_URL
 from service.clock import utcnow
 from service.config import Settings
 from service.db.models import Probe
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults import fleet as fleet_module
-from tests.faults.fleet import (
+from tests.support import processes
+from tests.support.builders import png_bytes
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import (
     PROVIDER_NAMES,
     PROVIDERS,
     Fleet,
@@ -92,9 +93,7 @@ from tests.faults.fleet import (
     fault_database,
     fleet_settings,
 )
-from tests.platform import processes
-from tests.platform.processes import RedisProcess
-from tests.tenancy.builders import png_bytes
+from tests.support.processes import RedisProcess
 
 PROMPTS = ["which crm suits a small team", "best crm for startups", "crm with email sync"]
 PROBES_PER_RUN = len(PROMPTS) * len(PROVIDERS)
@@ -857,8 +856,7 @@ async def start_fleet(settings: Settings, tmp: Path, attempts: int = 3) -> Fleet
     """The fleet, started again when a process was not up in time (the machine is shared:
     five processes importing at once on two busy cores take longer than the fleet's 30 s, so
     the soak gives `serve` START_SECONDS)."""
-    processes.eventually = _patient
-    fleet_module.eventually = _patient
+    processes.eventually = _patient  # the fleet's too: it calls processes.eventually
     for attempt in range(1, attempts + 1):
         fleet = Fleet(settings, tmp, serve_count=2, worker_count=1)
         try:

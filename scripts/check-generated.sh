@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fails when generated/ differs from what `make generate` produces from protos/.
+# Fails when generated/ or the generated docs differ from what `make generate` produces.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tmp=$(mktemp -d)
@@ -19,3 +19,12 @@ if ! diff -q "$tmp/api.md" docs/api.md >/dev/null; then
   exit 1
 fi
 echo "docs/api.md's RPC table is up to date"
+
+# docs/configuration.md's settings table is generated from service.config.Settings.
+cp docs/configuration.md "$tmp/configuration.md"
+"${PYTHON:-.venv/bin/python}" scripts/settings_table.py --update "$tmp/configuration.md"
+if ! diff -q "$tmp/configuration.md" docs/configuration.md >/dev/null; then
+  echo "docs/configuration.md's settings table is stale: run 'make generate'" >&2
+  exit 1
+fi
+echo "docs/configuration.md's settings table is up to date"

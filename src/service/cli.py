@@ -284,10 +284,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def configure_logging_for(command: str, settings: Settings) -> None:
+    """`beacon dev` is read by a person: readable lines and quiet dependencies, unless
+    BEACON_LOG_JSON is set; every other command writes JSON lines unless it is false."""
+    dev = command == "dev"
+    json_lines = settings.log_json if "log_json" in settings.model_fields_set else not dev
+    configure_logging(settings.log_level, json_lines, quiet_dependencies=dev)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
+    configure_logging_for(args.command, settings)
     if args.command in {"serve", "worker", "ticker", "dev"}:
         memtrace.limit_arenas(settings)
         memtrace.install(settings)

@@ -128,104 +128,264 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BEACON_", extra="ignore")
 
     # Storage and messaging.
-    database_url: str = "sqlite+aiosqlite:///./var/beacon.db"
-    redis_url: str = ""  # empty: in-memory rate limits and the in-process broker
-    broker_url: str = ""  # defaults to redis_url; amqp://... selects RabbitMQ
-    data_dir: Path = Path("./var")
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./var/beacon.db",
+        description="The database: `postgresql+asyncpg://user@host/db` in production.",
+    )
+    redis_url: str = Field(
+        default="",
+        description="Redis for rate limits and the Dramatiq broker; empty: in-memory rate"
+        " limits and the in-process broker.",
+    )
+    broker_url: str = Field(
+        default="",
+        description="The Dramatiq broker: `redis://` or `amqp://`/`amqps://` (RabbitMQ);"
+        ' empty: `BEACON_REDIS_URL`. Options in operations.md, "Choosing a broker"; a'
+        " malformed URL stops every process at start-up naming the variable.",
+    )
+    data_dir: Path = Field(default=Path("./var"), description="Local file storage (icons).")
 
     # Network.
-    grpc_addr: str = "127.0.0.1:50051"
-    http_addr: str = "127.0.0.1:8080"
-    public_http_url: str = ""  # base of signed URLs; defaults to http://<http_addr>
-    max_message_bytes: int = 4 * 1024 * 1024
-    # Unary Beacon calls in flight per server process; beyond it a call is RESOURCE_EXHAUSTED
-    # (SERVER_BUSY). Streams never count against it: they have their own budget below.
-    max_concurrent_rpcs: PositiveInt = 1000
-    # Streams (WatchRun) open per server process, per user and per workspace; beyond them a
-    # new stream is RESOURCE_EXHAUSTED (TOO_MANY_STREAMS). A stream ends UNAVAILABLE
-    # (STREAM_LIFETIME_ENDED) after `max_stream_seconds`: the client reopens it.
-    max_concurrent_streams: PositiveInt = 1000
-    max_streams_per_user: PositiveInt = 10
-    max_streams_per_workspace: PositiveInt = 20
-    max_stream_seconds: PositiveFloat = 1800.0
-    shutdown_grace_seconds: float = 10.0
-    uvloop: bool = True
-    # gRPC connections: one that has not finished its HTTP/2 handshake in this time, has had
-    # no call for this long, or is older than this (then allowed the grace for its calls to
-    # end) is closed by the server; clients reconnect on their own.
-    grpc_handshake_timeout_seconds: float = 10.0
-    grpc_max_connection_idle_seconds: float = 30.0
-    grpc_max_connection_age_seconds: float = 1800.0
-    grpc_max_connection_age_grace_seconds: float = 300.0
-    # The HTTP side: a request's headers must arrive within this time of the connection or of
-    # the previous response, and an upload's body within the other; connections beyond the
-    # caps are answered 503 and closed (0 disables a cap: only behind a proxy that caps).
-    http_header_timeout_seconds: float = 10.0
-    http_body_timeout_seconds: float = 30.0
-    http_max_connections_per_peer: NonNegativeInt = 32
-    http_max_connections: NonNegativeInt = 512
-    # Requests a minute per peer address on the HTTP side (0 disables it: only behind a
-    # proxy that limits per client itself).
-    http_peer_rate_limit_per_minute: NonNegativeInt = 600
+    grpc_addr: str = Field(default="127.0.0.1:50051", description="gRPC listen address.")
+    http_addr: str = Field(default="127.0.0.1:8080", description="HTTP side listen address.")
+    public_http_url: str = Field(
+        default="",
+        description="Base of signed upload/download URLs; empty: `http://<BEACON_HTTP_ADDR>`.",
+    )
+    max_message_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        description="gRPC transport message size limit; each RPC's own request limit is lower"
+        " (64 KiB, 2 MiB for StorePrompts/AddPrompts; api.md).",
+    )
+    max_concurrent_rpcs: PositiveInt = Field(
+        default=1000,
+        description="Unary Beacon calls in flight per server process; beyond it a call is"
+        " RESOURCE_EXHAUSTED `SERVER_BUSY`. Streams never count against it: they have their"
+        " own budget.",
+    )
+    max_concurrent_streams: PositiveInt = Field(
+        default=1000,
+        description="Streams (WatchRun) open per server process, a budget of their own; one"
+        " more is RESOURCE_EXHAUSTED `TOO_MANY_STREAMS`.",
+    )
+    max_streams_per_user: PositiveInt = Field(
+        default=10,
+        description="Open streams of one caller per server process; one more is"
+        " RESOURCE_EXHAUSTED `TOO_MANY_STREAMS`.",
+    )
+    max_streams_per_workspace: PositiveInt = Field(
+        default=20,
+        description="Open streams on one workspace per server process; one more is"
+        " RESOURCE_EXHAUSTED `TOO_MANY_STREAMS`.",
+    )
+    max_stream_seconds: PositiveFloat = Field(
+        default=1800.0,
+        description="A stream's longest life; then it ends UNAVAILABLE `STREAM_LIFETIME_ENDED`"
+        " and the client reopens it.",
+    )
+    shutdown_grace_seconds: float = Field(default=10.0, description="Drain time on SIGTERM.")
+    uvloop: bool = Field(default=True, description="Runs the event loop on uvloop.")
+    grpc_handshake_timeout_seconds: float = Field(
+        default=10.0,
+        description="A gRPC connection that has not finished its HTTP/2 handshake by then is"
+        " closed.",
+    )
+    grpc_max_connection_idle_seconds: float = Field(
+        default=30.0,
+        description="The server closes (GOAWAY) a gRPC connection without calls for this long;"
+        " clients reconnect on their own.",
+    )
+    grpc_max_connection_age_seconds: float = Field(
+        default=1800.0,
+        description="The server closes (GOAWAY) a gRPC connection older than this once its"
+        " calls end or the grace passes; clients reconnect on their own.",
+    )
+    grpc_max_connection_age_grace_seconds: float = Field(
+        default=300.0,
+        description="How long calls of a connection past its age may take to end.",
+    )
+    http_header_timeout_seconds: float = Field(
+        default=10.0,
+        description="HTTP side: a request's headers must arrive within this time of the"
+        " connection or of the previous response (408).",
+    )
+    http_body_timeout_seconds: float = Field(
+        default=30.0, description="HTTP side: an upload's body must arrive within this time (408)."
+    )
+    http_max_connections_per_peer: NonNegativeInt = Field(
+        default=32,
+        description="HTTP side: open connections per peer address; beyond, 503 and closed"
+        " (0: no cap; behind a proxy set it to 0).",
+    )
+    http_max_connections: NonNegativeInt = Field(
+        default=512,
+        description="HTTP side: open connections in all; beyond, 503 and closed (0: no cap,"
+        " only behind a proxy that caps).",
+    )
+    http_peer_rate_limit_per_minute: NonNegativeInt = Field(
+        default=600,
+        description="HTTP side: requests a minute per peer address (429 with Retry-After;"
+        " 0 disables it: only behind a proxy that limits per client itself).",
+    )
 
     # Authentication.
-    auth_secret: str = ""  # HS256 secret (>= 32 bytes); empty disables HS256
-    auth_dev_issuer: str = "beacon-dev"
-    auth_jwks_url: str = ""
-    auth_issuer: str = ""
-    auth_audience: str = ""
-    auth_jwks_cache_seconds: int = 300
-    auth_leeway_seconds: int = 30
-    signing_secret: str = ""  # signed URLs and page tokens (>= 32 bytes); required
-    service_key_cache_seconds: float = 5.0  # a revoked key stops working within this time
+    auth_secret: str = Field(
+        default="",
+        description="HS256 token secret, >= 32 bytes; required by serve/worker/ticker unless a"
+        " JWKS URL is set (then HS256 tokens are refused unless it is set too); the public"
+        " development value is refused outside `beacon dev`.",
+    )
+    auth_dev_issuer: str = Field(
+        default="beacon-dev", description="`iss` of the HS256 tokens `beacon token` mints."
+    )
+    auth_jwks_url: str = Field(
+        default="",
+        description="OIDC JWKS URL for RS256/ES256 tokens (WorkOS, Auth0, Keycloak...).",
+    )
+    auth_issuer: str = Field(
+        default="", description="`iss` of JWKS tokens; required with a JWKS URL."
+    )
+    auth_audience: str = Field(
+        default="", description="`aud` of JWKS tokens; required with a JWKS URL."
+    )
+    auth_jwks_cache_seconds: int = Field(
+        default=300,
+        description="How long fetched JWKS keys are kept (a rotated-out key is trusted this"
+        " long at most).",
+    )
+    auth_leeway_seconds: int = Field(default=30, description="Clock skew allowed on `exp` / `nbf`.")
+    signing_secret: str = Field(
+        default="",
+        description="Signs upload/download URLs and (through a derived key) page tokens;"
+        " >= 32 bytes, different from the auth secret; required outside `beacon dev`.",
+    )
+    service_key_cache_seconds: float = Field(
+        default=5.0,
+        description="Longest time a revoked key, a deleted user, or a user who left the key's"
+        " organizations still works.",
+    )
 
-    # Rate limits: every rule's request count is multiplied by this (load tests only).
-    rate_limit_scale: float = 1.0
-    rate_limit_strategy: str = "moving-window"
-    rate_limit_key_prefix: str = "beacon"  # Redis key prefix of the counters
-    # Calls per minute from one peer address over every RPC, counted before authentication
-    # (0 disables it: only behind a proxy that limits per client itself).
-    peer_rate_limit_per_minute: int = 6000
+    # Rate limits.
+    rate_limit_scale: float = Field(
+        default=1.0,
+        description="Multiplies every rule's request count (load tests only).",
+    )
+    rate_limit_strategy: str = Field(
+        default="moving-window", description="Or `fixed-window`, `sliding-window-counter`."
+    )
+    rate_limit_key_prefix: str = Field(
+        default="beacon", description="Redis key prefix of the rate-limit counters."
+    )
+    peer_rate_limit_per_minute: int = Field(
+        default=6000,
+        description="Calls a minute per peer address over every RPC, counted before"
+        " authentication (0 disables it: only behind an L7 proxy that limits per client"
+        " itself; raise it behind one).",
+    )
 
     # Tenancy.
-    workspace_retention_days: int = 30
-    join_code_ttl_hours: int = 24 * 7
-    invitation_ttl_hours: int = 24 * 7  # pending invitations expire after this
-    upload_url_ttl_seconds: int = 600
-    icon_url_ttl_seconds: int = 3600
-    icon_max_bytes: int = 1024 * 1024
-    # POSTs one upload URL accepts over its life (each failed attempt counts).
-    upload_attempts_per_url: int = 10
-    # Each upload is decoded in a process of its own, killed past this time; at most this
-    # many at once per server process (the others wait up to that time, then get 503).
-    upload_decode_timeout_seconds: float = 10.0
-    upload_decode_concurrency: int = 2
-    # Live workspaces per organization, and organizations a user owns: creating one more is
-    # FAILED_PRECONDITION (WORKSPACE_LIMIT_REACHED, ORGANIZATION_LIMIT_REACHED).
-    max_workspaces_per_organization: PositiveInt = 100
-    max_organizations_per_user: PositiveInt = 10
+    workspace_retention_days: int = Field(
+        default=30,
+        description="How long a deleted workspace can be restored (UndeleteWorkspace) before"
+        " the ticker purges it.",
+    )
+    join_code_ttl_hours: int = Field(
+        default=24 * 7,
+        description="Lifetime of a workspace's join code (RotateJoinCode may set another,"
+        " 1 hour to 90 days).",
+    )
+    invitation_ttl_hours: int = Field(
+        default=24 * 7,
+        description="Lifetime of a pending invitation (inviting again renews it).",
+    )
+    upload_url_ttl_seconds: int = Field(default=600, description="Lifetime of a signed upload URL.")
+    icon_url_ttl_seconds: int = Field(default=3600, description="Lifetime of a signed icon URL.")
+    icon_max_bytes: int = Field(
+        default=1024 * 1024,
+        description="Largest upload, and largest stored icon (413 / 415 `IMAGE_TOO_LARGE`).",
+    )
+    upload_attempts_per_url: int = Field(
+        default=10,
+        description="POSTs one upload URL accepts over its life, refused ones included (then 429).",
+    )
+    upload_decode_timeout_seconds: float = Field(
+        default=10.0,
+        description="Each upload is decoded in a process of its own, killed past this time"
+        " (415 `IMAGE_TOO_COMPLEX`).",
+    )
+    upload_decode_concurrency: int = Field(
+        default=2,
+        description="Uploads decoded at once per server process (the others wait up to the"
+        " decode timeout, then get 503).",
+    )
+    max_workspaces_per_organization: PositiveInt = Field(
+        default=100,
+        description="Live workspaces of an organization; creating one more is"
+        " FAILED_PRECONDITION `WORKSPACE_LIMIT_REACHED`.",
+    )
+    max_organizations_per_user: PositiveInt = Field(
+        default=10,
+        description="Organizations a user owns; creating one more is FAILED_PRECONDITION"
+        " `ORGANIZATION_LIMIT_REACHED`.",
+    )
 
     # Collection.
-    schedule_min_interval_minutes: int = 15
-    # How often an open WatchRun stream re-checks its caller's credentials (an expired token,
-    # a revoked key end it UNAUTHENTICATED) and that they may still see the run.
-    watch_access_check_seconds: float = 3.0
-    # Open (queued or running) runs per workspace: StartRun beyond it is FAILED_PRECONDITION
-    # (RUN_ALREADY_OPEN) and the ticker skips the slot.
-    max_open_runs_per_workspace: int = Field(default=1, ge=1, le=1000)
-    ticker_interval_seconds: float = 5.0
-    ticker_batch_size: int = 1000
-    worker_concurrency: int = 100
-    provider_concurrency: int = 50  # per provider, per worker process
-    probe_max_attempts: int = 4
-    probe_backoff_seconds: float = 2.0
-    probe_backoff_max_seconds: float = 120.0
-    # An open run on which nothing happened for this long has its messages sent again (lost
-    # in a broker restart, say); 0 never does. Keep it well above a probe's longest attempt.
-    run_stall_seconds: float = 600.0
-    # CPU seconds one answer's analysis may take before the answer is stored unanalysed (FAILED,
-    # with the reason). Analysis is linear: its longest answer costs a fraction of this.
-    analysis_time_limit_seconds: PositiveFloat = 5.0
+    schedule_min_interval_minutes: int = Field(
+        default=15, description="Schedules may not fire more often."
+    )
+    watch_access_check_seconds: float = Field(
+        default=3.0,
+        description="How often an open WatchRun stream re-checks its caller's credentials (an"
+        " expired token, a revoked key end it UNAUTHENTICATED) and that they may still see"
+        " the run.",
+    )
+    max_open_runs_per_workspace: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="Open (queued or running) runs a workspace may have: StartRun beyond it is"
+        " FAILED_PRECONDITION `RUN_ALREADY_OPEN` and the ticker skips the slot.",
+    )
+    ticker_interval_seconds: float = Field(
+        default=5.0,
+        description="How often `beacon ticker` looks for due schedules and stalled runs.",
+    )
+    ticker_batch_size: int = Field(
+        default=1000,
+        description="Schedules one tick claims per batch, and runs one outbox sweep or stall"
+        " check sends at most.",
+    )
+    worker_concurrency: int = Field(
+        default=100, description="Provider calls in flight per worker process."
+    )
+    provider_concurrency: int = Field(
+        default=50, description="Provider calls in flight per provider, per worker process."
+    )
+    probe_max_attempts: int = Field(
+        default=4,
+        description="Attempts of one probe at a retryable provider failure before it is stored"
+        " failed.",
+    )
+    probe_backoff_seconds: float = Field(
+        default=2.0,
+        description="Wait before a probe's second attempt, doubled at each next one, with"
+        " jitter (a provider's Retry-After wins).",
+    )
+    probe_backoff_max_seconds: float = Field(
+        default=120.0, description="Longest wait between two attempts of a probe."
+    )
+    run_stall_seconds: float = Field(
+        default=600.0,
+        description="An open run on which nothing happened for this long has its messages sent"
+        " again from the database (lost in a broker restart, say); 0 never does. Keep it well"
+        " above a probe's longest attempt.",
+    )
+    analysis_time_limit_seconds: PositiveFloat = Field(
+        default=5.0,
+        description="CPU seconds one answer's analysis may take before the answer is stored"
+        ' unanalysed (FAILED, with the reason; security.md, "Answers a tenant chooses").'
+        " Analysis is linear: its longest answer costs a fraction of this.",
+    )
 
     # Providers: one `ProviderSettings` each, keyed by the registry's names (service.providers).
     # Read from BEACON_<PROVIDER>_<FIELD> (BEACON_OPENAI_API_KEY, BEACON_ANTHROPIC_RPM, ...):
@@ -263,23 +423,44 @@ class Settings(BaseSettings):
     # Deliveries the ticker hands to the workers per tick at most.
     webhook_batch_size: PositiveInt = 500
 
-    log_level: str = "INFO"
-    log_json: bool = True
-    metrics_enabled: bool = True
-    # Prometheus endpoints (host:port; empty = none). `beacon serve` serves /metrics on its
-    # own address, never on the public HTTP side that serves uploads.
-    metrics_addr: str = "127.0.0.1:9464"
-    worker_metrics_addr: str = ""
-    ticker_metrics_addr: str = ""
-    # Allocation tracing for soak runs (service.memtrace): frames kept per allocation, 0 = off
-    # (production); snapshots go to the directory (default <data_dir>/tracemalloc) on SIGUSR2.
-    tracemalloc_frames: NonNegativeInt = 0
-    tracemalloc_dir: Path | None = None
-    # glibc malloc arenas of serve, worker and ticker (0 = glibc's default of 8 per core).
-    # Every thread that allocates may otherwise get an arena of its own (grpc's, the
-    # executors'), and memory freed in one stays reserved there: RSS grows in steps with
-    # bursts of threads that a few shared arenas absorb.
-    malloc_arena_max: NonNegativeInt = 2
+    # Observability.
+    log_level: str = Field(default="INFO", description="Level of Beacon's own loggers.")
+    log_json: bool = Field(
+        default=True,
+        description="One JSON object per line on stderr; a request line per call (method,"
+        " principal, service key, code, duration, request id, correlation id; never tokens or"
+        " bodies). `beacon dev` writes readable lines instead unless this is set explicitly.",
+    )
+    metrics_enabled: bool = Field(
+        default=True, description="Serves Prometheus `/metrics` on the metrics addresses."
+    )
+    metrics_addr: str = Field(
+        default="127.0.0.1:9464",
+        description="`host:port` of `beacon serve`'s Prometheus `/metrics`, on its own address,"
+        " never on the public HTTP side that serves uploads (empty: none).",
+    )
+    worker_metrics_addr: str = Field(
+        default="", description="`host:port` where `beacon worker` serves `/metrics` (empty: none)."
+    )
+    ticker_metrics_addr: str = Field(
+        default="", description="`host:port` where `beacon ticker` serves `/metrics` (empty: none)."
+    )
+    tracemalloc_frames: NonNegativeInt = Field(
+        default=0,
+        description="Allocation tracing for soak runs (service.memtrace): > 0, SIGUSR2 starts"
+        " tracemalloc keeping that many frames per allocation, then writes snapshots to"
+        " `BEACON_TRACEMALLOC_DIR`; for `make soak`, never in production (0: off).",
+    )
+    tracemalloc_dir: Path | None = Field(
+        default=None, description="Where snapshots go; empty: `<BEACON_DATA_DIR>/tracemalloc`."
+    )
+    malloc_arena_max: NonNegativeInt = Field(
+        default=2,
+        description="glibc malloc arenas of serve, worker and ticker (0: glibc's default, 8"
+        " per core). Every thread that allocates may otherwise get an arena of its own (grpc's,"
+        " the executors'), and memory freed in one stays reserved there: RSS grows in steps"
+        " with bursts of threads that a few shared arenas absorb.",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -1,4 +1,10 @@
-"""Structured logging: one JSON object per line on stderr.
+"""Logging: one JSON object per line on stderr in production; readable lines in development.
+
+`beacon serve`, `worker` and `ticker` write JSON (`BEACON_LOG_JSON`, default true), for log
+collectors. `beacon dev` writes lines for a person (`TextFormatter`: time, level, logger,
+message, then the record's fields as key=value) and keeps its dependencies (QUIET_IN_DEV:
+Alembic's plugin set-up and migration steps, Dramatiq's start-up, every HTTP request of
+httpx) at WARNING, so that its banner is what a newcomer reads first.
 
 The per-call request line (`beacon.rpc`) is the one written thousands of times a second, so
 it is recorded lazily (`AccessLog`): a call keeps its fields in a tuple, and the records are
@@ -34,6 +40,28 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["traceback"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """`12:04:31 INFO  beacon.server  grpc server started  port=50051`: one line per record
+    for a person at a terminal, the record's own fields after the message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        clock = datetime.fromtimestamp(record.created).strftime("%H:%M:%S")
+        fields = " ".join(
+            f"{k}={v}" for k, v in record.__dict__.items() if k not in _STANDARD and v != ""
+        )
+        line = f"{clock} {record.levelname:<5} {record.name}  {record.getMessage()}"
+        if fields:
+            line += f"  {fields}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+# Dependencies whose INFO lines tell a developer nothing about Beacon: `beacon dev` logs them
+# from WARNING up.
+QUIET_IN_DEV = ("alembic", "dramatiq", "httpx", "httpcore", "pika", "aiormq", "asyncio")
 
 
 class LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -147,7 +175,11 @@ access_log = AccessLog()
 atexit.register(access_log.flush)
 
 
-def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
+def configure_logging(
+    level: str = "INFO", json_lines: bool = True, *, quiet_dependencies: bool = False
+) -> None:
+    """Every record goes to stderr, as JSON lines or (`json_lines=False`) readable ones;
+    `quiet_dependencies` raises the loggers of QUIET_IN_DEV to WARNING (`beacon dev`)."""
     # No record needs its caller's file and line, thread or process names: finding them walks
     # the stack or calls into the OS on every line (the logging HOWTO's "Optimization").
     logging._srcfile = None
@@ -155,9 +187,9 @@ def configure_logging(level: str = "INFO", json_lines: bool = True) -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     handler = LineHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if json_lines else logging.Formatter("%(levelname)s %(name)s %(message)s")
-    )
+    handler.setFormatter(JsonFormatter() if json_lines else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in QUIET_IN_DEV:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet_dependencies else logging.NOTSET)

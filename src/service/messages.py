@@ -1,9 +1,10 @@
 """The message schema shared by the API's dispatcher, the ticker and the workers.
 
 Queue and actor names, the retry and priority settings the actors are declared with, and the
-builders of the two messages (`process_run`, `process_probes`). A leaf (it imports only
-`service.tracing`, whose context messages carry), so the actors, the run and probe logic, the
-broker and the dispatcher all depend on it and not on each other.
+builders of the two messages (`process_run`, `process_probes`). A leaf: of Beacon it imports
+only `service.tracing` (a message carries its trace context; tracing is a leaf too), so the
+actors, the run and probe logic, the broker and the dispatcher all depend on it and not on
+each other.
 """
 
 from __future__ import annotations

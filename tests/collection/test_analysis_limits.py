@@ -18,8 +18,9 @@ import dramatiq
 from service.db.database import Database
 from service.db.models import Run
 from service.outbox import dispatch_pending_runs
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import (
+from tests.support import pipeline as fixtures
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.pipeline import (
     StartWorker,
     drained,
     insert_run,
@@ -27,7 +28,6 @@ from tests.collection.pipeline_fixtures import (
     load_run,
     make_workspace,
 )
-from tests.fakes.provider_server import FakeProviderServer
 from workers.analysis import MAX_ANSWER_CHARS
 
 collection_db = fixtures.collection_db

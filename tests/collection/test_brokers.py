@@ -25,9 +25,9 @@ from service.broker import (
 )
 from service.config import Settings
 from service.messages import PROBE_QUEUE, RUN_QUEUE, probe_message, run_message
-from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET
-from tests.platform.test_cli import run_beacon
+from tests.support.app import TEST_SECRET, TEST_SIGNING_SECRET
+from tests.support.brokers import rabbitmq_available, temporary_vhost
+from tests.support.processes import run_beacon
 from workers.actors import worker_broker
 
 needs_rabbitmq = pytest.mark.skipif(

@@ -21,10 +21,10 @@ from service.domain.actor import Actor
 from service.domain.collection import prompts, runs, schedules
 from service.domain.errors import FailedPrecondition
 from service.outbox import dispatch_pending_runs
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.builders import Tenant, make_workspace, stored_texts
-from tests.conftest import NewUser
 from tests.support import actor_of, unique
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser
+from tests.support.builders import Tenant, make_workspace, stored_texts
 
 stub_broker = fixtures.stub_broker
 

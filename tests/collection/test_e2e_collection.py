@@ -11,22 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import dramatiq
 import pika
 import pytest
 import redis
-import redis.asyncio as redis_async
 from google.protobuf.timestamp_pb2 import Timestamp
 from sqlalchemy import Select, delete, func, select, text, update
 
@@ -42,21 +38,22 @@ from service.db.database import Database
 from service.db.models import Organization, Run, Schedule
 from service.messages import RUN_QUEUE
 from service.outbox import dispatch_pending_runs
-from tests.brokers import rabbitmq_available, temporary_vhost
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import (
+from tests.support import REDIS_URL, unique
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser
+from tests.support.brokers import broker_url, rabbitmq_available
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.pipeline import (
     derive_settings,
     insert_run,
     load_probes,
     load_run,
     make_workspace,
-    provider_settings,
+    pipeline_settings,
     sending_to,
+    wait_for_end,
 )
-from tests.conftest import NewUser
-from tests.fakes.provider_server import FakeProviderServer
-from tests.platform.processes import RabbitmqNode
-from tests.support import REDIS_URL, unique
+from tests.support.processes import Beacon, RabbitmqNode, beacon_env, eventually
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server
@@ -77,30 +74,6 @@ def broker(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str) -> T:
-    """Polls `check` until it returns something, failing after 30 seconds."""
-    try:
-        async with asyncio.timeout(30):
-            while True:
-                result = await check()
-                if result is not None:
-                    return result
-                await asyncio.sleep(0.1)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
-
-
-def pipeline_settings(settings: Settings, server: FakeProviderServer, broker_url: str) -> Settings:
-    return derive_settings(
-        settings,
-        broker_url=broker_url,
-        ticker_interval_seconds=0.3,
-        worker_concurrency=16,
-        provider_concurrency=16,
-        **provider_settings(server),
-    )
-
-
 @contextlib.asynccontextmanager
 async def embedded_pipeline(settings: Settings, db: Database) -> AsyncIterator[None]:
     running = start_embedded(settings, ticker=True, worker_threads=8)
@@ -109,80 +82,6 @@ async def embedded_pipeline(settings: Settings, db: Database) -> AsyncIterator[N
             yield
     finally:
         await asyncio.to_thread(running.stop)
-
-
-def beacon_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives a `beacon` process `settings`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
-    values = settings.model_dump()
-    for name, value in values.pop("providers").items():
-        env.update({f"BEACON_{name}_{field}".upper(): str(v) for field, v in value.items()})
-    for name, value in values.items():
-        if value is not None and name != "data_dir":
-            env[f"BEACON_{name.upper()}"] = str(value)
-    env["BEACON_LOG_JSON"] = "false"
-    return env
-
-
-@dataclass
-class Beacon:
-    """A `beacon` subprocess whose output goes to a log file."""
-
-    process: asyncio.subprocess.Process
-    log: Path
-
-    @classmethod
-    async def start(cls, command: str, env: dict[str, str], log: Path) -> Beacon:
-        with log.open("wb") as out:
-            process = await asyncio.create_subprocess_exec(
-                str(BEACON), command, env=env, stdout=out, stderr=out
-            )
-        return cls(process, log)
-
-    async def stop(self) -> None:
-        """SIGTERM; the process must exit cleanly within 15 seconds."""
-        if self.process.returncode is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            async with asyncio.timeout(15):
-                code = await self.process.wait()
-        except TimeoutError:
-            await self.kill()
-            raise AssertionError(
-                f"{self.log.name} ignored SIGTERM:\n{self.log.read_text()}"
-            ) from None
-        assert code == 0, f"{self.log.name} exited with {code}:\n{self.log.read_text()}"
-
-    async def kill(self) -> None:
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-
-
-async def delete_namespace(namespace: str) -> None:
-    client = redis_async.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(match=f"{namespace}*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
-
-
-@contextlib.asynccontextmanager
-async def broker_url(broker: str, **options: str) -> AsyncIterator[str]:
-    """A URL of `broker` on a namespace (Redis) or virtual host (RabbitMQ) of its own, with
-    `options` in its query; the namespace or virtual host is deleted afterwards."""
-    query = "".join(f"&{name}={value}" for name, value in options.items())
-    if broker == "rabbitmq":
-        async with temporary_vhost("beacon-e2e") as url:
-            yield f"{url}?{query[1:]}" if query else url
-        return
-    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
-    try:
-        yield f"{REDIS_URL}?namespace={namespace}{query}"
-    finally:
-        await delete_namespace(namespace)
 
 
 @contextlib.asynccontextmanager
@@ -229,18 +128,6 @@ def asked(fake: FakeProviderServer, prompts: list[str]) -> int:
     """Requests the fake providers received for these prompts: the test's own, not those of
     runs that earlier tests of the session left unsent and this test's ticker sends."""
     return sum(fake.requests(prompt=prompt) for prompt in prompts)
-
-
-async def wait_for_end(collection: SimpleNamespace, run_id: str, metadata: Any) -> run_pb.Run:
-    """The run once it has ended, followed with WatchRun (no polling by the client)."""
-    last: run_pb.Run | None = None
-    async with asyncio.timeout(60):
-        async for update in collection.runs.WatchRun(
-            run_pb.WatchRunRequest(run_id=run_id), metadata=metadata
-        ):
-            last = update
-    assert last is not None and last.HasField("end_time"), last
-    return last
 
 
 async def test_schedule_runs_are_collected_analysed_reported_and_repeated(

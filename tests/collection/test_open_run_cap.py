@@ -21,11 +21,11 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule
 from service.domain.collection import runs
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.builders import insert_prompts, make_workspace
-from tests.collection.pipeline_fixtures import add_schedule, derive_settings
-from tests.conftest import NewUser
 from tests.support import actor_of, expect_error, failure
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser
+from tests.support.builders import insert_prompts, make_workspace
+from tests.support.pipeline import add_schedule, derive_settings
 from workers.ticker import TickResult, tick
 
 collection_db = fixtures.collection_db

@@ -10,15 +10,10 @@ import pytest
 
 from beacon.v1 import prompt_service_pb2 as pb
 from service.app import App
-from tests.collection.builders import (
-    add_workspace_member,
-    all_pages,
-    audited_actions,
-    make_workspace,
-)
-from tests.conftest import NewUser
-from tests.conftest import TestUser as Caller
 from tests.support import expect_error
+from tests.support.app import NewUser
+from tests.support.app import TestUser as Caller
+from tests.support.builders import add_workspace_member, all_pages, audited_actions, make_workspace
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ from service.app import App
 from service.clock import utcnow
 from service.domain.collection import prompts
 from service.domain.errors import FailedPrecondition, InvalidArgument
-from tests.collection.builders import make_workspace, stored_texts
-from tests.conftest import NewUser
 from tests.support import actor_of
+from tests.support.app import NewUser
+from tests.support.builders import make_workspace, stored_texts
 
 STORE_PROMPTS = "beacon.v1.PromptService/StorePrompts"
 

@@ -30,8 +30,10 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Probe, Run
 from service.outbox import dispatch_pending_runs
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import (
+from tests.support import REDIS_URL
+from tests.support import pipeline as fixtures
+from tests.support.fakes.provider_server import FakeProviderServer, Fault, RateLimit
+from tests.support.pipeline import (
     derive_settings,
     insert_run,
     load_probes,
@@ -39,10 +41,7 @@ from tests.collection.pipeline_fixtures import (
     make_workspace,
     provider_settings,
 )
-from tests.collection.test_e2e_collection import Beacon, beacon_env, delete_namespace
-from tests.fakes.provider_server import FakeProviderServer, Fault, RateLimit
-from tests.platform.processes import eventually, free_port
-from tests.support import REDIS_URL
+from tests.support.processes import Beacon, beacon_env, delete_namespace, eventually, free_port
 from workers.context import WorkerContext
 from workers.probes import Deferred, run_probe
 from workers.runs import expand_run

@@ -3,7 +3,8 @@
 The property test draws answers (with failed, skipped and pending probes, odd competitor
 lists, times on and around midnight) and report ranges (whole days or not), stores the answers
 as the worker does (probes and rollups in one transaction, in two batches), and compares
-`visibility_report` with `scanned_report` on both backends. The other tests cover the writers:
+`visibility_report` with the report oracle's `scanned_report` (tests/support/report_oracle.py)
+on both backends. The other tests cover the writers:
 the worker's result batches (exactly once under duplicate delivery), the migration's backfill,
 purges and rebuilds, and the RPC (a report over whole days reads no answers).
 """
@@ -42,10 +43,11 @@ from service.db.models import (
 )
 from service.domain.collection import reports, rollups
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
-from tests.collection import builders, oracle
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import insert_run, make_workspace
-from tests.conftest import NewUser, temporary_database
+from tests.support import builders
+from tests.support import pipeline as fixtures
+from tests.support import report_oracle as oracle
+from tests.support.app import NewUser, temporary_database
+from tests.support.pipeline import insert_run, make_workspace
 from workers.probe_store import ProbeResult, ProbeStore
 
 collection_db = fixtures.collection_db

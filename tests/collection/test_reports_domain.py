@@ -10,8 +10,8 @@ import pytest
 from service.app import App
 from service.domain.collection import reports
 from service.domain.errors import InvalidArgument
-from tests.collection.builders import insert_probe, insert_run, make_workspace
-from tests.conftest import NewUser
+from tests.support.app import NewUser
+from tests.support.builders import insert_probe, insert_run, make_workspace
 
 START = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 END = START + timedelta(days=7)

@@ -14,10 +14,10 @@ from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.clock import utcnow
-from tests.collection.builders import all_pages, insert_probe, insert_run, make_workspace
-from tests.conftest import NewUser
-from tests.conftest import TestUser as Caller
 from tests.support import expect_error
+from tests.support.app import NewUser
+from tests.support.app import TestUser as Caller
+from tests.support.builders import all_pages, insert_probe, insert_run, make_workspace
 
 OPENAI, ANTHROPIC = ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC
 

@@ -19,7 +19,10 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.clock import utcnow
 from service.db.models import Probe, Run
-from tests.collection.builders import (
+from tests.support import expect_error
+from tests.support.app import NewUser
+from tests.support.app import TestUser as Caller
+from tests.support.builders import (
     add_workspace_member,
     audited_actions,
     end_run,
@@ -29,9 +32,6 @@ from tests.collection.builders import (
     insert_run,
     make_workspace,
 )
-from tests.conftest import NewUser
-from tests.conftest import TestUser as Caller
-from tests.support import expect_error
 
 OPENAI, ANTHROPIC, GOOGLE = ws_pb.PROVIDER_OPENAI, ws_pb.PROVIDER_ANTHROPIC, ws_pb.PROVIDER_GOOGLE
 

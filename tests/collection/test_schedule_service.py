@@ -17,9 +17,9 @@ from service.app import App
 from service.db.models import AuditEvent, Run
 from service.domain.collection.schedules import next_fire_time
 from service.server import start_server
-from tests.collection.builders import insert_prompts, make_workspace
-from tests.conftest import NewUser
 from tests.support import expect_error, unique
+from tests.support.app import NewUser
+from tests.support.builders import insert_prompts, make_workspace
 
 
 async def set_schedule(

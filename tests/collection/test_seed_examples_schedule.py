@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 from beacon.v1 import schedule_service_pb2 as pb
 from service.app import App
-from tests.collection.builders import insert_prompts, make_workspace
-from tests.conftest import NewUser
+from tests.support.app import NewUser
+from tests.support.builders import insert_prompts, make_workspace
 
 
 def next_midnight(after: datetime) -> datetime:

@@ -21,9 +21,9 @@ from service.db.database import Database
 from service.db.models import Probe, Run
 from service.messages import PROBE_QUEUE, RUN_QUEUE
 from service.outbox import STALL_BACKLOG_LIMIT, dispatch_pending_runs, redispatch_stalled_runs
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import derive_settings, insert_run, load_run, make_workspace
 from tests.support import REDIS_URL, unique
+from tests.support import pipeline as fixtures
+from tests.support.pipeline import derive_settings, insert_run, load_run, make_workspace
 from workers.context import WorkerContext
 from workers.runs import expand_run
 from workers.ticker import Ticker

@@ -17,8 +17,8 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run, Schedule, Workspace
 from service.messages import RUN_QUEUE
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import add_schedule, derive_settings, make_workspace
+from tests.support import pipeline as fixtures
+from tests.support.pipeline import add_schedule, derive_settings, make_workspace
 from workers.ticker import Ticker, tick
 
 collection_db = fixtures.collection_db

@@ -39,12 +39,17 @@ from service.db.database import Database
 from service.messages import RUN_QUEUE
 from service.outbox import RunDispatcher, dispatch_pending_runs
 from service.server import start_server
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import derive_settings, insert_run, make_workspace
-from tests.collection.test_e2e_collection import pipeline_settings, wait_for_end
-from tests.conftest import NewUser
-from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
+from tests.support import pipeline as fixtures
 from tests.support import unique
+from tests.support.app import NewUser
+from tests.support.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
+from tests.support.pipeline import (
+    derive_settings,
+    insert_run,
+    make_workspace,
+    pipeline_settings,
+    wait_for_end,
+)
 from workers.runtime import start_embedded
 
 fake_server = fixtures.fake_server

@@ -13,8 +13,8 @@ from beacon.v1 import run_service_pb2 as pb
 from beacon.v1 import run_service_pb2_grpc
 from service.app import App
 from service.server import start_server
-from tests.collection.builders import insert_run, make_workspace
-from tests.conftest import NewUser
+from tests.support.app import NewUser
+from tests.support.builders import insert_run, make_workspace
 
 BOUND = 3
 

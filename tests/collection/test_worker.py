@@ -20,9 +20,11 @@ from service.db.database import Database
 from service.db.models import Probe, Run, Workspace
 from service.messages import probe_message, run_message
 from service.outbox import dispatch_pending_runs
-from tests.collection import builders
-from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import (
+from tests.support import builders
+from tests.support import pipeline as fixtures
+from tests.support.app import NewUser
+from tests.support.fakes.provider_server import FakeProviderServer, Fault
+from tests.support.pipeline import (
     StartWorker,
     derive_settings,
     drained,
@@ -31,8 +33,6 @@ from tests.collection.pipeline_fixtures import (
     load_run,
     make_workspace,
 )
-from tests.conftest import NewUser
-from tests.fakes.provider_server import FakeProviderServer, Fault
 from workers.actors import worker_broker
 from workers.probes import retry_delay
 

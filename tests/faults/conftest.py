@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.collection import pipeline_fixtures as fixtures
-from tests.faults.fleet import PostgresCluster, fault_database
-from tests.platform.processes import RedisProcess
 from tests.support import PG_ADMIN_URL
+from tests.support import pipeline as fixtures
+from tests.support.fleet import PostgresCluster, fault_database
+from tests.support.processes import RedisProcess
 
 fake_server = fixtures.fake_server
 fake_provider = fixtures.fake_provider

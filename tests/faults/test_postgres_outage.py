@@ -16,18 +16,17 @@ from grpc_health.v1 import health_pb2
 from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from service.config import Settings
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults.fleet import (
+from tests.support import failure
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import (
     Collection,
     Fleet,
     PostgresCluster,
-    eventually,
     fault_database,
     fleet_settings,
     running_fleet,
 )
-from tests.platform.processes import RedisProcess, health_status
-from tests.support import failure
+from tests.support.processes import RedisProcess, eventually, health_status
 
 pytestmark = pytest.mark.postgres_only
 

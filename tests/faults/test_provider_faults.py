@@ -11,9 +11,9 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.db.models import Probe
-from tests.fakes.provider_server import FakeProviderServer, Fault
-from tests.faults.fleet import fleet_settings, running_fleet
-from tests.platform.processes import RedisProcess
+from tests.support.fakes.provider_server import FakeProviderServer, Fault
+from tests.support.fleet import fleet_settings, running_fleet
+from tests.support.processes import RedisProcess
 
 pytestmark = pytest.mark.postgres_only
 

@@ -13,9 +13,9 @@ import redis.asyncio as redis_async
 from service.broker import redis_options
 from service.config import Settings
 from service.messages import PROBE_QUEUE, RUN_QUEUE
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults.fleet import eventually, fleet_settings, running_fleet
-from tests.platform.processes import RedisProcess
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import fleet_settings, running_fleet
+from tests.support.processes import RedisProcess, eventually
 
 pytestmark = pytest.mark.postgres_only
 

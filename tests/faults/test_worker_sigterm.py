@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from tests.fakes.provider_server import FakeProviderServer
-from tests.faults.fleet import eventually, fleet_settings, running_fleet
-from tests.platform.processes import RedisProcess
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.fleet import fleet_settings, running_fleet
+from tests.support.processes import RedisProcess, eventually
 
 pytestmark = pytest.mark.postgres_only
 

@@ -13,8 +13,8 @@ from service.app import App
 from service.clock import new_id, utcnow
 from service.db.models import Alert, AlertRule, WebhookDelivery
 from service.domain.collection.run_lifecycle import RunStatus, end_run
-from tests.collection.builders import insert_probe, insert_run
 from tests.notifications.builders import make_endpoint, make_workspace
+from tests.support.builders import insert_probe, insert_run
 
 
 async def add_rule(app: App, workspace_id: str, kind: str, **fields: object) -> str:

@@ -23,22 +23,21 @@ from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.errors import FailedPrecondition
 from service.domain.notifications import digests, endpoints
 from service.domain.notifications.secrets import SecretBox
-from tests import conftest
-from tests.collection.builders import make_workspace
-from tests.conftest import TEST_SECRET, TEST_SIGNING_SECRET, NewUser
 from tests.support import expect_error
+from tests.support.app import TEST_SECRET, TEST_SIGNING_SECRET, NewUser, TestUser
+from tests.support.builders import make_workspace
 from workers.webhooks import sign
 
 URL = "https://hooks.example.com/beacon"
 
 
-async def owner_workspace(app: App, new_user: NewUser) -> tuple[conftest.TestUser, str]:
+async def owner_workspace(app: App, new_user: NewUser) -> tuple[TestUser, str]:
     user = await new_user()
     return user, (await make_workspace(app, user.user_id)).workspace_id
 
 
 async def create(
-    stubs: SimpleNamespace, user: conftest.TestUser, ws: str, url: str = URL
+    stubs: SimpleNamespace, user: TestUser, ws: str, url: str = URL
 ) -> pb.WebhookEndpointWithSecret:
     made: pb.WebhookEndpointWithSecret = await stubs.webhooks.CreateWebhookEndpoint(
         pb.CreateWebhookEndpointRequest(workspace_id=ws, url=url), metadata=user.metadata

@@ -15,7 +15,7 @@ from beacon.v1 import (
 )
 from service.app import App
 from service.server import BeaconServer
-from tests.platform.probes import ProbeState, start_probe_server
+from tests.support.probes import ProbeState, start_probe_server
 
 
 @pytest.fixture(scope="session")

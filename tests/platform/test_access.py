@@ -16,8 +16,8 @@ from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.db.models import Workspace
-from tests.conftest import NewUser
-from tests.platform.seeds import seed_workspace
+from tests.support.app import NewUser
+from tests.support.builders import seed_workspace
 
 PASSED, HIDDEN, DENIED = "passed", "NOT_FOUND", "PERMISSION_DENIED"
 CALLERS = (

@@ -31,13 +31,13 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.access_cache import CHANNEL, EVERYTHING, TTL_SECONDS, AccessCache
 from service.config import Settings
 from service.domain.actor import Access
-from tests.conftest import NewUser, all_stubs, delete_redis_keys
-from tests.platform.processes import BeaconProcess, eventually, serve_env
 from tests.support import REDIS_URL, expect_error
-from tests.tenancy.membership_support import add_and_accept, create_workspace
+from tests.support.app import NewUser, all_stubs, delete_redis_keys
+from tests.support.builders import add_and_accept, create_workspace
+from tests.support.processes import BeaconProcess, eventually, serve_env
 
 if TYPE_CHECKING:
-    from tests.conftest import TestUser
+    from tests.support.app import TestUser
 
 _METRICS_PORT = re.compile(r"metrics on port (\d+)")
 MEMBER, OWNER = member_pb.WORKSPACE_ROLE_MEMBER, member_pb.WORKSPACE_ROLE_OWNER

@@ -36,11 +36,11 @@ from service.config import DEV_AUTH_SECRET, Settings
 from service.db.models import User
 from service.domain.errors import Unauthenticated
 from service.server import start_server
-from tests.conftest import NewUser, make_settings
-from tests.platform.assertions import expect_refusal
-from tests.platform.probes import ProbeState, start_probe_server
-from tests.platform.processes import eventually, free_port
-from tests.platform.seeds import seed_organization
+from tests.support.app import NewUser, make_settings
+from tests.support.assertions import expect_refusal
+from tests.support.builders import seed_organization
+from tests.support.probes import ProbeState, start_probe_server
+from tests.support.processes import eventually, free_port
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED

@@ -189,7 +189,7 @@ async def test_batched_rate_limit_slots_are_bounded_and_count_exactly_beyond(
     from service import rate_limits
     from service.rate_limits import RateLimits
     from service.rpc_options import RateLimit
-    from tests.conftest import delete_redis_keys
+    from tests.support.app import delete_redis_keys
 
     monkeypatch.setattr(rate_limits, "MAX_BATCHED_SLOTS", 40)
     prefix = f"beacon-bounds-{uuid.uuid4().hex[:8]}"

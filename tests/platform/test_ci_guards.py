@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.platform.processes import free_port
 from tests.support import postgres_available
+from tests.support.processes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = "tests/platform/test_server.py::test_health_is_serving"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,22 +17,7 @@ from service.clock import new_id
 from service.config import DEV_AUTH_SECRET, Settings
 from service.db.database import Database
 from service.db.models import Organization, ServiceKey
-from tests.platform.processes import BEACON
-
-
-async def run_beacon(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    """Runs `beacon ARGS` with only `env` as its BEACON_* settings: (exit code, stdout, stderr)."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
-    process = await asyncio.create_subprocess_exec(
-        str(BEACON),
-        *args,
-        env={**full_env, "BEACON_LOG_LEVEL": "WARNING", **env},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+from tests.support.processes import run_beacon
 
 
 async def test_token_verifies_with_the_secret_and_only_with_it() -> None:

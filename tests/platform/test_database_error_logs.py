@@ -20,7 +20,7 @@ from service.auth.identity import ensure_user
 from service.auth.tokens import Claims, mint_dev_token
 from service.config import Settings
 from service.logs import JsonFormatter
-from tests.platform.assertions import expect_refusal
+from tests.support.assertions import expect_refusal
 
 # Only users whose email starts so are refused by the trigger: other tests sharing the
 # database never meet it.

@@ -3,7 +3,8 @@
 Other tests run with settings of their own, so a security-relevant default could drift (a
 30-minute token leeway, a day-long key cache) with every test green. Here the defaults are
 read from a `Settings()` built with no `BEACON_*` variable in the environment and checked
-against the bound the README documents for each; the README's table must state that bound.
+against the bound docs/configuration.md documents for each (its table is generated from the
+settings, so it states the default: the bound here keeps that default from drifting).
 """
 
 from __future__ import annotations
@@ -26,16 +27,18 @@ from service import access_cache
 from service.access_cache import AccessCache
 from service.auth import identity
 from service.auth.tokens import mint_dev_token
-from service.config import Settings
-from tests.platform.assertions import expect_refusal
+from service.config import PROVIDERS, Settings
+from tests.support.assertions import expect_refusal
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+CONFIGURATION = DOCS / "configuration.md"
+DESIGN = DOCS / "design.md"
 MIB = 1024 * 1024
 
 
 @dataclass(frozen=True)
 class Bound:
-    """The most a default may be (`at_least`: the least), as README documents it."""
+    """The most a default may be (`at_least`: the least), as configuration.md documents it."""
 
     field: str
     limit: float
@@ -73,9 +76,9 @@ def defaults(monkeypatch: pytest.MonkeyPatch) -> Settings:
 
 
 def documented(variable: str) -> float:
-    """The default README's configuration table gives for `variable` (a number, or N MiB)."""
-    row = re.search(rf"^\| `{variable}` \| ([^|]+) \|", README.read_text(), re.MULTILINE)
-    assert row, f"README's configuration table does not document {variable}"
+    """The default configuration.md's table gives for `variable` (a number, or N MiB)."""
+    row = re.search(rf"^\| `{variable}` \| ([^|]+) \|", CONFIGURATION.read_text(), re.MULTILINE)
+    assert row, f"configuration.md's table does not document {variable}"
     value = row.group(1).strip()
     number, _, unit = value.partition(" ")
     assert unit in ("", "MiB"), f"{variable}: cannot read {value!r}"
@@ -92,7 +95,7 @@ def test_each_security_relevant_default_is_within_its_documented_bound(
     if bound.at_least:
         assert value >= bound.limit, f"{bound.variable} defaults to {value}"
         return
-    assert documented(bound.variable) == bound.limit, f"README and this test disagree: {bound}"
+    assert documented(bound.variable) == bound.limit, f"docs and this test disagree: {bound}"
     assert value <= bound.limit, f"{bound.variable} defaults to {value}, above {bound.limit}"
 
 
@@ -107,8 +110,8 @@ def test_a_new_deployment_has_no_usable_secret_and_listens_on_loopback_only(
 
 
 def test_caches_of_access_and_identity_stay_within_their_documented_bounds() -> None:
-    # README, "Read path": access decisions are cached for at most 1 s.
-    assert "for at most 1 s" in README.read_text()
+    # design.md, "Read path and access cache": access decisions are cached for at most 1 s.
+    assert "for at most 1 s" in DESIGN.read_text()
     assert access_cache.TTL_SECONDS <= 1.0
     assert 0 < AccessCache(shared=False).ttl <= 1.0
     # A deleted user's token maps to them no longer than BEACON_SERVICE_KEY_CACHE_SECONDS.
@@ -160,3 +163,15 @@ def test_provider_variables_keep_their_documented_names_and_empty_is_the_default
     # Arguments may use the variables' names too, and win over the environment.
     arguments: dict[str, Any] = {"openai_api_key": "other"}
     assert Settings(**arguments).provider("openai").api_key == "other"
+
+
+def test_every_setting_says_what_it_does() -> None:
+    # Descriptions become docs/configuration.md. The per-provider fields are described in its
+    # "Providers" section until they are one nested model.
+    per_provider = (*tuple(f"{name}_" for name in PROVIDERS), "provider_")
+    missing = [
+        name
+        for name, field in Settings.model_fields.items()
+        if not field.description and not name.startswith(per_provider)
+    ]
+    assert not missing, f"give these a Field(description=...): {missing}"

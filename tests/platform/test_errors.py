@@ -26,11 +26,11 @@ from service.clock import new_id
 from service.db.database import Database
 from service.db.models import User
 from service.domain import errors as e
-from tests.conftest import NewUser
-from tests.platform.assertions import expect_refusal, rpc_log_record
-from tests.platform.probes import RAISE_HEADER, STREAM_ITEMS_HEADER, Failure, ProbeState
-from tests.platform.seeds import seed_organization, seed_run
 from tests.support import RpcFailure, failure
+from tests.support.app import NewUser
+from tests.support.assertions import expect_refusal, rpc_log_record
+from tests.support.builders import seed_organization, seed_run
+from tests.support.probes import RAISE_HEADER, STREAM_ITEMS_HEADER, Failure, ProbeState
 
 SECRET_TEXT = "password=hunter2 at db.internal:5432"
 Code = grpc.StatusCode

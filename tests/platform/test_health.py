@@ -21,10 +21,10 @@ from service.app import App
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
 from service.server import BeaconServer, start_server
-from tests.conftest import make_settings
-from tests.platform.assertions import expect_refusal
-from tests.platform.processes import BEACON_SERVICES, eventually, free_port, health_status
 from tests.support import PG_ADMIN_URL
+from tests.support.app import make_settings
+from tests.support.assertions import expect_refusal
+from tests.support.processes import BEACON_SERVICES, eventually, free_port, health_status
 
 SERVICES = ("", *sorted(BEACON_SERVICES))
 SERVING = int(health_pb2.HealthCheckResponse.SERVING)

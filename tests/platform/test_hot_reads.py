@@ -17,7 +17,7 @@ from service.db.compiled import CompiledSelect
 from service.db.models import Organization, OrganizationMember, Prompt, Run, Schedule, Workspace
 from service.domain import read_views
 from service.pipeline.errors import translate
-from tests.conftest import NewUser
+from tests.support.app import NewUser
 
 
 async def seed(app: App, user_id: str) -> dict[str, Any]:

@@ -22,8 +22,8 @@ from service.auth.tokens import MAX_IDENTITY_CLAIM_LENGTH, mint_dev_token
 from service.config import Settings
 from service.db.models import User
 from service.server import start_server
-from tests.conftest import NewUser, make_settings
-from tests.platform.assertions import expect_refusal
+from tests.support.app import NewUser, make_settings
+from tests.support.assertions import expect_refusal
 
 UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
 LIST_MINE = org_pb.ListMyOrganizationsRequest()

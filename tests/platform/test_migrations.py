@@ -16,8 +16,8 @@ from sqlalchemy import inspect, text
 from service.db.database import create_engine
 from service.db.migrate import alembic_config, upgrade_async
 from service.db.models import Base
-from tests.conftest import _admin_execute
 from tests.support import PG_ADMIN_URL, postgres_available, with_database
+from tests.support.app import _admin_execute
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

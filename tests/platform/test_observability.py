@@ -16,9 +16,9 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
 from service.logs import JsonFormatter
-from tests.conftest import NewUser
-from tests.platform.assertions import expect_refusal, rpc_log_record
-from tests.platform.processes import eventually
+from tests.support.app import NewUser
+from tests.support.assertions import expect_refusal, rpc_log_record
+from tests.support.processes import eventually
 
 LIST_MINE = org_pb.ListMyOrganizationsRequest()
 METHOD = "beacon.v1.OrganizationService/ListMyOrganizations"

@@ -23,7 +23,7 @@ import pytest
 from dramatiq.brokers.stub import StubBroker
 
 from service.config import Settings
-from tests.platform.processes import BEACON, RedisProcess, eventually, free_port, serve_env
+from tests.support.processes import BEACON, RedisProcess, eventually, free_port, serve_env
 from workers.health import Health
 
 

@@ -17,7 +17,7 @@ from service.app import App
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
 from service.db.models import User
-from tests.platform.assertions import expect_refusal, passes_auth
+from tests.support.assertions import expect_refusal, passes_auth
 
 JOIN = member_pb.JoinWorkspaceByCodeRequest(code="ABCD-EFGH-JKMN")  # a well-formed guess
 JOIN_QUOTA = "5 per 900s per user"

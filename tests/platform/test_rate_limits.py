@@ -23,15 +23,15 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.config import Settings
 from service.server import start_server
-from tests.conftest import NewUser, all_stubs, delete_redis_keys, make_settings
-from tests.platform.assertions import expect_refusal, passes_auth
-from tests.platform.probes import ProbeState, start_probe_server
-from tests.platform.processes import BeaconProcess, RedisProcess, eventually, serve_env
-from tests.platform.seeds import seed_organization, seed_workspace
 from tests.support import RpcFailure, unique
+from tests.support.app import NewUser, all_stubs, delete_redis_keys, make_settings
+from tests.support.assertions import expect_refusal, passes_auth
+from tests.support.builders import seed_organization, seed_workspace
+from tests.support.probes import ProbeState, start_probe_server
+from tests.support.processes import BeaconProcess, RedisProcess, eventually, serve_env
 
 if TYPE_CHECKING:
-    from tests.conftest import TestUser
+    from tests.support.app import TestUser
 
 JOIN = member_pb.JoinWorkspaceByCodeRequest(code="NOPE-NOPE-NOPE")
 JOIN_QUOTA = "5 per 900s per user"

@@ -17,8 +17,7 @@ import pytest
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.config import DEV_AUTH_SECRET
-from tests.platform.processes import BEACON, eventually, free_port
-from tests.platform.test_cli import run_beacon
+from tests.support.processes import BEACON, eventually, free_port, run_beacon
 
 STRONG = "s" * 40
 SIGNING = "t" * 40

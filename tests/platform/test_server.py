@@ -15,9 +15,9 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import run_service_pb2 as run_pb
 from service.app import App
 from service.server import start_server
-from tests.conftest import NewUser
-from tests.platform.processes import BEACON_SERVICES
 from tests.support import expect_error
+from tests.support.app import NewUser
+from tests.support.processes import BEACON_SERVICES
 
 
 async def test_health_is_serving(channel: grpc.aio.Channel) -> None:

@@ -14,9 +14,9 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import organization_service_pb2_grpc
 from service.app import App
 from service.config import Settings
-from tests.conftest import NewUser
-from tests.platform.probes import ProbeState, start_probe_server
-from tests.platform.processes import BeaconProcess, eventually, serve_env
+from tests.support.app import NewUser
+from tests.support.probes import ProbeState, start_probe_server
+from tests.support.processes import BeaconProcess, eventually, serve_env
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -22,12 +22,12 @@ from service.auth.tokens import mint_dev_token
 from service.clock import new_id, utcnow
 from service.db.models import Run
 from service.server import start_server
-from tests.conftest import NewUser, all_stubs
-from tests.platform.seeds import seed_workspace
 from tests.support import RpcFailure, failure, unique
+from tests.support.app import NewUser, all_stubs
+from tests.support.builders import seed_workspace
 
 if TYPE_CHECKING:
-    from tests.conftest import TestUser
+    from tests.support.app import TestUser
 
 UNARY_BUDGET = 3
 PER_USER = 3

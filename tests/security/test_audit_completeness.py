@@ -20,12 +20,12 @@ from sqlalchemy import select
 
 from service.db.models import AuditEvent, Organization
 from service.rpc_options import method_rules
-from tests.security import world as w
-from tests.security.calls import Metadata, bearer, invoke, is_read, methods_by_path
-from tests.security.servers import PrivateServer, private_server
-from tests.security.snapshots import snapshot
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import World, build_world
+from tests.support.security import world as w
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import Metadata, bearer, invoke, is_read, methods_by_path
+from tests.support.security.servers import PrivateServer, private_server
+from tests.support.security.snapshots import snapshot
+from tests.support.security.world import World, build_world
 
 # Who calls each RPC: someone it succeeds for (the organization's co-owner unless named).
 CALLER: dict[str, str] = {
@@ -116,7 +116,7 @@ async def prepare(server: PrivateServer, case: Case) -> tuple[World, Metadata, s
 
 def test_every_rpc_has_a_request() -> None:
     missing = [p for p in PATHS if p not in TABLE]
-    assert not missing, f"add an Entry to tests/security/test_access_matrix.py TABLE: {missing}"
+    assert not missing, f"add an Entry to tests.support.security.access_matrix.TABLE: {missing}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

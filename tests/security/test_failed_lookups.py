@@ -19,10 +19,10 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.clock import new_id
 from service.server import BeaconServer, start_server
-from tests.conftest import NewUser, all_stubs, make_settings
-from tests.conftest import TestUser as Caller
-from tests.platform.seeds import seed_organization, seed_run, seed_workspace
 from tests.support import expect_error, unique
+from tests.support.app import NewUser, all_stubs, make_settings
+from tests.support.app import TestUser as Caller
+from tests.support.builders import seed_organization, seed_run, seed_workspace
 
 
 @pytest.fixture

@@ -40,8 +40,10 @@ from service.db.models import WorkspaceMember
 from service.domain.inputs import ID_KINDS
 from service.domain.paging import encode_token
 from service.rpc_options import method_rules
-from tests.security import world as w
-from tests.security.calls import (
+from tests.support import failure
+from tests.support.security import world as w
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import (
     Metadata,
     Outcome,
     bearer,
@@ -50,18 +52,16 @@ from tests.security.calls import (
     request_class,
     rpc_path,
 )
-from tests.security.hostile import (
+from tests.support.security.hostile import (
     REPORT_RANGES,
     build_request,
     claim_specs,
     request_specs,
     undecodable,
 )
-from tests.security.servers import private_server
-from tests.security.snapshots import snapshots
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import World, build_world
-from tests.support import failure
+from tests.support.security.servers import private_server
+from tests.support.security.snapshots import snapshots
+from tests.support.security.world import World, build_world
 
 # Examples per RPC: bounded so the module runs in about a minute per backend; raise it with
 # BEACON_FUZZ_EXAMPLES for a longer hunt.

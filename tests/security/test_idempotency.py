@@ -22,12 +22,12 @@ from google.protobuf.message import Message
 from sqlalchemy import func, select
 
 from service.db.models import AuditEvent
-from tests.security import world as w
-from tests.security.calls import Metadata, bearer, methods_by_path, responses
-from tests.security.servers import PrivateServer, private_server
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import Person, build_world
 from tests.support import failure
+from tests.support.security import world as w
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import Metadata, bearer, methods_by_path, responses
+from tests.support.security.servers import PrivateServer, private_server
+from tests.support.security.world import Person, build_world
 
 IDEMPOTENT = sorted(
     path
@@ -88,7 +88,7 @@ def test_some_rpcs_take_request_ids() -> None:
 async def test_a_request_id_replays_only_for_its_own_user(
     path: str, via: str, server: PrivateServer, act_as_key: str
 ) -> None:
-    assert path in TABLE, f"add an Entry for {path} to tests/security/test_access_matrix.py TABLE"
+    assert path in TABLE, f"add an Entry for {path} to tests.support.security.access_matrix.TABLE"
     method = methods_by_path()[path]
     # Two users, each owning an organization of their own.
     app, channel = server.app, server.channel

@@ -15,9 +15,9 @@ import grpc
 from beacon.v1 import membership_service_pb2 as mem_pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
-from tests.conftest import NewUser
-from tests.platform.seeds import seed_organization
 from tests.support import expect_error
+from tests.support.app import NewUser
+from tests.support.builders import seed_organization
 
 OLD_PUBLIC_KEY = b"beacon-page-token"  # the constant page tokens were signed with before
 

@@ -21,12 +21,12 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
-from tests.security import world as w
-from tests.security.calls import is_read, methods_by_path, responses
-from tests.security.servers import PrivateServer, private_server
-from tests.security.tenants import as_text, identifying_strings, populate
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import World, build_world
+from tests.support.security import world as w
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import is_read, methods_by_path, responses
+from tests.support.security.servers import PrivateServer, private_server
+from tests.support.security.tenants import as_text, identifying_strings, populate
+from tests.support.security.world import World, build_world
 
 READS = sorted(filter(is_read, methods_by_path()))
 PAGE_SIZE = 2
@@ -99,7 +99,7 @@ def without_page_tokens(messages: list[Message]) -> list[Message]:
 
 def test_every_read_has_a_request() -> None:
     missing = [p for p in READS if p not in TABLE]
-    assert not missing, f"add an Entry to tests/security/test_access_matrix.py TABLE: {missing}"
+    assert not missing, f"add an Entry to tests.support.security.access_matrix.TABLE: {missing}"
     assert len(READS) >= 10, READS
 
 

@@ -29,9 +29,9 @@ from service.app import App
 from service.auth.tokens import mint_dev_token
 from service.config import Settings
 from service.rpc_options import item_bounds
-from tests.security.snapshots import row_counts
 from tests.support import RpcFailure, expect_error, unique
-from tests.tenancy.builders import new_workspace
+from tests.support.builders import new_workspace
+from tests.support.security.snapshots import row_counts
 
 Stubs = SimpleNamespace
 Metadata = tuple[tuple[str, str], ...]

@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from tests.security import world as w
-from tests.security.calls import bearer, invoke, methods_by_path
-from tests.security.servers import PrivateServer, private_server
-from tests.security.snapshots import snapshots
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import World, build_world
+from tests.support.security import world as w
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import bearer, invoke, methods_by_path
+from tests.support.security.servers import PrivateServer, private_server
+from tests.support.security.snapshots import snapshots
+from tests.support.security.world import World, build_world
 
 IDEMPOTENT = sorted(
     path

@@ -24,10 +24,10 @@ from service.app import App
 from service.config import Settings
 from service.db.models import OrganizationMember, Workspace
 from service.server import start_server
-from tests.conftest import NewUser
-from tests.platform.assertions import expect_refusal
-from tests.platform.seeds import seed_organization, seed_workspace
 from tests.support import failure
+from tests.support.app import NewUser
+from tests.support.assertions import expect_refusal
+from tests.support.builders import seed_organization, seed_workspace
 
 PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 DEFAULT_CACHE_SECONDS = float(Settings.model_fields["service_key_cache_seconds"].default)

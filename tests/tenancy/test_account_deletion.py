@@ -27,7 +27,7 @@ from service.db.models import (
     WorkspaceMember,
 )
 from tests.support import expect_error
-from tests.tenancy.builders import (
+from tests.support.builders import (
     all_workspaces,
     grant_organization_role,
     grant_workspace_role,

@@ -15,9 +15,9 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
-from tests.security.snapshots import row_counts
 from tests.support import failure
-from tests.tenancy.builders import new_workspace
+from tests.support.builders import new_workspace
+from tests.support.security.snapshots import row_counts
 
 Stubs = SimpleNamespace
 HOSTILE = [

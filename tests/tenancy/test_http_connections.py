@@ -14,8 +14,8 @@ import pytest
 
 from service.app import App
 from service.http.server import HttpServer
-from tests.tenancy.builders import png_bytes, upload_ticket
-from tests.tenancy.hostile_images import dedicated_http, on
+from tests.support.builders import png_bytes, upload_ticket
+from tests.support.hostile_images import dedicated_http, on
 
 Stubs = SimpleNamespace
 # How long a test waits for the server to close a connection before calling it held open.

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.domain.tenancy import files
 from service.http.server import HttpServer, start_metrics
 from tests.support import expect_error
-from tests.tenancy.builders import new_workspace, png_bytes, upload_icon, upload_ticket
+from tests.support.builders import new_workspace, png_bytes, upload_icon, upload_ticket
 
 Stubs = SimpleNamespace
 

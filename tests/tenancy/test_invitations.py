@@ -25,12 +25,7 @@ from service.clock import utcnow
 from service.config import Settings
 from service.db.models import WorkspaceInvitation
 from tests.support import expect_error, unique
-from tests.tenancy.membership_support import (
-    add_member,
-    all_members,
-    create_organization,
-    create_workspace,
-)
+from tests.support.builders import add_member, all_members, create_organization, create_workspace
 
 ADMIN = org_pb.ORGANIZATION_ROLE_ADMIN
 

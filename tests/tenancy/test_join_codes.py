@@ -25,7 +25,7 @@ from service.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from service.domain.tenancy import join_codes
 from service.domain.tenancy.join_codes import ALPHABET, display_code, generate_code, normalize_code
 from tests.support import actor_of, expect_error
-from tests.tenancy.membership_support import add_and_accept, create_workspace
+from tests.support.builders import add_and_accept, create_workspace
 
 CODE_SHAPE = re.compile(rf"[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}-[{ALPHABET}]{{4}}")
 

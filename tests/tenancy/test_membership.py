@@ -15,7 +15,7 @@ from beacon.v1 import membership_service_pb2 as pb
 from service.app import App
 from service.db.models import AuditEvent
 from tests.support import RpcFailure, expect_error, unique
-from tests.tenancy.membership_support import (
+from tests.support.builders import (
     add_and_accept,
     add_member,
     all_members,

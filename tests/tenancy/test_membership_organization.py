@@ -11,7 +11,7 @@ import grpc
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import organization_service_pb2 as org_pb
 from tests.support import expect_error, unique
-from tests.tenancy.membership_support import (
+from tests.support.builders import (
     add_and_accept,
     all_members,
     create_organization,

@@ -13,7 +13,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from tests.support import expect_error, unique
-from tests.tenancy.builders import grant_organization_role, new_organization, new_workspace
+from tests.support.builders import grant_organization_role, new_organization, new_workspace
 
 Stubs = SimpleNamespace
 WORKSPACE_SERVICE = "beacon.v1.WorkspaceService"

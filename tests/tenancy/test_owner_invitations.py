@@ -10,9 +10,9 @@ import grpc
 
 from beacon.v1 import membership_service_pb2 as pb
 from beacon.v1 import organization_service_pb2 as org_pb
-from tests.platform.assertions import expect_refusal
 from tests.support import unique
-from tests.tenancy.membership_support import create_organization, invite_and_accept
+from tests.support.assertions import expect_refusal
+from tests.support.builders import create_organization, invite_and_accept
 
 OWNER, ADMIN = org_pb.ORGANIZATION_ROLE_OWNER, org_pb.ORGANIZATION_ROLE_ADMIN
 MEMBER = org_pb.ORGANIZATION_ROLE_MEMBER

@@ -14,11 +14,7 @@ import grpc
 
 from beacon.v1 import membership_service_pb2 as pb
 from tests.support import expect_error
-from tests.tenancy.membership_support import (
-    accept_invitation_to,
-    add_and_accept,
-    create_workspace,
-)
+from tests.support.builders import accept_invitation_to, add_and_accept, create_workspace
 
 
 async def test_list_members(stubs: SimpleNamespace, new_user: Any) -> None:

@@ -17,7 +17,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.domain.tenancy.names import derive_slug
 from tests.support import expect_error, unique
-from tests.tenancy.builders import (
+from tests.support.builders import (
     new_organization,
     new_workspace,
     png_bytes,

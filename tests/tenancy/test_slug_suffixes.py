@@ -17,7 +17,7 @@ from typing import Any
 
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from tests.support import unique
-from tests.tenancy.builders import new_organization, new_workspace
+from tests.support.builders import new_organization, new_workspace
 
 SUFFIXED = re.compile(r"-([a-z0-9]{6})")
 COLLISIONS = 7

@@ -32,10 +32,14 @@ from service.domain.tenancy import (
 )
 from service.domain.tenancy.members import Member
 from service.domain.tenancy.workspace_lifecycle import NewWorkspace
-from tests.collection.builders import Tenant, make_workspace
-from tests.conftest import NewUser
 from tests.support import actor_of, unique
-from tests.tenancy.builders import grant_organization_role, grant_workspace_role
+from tests.support.app import NewUser
+from tests.support.builders import (
+    Tenant,
+    grant_organization_role,
+    grant_workspace_role,
+    make_workspace,
+)
 
 NOW = datetime(2031, 3, 4, 5, 6, 7, 890123, tzinfo=UTC)
 # A command called with a request id; `attempt` changes its arguments, so that a retry which

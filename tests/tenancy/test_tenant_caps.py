@@ -20,8 +20,8 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.server import start_server
-from tests.conftest import NewUser, all_stubs
 from tests.support import RpcFailure, expect_error, failure, unique
+from tests.support.app import NewUser, all_stubs
 
 WORKSPACES = 3
 ORGANIZATIONS = 2

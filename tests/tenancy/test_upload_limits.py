@@ -19,8 +19,8 @@ from PIL import Image
 
 from service.app import App
 from tests.support import expect_error
-from tests.tenancy.builders import new_workspace, png_bytes, upload_icon, upload_ticket
-from tests.tenancy.hostile_images import (
+from tests.support.builders import new_workspace, png_bytes, upload_icon, upload_ticket
+from tests.support.hostile_images import (
     dedicated_http,
     noisy_webp,
     on,

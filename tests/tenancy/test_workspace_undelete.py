@@ -15,7 +15,7 @@ from service.app import App
 from service.clock import new_id, utcnow
 from service.db.models import Workspace
 from tests.support import expect_error
-from tests.tenancy.builders import (
+from tests.support.builders import (
     all_workspaces,
     grant_organization_role,
     grant_workspace_role,

@@ -20,7 +20,7 @@ from service.clock import utcnow
 from service.db.models import Organization, Schedule, Workspace
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.support import expect_error, failure, unique
-from tests.tenancy.builders import (
+from tests.support.builders import (
     all_workspaces,
     grant_organization_role,
     new_organization,

@@ -6,26 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support.builders import BRAND, COMPETITORS
 from workers.analysis import (
     MAX_ANSWER_CHARS,
     Analysis,
     AnalysisFailed,
-    BrandSpec,
     CompetitorMention,
-    CompetitorSpec,
     analyse,
     normalize_domain,
 )
 from workers.providers import Citation
-
-BRAND = BrandSpec("Acme", "https://www.acme.com/", aliases=("Acme Corp", "アクメ"))
-COMPETITORS = (
-    CompetitorSpec("HubSpot", "hubspot.com"),
-    CompetitorSpec("Monday.com", "monday.com"),
-    CompetitorSpec("C++", "isocpp.org"),
-    CompetitorSpec("Acme Cloud", "acme.cloud"),
-    CompetitorSpec("Café Solo", "cafesolo.fr"),
-)
 
 
 def mentions(text: str) -> list[tuple[str, int]]:

@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.workers.test_analysis import BRAND, COMPETITORS
+from tests.support.builders import BRAND, COMPETITORS
 from workers.analysis import MAX_ANSWER_CHARS, analyse
 
 # Linear: 4 (a little less, with fixed costs); quadratic: 16.

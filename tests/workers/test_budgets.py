@@ -14,8 +14,8 @@ from limits.aio.storage import MemoryStorage
 from pydantic import ValidationError
 
 from service.config import DEFAULT_PROVIDER_RPM, Settings
-from tests.conftest import delete_redis_keys
 from tests.support import REDIS_URL, unique
+from tests.support.app import delete_redis_keys
 from workers.budgets import (
     MAX_WAIT_SECONDS,
     Budget,

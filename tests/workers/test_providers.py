@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from service.providers import BY_NAME, NAMES
-from tests.fakes.dialects import DIALECTS, served_model
-from tests.fakes.provider_server import FakeProviderServer, Fault, default_config
+from tests.support.fakes.dialects import DIALECTS, served_model
+from tests.support.fakes.provider_server import FakeProviderServer, Fault, default_config
 from workers.providers import Answer, Citation, ProviderConfig, ProviderError, build_adapter
 from workers.providers.base import error_message, retry_after_from_headers
 
@@ -522,7 +522,15 @@ async def test_control_endpoint_steers_the_server(
 
 async def test_fake_server_runs_as_a_subprocess(http_client: httpx.AsyncClient) -> None:
     process = await asyncio.create_subprocess_exec(
-        *(sys.executable, "-m", "tests.fakes.provider_server", "--port", "0", "--latency", "0.01"),
+        *(
+            sys.executable,
+            "-m",
+            "tests.support.fakes.provider_server",
+            "--port",
+            "0",
+            "--latency",
+            "0.01",
+        ),
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
     )

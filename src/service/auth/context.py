@@ -1,4 +1,4 @@
-"""The caller of the current RPC, set by the auth interceptor and read by servicers."""
+"""The caller of the current RPC, set by the authentication step and read by servicers."""
 
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ _current: ContextVar[CallContext | None] = ContextVar("beacon_call", default=Non
 
 
 def current_call() -> CallContext:
-    """The context of the RPC being served (set by the interceptors)."""
+    """The context of the RPC being served (set by the pipeline's steps)."""
     call = _current.get()
     if call is None:
         raise RuntimeError("not inside a Beacon RPC")

@@ -1,4 +1,4 @@
-"""Shared mechanics of Beacon's interceptors.
+"""Shared mechanics of Beacon's pipeline steps.
 
 A grpc.aio interceptor sees the method name and metadata but not the request, and runs on
 every call of every service (health too): so ours are not grpc.aio interceptors but steps
@@ -62,7 +62,7 @@ def _given_access(handler: Any) -> Any:
 
 
 class Around:
-    """What an interceptor does around one call: `before` may raise; `after` always runs.
+    """What a step does around one call: `before` may raise; `after` always runs.
 
     An around that `parses_request` receives the request's bytes and hands the parsed
     message inward: a pipeline holding one registers its handlers without grpc's request
@@ -214,7 +214,7 @@ def _refuse_kind(rules: MethodRules, handler: Any) -> None:
     if handler.unary_unary is None and handler.unary_stream is None:
         raise RuntimeError(
             f"{rules.name} has a {handler_kind(handler)} handler, which the "
-            "interceptors cannot wrap (no authentication would run): refused"
+            "pipeline's steps cannot wrap (no authentication would run): refused"
         )
 
 

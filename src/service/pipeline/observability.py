@@ -1,7 +1,7 @@
 """Request logging and metrics: one structured JSON line (`beacon.rpc`, written in batches
 by `service.logs.access_log`) and one metric sample per call.
 
-Creates the call context (request id, peer, metadata) that the inner interceptors fill in.
+Creates the call context (request id, peer, metadata) that the inner steps fill in.
 Never logs tokens or request bodies.
 """
 

@@ -103,8 +103,8 @@ async def visibility_report(
     answers that rank it; brand_citation_share = citations on the brand's domain / citations;
     per competitor, brand_share_of_voice = brand mentions / (brand mentions + its mentions).
 
-    Read from the rollups (see the module); the result equals the test oracle's, which
-    counts every answer of the range (tests/collection/oracle.py).
+    Read from the rollups (see the module); the result equals the tests' report oracle's
+    (`tests/support/report_oracle.py`, every answer counted in one scan).
     """
     bounds, labels = periods(start, end, granularity, ZoneInfo(time_zone))
     found = await rollups.read_periods(session, workspace_id, plan(bounds))

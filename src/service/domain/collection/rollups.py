@@ -12,8 +12,9 @@ them (a backfill from the probes), and test builders that write probes as a work
 An answer counts on the UTC day, hour and quarter-hour of its `complete_time`; answers never
 change once stored.
 
-Deleting a workspace (purge, account deletion) deletes its rollups by foreign-key cascade.
-Whoever deletes answers of a live workspace must call `rebuild` for the days they covered.
+Deleting a workspace (purge, account deletion) deletes its rollups by foreign-key cascade;
+answers of a live workspace are never deleted. The reference the rollups are checked against
+(every answer counted in one scan) is the tests' report oracle, `tests/support/report_oracle.py`.
 """
 
 from __future__ import annotations

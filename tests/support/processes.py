@@ -27,6 +27,7 @@ import redis.asyncio as redis_async
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import Settings
+from tests.support import REDIS_URL
 
 BEACON = Path(sys.executable).parent / "beacon"
 BEACON_SERVICES = frozenset(
@@ -66,16 +67,18 @@ def free_port() -> int:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T | None]], *, what: str, within: float = 15.0
+    check: Callable[[], Awaitable[T | None]], what: str, within: float = 30.0
 ) -> T:
-    """Polls `check` until it returns a value other than None/False, or fails after `within` s."""
+    """Polls `check` until it returns a value other than None/False, or fails after `within` s.
+
+    The one poller of the suites: a test waits for what another process or task does with it."""
     deadline = time.monotonic() + within
     while True:
         result = await check()
         if result is not None and result is not False:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
+            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
         await asyncio.sleep(0.05)
 
 
@@ -320,3 +323,76 @@ class RabbitmqNode:
             os.killpg(self.process.pid, signal.SIGKILL)
         await self.process.wait()
         self.process = None
+
+
+def beacon_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives a `beacon` process `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
+    values = settings.model_dump()
+    for name, value in values.pop("providers").items():
+        env.update({f"BEACON_{name}_{field}".upper(): str(v) for field, v in value.items()})
+    for name, value in values.items():
+        if value is not None and name != "data_dir":
+            env[f"BEACON_{name.upper()}"] = str(value)
+    env["BEACON_LOG_JSON"] = "false"
+    return env
+
+
+@dataclass
+class Beacon:
+    """A `beacon` subprocess whose output goes to a log file."""
+
+    process: asyncio.subprocess.Process
+    log: Path
+
+    @classmethod
+    async def start(cls, command: str, env: dict[str, str], log: Path) -> Beacon:
+        with log.open("wb") as out:
+            process = await asyncio.create_subprocess_exec(
+                str(BEACON), command, env=env, stdout=out, stderr=out
+            )
+        return cls(process, log)
+
+    async def stop(self) -> None:
+        """SIGTERM; the process must exit cleanly within 15 seconds."""
+        if self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(15):
+                code = await self.process.wait()
+        except TimeoutError:
+            await self.kill()
+            raise AssertionError(
+                f"{self.log.name} ignored SIGTERM:\n{self.log.read_text()}"
+            ) from None
+        assert code == 0, f"{self.log.name} exited with {code}:\n{self.log.read_text()}"
+
+    async def kill(self) -> None:
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+
+
+async def delete_namespace(namespace: str) -> None:
+    client = redis_async.from_url(REDIS_URL)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{namespace}*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+async def run_beacon(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    """Runs `beacon ARGS` with only `env` as its BEACON_* settings: (exit code, stdout, stderr)."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BEACON_")}
+    process = await asyncio.create_subprocess_exec(
+        str(BEACON),
+        *args,
+        env={**full_env, "BEACON_LOG_LEVEL": "WARNING", **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()

@@ -35,9 +35,9 @@ from service.db.models import (
 )
 from service.domain.notifications.secrets import SecretBox, new_secret
 from service.domain.tenancy.join_codes import display_code, generate_code
-from tests.collection.builders import end_run, insert_prompts, insert_run
-from tests.security.calls import Metadata, bearer
 from tests.support import unique
+from tests.support.builders import end_run, insert_prompts, insert_run
+from tests.support.security.calls import Metadata, bearer
 
 OTHER_SECRET = "not-the-beacon-secret-0123456789abcdef"
 

@@ -1,6 +1,11 @@
-"""The reference the visibility rollups are checked against (tests and the benchmark): the
-same sums counted from every stored answer, without the rollups, and a rebuild of a
-workspace's rollups from its answers. Test-only: it left `src/` with nothing there calling it.
+"""The report oracle: visibility reports counted from every answer in one scan, without the
+rollups (`service.domain.collection.rollups`); what the rollups are checked against by the
+tests and by `make bench` report (no tests here).
+
+`scanned_report` is `reports.visibility_report` counted from every answer of the range, grouped
+by local period in one scan; `scan_periods` the same sums as `rollups.read_periods`; `rebuild`
+recomputes a workspace's rollups of some days from its stored answers; `answer_of` is the
+rollups' `Answer` of a stored probe.
 """
 
 from __future__ import annotations
@@ -16,14 +21,23 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db.database import Reader
 from service.db.models import Probe
 from service.domain.collection import reports, rollups
-from service.domain.collection.reports import VisibilityRow
+from service.domain.collection.reports import Granularity, VisibilityRow
+from service.domain.collection.rollups import (
+    COMPETITORS,
+    PROBES,
+    SUMS,
+    VISIBILITY,
+    Answer,
+    add_answers,
+    answer,
+)
 from service.domain.collection.run_lifecycle import ProbeStatus
 
 
-def answer_of(probe: Probe) -> rollups.Answer:
+def answer_of(probe: Probe) -> Answer:
     """The answer of a stored, succeeded probe."""
     assert probe.complete_time is not None
-    return rollups.answer(
+    return answer(
         probe.workspace_id,
         probe.provider,
         probe.complete_time,
@@ -34,6 +48,27 @@ def answer_of(probe: Probe) -> rollups.Answer:
             "citation_count": probe.citation_count,
             "competitors": probe.competitors,
         },
+    )
+
+
+async def scanned_report(
+    session: AsyncSession,
+    workspace_id: str,
+    *,
+    start: datetime,
+    end: datetime,
+    granularity: Granularity,
+    time_zone: str = "UTC",
+) -> list[VisibilityRow]:
+    """`visibility_report` counted from every answer of the range, grouped by local period
+    in one scan, without the rollups: the reference the rollups are checked against (tests,
+    benchmark)."""
+    zone = ZoneInfo(time_zone)
+    _, labels = reports.periods(start, end, granularity, zone)
+    index = {label.astimezone(zone).date(): i for i, label in enumerate(labels)}
+    found = await scan_periods(session, workspace_id, start, end, zone, week=granularity == "week")
+    return await reports._rows(
+        session, workspace_id, labels, [(index[d], p, s, n) for d, p, s, n in found]
     )
 
 
@@ -105,11 +140,11 @@ async def scan_periods(
 
 def _succeeded(workspace_id: str, start: datetime, end: datetime) -> Select[Any]:
     """The workspace's answers with a time in [start, end)."""
-    return select(rollups.PROBES).where(
-        rollups.PROBES.c.workspace_id == workspace_id,
-        rollups.PROBES.c.status == ProbeStatus.SUCCEEDED,
-        rollups.PROBES.c.complete_time >= start,
-        rollups.PROBES.c.complete_time < end,
+    return select(PROBES).where(
+        PROBES.c.workspace_id == workspace_id,
+        PROBES.c.status == ProbeStatus.SUCCEEDED,
+        PROBES.c.complete_time >= start,
+        PROBES.c.complete_time < end,
     )
 
 
@@ -125,12 +160,12 @@ async def _scan_in_python(
     totals: dict[tuple[date, str], list[int]] = {}
     mentions: dict[tuple[date, str], dict[str, int]] = {}
     for p in probes:
-        item = rollups.answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping))
+        item = answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping))
         day = item.complete_time.astimezone(zone).date()
         if week:
             day -= timedelta(days=day.weekday())
         key = (day, item.provider)
-        sums = totals.setdefault(key, [0] * len(rollups.SUMS))
+        sums = totals.setdefault(key, [0] * len(SUMS))
         for index, value in enumerate(rollups._sums(item)):
             sums[index] += value
         names = mentions.setdefault(key, {})
@@ -144,7 +179,7 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
     those days were deleted, for example)."""
     for day in sorted(set(days)):
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        for table in (rollups.VISIBILITY, rollups.COMPETITORS):
+        for table in (VISIBILITY, COMPETITORS):
             await reader.execute(
                 delete(table).where(table.c.workspace_id == workspace_id, table.c.day == day)
             )
@@ -158,31 +193,7 @@ async def rebuild(reader: Reader, workspace_id: str, days: Sequence[date]) -> No
                     )
                 )
         probes = await reader.execute(_succeeded(workspace_id, start, start + timedelta(days=1)))
-        await rollups.add_answers(
+        await add_answers(
             reader,
-            (
-                rollups.answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping))
-                for p in probes
-            ),
+            (answer(p.workspace_id, p.provider, p.complete_time, dict(p._mapping)) for p in probes),
         )
-
-
-async def scanned_report(
-    session: AsyncSession,
-    workspace_id: str,
-    *,
-    start: datetime,
-    end: datetime,
-    granularity: reports.Granularity,
-    time_zone: str = "UTC",
-) -> list[VisibilityRow]:
-    """`visibility_report` counted from every answer of the range, grouped by local period
-    in one scan, without the rollups: the reference the rollups are checked against (tests,
-    benchmark)."""
-    zone = ZoneInfo(time_zone)
-    _, labels = reports.periods(start, end, granularity, zone)
-    index = {label.astimezone(zone).date(): i for i, label in enumerate(labels)}
-    found = await scan_periods(session, workspace_id, start, end, zone, week=granularity == "week")
-    return await reports._rows(
-        session, workspace_id, labels, [(index[d], p, s, n) for d, p, s, n in found]
-    )

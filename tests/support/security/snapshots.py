@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.app import App
 from service.db.base import Base
-from tests.security.world import World
+from tests.support.security.world import World
 
 TABLES = {table.name: table for table in Base.metadata.sorted_tables}
 ORGANIZATION_TABLES = ("organization_members", "organization_invitations", "workspaces")

@@ -17,11 +17,11 @@ from google.protobuf import text_format
 from google.protobuf.message import Message
 
 from service.app import App
-from tests.collection.builders import insert_probe
-from tests.security.calls import invoke, methods_by_path
-from tests.security.snapshots import snapshots
-from tests.security.test_access_matrix import TABLE
-from tests.security.world import World
+from tests.support.builders import insert_probe
+from tests.support.security.access_matrix import TABLE
+from tests.support.security.calls import invoke, methods_by_path
+from tests.support.security.snapshots import snapshots
+from tests.support.security.world import World
 
 # Calls that leave a tenant's mark in the tables that reads show (each audited, too).
 POPULATING = [

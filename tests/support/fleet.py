@@ -20,10 +20,9 @@ import glob
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -51,11 +50,16 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.migrate import upgrade_async
 from service.db.models import Probe, Run, Schedule
-from tests.collection.pipeline_fixtures import derive_settings, provider_settings
-from tests.collection.test_e2e_collection import Beacon, beacon_env
-from tests.fakes.provider_server import FakeProviderServer
-from tests.platform.processes import BeaconProcess, RedisProcess, free_port
-from tests.support import unique
+from tests.support import processes, unique
+from tests.support.fakes.provider_server import FakeProviderServer
+from tests.support.pipeline import derive_settings, provider_settings
+from tests.support.processes import (
+    Beacon,
+    BeaconProcess,
+    RedisProcess,
+    beacon_env,
+    free_port,
+)
 
 T = TypeVar("T")
 
@@ -74,18 +78,6 @@ RUN_ENDS = (
     "WHEN (NEW.end_time IS NOT NULL AND OLD.end_time IS DISTINCT FROM NEW.end_time) "
     "EXECUTE FUNCTION fault_note_run_end()",
 )
-
-
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str, within: float) -> T:
-    """Polls `check` until it returns something other than None/False; fails after `within` s."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result is not None and result is not False:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within:g}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def admin_execute(admin_url: str, *statements: str) -> None:
@@ -287,7 +279,7 @@ class Fleet:
             return f"{command} started" in process.log.read_text(errors="replace")
 
         try:
-            await eventually(started, f"{command} {index} to start", 60)
+            await processes.eventually(started, f"{command} {index} to start", 60)
         except BaseException:
             await process.kill()
             raise
@@ -392,7 +384,7 @@ class Fleet:
             )
 
         try:
-            await eventually(ended, "every run to end", within)
+            await processes.eventually(ended, "every run to end", within)
         except AssertionError as exc:
             raise AssertionError(
                 f"{exc}\n{await self.describe(collection)}\n{self.logs()}"

@@ -1,4 +1,21 @@
-"""Helpers for tests that talk to Beacon as a client would, or call its domain directly."""
+"""What the tests share; no module here is a test, and no test module is imported by another.
+
+    tests/support/__init__.py   URLs of the shared services, unique names, RPC error helpers
+    app.py                      the app under test: settings, databases, users, stubs
+    builders.py                 the one set of builders (rows, API calls, inputs)
+    processes.py                real processes (`beacon`, redis, rabbitmq) and `eventually`
+    pipeline.py                 ticker/worker fixtures, in-process broker and worker
+    fleet.py                    the fault suites' fleet of processes
+    brokers.py                  RabbitMQ availability and private vhosts
+    fakes/                      the fake AI providers (the provider stand-in)
+    probes.py, assertions.py    the platform suites' probe servers and refusal checks
+    hostile_images.py           decompression bombs and broken images
+    report_oracle.py            reports counted from every answer: what the rollups must equal
+    security/                   the access matrix (TABLE), worlds, calls, snapshots, hostile input
+
+Test modules live beside it in tests/<area>/ and hold only test_*.py and conftest.py; bench/
+imports from tests only this package.
+"""
 
 from __future__ import annotations
 

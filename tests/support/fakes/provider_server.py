@@ -15,7 +15,7 @@ From tests::
         server.inject("openai", Fault("rate_limit", retry_after=2))
         adapter = build_adapter(server.config("openai"), client)
 
-From another process: ``python -m tests.fakes.provider_server --port 0 --latency 0.2`` prints
+From another process: ``python -m tests.support.fakes.provider_server --port 0 --latency 0.2`` prints
 the base URL as its first line; ``GET/POST {base}/_control`` reads and changes the same controls
 (see `FakeProviderServer._control`).
 """
@@ -37,7 +37,7 @@ from urllib.parse import quote_plus
 from aiohttp import web
 
 from service.providers import spec
-from tests.fakes.dialects import (
+from tests.support.fakes.dialects import (
     API_ROOTS,
     DIALECTS,
     BadRequest,

@@ -19,7 +19,7 @@ import grpc
 from beacon.v1.membership_service_pb2_grpc import MembershipServiceStub
 from service.app import App
 from service.server import start_server
-from tests.conftest import delete_redis_keys, make_settings, temporary_database
+from tests.support.app import delete_redis_keys, make_settings, temporary_database
 
 
 @dataclass

@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.platform.processes import eventually
 from tests.support import RpcFailure, expect_error
+from tests.support.processes import eventually
 
 AUTH_CODES = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
 

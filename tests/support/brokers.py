@@ -17,7 +17,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import httpx
 
-from tests.support import reachable
+from tests.support import REDIS_URL, reachable
+from tests.support.processes import delete_namespace
 
 AMQP_URL = os.environ.get("BEACON_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MANAGEMENT_PORT = 15672
@@ -91,3 +92,19 @@ class _Rabbitmqctl:
         output, _ = await process.communicate()
         if process.returncode != 0:
             raise AssertionError(f"rabbitmqctl {args[0]} failed:\n{output.decode()}")
+
+
+@contextlib.asynccontextmanager
+async def broker_url(broker: str, **options: str) -> AsyncIterator[str]:
+    """A URL of `broker` on a namespace (Redis) or virtual host (RabbitMQ) of its own, with
+    `options` in its query; the namespace or virtual host is deleted afterwards."""
+    query = "".join(f"&{name}={value}" for name, value in options.items())
+    if broker == "rabbitmq":
+        async with temporary_vhost("beacon-e2e") as url:
+            yield f"{url}?{query[1:]}" if query else url
+        return
+    namespace = f"beacon-e2e-{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{REDIS_URL}?namespace={namespace}{query}"
+    finally:
+        await delete_namespace(namespace)

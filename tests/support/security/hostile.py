@@ -19,7 +19,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
 
-from tests.security.world import World
+from tests.support.security.world import World
 
 Spec = dict[str, Any]
 Strategy = st.SearchStrategy[Spec]

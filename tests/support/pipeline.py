@@ -13,20 +13,22 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from dramatiq.brokers.stub import StubBroker
 from sqlalchemy import delete, select
 
+from beacon.v1 import run_service_pb2 as run_pb
 from service.clock import new_id, utcnow
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Schedule, Workspace
 from service.messages import PROBE_QUEUE, RUN_QUEUE
 from service.outbox import RunDispatcher
-from tests.conftest import temporary_database
-from tests.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
+from tests.support.app import temporary_database
+from tests.support.fakes.provider_server import FAKE_API_KEY, FakeProviderServer
 from workers.runtime import Embedded, start_embedded
 
 
@@ -250,3 +252,26 @@ async def add_schedule(
                 update_time=now,
             )
         )
+
+
+def pipeline_settings(settings: Settings, server: FakeProviderServer, broker_url: str) -> Settings:
+    return derive_settings(
+        settings,
+        broker_url=broker_url,
+        ticker_interval_seconds=0.3,
+        worker_concurrency=16,
+        provider_concurrency=16,
+        **provider_settings(server),
+    )
+
+
+async def wait_for_end(collection: SimpleNamespace, run_id: str, metadata: Any) -> run_pb.Run:
+    """The run once it has ended, followed with WatchRun (no polling by the client)."""
+    last: run_pb.Run | None = None
+    async with asyncio.timeout(60):
+        async for update in collection.runs.WatchRun(
+            run_pb.WatchRunRequest(run_id=run_id), metadata=metadata
+        ):
+            last = update
+    assert last is not None and last.HasField("end_time"), last
+    return last

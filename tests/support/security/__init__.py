@@ -1,0 +1,1 @@
+"""Helpers of the security suites (no tests here)."""
