@@ -16,19 +16,25 @@ from service.db.models import Prompt
 from service.domain import read_views
 from service.domain.collection import prompts
 from service.domain.collection.prompts import PromptView
+from service.domain.money import markets
+from service.domain.money.markets import Market
 from service.domain.read_views import PromptRow
 from service.servicers.calls import resolved_workspace_id
-from service.servicers.convert import timestamp
+from service.servicers.convert import market_from_proto, market_to_proto, timestamp
 
 
 def prompt_to_proto(row: Prompt | PromptView | PromptRow) -> pb.Prompt:
     """The Prompt message of a prompt (a row, a read row or a command's view of one)."""
-    return pb.Prompt(
+    message = pb.Prompt(
         id=row.id,
         workspace_id=row.workspace_id,
         text=row.text,
         create_time=timestamp(row.create_time),
     )
+    market = Market.of(row.market)
+    if market:
+        message.market.CopyFrom(market_to_proto(market))
+    return message
 
 
 def _prompt_messages(rows: Iterable[Prompt | PromptView | PromptRow]) -> list[pb.Prompt]:
@@ -58,11 +64,15 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
                 page_size=request.page_size,
                 page_token=request.page_token,
             )
-        return pb.ListPromptsResponse(
+            default = await markets.default_market(reader, request.workspace_id)
+        response = pb.ListPromptsResponse(
             prompts=_prompt_messages(page.prompts),
             next_page_token=page.next_page_token,
             total_size=page.total_size,
         )
+        if default:
+            response.default_market.CopyFrom(market_to_proto(default))
+        return response
 
     async def AddPrompts(
         self, request: pb.AddPromptsRequest, context: grpc.aio.ServicerContext
@@ -81,18 +91,40 @@ class PromptServicer(prompt_service_pb2_grpc.PromptServiceServicer):
             )
         return empty_pb2.Empty()
 
+    async def SetDefaultMarket(
+        self, request: pb.SetDefaultMarketRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetDefaultMarketResponse:
+        market = Market(
+            request.market.country,
+            request.market.region,
+            request.market.city,
+            request.market.language,
+        )
+        async with self.app.db.transaction() as session:
+            stored = await markets.set_default_market(
+                session, current_actor(), request.workspace_id, market, now=utcnow()
+            )
+        return pb.SetDefaultMarketResponse(market=market_to_proto(stored))
+
     async def _change(
         self,
         command: Callable[..., Awaitable[prompts.StoredPrompts]],
         request: pb.StorePromptsRequest | pb.AddPromptsRequest,
     ) -> prompts.StoredPrompts:
-        """Runs StorePrompts' or AddPrompts' command on the request's workspace and texts."""
+        """Runs StorePrompts' or AddPrompts' command on the request's workspace and texts
+        (`prompts`, then `entries` with their markets)."""
+        entries = [
+            market_from_proto(entry.market, f"entries[{index}].market")
+            for index, entry in enumerate(request.entries)
+        ]
+        texts = [*request.prompts, *(entry.text for entry in request.entries)]
         async with self.app.db.transaction() as session:
             return await command(
                 session,
                 current_actor(),
                 request.workspace_id,
-                request.prompts,
+                texts,
+                markets=entries,
                 request_id=request.request_id,
                 now=utcnow(),
             )

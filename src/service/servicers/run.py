@@ -21,9 +21,16 @@ from service.domain import read_views
 from service.domain.collection import reports, runs
 from service.domain.collection.run_status import ProbeStatus, RunStatus
 from service.domain.errors import InvalidArgument
+from service.domain.money.estimates import Pricing
+from service.domain.money.markets import Market
 from service.domain.tenancy import workspace_access
 from service.servicers.calls import resolved_workspace_id
-from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.convert import (
+    PROVIDER_FROM_PROTO,
+    PROVIDER_TO_PROTO,
+    market_to_proto,
+    timestamp,
+)
 
 RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
     RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
@@ -75,9 +82,12 @@ def run_to_proto(view: runs.RunView) -> pb.Run:
                 total=p.total,
                 done=p.done,
                 failed=p.failed,
+                cost_micros=p.cost_micros,
             )
             for p in view.progress
         ],
+        cost_micros=view.cost_micros,
+        end_reason=view.end_reason,
     )
 
 
@@ -94,6 +104,7 @@ def response_to_proto(probe: Probe) -> pb.Response:
     """The Response message of a finished probe."""
     latency = Duration()
     latency.FromMilliseconds(probe.latency_ms)
+    market = Market.of(probe.market)
     return pb.Response(
         id=probe.id,
         run_id=probe.run_id,
@@ -114,6 +125,12 @@ def response_to_proto(probe: Probe) -> pb.Response:
         error=probe.error,
         attempts=probe.attempts,
         create_time=timestamp(probe.complete_time),
+        market=market_to_proto(market) if market else None,
+        market_applied=probe.market_applied,
+        input_tokens=probe.input_tokens,
+        output_tokens=probe.output_tokens,
+        search_calls=probe.search_calls,
+        cost_micros=probe.cost_micros,
     )
 
 
@@ -166,6 +183,7 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
                 current_actor(),
                 resolved_workspace_id(),
                 configured=self.app.settings.configured_providers(),
+                pricing=Pricing.from_settings(self.app.settings),
                 max_open=self.app.settings.max_open_runs_per_workspace,
                 prompt_ids=list(request.prompt_ids),
                 providers=[provider_name(p) for p in request.providers],

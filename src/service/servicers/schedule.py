@@ -12,7 +12,10 @@ from service.app import App
 from service.auth.context import current_actor
 from service.clock import utcnow
 from service.domain.collection import schedules
+from service.domain.money import caps
+from service.domain.money.estimates import Pricing
 from service.servicers import convert
+from service.servicers.convert import estimate_to_proto
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
     "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
@@ -51,7 +54,17 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 max_open_runs=settings.max_open_runs_per_workspace,
                 charge_run=functools.partial(self.app.rate_limits.charge_run, request.workspace_id),
                 now=utcnow(),
+                pricing=Pricing.from_settings(settings),
             )
+            estimate = None
+            if request.cron.strip():
+                estimate = await caps.estimate_workspace(
+                    session,
+                    request.workspace_id,
+                    configured=settings.configured_providers(),
+                    pricing=Pricing.from_settings(settings),
+                    now=utcnow(),
+                )
         immediate = change.immediate_run
         return pb.SetScheduleResponse(
             workspace=convert.workspace_to_proto(change.workspace, settings),
@@ -60,6 +73,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 run_id=immediate.run_id,
                 reason=immediate.reason,
             ),
+            estimate=estimate_to_proto(estimate) if estimate is not None else None,
         )
 
     async def GetCronTiming(

@@ -9,9 +9,9 @@ from service.db.models.collection import (
     Prompt,
     QuarterHourCompetitorRollup,
     QuarterHourVisibilityRollup,
-    UsageRollup,
     Run,
     Schedule,
+    UsageRollup,
     VisibilityRollup,
 )
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
@@ -41,10 +41,10 @@ __all__ = [
     "Prompt",
     "QuarterHourCompetitorRollup",
     "QuarterHourVisibilityRollup",
-    "UsageRollup",
     "Run",
     "Schedule",
     "ServiceKey",
+    "UsageRollup",
     "User",
     "VisibilityRollup",
     "Workspace",

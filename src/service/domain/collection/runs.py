@@ -42,6 +42,8 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
+from service.domain.money import caps
+from service.domain.money.estimates import Pricing
 from service.domain.paging import parse_page
 
 Trigger = Literal["manual", "schedule", "schedule_set"]
@@ -56,12 +58,14 @@ MAX_ID_LENGTH = 40
 
 @dataclass(frozen=True, slots=True)
 class ProviderProgress:
-    """Probes of one provider in a run: total, succeeded (done), failed or skipped."""
+    """Probes of one provider in a run: total, succeeded (done), failed or skipped, and what
+    its answers cost (micro-units of USD)."""
 
     provider: str
     total: int
     done: int
     failed: int
+    cost_micros: int = 0
 
 
 class RunRecord(Protocol):
@@ -89,6 +93,8 @@ class RunRecord(Protocol):
     def prompt_ids(self) -> list[str]: ...
     @property
     def providers(self) -> list[str]: ...
+    @property
+    def failure_reason(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,13 @@ class RunView:
     prompt_count: int
     providers: list[str]
     progress: list[ProviderProgress]
+    # Why it ended FAILED or PARTIAL, when it says (a spending cap, say).
+    end_reason: str = ""
+
+    @property
+    def cost_micros(self) -> int:
+        """What its answers so far cost."""
+        return sum(p.cost_micros for p in self.progress)
 
     @classmethod
     def of(cls, run: RunRecord, providers: list[str], progress: list[ProviderProgress]) -> RunView:
@@ -121,6 +134,7 @@ class RunView:
             prompt_count=run.prompt_count,
             providers=providers,
             progress=progress,
+            end_reason=run.failure_reason,
         )
 
     @property
@@ -261,6 +275,7 @@ async def start_run(
     providers: Sequence[str] = (),
     request_id: str = "",
     now: datetime,
+    pricing: Pricing | None = None,
 ) -> StartOutcome:
     """Starts a manual run over the given prompts (default all) and providers (default all
     enabled); see `queue_run`. The run is sent to the workers once the transaction commits.
@@ -280,6 +295,7 @@ async def start_run(
             now=now,
             prompt_ids=prompt_ids,
             providers=providers,
+            pricing=pricing,
         )
         if outcome.run is not None:
             await audit.record_workspace_change(
@@ -311,6 +327,7 @@ async def queue_run(
     now: datetime,
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
+    pricing: Pricing | None = None,
 ) -> StartOutcome:
     """Writes a run over the given prompts (default all) and providers (default all enabled)
     into the outbox, for a command that records and sends it (`start_run`, SetSchedule).
@@ -319,7 +336,8 @@ async def queue_run(
     by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
     none. EMPTY when there is no prompt to ask. Raises InvalidArgument (`prompt_ids[i]`,
     `providers[i]`), NotFound (a prompt id that is not the workspace's) and RunAlreadyOpen
-    (the workspace has `max_open` runs open; nothing is written).
+    (the workspace has `max_open` runs open; nothing is written) and SpendingCapReached (the
+    run would take the month's cost past a cap, priced with `pricing`: `caps.check_run`).
     """
     chosen_prompts = await _validate_prompt_ids(session, workspace_id, prompt_ids)
     requested = validate_providers(providers)
@@ -341,6 +359,7 @@ async def queue_run(
         missing = [] if asked else enabled
     if missing or not asked:
         return StartOutcome("no_providers", providers_without_credentials=tuple(missing))
+    await caps.check_run(session, workspace_id, asked, count, pricing or Pricing.default(), now)
     run = await create_run(
         session,
         workspace_id=workspace_id,
@@ -392,6 +411,7 @@ _PROGRESS = (
         func.count(),
         func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
         func.sum(case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)),
+        func.sum(Probe.cost_micros),
     )
     .where(Probe.run_id.in_(bindparam("run_ids", expanding=True)))
     .group_by(Probe.run_id, Probe.provider)
@@ -404,9 +424,9 @@ async def _progress(session: Reader, run_ids: Sequence[str]) -> dict[str, list[P
         return {}
     counts: dict[str, dict[str, ProviderProgress]] = {}
     rows = await session.execute(_PROGRESS, {"run_ids": list(run_ids)})
-    for run_id, provider, total, done, failed in rows:
+    for run_id, provider, total, done, failed, cost in rows:
         counts.setdefault(run_id, {})[provider] = ProviderProgress(
-            provider, int(total), int(done or 0), int(failed or 0)
+            provider, int(total), int(done or 0), int(failed or 0), int(cost or 0)
         )
     return {
         run_id: [by_provider[p] for p in _in_provider_order(by_provider)]

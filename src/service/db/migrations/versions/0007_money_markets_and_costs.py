@@ -42,9 +42,7 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("cost_micros", sa.BigInteger(), nullable=False, server_default="0")
         )
-        batch.add_column(
-            sa.Column("usage", sa.JSON(), nullable=False, server_default=EMPTY_OBJECT)
-        )
+        batch.add_column(sa.Column("usage", sa.JSON(), nullable=False, server_default=EMPTY_OBJECT))
     op.create_table(
         "usage_rollups",
         sa.Column("workspace_id", sa.String(length=40), nullable=False),
