@@ -27,6 +27,8 @@ from service.config import PROVIDERS, Settings
 from service.db.database import Database
 from service.db.models import Probe, Prompt, Run, Workspace
 from service.domain.collection.run_status import ProbeStatus, RunStatus, cancel, end_run
+from service.domain.money import caps
+from service.domain.money.estimates import Pricing
 from workers import metrics
 from workers.broker import send_messages
 from workers.budgets import ProviderBudgets
@@ -95,6 +97,15 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
             prompts = await _prompts_of(session, run)
             providers = _providers_of(run, enabled, context.settings.configured_providers())
             reason = _empty_reason(prompts, providers, bool(run.providers))
+            if not reason and run.trigger == "schedule":
+                reason = await caps.scheduled_run_refusal(
+                    session,
+                    workspace_id,
+                    providers,
+                    len(prompts),
+                    Pricing.from_settings(context.settings),
+                    now,
+                )
             if reason:
                 await end_run(session, run_id, RunStatus.FAILED, now, reason)
                 return Expansion(0, 0)

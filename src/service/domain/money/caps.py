@@ -125,6 +125,23 @@ async def check_run(
             )
 
 
+async def scheduled_run_refusal(
+    reader: Reader,
+    workspace_id: str,
+    providers: Sequence[str],
+    prompt_count: int,
+    pricing: Pricing,
+    now: datetime,
+) -> str:
+    """Why a scheduled run is skipped ("" when it fits under the caps): `check_run`'s
+    message, for the run's failure reason."""
+    try:
+        await check_run(reader, workspace_id, providers, prompt_count, pricing, now)
+    except SpendingCapReached as refused:
+        return f"skipped: {refused.message}"
+    return ""
+
+
 async def estimate_workspace(
     reader: Reader,
     workspace_id: str,
