@@ -1,0 +1,103 @@
+"""The price table and market validation, without a server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from service.domain.errors import InvalidArgument
+from service.domain.money.markets import COUNTRIES, Market, validate_market
+from service.domain.money.prices import Price, PriceTable
+from workers.providers.base import Usage, dollars_to_micros
+
+
+def test_every_officially_assigned_country_code_is_known() -> None:
+    assert len(COUNTRIES) == 249
+    assert {"US", "DE", "GB", "FR", "JP", "BR", "SS", "XK"} & COUNTRIES == {
+        "US",
+        "DE",
+        "GB",
+        "FR",
+        "JP",
+        "BR",
+        "SS",
+    }
+
+
+@pytest.mark.parametrize(
+    ("market", "field"),
+    [
+        (Market("ZZ"), "m.country"),
+        (Market("USA"), "m.country"),
+        (Market("", city="Munich"), "m.country"),
+        (Market("DE", language="german language"), "m.language"),
+        (Market("DE", language="d"), "m.language"),
+        (Market("DE", city="x" * 101), "m.city"),
+        (Market("DE", region="Bay\x1b[31mern"), "m.region"),
+    ],
+)
+def test_a_bad_market_names_its_field(market: Market, field: str) -> None:
+    with pytest.raises(InvalidArgument) as raised:
+        validate_market(market, "m")
+    assert raised.value.violations[0].field == field
+
+
+def test_a_market_is_normalized() -> None:
+    checked = validate_market(Market(" de ", " Bavaria ", "Munich", "de-DE"), "m")
+    assert checked == Market("DE", "Bavaria", "Munich", "de-DE")
+    assert validate_market(Market("us", language="zh-Hant-TW"), "m").language == "zh-Hant-TW"
+    assert not validate_market(Market(), "m")
+
+
+def test_costs_are_integer_micro_units_rounded_up() -> None:
+    table = PriceTable({"openai": {"gpt-5": Price.of_dollars("1.25", "10", "0.01")}})
+    # 10 x 1.25 + 50 x 10 = 512.5 micro-dollars of tokens, rounded up, plus one search.
+    cost = table.cost("openai", "gpt-5-2025-08-07", input_tokens=10, output_tokens=50, searches=1)
+    assert cost == 513 + 10_000
+    assert isinstance(cost, int)
+    # The provider's own figure wins.
+    assert table.cost(
+        "openai", "gpt-5", input_tokens=10, output_tokens=50, searches=1, reported_micros=7
+    ) == 7
+
+
+def test_the_longest_model_prefix_prices_a_snapshot() -> None:
+    table = PriceTable.load()
+    assert table.price("openai", "gpt-5-mini-2025-08-07") == table.price("openai", "gpt-5-mini")
+    assert table.price("openai", "gpt-5-2025-08-07") == table.price("openai", "gpt-5")
+    assert table.price("openai", "o9-unknown") == table.price("openai", "*")
+    assert table.price("nobody", "x") == Price(0, 0, 0)
+
+
+def test_the_operator_overrides_prices_from_a_file_then_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "prices.json"
+    path.write_text(
+        json.dumps(
+            {
+                "openai": {"gpt-5": {"input_per_mtok": "2", "output_per_mtok": "20"}},
+                "cohere": {"*": {"input_per_mtok": 1, "output_per_mtok": "1", "per_search": 0}},
+            }
+        )
+    )
+    override = json.dumps({"openai": {"gpt-5": {"input_per_mtok": "3", "per_search": "0.02"}}})
+    table = PriceTable.load(str(path), override)
+    assert table.price("openai", "gpt-5") == Price(3_000_000, 0, 20_000)
+    assert table.price("cohere", "command-a-03-2025") == PriceTable.load().price(
+        "cohere", "command-a-03-2025"
+    )
+    assert table.price("cohere", "command-r") == Price(1_000_000, 1_000_000, 0)
+    with pytest.raises(ValueError, match=r"openai.gpt-5"):
+        PriceTable.load("", json.dumps({"openai": {"gpt-5": {"input_per_mtok": "-1"}}}))
+    with pytest.raises(ValueError, match=r"openai.gpt-5"):
+        PriceTable.load("", json.dumps({"openai": {"gpt-5": {"input_per_mtok": "NaN"}}}))
+
+
+def test_dollar_figures_become_micro_units_without_binary_floats() -> None:
+    assert dollars_to_micros(0.00678) == 6780
+    assert dollars_to_micros(0.1 + 0.2) == 300_000
+    assert dollars_to_micros(1) == 1_000_000
+    assert dollars_to_micros(-1) is None
+    assert dollars_to_micros("0.1") is None
+    assert (Usage(1, 2, 1, None) + Usage(3, 4, 0, 5)).cost_micros == 5
