@@ -18,9 +18,9 @@ from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Workspace
 from service.domain.collection import rollups
+from service.domain.collection.run_status import ProbeStatus
 from service.domain.money import ledger
 from service.domain.money.markets import Market, effective_market
-from service.domain.collection.run_status import ProbeStatus
 from workers.analysis import BrandSpec, CompetitorSpec
 from workers.batching import Batcher
 from workers.runs import finish_runs

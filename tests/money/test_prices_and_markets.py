@@ -58,9 +58,12 @@ def test_costs_are_integer_micro_units_rounded_up() -> None:
     assert cost == 513 + 10_000
     assert isinstance(cost, int)
     # The provider's own figure wins.
-    assert table.cost(
-        "openai", "gpt-5", input_tokens=10, output_tokens=50, searches=1, reported_micros=7
-    ) == 7
+    assert (
+        table.cost(
+            "openai", "gpt-5", input_tokens=10, output_tokens=50, searches=1, reported_micros=7
+        )
+        == 7
+    )
 
 
 def test_the_longest_model_prefix_prices_a_snapshot() -> None:
