@@ -47,7 +47,7 @@ class ProbeTask:
     brand: BrandSpec
     competitors: tuple[CompetitorSpec, ...]
     # The market it is asked from (its prompt's, else its workspace's default; empty: none).
-    market: Market = Market()
+    market: Market = field(default_factory=Market)
     # Its workspace's organization and the monthly caps that apply (None: no cap).
     organization_id: str = ""
     workspace_cap: int | None = None

@@ -144,8 +144,8 @@ async def test_each_provider_gets_the_market_its_api_takes_and_each_answer_its_c
         prompt_pb.SetDefaultMarketRequest(workspace_id=ws, market=prompt_pb.Market(country="GB")),
         metadata=owner.metadata,
     )
-    before = await collection.billing.EstimateCost(
-        billing_pb.EstimateCostRequest(workspace_id=ws), metadata=owner.metadata
+    before = await collection.billing.GetCostEstimate(
+        billing_pb.GetCostEstimateRequest(workspace_id=ws), metadata=owner.metadata
     )
     # The collection server has keys for OpenAI and Anthropic only: they are estimated.
     assert [(p.provider, p.answers, p.from_history) for p in before.providers] == [
@@ -207,8 +207,8 @@ async def test_each_provider_gets_the_market_its_api_takes_and_each_answer_its_c
     assert [(w.workspace_id, w.month_to_date_micros) for w in spending.workspaces] == [
         (ws, run.cost_micros)
     ]
-    after = await collection.billing.EstimateCost(
-        billing_pb.EstimateCostRequest(workspace_id=ws), metadata=owner.metadata
+    after = await collection.billing.GetCostEstimate(
+        billing_pb.GetCostEstimateRequest(workspace_id=ws), metadata=owner.metadata
     )
     # From history now: each provider's average answer.
     assert [(p.provider, p.answer_cost_micros, p.from_history) for p in after.providers] == [
@@ -223,8 +223,8 @@ async def test_a_run_over_a_cap_is_refused_with_the_figures(
 ) -> None:
     tenant = await builders.make_workspace(app, owner.user_id)
     await builders.insert_prompts(app, tenant.workspace_id, ["a", "b"])
-    estimate = await collection.billing.EstimateCost(
-        billing_pb.EstimateCostRequest(workspace_id=tenant.workspace_id), metadata=owner.metadata
+    estimate = await collection.billing.GetCostEstimate(
+        billing_pb.GetCostEstimateRequest(workspace_id=tenant.workspace_id), metadata=owner.metadata
     )
     await expect_error(
         grpc.StatusCode.INVALID_ARGUMENT,

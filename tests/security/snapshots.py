@@ -26,6 +26,7 @@ WORKSPACE_TABLES = (
     "hourly_competitor_rollups",
     "quarter_hour_visibility_rollups",
     "quarter_hour_competitor_rollups",
+    "usage_rollups",
 )
 
 

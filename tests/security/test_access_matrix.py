@@ -24,6 +24,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from beacon.v1 import billing_service_pb2 as billing_pb
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import options_pb2
 from beacon.v1 import organization_service_pb2 as org_pb
@@ -84,6 +85,10 @@ def expected_refusal(rules: MethodRules, caller: str) -> Code | None:
         if org_role is None:
             return NOT_FOUND
         return None if org_role in ("owner", "admin") else PERMISSION_DENIED
+    if level == options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING:
+        if org_role is None:
+            return NOT_FOUND
+        return None if org_role in ("owner", "billing_admin") else PERMISSION_DENIED
     raise AssertionError(f"{rules.name}: auth level {level} has no expectation")
 
 
@@ -106,6 +111,7 @@ MEMBERS = "/beacon.v1.MembershipService/"
 SCHEDULES = "/beacon.v1.ScheduleService/"
 PROMPTS = "/beacon.v1.PromptService/"
 RUNS = "/beacon.v1.RunService/"
+BILLING = "/beacon.v1.BillingService/"
 
 TABLE: dict[str, Entry] = {
     ORG + "CreateOrganization": Entry(
@@ -265,6 +271,27 @@ TABLE: dict[str, Entry] = {
         )
     ),
     PROMPTS + "DeletePrompt": Entry(lambda x: prompt_pb.DeletePromptRequest(prompt_id=x.prompt_id)),
+    PROMPTS + "SetDefaultMarket": Entry(
+        lambda x: prompt_pb.SetDefaultMarketRequest(
+            workspace_id=x.workspace_id, market=prompt_pb.Market(country="DE")
+        )
+    ),
+    BILLING + "GetCostEstimate": Entry(
+        lambda x: billing_pb.GetCostEstimateRequest(workspace_id=x.workspace_id)
+    ),
+    BILLING + "SetSpendingCap": Entry(
+        lambda x: billing_pb.SetSpendingCapRequest(
+            organization_id=x.organization_id,
+            workspace_id=x.workspace_id,
+            monthly_cap_micros=50_000_000,
+        )
+    ),
+    BILLING + "GetSpending": Entry(
+        lambda x: billing_pb.GetSpendingRequest(organization_id=x.organization_id)
+    ),
+    BILLING + "ListUsage": Entry(
+        lambda x: billing_pb.ListUsageRequest(organization_id=x.organization_id)
+    ),
     RUNS + "StartRun": Entry(lambda x: run_pb.StartRunRequest(workspace_id=x.workspace_id)),
     RUNS + "GetRun": Entry(lambda x: run_pb.GetRunRequest(run_id=x.run_id)),
     RUNS + "ListRuns": Entry(lambda x: run_pb.ListRunsRequest(workspace_id=x.workspace_id)),
@@ -441,7 +468,11 @@ async def test_a_guest_naming_their_workspace_on_an_organization_rpc_is_denied_n
         path
         for path, rules in method_rules().items()
         if rules.level
-        in (options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN, options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER)
+        in (
+            options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
+            options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
+            options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING,
+        )
         and "workspace_id" in rules.resource_fields
     ]
     assert organization_rpcs == [ORG + "UpdateOrganization"]

@@ -26,49 +26,49 @@ from beacon.v1 import options_pb2 as beacon_dot_v1_dot_options__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x65\x61\x63on/v1/billing_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\"1\n\x13\x45stimateCostRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"g\n\x10ProviderEstimate\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x1a\n\x12\x61nswer_cost_micros\x18\x02 \x01(\x03\x12\x0f\n\x07\x61nswers\x18\x03 \x01(\x05\x12\x14\n\x0c\x66rom_history\x18\x04 \x01(\x08\"\xa8\x01\n\x0c\x43ostEstimate\x12\x17\n\x0frun_cost_micros\x18\x01 \x01(\x03\x12\x16\n\x0eruns_per_month\x18\x02 \x01(\x05\x12\x19\n\x11month_cost_micros\x18\x03 \x01(\x03\x12.\n\tproviders\x18\x04 \x03(\x0b\x32\x1b.beacon.v1.ProviderEstimate\x12\x1c\n\x14month_to_date_micros\x18\x05 \x01(\x03\"h\n\x15SetSpendingCapRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x03 \x01(\x03\"3\n\x12GetSpendingRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x11WorkspaceSpending\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x02 \x01(\x03\x12\x1c\n\x14month_to_date_micros\x18\x03 \x01(\x03\"\x8f\x01\n\x08Spending\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x02 \x01(\x03\x12\x1c\n\x14month_to_date_micros\x18\x03 \x01(\x03\x12\x30\n\nworkspaces\x18\x04 \x03(\x0b\x32\x1c.beacon.v1.WorkspaceSpending\"A\n\x10ListUsageRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06months\x18\x02 \x01(\x05\"\xaa\x01\n\x08UsageRow\x12\r\n\x05month\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07\x61nswers\x18\x04 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x14\n\x0csearch_calls\x18\x07 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\"6\n\x11ListUsageResponse\x12!\n\x04rows\x18\x01 \x03(\x0b\x32\x13.beacon.v1.UsageRow2\xb8\x03\n\x0e\x42illingService\x12g\n\x0c\x45stimateCost\x12\x1e.beacon.v1.EstimateCostRequest\x1a\x17.beacon.v1.CostEstimate\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12l\n\x0eSetSpendingCap\x12 .beacon.v1.SetSpendingCapRequest\x1a\x13.beacon.v1.Spending\"#\x8a\xb5\x18\x13\x08\x05\x12\x0forganization_id\x92\xb5\x18\x08\x08\x1e\x10<\x18\x01 \x01\x12\x64\n\x0bGetSpending\x12\x1d.beacon.v1.GetSpendingRequest\x1a\x13.beacon.v1.Spending\"!\x8a\xb5\x18\x13\x08\x05\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12i\n\tListUsage\x12\x1b.beacon.v1.ListUsageRequest\x1a\x1c.beacon.v1.ListUsageResponse\"!\x8a\xb5\x18\x13\x08\x05\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x65\x61\x63on/v1/billing_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\"4\n\x16GetCostEstimateRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"g\n\x10ProviderEstimate\x12\x10\n\x08provider\x18\x01 \x01(\t\x12\x1a\n\x12\x61nswer_cost_micros\x18\x02 \x01(\x03\x12\x0f\n\x07\x61nswers\x18\x03 \x01(\x05\x12\x14\n\x0c\x66rom_history\x18\x04 \x01(\x08\"\xa8\x01\n\x0c\x43ostEstimate\x12\x17\n\x0frun_cost_micros\x18\x01 \x01(\x03\x12\x16\n\x0eruns_per_month\x18\x02 \x01(\x05\x12\x19\n\x11month_cost_micros\x18\x03 \x01(\x03\x12.\n\tproviders\x18\x04 \x03(\x0b\x32\x1b.beacon.v1.ProviderEstimate\x12\x1c\n\x14month_to_date_micros\x18\x05 \x01(\x03\"h\n\x15SetSpendingCapRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x03 \x01(\x03\"3\n\x12GetSpendingRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"c\n\x11WorkspaceSpending\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x02 \x01(\x03\x12\x1c\n\x14month_to_date_micros\x18\x03 \x01(\x03\"\x8f\x01\n\x08Spending\x12\x17\n\x0forganization_id\x18\x01 \x01(\t\x12\x1a\n\x12monthly_cap_micros\x18\x02 \x01(\x03\x12\x1c\n\x14month_to_date_micros\x18\x03 \x01(\x03\x12\x30\n\nworkspaces\x18\x04 \x03(\x0b\x32\x1c.beacon.v1.WorkspaceSpending\"A\n\x10ListUsageRequest\x12\x1d\n\x0forganization_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06months\x18\x02 \x01(\x05\"\xaa\x01\n\x08UsageRow\x12\r\n\x05month\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x0f\n\x07\x61nswers\x18\x04 \x01(\x05\x12\x14\n\x0cinput_tokens\x18\x05 \x01(\x03\x12\x15\n\routput_tokens\x18\x06 \x01(\x03\x12\x14\n\x0csearch_calls\x18\x07 \x01(\x03\x12\x13\n\x0b\x63ost_micros\x18\x08 \x01(\x03\"6\n\x11ListUsageResponse\x12!\n\x04rows\x18\x01 \x03(\x0b\x32\x13.beacon.v1.UsageRow2\xbe\x03\n\x0e\x42illingService\x12m\n\x0fGetCostEstimate\x12!.beacon.v1.GetCostEstimateRequest\x1a\x17.beacon.v1.CostEstimate\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12l\n\x0eSetSpendingCap\x12 .beacon.v1.SetSpendingCapRequest\x1a\x13.beacon.v1.Spending\"#\x8a\xb5\x18\x13\x08\x07\x12\x0forganization_id\x92\xb5\x18\x08\x08\x1e\x10<\x18\x01 \x01\x12\x64\n\x0bGetSpending\x12\x1d.beacon.v1.GetSpendingRequest\x1a\x13.beacon.v1.Spending\"!\x8a\xb5\x18\x13\x08\x07\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x12i\n\tListUsage\x12\x1b.beacon.v1.ListUsageRequest\x1a\x1c.beacon.v1.ListUsageResponse\"!\x8a\xb5\x18\x13\x08\x07\x12\x0forganization_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beacon.v1.billing_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ESTIMATECOSTREQUEST'].fields_by_name['workspace_id']._loaded_options = None
-  _globals['_ESTIMATECOSTREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
+  _globals['_GETCOSTESTIMATEREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_GETCOSTESTIMATEREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_SETSPENDINGCAPREQUEST'].fields_by_name['organization_id']._loaded_options = None
   _globals['_SETSPENDINGCAPREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
   _globals['_GETSPENDINGREQUEST'].fields_by_name['organization_id']._loaded_options = None
   _globals['_GETSPENDINGREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
   _globals['_LISTUSAGEREQUEST'].fields_by_name['organization_id']._loaded_options = None
   _globals['_LISTUSAGEREQUEST'].fields_by_name['organization_id']._serialized_options = b'\342A\001\002'
-  _globals['_BILLINGSERVICE'].methods_by_name['EstimateCost']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['EstimateCost']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\006\010x\020<\030\001'
+  _globals['_BILLINGSERVICE'].methods_by_name['GetCostEstimate']._loaded_options = None
+  _globals['_BILLINGSERVICE'].methods_by_name['GetCostEstimate']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\006\010x\020<\030\001'
   _globals['_BILLINGSERVICE'].methods_by_name['SetSpendingCap']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['SetSpendingCap']._serialized_options = b'\212\265\030\023\010\005\022\017organization_id\222\265\030\010\010\036\020<\030\001 \001'
+  _globals['_BILLINGSERVICE'].methods_by_name['SetSpendingCap']._serialized_options = b'\212\265\030\023\010\007\022\017organization_id\222\265\030\010\010\036\020<\030\001 \001'
   _globals['_BILLINGSERVICE'].methods_by_name['GetSpending']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['GetSpending']._serialized_options = b'\212\265\030\023\010\005\022\017organization_id\222\265\030\006\010x\020<\030\001'
+  _globals['_BILLINGSERVICE'].methods_by_name['GetSpending']._serialized_options = b'\212\265\030\023\010\007\022\017organization_id\222\265\030\006\010x\020<\030\001'
   _globals['_BILLINGSERVICE'].methods_by_name['ListUsage']._loaded_options = None
-  _globals['_BILLINGSERVICE'].methods_by_name['ListUsage']._serialized_options = b'\212\265\030\023\010\005\022\017organization_id\222\265\030\006\010x\020<\030\001'
-  _globals['_ESTIMATECOSTREQUEST']._serialized_start=104
-  _globals['_ESTIMATECOSTREQUEST']._serialized_end=153
-  _globals['_PROVIDERESTIMATE']._serialized_start=155
-  _globals['_PROVIDERESTIMATE']._serialized_end=258
-  _globals['_COSTESTIMATE']._serialized_start=261
-  _globals['_COSTESTIMATE']._serialized_end=429
-  _globals['_SETSPENDINGCAPREQUEST']._serialized_start=431
-  _globals['_SETSPENDINGCAPREQUEST']._serialized_end=535
-  _globals['_GETSPENDINGREQUEST']._serialized_start=537
-  _globals['_GETSPENDINGREQUEST']._serialized_end=588
-  _globals['_WORKSPACESPENDING']._serialized_start=590
-  _globals['_WORKSPACESPENDING']._serialized_end=689
-  _globals['_SPENDING']._serialized_start=692
-  _globals['_SPENDING']._serialized_end=835
-  _globals['_LISTUSAGEREQUEST']._serialized_start=837
-  _globals['_LISTUSAGEREQUEST']._serialized_end=902
-  _globals['_USAGEROW']._serialized_start=905
-  _globals['_USAGEROW']._serialized_end=1075
-  _globals['_LISTUSAGERESPONSE']._serialized_start=1077
-  _globals['_LISTUSAGERESPONSE']._serialized_end=1131
-  _globals['_BILLINGSERVICE']._serialized_start=1134
-  _globals['_BILLINGSERVICE']._serialized_end=1574
+  _globals['_BILLINGSERVICE'].methods_by_name['ListUsage']._serialized_options = b'\212\265\030\023\010\007\022\017organization_id\222\265\030\006\010x\020<\030\001'
+  _globals['_GETCOSTESTIMATEREQUEST']._serialized_start=104
+  _globals['_GETCOSTESTIMATEREQUEST']._serialized_end=156
+  _globals['_PROVIDERESTIMATE']._serialized_start=158
+  _globals['_PROVIDERESTIMATE']._serialized_end=261
+  _globals['_COSTESTIMATE']._serialized_start=264
+  _globals['_COSTESTIMATE']._serialized_end=432
+  _globals['_SETSPENDINGCAPREQUEST']._serialized_start=434
+  _globals['_SETSPENDINGCAPREQUEST']._serialized_end=538
+  _globals['_GETSPENDINGREQUEST']._serialized_start=540
+  _globals['_GETSPENDINGREQUEST']._serialized_end=591
+  _globals['_WORKSPACESPENDING']._serialized_start=593
+  _globals['_WORKSPACESPENDING']._serialized_end=692
+  _globals['_SPENDING']._serialized_start=695
+  _globals['_SPENDING']._serialized_end=838
+  _globals['_LISTUSAGEREQUEST']._serialized_start=840
+  _globals['_LISTUSAGEREQUEST']._serialized_end=905
+  _globals['_USAGEROW']._serialized_start=908
+  _globals['_USAGEROW']._serialized_end=1078
+  _globals['_LISTUSAGERESPONSE']._serialized_start=1080
+  _globals['_LISTUSAGERESPONSE']._serialized_end=1134
+  _globals['_BILLINGSERVICE']._serialized_start=1137
+  _globals['_BILLINGSERVICE']._serialized_end=1583
 # @@protoc_insertion_point(module_scope)

@@ -19,8 +19,8 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
-class EstimateCostRequest(_message.Message):
-    """Request of EstimateCost."""
+class GetCostEstimateRequest(_message.Message):
+    """Request of GetCostEstimate."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -38,7 +38,7 @@ class EstimateCostRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EstimateCostRequest: _TypeAlias = EstimateCostRequest  # noqa: Y015
+Global___GetCostEstimateRequest: _TypeAlias = GetCostEstimateRequest  # noqa: Y015
 
 @_typing.final
 class ProviderEstimate(_message.Message):

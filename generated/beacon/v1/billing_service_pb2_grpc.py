@@ -37,9 +37,9 @@ class BillingServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.EstimateCost = channel.unary_unary(
-                '/beacon.v1.BillingService/EstimateCost',
-                request_serializer=beacon_dot_v1_dot_billing__service__pb2.EstimateCostRequest.SerializeToString,
+        self.GetCostEstimate = channel.unary_unary(
+                '/beacon.v1.BillingService/GetCostEstimate',
+                request_serializer=beacon_dot_v1_dot_billing__service__pb2.GetCostEstimateRequest.SerializeToString,
                 response_deserializer=beacon_dot_v1_dot_billing__service__pb2.CostEstimate.FromString,
                 _registered_method=True)
         self.SetSpendingCap = channel.unary_unary(
@@ -65,7 +65,7 @@ class BillingServiceServicer:
     of USD (1 USD = 1,000,000), priced from the price table of docs/money.md.
     """
 
-    def EstimateCost(self, request, context):
+    def GetCostEstimate(self, request, context):
         """What one run of the workspace's prompts on its enabled providers (with credentials)
         costs, and a month of its schedule: from the average cost per answer of each provider
         over the workspace's last two months, or the price table's defaults without history.
@@ -75,7 +75,7 @@ class BillingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SetSpendingCap(self, request, context):
-        """Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
+        """Organization owners and billing admins only. Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
         workspaces; `monthly_cap_micros` 0 removes it. A run that would exceed a cap (this
         month's cost so far plus the run's estimate) is refused (StartRun: FAILED_PRECONDITION
         SPENDING_CAP_REACHED) or skipped (scheduled runs end FAILED with the reason), and
@@ -105,9 +105,9 @@ class BillingServiceServicer:
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'EstimateCost': grpc.unary_unary_rpc_method_handler(
-                    servicer.EstimateCost,
-                    request_deserializer=beacon_dot_v1_dot_billing__service__pb2.EstimateCostRequest.FromString,
+            'GetCostEstimate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCostEstimate,
+                    request_deserializer=beacon_dot_v1_dot_billing__service__pb2.GetCostEstimateRequest.FromString,
                     response_serializer=beacon_dot_v1_dot_billing__service__pb2.CostEstimate.SerializeToString,
             ),
             'SetSpendingCap': grpc.unary_unary_rpc_method_handler(
@@ -140,7 +140,7 @@ class BillingService:
     """
 
     @staticmethod
-    def EstimateCost(request,
+    def GetCostEstimate(request,
             target,
             options=(),
             channel_credentials=None,
@@ -153,8 +153,8 @@ class BillingService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/beacon.v1.BillingService/EstimateCost',
-            beacon_dot_v1_dot_billing__service__pb2.EstimateCostRequest.SerializeToString,
+            '/beacon.v1.BillingService/GetCostEstimate',
+            beacon_dot_v1_dot_billing__service__pb2.GetCostEstimateRequest.SerializeToString,
             beacon_dot_v1_dot_billing__service__pb2.CostEstimate.FromString,
             options,
             channel_credentials,

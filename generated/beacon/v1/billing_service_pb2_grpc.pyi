@@ -36,13 +36,13 @@ class BillingServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BillingServiceAsyncStub: ...
-    EstimateCost: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.EstimateCostRequest, _billing_service_pb2.CostEstimate]
+    GetCostEstimate: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetCostEstimateRequest, _billing_service_pb2.CostEstimate]
     """What one run of the workspace's prompts on its enabled providers (with credentials)
     costs, and a month of its schedule: from the average cost per answer of each provider
     over the workspace's last two months, or the price table's defaults without history.
     """
     SetSpendingCap: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.SetSpendingCapRequest, _billing_service_pb2.Spending]
-    """Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
+    """Organization owners and billing admins only. Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
     workspaces; `monthly_cap_micros` 0 removes it. A run that would exceed a cap (this
     month's cost so far plus the run's estimate) is refused (StartRun: FAILED_PRECONDITION
     SPENDING_CAP_REACHED) or skipped (scheduled runs end FAILED with the reason), and
@@ -65,13 +65,13 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    EstimateCost: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.EstimateCostRequest, _billing_service_pb2.CostEstimate]  # type: ignore[assignment]
+    GetCostEstimate: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetCostEstimateRequest, _billing_service_pb2.CostEstimate]  # type: ignore[assignment]
     """What one run of the workspace's prompts on its enabled providers (with credentials)
     costs, and a month of its schedule: from the average cost per answer of each provider
     over the workspace's last two months, or the price table's defaults without history.
     """
     SetSpendingCap: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.SetSpendingCapRequest, _billing_service_pb2.Spending]  # type: ignore[assignment]
-    """Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
+    """Organization owners and billing admins only. Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
     workspaces; `monthly_cap_micros` 0 removes it. A run that would exceed a cap (this
     month's cost so far plus the run's estimate) is refused (StartRun: FAILED_PRECONDITION
     SPENDING_CAP_REACHED) or skipped (scheduled runs end FAILED with the reason), and
@@ -93,9 +93,9 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """
 
     @_abc_1.abstractmethod
-    def EstimateCost(
+    def GetCostEstimate(
         self,
-        request: _billing_service_pb2.EstimateCostRequest,
+        request: _billing_service_pb2.GetCostEstimateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.CostEstimate, _abc.Awaitable[_billing_service_pb2.CostEstimate]]:
         """What one run of the workspace's prompts on its enabled providers (with credentials)
@@ -109,7 +109,7 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_service_pb2.SetSpendingCapRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.Spending, _abc.Awaitable[_billing_service_pb2.Spending]]:
-        """Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
+        """Organization owners and billing admins only. Sets the monthly spending cap of the organization (workspace_id empty) or of one of its
         workspaces; `monthly_cap_micros` 0 removes it. A run that would exceed a cap (this
         month's cost so far plus the run's estimate) is refused (StartRun: FAILED_PRECONDITION
         SPENDING_CAP_REACHED) or skipped (scheduled runs end FAILED with the reason), and

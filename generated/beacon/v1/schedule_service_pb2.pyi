@@ -199,7 +199,7 @@ class SetScheduleResponse(_message.Message):
 
     @_builtins.property
     def estimate(self) -> _billing_service_pb2.CostEstimate:
-        """What one run and a month of the schedule would cost (as EstimateCost); unset when the
+        """What one run and a month of the schedule would cost (as GetCostEstimate); unset when the
         schedule was cleared.
         """
 

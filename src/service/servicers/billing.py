@@ -34,8 +34,8 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
 
-    async def EstimateCost(
-        self, request: pb.EstimateCostRequest, context: grpc.aio.ServicerContext
+    async def GetCostEstimate(
+        self, request: pb.GetCostEstimateRequest, context: grpc.aio.ServicerContext
     ) -> pb.CostEstimate:
         settings = self.app.settings
         async with self.app.db.transaction(write=False) as session:
