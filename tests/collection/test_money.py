@@ -199,6 +199,20 @@ async def test_each_provider_gets_the_market_its_api_takes_and_each_answer_its_c
         name: (2, 2 * cost) for name, cost in EXPECTED_COST.items()
     }
     assert {row.workspace_id for row in usage.rows} == {ws}
+    first = await collection.billing.ListUsage(
+        billing_pb.ListUsageRequest(organization_id=tenant.organization_id, page_size=4),
+        metadata=owner.metadata,
+    )
+    second = await collection.billing.ListUsage(
+        billing_pb.ListUsageRequest(
+            organization_id=tenant.organization_id,
+            page_size=4,
+            page_token=first.next_page_token,
+        ),
+        metadata=owner.metadata,
+    )
+    assert (len(first.rows), len(second.rows), second.next_page_token) == (4, 2, "")
+    assert [*first.rows, *second.rows] == list(usage.rows)
     spending = await collection.billing.GetSpending(
         billing_pb.GetSpendingRequest(organization_id=tenant.organization_id),
         metadata=owner.metadata,

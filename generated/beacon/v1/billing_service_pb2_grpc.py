@@ -96,7 +96,8 @@ class BillingServiceServicer:
 
     def ListUsage(self, request, context):
         """Usage and cost per month, workspace and provider of the organization's live workspaces,
-        newest month first (from monthly rollups). Errors: INVALID_ARGUMENT (`months` over 24).
+        newest month first (from monthly rollups), paged. Errors: INVALID_ARGUMENT (`months`
+        over 24, `page_token`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -54,7 +54,8 @@ class BillingServiceStub:
     """The organization's caps and this month's cost so far, in all and per workspace."""
     ListUsage: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListUsageRequest, _billing_service_pb2.ListUsageResponse]
     """Usage and cost per month, workspace and provider of the organization's live workspaces,
-    newest month first (from monthly rollups). Errors: INVALID_ARGUMENT (`months` over 24).
+    newest month first (from monthly rollups), paged. Errors: INVALID_ARGUMENT (`months`
+    over 24, `page_token`).
     """
 
 @_typing.type_check_only
@@ -83,7 +84,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """The organization's caps and this month's cost so far, in all and per workspace."""
     ListUsage: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListUsageRequest, _billing_service_pb2.ListUsageResponse]  # type: ignore[assignment]
     """Usage and cost per month, workspace and provider of the organization's live workspaces,
-    newest month first (from monthly rollups). Errors: INVALID_ARGUMENT (`months` over 24).
+    newest month first (from monthly rollups), paged. Errors: INVALID_ARGUMENT (`months`
+    over 24, `page_token`).
     """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -133,7 +135,8 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListUsageResponse, _abc.Awaitable[_billing_service_pb2.ListUsageResponse]]:
         """Usage and cost per month, workspace and provider of the organization's live workspaces,
-        newest month first (from monthly rollups). Errors: INVALID_ARGUMENT (`months` over 24).
+        newest month first (from monthly rollups), paged. Errors: INVALID_ARGUMENT (`months`
+        over 24, `page_token`).
         """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

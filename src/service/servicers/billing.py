@@ -73,8 +73,16 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
         async with self.app.db.transaction(write=False) as session:
-            rows = await caps.list_usage(session, request.organization_id, request.months, utcnow())
+            page = await caps.list_usage(
+                session,
+                request.organization_id,
+                request.months,
+                utcnow(),
+                page_size=request.page_size,
+                page_token=request.page_token,
+            )
         return pb.ListUsageResponse(
+            next_page_token=page.next_page_token,
             rows=[
                 pb.UsageRow(
                     month=row.month,
@@ -86,8 +94,8 @@ class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
                     search_calls=row.search_calls,
                     cost_micros=row.cost_micros,
                 )
-                for row in rows
-            ]
+                for row in page.rows
+            ],
         )
 
 

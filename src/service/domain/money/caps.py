@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import PROVIDERS
@@ -31,6 +31,7 @@ from service.domain.errors import (
     PreconditionViolation,
 )
 from service.domain.money import ledger
+from service.domain.paging import encode_token, parse_page
 from service.domain.money.estimates import Estimate, Pricing, estimate_run, runs_per_month
 
 MAX_USAGE_MONTHS = 24
@@ -265,15 +266,35 @@ class UsageRow:
     cost_micros: int
 
 
+@dataclass(frozen=True, slots=True)
+class UsagePage:
+    rows: list[UsageRow]
+    next_page_token: str
+
+
 async def list_usage(
-    reader: Reader, organization_id: str, months: int, now: datetime
-) -> list[UsageRow]:
+    reader: Reader,
+    organization_id: str,
+    months: int,
+    now: datetime,
+    *,
+    page_size: int = 0,
+    page_token: str = "",
+) -> UsagePage:
     """Usage per month, workspace and provider of the organization's live workspaces over
-    the last `months` months (1-24, 0: 3), newest month first."""
+    the last `months` months (1-24, 0: 3), newest month first, paged (1-500, default 100)."""
     if months < 0 or months > MAX_USAGE_MONTHS:
         raise InvalidArgument("months", f"must be between 1 and {MAX_USAGE_MONTHS}")
+    page = parse_page(
+        page_size,
+        page_token,
+        scope=f"usage:{organization_id}:{months}",
+        default=100,
+        maximum=500,
+    )
     since = ledger.months_back(now, months or DEFAULT_USAGE_MONTHS)
-    rows = await reader.execute(
+    key = UsageRollup.workspace_id + "|" + UsageRollup.provider
+    query = (
         select(UsageRollup)
         .join(Workspace, Workspace.id == UsageRollup.workspace_id)
         .where(
@@ -281,18 +302,37 @@ async def list_usage(
             Workspace.delete_time.is_(None),
             UsageRollup.month >= since,
         )
-        .order_by(UsageRollup.month.desc(), UsageRollup.workspace_id, UsageRollup.provider)
     )
-    return [
-        UsageRow(
-            f"{row.month.year:04d}-{row.month.month:02d}",
-            row.workspace_id,
-            row.provider,
-            row.answers,
-            row.input_tokens,
-            row.output_tokens,
-            row.search_calls,
-            row.cost_micros,
+    if page.after is not None:
+        month, after = page.after[0].date(), page.after[1]
+        query = query.where(
+            or_(UsageRollup.month < month, and_(UsageRollup.month == month, key < after))
         )
-        for row in rows.scalars()
-    ]
+    rows = list(
+        (
+            await reader.execute(
+                query.order_by(UsageRollup.month.desc(), key.desc()).limit(page.size + 1)
+            )
+        ).scalars()
+    )
+    token = ""
+    if len(rows) > page.size:
+        last = rows[page.size - 1]
+        cursor = datetime(last.month.year, last.month.month, 1, tzinfo=UTC)
+        token = encode_token(page.key, page.scope, cursor, f"{last.workspace_id}|{last.provider}")
+    return UsagePage(
+        [
+            UsageRow(
+                f"{row.month.year:04d}-{row.month.month:02d}",
+                row.workspace_id,
+                row.provider,
+                row.answers,
+                row.input_tokens,
+                row.output_tokens,
+                row.search_calls,
+                row.cost_micros,
+            )
+            for row in rows[: page.size]
+        ],
+        token,
+    )
