@@ -5,6 +5,7 @@ and workspaces show it, estimates precede spending and caps refuse, skip and sto
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from types import SimpleNamespace
 
 import grpc
@@ -18,8 +19,11 @@ from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import schedule_service_pb2 as schedule_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.clock import utcnow
 from service.config import PROVIDERS, Settings
-from service.db.models import Probe, Workspace
+from service.db.models import Probe, UsageRollup, Workspace
+from service.domain.money import ledger
+from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import StartWorker, drained, insert_run, load_run
@@ -439,3 +443,35 @@ def _location(provider: str, body: dict[str, object]) -> dict[str, str]:
     location = dict(body["tools"][0]["user_location"])  # type: ignore[index]
     assert location.pop("type") == "approximate"
     return location
+
+
+async def test_a_purged_workspace_takes_its_usage_with_it(app: App, owner: Caller) -> None:
+    gone = await builders.make_workspace(app, owner.user_id)
+    kept = await builders.make_workspace(app, owner.user_id)
+    now = utcnow()
+    async with app.db.transaction() as session:
+        for tenant in (gone, kept):
+            session.add(
+                UsageRollup(
+                    workspace_id=tenant.workspace_id,
+                    month=ledger.month_of(now),
+                    provider="openai",
+                    answers=1,
+                    input_tokens=1,
+                    output_tokens=1,
+                    search_calls=1,
+                    cost_micros=1,
+                )
+            )
+        workspace = await session.get(Workspace, gone.workspace_id)
+        assert workspace is not None
+        workspace.delete_time = now - timedelta(days=app.settings.workspace_retention_days + 1)
+    assert (
+        await purge_deleted_workspaces(
+            app.db, now, retention_days=app.settings.workspace_retention_days
+        )
+        >= 1
+    )
+    async with app.db.transaction(write=False) as session:
+        left = set(await session.scalars(select(UsageRollup.workspace_id)))
+    assert gone.workspace_id not in left and kept.workspace_id in left
