@@ -31,8 +31,8 @@ from service.domain.errors import (
     PreconditionViolation,
 )
 from service.domain.money import ledger
-from service.domain.paging import encode_token, parse_page
 from service.domain.money.estimates import Estimate, Pricing, estimate_run, runs_per_month
+from service.domain.paging import encode_token, parse_page
 
 MAX_USAGE_MONTHS = 24
 DEFAULT_USAGE_MONTHS = 3
