@@ -206,7 +206,7 @@ class SpendingGuard:
         try:
             found = await self._store.reserve(keys, caps, amount, None)
             if found[0] == -1:
-                seeds = await self._seeds(task, scopes, now)
+                seeds = await self._seeds(scopes, now)
                 found = await self._store.reserve(keys, caps, amount, seeds)
         except (RedisError, OSError) as exc:
             log.warning("spending counters unreachable (%s): call refused", exc)
@@ -229,16 +229,12 @@ class SpendingGuard:
             # The counter keeps the reservation: it errs on the side of the cap.
             log.warning("spending counters unreachable (%s): reservation kept", exc)
 
-    async def _seeds(self, task: ProbeTask, scopes: list[_Scope], now: datetime) -> list[int]:
-        seeds = []
+    async def _seeds(self, scopes: list[_Scope], now: datetime) -> list[int]:
         async with self._db.transaction(write=False) as session:
-            for scope in scopes:
-                if scope.name == "workspace":
-                    members = [task.workspace_id]
-                else:
-                    members = await ledger.organization_workspaces(session, scope.scope_id)
-                seeds.append(await ledger.month_to_date(session, members, now))
-        return seeds
+            return [
+                await ledger.scope_month_to_date(session, scope.name, scope.scope_id, now)
+                for scope in scopes
+            ]
 
 
 def _scopes(task: ProbeTask) -> list[_Scope]:

@@ -113,17 +113,15 @@ async def check_run(
     estimate = (
         await estimate_run(reader, workspace_id, providers, prompt_count, pricing, now)
     ).run_cost_micros
-    if caps.workspace_cap is not None:
-        spent = await ledger.month_to_date(reader, [workspace_id], now)
-        if spent + estimate > caps.workspace_cap:
-            raise SpendingCapReached("workspace", workspace_id, spent, estimate, caps.workspace_cap)
-    if caps.organization_cap is not None:
-        members = await ledger.organization_workspaces(reader, caps.organization_id)
-        spent = await ledger.month_to_date(reader, members, now)
-        if spent + estimate > caps.organization_cap:
-            raise SpendingCapReached(
-                "organization", caps.organization_id, spent, estimate, caps.organization_cap
-            )
+    for scope, scope_id, cap in (
+        ("workspace", workspace_id, caps.workspace_cap),
+        ("organization", caps.organization_id, caps.organization_cap),
+    ):
+        if cap is None:
+            continue
+        spent = await ledger.scope_month_to_date(reader, scope, scope_id, now)
+        if spent + estimate > cap:
+            raise SpendingCapReached(scope, scope_id, spent, estimate, cap)
 
 
 async def scheduled_run_refusal(

@@ -100,6 +100,14 @@ async def month_to_date(reader: Reader, workspace_ids: Collection[str], now: dat
     return int(total or 0)
 
 
+async def scope_month_to_date(reader: Reader, scope: str, scope_id: str, now: datetime) -> int:
+    """`month_to_date` of a cap's scope: a workspace, or every workspace of an organization
+    ("organization")."""
+    if scope == "workspace":
+        return await month_to_date(reader, [scope_id], now)
+    return await month_to_date(reader, await organization_workspaces(reader, scope_id), now)
+
+
 async def month_to_date_by_workspace(
     reader: Reader, workspace_ids: Collection[str], now: datetime
 ) -> dict[str, int]:
