@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import grpc
@@ -21,12 +22,26 @@ from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.clock import utcnow
 from service.config import PROVIDERS, Settings
+from service.db.database import Database
 from service.db.models import Probe, UsageRollup, Workspace
 from service.domain.money import ledger
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
-from tests.collection.pipeline_fixtures import StartWorker, drained, insert_run, load_run
+from tests.collection.pipeline_fixtures import (
+    StartWorker,
+    drained,
+    insert_run,
+    load_probes,
+    load_run,
+    make_workspace,
+)
+from tests.collection.test_provider_budgets import (
+    fleet_settings,
+    probes_finished,
+    run_to_end,
+    worker_processes,
+)
 from tests.conftest import NewUser
 from tests.conftest import TestUser as Caller
 from tests.fakes.provider_server import FakeProviderServer
@@ -475,3 +490,39 @@ async def test_a_purged_workspace_takes_its_usage_with_it(app: App, owner: Calle
     async with app.db.transaction(write=False) as session:
         left = set(await session.scalars(select(UsageRollup.workspace_id)))
     assert gone.workspace_id not in left and kept.workspace_id in left
+
+
+@pytest.mark.postgres_only  # two `beacon worker` processes share the counters through Redis
+async def test_two_worker_processes_hold_one_cap(
+    backend: str,
+    settings: Settings,
+    collection_db: Database,
+    fake_provider: FakeProviderServer,
+    tmp_path: Path,
+) -> None:
+    """With the cap at three answers' cost, a call reserving a default answer's cost fits
+    only while nothing else is reserved or spent: over the whole fleet exactly one call is
+    ever made (with a counter per process, each process would make one)."""
+    fake_provider.set_latency(0.3)
+    # Six probe messages: each worker holds at most two at once, so both take a share.
+    prompts = [f"capped across processes {n}" for n in range(60)]
+    ws = await make_workspace(collection_db, prompts=prompts, providers=("openai",))
+    cap = 3 * EXPECTED_COST["openai"]
+    async with collection_db.transaction() as session:
+        await session.execute(
+            update(Workspace).where(Workspace.id == ws).values(monthly_cap_micros=cap)
+        )
+    fleet = fleet_settings(backend, settings, collection_db, fake_provider)
+    assert fleet.redis_url
+    async with worker_processes(fleet, 2, tmp_path) as addresses:
+        run = await run_to_end(collection_db, ws, within=90)
+        shares = [await probes_finished(address) for address in addresses]
+
+    probes = await load_probes(collection_db, run.id)
+    answered = [p for p in probes if p.status == "succeeded"]
+    assert len(answered) == 1 and fake_provider.requests("openai") == 1
+    assert all(p.error.startswith("spending cap reached") for p in probes if p.status == "failed")
+    # Both processes worked on the run: the other one was held by the shared counter.
+    assert sum(shares) == len(prompts) and all(share > 0 for share in shares), shares
+    assert run.status == "partial"
+    assert run.failure_reason.startswith("spending cap reached")
