@@ -503,7 +503,8 @@ async def test_two_worker_processes_hold_one_cap(
     """With the cap at three answers' cost, a call reserving a default answer's cost fits
     only while nothing else is reserved or spent: over the whole fleet exactly one call is
     ever made (with a counter per process, each process would make one)."""
-    fake_provider.set_latency(0.3)
+    # The one call is still in flight when the other process takes its first probes.
+    fake_provider.set_latency(3.0)
     # Six probe messages: each worker holds at most two at once, so both take a share.
     prompts = [f"capped across processes {n}" for n in range(60)]
     ws = await make_workspace(collection_db, prompts=prompts, providers=("openai",))
