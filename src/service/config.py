@@ -191,8 +191,8 @@ class Settings(BaseSettings):
     # bursts of threads that a few shared arenas absorb.
     malloc_arena_max: NonNegativeInt = 2
     # Markets and money (docs/money.md). The price table's shipped defaults are overridden by
-    # a JSON file and then by a JSON value ({"openai": {"gpt-5": {"input_per_mtok": "1.25",
-    # "output_per_mtok": "10", "per_search": "0.01"}}}, dollars as decimal strings).
+    # a JSON file and then by a JSON value ({"<provider>": {"<model>": {"input_per_mtok":
+    # "1.25", "output_per_mtok": "10", "per_search": "0.01"}}}, dollars as decimal strings).
     prices_file: str = ""
     prices: str = ""
 

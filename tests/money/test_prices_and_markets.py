@@ -7,9 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from service.config import PROVIDERS
+from service.domain.collection.prompts import normalize_prompts
 from service.domain.errors import InvalidArgument
 from service.domain.money.markets import COUNTRIES, Market, validate_market
-from service.domain.money.prices import Price, PriceTable
+from service.domain.money.prices import (
+    DEFAULT_PRICES,
+    PRICE_SOURCES,
+    PRICES_DATE,
+    Price,
+    PriceTable,
+)
 from workers.providers.base import Usage, dollars_to_micros
 
 
@@ -104,3 +112,28 @@ def test_dollar_figures_become_micro_units_without_binary_floats() -> None:
     assert dollars_to_micros(-1) is None
     assert dollars_to_micros("0.1") is None
     assert (Usage(1, 2, 1, None) + Usage(3, 4, 0, 5)).cost_micros == 5
+
+
+def test_the_shipped_prices_are_dated_sourced_and_documented() -> None:
+    docs = (Path(__file__).parents[2] / "docs" / "money.md").read_text()
+    assert PRICES_DATE in docs
+    assert set(PRICE_SOURCES) == set(PROVIDERS) == set(DEFAULT_PRICES)
+    for provider, models in DEFAULT_PRICES.items():
+        assert PRICE_SOURCES[provider].split()[0] in docs
+        assert "*" in models, provider
+        for model in models:
+            assert model == "*" or model in docs, (provider, model)
+
+
+def test_the_same_text_in_two_markets_counts_twice_towards_the_limit() -> None:
+    # The last two are entries with markets: "same" without one repeats the plain "same".
+    texts = [f"p{i}" for i in range(498)] + ["same", "same", "same"]
+    markets = [Market(), Market("DE")]
+    kept = normalize_prompts(texts, markets=markets)
+    assert len(kept.texts) == 500
+    assert kept.texts[-2:] == ["same", "same"]
+    assert kept.markets[-2:] == [Market(), Market("DE")]
+    assert kept.duplicates_dropped == 1
+    with pytest.raises(InvalidArgument) as raised:
+        normalize_prompts([*texts, "another"], markets=[*markets, Market("FR")])
+    assert raised.value.violations[0].field == "prompts"

@@ -3,15 +3,16 @@ web search, per model, and what an answer's usage costs at those prices.
 
 Money is counted in integer micro-units of USD (1 USD = 1,000,000) everywhere it is stored or
 compared; prices are parsed from decimal strings (`Decimal`), never binary floats. The shipped
-defaults (`DEFAULT_PRICES`, dated `PRICES_DATE`, sources in `PRICE_SOURCES` and docs/money.md)
-are overridden by the operator with a JSON file (`BEACON_PRICES_FILE`) and/or a JSON value in
-the environment (`BEACON_PRICES`, applied last), shaped::
+defaults (default_prices.json beside this module: `DEFAULT_PRICES`, dated `PRICES_DATE`, with
+their `PRICE_SOURCES`; docs/money.md) are overridden by the operator with a JSON file
+(`BEACON_PRICES_FILE`) and/or a JSON value in the environment (`BEACON_PRICES`, applied last),
+shaped::
 
-    {"openai": {"gpt-5": {"input_per_mtok": "1.25", "output_per_mtok": "10",
-                          "per_search": "0.01"}}}
+    {"<provider>": {"<model>": {"input_per_mtok": "1.25", "output_per_mtok": "10",
+                                "per_search": "0.01"}}}
 
 A model is priced by its exact name, else by the longest price-table name it starts with
-(dated snapshots: "gpt-5-2025-08-07" takes "gpt-5"), else by its provider's "*" entry.
+(dated snapshots: "<model>-2025-08-07" takes "<model>"), else by its provider's "*" entry.
 When the provider reports its own cost (Perplexity), that figure is the answer's cost.
 """
 
@@ -27,15 +28,7 @@ from typing import Final
 
 MICROS_PER_DOLLAR: Final = 1_000_000
 TOKENS_PER_MTOK: Final = 1_000_000
-PRICES_DATE: Final = "2025-11-15"
-PRICE_SOURCES: Final[Mapping[str, str]] = {
-    "openai": "https://openai.com/api/pricing/ (models; web search tool calls)",
-    "anthropic": "https://docs.anthropic.com/en/docs/about-claude/pricing (models; web search)",
-    "google": "https://ai.google.dev/gemini-api/docs/pricing (models; grounding with Google Search)",
-    "perplexity": "https://docs.perplexity.ai/getting-started/pricing (tokens; request fees)",
-    "mistral": "https://mistral.ai/pricing#api-pricing (models; web search connector)",
-    "cohere": "https://cohere.com/pricing (Command A)",
-}
+DEFAULTS_FILE: Final = Path(__file__).with_name("default_prices.json")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,46 +57,14 @@ def _micros(dollars: object) -> int:
     return int((value * MICROS_PER_DOLLAR).to_integral_value(rounding=ROUND_CEILING))
 
 
-# Per provider, per model (longest prefix wins; "*" for any other model). Dollars per million
-# tokens in and out, and per web search (the providers quote per 1,000 searches or requests).
-DEFAULT_PRICES: Final[Mapping[str, Mapping[str, Price]]] = {
-    "openai": {
-        "gpt-5": Price.of_dollars("1.25", "10", "0.01"),
-        "gpt-5-mini": Price.of_dollars("0.25", "2", "0.01"),
-        "gpt-5-nano": Price.of_dollars("0.05", "0.4", "0.01"),
-        "gpt-5-search-api": Price.of_dollars("1.25", "10", "0.01"),
-        "gpt-4o-search-preview": Price.of_dollars("2.5", "10", "0.025"),
-        "gpt-4o-mini-search-preview": Price.of_dollars("0.15", "0.6", "0.025"),
-        "*": Price.of_dollars("1.25", "10", "0.01"),
-    },
-    "anthropic": {
-        "claude-haiku-4-5": Price.of_dollars("1", "5", "0.01"),
-        "claude-sonnet-4-5": Price.of_dollars("3", "15", "0.01"),
-        "claude-opus-4-5": Price.of_dollars("5", "25", "0.01"),
-        "*": Price.of_dollars("3", "15", "0.01"),
-    },
-    "google": {
-        "gemini-2.5-flash": Price.of_dollars("0.3", "2.5", "0.035"),
-        "gemini-2.5-flash-lite": Price.of_dollars("0.1", "0.4", "0.035"),
-        "gemini-2.5-pro": Price.of_dollars("1.25", "10", "0.035"),
-        "*": Price.of_dollars("0.3", "2.5", "0.035"),
-    },
-    "perplexity": {
-        # The request fee at medium search context; answers carry Perplexity's own cost.
-        "sonar": Price.of_dollars("1", "1", "0.008"),
-        "sonar-pro": Price.of_dollars("3", "15", "0.01"),
-        "*": Price.of_dollars("3", "15", "0.01"),
-    },
-    "mistral": {
-        "mistral-medium-latest": Price.of_dollars("0.4", "2", "0.03"),
-        "mistral-large-latest": Price.of_dollars("2", "6", "0.03"),
-        "*": Price.of_dollars("0.4", "2", "0.03"),
-    },
-    "cohere": {
-        "command-a-03-2025": Price.of_dollars("2.5", "10", "0"),
-        "*": Price.of_dollars("2.5", "10", "0"),
-    },
-}
+def _shipped() -> tuple[str, Mapping[str, str], dict[str, dict[str, Price]]]:
+    """The shipped defaults: their date, their sources, and the prices per provider and model
+    (longest prefix wins; "*" for any other model)."""
+    data = json.loads(DEFAULTS_FILE.read_text(encoding="utf-8"))
+    prices: dict[str, dict[str, Price]] = {}
+    _merge(prices, data["prices"], DEFAULTS_FILE.name)
+    return str(data["date"]), dict(data["sources"]), prices
+
 
 # The usage assumed for an answer when a workspace has none of a provider yet: web search
 # results count as input tokens, and they dominate it.
@@ -188,6 +149,9 @@ def _merge(prices: dict[str, dict[str, Price]], given: object, source: str) -> N
                 )
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc}") from exc
+
+
+PRICES_DATE, PRICE_SOURCES, DEFAULT_PRICES = _shipped()
 
 
 @functools.cache
