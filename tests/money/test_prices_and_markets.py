@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from service.config import PROVIDERS
 from service.domain.collection.prompts import normalize_prompts
 from service.domain.errors import InvalidArgument
+from service.domain.money.estimates import runs_per_month
 from service.domain.money.markets import COUNTRIES, Market, validate_market
 from service.domain.money.prices import (
     DEFAULT_PRICES,
@@ -137,3 +139,20 @@ def test_the_same_text_in_two_markets_counts_twice_towards_the_limit() -> None:
     with pytest.raises(InvalidArgument) as raised:
         normalize_prompts([*texts, "another"], markets=[*markets, Market("FR")])
     assert raised.value.violations[0].field == "prompts"
+
+
+@pytest.mark.parametrize(
+    ("cron", "runs"),
+    [
+        ("*/15 * * * *", 2880),
+        ("0 9 * * *", 30),
+        ("0 9 * * 1", 4),  # Mondays from Tuesday 8 December 2026: 14, 21, 28, 4 January
+        ("0 0 1,15 * *", 2),
+        ("0 9 1 * 1-5", 22),  # weekdays, or the first (cron's either-day rule)
+        ("30 8 * 2 *", 0),
+        ("0 9 L * *", 1),
+    ],
+)
+def test_runs_per_month_are_counted_from_the_cron_fields(cron: str, runs: int) -> None:
+    assert runs_per_month(cron, "Europe/Paris", datetime(2026, 12, 8, 1, tzinfo=UTC)) == runs
+    assert runs_per_month("", "UTC", datetime(2026, 12, 8, tzinfo=UTC)) == 0

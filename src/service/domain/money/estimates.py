@@ -7,9 +7,11 @@ prices when it has none; a run asks every prompt (each market is a prompt) of ev
 
 from __future__ import annotations
 
+import calendar
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
@@ -22,8 +24,6 @@ from service.providers import BY_NAME
 
 HISTORY_MONTHS = 2
 MONTH = timedelta(days=30)
-# A schedule firing more often than this per month is counted up to it (the bound of the count).
-MAX_RUNS_PER_MONTH = 31 * 24 * 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,16 +105,36 @@ async def estimate_run(
 
 
 def runs_per_month(cron: str, time_zone: str, now: datetime) -> int:
-    """How often the schedule fires in the 30 days from `now` (0 for no schedule)."""
+    """How often the schedule fires in the 30 days from `now` (0 for no schedule).
+
+    Counted from the cron's fields day by day (fires per day times matching days), not by
+    walking every firing: a `*/15` schedule fires 2,880 times a month. Clock changes are
+    ignored (an hour either way in an estimate)."""
     if not cron:
         return 0
-    zone = ZoneInfo(time_zone or "UTC")
-    moments = croniter(cron, now.astimezone(zone))
-    end = now + MONTH
-    fired = 0
-    while fired < MAX_RUNS_PER_MONTH:
-        following: datetime = moments.get_next(datetime)
-        if following > end:
-            break
-        fired += 1
-    return fired
+    minutes, hours, days, months, weekdays = croniter(cron).expanded
+    per_day = _count(minutes, 60) * _count(hours, 24)
+    today = now.astimezone(ZoneInfo(time_zone or "UTC")).date()
+    return per_day * sum(
+        _fires_on(today + timedelta(days=offset), days, months, weekdays)
+        for offset in range(MONTH.days)
+    )
+
+
+def _count(values: list[Any], every: int) -> int:
+    return every if values == ["*"] else len(values)
+
+
+def _fires_on(day: date, days: list[Any], months: list[Any], weekdays: list[Any]) -> bool:
+    """Cron's day rule: the month must match; with both a day of the month and a day of the
+    week restricted, either may match (Vixie cron)."""
+    if months != ["*"] and day.month not in months:
+        return False
+    last = calendar.monthrange(day.year, day.month)[1]
+    by_date = days == ["*"] or day.day in days or ("l" in days and day.day == last)
+    by_weekday = weekdays == ["*"] or (day.weekday() + 1) % 7 in {
+        d % 7 for d in weekdays if isinstance(d, int)
+    }
+    if days != ["*"] and weekdays != ["*"]:
+        return by_date or by_weekday
+    return by_date and by_weekday
