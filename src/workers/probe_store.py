@@ -65,6 +65,16 @@ class ProbeResult:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+# What an answer records of its market, usage and cost (revision 0007).
+MARKET_AND_MONEY_COLUMNS = (
+    "market",
+    "market_applied",
+    "input_tokens",
+    "output_tokens",
+    "search_calls",
+    "cost_micros",
+    "usage",
+)
 RESULT_COLUMNS = (
     "model",
     "text",
@@ -76,13 +86,7 @@ RESULT_COLUMNS = (
     "citation_count",
     "latency_ms",
     "error",
-    "market",
-    "market_applied",
-    "input_tokens",
-    "output_tokens",
-    "search_calls",
-    "cost_micros",
-    "usage",
+    *MARKET_AND_MONEY_COLUMNS,
 )
 EMPTY_RESULT: dict[str, Any] = {
     "model": "",

@@ -46,7 +46,7 @@ from tests.collection import builders
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import insert_run, make_workspace
 from tests.conftest import NewUser, temporary_database
-from workers.probe_store import ProbeResult, ProbeStore
+from workers.probe_store import MARKET_AND_MONEY_COLUMNS, ProbeResult, ProbeStore
 
 collection_db = fixtures.collection_db
 
@@ -372,16 +372,7 @@ OLD_PROBES = Table(
     *(
         column._copy()
         for column in Probe.__table__.columns
-        if column.name
-        not in {
-            "market",
-            "market_applied",
-            "input_tokens",
-            "output_tokens",
-            "search_calls",
-            "cost_micros",
-            "usage",
-        }
+        if column.name not in MARKET_AND_MONEY_COLUMNS
     ),
 )
 OLD_RUN = text(
