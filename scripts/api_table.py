@@ -33,6 +33,7 @@ LEVELS = {
     options_pb2.AUTH_LEVEL_WORKSPACE_OWNER: "workspace owner",
     options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN: "organization admin",
     options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER: "organization member",
+    options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING: "organization billing",
 }
 KEYS = {
     options_pb2.RATE_LIMIT_KEY_USER: "user",
@@ -44,8 +45,13 @@ RESOURCE_LEVELS = {
     options_pb2.AUTH_LEVEL_WORKSPACE_OWNER,
     options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
     options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
+    options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING,
 }
-ROLE_LEVELS = {options_pb2.AUTH_LEVEL_WORKSPACE_OWNER, options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN}
+ROLE_LEVELS = {
+    options_pb2.AUTH_LEVEL_WORKSPACE_OWNER,
+    options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
+    options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING,
+}
 _CODE = re.compile(r"\b[A-Z][A-Z_]{4,}\b")
 CODES = {
     "INVALID_ARGUMENT",

@@ -461,6 +461,16 @@ class Settings(BaseSettings):
         " the executors'), and memory freed in one stays reserved there: RSS grows in steps"
         " with bursts of threads that a few shared arenas absorb.",
     )
+    prices_file: str = Field(
+        default="",
+        description="A JSON price table overriding the shipped defaults (docs/money.md):"
+        ' `{"<provider>": {"<model>": {"input_per_mtok": "1.25", "output_per_mtok": "10",'
+        ' "per_search": "0.01"}}}`, dollars as decimal strings.',
+    )
+    prices: str = Field(
+        default="",
+        description="The same JSON as `BEACON_PRICES_FILE`, as a value; applied after the file.",
+    )
 
     @classmethod
     def settings_customise_sources(

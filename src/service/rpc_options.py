@@ -11,6 +11,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 from google.protobuf.message import Message
 
 from beacon.v1 import (
+    billing_service_pb2,
     membership_service_pb2,
     options_pb2,
     organization_service_pb2,
@@ -30,6 +31,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     webhook_service_pb2.DESCRIPTOR,
     prompt_service_pb2.DESCRIPTOR,
     run_service_pb2.DESCRIPTOR,
+    billing_service_pb2.DESCRIPTOR,
 )
 
 

@@ -29,10 +29,12 @@ from dramatiq.middleware import Middleware
 
 from service.config import PROVIDERS, Settings
 from service.db.database import Database
+from service.domain.money.estimates import Pricing
 from workers.budgets import ProviderBudgets
 from workers.http import build_client
 from workers.probe_store import ProbeStore
 from workers.providers import ProviderAdapter, ProviderConfig, build_adapter
+from workers.spending import SpendingGuard
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,9 @@ class WorkerContext:
     store: ProbeStore
     # Answer analysis runs here, off the event loop (`workers.probes`).
     analysis: ThreadPoolExecutor
+    # What answers cost, and the monthly caps held call by call (`workers.spending`).
+    pricing: Pricing
+    spending: SpendingGuard
 
     @classmethod
     def create(
@@ -85,6 +90,8 @@ class WorkerContext:
             budgets=ProviderBudgets.from_settings(settings),
             store=ProbeStore(database),
             analysis=ThreadPoolExecutor(max_workers=1, thread_name_prefix="beacon-analysis"),
+            pricing=Pricing.from_settings(settings),
+            spending=SpendingGuard.from_settings(settings, database),
         )
 
     async def close(self, *, dispose_db: bool = True) -> None:
@@ -92,6 +99,7 @@ class WorkerContext:
         self.analysis.shutdown(wait=False, cancel_futures=True)
         await self.http.aclose()
         await self.budgets.close()
+        await self.spending.close()
         if dispose_db:
             await self.db.dispose()
 

@@ -16,10 +16,12 @@ from sqlalchemy import Select, Update, bindparam, select, update
 
 from service.clock import utcnow
 from service.db.database import Database
-from service.db.models import Probe, Run, Workspace
+from service.db.models import Organization, Probe, Prompt, Run, Workspace
 from service.db.sql_dialects import id_in, table_of
 from service.domain.collection import rollups
 from service.domain.collection.run_lifecycle import ProbeStatus, finish_runs
+from service.domain.money import ledger
+from service.domain.money.markets import Market, effective_market
 from workers.analysis import BrandSpec, CompetitorSpec
 from workers.batching import Batcher
 
@@ -43,6 +45,12 @@ class ProbeTask:
     abandoned: bool
     brand: BrandSpec
     competitors: tuple[CompetitorSpec, ...]
+    # The market it is asked from (its prompt's, else its workspace's default; empty: none).
+    market: Market = field(default_factory=Market)
+    # Its workspace's organization and the monthly caps that apply (None: no cap).
+    organization_id: str = ""
+    workspace_cap: int | None = None
+    organization_cap: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +64,16 @@ class ProbeResult:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+# What an answer records of its market, usage and cost (revision 0008).
+MARKET_AND_MONEY_COLUMNS = (
+    "market",
+    "market_applied",
+    "input_tokens",
+    "output_tokens",
+    "search_calls",
+    "cost_micros",
+    "usage",
+)
 RESULT_COLUMNS = (
     "model",
     "text",
@@ -67,6 +85,7 @@ RESULT_COLUMNS = (
     "citation_count",
     "latency_ms",
     "error",
+    *MARKET_AND_MONEY_COLUMNS,
 )
 EMPTY_RESULT: dict[str, Any] = {
     "model": "",
@@ -79,6 +98,13 @@ EMPTY_RESULT: dict[str, Any] = {
     "citation_count": 0,
     "latency_ms": 0,
     "error": "",
+    "market": {},
+    "market_applied": False,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "search_calls": 0,
+    "cost_micros": 0,
+    "usage": {},
 }
 
 
@@ -190,12 +216,31 @@ class ProbeStore:
                     if result.status == ProbeStatus.SUCCEEDED
                 ),
             )
+            # Every answer the provider billed, analysed or not.
+            await ledger.add_usage(
+                connection,
+                (
+                    ledger.UsageEntry(
+                        pending[result.probe_id].workspace_id,
+                        pending[result.probe_id].provider,
+                        now,
+                        int(result.values.get("input_tokens", 0)),
+                        int(result.values.get("output_tokens", 0)),
+                        int(result.values.get("search_calls", 0)),
+                        int(result.values["cost_micros"]),
+                    )
+                    for result in saved
+                    if "cost_micros" in result.values
+                ),
+            )
         return [None] * len(results)
 
 
 PROBES = table_of(Probe)
 RUNS = table_of(Run)
 WORKSPACES = table_of(Workspace)
+ORGANIZATIONS = table_of(Organization)
+PROMPTS = table_of(Prompt)
 
 
 @functools.cache
@@ -215,10 +260,17 @@ def _load_query() -> Select[Any]:
         WORKSPACES.c.domain,
         WORKSPACES.c.brand_aliases,
         WORKSPACES.c.competitors,
+        WORKSPACES.c.default_market,
+        WORKSPACES.c.organization_id,
+        WORKSPACES.c.monthly_cap_micros.label("workspace_cap"),
+        ORGANIZATIONS.c.monthly_cap_micros.label("organization_cap"),
+        PROMPTS.c.market,
     ).select_from(
-        PROBES.join(RUNS, RUNS.c.id == PROBES.c.run_id).join(
-            WORKSPACES, WORKSPACES.c.id == PROBES.c.workspace_id
-        )
+        PROBES.join(RUNS, RUNS.c.id == PROBES.c.run_id)
+        .join(WORKSPACES, WORKSPACES.c.id == PROBES.c.workspace_id)
+        .join(ORGANIZATIONS, ORGANIZATIONS.c.id == WORKSPACES.c.organization_id)
+        # A prompt deleted during its run leaves its probes without a market of their own.
+        .outerjoin(PROMPTS, PROMPTS.c.id == PROBES.c.prompt_id)
     )
 
 
@@ -268,4 +320,8 @@ def _task(row: Any) -> ProbeTask:
             name=row.name, domain=row.domain or "", aliases=tuple(row.brand_aliases or ())
         ),
         competitors=competitors,
+        market=effective_market(row.market or {}, row.default_market or {}),
+        organization_id=row.organization_id,
+        workspace_cap=row.workspace_cap,
+        organization_cap=row.organization_cap,
     )

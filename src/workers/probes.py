@@ -60,7 +60,9 @@ from workers.analysis import AnalysisFailed, analyse
 from workers.budgets import MAX_WAIT_SECONDS, defer_seconds
 from workers.probe_store import ProbeResult, ProbeTask
 from workers.providers import Answer, ProviderAdapter, ProviderError
+from workers.providers.base import Location
 from workers.providers.urls import host_within, normalize_domain
+from workers.spending import Refusal, record_stop
 
 if TYPE_CHECKING:
     from workers.context import WorkerContext
@@ -125,6 +127,7 @@ async def run_probe(context: WorkerContext, probe_id: str, attempt: int = 1) -> 
     if isinstance(result, Answer):
         result = await _analysed(context, task, attempt, result)
     if result is not None:
+        result.values.setdefault("market", task.market.stored())
         await context.store.save(result)
         metrics.PROBES_FINISHED.labels(task.provider, result.status).inc()
     return None
@@ -171,12 +174,17 @@ async def _ask_in_slot(
             return ProbeResult(
                 task.id, task.run_id, ProbeStatus.SKIPPED, attempt - 1, {"error": CANCELED_REASON}
             )
+        held = await context.spending.hold(task, _reservation(context, task))
+        if isinstance(held, Refusal):
+            await record_stop(context.db, task.run_id, held.reason)
+            return _failed(task, attempt - 1, held.reason)
         metrics.PROBES_IN_FLIGHT.inc()
         started = time.perf_counter()
+        answer: Answer | None = None
         try:
             with provider_span(task, attempt) as call:
                 try:
-                    answer = await adapter.ask(task.prompt_text)
+                    answer = await adapter.ask(task.prompt_text, _location(task))
                 except ProviderError as exc:
                     _failed_call(call, exc)
                     raise
@@ -199,8 +207,37 @@ async def _ask_in_slot(
         finally:
             metrics.PROBES_IN_FLIGHT.dec()
             metrics.PROVIDER_SECONDS.labels(task.provider).observe(time.perf_counter() - started)
+            cost = answer_cost(context, task, answer) if answer is not None else 0
+            await context.spending.settle(held, cost)
     context.budgets.spent(task.provider, answer.text)
     return answer
+
+
+def _location(task: ProbeTask) -> Location | None:
+    """The market the probe is asked from, as adapters take it (None: no market)."""
+    market = task.market
+    if not market:
+        return None
+    return Location(market.country, market.region, market.city, market.language)
+
+
+def _reservation(context: WorkerContext, task: ProbeTask) -> int:
+    """What a call is held to before it is made: an answer of the default usage."""
+    pricing = context.pricing
+    return pricing.table.default_answer_cost(task.provider, pricing.model(task.provider))
+
+
+def answer_cost(context: WorkerContext, task: ProbeTask, answer: Answer) -> int:
+    """An answer's cost in micro-units (the provider's own figure when it gave one)."""
+    usage = answer.usage
+    return context.pricing.table.cost(
+        task.provider,
+        answer.model or context.pricing.model(task.provider),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        searches=usage.search_calls,
+        reported_micros=usage.cost_micros,
+    )
 
 
 def provider_span(task: ProbeTask, attempt: int) -> AbstractContextManager[Span | None]:
@@ -254,10 +291,13 @@ async def _analysed(
         analysis = await asyncio.get_running_loop().run_in_executor(context.analysis, job)
     except AnalysisFailed as exc:
         log.warning("probe %s: %s", task.id, exc.reason)
-        values = {**_answer_values(task, answer), "error": f"answer not analysed: {exc.reason}"}
+        values = {
+            **_answer_values(context, task, answer),
+            "error": f"answer not analysed: {exc.reason}",
+        }
         return ProbeResult(task.id, task.run_id, ProbeStatus.FAILED, attempt, values)
     values = {
-        **_answer_values(task, answer),
+        **_answer_values(context, task, answer),
         "brand_mentioned": analysis.brand_mentioned,
         "brand_rank": analysis.brand_rank or 0,
         "competitors": [{"name": c.name, "rank": c.rank} for c in analysis.competitors],
@@ -267,8 +307,9 @@ async def _analysed(
     return ProbeResult(task.id, task.run_id, ProbeStatus.SUCCEEDED, attempt, values)
 
 
-def _answer_values(task: ProbeTask, answer: Answer) -> dict[str, object]:
-    """What the provider said, as stored whether or not it could be analysed."""
+def _answer_values(context: WorkerContext, task: ProbeTask, answer: Answer) -> dict[str, object]:
+    """What the provider said, and what it cost, as stored whether or not it could be
+    analysed."""
     brand_domain = normalize_domain(task.brand.domain)
     citations = [
         {
@@ -284,7 +325,24 @@ def _answer_values(task: ProbeTask, answer: Answer) -> dict[str, object]:
         "text": answer.text,
         "citations": citations,
         "latency_ms": answer.latency_ms,
+        "market": task.market.stored(),
+        "market_applied": answer.market_applied,
+        "input_tokens": answer.usage.input_tokens,
+        "output_tokens": answer.usage.output_tokens,
+        "search_calls": answer.usage.search_calls,
+        "cost_micros": answer_cost(context, task, answer),
+        "usage": _reported(answer),
     }
+
+
+def _reported(answer: Answer) -> dict[str, object]:
+    """The provider's own figures beyond tokens and searches, as stored on the answer."""
+    reported: dict[str, object] = {}
+    if answer.usage.cost_micros is not None:
+        reported["provider_cost_micros"] = answer.usage.cost_micros
+    if answer.usage.billed:
+        reported["billed_units"] = dict(answer.usage.billed)
+    return reported
 
 
 def retry_delay(settings: Settings, attempt: int, retry_after: float | None) -> float:

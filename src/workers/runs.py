@@ -37,6 +37,8 @@ from service.domain.collection.run_lifecycle import (
     finish_runs,
     providers_to_ask,
 )
+from service.domain.money import caps
+from service.domain.money.estimates import Pricing
 from service.messages import probe_messages
 from workers import metrics
 from workers.budgets import ProviderBudgets
@@ -102,6 +104,15 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
             configured = context.settings.configured_providers()
             providers = providers_to_ask(run.providers, enabled, configured)
             reason = empty_reason(prompts, providers, bool(run.providers))
+            if not reason and run.trigger == "schedule":
+                reason = await caps.scheduled_run_refusal(
+                    session,
+                    workspace_id,
+                    providers,
+                    len(prompts),
+                    Pricing.from_settings(context.settings),
+                    now,
+                )
             if reason:
                 await end_run(session, run_id, RunStatus.FAILED, now, reason)
                 return Expansion(0, 0)

@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from beacon.v1 import (
+    billing_service_pb2_grpc,
     prompt_service_pb2_grpc,
     run_service_pb2_grpc,
     schedule_service_pb2_grpc,
@@ -42,12 +43,13 @@ async def keyed_app(app: App, settings: Settings) -> App:
 
 @pytest.fixture(scope="session")
 async def collection(keyed_app: App) -> AsyncIterator[SimpleNamespace]:
-    """Stubs `.schedules .prompts .runs` of a server whose OpenAI and Anthropic have keys."""
+    """Stubs `.schedules .prompts .runs .billing` of a server whose OpenAI and Anthropic have keys."""
     server = await start_server(keyed_app, "127.0.0.1:0")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         yield SimpleNamespace(
             schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
             prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
             runs=run_service_pb2_grpc.RunServiceStub(channel),
+            billing=billing_service_pb2_grpc.BillingServiceStub(channel),
         )
     await server.stop(grace=1.0)

@@ -196,7 +196,11 @@ async def test_a_guest_naming_their_workspace_on_an_organization_rpc_is_denied_n
         path
         for path, rules in method_rules().items()
         if rules.level
-        in (options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN, options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER)
+        in (
+            options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
+            options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
+            options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING,
+        )
         and "workspace_id" in rules.resource_fields
     ]
     assert organization_rpcs == [ORG + "UpdateOrganization"]

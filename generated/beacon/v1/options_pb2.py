@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x65\x61\x63on/v1/options.proto\x12\tbeacon.v1\x1a google/protobuf/descriptor.proto\"_\n\x08\x41uthRule\x12#\n\x05level\x18\x01 \x01(\x0e\x32\x14.beacon.v1.AuthLevel\x12\x17\n\x0fresource_fields\x18\x02 \x03(\t\x12\x15\n\rservice_scope\x18\x03 \x01(\t\"\x88\x01\n\rRateLimitRule\x12\x10\n\x08requests\x18\x01 \x01(\r\x12\x16\n\x0eperiod_seconds\x18\x02 \x01(\r\x12$\n\x03key\x18\x03 \x01(\x0e\x32\x17.beacon.v1.RateLimitKey\x12\x13\n\x0b\x66\x61il_closed\x18\x04 \x01(\x08\x12\x12\n\nwhen_field\x18\x05 \x01(\t*\xde\x01\n\tAuthLevel\x12\x1a\n\x16\x41UTH_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UTH_LEVEL_OPEN\x10\x01\x12\x18\n\x14\x41UTH_LEVEL_PROTECTED\x10\x02\x12\x1f\n\x1b\x41UTH_LEVEL_WORKSPACE_MEMBER\x10\x03\x12\x1e\n\x1a\x41UTH_LEVEL_WORKSPACE_OWNER\x10\x04\x12!\n\x1d\x41UTH_LEVEL_ORGANIZATION_ADMIN\x10\x05\x12\"\n\x1e\x41UTH_LEVEL_ORGANIZATION_MEMBER\x10\x06*~\n\x0cRateLimitKey\x12\x1e\n\x1aRATE_LIMIT_KEY_UNSPECIFIED\x10\x00\x12\x17\n\x13RATE_LIMIT_KEY_USER\x10\x01\x12\x1c\n\x18RATE_LIMIT_KEY_WORKSPACE\x10\x02\x12\x17\n\x13RATE_LIMIT_KEY_PEER\x10\x03:C\n\x04\x61uth\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x13.beacon.v1.AuthRule:N\n\nrate_limit\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x03(\x0b\x32\x18.beacon.v1.RateLimitRule:;\n\x11max_request_bytes\x12\x1e.google.protobuf.MethodOptions\x18\xda\x86\x03 \x01(\r:2\n\tmax_items\x12\x1d.google.protobuf.FieldOptions\x18\xe4\x86\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x62\x65\x61\x63on/v1/options.proto\x12\tbeacon.v1\x1a google/protobuf/descriptor.proto\"_\n\x08\x41uthRule\x12#\n\x05level\x18\x01 \x01(\x0e\x32\x14.beacon.v1.AuthLevel\x12\x17\n\x0fresource_fields\x18\x02 \x03(\t\x12\x15\n\rservice_scope\x18\x03 \x01(\t\"\x88\x01\n\rRateLimitRule\x12\x10\n\x08requests\x18\x01 \x01(\r\x12\x16\n\x0eperiod_seconds\x18\x02 \x01(\r\x12$\n\x03key\x18\x03 \x01(\x0e\x32\x17.beacon.v1.RateLimitKey\x12\x13\n\x0b\x66\x61il_closed\x18\x04 \x01(\x08\x12\x12\n\nwhen_field\x18\x05 \x01(\t*\x83\x02\n\tAuthLevel\x12\x1a\n\x16\x41UTH_LEVEL_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41UTH_LEVEL_OPEN\x10\x01\x12\x18\n\x14\x41UTH_LEVEL_PROTECTED\x10\x02\x12\x1f\n\x1b\x41UTH_LEVEL_WORKSPACE_MEMBER\x10\x03\x12\x1e\n\x1a\x41UTH_LEVEL_WORKSPACE_OWNER\x10\x04\x12!\n\x1d\x41UTH_LEVEL_ORGANIZATION_ADMIN\x10\x05\x12\"\n\x1e\x41UTH_LEVEL_ORGANIZATION_MEMBER\x10\x06\x12#\n\x1f\x41UTH_LEVEL_ORGANIZATION_BILLING\x10\x07*~\n\x0cRateLimitKey\x12\x1e\n\x1aRATE_LIMIT_KEY_UNSPECIFIED\x10\x00\x12\x17\n\x13RATE_LIMIT_KEY_USER\x10\x01\x12\x1c\n\x18RATE_LIMIT_KEY_WORKSPACE\x10\x02\x12\x17\n\x13RATE_LIMIT_KEY_PEER\x10\x03:C\n\x04\x61uth\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x13.beacon.v1.AuthRule:N\n\nrate_limit\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x03(\x0b\x32\x18.beacon.v1.RateLimitRule:;\n\x11max_request_bytes\x12\x1e.google.protobuf.MethodOptions\x18\xda\x86\x03 \x01(\r:2\n\tmax_items\x12\x1d.google.protobuf.FieldOptions\x18\xe4\x86\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beacon.v1.options_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUTHLEVEL']._serialized_start=309
-  _globals['_AUTHLEVEL']._serialized_end=531
-  _globals['_RATELIMITKEY']._serialized_start=533
-  _globals['_RATELIMITKEY']._serialized_end=659
+  _globals['_AUTHLEVEL']._serialized_end=568
+  _globals['_RATELIMITKEY']._serialized_start=570
+  _globals['_RATELIMITKEY']._serialized_end=696
   _globals['_AUTHRULE']._serialized_start=72
   _globals['_AUTHRULE']._serialized_end=167
   _globals['_RATELIMITRULE']._serialized_start=170

@@ -49,6 +49,10 @@ class _AuthLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuthLevel.V
     """Any organization role (owner, admin, member, billing_admin) on the organization
     named by the resource field.
     """
+    AUTH_LEVEL_ORGANIZATION_BILLING: _AuthLevel.ValueType  # 7
+    """Organization role `owner` or `billing_admin` on the organization named by the resource
+    field (spending caps and usage: docs/money.md).
+    """
 
 class AuthLevel(_AuthLevel, metaclass=_AuthLevelEnumTypeWrapper):
     """How a caller must be authenticated and authorized to call an RPC. The auth
@@ -76,6 +80,10 @@ AUTH_LEVEL_ORGANIZATION_ADMIN: AuthLevel.ValueType  # 5
 AUTH_LEVEL_ORGANIZATION_MEMBER: AuthLevel.ValueType  # 6
 """Any organization role (owner, admin, member, billing_admin) on the organization
 named by the resource field.
+"""
+AUTH_LEVEL_ORGANIZATION_BILLING: AuthLevel.ValueType  # 7
+"""Organization role `owner` or `billing_admin` on the organization named by the resource
+field (spending caps and usage: docs/money.md).
 """
 Global___AuthLevel: _TypeAlias = AuthLevel  # noqa: Y015
 

@@ -28,23 +28,29 @@ from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62\x65\x61\x63on/v1/prompt_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x13StorePromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x07prompts\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"V\n\x14StorePromptsResponse\x12\"\n\x07prompts\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x1a\n\x12\x64uplicates_dropped\x18\x02 \x01(\x05\"W\n\x12ListPromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"f\n\x13ListPromptsResponse\x12\"\n\x07prompts\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\"[\n\x11\x41\x64\x64PromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x07prompts\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"R\n\x12\x41\x64\x64PromptsResponse\x12 \n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x1a\n\x12\x64uplicates_dropped\x18\x02 \x01(\x05\".\n\x13\x44\x65letePromptRequest\x12\x17\n\tprompt_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xd1\x03\n\rPromptService\x12x\n\x0cStorePrompts\x12\x1e.beacon.v1.StorePromptsRequest\x1a\x1f.beacon.v1.StorePromptsResponse\"\'\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\xd0\xb5\x18\x80\x80\x80\x01\x12m\n\x0bListPrompts\x12\x1d.beacon.v1.ListPromptsRequest\x1a\x1e.beacon.v1.ListPromptsResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12r\n\nAddPrompts\x12\x1c.beacon.v1.AddPromptsRequest\x1a\x1d.beacon.v1.AddPromptsResponse\"\'\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\xd0\xb5\x18\x80\x80\x80\x01\x12\x63\n\x0c\x44\x65letePrompt\x12\x1e.beacon.v1.DeletePromptRequest\x1a\x16.google.protobuf.Empty\"\x1b\x8a\xb5\x18\r\x08\x03\x12\tprompt_id\x92\xb5\x18\x06\x08x\x10<\x18\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x62\x65\x61\x63on/v1/prompt_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"I\n\x06Market\x12\x0f\n\x07\x63ountry\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x63ity\x18\x03 \x01(\t\x12\x10\n\x08language\x18\x04 \x01(\t\">\n\x0bPromptEntry\x12\x0c\n\x04text\x18\x01 \x01(\t\x12!\n\x06market\x18\x02 \x01(\x0b\x32\x11.beacon.v1.Market\"X\n\x17SetDefaultMarketRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12!\n\x06market\x18\x02 \x01(\x0b\x32\x11.beacon.v1.Market\"=\n\x18SetDefaultMarketResponse\x12!\n\x06market\x18\x01 \x01(\x0b\x32\x11.beacon.v1.Market\"\x8c\x01\n\x06Prompt\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06market\x18\x05 \x01(\x0b\x32\x11.beacon.v1.Market\"\x8d\x01\n\x13StorePromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x07prompts\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x16.beacon.v1.PromptEntryB\x05\xa0\xb6\x18\xf4\x03\"V\n\x14StorePromptsResponse\x12\"\n\x07prompts\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x1a\n\x12\x64uplicates_dropped\x18\x02 \x01(\x05\"W\n\x12ListPromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\x91\x01\n\x13ListPromptsResponse\x12\"\n\x07prompts\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x12\n\ntotal_size\x18\x03 \x01(\x05\x12)\n\x0e\x64\x65\x66\x61ult_market\x18\x04 \x01(\x0b\x32\x11.beacon.v1.Market\"\x8b\x01\n\x11\x41\x64\x64PromptsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\x07prompts\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12.\n\x07\x65ntries\x18\x04 \x03(\x0b\x32\x16.beacon.v1.PromptEntryB\x05\xa0\xb6\x18\xf4\x03\"R\n\x12\x41\x64\x64PromptsResponse\x12 \n\x05\x61\x64\x64\x65\x64\x18\x01 \x03(\x0b\x32\x11.beacon.v1.Prompt\x12\x1a\n\x12\x64uplicates_dropped\x18\x02 \x01(\x05\".\n\x13\x44\x65letePromptRequest\x12\x17\n\tprompt_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x32\xce\x04\n\rPromptService\x12x\n\x0cStorePrompts\x12\x1e.beacon.v1.StorePromptsRequest\x1a\x1f.beacon.v1.StorePromptsResponse\"\'\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\xd0\xb5\x18\x80\x80\x80\x01\x12m\n\x0bListPrompts\x12\x1d.beacon.v1.ListPromptsRequest\x1a\x1e.beacon.v1.ListPromptsResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12r\n\nAddPrompts\x12\x1c.beacon.v1.AddPromptsRequest\x1a\x1d.beacon.v1.AddPromptsResponse\"\'\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\xd0\xb5\x18\x80\x80\x80\x01\x12\x63\n\x0c\x44\x65letePrompt\x12\x1e.beacon.v1.DeletePromptRequest\x1a\x16.google.protobuf.Empty\"\x1b\x8a\xb5\x18\r\x08\x03\x12\tprompt_id\x92\xb5\x18\x06\x08x\x10<\x18\x02\x12{\n\x10SetDefaultMarket\x12\".beacon.v1.SetDefaultMarketRequest\x1a#.beacon.v1.SetDefaultMarketResponse\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08<\x10<\x18\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beacon.v1.prompt_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SETDEFAULTMARKETREQUEST'].fields_by_name['workspace_id']._loaded_options = None
+  _globals['_SETDEFAULTMARKETREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_STOREPROMPTSREQUEST'].fields_by_name['workspace_id']._loaded_options = None
   _globals['_STOREPROMPTSREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_STOREPROMPTSREQUEST'].fields_by_name['prompts']._loaded_options = None
   _globals['_STOREPROMPTSREQUEST'].fields_by_name['prompts']._serialized_options = b'\240\266\030\364\003'
+  _globals['_STOREPROMPTSREQUEST'].fields_by_name['entries']._loaded_options = None
+  _globals['_STOREPROMPTSREQUEST'].fields_by_name['entries']._serialized_options = b'\240\266\030\364\003'
   _globals['_LISTPROMPTSREQUEST'].fields_by_name['workspace_id']._loaded_options = None
   _globals['_LISTPROMPTSREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_ADDPROMPTSREQUEST'].fields_by_name['workspace_id']._loaded_options = None
   _globals['_ADDPROMPTSREQUEST'].fields_by_name['workspace_id']._serialized_options = b'\342A\001\002'
   _globals['_ADDPROMPTSREQUEST'].fields_by_name['prompts']._loaded_options = None
   _globals['_ADDPROMPTSREQUEST'].fields_by_name['prompts']._serialized_options = b'\240\266\030\364\003'
+  _globals['_ADDPROMPTSREQUEST'].fields_by_name['entries']._loaded_options = None
+  _globals['_ADDPROMPTSREQUEST'].fields_by_name['entries']._serialized_options = b'\240\266\030\364\003'
   _globals['_DELETEPROMPTREQUEST'].fields_by_name['prompt_id']._loaded_options = None
   _globals['_DELETEPROMPTREQUEST'].fields_by_name['prompt_id']._serialized_options = b'\342A\001\002'
   _globals['_PROMPTSERVICE'].methods_by_name['StorePrompts']._loaded_options = None
@@ -55,22 +61,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROMPTSERVICE'].methods_by_name['AddPrompts']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\010\010\024\020<\030\002 \001\320\265\030\200\200\200\001'
   _globals['_PROMPTSERVICE'].methods_by_name['DeletePrompt']._loaded_options = None
   _globals['_PROMPTSERVICE'].methods_by_name['DeletePrompt']._serialized_options = b'\212\265\030\r\010\003\022\tprompt_id\222\265\030\006\010x\020<\030\002'
-  _globals['_PROMPT']._serialized_start=165
-  _globals['_PROMPT']._serialized_end=270
-  _globals['_STOREPROMPTSREQUEST']._serialized_start=272
-  _globals['_STOREPROMPTSREQUEST']._serialized_end=365
-  _globals['_STOREPROMPTSRESPONSE']._serialized_start=367
-  _globals['_STOREPROMPTSRESPONSE']._serialized_end=453
-  _globals['_LISTPROMPTSREQUEST']._serialized_start=455
-  _globals['_LISTPROMPTSREQUEST']._serialized_end=542
-  _globals['_LISTPROMPTSRESPONSE']._serialized_start=544
-  _globals['_LISTPROMPTSRESPONSE']._serialized_end=646
-  _globals['_ADDPROMPTSREQUEST']._serialized_start=648
-  _globals['_ADDPROMPTSREQUEST']._serialized_end=739
-  _globals['_ADDPROMPTSRESPONSE']._serialized_start=741
-  _globals['_ADDPROMPTSRESPONSE']._serialized_end=823
-  _globals['_DELETEPROMPTREQUEST']._serialized_start=825
-  _globals['_DELETEPROMPTREQUEST']._serialized_end=871
-  _globals['_PROMPTSERVICE']._serialized_start=874
-  _globals['_PROMPTSERVICE']._serialized_end=1339
+  _globals['_PROMPTSERVICE'].methods_by_name['SetDefaultMarket']._loaded_options = None
+  _globals['_PROMPTSERVICE'].methods_by_name['SetDefaultMarket']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\006\010<\020<\030\002'
+  _globals['_MARKET']._serialized_start=165
+  _globals['_MARKET']._serialized_end=238
+  _globals['_PROMPTENTRY']._serialized_start=240
+  _globals['_PROMPTENTRY']._serialized_end=302
+  _globals['_SETDEFAULTMARKETREQUEST']._serialized_start=304
+  _globals['_SETDEFAULTMARKETREQUEST']._serialized_end=392
+  _globals['_SETDEFAULTMARKETRESPONSE']._serialized_start=394
+  _globals['_SETDEFAULTMARKETRESPONSE']._serialized_end=455
+  _globals['_PROMPT']._serialized_start=458
+  _globals['_PROMPT']._serialized_end=598
+  _globals['_STOREPROMPTSREQUEST']._serialized_start=601
+  _globals['_STOREPROMPTSREQUEST']._serialized_end=742
+  _globals['_STOREPROMPTSRESPONSE']._serialized_start=744
+  _globals['_STOREPROMPTSRESPONSE']._serialized_end=830
+  _globals['_LISTPROMPTSREQUEST']._serialized_start=832
+  _globals['_LISTPROMPTSREQUEST']._serialized_end=919
+  _globals['_LISTPROMPTSRESPONSE']._serialized_start=922
+  _globals['_LISTPROMPTSRESPONSE']._serialized_end=1067
+  _globals['_ADDPROMPTSREQUEST']._serialized_start=1070
+  _globals['_ADDPROMPTSREQUEST']._serialized_end=1209
+  _globals['_ADDPROMPTSRESPONSE']._serialized_start=1211
+  _globals['_ADDPROMPTSRESPONSE']._serialized_end=1293
+  _globals['_DELETEPROMPTREQUEST']._serialized_start=1295
+  _globals['_DELETEPROMPTREQUEST']._serialized_end=1341
+  _globals['_PROMPTSERVICE']._serialized_start=1344
+  _globals['_PROMPTSERVICE']._serialized_end=1934
 # @@protoc_insertion_point(module_scope)

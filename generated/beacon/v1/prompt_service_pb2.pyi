@@ -20,6 +20,125 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class Market(_message.Message):
+    """Where a prompt is asked from. Providers whose API takes a location (OpenAI and Anthropic
+    web search, Perplexity) receive it; the others are asked the prompt unchanged and the
+    answer says so (Response.market_applied). The prompt text is never rewritten.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNTRY_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CITY_FIELD_NUMBER: _builtins.int
+    LANGUAGE_FIELD_NUMBER: _builtins.int
+    country: _builtins.str
+    """ISO 3166-1 alpha-2 country code ("US", "DE"); empty means no market. Case-insensitive
+    on input, upper case on output.
+    """
+    region: _builtins.str
+    """Region or state, free text up to 100 characters ("Bavaria"). Needs a country."""
+    city: _builtins.str
+    """City, free text up to 100 characters ("Munich"). Needs a country."""
+    language: _builtins.str
+    """BCP 47 language tag ("de", "en-GB"), checked for its syntax. Needs a country."""
+    def __init__(
+        self,
+        *,
+        country: _builtins.str = ...,
+        region: _builtins.str = ...,
+        city: _builtins.str = ...,
+        language: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["city", b"city", "country", b"country", "language", b"language", "region", b"region"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Market: _TypeAlias = Market  # noqa: Y015
+
+@_typing.final
+class PromptEntry(_message.Message):
+    """A prompt to store with its market."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TEXT_FIELD_NUMBER: _builtins.int
+    MARKET_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """The question, 1-2000 characters."""
+    @_builtins.property
+    def market(self) -> Global___Market:
+        """Its market; empty: the workspace's default market."""
+
+    def __init__(
+        self,
+        *,
+        text: _builtins.str = ...,
+        market: Global___Market | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["market", b"market", "text", b"text"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PromptEntry: _TypeAlias = PromptEntry  # noqa: Y015
+
+@_typing.final
+class SetDefaultMarketRequest(_message.Message):
+    """Request of SetDefaultMarket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    MARKET_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    """The workspace. Required."""
+    @_builtins.property
+    def market(self) -> Global___Market:
+        """The default market; empty clears it."""
+
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        market: Global___Market | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["market", b"market", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultMarketRequest: _TypeAlias = SetDefaultMarketRequest  # noqa: Y015
+
+@_typing.final
+class SetDefaultMarketResponse(_message.Message):
+    """Response of SetDefaultMarket."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MARKET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def market(self) -> Global___Market:
+        """The default market as stored (normalized)."""
+
+    def __init__(
+        self,
+        *,
+        market: Global___Market | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["market", b"market"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDefaultMarketResponse: _TypeAlias = SetDefaultMarketResponse  # noqa: Y015
+
+@_typing.final
 class Prompt(_message.Message):
     """A stored prompt."""
 
@@ -29,6 +148,7 @@ class Prompt(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MARKET_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, `prm_...`."""
     workspace_id: _builtins.str
@@ -39,6 +159,12 @@ class Prompt(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was stored."""
 
+    @_builtins.property
+    def market(self) -> Global___Market:
+        """Its own market; unset: asked from the workspace's default market. The same text in two
+        markets is two prompts (and counts twice towards the 500).
+        """
+
     def __init__(
         self,
         *,
@@ -46,10 +172,11 @@ class Prompt(_message.Message):
         workspace_id: _builtins.str = ...,
         text: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        market: Global___Market | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "market", b"market"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "text", b"text", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "id", b"id", "market", b"market", "text", b"text", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -64,6 +191,7 @@ class StorePromptsRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
     request_id: _builtins.str
@@ -77,16 +205,24 @@ class StorePromptsRequest(_message.Message):
         included).
         """
 
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptEntry]:
+        """Prompts with their markets, after `prompts` (same rules; errors name
+        `entries[i].text` and `entries[i].market.country`...). `prompts` and `entries` together
+        hold at most 500 entries.
+        """
+
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         prompts: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        entries: _abc.Iterable[Global___PromptEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -163,6 +299,7 @@ class ListPromptsResponse(_message.Message):
     PROMPTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     TOTAL_SIZE_FIELD_NUMBER: _builtins.int
+    DEFAULT_MARKET_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token of the next page, empty on the last page."""
     total_size: _builtins.int
@@ -171,16 +308,21 @@ class ListPromptsResponse(_message.Message):
     def prompts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Prompt]:
         """The prompts, oldest first."""
 
+    @_builtins.property
+    def default_market(self) -> Global___Market:
+        """The workspace's default market (unset: none)."""
+
     def __init__(
         self,
         *,
         prompts: _abc.Iterable[Global___Prompt] | None = ...,
         next_page_token: _builtins.str = ...,
         total_size: _builtins.int = ...,
+        default_market: Global___Market | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["default_market", b"default_market"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "prompts", b"prompts", "total_size", b"total_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_market", b"default_market", "next_page_token", b"next_page_token", "prompts", b"prompts", "total_size", b"total_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +337,7 @@ class AddPromptsRequest(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     PROMPTS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     """The workspace. Required."""
     request_id: _builtins.str
@@ -206,16 +349,24 @@ class AddPromptsRequest(_message.Message):
     def prompts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Prompts to add: at most 500 entries (duplicates included)."""
 
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___PromptEntry]:
+        """Prompts with their markets, after `prompts` (same rules; errors name
+        `entries[i].text` and `entries[i].market.country`...). `prompts` and `entries` together
+        hold at most 500 entries.
+        """
+
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         prompts: _abc.Iterable[_builtins.str] | None = ...,
         request_id: _builtins.str = ...,
+        entries: _abc.Iterable[Global___PromptEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "prompts", b"prompts", "request_id", b"request_id", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

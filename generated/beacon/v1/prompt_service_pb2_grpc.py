@@ -56,6 +56,11 @@ class PromptServiceStub:
                 request_serializer=beacon_dot_v1_dot_prompt__service__pb2.DeletePromptRequest.SerializeToString,
                 response_deserializer=google_dot_protobuf_dot_empty__pb2.Empty.FromString,
                 _registered_method=True)
+        self.SetDefaultMarket = channel.unary_unary(
+                '/beacon.v1.PromptService/SetDefaultMarket',
+                request_serializer=beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketRequest.SerializeToString,
+                response_deserializer=beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketResponse.FromString,
+                _registered_method=True)
 
 
 class PromptServiceServicer:
@@ -95,6 +100,15 @@ class PromptServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDefaultMarket(self, request, context):
+        """Sets the market prompts without one of their own are asked from (an empty market
+        clears it). Runs expanded afterwards use it. Errors: INVALID_ARGUMENT naming
+        `market.country`, `market.region`, `market.city` or `market.language`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PromptServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -117,6 +131,11 @@ def add_PromptServiceServicer_to_server(servicer, server):
                     servicer.DeletePrompt,
                     request_deserializer=beacon_dot_v1_dot_prompt__service__pb2.DeletePromptRequest.FromString,
                     response_serializer=google_dot_protobuf_dot_empty__pb2.Empty.SerializeToString,
+            ),
+            'SetDefaultMarket': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultMarket,
+                    request_deserializer=beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketRequest.FromString,
+                    response_serializer=beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -228,6 +247,33 @@ class PromptService:
             '/beacon.v1.PromptService/DeletePrompt',
             beacon_dot_v1_dot_prompt__service__pb2.DeletePromptRequest.SerializeToString,
             google_dot_protobuf_dot_empty__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultMarket(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beacon.v1.PromptService/SetDefaultMarket',
+            beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketRequest.SerializeToString,
+            beacon_dot_v1_dot_prompt__service__pb2.SetDefaultMarketResponse.FromString,
             options,
             channel_credentials,
             insecure,

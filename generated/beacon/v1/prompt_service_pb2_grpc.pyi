@@ -49,6 +49,11 @@ class PromptServiceStub:
     """
     DeletePrompt: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.DeletePromptRequest, _empty_pb2.Empty]
     """Deletes one prompt; its past responses are kept. Errors: NOT_FOUND."""
+    SetDefaultMarket: _grpc.UnaryUnaryMultiCallable[_prompt_service_pb2.SetDefaultMarketRequest, _prompt_service_pb2.SetDefaultMarketResponse]
+    """Sets the market prompts without one of their own are asked from (an empty market
+    clears it). Runs expanded afterwards use it. Errors: INVALID_ARGUMENT naming
+    `market.country`, `market.region`, `market.city` or `market.language`.
+    """
 
 @_typing.type_check_only
 class PromptServiceAsyncStub(PromptServiceStub):
@@ -70,6 +75,11 @@ class PromptServiceAsyncStub(PromptServiceStub):
     """
     DeletePrompt: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.DeletePromptRequest, _empty_pb2.Empty]  # type: ignore[assignment]
     """Deletes one prompt; its past responses are kept. Errors: NOT_FOUND."""
+    SetDefaultMarket: _aio.UnaryUnaryMultiCallable[_prompt_service_pb2.SetDefaultMarketRequest, _prompt_service_pb2.SetDefaultMarketResponse]  # type: ignore[assignment]
+    """Sets the market prompts without one of their own are asked from (an empty market
+    clears it). Runs expanded afterwards use it. Errors: INVALID_ARGUMENT naming
+    `market.country`, `market.region`, `market.city` or `market.language`.
+    """
 
 class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
     """The prompts a workspace asks AI providers ("Prompts API: store prompts for your workspace")."""
@@ -112,5 +122,16 @@ class PromptServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_empty_pb2.Empty, _abc.Awaitable[_empty_pb2.Empty]]:
         """Deletes one prompt; its past responses are kept. Errors: NOT_FOUND."""
+
+    @_abc_1.abstractmethod
+    def SetDefaultMarket(
+        self,
+        request: _prompt_service_pb2.SetDefaultMarketRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_prompt_service_pb2.SetDefaultMarketResponse, _abc.Awaitable[_prompt_service_pb2.SetDefaultMarketResponse]]:
+        """Sets the market prompts without one of their own are asked from (an empty market
+        clears it). Runs expanded afterwards use it. Errors: INVALID_ARGUMENT naming
+        `market.country`, `market.region`, `market.city` or `market.language`.
+        """
 
 def add_PromptServiceServicer_to_server(servicer: PromptServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

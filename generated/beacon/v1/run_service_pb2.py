@@ -23,13 +23,14 @@ _sym_db = _symbol_database.Default()
 
 
 from beacon.v1 import options_pb2 as beacon_dot_v1_dot_options__pb2
+from beacon.v1 import prompt_service_pb2 as beacon_dot_v1_dot_prompt__service__pb2
 from beacon.v1 import workspace_service_pb2 as beacon_dot_v1_dot_workspace__service__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62\x65\x61\x63on/v1/run_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a!beacon/v1/workspace_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n\x10ProviderProgress\x12%\n\x08provider\x18\x01 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\"\xf5\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.beacon.v1.RunStatus\x12&\n\x07trigger\x18\x04 \x01(\x0e\x32\x15.beacon.v1.RunTrigger\x12\x32\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tproviders\x18\x08 \x03(\x0e\x32\x13.beacon.v1.Provider\x12\x14\n\x0cprompt_count\x18\t \x01(\x05\x12-\n\x08progress\x18\n \x03(\x0b\x32\x1b.beacon.v1.ProviderProgress\"\x8a\x01\n\x0fStartRunRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\nprompt_ids\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12,\n\tproviders\x18\x03 \x03(\x0e\x32\x13.beacon.v1.ProviderB\x04\xa0\xb6\x18\x06\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x96\x01\n\x10StartRunResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.beacon.v1.StartRunStatus\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.beacon.v1.Run\x12:\n\x1dproviders_without_credentials\x18\x03 \x03(\x0e\x32\x13.beacon.v1.Provider\"%\n\rGetRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x0fListRunsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.beacon.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x10\x43\x61ncelRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x0fWatchRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x08\x43itation\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\r\n\x05\x62rand\x18\x04 \x01(\x08\"/\n\x11\x43ompetitorMention\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\"\xc3\x03\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tprompt_id\x18\x03 \x01(\t\x12\x13\n\x0bprompt_text\x18\x04 \x01(\t\x12%\n\x08provider\x18\x05 \x01(\x0e\x32\x13.beacon.v1.Provider\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.beacon.v1.ResponseStatus\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\tcitations\x18\t \x03(\x0b\x32\x13.beacon.v1.Citation\x12\x17\n\x0f\x62rand_mentioned\x18\n \x01(\x08\x12\x12\n\nbrand_rank\x18\x0b \x01(\x05\x12\x31\n\x0b\x63ompetitors\x18\x0c \x03(\x0b\x32\x1c.beacon.v1.CompetitorMention\x12*\n\x07latency\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x14ListResponsesRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x08provider\x18\x03 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\x11\n\tprompt_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"X\n\x15ListResponsesResponse\x12&\n\tresponses\x18\x01 \x03(\x0b\x32\x13.beacon.v1.Response\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\x1aGetVisibilityReportRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x31\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x16.beacon.v1.GranularityB\x04\xe2\x41\x01\x02\x12\x11\n\ttime_zone\x18\x05 \x01(\t\"O\n\x0f\x43ompetitorShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08mentions\x18\x02 \x01(\x05\x12\x1c\n\x14\x62rand_share_of_voice\x18\x03 \x01(\x01\"\xf6\x01\n\rVisibilityRow\x12%\n\x08provider\x18\x01 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tresponses\x18\x03 \x01(\x05\x12\x14\n\x0cmention_rate\x18\x04 \x01(\x01\x12\x14\n\x0c\x61verage_rank\x18\x05 \x01(\x01\x12\x1c\n\x14\x62rand_citation_share\x18\x06 \x01(\x01\x12/\n\x0b\x63ompetitors\x18\x07 \x03(\x0b\x32\x1a.beacon.v1.CompetitorShare\"P\n\x10VisibilityReport\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x04rows\x18\x02 \x03(\x0b\x32\x18.beacon.v1.VisibilityRow*\xb8\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12RUN_STATUS_PARTIAL\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x06*y\n\nRunTrigger\x12\x1b\n\x17RUN_TRIGGER_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_TRIGGER_MANUAL\x10\x01\x12\x18\n\x14RUN_TRIGGER_SCHEDULE\x10\x02\x12\x1c\n\x18RUN_TRIGGER_SCHEDULE_SET\x10\x03*\x8e\x01\n\x0eStartRunStatus\x12 \n\x1cSTART_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17START_RUN_STATUS_QUEUED\x10\x01\x12\x1a\n\x16START_RUN_STATUS_EMPTY\x10\x02\x12!\n\x1dSTART_RUN_STATUS_NO_PROVIDERS\x10\x03*\xa6\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESPONSE_STATUS_PENDING\x10\x01\x12\x1d\n\x19RESPONSE_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16RESPONSE_STATUS_FAILED\x10\x03\x12\x1b\n\x17RESPONSE_STATUS_SKIPPED\x10\x04*U\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRANULARITY_DAY\x10\x01\x12\x14\n\x10GRANULARITY_WEEK\x10\x02\x32\xc0\x05\n\nRunService\x12\x65\n\x08StartRun\x12\x1a.beacon.v1.StartRunRequest\x1a\x1b.beacon.v1.StartRunResponse\" \x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x03\x10<\x18\x02 \x01\x12M\n\x06GetRun\x12\x18.beacon.v1.GetRunRequest\x1a\x0e.beacon.v1.Run\"\x19\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x07\x08\xb0\t\x10<\x18\x01\x12\x64\n\x08ListRuns\x12\x1a.beacon.v1.ListRunsRequest\x1a\x1b.beacon.v1.ListRunsResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12R\n\tCancelRun\x12\x1b.beacon.v1.CancelRunRequest\x1a\x0e.beacon.v1.Run\"\x18\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x06\x08<\x10<\x18\x02\x12R\n\x08WatchRun\x12\x1a.beacon.v1.WatchRunRequest\x1a\x0e.beacon.v1.Run\"\x18\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x06\x08<\x10<\x18\x01\x30\x01\x12s\n\rListResponses\x12\x1f.beacon.v1.ListResponsesRequest\x1a .beacon.v1.ListResponsesResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12y\n\x13GetVisibilityReport\x12%.beacon.v1.GetVisibilityReportRequest\x1a\x1b.beacon.v1.VisibilityReport\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62\x65\x61\x63on/v1/run_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a\x1e\x62\x65\x61\x63on/v1/prompt_service.proto\x1a!beacon/v1/workspace_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"{\n\x10ProviderProgress\x12%\n\x08provider\x18\x01 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\r\n\x05total\x18\x02 \x01(\x05\x12\x0c\n\x04\x64one\x18\x03 \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\x04 \x01(\x05\x12\x13\n\x0b\x63ost_micros\x18\x05 \x01(\x03\"\x9e\x03\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12$\n\x06status\x18\x03 \x01(\x0e\x32\x14.beacon.v1.RunStatus\x12&\n\x07trigger\x18\x04 \x01(\x0e\x32\x15.beacon.v1.RunTrigger\x12\x32\n\x0escheduled_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12&\n\tproviders\x18\x08 \x03(\x0e\x32\x13.beacon.v1.Provider\x12\x14\n\x0cprompt_count\x18\t \x01(\x05\x12-\n\x08progress\x18\n \x03(\x0b\x32\x1b.beacon.v1.ProviderProgress\x12\x13\n\x0b\x63ost_micros\x18\x0b \x01(\x03\x12\x12\n\nend_reason\x18\x0c \x01(\t\"\x8a\x01\n\x0fStartRunRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x19\n\nprompt_ids\x18\x02 \x03(\tB\x05\xa0\xb6\x18\xf4\x03\x12,\n\tproviders\x18\x03 \x03(\x0e\x32\x13.beacon.v1.ProviderB\x04\xa0\xb6\x18\x06\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x96\x01\n\x10StartRunResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.beacon.v1.StartRunStatus\x12\x1b\n\x03run\x18\x02 \x01(\x0b\x32\x0e.beacon.v1.Run\x12:\n\x1dproviders_without_credentials\x18\x03 \x03(\x0e\x32\x13.beacon.v1.Provider\"%\n\rGetRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"T\n\x0fListRunsRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.beacon.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x10\x43\x61ncelRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"\'\n\x0fWatchRunRequest\x12\x14\n\x06run_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"E\n\x08\x43itation\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x0e\n\x06\x64omain\x18\x03 \x01(\t\x12\r\n\x05\x62rand\x18\x04 \x01(\x08\"/\n\x11\x43ompetitorMention\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\"\xd6\x04\n\x08Response\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x11\n\tprompt_id\x18\x03 \x01(\t\x12\x13\n\x0bprompt_text\x18\x04 \x01(\t\x12%\n\x08provider\x18\x05 \x01(\x0e\x32\x13.beacon.v1.Provider\x12)\n\x06status\x18\x06 \x01(\x0e\x32\x19.beacon.v1.ResponseStatus\x12\r\n\x05model\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t\x12&\n\tcitations\x18\t \x03(\x0b\x32\x13.beacon.v1.Citation\x12\x17\n\x0f\x62rand_mentioned\x18\n \x01(\x08\x12\x12\n\nbrand_rank\x18\x0b \x01(\x05\x12\x31\n\x0b\x63ompetitors\x18\x0c \x03(\x0b\x32\x1c.beacon.v1.CompetitorMention\x12*\n\x07latency\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12\x10\n\x08\x61ttempts\x18\x0f \x01(\x05\x12/\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x06market\x18\x11 \x01(\x0b\x32\x11.beacon.v1.Market\x12\x16\n\x0emarket_applied\x18\x12 \x01(\x08\x12\x14\n\x0cinput_tokens\x18\x13 \x01(\x03\x12\x15\n\routput_tokens\x18\x14 \x01(\x03\x12\x14\n\x0csearch_calls\x18\x15 \x01(\x05\x12\x13\n\x0b\x63ost_micros\x18\x16 \x01(\x03\"\xa3\x01\n\x14ListResponsesRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12%\n\x08provider\x18\x03 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\x11\n\tprompt_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"X\n\x15ListResponsesResponse\x12&\n\tresponses\x18\x01 \x03(\x0b\x32\x13.beacon.v1.Response\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xe8\x01\n\x1aGetVisibilityReportRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x34\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x32\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x02\x12\x31\n\x0bgranularity\x18\x04 \x01(\x0e\x32\x16.beacon.v1.GranularityB\x04\xe2\x41\x01\x02\x12\x11\n\ttime_zone\x18\x05 \x01(\t\"O\n\x0f\x43ompetitorShare\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08mentions\x18\x02 \x01(\x05\x12\x1c\n\x14\x62rand_share_of_voice\x18\x03 \x01(\x01\"\xf6\x01\n\rVisibilityRow\x12%\n\x08provider\x18\x01 \x01(\x0e\x32\x13.beacon.v1.Provider\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tresponses\x18\x03 \x01(\x05\x12\x14\n\x0cmention_rate\x18\x04 \x01(\x01\x12\x14\n\x0c\x61verage_rank\x18\x05 \x01(\x01\x12\x1c\n\x14\x62rand_citation_share\x18\x06 \x01(\x01\x12/\n\x0b\x63ompetitors\x18\x07 \x03(\x0b\x32\x1a.beacon.v1.CompetitorShare\"P\n\x10VisibilityReport\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12&\n\x04rows\x18\x02 \x03(\x0b\x32\x18.beacon.v1.VisibilityRow*\xb8\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11RUN_STATUS_QUEUED\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x16\n\x12RUN_STATUS_PARTIAL\x10\x04\x12\x15\n\x11RUN_STATUS_FAILED\x10\x05\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x06*y\n\nRunTrigger\x12\x1b\n\x17RUN_TRIGGER_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_TRIGGER_MANUAL\x10\x01\x12\x18\n\x14RUN_TRIGGER_SCHEDULE\x10\x02\x12\x1c\n\x18RUN_TRIGGER_SCHEDULE_SET\x10\x03*\x8e\x01\n\x0eStartRunStatus\x12 \n\x1cSTART_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17START_RUN_STATUS_QUEUED\x10\x01\x12\x1a\n\x16START_RUN_STATUS_EMPTY\x10\x02\x12!\n\x1dSTART_RUN_STATUS_NO_PROVIDERS\x10\x03*\xa6\x01\n\x0eResponseStatus\x12\x1f\n\x1bRESPONSE_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RESPONSE_STATUS_PENDING\x10\x01\x12\x1d\n\x19RESPONSE_STATUS_SUCCEEDED\x10\x02\x12\x1a\n\x16RESPONSE_STATUS_FAILED\x10\x03\x12\x1b\n\x17RESPONSE_STATUS_SKIPPED\x10\x04*U\n\x0bGranularity\x12\x1b\n\x17GRANULARITY_UNSPECIFIED\x10\x00\x12\x13\n\x0fGRANULARITY_DAY\x10\x01\x12\x14\n\x10GRANULARITY_WEEK\x10\x02\x32\xc0\x05\n\nRunService\x12\x65\n\x08StartRun\x12\x1a.beacon.v1.StartRunRequest\x1a\x1b.beacon.v1.StartRunResponse\" \x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x03\x10<\x18\x02 \x01\x12M\n\x06GetRun\x12\x18.beacon.v1.GetRunRequest\x1a\x0e.beacon.v1.Run\"\x19\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x07\x08\xb0\t\x10<\x18\x01\x12\x64\n\x08ListRuns\x12\x1a.beacon.v1.ListRunsRequest\x1a\x1b.beacon.v1.ListRunsResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12R\n\tCancelRun\x12\x1b.beacon.v1.CancelRunRequest\x1a\x0e.beacon.v1.Run\"\x18\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x06\x08<\x10<\x18\x02\x12R\n\x08WatchRun\x12\x1a.beacon.v1.WatchRunRequest\x1a\x0e.beacon.v1.Run\"\x18\x8a\xb5\x18\n\x08\x03\x12\x06run_id\x92\xb5\x18\x06\x08<\x10<\x18\x01\x30\x01\x12s\n\rListResponses\x12\x1f.beacon.v1.ListResponsesRequest\x1a .beacon.v1.ListResponsesResponse\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12y\n\x13GetVisibilityReport\x12%.beacon.v1.GetVisibilityReportRequest\x1a\x1b.beacon.v1.VisibilityReport\"\x1e\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x06\x08x\x10<\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -74,52 +75,52 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNSERVICE'].methods_by_name['ListResponses']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\007\010\330\004\020<\030\001'
   _globals['_RUNSERVICE'].methods_by_name['GetVisibilityReport']._loaded_options = None
   _globals['_RUNSERVICE'].methods_by_name['GetVisibilityReport']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\006\010x\020<\030\001'
-  _globals['_RUNSTATUS']._serialized_start=2735
-  _globals['_RUNSTATUS']._serialized_end=2919
-  _globals['_RUNTRIGGER']._serialized_start=2921
-  _globals['_RUNTRIGGER']._serialized_end=3042
-  _globals['_STARTRUNSTATUS']._serialized_start=3045
-  _globals['_STARTRUNSTATUS']._serialized_end=3187
-  _globals['_RESPONSESTATUS']._serialized_start=3190
-  _globals['_RESPONSESTATUS']._serialized_end=3356
-  _globals['_GRANULARITY']._serialized_start=3358
-  _globals['_GRANULARITY']._serialized_end=3443
-  _globals['_PROVIDERPROGRESS']._serialized_start=200
-  _globals['_PROVIDERPROGRESS']._serialized_end=302
-  _globals['_RUN']._serialized_start=305
-  _globals['_RUN']._serialized_end=678
-  _globals['_STARTRUNREQUEST']._serialized_start=681
-  _globals['_STARTRUNREQUEST']._serialized_end=819
-  _globals['_STARTRUNRESPONSE']._serialized_start=822
-  _globals['_STARTRUNRESPONSE']._serialized_end=972
-  _globals['_GETRUNREQUEST']._serialized_start=974
-  _globals['_GETRUNREQUEST']._serialized_end=1011
-  _globals['_LISTRUNSREQUEST']._serialized_start=1013
-  _globals['_LISTRUNSREQUEST']._serialized_end=1097
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1099
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1172
-  _globals['_CANCELRUNREQUEST']._serialized_start=1174
-  _globals['_CANCELRUNREQUEST']._serialized_end=1214
-  _globals['_WATCHRUNREQUEST']._serialized_start=1216
-  _globals['_WATCHRUNREQUEST']._serialized_end=1255
-  _globals['_CITATION']._serialized_start=1257
-  _globals['_CITATION']._serialized_end=1326
-  _globals['_COMPETITORMENTION']._serialized_start=1328
-  _globals['_COMPETITORMENTION']._serialized_end=1375
-  _globals['_RESPONSE']._serialized_start=1378
-  _globals['_RESPONSE']._serialized_end=1829
-  _globals['_LISTRESPONSESREQUEST']._serialized_start=1832
-  _globals['_LISTRESPONSESREQUEST']._serialized_end=1995
-  _globals['_LISTRESPONSESRESPONSE']._serialized_start=1997
-  _globals['_LISTRESPONSESRESPONSE']._serialized_end=2085
-  _globals['_GETVISIBILITYREPORTREQUEST']._serialized_start=2088
-  _globals['_GETVISIBILITYREPORTREQUEST']._serialized_end=2320
-  _globals['_COMPETITORSHARE']._serialized_start=2322
-  _globals['_COMPETITORSHARE']._serialized_end=2401
-  _globals['_VISIBILITYROW']._serialized_start=2404
-  _globals['_VISIBILITYROW']._serialized_end=2650
-  _globals['_VISIBILITYREPORT']._serialized_start=2652
-  _globals['_VISIBILITYREPORT']._serialized_end=2732
-  _globals['_RUNSERVICE']._serialized_start=3446
-  _globals['_RUNSERVICE']._serialized_end=4150
+  _globals['_RUNSTATUS']._serialized_start=2976
+  _globals['_RUNSTATUS']._serialized_end=3160
+  _globals['_RUNTRIGGER']._serialized_start=3162
+  _globals['_RUNTRIGGER']._serialized_end=3283
+  _globals['_STARTRUNSTATUS']._serialized_start=3286
+  _globals['_STARTRUNSTATUS']._serialized_end=3428
+  _globals['_RESPONSESTATUS']._serialized_start=3431
+  _globals['_RESPONSESTATUS']._serialized_end=3597
+  _globals['_GRANULARITY']._serialized_start=3599
+  _globals['_GRANULARITY']._serialized_end=3684
+  _globals['_PROVIDERPROGRESS']._serialized_start=232
+  _globals['_PROVIDERPROGRESS']._serialized_end=355
+  _globals['_RUN']._serialized_start=358
+  _globals['_RUN']._serialized_end=772
+  _globals['_STARTRUNREQUEST']._serialized_start=775
+  _globals['_STARTRUNREQUEST']._serialized_end=913
+  _globals['_STARTRUNRESPONSE']._serialized_start=916
+  _globals['_STARTRUNRESPONSE']._serialized_end=1066
+  _globals['_GETRUNREQUEST']._serialized_start=1068
+  _globals['_GETRUNREQUEST']._serialized_end=1105
+  _globals['_LISTRUNSREQUEST']._serialized_start=1107
+  _globals['_LISTRUNSREQUEST']._serialized_end=1191
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1193
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1266
+  _globals['_CANCELRUNREQUEST']._serialized_start=1268
+  _globals['_CANCELRUNREQUEST']._serialized_end=1308
+  _globals['_WATCHRUNREQUEST']._serialized_start=1310
+  _globals['_WATCHRUNREQUEST']._serialized_end=1349
+  _globals['_CITATION']._serialized_start=1351
+  _globals['_CITATION']._serialized_end=1420
+  _globals['_COMPETITORMENTION']._serialized_start=1422
+  _globals['_COMPETITORMENTION']._serialized_end=1469
+  _globals['_RESPONSE']._serialized_start=1472
+  _globals['_RESPONSE']._serialized_end=2070
+  _globals['_LISTRESPONSESREQUEST']._serialized_start=2073
+  _globals['_LISTRESPONSESREQUEST']._serialized_end=2236
+  _globals['_LISTRESPONSESRESPONSE']._serialized_start=2238
+  _globals['_LISTRESPONSESRESPONSE']._serialized_end=2326
+  _globals['_GETVISIBILITYREPORTREQUEST']._serialized_start=2329
+  _globals['_GETVISIBILITYREPORTREQUEST']._serialized_end=2561
+  _globals['_COMPETITORSHARE']._serialized_start=2563
+  _globals['_COMPETITORSHARE']._serialized_end=2642
+  _globals['_VISIBILITYROW']._serialized_start=2645
+  _globals['_VISIBILITYROW']._serialized_end=2891
+  _globals['_VISIBILITYREPORT']._serialized_start=2893
+  _globals['_VISIBILITYREPORT']._serialized_end=2973
+  _globals['_RUNSERVICE']._serialized_start=3687
+  _globals['_RUNSERVICE']._serialized_end=4391
 # @@protoc_insertion_point(module_scope)

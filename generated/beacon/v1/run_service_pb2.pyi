@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from beacon.v1 import prompt_service_pb2 as _prompt_service_pb2
 from beacon.v1 import workspace_service_pb2 as _workspace_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -184,6 +185,7 @@ class ProviderProgress(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     DONE_FIELD_NUMBER: _builtins.int
     FAILED_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
     provider: _workspace_service_pb2.Provider.ValueType
     """The provider."""
     total: _builtins.int
@@ -192,6 +194,8 @@ class ProviderProgress(_message.Message):
     """Probes that succeeded."""
     failed: _builtins.int
     """Probes that failed permanently or were skipped."""
+    cost_micros: _builtins.int
+    """What this provider's answers so far cost, in micro-units of USD (1 USD = 1,000,000)."""
     def __init__(
         self,
         *,
@@ -199,10 +203,11 @@ class ProviderProgress(_message.Message):
         total: _builtins.int = ...,
         done: _builtins.int = ...,
         failed: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["done", b"done", "failed", b"failed", "provider", b"provider", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "done", b"done", "failed", b"failed", "provider", b"provider", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -224,6 +229,8 @@ class Run(_message.Message):
     PROVIDERS_FIELD_NUMBER: _builtins.int
     PROMPT_COUNT_FIELD_NUMBER: _builtins.int
     PROGRESS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    END_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, `run_...`."""
     workspace_id: _builtins.str
@@ -234,6 +241,12 @@ class Run(_message.Message):
     """Why it exists."""
     prompt_count: _builtins.int
     """Number of prompts asked."""
+    cost_micros: _builtins.int
+    """What its answers so far cost, in micro-units of USD (the sum of the progress' costs)."""
+    end_reason: _builtins.str
+    """Why it ended FAILED or PARTIAL, when it says: e.g. "spending cap reached: ..." when the
+    workspace's or organization's monthly cap stopped it, or skipped a scheduled run.
+    """
     @_builtins.property
     def scheduled_time(self) -> _timestamp_pb2.Timestamp:
         """The schedule slot, for scheduled runs."""
@@ -267,10 +280,12 @@ class Run(_message.Message):
         providers: _abc.Iterable[_workspace_service_pb2.Provider.ValueType] | None = ...,
         prompt_count: _builtins.int = ...,
         progress: _abc.Iterable[Global___ProviderProgress] | None = ...,
+        cost_micros: _builtins.int = ...,
+        end_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "scheduled_time", b"scheduled_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "id", b"id", "progress", b"progress", "prompt_count", b"prompt_count", "providers", b"providers", "scheduled_time", b"scheduled_time", "status", b"status", "trigger", b"trigger", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cost_micros", b"cost_micros", "create_time", b"create_time", "end_reason", b"end_reason", "end_time", b"end_time", "id", b"id", "progress", b"progress", "prompt_count", b"prompt_count", "providers", b"providers", "scheduled_time", b"scheduled_time", "status", b"status", "trigger", b"trigger", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -561,6 +576,12 @@ class Response(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     ATTEMPTS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    MARKET_FIELD_NUMBER: _builtins.int
+    MARKET_APPLIED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
+    SEARCH_CALLS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Opaque id, `rsp_...`."""
     run_id: _builtins.str
@@ -590,6 +611,21 @@ class Response(_message.Message):
     """
     attempts: _builtins.int
     """Attempts made."""
+    market_applied: _builtins.bool
+    """Whether the provider's API took the market (a location parameter): false for providers
+    without one (Gemini, Mistral, Cohere), which were asked the prompt unchanged.
+    """
+    input_tokens: _builtins.int
+    """Input (prompt) tokens the provider reported (Cohere: billed input tokens)."""
+    output_tokens: _builtins.int
+    """Output tokens the provider reported (Cohere: billed output tokens)."""
+    search_calls: _builtins.int
+    """Web searches the provider reported running for this answer."""
+    cost_micros: _builtins.int
+    """What the answer cost, in micro-units of USD: the provider's own figure when it gives one
+    (Perplexity's usage.cost), otherwise the usage at the price table's prices
+    (docs/money.md).
+    """
     @_builtins.property
     def citations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Citation]:
         """Sources cited."""
@@ -605,6 +641,10 @@ class Response(_message.Message):
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the answer was stored."""
+
+    @_builtins.property
+    def market(self) -> _prompt_service_pb2.Market:
+        """The market it was asked from (the prompt's, else the workspace's default); unset: none."""
 
     def __init__(
         self,
@@ -625,10 +665,16 @@ class Response(_message.Message):
         error: _builtins.str = ...,
         attempts: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        market: _prompt_service_pb2.Market | None = ...,
+        market_applied: _builtins.bool = ...,
+        input_tokens: _builtins.int = ...,
+        output_tokens: _builtins.int = ...,
+        search_calls: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "latency", b"latency", "market", b"market"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "brand_mentioned", b"brand_mentioned", "brand_rank", b"brand_rank", "citations", b"citations", "competitors", b"competitors", "create_time", b"create_time", "error", b"error", "id", b"id", "latency", b"latency", "model", b"model", "prompt_id", b"prompt_id", "prompt_text", b"prompt_text", "provider", b"provider", "run_id", b"run_id", "status", b"status", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "brand_mentioned", b"brand_mentioned", "brand_rank", b"brand_rank", "citations", b"citations", "competitors", b"competitors", "cost_micros", b"cost_micros", "create_time", b"create_time", "error", b"error", "id", b"id", "input_tokens", b"input_tokens", "latency", b"latency", "market", b"market", "market_applied", b"market_applied", "model", b"model", "output_tokens", b"output_tokens", "prompt_id", b"prompt_id", "prompt_text", b"prompt_text", "provider", b"provider", "run_id", b"run_id", "search_calls", b"search_calls", "status", b"status", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

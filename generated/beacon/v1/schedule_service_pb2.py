@@ -22,13 +22,14 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from beacon.v1 import billing_service_pb2 as beacon_dot_v1_dot_billing__service__pb2
 from beacon.v1 import options_pb2 as beacon_dot_v1_dot_options__pb2
 from beacon.v1 import workspace_service_pb2 as beacon_dot_v1_dot_workspace__service__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n beacon/v1/schedule_service.proto\x12\tbeacon.v1\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a!beacon/v1/workspace_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\x08Schedule\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"0\n\x12GetScheduleRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x12SetScheduleRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"]\n\x0cImmediateRun\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.beacon.v1.ImmediateRunStatus\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"n\n\x13SetScheduleResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12.\n\rimmediate_run\x18\x02 \x01(\x0b\x32\x17.beacon.v1.ImmediateRun\"2\n\x14GetCronTimingRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"y\n\nCronTiming\x12\x31\n\rnext_run_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14last_prompt_run_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\x12ImmediateRunStatus\x12$\n IMMEDIATE_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bIMMEDIATE_RUN_STATUS_QUEUED\x10\x01\x12\x1e\n\x1aIMMEDIATE_RUN_STATUS_EMPTY\x10\x02\x12\x1f\n\x1bIMMEDIATE_RUN_STATUS_FAILED\x10\x03\x12&\n\"IMMEDIATE_RUN_STATUS_NOT_REQUESTED\x10\x04\x32\xcf\x02\n\x0fScheduleService\x12\x62\n\x0bGetSchedule\x12\x1d.beacon.v1.GetScheduleRequest\x1a\x13.beacon.v1.Schedule\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12n\n\x0bSetSchedule\x12\x1d.beacon.v1.SetScheduleRequest\x1a\x1e.beacon.v1.SetScheduleResponse\" \x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\x12h\n\rGetCronTiming\x12\x1f.beacon.v1.GetCronTimingRequest\x1a\x15.beacon.v1.CronTiming\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n beacon/v1/schedule_service.proto\x12\tbeacon.v1\x1a\x1f\x62\x65\x61\x63on/v1/billing_service.proto\x1a\x17\x62\x65\x61\x63on/v1/options.proto\x1a!beacon/v1/workspace_service.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\x08Schedule\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"0\n\x12GetScheduleRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"Q\n\x12SetScheduleRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x0c\n\x04\x63ron\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"]\n\x0cImmediateRun\x12-\n\x06status\x18\x01 \x01(\x0e\x32\x1d.beacon.v1.ImmediateRunStatus\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x99\x01\n\x13SetScheduleResponse\x12\'\n\tworkspace\x18\x01 \x01(\x0b\x32\x14.beacon.v1.Workspace\x12.\n\rimmediate_run\x18\x02 \x01(\x0b\x32\x17.beacon.v1.ImmediateRun\x12)\n\x08\x65stimate\x18\x03 \x01(\x0b\x32\x17.beacon.v1.CostEstimate\"2\n\x14GetCronTimingRequest\x12\x1a\n\x0cworkspace_id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"y\n\nCronTiming\x12\x31\n\rnext_run_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x14last_prompt_run_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\x12ImmediateRunStatus\x12$\n IMMEDIATE_RUN_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bIMMEDIATE_RUN_STATUS_QUEUED\x10\x01\x12\x1e\n\x1aIMMEDIATE_RUN_STATUS_EMPTY\x10\x02\x12\x1f\n\x1bIMMEDIATE_RUN_STATUS_FAILED\x10\x03\x12&\n\"IMMEDIATE_RUN_STATUS_NOT_REQUESTED\x10\x04\x32\xcf\x02\n\x0fScheduleService\x12\x62\n\x0bGetSchedule\x12\x1d.beacon.v1.GetScheduleRequest\x1a\x13.beacon.v1.Schedule\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x12n\n\x0bSetSchedule\x12\x1d.beacon.v1.SetScheduleRequest\x1a\x1e.beacon.v1.SetScheduleResponse\" \x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x08\x08\x14\x10<\x18\x02 \x01\x12h\n\rGetCronTiming\x12\x1f.beacon.v1.GetCronTimingRequest\x1a\x15.beacon.v1.CronTiming\"\x1f\x8a\xb5\x18\x10\x08\x03\x12\x0cworkspace_id\x92\xb5\x18\x07\x08\xd8\x04\x10<\x18\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,22 +48,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCHEDULESERVICE'].methods_by_name['SetSchedule']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\010\010\024\020<\030\002 \001'
   _globals['_SCHEDULESERVICE'].methods_by_name['GetCronTiming']._loaded_options = None
   _globals['_SCHEDULESERVICE'].methods_by_name['GetCronTiming']._serialized_options = b'\212\265\030\020\010\003\022\014workspace_id\222\265\030\007\010\330\004\020<\030\001'
-  _globals['_IMMEDIATERUNSTATUS']._serialized_start=756
-  _globals['_IMMEDIATERUNSTATUS']._serialized_end=952
-  _globals['_SCHEDULE']._serialized_start=173
-  _globals['_SCHEDULE']._serialized_end=238
-  _globals['_GETSCHEDULEREQUEST']._serialized_start=240
-  _globals['_GETSCHEDULEREQUEST']._serialized_end=288
-  _globals['_SETSCHEDULEREQUEST']._serialized_start=290
-  _globals['_SETSCHEDULEREQUEST']._serialized_end=371
-  _globals['_IMMEDIATERUN']._serialized_start=373
-  _globals['_IMMEDIATERUN']._serialized_end=466
-  _globals['_SETSCHEDULERESPONSE']._serialized_start=468
-  _globals['_SETSCHEDULERESPONSE']._serialized_end=578
-  _globals['_GETCRONTIMINGREQUEST']._serialized_start=580
-  _globals['_GETCRONTIMINGREQUEST']._serialized_end=630
-  _globals['_CRONTIMING']._serialized_start=632
-  _globals['_CRONTIMING']._serialized_end=753
-  _globals['_SCHEDULESERVICE']._serialized_start=955
-  _globals['_SCHEDULESERVICE']._serialized_end=1290
+  _globals['_IMMEDIATERUNSTATUS']._serialized_start=833
+  _globals['_IMMEDIATERUNSTATUS']._serialized_end=1029
+  _globals['_SCHEDULE']._serialized_start=206
+  _globals['_SCHEDULE']._serialized_end=271
+  _globals['_GETSCHEDULEREQUEST']._serialized_start=273
+  _globals['_GETSCHEDULEREQUEST']._serialized_end=321
+  _globals['_SETSCHEDULEREQUEST']._serialized_start=323
+  _globals['_SETSCHEDULEREQUEST']._serialized_end=404
+  _globals['_IMMEDIATERUN']._serialized_start=406
+  _globals['_IMMEDIATERUN']._serialized_end=499
+  _globals['_SETSCHEDULERESPONSE']._serialized_start=502
+  _globals['_SETSCHEDULERESPONSE']._serialized_end=655
+  _globals['_GETCRONTIMINGREQUEST']._serialized_start=657
+  _globals['_GETCRONTIMINGREQUEST']._serialized_end=707
+  _globals['_CRONTIMING']._serialized_start=709
+  _globals['_CRONTIMING']._serialized_end=830
+  _globals['_SCHEDULESERVICE']._serialized_start=1032
+  _globals['_SCHEDULESERVICE']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from beacon.v1 import billing_service_pb2 as _billing_service_pb2
 from beacon.v1 import workspace_service_pb2 as _workspace_service_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -32,9 +33,10 @@ class _ImmediateRunStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Im
     IMMEDIATE_RUN_STATUS_EMPTY: _ImmediateRunStatus.ValueType  # 2
     """The workspace has no prompts; nothing to run."""
     IMMEDIATE_RUN_STATUS_FAILED: _ImmediateRunStatus.ValueType  # 3
-    """The run could not be started; reason says why (no provider has credentials, or the
+    """The run could not be started; reason says why (no provider has credentials, the
     workspace already has its maximum of open runs, BEACON_MAX_OPEN_RUNS_PER_WORKSPACE: the
-    reason names the open run). The schedule is set all the same.
+    reason names the open run, or it would exceed a monthly spending cap: the reason gives
+    the figures). The schedule is set all the same.
     """
     IMMEDIATE_RUN_STATUS_NOT_REQUESTED: _ImmediateRunStatus.ValueType  # 4
     """No run was requested: the schedule was cleared, or it was set to the cron and time
@@ -51,9 +53,10 @@ IMMEDIATE_RUN_STATUS_QUEUED: ImmediateRunStatus.ValueType  # 1
 IMMEDIATE_RUN_STATUS_EMPTY: ImmediateRunStatus.ValueType  # 2
 """The workspace has no prompts; nothing to run."""
 IMMEDIATE_RUN_STATUS_FAILED: ImmediateRunStatus.ValueType  # 3
-"""The run could not be started; reason says why (no provider has credentials, or the
+"""The run could not be started; reason says why (no provider has credentials, the
 workspace already has its maximum of open runs, BEACON_MAX_OPEN_RUNS_PER_WORKSPACE: the
-reason names the open run). The schedule is set all the same.
+reason names the open run, or it would exceed a monthly spending cap: the reason gives
+the figures). The schedule is set all the same.
 """
 IMMEDIATE_RUN_STATUS_NOT_REQUESTED: ImmediateRunStatus.ValueType  # 4
 """No run was requested: the schedule was cleared, or it was set to the cron and time
@@ -185,6 +188,7 @@ class SetScheduleResponse(_message.Message):
 
     WORKSPACE_FIELD_NUMBER: _builtins.int
     IMMEDIATE_RUN_FIELD_NUMBER: _builtins.int
+    ESTIMATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def workspace(self) -> _workspace_service_pb2.Workspace:
         """The updated workspace."""
@@ -193,15 +197,22 @@ class SetScheduleResponse(_message.Message):
     def immediate_run(self) -> Global___ImmediateRun:
         """The immediate run."""
 
+    @_builtins.property
+    def estimate(self) -> _billing_service_pb2.CostEstimate:
+        """What one run and a month of the schedule would cost (as GetCostEstimate); unset when the
+        schedule was cleared.
+        """
+
     def __init__(
         self,
         *,
         workspace: _workspace_service_pb2.Workspace | None = ...,
         immediate_run: Global___ImmediateRun | None = ...,
+        estimate: _billing_service_pb2.CostEstimate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["immediate_run", b"immediate_run", "workspace", b"workspace"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "immediate_run", b"immediate_run", "workspace", b"workspace"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["immediate_run", b"immediate_run", "workspace", b"workspace"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["estimate", b"estimate", "immediate_run", b"immediate_run", "workspace", b"workspace"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -18,6 +18,7 @@ from service.domain.actor import Access, Actor
 from service.domain.collection import reports, runs
 from service.domain.collection.reports import VisibilityRow
 from service.domain.collection.runs import ResponseFilter, RunPage, RunView, StartOutcome
+from service.domain.money.estimates import Pricing
 from service.domain.tenancy import workspace_access, workspace_views
 
 
@@ -41,6 +42,12 @@ class ResponseView:
     error: str
     attempts: int
     complete_time: datetime | None
+    market: dict[str, str]
+    market_applied: bool
+    input_tokens: int
+    output_tokens: int
+    search_calls: int
+    cost_micros: int
 
     @classmethod
     def of(cls, probe: Probe) -> ResponseView:
@@ -61,6 +68,12 @@ class ResponseView:
             error=probe.error,
             attempts=probe.attempts,
             complete_time=probe.complete_time,
+            market=dict(probe.market or {}),
+            market_applied=probe.market_applied,
+            input_tokens=probe.input_tokens,
+            output_tokens=probe.output_tokens,
+            search_calls=probe.search_calls,
+            cost_micros=probe.cost_micros,
         )
 
 
@@ -108,6 +121,7 @@ class RunService(ServiceBase):
                 actor,
                 workspace_id,
                 configured=self.settings.configured_providers(),
+                pricing=Pricing.from_settings(self.settings),
                 max_open=self.settings.max_open_runs_per_workspace,
                 prompt_ids=request.prompt_ids,
                 providers=request.providers,

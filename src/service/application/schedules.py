@@ -10,6 +10,8 @@ from service.application.base import ServiceBase
 from service.domain.actor import Actor
 from service.domain.collection import schedules
 from service.domain.collection.schedules import CronTiming, ScheduleChange, ScheduleState
+from service.domain.money import caps
+from service.domain.money.estimates import Estimate, Pricing
 
 # Charges one run to a workspace's StartRun budget, raising to refuse it
 # (`service.rate_limits.RateLimits.charge_run`).
@@ -30,11 +32,14 @@ class ScheduleService(ServiceBase):
 
     async def set_schedule(
         self, actor: Actor, workspace_id: str, *, cron: str, time_zone: str
-    ) -> ScheduleChange:
-        """Sets or clears the schedule; a changed one starts a run at once."""
+    ) -> tuple[ScheduleChange, Estimate | None]:
+        """Sets or clears the schedule; a changed one starts a run at once. With a schedule
+        set, also what it costs: a run and a month of them (`caps.estimate_workspace`)."""
         settings = self.settings
+        pricing = Pricing.from_settings(settings)
+        now = self.clock()
         async with self.db.transaction() as session:
-            return await schedules.set_schedule(
+            change = await schedules.set_schedule(
                 session,
                 actor,
                 workspace_id,
@@ -44,8 +49,19 @@ class ScheduleService(ServiceBase):
                 configured_providers=settings.configured_providers(),
                 max_open_runs=settings.max_open_runs_per_workspace,
                 charge_run=functools.partial(self.charge_run, workspace_id),
-                now=self.clock(),
+                now=now,
+                pricing=pricing,
             )
+            estimate = None
+            if cron.strip():
+                estimate = await caps.estimate_workspace(
+                    session,
+                    workspace_id,
+                    configured=settings.configured_providers(),
+                    pricing=pricing,
+                    now=now,
+                )
+        return change, estimate
 
     async def timing(self, workspace_id: str) -> CronTiming:
         """When the schedule fires next and when the last run was created."""

@@ -97,12 +97,13 @@ class PromptRow:
     workspace_id: str
     text: str
     create_time: datetime
+    market: dict[str, str]
 
 
-def _prompts_statement(after: bool) -> Select[str, str, str, datetime]:
-    query = select(Prompt.id, Prompt.workspace_id, Prompt.text, Prompt.create_time).where(
-        Prompt.workspace_id == bindparam("workspace_id")
-    )
+def _prompts_statement(after: bool) -> Select[str, str, str, datetime, dict[str, str]]:
+    query = select(
+        Prompt.id, Prompt.workspace_id, Prompt.text, Prompt.create_time, Prompt.market
+    ).where(Prompt.workspace_id == bindparam("workspace_id"))
     if after:
         query = query.where(_after(Prompt.create_time, Prompt.id))
     return query.order_by(Prompt.create_time, Prompt.id).limit(_LIMIT)
@@ -153,6 +154,7 @@ _RUN = CompiledSelect(
         Run.prompt_count,
         Run.prompt_ids,
         Run.providers,
+        Run.failure_reason,
     ).where(Run.id == bindparam("run_id"), Run.workspace_id == bindparam("workspace_id"))
 )
 

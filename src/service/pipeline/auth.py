@@ -29,6 +29,7 @@ WORKSPACE_LEVELS = (
 ORGANIZATION_LEVELS = (
     options_pb2.AUTH_LEVEL_ORGANIZATION_ADMIN,
     options_pb2.AUTH_LEVEL_ORGANIZATION_MEMBER,
+    options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING,
 )
 # Headers that say who calls: each may come at most once.
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-beacon-act-as"})
@@ -136,6 +137,14 @@ class AuthorizeAround(Around):
         ):
             raise PermissionDenied(
                 "requires the organization owner or admin role", reason="NOT_ORGANIZATION_ADMIN"
+            )
+        if (
+            rules.level == options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING
+            and found.organization_role not in acl.BILLING_ROLES
+        ):
+            raise PermissionDenied(
+                "requires the organization owner or billing admin role",
+                reason="NOT_BILLING_ADMIN",
             )
         return found
 

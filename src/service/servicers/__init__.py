@@ -8,6 +8,7 @@ import grpc
 
 from service.app import App
 from service.servicers import (
+    billing,
     membership,
     organization,
     prompt,
@@ -20,7 +21,7 @@ from service.servicers import (
 # Registers one service's servicer on a server; returns the service's full name.
 Register = Callable[[grpc.aio.Server, App], str]
 
-SERVICE_MODULES = (organization, workspace, membership, schedule, prompt, run, webhook)
+SERVICE_MODULES = (organization, workspace, membership, schedule, prompt, run, webhook, billing)
 ALL_SERVICERS: tuple[Register, ...] = tuple(module.add for module in SERVICE_MODULES)
 
 

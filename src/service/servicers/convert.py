@@ -7,13 +7,17 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from beacon.v1 import billing_service_pb2 as billing_pb
 from beacon.v1 import organization_service_pb2 as org_pb
+from beacon.v1 import prompt_service_pb2 as prompt_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service import providers
 from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
 from service.domain.errors import InvalidArgument
+from service.domain.money.estimates import Estimate
+from service.domain.money.markets import Market, validate_market
 from service.domain.tenancy import files
 from service.domain.tenancy.organizations import OrganizationView
 from service.domain.tenancy.workspace_views import WorkspaceView
@@ -120,3 +124,36 @@ class WorkspaceMessages:
         message = workspace_to_proto(view, self.settings, signed_as_of)
         self._built.put(id(view), (view, message))
         return message
+
+
+def market_to_proto(market: Market) -> prompt_pb.Market:
+    """The Market message of a market."""
+    return prompt_pb.Market(
+        country=market.country, region=market.region, city=market.city, language=market.language
+    )
+
+
+def market_from_proto(message: prompt_pb.Market, field: str) -> Market:
+    """The market of a Market message, validated (InvalidArgument naming `field.*`)."""
+    return validate_market(
+        Market(message.country, message.region, message.city, message.language), field
+    )
+
+
+def estimate_to_proto(estimate: Estimate) -> billing_pb.CostEstimate:
+    """The CostEstimate message of an estimate."""
+    return billing_pb.CostEstimate(
+        run_cost_micros=estimate.run_cost_micros,
+        runs_per_month=estimate.runs_per_month,
+        month_cost_micros=estimate.month_cost_micros,
+        providers=[
+            billing_pb.ProviderEstimate(
+                provider=p.provider,
+                answer_cost_micros=p.answer_cost_micros,
+                answers=p.answers,
+                from_history=p.from_history,
+            )
+            for p in estimate.providers
+        ],
+        month_to_date_micros=estimate.month_to_date_micros,
+    )

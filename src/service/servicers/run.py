@@ -18,8 +18,15 @@ from service.auth.context import current_actor, current_call
 from service.domain.actor import Access
 from service.domain.collection import reports, runs
 from service.domain.collection.run_lifecycle import ProbeStatus, RunStatus
+from service.domain.money.markets import Market
 from service.pipeline.base import takes_access
-from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, time_field, timestamp
+from service.servicers.convert import (
+    PROVIDER_FROM_PROTO,
+    PROVIDER_TO_PROTO,
+    market_to_proto,
+    time_field,
+    timestamp,
+)
 
 RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
     RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
@@ -71,9 +78,12 @@ def run_to_proto(view: runs.RunView) -> pb.Run:
                 total=p.total,
                 done=p.done,
                 failed=p.failed,
+                cost_micros=p.cost_micros,
             )
             for p in view.progress
         ],
+        cost_micros=view.cost_micros,
+        end_reason=view.end_reason,
     )
 
 
@@ -90,6 +100,7 @@ def response_to_proto(probe: ResponseView) -> pb.Response:
     """The Response message of a finished probe."""
     latency = Duration()
     latency.FromMilliseconds(probe.latency_ms)
+    market = Market.of(probe.market)
     return pb.Response(
         id=probe.id,
         run_id=probe.run_id,
@@ -110,6 +121,12 @@ def response_to_proto(probe: ResponseView) -> pb.Response:
         error=probe.error,
         attempts=probe.attempts,
         create_time=timestamp(probe.complete_time),
+        market=market_to_proto(market) if market else None,
+        market_applied=probe.market_applied,
+        input_tokens=probe.input_tokens,
+        output_tokens=probe.output_tokens,
+        search_calls=probe.search_calls,
+        cost_micros=probe.cost_micros,
     )
 
 

@@ -9,6 +9,7 @@ from beacon.v1 import schedule_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor
 from service.servicers import convert
+from service.servicers.convert import estimate_to_proto
 
 IMMEDIATE_RUN_STATUS_TO_PROTO = {
     "queued": pb.IMMEDIATE_RUN_STATUS_QUEUED,
@@ -37,7 +38,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
     async def SetSchedule(
         self, request: pb.SetScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetScheduleResponse:
-        change = await self.schedules.set_schedule(
+        change, estimate = await self.schedules.set_schedule(
             current_actor(), request.workspace_id, cron=request.cron, time_zone=request.time_zone
         )
         immediate = change.immediate_run
@@ -48,6 +49,7 @@ class ScheduleServicer(schedule_service_pb2_grpc.ScheduleServiceServicer):
                 run_id=immediate.run_id,
                 reason=immediate.reason,
             ),
+            estimate=estimate_to_proto(estimate) if estimate is not None else None,
         )
 
     async def GetCronTiming(

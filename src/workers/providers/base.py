@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from email.utils import parsedate_to_datetime
 from typing import Final, Literal, Protocol
 
@@ -54,13 +55,66 @@ class Citation:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """Where the prompt is asked from (a market): ISO 3166-1 alpha-2 country, optional region,
+    city and BCP 47 language. Adapters whose API takes a location send it; none rewrites the
+    prompt."""
+
+    country: str
+    region: str = ""
+    city: str = ""
+    language: str = ""
+
+    def approximate(self) -> dict[str, str]:
+        """The ``{"type": "approximate", country, region?, city?}`` object of OpenAI's and
+        Anthropic's web search tools."""
+        return {"type": "approximate", **self.place()}
+
+    def place(self) -> dict[str, str]:
+        """Country, region and city, without the empty ones."""
+        values = {"country": self.country, "region": self.region, "city": self.city}
+        return {key: value for key, value in values.items() if value}
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a provider reported using for one answer.
+
+    ``cost_micros`` is the provider's own cost figure (Perplexity's ``usage.cost``) in
+    micro-units of USD, None when it gives none; ``billed`` keeps other provider figures
+    (Cohere's ``billed_units``) as reported.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    search_calls: int = 0
+    cost_micros: int | None = None
+    billed: Mapping[str, int] | None = None
+
+    def __add__(self, other: Usage) -> Usage:
+        cost = None
+        if self.cost_micros is not None or other.cost_micros is not None:
+            cost = (self.cost_micros or 0) + (other.cost_micros or 0)
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.search_calls + other.search_calls,
+            cost,
+            other.billed or self.billed,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
-    """One provider's answer to one prompt."""
+    """One provider's answer to one prompt; ``market_applied`` says whether the provider's
+    API took the location it was asked from."""
 
     text: str
     model: str
     citations: tuple[Citation, ...]
     latency_ms: int
+    usage: Usage = Usage()
+    market_applied: bool = False
 
 
 FailureKind = Literal["http", "timeout", "connection", "request", "malformed", "blocked"]
@@ -130,11 +184,11 @@ def _http_category(status: int) -> str:
 
 
 class ProviderAdapter(Protocol):
-    """Asks one provider one prompt at a time."""
+    """Asks one provider one prompt at a time, from ``location`` when given."""
 
     name: str
 
-    async def ask(self, prompt: str) -> Answer: ...
+    async def ask(self, prompt: str, location: Location | None = None) -> Answer: ...
 
 
 class ResponseShapeError(Exception):
@@ -200,6 +254,7 @@ class ParsedAnswer:
     text: str
     model: str
     citations: Sequence[Citation]
+    usage: Usage = Usage()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +272,30 @@ def unique_citations(citations: Iterable[Citation]) -> tuple[Citation, ...]:
         if citation.url and citation.url not in seen:
             seen[citation.url] = citation
     return tuple(seen.values())
+
+
+def count(node: Json | None, key: str) -> int:
+    """The non-negative integer at ``key`` of ``node`` (0 when absent or not an integer)."""
+    if node is None:
+        return 0
+    found = node.get(key)
+    value = found.value if found is not None else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def dollars_to_micros(value: object) -> int | None:
+    """A provider's dollar figure (a JSON number) in micro-units, rounded half up; None when
+    it is not a non-negative number. Through `str` and `Decimal`, never binary floats."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        return None
+    micros = Decimal(str(value)) * 1_000_000
+    return int(micros.to_integral_value(rounding=ROUND_HALF_UP))
+
+
+def chat_usage(body: Json) -> Usage:
+    """Tokens of an OpenAI-style chat completion's ``usage``."""
+    usage = body.get("usage")
+    return Usage(count(usage, "prompt_tokens"), count(usage, "completion_tokens"))
 
 
 def chat_message(body: Json) -> Json:
@@ -300,6 +379,8 @@ class HttpAdapter:
 
     Subclasses set ``name`` and implement `_path`, `_payload` and `_parse`; they override
     `_headers` for non-Bearer auth and `_error_hints` for provider-specific error bodies.
+    Those whose API takes a location override `_located` (to say whether it does for this
+    configuration) and add it in `_payload`; the others ignore it.
     """
 
     name: str
@@ -308,10 +389,11 @@ class HttpAdapter:
         self.config = config
         self._client = client
 
-    async def ask(self, prompt: str) -> Answer:
+    async def ask(self, prompt: str, location: Location | None = None) -> Answer:
         started = time.perf_counter()
+        where = location if location is not None and self._located() else None
         try:
-            parsed = await self._exchange(prompt)
+            parsed = await self._exchange(prompt, where)
         except ResponseShapeError as exc:
             raise ProviderError(self.name, f"malformed response: {exc}", kind="malformed") from exc
         return Answer(
@@ -319,15 +401,21 @@ class HttpAdapter:
             model=parsed.model,
             citations=unique_citations(parsed.citations),
             latency_ms=round((time.perf_counter() - started) * 1000),
+            usage=parsed.usage,
+            market_applied=where is not None,
         )
 
-    async def _exchange(self, prompt: str) -> ParsedAnswer:
-        return self._parse(await self._post(self._path(), self._payload(prompt)))
+    def _located(self) -> bool:
+        """Whether this provider's API (as configured) takes the location asked from."""
+        return False
+
+    async def _exchange(self, prompt: str, location: Location | None) -> ParsedAnswer:
+        return self._parse(await self._post(self._path(), self._payload(prompt, location)))
 
     def _path(self) -> str:
         raise NotImplementedError
 
-    def _payload(self, prompt: str) -> dict[str, object]:
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
         raise NotImplementedError
 
     def _parse(self, body: Json) -> ParsedAnswer:

@@ -6,7 +6,7 @@ answer carries document or tool sources with a URL.
 
 from __future__ import annotations
 
-from workers.providers.base import Citation, HttpAdapter, Json, ParsedAnswer
+from workers.providers.base import Citation, HttpAdapter, Json, Location, ParsedAnswer, Usage, count
 
 
 class CohereAdapter(HttpAdapter):
@@ -17,7 +17,7 @@ class CohereAdapter(HttpAdapter):
     def _path(self) -> str:
         return "/chat"
 
-    def _payload(self, prompt: str) -> dict[str, object]:
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
         return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}]}
 
     def _parse(self, body: Json) -> ParsedAnswer:
@@ -32,4 +32,18 @@ class CohereAdapter(HttpAdapter):
             if (source := entry.get("document") or entry.get("tool_output")) is not None
         ]
         # The v2 response does not name the model that answered.
-        return ParsedAnswer(text, self.config.model, citations)
+        return ParsedAnswer(text, self.config.model, citations, _usage(body))
+
+
+def _usage(body: Json) -> Usage:
+    """Cohere bills ``usage.billed_units`` (fewer than ``usage.tokens``): those are priced."""
+    usage = body.get("usage")
+    billed = usage.get("billed_units") if usage is not None else None
+    units = {
+        key: count(billed, key)
+        for key in ("input_tokens", "output_tokens", "search_units", "classifications")
+        if count(billed, key)
+    }
+    return Usage(
+        count(billed, "input_tokens"), count(billed, "output_tokens"), billed=units or None
+    )

@@ -9,9 +9,12 @@ from workers.providers.base import (
     ErrorHints,
     HttpAdapter,
     Json,
+    Location,
     ParsedAnswer,
     ProviderError,
     ResponseShapeError,
+    Usage,
+    count,
 )
 from workers.providers.urls import normalize_domain
 
@@ -32,7 +35,7 @@ class GoogleAdapter(HttpAdapter):
     def _path(self) -> str:
         return f"/models/{self.config.model.removeprefix('models/')}:generateContent"
 
-    def _payload(self, prompt: str) -> dict[str, object]:
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
         return {
             "contents": [{"role": "user", "parts": [{"text": prompt}]}],
             "tools": [{"google_search": {}}],
@@ -58,7 +61,16 @@ class GoogleAdapter(HttpAdapter):
         grounding = candidate.get("groundingMetadata")
         chunks = grounding.each("groundingChunks") if grounding is not None else iter(())
         citations = [_citation(web) for chunk in chunks if (web := chunk.get("web")) is not None]
-        return ParsedAnswer(text, body.string("modelVersion") or self.config.model, citations)
+        usage = body.get("usageMetadata")
+        # Grounding is billed per grounded prompt: one search when the model searched.
+        searched = grounding is not None and any(True for _ in grounding.each("webSearchQueries"))
+        spent = Usage(
+            count(usage, "promptTokenCount") + count(usage, "toolUsePromptTokenCount"),
+            count(usage, "candidatesTokenCount") + count(usage, "thoughtsTokenCount"),
+            1 if searched else 0,
+        )
+        model = body.string("modelVersion") or self.config.model
+        return ParsedAnswer(text, model, citations, spent)
 
     def _error_hints(self, body: Json) -> ErrorHints:
         if isinstance(body.value, list) and body.value:

@@ -6,7 +6,16 @@ Chat Completions cannot search, so the adapter uses ``/v1/conversations`` with `
 
 from __future__ import annotations
 
-from workers.providers.base import Citation, HttpAdapter, Json, ParsedAnswer, ResponseShapeError
+from workers.providers.base import (
+    Citation,
+    HttpAdapter,
+    Json,
+    Location,
+    ParsedAnswer,
+    ResponseShapeError,
+    Usage,
+    count,
+)
 
 
 class MistralAdapter(HttpAdapter):
@@ -17,7 +26,7 @@ class MistralAdapter(HttpAdapter):
     def _path(self) -> str:
         return "/conversations"
 
-    def _payload(self, prompt: str) -> dict[str, object]:
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
         return {
             "model": self.config.model,
             "inputs": prompt,
@@ -41,6 +50,14 @@ class MistralAdapter(HttpAdapter):
                     texts.append(chunk["text"].text())
                 elif chunk.kind == "tool_reference" and chunk.string("url"):
                     citations.append(Citation.from_url(chunk.string("url"), chunk.string("title")))
+        usage = body.get("usage")
+        connectors = usage.get("connectors") if usage is not None else None
+        spent = Usage(
+            # Search results read by the model are billed as connector tokens, on input.
+            count(usage, "prompt_tokens") + count(usage, "connector_tokens"),
+            count(usage, "completion_tokens"),
+            count(connectors, "web_search") + count(connectors, "web_search_premium"),
+        )
         return ParsedAnswer(
-            "".join(texts), entries[-1].string("model") or self.config.model, citations
+            "".join(texts), entries[-1].string("model") or self.config.model, citations, spent
         )

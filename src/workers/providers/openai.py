@@ -13,10 +13,14 @@ from workers.providers.base import (
     ErrorHints,
     HttpAdapter,
     Json,
+    Location,
     ParsedAnswer,
     ProviderConfig,
     ResponseShapeError,
+    Usage,
     chat_message,
+    chat_usage,
+    count,
 )
 
 APIS = ("", "responses", "chat")
@@ -36,15 +40,26 @@ class OpenAIAdapter(HttpAdapter):
     def _path(self) -> str:
         return "/chat/completions" if self._chat else "/responses"
 
-    def _payload(self, prompt: str) -> dict[str, object]:
+    def _located(self) -> bool:
+        # Chat Completions take a location only with the search models (gpt-5-search-api,
+        # gpt-4o-search-preview...); other chat models and compatible servers do not search.
+        return not self._chat or "search" in self.config.model
+
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
         if self._chat:
-            return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}]}
-        return {
-            "model": self.config.model,
-            "input": prompt,
-            "tools": [{"type": "web_search"}],
-            "store": False,
-        }
+            payload: dict[str, object] = {
+                "model": self.config.model,
+                "messages": [{"role": "user", "content": prompt}],
+            }
+            if location is not None:
+                payload["web_search_options"] = {
+                    "user_location": {"type": "approximate", "approximate": location.place()}
+                }
+            return payload
+        tool: dict[str, object] = {"type": "web_search"}
+        if location is not None:
+            tool["user_location"] = location.approximate()
+        return {"model": self.config.model, "input": prompt, "tools": [tool], "store": False}
 
     def _parse(self, body: Json) -> ParsedAnswer:
         return self._parse_chat(body) if self._chat else self._parse_responses(body)
@@ -67,7 +82,10 @@ class OpenAIAdapter(HttpAdapter):
                     )
                 elif part.kind == "refusal":
                     texts.append(part.string("refusal"))
-        return ParsedAnswer("".join(texts), body["model"].text(), citations)
+        usage = body.get("usage")
+        searches = sum(1 for item in body["output"].elements() if item.kind == "web_search_call")
+        spent = Usage(count(usage, "input_tokens"), count(usage, "output_tokens"), searches)
+        return ParsedAnswer("".join(texts), body["model"].text(), citations, spent)
 
     def _parse_chat(self, body: Json) -> ParsedAnswer:
         message = chat_message(body)
@@ -78,7 +96,11 @@ class OpenAIAdapter(HttpAdapter):
             for note in message.each("annotations")
             if (found := note.get("url_citation")) is not None
         ]
-        return ParsedAnswer(text, body["model"].text(), citations)
+        usage = chat_usage(body)
+        if "search" in self.config.model:
+            # A search model searches once per request (billed per call).
+            usage = Usage(usage.input_tokens, usage.output_tokens, 1)
+        return ParsedAnswer(text, body["model"].text(), citations, usage)
 
     def _error_hints(self, body: Json) -> ErrorHints:
         # An exhausted quota comes as a 429 like rate limits, but waiting does not fix it.

@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import re
 
-from workers.providers.base import Citation, HttpAdapter, Json, ParsedAnswer, chat_message
+from workers.providers.base import (
+    Citation,
+    HttpAdapter,
+    Json,
+    Location,
+    ParsedAnswer,
+    Usage,
+    chat_message,
+    chat_usage,
+    count,
+    dollars_to_micros,
+)
 
 # Reasoning models put their chain of thought in the content before the answer.
 _THINKING = re.compile(r"^\s*<think>.*?</think>\s*", re.DOTALL)
@@ -18,8 +29,17 @@ class PerplexityAdapter(HttpAdapter):
     def _path(self) -> str:
         return "/chat/completions"
 
-    def _payload(self, prompt: str) -> dict[str, object]:
-        return {"model": self.config.model, "messages": [{"role": "user", "content": prompt}]}
+    def _located(self) -> bool:
+        return True
+
+    def _payload(self, prompt: str, location: Location | None = None) -> dict[str, object]:
+        payload: dict[str, object] = {
+            "model": self.config.model,
+            "messages": [{"role": "user", "content": prompt}],
+        }
+        if location is not None:
+            payload["web_search_options"] = {"user_location": location.place()}
+        return payload
 
     def _parse(self, body: Json) -> ParsedAnswer:
         text = _THINKING.sub("", chat_message(body)["content"].text(), count=1)
@@ -34,4 +54,18 @@ class PerplexityAdapter(HttpAdapter):
                 for url in body.each("citations")
                 if isinstance(url.value, str)
             ]
-        return ParsedAnswer(text, body["model"].text(), citations)
+        return ParsedAnswer(text, body["model"].text(), citations, _usage(body))
+
+
+def _usage(body: Json) -> Usage:
+    """Tokens, searches and Perplexity's own cost (``usage.cost.total_cost``, dollars)."""
+    tokens = chat_usage(body)
+    usage = body.get("usage")
+    cost = usage.get("cost") if usage is not None else None
+    total = cost.get("total_cost") if cost is not None else None
+    return Usage(
+        tokens.input_tokens,
+        tokens.output_tokens,
+        count(usage, "num_search_queries"),
+        dollars_to_micros(total.value) if total is not None else None,
+    )

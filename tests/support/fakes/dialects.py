@@ -281,7 +281,11 @@ class AnthropicDialect(Dialect):
             "model": served_model(call.model),
             "content": content,
             "stop_reason": stop_reason,
-            "usage": {"input_tokens": 100, "output_tokens": 50},
+            "usage": {
+                "input_tokens": 100,
+                "output_tokens": 50,
+                "server_tool_use": {"web_search_requests": 1, "web_fetch_requests": 0},
+            },
         }
 
     def _search_blocks(self, call: Call, answer: ScriptedAnswer) -> list[JsonDict]:
@@ -394,7 +398,8 @@ class GoogleDialect(Dialect):
             "usageMetadata": {
                 "promptTokenCount": 10,
                 "candidatesTokenCount": 50,
-                "totalTokenCount": 60,
+                "totalTokenCount": 270,
+                "toolUsePromptTokenCount": 210,
             },
             "modelVersion": served_model(call.model),
         }
@@ -459,7 +464,20 @@ class PerplexityDialect(Dialect):
                 {"title": title, "url": url, "date": "2026-01-01", "snippet": "…", "source": "web"}
                 for url, title in answer.citations
             ],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60},
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": 50,
+                "total_tokens": 60,
+                "search_context_size": "medium",
+                "citation_tokens": 0,
+                "num_search_queries": 1,
+                "cost": {
+                    "input_tokens_cost": 0.00003,
+                    "output_tokens_cost": 0.00075,
+                    "request_cost": 0.006,
+                    "total_cost": 0.00678,
+                },
+            },
         }
 
     def error_body(self, status: int, kind: str, message: str) -> JsonDict:
@@ -502,7 +520,13 @@ class MistralDialect(Dialect):
             "object": "conversation.response",
             "conversation_id": _ident("conv_", call.prompt),
             "outputs": [search, message],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 50, "total_tokens": 60},
+            "usage": {
+                "prompt_tokens": 10,
+                "completion_tokens": 50,
+                "total_tokens": 1060,
+                "connector_tokens": 1000,
+                "connectors": {"web_search": 1},
+            },
         }
 
     def error_body(self, status: int, kind: str, message: str) -> JsonDict:
@@ -557,7 +581,10 @@ class CohereDialect(Dialect):
             "id": _ident("", call.prompt),
             "finish_reason": "COMPLETE",
             "message": message,
-            "usage": {"billed_units": {"input_tokens": 10, "output_tokens": 50}},
+            "usage": {
+                "billed_units": {"input_tokens": 10, "output_tokens": 50},
+                "tokens": {"input_tokens": 210, "output_tokens": 60},
+            },
         }
 
     def error_body(self, status: int, kind: str, message: str) -> JsonDict:

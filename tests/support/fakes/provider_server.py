@@ -50,6 +50,7 @@ from tests.support.fakes.dialects import (
 from workers.providers import ProviderConfig
 
 FAKE_API_KEY = "fake-key"
+MAX_BODIES = 1000
 
 FaultKind = Literal[
     "rate_limit",  # 429 with the provider's retry hint (header or body)
@@ -175,6 +176,10 @@ class FakeProviderServer:
         self._release = asyncio.Event()
         self._rate_limits: dict[str, RateLimit] = {}
         self._traffic: dict[str, Traffic] = {name: Traffic() for name in DIALECTS}
+        # The last MAX_BODIES request bodies of each provider (`received`).
+        self._bodies: dict[str, deque[dict[str, Any]]] = {
+            name: deque(maxlen=MAX_BODIES) for name in DIALECTS
+        }
         self.in_flight = 0
         self.max_in_flight = 0
         self._runner: web.AppRunner | None = None
@@ -282,6 +287,10 @@ class FakeProviderServer:
         """Arrivals, 429s and the peak requests per second of ``provider`` since the reset."""
         return self._traffic[provider]
 
+    def received(self, provider: str) -> list[dict[str, Any]]:
+        """The JSON bodies of ``provider``'s well-formed requests since the reset, in order."""
+        return list(self._bodies[provider])
+
     def pending_faults(self, provider: str) -> int:
         return len(self._faults[provider])
 
@@ -301,6 +310,8 @@ class FakeProviderServer:
         self._traffic = {name: Traffic() for name in DIALECTS}
         self._requests.clear()
         self._prompts.clear()
+        for bodies in self._bodies.values():
+            bodies.clear()
         self.max_in_flight = self.in_flight
 
     def requests(self, provider: str | None = None, prompt: str | None = None) -> int:
@@ -398,6 +409,7 @@ class FakeProviderServer:
             self._count(provider, None)
             return dialect.bad_request(str(exc) or "invalid JSON body")
         self._count(provider, call.prompt)
+        self._bodies[provider].append(payload)
         now = time.monotonic()
         in_last_second = self._traffic[provider].record(now)
         limit = self._rate_limits.get(provider)

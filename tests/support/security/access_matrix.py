@@ -15,6 +15,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from beacon.v1 import billing_service_pb2 as billing_pb
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import options_pb2
 from beacon.v1 import organization_service_pb2 as org_pb
@@ -81,6 +82,10 @@ def expected_refusal(rules: MethodRules, caller: str) -> Code | None:
         if org_role is None:
             return NOT_FOUND
         return None if org_role in ("owner", "admin") else PERMISSION_DENIED
+    if level == options_pb2.AUTH_LEVEL_ORGANIZATION_BILLING:
+        if org_role is None:
+            return NOT_FOUND
+        return None if org_role in ("owner", "billing_admin") else PERMISSION_DENIED
     raise AssertionError(f"{rules.name}: auth level {level} has no expectation")
 
 
@@ -114,6 +119,7 @@ PROMPTS = "/beacon.v1.PromptService/"
 
 RUNS = "/beacon.v1.RunService/"
 WEBHOOKS = "/beacon.v1.WebhookService/"
+BILLING = "/beacon.v1.BillingService/"
 
 
 TABLE: dict[str, Entry] = {
@@ -363,6 +369,27 @@ TABLE: dict[str, Entry] = {
             weekday=1,
             time_zone="Europe/Paris",
         )
+    ),
+    PROMPTS + "SetDefaultMarket": Entry(
+        lambda x: prompt_pb.SetDefaultMarketRequest(
+            workspace_id=x.workspace_id, market=prompt_pb.Market(country="DE")
+        )
+    ),
+    BILLING + "GetCostEstimate": Entry(
+        lambda x: billing_pb.GetCostEstimateRequest(workspace_id=x.workspace_id)
+    ),
+    BILLING + "SetSpendingCap": Entry(
+        lambda x: billing_pb.SetSpendingCapRequest(
+            organization_id=x.organization_id,
+            workspace_id=x.workspace_id,
+            monthly_cap_micros=50_000_000,
+        )
+    ),
+    BILLING + "GetSpending": Entry(
+        lambda x: billing_pb.GetSpendingRequest(organization_id=x.organization_id)
+    ),
+    BILLING + "ListUsage": Entry(
+        lambda x: billing_pb.ListUsageRequest(organization_id=x.organization_id)
     ),
 }
 

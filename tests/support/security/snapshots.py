@@ -31,6 +31,7 @@ WORKSPACE_TABLES = (
     "alert_rules",
     "alerts",
     "digests",
+    "usage_rollups",
 )
 
 

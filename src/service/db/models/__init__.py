@@ -11,6 +11,7 @@ from service.db.models.collection import (
     QuarterHourVisibilityRollup,
     Run,
     Schedule,
+    UsageRollup,
     VisibilityRollup,
 )
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
@@ -53,6 +54,7 @@ __all__ = [
     "Run",
     "Schedule",
     "ServiceKey",
+    "UsageRollup",
     "User",
     "VisibilityRollup",
     "WebhookDelivery",

@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     ForeignKey,
@@ -54,6 +55,9 @@ class Prompt(Base):
     text: Mapped[str] = mapped_column(Text)
     text_hash: Mapped[str] = mapped_column(String(64))
     create_time: Mapped[datetime]
+    # Where the prompt is asked from: {"country", "region", "city", "language"} (empty: the
+    # workspace's default market). Part of the prompt's identity (`text_hash` covers it).
+    market: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
 
 
 class Run(Base):
@@ -136,6 +140,18 @@ class Probe(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     create_time: Mapped[datetime]
     complete_time: Mapped[datetime | None] = mapped_column(default=None)
+    # The market the prompt was asked from (the prompt's, else the workspace's default, at
+    # expansion) and whether the provider's API took it (`service.domain.money.markets`).
+    market: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    market_applied: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The usage the provider reported and its cost in micro-units of USD
+    # (`service.domain.money.prices`); `usage` keeps the provider's own extra figures
+    # (Perplexity's cost, Cohere's billed units).
+    input_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    output_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    search_calls: Mapped[int] = mapped_column(Integer, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)
+    usage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class VisibilityRollup(Base):
@@ -239,3 +255,23 @@ class QuarterHourCompetitorRollup(Base):
     provider: Mapped[str] = mapped_column(String(20), primary_key=True)
     name: Mapped[str] = mapped_column(Text, primary_key=True)
     mentions: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class UsageRollup(Base):
+    """A workspace's provider usage and cost in one calendar month (UTC), over every answered
+    or failed call that reported usage; written with the answers (`workers.probe_store`) and
+    read by caps, estimates and the billing view (`service.domain.money`)."""
+
+    __tablename__ = "usage_rollups"
+
+    workspace_id: Mapped[str] = mapped_column(
+        ForeignKey(WORKSPACE_FK, ondelete="CASCADE"), primary_key=True
+    )
+    # The first day of the month.
+    month: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(20), primary_key=True)
+    answers: Mapped[int] = mapped_column(Integer, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    search_calls: Mapped[int] = mapped_column(BigInteger, default=0)
+    cost_micros: Mapped[int] = mapped_column(BigInteger, default=0)

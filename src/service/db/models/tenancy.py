@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from service.db.base import Base, Timestamps
@@ -26,6 +26,8 @@ class Organization(Timestamps, Base):
     personal_owner_id: Mapped[str | None] = mapped_column(
         ForeignKey(USER_FK, ondelete="SET NULL"), unique=True, default=None
     )
+    # Monthly spending cap over all its workspaces, in micro-units of USD (NULL: none).
+    monthly_cap_micros: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class OrganizationMember(Base):
@@ -103,6 +105,10 @@ class Workspace(Timestamps, Base):
     join_code_expire_time: Mapped[datetime | None] = mapped_column(default=None)
     version: Mapped[int] = mapped_column(Integer, default=1)  # the etag
     delete_time: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    # The market prompts without one are asked from ({"country", ...}; empty: none).
+    default_market: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    # Monthly spending cap in micro-units of USD (NULL: none), set by the organization.
+    monthly_cap_micros: Mapped[int | None] = mapped_column(BigInteger, default=None)
 
 
 class WorkspaceMember(Base):

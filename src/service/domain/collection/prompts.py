@@ -30,6 +30,7 @@ from service.domain.errors import (
     NotFound,
     PreconditionViolation,
 )
+from service.domain.money.markets import Market
 from service.domain.tenancy.workspace_locks import lock_live_workspace
 
 MAX_PROMPTS = 500
@@ -43,10 +44,19 @@ MAX_VIOLATIONS = 20
 
 @dataclass(frozen=True, slots=True)
 class NormalizedPrompts:
-    """Valid, distinct prompt texts in request order and how many duplicates were dropped."""
+    """Valid, distinct prompt texts in request order and how many duplicates were dropped;
+    `markets[i]` is the market of `texts[i]` (the same text in two markets is two prompts)."""
 
     texts: list[str]
     duplicates_dropped: int
+    markets: list[Market]
+
+    def keyed(self) -> dict[str, tuple[str, Market]]:
+        """The prompts by their identity (`text_hash`), in request order."""
+        return {
+            text_hash(text, market): (text, market)
+            for text, market in zip(self.texts, self.markets, strict=True)
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +67,11 @@ class PromptView:
     workspace_id: str
     text: str
     create_time: datetime
+    market: dict[str, str]
 
     @classmethod
     def of(cls, row: Prompt) -> PromptView:
-        return cls(row.id, row.workspace_id, row.text, row.create_time)
+        return cls(row.id, row.workspace_id, row.text, row.create_time, dict(row.market or {}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,28 +82,45 @@ class StoredPrompts:
     duplicates_dropped: int
 
 
-def text_hash(text: str) -> str:
-    """The sha256 hex digest of a prompt's text (its identity within a workspace)."""
-    return hashlib.sha256(text.encode()).hexdigest()
+def text_hash(text: str, market: Market | None = None) -> str:
+    """The sha256 hex digest of a prompt's text and market (its identity within a workspace;
+    a prompt without a market hashes its text alone)."""
+    key = text if market is None or not market else f"{text}\x00{market.key}"
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
-def normalize_prompts(texts: Sequence[str], *, field: str = "prompts") -> NormalizedPrompts:
-    """Trims and validates each text and drops exact duplicates, keeping the first.
+def normalize_prompts(
+    texts: Sequence[str],
+    *,
+    field: str = "prompts",
+    markets: Sequence[Market] = (),
+    entries_field: str = "entries",
+) -> NormalizedPrompts:
+    """Trims and validates each text and drops exact duplicates (same text, same market),
+    keeping the first. `markets[i]` (validated by the caller) is the market of `texts[i]`
+    for the last `len(markets)` texts, which come from the request's `entries`.
 
-    Raises InvalidArgument naming each bad entry as `prompts[i]` (its index in the request),
-    or `prompts` when more than 500 distinct texts remain.
+    Raises InvalidArgument naming each bad entry as `prompts[i]` (its index in the request)
+    or `entries[i].text`, or `prompts` when more than 500 distinct prompts remain.
     """
     violations: list[FieldViolation] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     kept: list[str] = []
+    kept_markets: list[Market] = []
+    plain = len(texts) - len(markets)
     for index, raw in enumerate(texts):
+        market = markets[index - plain] if index >= plain else Market()
         text = raw.replace("\r\n", "\n").replace("\r", "\n").strip()
         problem = _problem(text)
         if problem:
-            violations.append(FieldViolation(f"{field}[{index}]", problem))
-        elif text not in seen:
-            seen.add(text)
+            name = (
+                f"{field}[{index}]" if index < plain else f"{entries_field}[{index - plain}].text"
+            )
+            violations.append(FieldViolation(name, problem))
+        elif (text, market.key) not in seen:
+            seen.add((text, market.key))
             kept.append(text)
+            kept_markets.append(market)
     if violations:
         shown = violations[:MAX_VIOLATIONS]
         if len(violations) > MAX_VIOLATIONS:
@@ -105,7 +133,7 @@ def normalize_prompts(texts: Sequence[str], *, field: str = "prompts") -> Normal
             field,
             f"a workspace holds at most {MAX_PROMPTS} prompts; got {len(kept)} distinct ones",
         )
-    return NormalizedPrompts(kept, len(texts) - len(kept))
+    return NormalizedPrompts(kept, len(texts) - len(kept), kept_markets)
 
 
 def _problem(text: str) -> str:
@@ -127,13 +155,14 @@ async def _existing(session: AsyncSession, workspace_id: str) -> dict[str, Promp
     return {row.text_hash: row for row in rows}
 
 
-def _new_prompt(workspace_id: str, text: str, create_time: datetime) -> Prompt:
+def _new_prompt(workspace_id: str, text: str, market: Market, create_time: datetime) -> Prompt:
     return Prompt(
         id=new_id("prm"),
         workspace_id=workspace_id,
         text=text,
-        text_hash=text_hash(text),
+        text_hash=text_hash(text, market),
         create_time=create_time,
+        market=market.stored(),
     )
 
 
@@ -148,10 +177,12 @@ async def store_prompts(
     workspace_id: str,
     texts: Sequence[str],
     *,
+    markets: Sequence[Market] = (),
     request_id: str = "",
     now: datetime,
 ) -> StoredPrompts:
     """Replaces the workspace's prompts with `texts` (normalized); returns them in order.
+    The last `len(markets)` texts are asked from those markets (see `normalize_prompts`).
 
     Prompts whose text is kept retain their ids and creation times; the rest are deleted
     (their past responses stay). A retry with the same `request_id` returns the first result
@@ -159,18 +190,18 @@ async def store_prompts(
     """
 
     async def store() -> StoredPrompts:
-        normalized = normalize_prompts(texts)
+        normalized = normalize_prompts(texts, markets=markets)
         await lock_live_workspace(session, workspace_id)
         existing = await _existing(session, workspace_id)
-        wanted = {text_hash(text): text for text in normalized.texts}
+        wanted = normalized.keyed()
         stale = [row.id for key, row in existing.items() if key not in wanted]
         if stale:
             await session.execute(delete(Prompt).where(Prompt.id.in_(stale)))
         result: list[Prompt] = []
-        for index, (key, text) in enumerate(wanted.items()):
+        for index, (key, (text, market)) in enumerate(wanted.items()):
             row = existing.get(key)
             if row is None:
-                row = _new_prompt(workspace_id, text, _step(now, index))
+                row = _new_prompt(workspace_id, text, market, _step(now, index))
                 session.add(row)
             result.append(row)
         await session.flush()
@@ -196,20 +227,22 @@ async def add_prompts(
     workspace_id: str,
     texts: Sequence[str],
     *,
+    markets: Sequence[Market] = (),
     request_id: str = "",
     now: datetime,
 ) -> StoredPrompts:
-    """Adds the texts not stored yet; returns the added prompts.
+    """Adds the texts not stored yet (in their markets, as `store_prompts`); returns the
+    added prompts.
 
     Raises FailedPrecondition when the workspace would hold more than 500 prompts. A retry
     with the same `request_id` returns the first result and changes nothing.
     """
 
     async def add() -> StoredPrompts:
-        normalized = normalize_prompts(texts)
+        normalized = normalize_prompts(texts, markets=markets)
         await lock_live_workspace(session, workspace_id)
         existing = await _existing(session, workspace_id)
-        fresh = [text for text in normalized.texts if text_hash(text) not in existing]
+        fresh = [prompt for key, prompt in normalized.keyed().items() if key not in existing]
         total = len(existing) + len(fresh)
         if total > MAX_PROMPTS:
             raise FailedPrecondition(
@@ -221,7 +254,10 @@ async def add_prompts(
                     )
                 ],
             )
-        added = [_new_prompt(workspace_id, text, _step(now, i)) for i, text in enumerate(fresh)]
+        added = [
+            _new_prompt(workspace_id, text, market, _step(now, i))
+            for i, (text, market) in enumerate(fresh)
+        ]
         session.add_all(added)
         await session.flush()
         await audit.record_workspace_change(

@@ -144,11 +144,13 @@ def empty_reason(prompts: Sequence[object], providers: Sequence[str], requested:
 async def end_run(
     session: AsyncSession, run_id: str, status: RunStatus, now: datetime, reason: str = ""
 ) -> bool:
-    """Ends the run with `status` unless it has ended already; whether this call ended it."""
+    """Ends the run with `status` unless it has ended already; whether this call ended it.
+    Without a `reason`, one recorded while it ran (a spending cap that stopped it) is kept."""
+    reasons = {"failure_reason": reason} if reason else {}
     result = await session.execute(
         update(Run)
         .where(Run.id == run_id, Run.end_time.is_(None))
-        .values(status=status, end_time=now, failure_reason=reason)
+        .values(status=status, end_time=now, **reasons)
     )
     ended = bool(cast(CursorResult[Any], result).rowcount)
     if ended:

@@ -48,6 +48,8 @@ from service.domain.errors import (
     PreconditionViolation,
 )
 from service.domain.inputs import require_id
+from service.domain.money import caps
+from service.domain.money.estimates import Pricing
 from service.domain.paging import parse_page
 
 Trigger = Literal["manual", "schedule", "schedule_set"]
@@ -60,12 +62,14 @@ LANE_ATTEMPTS = 5
 
 @dataclass(frozen=True, slots=True)
 class ProviderProgress:
-    """Probes of one provider in a run: total, succeeded (done), failed or skipped."""
+    """Probes of one provider in a run: total, succeeded (done), failed or skipped, and what
+    its answers cost (micro-units of USD)."""
 
     provider: str
     total: int
     done: int
     failed: int
+    cost_micros: int = 0
 
 
 class RunRecord(Protocol):
@@ -93,6 +97,8 @@ class RunRecord(Protocol):
     def prompt_ids(self) -> list[str]: ...
     @property
     def providers(self) -> list[str]: ...
+    @property
+    def failure_reason(self) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +116,13 @@ class RunView:
     prompt_count: int
     providers: list[str]
     progress: list[ProviderProgress]
+    # Why it ended FAILED or PARTIAL, when it says (a spending cap, say).
+    end_reason: str = ""
+
+    @property
+    def cost_micros(self) -> int:
+        """What its answers so far cost."""
+        return sum(p.cost_micros for p in self.progress)
 
     @classmethod
     def of(cls, run: RunRecord, providers: list[str], progress: list[ProviderProgress]) -> RunView:
@@ -125,6 +138,7 @@ class RunView:
             prompt_count=run.prompt_count,
             providers=providers,
             progress=progress,
+            end_reason=run.failure_reason,
         )
 
     @property
@@ -246,6 +260,7 @@ async def start_run(
     now: datetime,
     enabled_providers: Sequence[str] | None = None,
     organization_id: str | None = None,
+    pricing: Pricing | None = None,
 ) -> StartOutcome:
     """Starts a manual run over the given prompts (default all) and providers (default all
     enabled); see `queue_run`. The run is sent to the workers once the transaction commits.
@@ -269,6 +284,7 @@ async def start_run(
             prompt_ids=prompt_ids,
             providers=providers,
             enabled_providers=enabled_providers,
+            pricing=pricing,
         )
         if outcome.run is None:
             return outcome
@@ -312,6 +328,7 @@ async def queue_run(
     prompt_ids: Sequence[str] = (),
     providers: Sequence[str] = (),
     enabled_providers: Sequence[str] | None = None,
+    pricing: Pricing | None = None,
 ) -> StartOutcome:
     """Writes a run over the given prompts (default all) and providers (default all enabled)
     into the outbox, for a command that records and sends it (`start_run`, SetSchedule).
@@ -321,7 +338,8 @@ async def queue_run(
     by default the enabled providers with credentials are asked, NO_PROVIDERS when there are
     none. EMPTY when there is no prompt to ask. Raises InvalidArgument (`prompt_ids[i]`,
     `providers[i]`), NotFound (a prompt id that is not the workspace's) and RunAlreadyOpen
-    (the workspace has `max_open` runs open; nothing is written).
+    (the workspace has `max_open` runs open; nothing is written) and SpendingCapReached (the
+    run would take the month's cost past a cap, priced with `pricing`: `caps.check_run`).
     """
     chosen_prompts = await _validate_prompt_ids(session, workspace_id, prompt_ids)
     requested = validate_providers(providers)
@@ -346,6 +364,7 @@ async def queue_run(
         missing = [] if asked else enabled
     if missing or not asked:
         return StartOutcome("no_providers", providers_without_credentials=tuple(missing))
+    await caps.check_run(session, workspace_id, asked, count, pricing or Pricing.default(), now)
     run = await create_run(
         session,
         workspace_id=workspace_id,
@@ -397,6 +416,7 @@ _PROGRESS = (
         func.count(),
         func.sum(case((Probe.status == ProbeStatus.SUCCEEDED, 1), else_=0)),
         func.sum(case((Probe.status.in_((ProbeStatus.FAILED, ProbeStatus.SKIPPED)), 1), else_=0)),
+        func.sum(Probe.cost_micros),
     )
     .where(Probe.run_id.in_(bindparam("run_ids", expanding=True)))
     .group_by(Probe.run_id, Probe.provider)
@@ -409,9 +429,9 @@ async def _progress(session: Reader, run_ids: Sequence[str]) -> dict[str, list[P
         return {}
     counts: dict[str, dict[str, ProviderProgress]] = {}
     rows = await session.execute(_PROGRESS, {"run_ids": list(run_ids)})
-    for run_id, provider, total, done, failed in rows:
+    for run_id, provider, total, done, failed, cost in rows:
         counts.setdefault(run_id, {})[provider] = ProviderProgress(
-            provider, int(total), int(done or 0), int(failed or 0)
+            provider, int(total), int(done or 0), int(failed or 0), int(cost or 0)
         )
     return {
         run_id: [by_provider[p] for p in in_provider_order(by_provider)]

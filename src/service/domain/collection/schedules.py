@@ -28,6 +28,8 @@ from service.domain import audit
 from service.domain.actor import Actor
 from service.domain.collection import runs
 from service.domain.errors import InvalidArgument
+from service.domain.money.caps import SpendingCapReached
+from service.domain.money.estimates import Pricing
 from service.domain.tenancy import workspace_views
 from service.domain.tenancy.workspace_views import WorkspaceView
 
@@ -427,6 +429,7 @@ async def set_schedule(
     max_open_runs: int,
     charge_run: Callable[[], Awaitable[None]],
     now: datetime,
+    pricing: Pricing | None = None,
 ) -> ScheduleChange:
     """Sets (or, with an empty cron, clears) the schedule; a changed one starts a run at once,
     sent to the workers once the transaction commits.
@@ -436,7 +439,7 @@ async def set_schedule(
     workspace's run budget and raises (ResourceExhausted, Unavailable) to refuse the whole
     call. Raises InvalidArgument (`cron`, `time_zone`) before writing anything. While the
     workspace has `max_open_runs` runs open, the schedule is set and its immediate run is
-    FAILED, naming the open run.
+    FAILED, naming the open run; when it would exceed a spending cap, FAILED with the figures.
     """
     schedule = (
         parse_schedule(cron, time_zone, min_interval_minutes, now=now) if cron.strip() else None
@@ -451,7 +454,7 @@ async def set_schedule(
         await charge_run()
         state = await save_schedule(session, workspace_id, schedule, now=now)
         immediate = await _immediate_run(
-            session, workspace_id, configured_providers, max_open_runs, now
+            session, workspace_id, configured_providers, max_open_runs, now, pricing
         )
     await audit.record_workspace_change(
         session, actor, workspace_id, target_ids=[workspace_id, immediate.run_id], now=now
@@ -478,6 +481,7 @@ async def _immediate_run(
     configured_providers: Collection[str],
     max_open_runs: int,
     now: datetime,
+    pricing: Pricing | None,
 ) -> ImmediateRun:
     """Writes the run a changed schedule starts at once (every prompt, every enabled
     provider with credentials), or says why there is none."""
@@ -489,8 +493,9 @@ async def _immediate_run(
             configured=configured_providers,
             max_open=max_open_runs,
             now=now,
+            pricing=pricing,
         )
-    except runs.RunAlreadyOpen as error:
+    except (runs.RunAlreadyOpen, SpendingCapReached) as error:
         return ImmediateRun("failed", reason=error.message)
     if outcome.run is not None:
         return ImmediateRun("queued", run_id=outcome.run.id)

@@ -1,6 +1,6 @@
 """webhooks: endpoints, deliveries (the outbox), alert rules, alerts and digests
 
-Revision ID: 0007_webhooks
+Revision ID: 0007
 Revises: 0006
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 import service.db.types
 
-revision: str = "0007_webhooks"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
