@@ -14,6 +14,15 @@ from service.db.models.collection import (
     VisibilityRollup,
 )
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
+from service.db.models.insights import (
+    AnsweredPrompt,
+    CitedUrlRollup,
+    PromptCompetitorRollup,
+    PromptRollup,
+    SourceRollup,
+    SuggestionDecision,
+    SuggestionEvidence,
+)
 from service.db.models.tenancy import (
     AuditEvent,
     File,
@@ -26,8 +35,10 @@ from service.db.models.tenancy import (
 )
 
 __all__ = [
+    "AnsweredPrompt",
     "AuditEvent",
     "Base",
+    "CitedUrlRollup",
     "CompetitorRollup",
     "File",
     "HourlyCompetitorRollup",
@@ -38,11 +49,16 @@ __all__ = [
     "OrganizationMember",
     "Probe",
     "Prompt",
+    "PromptCompetitorRollup",
+    "PromptRollup",
     "QuarterHourCompetitorRollup",
     "QuarterHourVisibilityRollup",
     "Run",
     "Schedule",
     "ServiceKey",
+    "SourceRollup",
+    "SuggestionDecision",
+    "SuggestionEvidence",
     "User",
     "VisibilityRollup",
     "Workspace",
