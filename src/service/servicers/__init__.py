@@ -7,12 +7,20 @@ from collections.abc import Callable, Iterable
 import grpc
 
 from service.app import App
-from service.servicers import membership, organization, prompt, run, schedule, workspace
+from service.servicers import (
+    insights,
+    membership,
+    organization,
+    prompt,
+    run,
+    schedule,
+    workspace,
+)
 
 # Registers one service's servicer on a server; returns the service's full name.
 Register = Callable[[grpc.aio.Server, App], str]
 
-SERVICE_MODULES = (organization, workspace, membership, schedule, prompt, run)
+SERVICE_MODULES = (organization, workspace, membership, schedule, prompt, run, insights)
 ALL_SERVICERS: tuple[Register, ...] = tuple(module.add for module in SERVICE_MODULES)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -14,6 +15,7 @@ from service.auth.cache import TtlCache
 from service.clock import utcnow
 from service.config import Settings
 from service.db.database import Reader
+from service.domain.errors import InvalidArgument
 from service.domain.tenancy import files, workspace_views
 from service.domain.tenancy.organizations import OrganizationView
 from service.domain.tenancy.workspace_views import WorkspaceView
@@ -21,6 +23,18 @@ from service.domain.tenancy.workspace_views import WorkspaceView
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 PROVIDER_TO_PROTO = providers.TO_PROTO
 PROVIDER_FROM_PROTO = providers.FROM_PROTO
+
+
+def request_time(request: Any, field: str) -> datetime | None:
+    """A request's timestamp field as a UTC datetime (None when unset); a timestamp outside
+    0001-01-01..9999-12-31 or with nanos outside 0..999,999,999 is InvalidArgument."""
+    if not request.HasField(field):
+        return None
+    try:
+        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(field, "is not a valid timestamp") from None
+    return value
 
 
 def timestamp(value: datetime | None) -> Timestamp | None:

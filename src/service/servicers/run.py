@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -20,10 +19,14 @@ from service.db.models import Probe
 from service.domain import read_views
 from service.domain.collection import reports, runs
 from service.domain.collection.run_status import ProbeStatus, RunStatus
-from service.domain.errors import InvalidArgument
 from service.domain.tenancy import workspace_access
 from service.servicers.calls import resolved_workspace_id
-from service.servicers.convert import PROVIDER_FROM_PROTO, PROVIDER_TO_PROTO, timestamp
+from service.servicers.convert import (
+    PROVIDER_FROM_PROTO,
+    PROVIDER_TO_PROTO,
+    request_time,
+    timestamp,
+)
 
 RUN_STATUS_TO_PROTO: dict[str, pb.RunStatus.ValueType] = {
     RunStatus.QUEUED: pb.RUN_STATUS_QUEUED,
@@ -139,20 +142,6 @@ def report_to_proto(workspace_id: str, rows: list[reports.VisibilityRow]) -> pb.
     return report
 
 
-def _report_time(
-    request: pb.GetVisibilityReportRequest, field: Literal["start_time", "end_time"]
-) -> datetime | None:
-    """The timestamp field as a UTC datetime (None when unset); a timestamp outside
-    0001-01-01..9999-12-31 or with nanos outside 0..999,999,999 is InvalidArgument."""
-    if not request.HasField(field):
-        return None
-    try:
-        value: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument(field, "is not a valid timestamp") from None
-    return value
-
-
 class RunServicer(run_service_pb2_grpc.RunServiceServicer):
     def __init__(self, app: App) -> None:
         self.app = app
@@ -256,8 +245,8 @@ class RunServicer(run_service_pb2_grpc.RunServiceServicer):
         self, request: pb.GetVisibilityReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.VisibilityReport:
         start, end, granularity, time_zone = reports.validate_range(
-            _report_time(request, "start_time"),
-            _report_time(request, "end_time"),
+            request_time(request, "start_time"),
+            request_time(request, "end_time"),
             GRANULARITY_FROM_PROTO.get(request.granularity, ""),
             request.time_zone,
         )

@@ -11,6 +11,7 @@ Revises: 0006
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -34,7 +35,7 @@ def _count(name: str) -> sa.Column[int]:
     return sa.Column(name, sa.Integer(), nullable=False)
 
 
-def _table(name: str, keys: list[sa.Column[str]], *columns: sa.Column[object]) -> None:
+def _table(name: str, keys: list[sa.Column[Any]], *columns: sa.Column[Any]) -> None:
     """A table keyed by workspace_id then `keys`, deleted with its workspace."""
     op.create_table(
         name,
