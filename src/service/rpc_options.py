@@ -11,6 +11,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescript
 from google.protobuf.message import Message
 
 from beacon.v1 import (
+    insights_service_pb2,
     membership_service_pb2,
     options_pb2,
     organization_service_pb2,
@@ -28,6 +29,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     schedule_service_pb2.DESCRIPTOR,
     prompt_service_pb2.DESCRIPTOR,
     run_service_pb2.DESCRIPTOR,
+    insights_service_pb2.DESCRIPTOR,
 )
 
 

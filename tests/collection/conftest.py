@@ -14,6 +14,7 @@ import grpc
 import pytest
 
 from beacon.v1 import (
+    insights_service_pb2_grpc,
     prompt_service_pb2_grpc,
     run_service_pb2_grpc,
     schedule_service_pb2_grpc,
@@ -47,5 +48,6 @@ async def collection(keyed_app: App) -> AsyncIterator[SimpleNamespace]:
             schedules=schedule_service_pb2_grpc.ScheduleServiceStub(channel),
             prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
             runs=run_service_pb2_grpc.RunServiceStub(channel),
+            insights=insights_service_pb2_grpc.InsightsServiceStub(channel),
         )
     await server.stop(grace=1.0)
