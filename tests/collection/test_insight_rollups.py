@@ -19,12 +19,13 @@ from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
-from service.clock import new_id
+from service.clock import new_id, utcnow
 from service.db.database import Database
-from service.db.models import Probe
+from service.db.models import Probe, SuggestionDecision, Workspace
 from service.domain.collection import insight_rollups, reports
+from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import insert_run, make_workspace
 
@@ -223,3 +224,63 @@ async def test_a_filtered_read_counts_only_the_given_keys(collection_db: Databas
             {"prompt_id": ["prm_a"], "provider": ["openai"]},
         )
     assert rolled == {(0, "prm_a", "openai"): [2, 2, 2, 2, 0, 0]}
+
+
+INSIGHT_TABLES = (
+    *(rollup.table for rollup in insight_rollups.ROLLUPS),
+    insight_rollups.ANSWERED_PROMPTS,
+    insight_rollups.EVIDENCE,
+    SuggestionDecision.__table__,
+)
+
+
+async def insight_rows(db: Database, workspace_id: str) -> dict[str, int]:
+    async with db.transaction(write=False) as session:
+        return {
+            table.name: int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(table)
+                    .where(table.c.workspace_id == workspace_id)
+                )
+                or 0
+            )
+            for table in INSIGHT_TABLES
+        }
+
+
+async def test_purging_a_workspace_deletes_its_insight_rows(collection_db: Database) -> None:
+    base = datetime(2026, 3, 2, tzinfo=UTC)
+    workspace_id = await make_workspace(collection_db)
+    cited = {
+        "provider": "openai",
+        "prompt_id": "prm_a",
+        "second": 60,
+        "status": "succeeded",
+        "brand_mentioned": False,
+        "brand_rank": 0,
+        "brand_citations": 0,
+        "citations": [
+            {"url": "https://news.example.org/a", "title": "", "domain": "news.example.org"}
+        ],
+        "competitors": [{"name": "Globex", "rank": 1}],
+        "text": "1. **Initech** - good",
+    }
+    await store_answers(collection_db, workspace_id, [cited], base)
+    async with collection_db.transaction() as session:
+        session.add(
+            SuggestionDecision(
+                workspace_id=workspace_id,
+                kind="domain",
+                key="example.org",
+                decision="dismissed",
+                decide_time=base,
+            )
+        )
+    assert 0 not in (await insight_rows(collection_db, workspace_id)).values()
+    async with collection_db.transaction() as session:
+        await session.execute(
+            update(Workspace).where(Workspace.id == workspace_id).values(delete_time=utcnow())
+        )
+    assert await purge_deleted_workspaces(collection_db, utcnow() + timedelta(days=31)) >= 1
+    assert set((await insight_rows(collection_db, workspace_id)).values()) == {0}

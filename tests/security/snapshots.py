@@ -26,6 +26,13 @@ WORKSPACE_TABLES = (
     "hourly_competitor_rollups",
     "quarter_hour_visibility_rollups",
     "quarter_hour_competitor_rollups",
+    "source_rollups",
+    "cited_url_rollups",
+    "prompt_rollups",
+    "prompt_competitor_rollups",
+    "answered_prompts",
+    "suggestion_evidence",
+    "suggestion_decisions",
 )
 
 

@@ -24,6 +24,7 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from beacon.v1 import insights_service_pb2 as insights_pb
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import options_pb2
 from beacon.v1 import organization_service_pb2 as org_pb
@@ -35,6 +36,7 @@ from service.app import App
 from service.auth import service_keys
 from service.clock import new_id
 from service.config import Settings
+from service.domain.collection import suggestions
 from service.rpc_options import MethodRules, method_rules
 from tests.security import world as w
 from tests.security.calls import Outcome, invoke, methods_by_path
@@ -106,6 +108,23 @@ MEMBERS = "/beacon.v1.MembershipService/"
 SCHEDULES = "/beacon.v1.ScheduleService/"
 PROMPTS = "/beacon.v1.PromptService/"
 RUNS = "/beacon.v1.RunService/"
+INSIGHTS = "/beacon.v1.InsightsService/"
+
+
+def recent(x: World) -> dict[str, Timestamp]:
+    """A range holding the world's answers (those of this second too), the same all day (two
+    reads of a test ask for the same range)."""
+    today = int(time.time()) // 86400 * 86400
+    return {
+        "start_time": Timestamp(seconds=today - 7 * 86400),
+        "end_time": Timestamp(seconds=today + 2 * 86400),
+    }
+
+
+def source_of(x: World) -> str:
+    """The source the world's answers cite (`tests.security.tenants.populate`)."""
+    return f"{x.workspace_id.replace('_', '-')}.example"
+
 
 TABLE: dict[str, Entry] = {
     ORG + "CreateOrganization": Entry(
@@ -281,6 +300,29 @@ TABLE: dict[str, Entry] = {
             granularity=run_pb.GRANULARITY_DAY,
         )
     ),
+    INSIGHTS + "GetSourcesReport": Entry(
+        lambda x: insights_pb.GetSourcesReportRequest(workspace_id=x.workspace_id, **recent(x))
+    ),
+    INSIGHTS + "ListCitedUrls": Entry(
+        lambda x: insights_pb.ListCitedUrlsRequest(
+            workspace_id=x.workspace_id, domain=source_of(x), **recent(x)
+        )
+    ),
+    INSIGHTS + "GetPromptReport": Entry(
+        lambda x: insights_pb.GetPromptReportRequest(
+            workspace_id=x.workspace_id, granularity=run_pb.GRANULARITY_DAY, **recent(x)
+        )
+    ),
+    INSIGHTS + "ListCompetitorSuggestions": Entry(
+        lambda x: insights_pb.ListCompetitorSuggestionsRequest(workspace_id=x.workspace_id)
+    ),
+    INSIGHTS + "DecideCompetitorSuggestion": Entry(
+        lambda x: insights_pb.DecideCompetitorSuggestionRequest(
+            workspace_id=x.workspace_id,
+            suggestion_id=x.suggestion_id,
+            decision=insights_pb.SUGGESTION_DECISION_DISMISS,
+        )
+    ),
 }
 
 CELLS = [(path, caller) for path in TABLE for caller in w.CALLERS]
@@ -338,6 +380,7 @@ def ghost(world: World) -> World:
         prompt_id=new_id("prm"),
         run_id=new_id("run"),
         ended_run_id=new_id("run"),
+        suggestion_id=suggestions.suggestion_id("name", uuid.uuid4().hex),
         invitation_id=new_id("inv"),
     )
 

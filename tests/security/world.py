@@ -25,11 +25,13 @@ from service.config import Settings
 from service.db.models import (
     Organization,
     OrganizationMember,
+    SuggestionEvidence,
     User,
     Workspace,
     WorkspaceInvitation,
     WorkspaceMember,
 )
+from service.domain.collection import suggestions
 from service.domain.tenancy.join_codes import display_code, generate_code
 from tests.collection.builders import end_run, insert_prompts, insert_run
 from tests.security.calls import Metadata, bearer
@@ -101,6 +103,7 @@ class World:
     prompt_id: str
     run_id: str  # queued, not ended
     ended_run_id: str
+    suggestion_id: str  # a competitor suggestion, undecided
     join_code: str  # display form, live
     invitation_id: str  # pending, to the workspace, for the caller's email (if a user)
     member: Person  # an explicit workspace member (role member), not the caller
@@ -265,6 +268,7 @@ async def build_world(
     run_id = await insert_run(app, ws_id, status="queued")
     ended_run_id = await insert_run(app, ws_id, status="running")
     await end_run(app, ended_run_id, "succeeded")
+    suggestion_id = await _suggestion(app, ws_id)
     metadata = _metadata(settings, caller, user, keys)
     if caller == GUEST:
         await memberships.JoinWorkspaceByCode(
@@ -277,6 +281,7 @@ async def build_world(
         prompt_id=prompt_id,
         run_id=run_id,
         ended_run_id=ended_run_id,
+        suggestion_id=suggestion_id,
         join_code=display_code(code),
         invitation_id=invitation_id,
         member=member,
@@ -285,6 +290,24 @@ async def build_world(
         caller=user,
         metadata=metadata,
     )
+
+
+async def _suggestion(app: App, workspace_id: str) -> str:
+    """A competitor suggestion of the workspace, as an answer listing a name leaves it."""
+    async with app.db.transaction() as session:
+        session.add(
+            SuggestionEvidence(
+                workspace_id=workspace_id,
+                kind="name",
+                key="initech",
+                provider="openai",
+                label="Initech",
+                answers=1,
+                last_time=utcnow(),
+                example_response_id=new_id("rsp"),
+            )
+        )
+    return suggestions.suggestion_id("name", "initech")
 
 
 def _metadata(
