@@ -28,6 +28,7 @@ from service.domain.collection import insight_rollups, reports
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
 from tests.collection import pipeline_fixtures as fixtures
 from tests.collection.pipeline_fixtures import insert_run, make_workspace
+from workers.sql_dialects import table_of
 
 collection_db = fixtures.collection_db
 
@@ -230,7 +231,7 @@ INSIGHT_TABLES = (
     *(rollup.table for rollup in insight_rollups.ROLLUPS),
     insight_rollups.ANSWERED_PROMPTS,
     insight_rollups.EVIDENCE,
-    SuggestionDecision.__table__,
+    table_of(SuggestionDecision),
 )
 
 

@@ -95,7 +95,7 @@ async def test_sources_prompts_and_suggestions_follow_the_collected_answers(
         run = await wait_for_end(collection, started.run.id, md)
     assert run.status == run_pb.RUN_STATUS_SUCCEEDED
     start, end = before - timedelta(hours=1), utcnow() + timedelta(hours=1)
-    span = {"start_time": stamp(start), "end_time": stamp(end)}
+    span: dict[str, Any] = {"start_time": stamp(start), "end_time": stamp(end)}
 
     # Sources: hosts under one registrable domain count as one source, classified.
     report = await collection.insights.GetSourcesReport(
@@ -201,7 +201,10 @@ async def test_sources_prompts_and_suggestions_follow_the_collected_answers(
         grpc.StatusCode.INVALID_ARGUMENT,
         collection.insights.GetPromptReport(
             pb.GetPromptReportRequest(
-                workspace_id=ws, granularity=run_pb.GRANULARITY_DAY, providers=[99], **span
+                workspace_id=ws,
+                granularity=run_pb.GRANULARITY_DAY,
+                providers=[ws_pb.Provider.ValueType(99)],
+                **span,
             ),
             metadata=md,
         ),

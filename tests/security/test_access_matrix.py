@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 import pytest
@@ -111,7 +111,7 @@ RUNS = "/beacon.v1.RunService/"
 INSIGHTS = "/beacon.v1.InsightsService/"
 
 
-def recent(x: World) -> dict[str, Timestamp]:
+def recent(x: World) -> dict[str, Any]:
     """A range holding the world's answers (those of this second too), the same all day (two
     reads of a test ask for the same range)."""
     today = int(time.time()) // 86400 * 86400
