@@ -320,23 +320,18 @@ async def prompt_report(
         where["prompt_id"] = prompt_ids
     if providers:
         where["provider"] = providers
-    sums = await insight_rollups.read(session, insight_rollups.PROMPTS, workspace_id, plan, where)
-    mentions = await insight_rollups.read(
-        session, insight_rollups.PROMPT_MENTIONS, workspace_id, plan, where
+    group = ("prompt_id", "provider") if by_provider else ("prompt_id",)
+    sums = await insight_rollups.read(
+        session, insight_rollups.PROMPTS, workspace_id, plan, where, group
     )
-
-    def group(i: int, prompt_id: str, provider: str) -> tuple[int, str, str]:
-        return (i, prompt_id, provider if by_provider else "")
-
-    totals: dict[tuple[int, str, str], list[int]] = {}
-    for (i, prompt_id, provider), values in sums.items():
-        total = totals.setdefault(group(i, prompt_id, provider), [0] * len(values))
-        for index, value in enumerate(values):
-            total[index] += value
+    mentions = await insight_rollups.read(
+        session, insight_rollups.PROMPT_MENTIONS, workspace_id, plan, where, (*group, "name")
+    )
+    # (period, prompt, provider or "") -> sums; -> competitor -> answers naming it.
+    totals = {(k[0], k[1], k[2] if by_provider else ""): v for k, v in sums.items()}
     names: dict[tuple[int, str, str], dict[str, int]] = defaultdict(dict)
-    for (i, prompt_id, provider, name), (count,) in mentions.items():
-        counted = names[group(i, prompt_id, provider)]
-        counted[name] = counted.get(name, 0) + count
+    for key, (count,) in mentions.items():
+        names[(key[0], key[1], key[2] if by_provider else "")][key[-1]] = count
     texts = await _prompt_texts(session, workspace_id, {key[1] for key in totals})
     configured = (await definition(session, workspace_id)).competitor_names
     order_of = {name: index for index, name in enumerate(PROVIDERS)}

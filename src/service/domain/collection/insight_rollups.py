@@ -314,9 +314,12 @@ _IN = {
 
 
 @functools.cache
-def _read_statement(dialect: str, rollup: Rollup, filters: tuple[str, ...]) -> TextClause:
-    """Sums of the rollup's rows in each range, counted (signed) in each period."""
-    keys = ", ".join(f"v.{k}" for k in rollup.keys)
+def _read_statement(
+    dialect: str, rollup: Rollup, filters: tuple[str, ...], group: tuple[str, ...]
+) -> TextClause:
+    """Sums of the rollup's rows in each range, counted (signed) in each period, grouped by
+    the key columns `group`."""
+    keys = ", ".join(f"v.{k}" for k in group)
     where = (
         "v.workspace_id = :workspace_id AND v.unit = r.u AND v.bucket >= r.lo AND v.bucket < r.hi"
         + "".join(" AND " + _IN[dialect].format(column=c) for c in filters)
@@ -333,12 +336,16 @@ def _read_statement(dialect: str, rollup: Rollup, filters: tuple[str, ...]) -> T
         )
     summed = ", ".join(f"sum(v.{s}) AS {s}" for s in rollup.sums)
     inner = f"SELECT r.k AS k, {keys}, {summed} FROM {source} GROUP BY r.k, {keys}"
-    outer_keys = ", ".join(f"x.{k}" for k in rollup.keys)
+    outer_keys = ", ".join(f"x.{k}" for k in group)
     signed = ", ".join(f"CAST(sum(t.s * x.{s}) AS bigint) AS {s}" for s in rollup.sums)
     return text(
         f"SELECT t.i, {outer_keys}, {signed} FROM ({inner}) AS x "
         f"JOIN {_TARGETS[dialect]} ON t.k = x.k GROUP BY t.i, {outer_keys}"
     )
+
+
+_JIT_OFF = text("SET jit = off")
+_JIT_RESET = text("RESET jit")
 
 
 def _bound(value: date | datetime, dialect: str) -> str:
@@ -354,11 +361,15 @@ async def read(
     workspace_id: str,
     plan: rollups.Plan,
     where: Mapping[str, Sequence[str]] | None = None,
+    group: Sequence[str] = (),
 ) -> Sums:
     """The rollup's sums per (period, keys) of `plan`, only for keys whose columns named in
-    `where` hold one of the given values. One statement for the rollup rows; the answers of
-    the plan's answer ranges (minutes at range ends off the quarter-hour) are counted here."""
+    `where` hold one of the given values; keys are the columns `group` (default: every key
+    column). One statement for the rollup rows; the answers of the plan's answer ranges
+    (minutes at range ends off the quarter-hour) are counted here."""
     where = dict(where or {})
+    grouped = tuple(group or rollup.keys)
+    picked = [rollup.keys.index(column) for column in grouped]
     dialect = rollups._dialect(reader)
     found: Sums = {}
     pieces = [("d", p) for p in plan.days]
@@ -377,11 +388,16 @@ async def read(
             "targets": json.dumps(targets),
         }
         params |= {f"in_{column}": json.dumps(list(values)) for column, values in where.items()}
-        statement = _read_statement(dialect, rollup, tuple(sorted(where)))
-        for row in (await reader.execute(statement, params)).all():
-            found[tuple(row[: 1 + len(rollup.keys)])] = [
-                int(v) for v in row[1 + len(rollup.keys) :]
-            ]
+        statement = _read_statement(dialect, rollup, tuple(sorted(where)), grouped)
+        if dialect == "sqlite":
+            result = await reader.execute(statement, params)
+        else:
+            # As `rollups.read_periods`: no JIT compiling for a statement of a few ms.
+            await reader.execute(_JIT_OFF)
+            result = await reader.execute(statement, params)
+            await reader.execute(_JIT_RESET)
+        for row in result.all():
+            found[tuple(row[: 1 + len(grouped)])] = [int(v) for v in row[1 + len(grouped) :]]
     allowed = {rollup.keys.index(c): set(v) for c, v in where.items()}
     for i, sign, lo, hi in plan.answers:
         probes = await reader.execute(
@@ -395,7 +411,8 @@ async def read(
         for probe in probes.all():
             for keys, sums, _ in rollup.contributions(stored_answer(probe)):
                 if all(keys[index] in values for index, values in allowed.items()):
-                    total = found.setdefault((i, *keys), [0] * len(sums))
+                    key = (i, *(keys[index] for index in picked))
+                    total = found.setdefault(key, [0] * len(sums))
                     for index, value in enumerate(sums):
                         total[index] += sign * value
     return {key: sums for key, sums in found.items() if any(sums)}
