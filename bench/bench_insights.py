@@ -4,7 +4,8 @@ Workspaces with 10,000 to 1,000,000 answers spread evenly over one year (six pro
 prompts, one to three citations on ~100 sources, competitor lists as in bench_report) are
 generated in PostgreSQL with generate_series at the head revision; their insight rollups are
 then filled by SQL that sums what `insight_rollups.add_answers` adds per answer (each
-answer's sources, prompt sums and competitor mentions per UTC day, hour and quarter-hour),
+answer's sources, prompt sums and competitor mentions per UTC month, day, hour and
+quarter-hour),
 since the answers are not written through the worker here. The reports are timed through
 `beacon serve` (one call at a time, over gRPC) in UTC and in each further `--zones` time
 zone. Ratios are against the smallest workspace; targets: p50 <= 50 ms at 1M in every zone,
@@ -23,6 +24,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
+from typing import Any
 from datetime import UTC, datetime
 
 import grpc
@@ -99,6 +101,7 @@ SEED_PROBES = text(
 )
 # Each unit's bucket of an answer's complete_time, in UTC.
 BUCKETS = {
+    "m": "timezone('UTC', date_trunc('month', timezone('UTC', p.complete_time)))",
     "d": "timezone('UTC', date_trunc('day', timezone('UTC', p.complete_time)))",
     "h": "timezone('UTC', date_trunc('hour', timezone('UTC', p.complete_time)))",
     "q": "timezone('UTC', date_trunc('hour', timezone('UTC', p.complete_time)) "
@@ -157,7 +160,7 @@ async def seed(url: str, sizes: Sequence[int]) -> tuple[str, dict[int, str]]:
 
 
 def requests(workspace_id: str, time_zone: str) -> dict[str, Message]:
-    span = {"start_time": stamp(START), "end_time": stamp(END)}
+    span: dict[str, Any] = {"start_time": stamp(START), "end_time": stamp(END)}
     return {
         "sources": pb.GetSourcesReportRequest(workspace_id=workspace_id, **span),
         "prompts, weekly": pb.GetPromptReportRequest(

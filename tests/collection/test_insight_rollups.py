@@ -194,6 +194,44 @@ async def test_insight_rollups_equal_counting_every_answer(
             )
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    drawn=st.lists(
+        st.builds(
+            lambda item, day, second: {**item, "second": day * DAY_SECONDS + second},
+            answer,
+            st.integers(-5, 130),
+            st.sampled_from((0, 1, DAY_SECONDS - 1)),
+        ),
+        max_size=12,
+    ),
+    start=st.integers(-3, 3),
+    days=st.integers(28, 62),
+    zone=st.sampled_from(ZONES),
+)
+async def test_ranges_holding_whole_months_read_month_rollups_equal_to_the_answers(
+    collection_db: Database,
+    drawn: list[dict[str, Any]],
+    start: int,
+    days: int,
+    zone: tuple[str, datetime],
+) -> None:
+    """Two periods of 28 to 62 days from about March 1st (the bases are Mar 2 and Mar 30):
+    their whole UTC months (March, April, May) are read from the month buckets."""
+    name, base = zone
+    workspace_id = await make_workspace(collection_db)
+    await store_answers(collection_db, workspace_id, drawn, base)
+    lo = base + timedelta(days=start)
+    bounds = [lo, lo + timedelta(days=days), lo + timedelta(days=2 * days)]
+    for rollup in insight_rollups.ROLLUPS:
+        async with collection_db.transaction(write=False) as session:
+            rolled = await insight_rollups.read(session, rollup, workspace_id, reports.plan(bounds))
+        assert rolled == await scanned(collection_db, workspace_id, rollup, bounds), (
+            rollup.table.name,
+            name,
+        )
+
+
 async def test_a_filtered_read_counts_only_the_given_keys(collection_db: Database) -> None:
     base = datetime(2026, 3, 2, tzinfo=UTC)
     workspace_id = await make_workspace(collection_db)

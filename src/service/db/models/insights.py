@@ -1,9 +1,9 @@
 """Rollups and state of the insights reports: cited sources, cited URLs, visibility per
 prompt, and competitor suggestions (see `service.domain.collection.insight_rollups`).
 
-Every rollup is keyed by (workspace, unit, bucket, ...): `unit` is "d", "h" or "q" and
-`bucket` the UTC instant starting that day, hour or quarter-hour, so one table serves the
-day, hour and quarter-hour pieces of a report planned like the visibility report.
+Every rollup is keyed by (workspace, unit, bucket, ...): `unit` is "m", "d", "h" or "q" and
+`bucket` the UTC instant starting that month, day, hour or quarter-hour, so one table serves
+every piece of a report planned like the visibility report.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Insight rollups: cited sources, cited URLs and visibility per prompt, kept per (workspace,
-unit, bucket, keys) for UTC days, hours and quarter-hours in one table each, plus the texts
+unit, bucket, keys) for UTC months, days, hours and quarter-hours in one table each, plus the texts
 of answered prompts and the evidence of competitor suggestions.
 
 Written like the visibility rollups (`rollups.add_answers`): by whoever stores an answer, in
@@ -152,7 +152,22 @@ PROMPT_MENTIONS = Rollup(
     _prompt_mentions,
 )
 ROLLUPS = (SOURCES, URLS, PROMPTS, PROMPT_MENTIONS)
-UNITS = {"d": rollups.utc_day, "h": rollups.utc_hour, "q": rollups.utc_quarter_hour}
+
+
+def utc_month(moment: datetime) -> date:
+    """The first day of the UTC month holding `moment`."""
+    return rollups.utc_day(moment).replace(day=1)
+
+
+# Each unit and how an answer's time falls into it. Months are read for the whole UTC months
+# inside a plan's ranges of days (`_months`): a year's range reads ~12 month buckets rather
+# than 365 day buckets.
+UNITS = {
+    "m": utc_month,
+    "d": rollups.utc_day,
+    "h": rollups.utc_hour,
+    "q": rollups.utc_quarter_hour,
+}
 ANSWERED_PROMPTS = _table(AnsweredPrompt)
 EVIDENCE = _table(SuggestionEvidence)
 PROBES = _table(Probe)
@@ -344,6 +359,24 @@ def _read_statement(
     )
 
 
+def _next_month(day: date) -> date:
+    return date(day.year + day.month // 12, day.month % 12 + 1, 1)
+
+
+def _months(piece: rollups.Piece) -> list[tuple[str, rollups.Piece]]:
+    """A range of whole UTC days as its whole UTC months ("m") and the days around them."""
+    i, sign, lo, hi = piece
+    first = lo if lo.day == 1 else _next_month(lo)
+    last = hi.replace(day=1)
+    if first >= last:
+        return [("d", piece)]
+    parts = [("d", (i, sign, lo, first))] if lo < first else []
+    parts.append(("m", (i, sign, first, last)))
+    if last < hi:
+        parts.append(("d", (i, sign, last, hi)))
+    return parts
+
+
 _JIT_OFF = text("SET jit = off")
 _JIT_RESET = text("RESET jit")
 
@@ -372,7 +405,7 @@ async def read(
     picked = [rollup.keys.index(column) for column in grouped]
     dialect = rollups._dialect(reader)
     found: Sums = {}
-    pieces = [("d", p) for p in plan.days]
+    pieces = [piece for day_piece in plan.days for piece in _months(day_piece)]
     pieces += [("h", p) for p in plan.hours] + [("q", p) for p in plan.quarter_hours]
     if pieces:
         ranges: dict[tuple[str, str, str], int] = {}
