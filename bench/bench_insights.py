@@ -24,8 +24,8 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf.message import Message
