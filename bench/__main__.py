@@ -1,8 +1,8 @@
 """`make bench`: every benchmark, each printing its own table.
 
   python -m bench            all of them
-  python -m bench rpc        only the RPC benchmark (also: report, ticker, workers, inputs, uploads,
-                           webhooks)
+  python -m bench rpc        only the RPC benchmark (also: report, insights, ticker, workers, inputs,
+                           uploads, webhooks)
 
 The ratios in each table are measured in the same run against a baseline of that run.
 """
@@ -15,6 +15,7 @@ import sys
 BENCHMARKS = {
     "rpc": "bench.bench_rpc",
     "report": "bench.bench_report",
+    "insights": "bench.bench_insights",
     "ticker": "bench.bench_ticker",
     "workers": "bench.bench_workers",
     "inputs": "bench.bench_inputs",

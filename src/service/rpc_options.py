@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from beacon.v1 import (
     billing_service_pb2,
+    insights_service_pb2,
     membership_service_pb2,
     options_pb2,
     organization_service_pb2,
@@ -32,6 +33,7 @@ SERVICE_FILES: tuple[FileDescriptor, ...] = (
     prompt_service_pb2.DESCRIPTOR,
     run_service_pb2.DESCRIPTOR,
     billing_service_pb2.DESCRIPTOR,
+    insights_service_pb2.DESCRIPTOR,
 )
 
 

@@ -10,6 +10,7 @@ import functools
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, Update, bindparam, select, update
@@ -18,7 +19,7 @@ from service.clock import utcnow
 from service.db.database import Database
 from service.db.models import Organization, Probe, Prompt, Run, Workspace
 from service.db.sql_dialects import id_in, table_of
-from service.domain.collection import rollups
+from service.domain.collection import insight_rollups, rollups
 from service.domain.collection.run_lifecycle import ProbeStatus, finish_runs
 from service.domain.money import ledger
 from service.domain.money.markets import Market, effective_market
@@ -233,6 +234,14 @@ class ProbeStore:
                     if "cost_micros" in result.values
                 ),
             )
+            await insight_rollups.add_answers(
+                connection,
+                (
+                    _stored_answer(pending[result.probe_id], now, result)
+                    for result in saved
+                    if result.status == ProbeStatus.SUCCEEDED
+                ),
+            )
         return [None] * len(results)
 
 
@@ -279,7 +288,13 @@ def _pending_query() -> Select[Any]:
     """The pending probes among some (filtered by the caller), locked until the transaction
     ends (PostgreSQL; SQLite's write transactions are serial anyway)."""
     return (
-        select(PROBES.c.id, PROBES.c.workspace_id, PROBES.c.provider)
+        select(
+            PROBES.c.id,
+            PROBES.c.workspace_id,
+            PROBES.c.provider,
+            PROBES.c.prompt_id,
+            PROBES.c.prompt_text,
+        )
         .where(PROBES.c.status == ProbeStatus.PENDING)
         .order_by(PROBES.c.id)
         .with_for_update()
@@ -298,6 +313,19 @@ def _save_statement() -> Update:
             complete_time=bindparam("b_complete_time"),
             **{column: bindparam(f"b_{column}") for column in RESULT_COLUMNS},
         )
+    )
+
+
+def _stored_answer(row: Any, now: datetime, result: ProbeResult) -> insight_rollups.StoredAnswer:
+    """The answer a result stores, for the insight rollups (`row`: its pending probe)."""
+    return insight_rollups.StoredAnswer(
+        id=row.id,
+        workspace_id=row.workspace_id,
+        provider=row.provider,
+        prompt_id=row.prompt_id,
+        prompt_text=row.prompt_text,
+        complete_time=now,
+        values=result.values,
     )
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from beacon.v1 import (
     billing_service_pb2_grpc,
+    insights_service_pb2_grpc,
     prompt_service_pb2_grpc,
     run_service_pb2_grpc,
     schedule_service_pb2_grpc,
@@ -51,5 +52,6 @@ async def collection(keyed_app: App) -> AsyncIterator[SimpleNamespace]:
             prompts=prompt_service_pb2_grpc.PromptServiceStub(channel),
             runs=run_service_pb2_grpc.RunServiceStub(channel),
             billing=billing_service_pb2_grpc.BillingServiceStub(channel),
+            insights=insights_service_pb2_grpc.InsightsServiceStub(channel),
         )
     await server.stop(grace=1.0)

@@ -10,10 +10,8 @@ local fake.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -50,11 +48,10 @@ from tests.support.pipeline import (
     load_run,
     make_workspace,
     pipeline_settings,
-    sending_to,
     wait_for_end,
 )
 from tests.support.processes import Beacon, RabbitmqNode, beacon_env, eventually
-from workers.runtime import start_embedded
+from tests.support.running import pipeline
 
 fake_server = fixtures.fake_server
 fake_provider = fixtures.fake_provider
@@ -72,56 +69,6 @@ BROKERS = ["redis", "rabbitmq"] if rabbitmq_available() else ["redis"]
 def broker(request: pytest.FixtureRequest) -> str:
     """The broker of the `beacon` processes on PostgreSQL (SQLite runs the in-process one)."""
     return str(request.param)
-
-
-@contextlib.asynccontextmanager
-async def embedded_pipeline(settings: Settings, db: Database) -> AsyncIterator[None]:
-    running = start_embedded(settings, ticker=True, worker_threads=8)
-    try:
-        with sending_to(db, running.broker):
-            yield
-    finally:
-        await asyncio.to_thread(running.stop)
-
-
-@contextlib.asynccontextmanager
-async def process_pipeline(settings: Settings, logs: Path, db: Database) -> AsyncIterator[None]:
-    """`beacon worker` and `beacon ticker` processes with `settings` in their environment."""
-    # StartRun/SetSchedule in this process send to the same broker.
-    broker = broker_of(settings)
-    env = beacon_env(settings)
-    processes: list[Beacon] = []
-    try:
-        for command in ("worker", "ticker"):
-            processes.append(await Beacon.start(command, env, logs / f"beacon-{command}.log"))
-        with sending_to(db, broker):
-            yield
-    finally:
-        try:
-            for process in processes:
-                await process.stop()
-        finally:
-            broker.close()
-
-
-@contextlib.asynccontextmanager
-async def pipeline(
-    backend: str,
-    broker: str,
-    settings: Settings,
-    server: FakeProviderServer,
-    tmp: Path,
-    db: Database,
-) -> AsyncIterator[None]:
-    if backend == "sqlite":
-        async with embedded_pipeline(pipeline_settings(settings, server, ""), db):
-            yield
-        return
-    async with (
-        broker_url(broker) as url,
-        process_pipeline(pipeline_settings(settings, server, url), tmp, db),
-    ):
-        yield
 
 
 def asked(fake: FakeProviderServer, prompts: list[str]) -> int:

@@ -11,6 +11,7 @@ call that fails leaves that tenant's rows exactly as they were.
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -23,6 +24,7 @@ from beacon.v1 import organization_service_pb2 as org_pb
 from service.app import App
 from service.clock import new_id
 from service.config import Settings
+from service.domain.collection import suggestions
 from service.rpc_options import method_rules
 from tests.support.security import world as w
 from tests.support.security.access_matrix import (
@@ -87,6 +89,7 @@ def ghost(world: World) -> World:
         prompt_id=new_id("prm"),
         run_id=new_id("run"),
         ended_run_id=new_id("run"),
+        suggestion_id=suggestions.suggestion_id("name", uuid.uuid4().hex),
         invitation_id=new_id("inv"),
         webhook_endpoint_id=new_id("whk"),
         webhook_delivery_id=new_id("dlv"),

@@ -35,7 +35,7 @@ from service.db.models import (
     Workspace,
     WorkspaceMember,
 )
-from service.domain.collection import rollups
+from service.domain.collection import insight_rollups, rollups
 from service.domain.collection.prompts import text_hash
 from tests.support import unique
 from tests.support.report_oracle import answer_of
@@ -178,6 +178,7 @@ async def insert_probe(
         await session.flush()
         if status == "succeeded":
             await rollups.add_answers(session, [answer_of(probe)])
+            await insight_rollups.add_answers(session, [insight_rollups.stored_answer(probe)])
     return probe.id
 
 
@@ -192,6 +193,7 @@ async def finish_probe(app: App, probe_id: str, status: str = "succeeded", **fie
         )
         if finished is not None and status == "succeeded":
             await rollups.add_answers(session, [answer_of(finished)])
+            await insight_rollups.add_answers(session, [insight_rollups.stored_answer(finished)])
 
 
 async def end_run(app: App, run_id: str, status: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from service.clock import random_slug_suffix
 from service.domain.errors import Aborted, InvalidArgument
-from service.domain.hostnames import normalize_hostname
+from service.domain.hostnames import normalize_hostname, registrable_domain
 from service.domain.tenancy.files import sniff_image_type
 from service.domain.tenancy.names import derive_slug, display_name, suffixed_slug, validate_slug
 from service.domain.tenancy.workspace_fields import (
@@ -75,6 +75,8 @@ def test_invalid_slugs_are_refused_naming_the_field(slug: str) -> None:
         ("Bücher.example", "xn--bcher-kva.example"),
         ("xn--bcher-kva.example", "xn--bcher-kva.example"),
         ("日本.jp", "xn--wgv71a.jp"),
+        ("acme.co.uk", "acme.co.uk"),
+        ("shop.acme.github.io", "shop.acme.github.io"),
         ("\uff21\uff23\uff2d\uff25.com", "acme.com"),  # fullwidth letters
         ("", ""),
         ("   ", ""),
@@ -102,6 +104,11 @@ def test_domain_normalization(given: str, expected: str) -> None:
         "acme.com:99999",
         f"{'a' * 64}.com",
         ".".join(["abcdefghi"] * 30) + ".com",
+        # Public suffixes: registrable by anyone, so no brand's domain.
+        "co.uk",
+        "https://CO.UK/x",
+        "github.io",
+        "com.au",
     ],
 )
 def test_invalid_domains_are_refused_naming_the_field(given: str) -> None:
@@ -110,6 +117,15 @@ def test_invalid_domains_are_refused_naming_the_field(given: str) -> None:
     field, description = violation(error)
     assert field == "workspace.domain"
     assert description
+
+
+def test_registrable_domain_groups_hosts_under_their_owner() -> None:
+    assert registrable_domain("www.shop.acme.co.uk") == "acme.co.uk"
+    assert registrable_domain("docs.acme.github.io") == "acme.github.io"
+    assert registrable_domain("blog.acme.com") == "acme.com"
+    assert registrable_domain("bücher.de") == "bücher.de"
+    assert registrable_domain("co.uk") is None
+    assert registrable_domain("") is None
 
 
 def test_names_are_trimmed_and_bounded() -> None:

@@ -64,6 +64,11 @@ async def test_bad_input_writes_nothing_and_names_the_field(stubs: Stubs, new_us
     cases: list[tuple[dict[str, Any], str]] = [
         ({"name": " x "}, "name"),
         ({"name": "Fine", "domain": "http://10.0.0.1"}, "domain"),
+        ({"name": "Fine", "domain": "co.uk"}, "domain"),
+        (
+            {"name": "Fine", "competitors": [ws_pb.Competitor(name="Pages", domain="github.io")]},
+            "competitors[0].domain",
+        ),
         ({"name": "Fine", "slug": "Bad Slug"}, "slug"),
         ({"name": "Fine", "organization_name": "A"}, "organization_name"),
         (
@@ -310,6 +315,16 @@ async def test_update_with_mask_and_etag(stubs: Stubs, new_user: Any) -> None:
         (
             update(ws_pb.Workspace(id=workspace.id, name="Ok", slug="NO"), "name", "slug"),
             "workspace.slug",
+        ),
+        (update(ws_pb.Workspace(id=workspace.id, domain="CO.UK"), "domain"), "workspace.domain"),
+        (
+            update(
+                ws_pb.Workspace(
+                    id=workspace.id, competitors=[ws_pb.Competitor(name="G", domain="github.io")]
+                ),
+                "competitors",
+            ),
+            "workspace.competitors[0].domain",
         ),
     ]:
         error = await expect_error(

@@ -5,14 +5,22 @@ trailing dot are dropped; the name is mapped with IDNA 2008 / UTS #46 (so `Büch
 becomes `xn--bcher-kva.example`) and lowercased. A domain needs at least two labels and a
 non-numeric top-level label: IP addresses and single names like `localhost` are refused,
 since a brand is known by its domain name, not by an address.
+
+A tracked domain must also be a registrable domain (`acme.co.uk`) or a host under one
+(`shop.acme.co.uk`), never a public suffix (`co.uk`, `github.io`), under which every site of
+every owner would count as the brand's. Public suffixes come from the list bundled with the
+`publicsuffixlist` package (read offline, never fetched); a name under a suffix the list does
+not know (`acme.test`) counts as registrable, as the list's default rule says.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
 import idna
+from publicsuffixlist import PublicSuffixList
 
 from service.domain.errors import InvalidArgument
 
@@ -44,7 +52,28 @@ def normalize_hostname(field: str, value: str) -> str:
         raise InvalidArgument(field, "must end in a top-level domain such as .com")
     if len(ascii_host) > HOSTNAME_MAX:
         raise InvalidArgument(field, f"must be at most {HOSTNAME_MAX} characters once encoded")
+    if registrable_domain(ascii_host) is None:
+        raise InvalidArgument(
+            field,
+            f"{ascii_host!r} is a public suffix shared by many owners: give a registrable "
+            "domain under it, such as example." + ascii_host,
+        )
     return ascii_host
+
+
+@functools.cache
+def _public_suffixes() -> PublicSuffixList:
+    # Built once, from the file bundled with the package (a few ms).
+    return PublicSuffixList()
+
+
+def registrable_domain(host: str) -> str | None:
+    """The registrable domain holding `host` (`www.acme.co.uk` -> `acme.co.uk`), or None when
+    `host` is itself a public suffix (`co.uk`, `github.io`) or empty."""
+    if not host:
+        return None
+    found = _public_suffixes().privatesuffix(host.lower())
+    return str(found) if found else None
 
 
 def _host_part(field: str, text: str) -> str:

@@ -9,6 +9,7 @@ import grpc
 from service.app import App
 from service.servicers import (
     billing,
+    insights,
     membership,
     organization,
     prompt,
@@ -21,7 +22,17 @@ from service.servicers import (
 # Registers one service's servicer on a server; returns the service's full name.
 Register = Callable[[grpc.aio.Server, App], str]
 
-SERVICE_MODULES = (organization, workspace, membership, schedule, prompt, run, webhook, billing)
+SERVICE_MODULES = (
+    organization,
+    workspace,
+    membership,
+    schedule,
+    prompt,
+    run,
+    webhook,
+    billing,
+    insights,
+)
 ALL_SERVICERS: tuple[Register, ...] = tuple(module.add for module in SERVICE_MODULES)
 
 

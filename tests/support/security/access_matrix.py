@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -16,6 +16,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from beacon.v1 import billing_service_pb2 as billing_pb
+from beacon.v1 import insights_service_pb2 as insights_pb
 from beacon.v1 import membership_service_pb2 as member_pb
 from beacon.v1 import options_pb2
 from beacon.v1 import organization_service_pb2 as org_pb
@@ -120,6 +121,22 @@ PROMPTS = "/beacon.v1.PromptService/"
 RUNS = "/beacon.v1.RunService/"
 WEBHOOKS = "/beacon.v1.WebhookService/"
 BILLING = "/beacon.v1.BillingService/"
+INSIGHTS = "/beacon.v1.InsightsService/"
+
+
+def recent(x: World) -> dict[str, Any]:
+    """A range holding the world's answers (those of this second too), the same all day (two
+    reads of a test ask for the same range)."""
+    today = int(time.time()) // 86400 * 86400
+    return {
+        "start_time": Timestamp(seconds=today - 7 * 86400),
+        "end_time": Timestamp(seconds=today + 2 * 86400),
+    }
+
+
+def source_of(x: World) -> str:
+    """The source the world's answers cite (`tests.support.security.tenants.populate`)."""
+    return f"{x.workspace_id.replace('_', '-')}.example"
 
 
 TABLE: dict[str, Entry] = {
@@ -390,6 +407,29 @@ TABLE: dict[str, Entry] = {
     ),
     BILLING + "ListUsage": Entry(
         lambda x: billing_pb.ListUsageRequest(organization_id=x.organization_id)
+    ),
+    INSIGHTS + "GetSourcesReport": Entry(
+        lambda x: insights_pb.GetSourcesReportRequest(workspace_id=x.workspace_id, **recent(x))
+    ),
+    INSIGHTS + "ListCitedUrls": Entry(
+        lambda x: insights_pb.ListCitedUrlsRequest(
+            workspace_id=x.workspace_id, domain=source_of(x), **recent(x)
+        )
+    ),
+    INSIGHTS + "GetPromptReport": Entry(
+        lambda x: insights_pb.GetPromptReportRequest(
+            workspace_id=x.workspace_id, granularity=run_pb.GRANULARITY_DAY, **recent(x)
+        )
+    ),
+    INSIGHTS + "ListCompetitorSuggestions": Entry(
+        lambda x: insights_pb.ListCompetitorSuggestionsRequest(workspace_id=x.workspace_id)
+    ),
+    INSIGHTS + "DecideCompetitorSuggestion": Entry(
+        lambda x: insights_pb.DecideCompetitorSuggestionRequest(
+            workspace_id=x.workspace_id,
+            suggestion_id=x.suggestion_id,
+            decision=insights_pb.SUGGESTION_DECISION_DISMISS,
+        )
     ),
 }
 

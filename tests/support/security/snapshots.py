@@ -32,6 +32,13 @@ WORKSPACE_TABLES = (
     "alerts",
     "digests",
     "usage_rollups",
+    "source_rollups",
+    "cited_url_rollups",
+    "prompt_rollups",
+    "prompt_competitor_rollups",
+    "answered_prompts",
+    "suggestion_evidence",
+    "suggestion_decisions",
 )
 
 

@@ -39,6 +39,9 @@ async def populate(app: App, channel: grpc.aio.Channel, world: World) -> None:
     """Answers of two providers on the world's ended run, and the POPULATING calls made by
     the world's caller (who must be allowed them)."""
     marker = uuid.uuid4().hex
+    # Cited under a source named after the workspace (the access matrix asks for its URLs),
+    # and listing a name of its own (a competitor suggestion).
+    host = f"{world.workspace_id.replace('_', '-')}.example"
     for provider in ("openai", "anthropic"):
         await insert_probe(
             app,
@@ -46,10 +49,10 @@ async def populate(app: App, channel: grpc.aio.Channel, world: World) -> None:
             world.prompt_id,
             provider,
             prompt_text=f"prompt {marker}",
-            text=f"Answer {provider} {marker}: ask https://{marker}.example/",
+            text=f"Answer {provider} {marker}: ask https://{marker}.example/\n1. **N{marker}**",
             model=f"model-{marker}",
             citations=[
-                {"url": f"https://{marker}.example/", "title": marker, "domain": "", "brand": False}
+                {"url": f"https://{host}/{marker}", "title": marker, "domain": host, "brand": False}
             ],
         )
     for path in POPULATING:

@@ -26,6 +26,7 @@ from service.db.models import (
     AlertRule,
     Organization,
     OrganizationMember,
+    SuggestionEvidence,
     User,
     WebhookDelivery,
     WebhookEndpoint,
@@ -33,6 +34,7 @@ from service.db.models import (
     WorkspaceInvitation,
     WorkspaceMember,
 )
+from service.domain.collection import suggestions
 from service.domain.notifications.secrets import SecretBox, new_secret
 from service.domain.tenancy.join_codes import display_code, generate_code
 from tests.support import unique
@@ -105,6 +107,7 @@ class World:
     prompt_id: str
     run_id: str  # queued, not ended
     ended_run_id: str
+    suggestion_id: str  # a competitor suggestion, undecided
     join_code: str  # display form, live
     invitation_id: str  # pending, to the workspace, for the caller's email (if a user)
     webhook_endpoint_id: str  # enabled, of the workspace
@@ -273,6 +276,7 @@ async def build_world(
     run_id = await insert_run(app, ws_id, status="queued")
     ended_run_id = await insert_run(app, ws_id, status="running")
     await end_run(app, ended_run_id, "succeeded")
+    suggestion_id = await _suggestion(app, ws_id)
     metadata = _metadata(settings, caller, user, keys)
     if caller == GUEST:
         await memberships.JoinWorkspaceByCode(
@@ -285,6 +289,7 @@ async def build_world(
         prompt_id=prompt_id,
         run_id=run_id,
         ended_run_id=ended_run_id,
+        suggestion_id=suggestion_id,
         join_code=display_code(code),
         invitation_id=invitation_id,
         webhook_endpoint_id=endpoint_id,
@@ -351,6 +356,24 @@ async def _notifications(
         )
     )
     return endpoint_id, delivery_id, rule_id
+
+
+async def _suggestion(app: App, workspace_id: str) -> str:
+    """A competitor suggestion of the workspace, as an answer listing a name leaves it."""
+    async with app.db.transaction() as session:
+        session.add(
+            SuggestionEvidence(
+                workspace_id=workspace_id,
+                kind="name",
+                key="initech",
+                provider="openai",
+                label="Initech",
+                answers=1,
+                last_time=utcnow(),
+                example_response_id=new_id("rsp"),
+            )
+        )
+    return suggestions.suggestion_id("name", "initech")
 
 
 def _metadata(

@@ -15,6 +15,15 @@ from service.db.models.collection import (
     VisibilityRollup,
 )
 from service.db.models.identity import IdempotencyKey, ServiceKey, User
+from service.db.models.insights import (
+    AnsweredPrompt,
+    CitedUrlRollup,
+    PromptCompetitorRollup,
+    PromptRollup,
+    SourceRollup,
+    SuggestionDecision,
+    SuggestionEvidence,
+)
 from service.db.models.notifications import (
     Alert,
     AlertRule,
@@ -36,8 +45,10 @@ from service.db.models.tenancy import (
 __all__ = [
     "Alert",
     "AlertRule",
+    "AnsweredPrompt",
     "AuditEvent",
     "Base",
+    "CitedUrlRollup",
     "CompetitorRollup",
     "Digest",
     "File",
@@ -49,11 +60,16 @@ __all__ = [
     "OrganizationMember",
     "Probe",
     "Prompt",
+    "PromptCompetitorRollup",
+    "PromptRollup",
     "QuarterHourCompetitorRollup",
     "QuarterHourVisibilityRollup",
     "Run",
     "Schedule",
     "ServiceKey",
+    "SourceRollup",
+    "SuggestionDecision",
+    "SuggestionEvidence",
     "UsageRollup",
     "User",
     "VisibilityRollup",
