@@ -139,6 +139,10 @@ async def tick(
     return TickResult(claimed=claimed, created=created, dispatched=dispatched, skipped=skipped)
 
 
+# Looks for a free open-run lane a slot makes before it is skipped (each after a racer took one).
+LANE_ATTEMPTS = 3
+
+
 async def claim_due_schedules(
     db: Database, now: datetime, limit: int, *, max_open: int = 1
 ) -> Claim:
@@ -161,9 +165,26 @@ async def claim_due_schedules(
             advance.append((workspace_id, following))
             if slot is not None and deleted is None:
                 runs.append((workspace_id, slot))
-        lanes = await _free_lanes(db, conn, [ws for ws, _ in runs], max_open) if runs else {}
-        laned = [(ws, slot, lanes[ws]) for ws, slot in runs if ws in lanes]
-        run_ids = await _insert_runs(db, conn, laned, now) if laned else []
+        run_ids: list[str] = []
+        pending = runs
+        # A StartRun racing this batch may take the lane it was given (the insert drops that
+        # slot's run): the slot looks again for a free lane, so it is skipped only when the
+        # workspace really has `max_open` runs open.
+        for _ in range(LANE_ATTEMPTS):
+            lanes = await _free_lanes(db, conn, [ws for ws, _ in pending], max_open)
+            laned = [(ws, slot, lanes[ws]) for ws, slot in pending if ws in lanes]
+            if not laned:
+                break
+            ids = new_ids("run", len(laned))
+            inserted = set(await _insert_runs(db, conn, laned, ids, now))
+            run_ids += [run_id for run_id in ids if run_id in inserted]
+            pending = [
+                (ws, slot)
+                for run_id, (ws, slot, _) in zip(ids, laned, strict=True)
+                if run_id not in inserted
+            ]
+            if not pending:
+                break
         await _advance_schedules(db, conn, advance, now)
     return Claim(len(rows), run_ids, skipped=len(runs) - len(run_ids))
 
@@ -263,12 +284,15 @@ def _unnest_advance() -> Any:
 
 
 async def _insert_runs(
-    db: Database, conn: AsyncConnection, slots: list[tuple[str, datetime, int]], now: datetime
+    db: Database,
+    conn: AsyncConnection,
+    slots: list[tuple[str, datetime, int]],
+    ids: list[str],
+    now: datetime,
 ) -> list[str]:
-    """Inserts a queued scheduled run per (workspace, slot, open-run lane) unless the slot
-    has one already or the lane was taken meanwhile (a racing StartRun: the slot is
-    skipped); returns the ids of the runs inserted."""
-    ids = new_ids("run", len(slots))
+    """Inserts a queued scheduled run with id `ids[i]` per (workspace, slot, open-run lane)
+    unless the slot has one already or the lane was taken meanwhile (a racing StartRun);
+    returns the ids of the runs inserted."""
     if db.is_sqlite:
         rows = [
             queued_run(

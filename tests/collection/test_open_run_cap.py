@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 import pytest
@@ -26,6 +27,7 @@ from tests.support import pipeline as fixtures
 from tests.support.app import NewUser
 from tests.support.builders import insert_prompts, make_workspace
 from tests.support.pipeline import add_schedule, derive_settings
+from workers import ticker
 from workers.ticker import TickResult, tick
 
 collection_db = fixtures.collection_db
@@ -198,3 +200,51 @@ async def test_ticker_and_starts_racing_leave_one_open_run_per_workspace(
     assert per_workspace == dict.fromkeys(workspaces, 1)
     assert ticked.created + starts.count("queued") == len(workspaces)
     assert ticked.skipped == len(workspaces) - ticked.created
+
+
+async def test_a_slot_whose_lane_a_racing_start_took_takes_another_free_lane(
+    collection_db: Database,
+    settings: Settings,
+    stub_broker: StubBroker,
+    new_user: NewUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two runs may be open; a StartRun took lane 0 after the tick read the lanes (the tick is
+    handed lane 0 as free): the slot still gets its run, in lane 1, and is not skipped."""
+    tick_settings = derive_settings(
+        settings, database_url=collection_db.url, max_open_runs_per_workspace=2
+    )
+    user = await new_user()
+    ws = await fixtures.make_workspace(collection_db)
+    async with collection_db.transaction() as session:
+        started = await runs.start_run(
+            session,
+            actor_of(user.user_id, START_RUN),
+            ws,
+            configured=("openai", "anthropic"),
+            max_open=2,
+            now=utcnow(),
+        )
+    assert started.run is not None
+    slot = datetime(2026, 5, 4, 10, tzinfo=UTC)
+    await add_schedule(collection_db, ws, "0 * * * *", slot)
+    read_lanes = ticker._free_lanes
+    reads: list[dict[str, int]] = []
+
+    async def stale_first(*args: Any, **kwargs: Any) -> dict[str, int]:
+        lanes = await read_lanes(*args, **kwargs)
+        reads.append(lanes)
+        return {ws: 0} if len(reads) == 1 else lanes  # what the tick read before the start
+
+    monkeypatch.setattr(ticker, "_free_lanes", stale_first)
+
+    result = await tick(
+        collection_db,
+        tick_settings,
+        datetime(2026, 5, 4, 10, 0, 30, tzinfo=UTC),
+        broker=stub_broker,
+    )
+
+    assert (result.claimed, result.created, result.skipped) == (1, 1, 0)
+    assert len(reads) == 2
+    assert len(await open_runs(collection_db, ws)) == 2
