@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import json
+import linecache
 import logging
 import sys
 import threading
@@ -28,7 +29,20 @@ from typing import Any
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
-class JsonFormatter(logging.Formatter):
+class Formatter(logging.Formatter):
+    """Formats a record's traceback without keeping the source files it read: the standard
+    formatter reads every frame's whole source file into `linecache` and keeps it for the
+    process's life (3-4 MiB per process after one database outage in the 60-minute soak,
+    where the tickers' and the worker's RSS grew by that step)."""
+
+    def formatException(self, ei: Any) -> str:
+        try:
+            return super().formatException(ei)
+        finally:
+            linecache.clearcache()
+
+
+class JsonFormatter(Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
@@ -42,7 +56,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(Formatter):
     """`12:04:31 INFO  beacon.server  grpc server started  port=50051`: one line per record
     for a person at a terminal, the record's own fields after the message."""
 

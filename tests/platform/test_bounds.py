@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import platform
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -27,7 +28,7 @@ from service.db.database import Database
 from service.domain.actor import Access
 from service.domain.errors import ResourceExhausted
 from service.domain.tenancy.workspace_views import WorkspaceView
-from service.logs import AccessLog, configure_logging
+from service.logs import AccessLog, JsonFormatter, TextFormatter, configure_logging
 from service.pipeline import observability
 from service.servicers.convert import WorkspaceMessages
 from tests.support import REDIS_URL, reachable
@@ -286,3 +287,20 @@ def test_malloc_arenas_are_capped_on_glibc_and_left_alone_at_zero() -> None:
     glibc = platform.libc_ver()[0] == "glibc"
     assert memtrace.limit_arenas(Settings(malloc_arena_max=2)) is glibc
     assert memtrace.limit_arenas(Settings(malloc_arena_max=0)) is False
+
+
+@pytest.mark.parametrize("json_lines", [True, False])
+def test_a_logged_traceback_leaves_no_source_lines_cached(json_lines: bool) -> None:
+    """Issue 26: formatting a traceback read every frame's source file into linecache and
+    kept it (the tickers' and worker's RSS stepped up 3-4 MiB after a database outage)."""
+    import linecache
+
+    formatter = JsonFormatter() if json_lines else TextFormatter()
+    linecache.clearcache()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    text = formatter.format(record)
+    assert "ValueError: boom" in text and "raise ValueError" in text
+    assert linecache.cache == {}
