@@ -93,12 +93,17 @@ def rows(model: type[BaseModel], prefix: str, delimiter: str) -> Iterator[tuple[
                 yield variable, "", escape(field.description)
             yield from rows(nested, variable + delimiter, delimiter)
         elif mapped is not None:
-            keys = default_of(field) or {}
-            described = escape(field.description or "")
-            for key in keys or ["<KEY>"]:
-                yield from rows(mapped, f"{variable}{delimiter}{key}{delimiter}", delimiter)
-            if described:
-                yield f"{variable}{delimiter}<KEY>{delimiter}...", "", described
+            # A table of models (the providers): each entry's fields are read from
+            # `<PREFIX><KEY>_<FIELD>` (`service.config.ProviderVariables`), defaults its own.
+            for key, entry in (default_of(field) or {}).items():
+                values = entry if isinstance(entry, dict) else entry.model_dump()
+                for sub, subfield in mapped.model_fields.items():
+                    value = values.get(sub, subfield.default)
+                    yield (
+                        f"{prefix}{key}_{sub}".upper(),
+                        render(value, sub),
+                        escape(subfield.description or ""),
+                    )
         else:
             yield variable, render(default_of(field), name), escape(field.description or "")
 

@@ -395,33 +395,77 @@ class Settings(BaseSettings):
         description="Per provider: API key, base URL, model, RPM and TPM budgets, API variant"
         " (BEACON_<PROVIDER>_API_KEY, _BASE_URL, _MODEL, _RPM, _TPM; BEACON_OPENAI_API).",
     )
-    provider_timeout_seconds: float = 60.0
+    provider_timeout_seconds: float = Field(
+        default=60.0, description="A provider call's longest time, per attempt."
+    )
 
-    # Webhooks (docs/webhooks.md). The key that encrypts endpoints' signing secrets at rest
-    # (>= 32 bytes, distinct from the other secrets); without it, endpoints cannot be created
-    # (FAILED_PRECONDITION WEBHOOKS_NOT_CONFIGURED) and none is delivered. `beacon dev` uses a
-    # public development key that `serve`, `worker` and `ticker` refuse.
-    webhook_secret_key: str = ""
-    # Endpoint URLs may be http:// (`beacon dev` and tests; otherwise https:// only).
-    webhook_allow_http: bool = False
-    # Deliveries may reach loopback, private, link-local and other non-public addresses
-    # (tests and on-premise receivers only: it opens the fleet's network to the API's users).
-    webhook_allow_private: bool = False
-    # One attempt's time limit, and the most of a response's body that is read.
-    webhook_timeout_seconds: PositiveFloat = 15.0
-    webhook_max_response_bytes: PositiveInt = 4096
-    # Failed attempts are retried with exponential backoff (first delay, doubling to the cap,
-    # each with jitter) until this long after the event; then the delivery is FAILED.
-    webhook_retry_hours: PositiveFloat = 72.0
-    webhook_backoff_seconds: PositiveFloat = 5.0
-    webhook_backoff_max_seconds: PositiveFloat = 6 * 3600.0
-    # An endpoint that has failed every attempt for this long is disabled (an audit event
-    # and an `endpoint.disabled` event to the workspace's other endpoints say so).
-    webhook_disable_after_hours: PositiveFloat = 96.0
-    # After a rotation the previous secret signs beside the new one for this long.
-    webhook_rotation_hours: NonNegativeInt = 24
-    # Deliveries the ticker hands to the workers per tick at most.
-    webhook_batch_size: PositiveInt = 500
+    # Webhooks (docs/webhooks.md).
+    webhook_secret_key: str = Field(
+        default="",
+        description=(
+            "The key that encrypts webhook endpoints' signing secrets at rest (>= 32 bytes, "
+            "distinct from the other secrets); without it endpoints cannot be created "
+            "(FAILED_PRECONDITION WEBHOOKS_NOT_CONFIGURED) and none is delivered. `beacon dev` "
+            "uses a public development key that serve, worker and ticker refuse."
+        ),
+    )
+    webhook_allow_http: bool = Field(
+        default=False,
+        description=(
+            "Endpoint URLs may be http:// (`beacon dev` and tests; otherwise https:// only)."
+        ),
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description=(
+            "Deliveries may reach loopback, private, link-local and other non-public addresses "
+            "(tests and on-premise receivers only: it opens the fleet's network to the API's "
+            "users)."
+        ),
+    )
+    webhook_timeout_seconds: PositiveFloat = Field(
+        default=15.0,
+        description=("One delivery attempt's time limit."),
+    )
+    webhook_max_response_bytes: PositiveInt = Field(
+        default=4096,
+        description=("The most of a receiver's response body that is read."),
+    )
+    webhook_retry_hours: PositiveFloat = Field(
+        default=72.0,
+        description=(
+            "Failed attempts are retried until this long after the event; then the delivery is "
+            "FAILED."
+        ),
+    )
+    webhook_backoff_seconds: PositiveFloat = Field(
+        default=5.0,
+        description=(
+            "First delay before a failed delivery is retried, doubled at each attempt up to the "
+            "cap, with jitter."
+        ),
+    )
+    webhook_backoff_max_seconds: PositiveFloat = Field(
+        default=6 * 3600.0,
+        description=("Longest delay between two attempts of a delivery."),
+    )
+    webhook_disable_after_hours: PositiveFloat = Field(
+        default=96.0,
+        description=(
+            "An endpoint that has failed every attempt for this long is disabled (an audit event "
+            "and an `endpoint.disabled` event to the workspace's other endpoints say so)."
+        ),
+    )
+    webhook_rotation_hours: NonNegativeInt = Field(
+        default=24,
+        description=(
+            "After a rotation the previous secret signs beside the new one for this long."
+        ),
+    )
+    webhook_batch_size: PositiveInt = Field(
+        default=500,
+        description=("Deliveries the ticker hands to the workers per tick at most."),
+    )
 
     # Observability.
     log_level: str = Field(default="INFO", description="Level of Beacon's own loggers.")

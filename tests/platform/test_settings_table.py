@@ -50,9 +50,9 @@ def test_nested_models_become_one_row_per_variable() -> None:
         ("BEACON_PROVIDERS__OPENAI__RPM", "60", "Calls a minute."),
         ("BEACON_PROVIDERS__COHERE__API_KEY", "empty", "The provider's API key."),
         ("BEACON_PROVIDERS__COHERE__RPM", "60", "Calls a minute."),
-        ("BEACON_BY_NAME__MISTRAL__API_KEY", "empty", "The provider's API key."),
-        ("BEACON_BY_NAME__MISTRAL__RPM", "60", "Calls a minute."),
-        ("BEACON_BY_NAME__<KEY>__...", "", "Per name."),
+        # A table of models is read as BEACON_<KEY>_<FIELD> (service.config.ProviderVariables).
+        ("BEACON_MISTRAL_API_KEY", "empty", "The provider's API key."),
+        ("BEACON_MISTRAL_RPM", "60", "Calls a minute."),
     ]
 
 
@@ -62,7 +62,12 @@ def test_the_table_documents_every_setting() -> None:
     script = settings_table()
     table = script.table()
     for name, field in Settings.model_fields.items():
-        if script.model_of(field.annotation) or script.mapped_model(field.annotation):
+        mapped = script.mapped_model(field.annotation)
+        if mapped is not None:
+            for key in script.default_of(field):
+                for sub in mapped.model_fields:
+                    assert f"| `BEACON_{key.upper()}_{sub.upper()}` |" in table, (name, key, sub)
+        elif script.model_of(field.annotation):
             assert f"| `BEACON_{name.upper()}__" in table, name
         else:
             assert f"| `BEACON_{name.upper()}` |" in table, name
