@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.application.billing import BillingService
 from service.application.files import FileService
+from service.application.insights import InsightsService
 from service.application.members import MemberService
 from service.application.organizations import OrganizationService
 from service.application.prompts import PromptService
@@ -28,6 +30,8 @@ class Services:
     runs: RunService
     files: FileService
     service_keys: ServiceKeyService
+    billing: BillingService
+    insights: InsightsService
 
     @classmethod
     def build(cls, db: Database, settings: Settings, charge_run: ChargeRun) -> Services:
@@ -42,4 +46,6 @@ class Services:
             runs=RunService(db=db, settings=settings),
             files=FileService(db=db, settings=settings),
             service_keys=ServiceKeyService(db=db, settings=settings),
+            billing=BillingService(db=db, settings=settings),
+            insights=InsightsService(db=db, settings=settings),
         )
