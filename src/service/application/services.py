@@ -13,6 +13,7 @@ from service.application.prompts import PromptService
 from service.application.runs import RunService
 from service.application.schedules import ChargeRun, ScheduleService
 from service.application.service_keys import ServiceKeyService
+from service.application.webhooks import WebhookService
 from service.application.workspaces import WorkspaceService
 from service.config import Settings
 from service.db.database import Database
@@ -32,6 +33,7 @@ class Services:
     service_keys: ServiceKeyService
     billing: BillingService
     insights: InsightsService
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, db: Database, settings: Settings, charge_run: ChargeRun) -> Services:
@@ -48,4 +50,5 @@ class Services:
             service_keys=ServiceKeyService(db=db, settings=settings),
             billing=BillingService(db=db, settings=settings),
             insights=InsightsService(db=db, settings=settings),
+            webhooks=WebhookService(db=db, settings=settings),
         )
