@@ -7,16 +7,26 @@ this module (rows become views inside the transaction that read or wrote them).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from service.application.base import ServiceBase
-from service.db.models import Alert, AlertRule, WebhookDelivery, WebhookEndpoint
 from service.domain.actor import Actor
 from service.domain.notifications import alerts, deliveries, digests, endpoints
 from service.domain.notifications.digests import DigestState
 from service.domain.notifications.endpoints import EndpointWithSecret
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+View = TypeVar("View", bound="DataclassInstance")
+
+
+def view_of(view: type[View], row: object) -> View:
+    """The view of an ORM row: its fields of the same names, read inside the transaction
+    (its end expires the row)."""
+    return view(**{field.name: getattr(row, field.name) for field in fields(view)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,21 +44,6 @@ class EndpointView:
     previous_secret_expire_time: datetime | None
     create_time: datetime
 
-    @classmethod
-    def of(cls, row: WebhookEndpoint) -> EndpointView:
-        return cls(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            url=row.url,
-            event_types=list(row.event_types),
-            enabled=row.enabled,
-            description=row.description,
-            disabled_reason=row.disabled_reason,
-            secret_create_time=row.secret_create_time,
-            previous_secret_expire_time=row.previous_secret_expire_time,
-            create_time=row.create_time,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class EndpointSecretView:
@@ -59,7 +54,7 @@ class EndpointSecretView:
 
     @classmethod
     def of(cls, made: EndpointWithSecret) -> EndpointSecretView:
-        return cls(endpoint=EndpointView.of(made.endpoint), secret=made.secret)
+        return cls(endpoint=view_of(EndpointView, made.endpoint), secret=made.secret)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,23 +73,6 @@ class DeliveryView:
     next_attempt_time: datetime | None
     create_time: datetime
     complete_time: datetime | None
-
-    @classmethod
-    def of(cls, row: WebhookDelivery) -> DeliveryView:
-        return cls(
-            id=row.id,
-            endpoint_id=row.endpoint_id,
-            message_id=row.message_id,
-            event_type=row.event_type,
-            status=row.status,
-            attempts=row.attempts,
-            last_http_status=row.last_http_status,
-            last_error=row.last_error,
-            last_latency_ms=row.last_latency_ms,
-            next_attempt_time=row.next_attempt_time,
-            create_time=row.create_time,
-            complete_time=row.complete_time,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,19 +94,6 @@ class AlertRuleView:
     min_sample: int
     create_time: datetime
 
-    @classmethod
-    def of(cls, row: AlertRule) -> AlertRuleView:
-        return cls(
-            id=row.id,
-            workspace_id=row.workspace_id,
-            kind=row.kind,
-            provider=row.provider,
-            threshold=row.threshold,
-            trailing_runs=row.trailing_runs,
-            min_sample=row.min_sample,
-            create_time=row.create_time,
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class AlertView:
@@ -141,18 +106,6 @@ class AlertView:
     subject: str
     figures: dict[str, Any]
     create_time: datetime
-
-    @classmethod
-    def of(cls, row: Alert) -> AlertView:
-        return cls(
-            id=row.id,
-            alert_rule_id=row.alert_rule_id,
-            kind=row.kind,
-            run_id=row.run_id,
-            subject=row.subject,
-            figures=dict(row.figures),
-            create_time=row.create_time,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +175,7 @@ class WebhookService(ServiceBase):
         """The workspace's endpoints."""
         async with self.db.transaction(write=False) as session:
             rows = await endpoints.list_endpoints(session, workspace_id)
-            return [EndpointView.of(row) for row in rows]
+            return [view_of(EndpointView, row) for row in rows]
 
     async def update_endpoint(
         self,
@@ -247,7 +200,7 @@ class WebhookService(ServiceBase):
                 allow_http=self.settings.webhook_allow_http,
                 now=self.clock(),
             )
-            return EndpointView.of(row)
+            return view_of(EndpointView, row)
 
     async def delete_endpoint(self, actor: Actor, workspace_id: str, endpoint_id: str) -> None:
         """Removes the endpoint and its deliveries."""
@@ -275,7 +228,7 @@ class WebhookService(ServiceBase):
             row = await deliveries.send_ping(
                 session, actor, workspace_id, endpoint_id, self.clock()
             )
-            return DeliveryView.of(row)
+            return view_of(DeliveryView, row)
 
     async def list_deliveries(
         self,
@@ -297,7 +250,7 @@ class WebhookService(ServiceBase):
                 page_token=page_token,
             )
             return DeliveryViewPage(
-                [DeliveryView.of(row) for row in page.deliveries], page.next_page_token
+                [view_of(DeliveryView, row) for row in page.deliveries], page.next_page_token
             )
 
     async def resend(
@@ -320,7 +273,7 @@ class WebhookService(ServiceBase):
                 endpoint_id=endpoint_id,
                 now=self.clock(),
             )
-            return [DeliveryView.of(row) for row in rows]
+            return [view_of(DeliveryView, row) for row in rows]
 
     async def create_rule(
         self, actor: Actor, workspace_id: str, fields: RuleFields
@@ -338,13 +291,13 @@ class WebhookService(ServiceBase):
                 min_sample=fields.min_sample,
                 now=self.clock(),
             )
-            return AlertRuleView.of(row)
+            return view_of(AlertRuleView, row)
 
     async def list_rules(self, workspace_id: str) -> list[AlertRuleView]:
         """The workspace's alert rules."""
         async with self.db.transaction(write=False) as session:
             rows = await alerts.list_rules(session, workspace_id)
-            return [AlertRuleView.of(row) for row in rows]
+            return [view_of(AlertRuleView, row) for row in rows]
 
     async def delete_rule(self, actor: Actor, workspace_id: str, rule_id: str) -> None:
         """Removes an alert rule (the alerts it fired stay)."""
@@ -359,7 +312,9 @@ class WebhookService(ServiceBase):
             page = await alerts.list_alerts(
                 session, workspace_id, page_size=page_size, page_token=page_token
             )
-            return AlertViewPage([AlertView.of(row) for row in page.alerts], page.next_page_token)
+            return AlertViewPage(
+                [view_of(AlertView, row) for row in page.alerts], page.next_page_token
+            )
 
     async def get_digest(self, workspace_id: str) -> DigestState:
         """The workspace's digest settings and when it is sent next."""
