@@ -120,6 +120,62 @@ async def test_urls_must_be_https_and_event_types_known(
     assert wrong_type.details["BadRequest"].field_violations[0].field == "endpoint.event_types"
 
 
+async def test_lists_and_updates_show_every_field_of_what_was_made(
+    app: App, stubs: SimpleNamespace, new_user: NewUser
+) -> None:
+    user, ws = await owner_workspace(app, new_user)
+    made = await create(stubs, user, ws)
+    updated = await stubs.webhooks.UpdateWebhookEndpoint(
+        pb.UpdateWebhookEndpointRequest(
+            workspace_id=ws,
+            endpoint=pb.WebhookEndpoint(
+                id=made.endpoint.id, event_types=["run.completed"], description="ops"
+            ),
+            update_mask=FieldMask(paths=["event_types", "description"]),
+        ),
+        metadata=user.metadata,
+    )
+    expected = pb.WebhookEndpoint()
+    expected.CopyFrom(made.endpoint)
+    expected.event_types[:] = ["run.completed"]
+    expected.description = "ops"
+    assert updated == expected and made.endpoint.enabled and made.endpoint.create_time.seconds
+    listed = await stubs.webhooks.ListWebhookEndpoints(
+        pb.ListWebhookEndpointsRequest(workspace_id=ws), metadata=user.metadata
+    )
+    assert list(listed.endpoints) == [updated]
+    rule = await stubs.webhooks.CreateAlertRule(
+        pb.CreateAlertRuleRequest(
+            workspace_id=ws,
+            alert_rule=pb.AlertRule(
+                kind=pb.ALERT_KIND_MENTION_RATE_DROP, threshold=15, trailing_runs=5, min_sample=20
+            ),
+        ),
+        metadata=user.metadata,
+    )
+    assert (rule.workspace_id, rule.kind, rule.threshold, rule.trailing_runs) == (
+        ws,
+        pb.ALERT_KIND_MENTION_RATE_DROP,
+        15,
+        5,
+    )
+    assert rule.min_sample == 20 and rule.id and rule.create_time.seconds
+    rules = await stubs.webhooks.ListAlertRules(
+        pb.ListAlertRulesRequest(workspace_id=ws), metadata=user.metadata
+    )
+    assert list(rules.alert_rules) == [rule]
+    ping = await stubs.webhooks.SendWebhookPing(
+        pb.SendWebhookPingRequest(workspace_id=ws, endpoint_id=made.endpoint.id),
+        metadata=user.metadata,
+    )
+    assert (ping.endpoint_id, ping.attempts) == (made.endpoint.id, 0)
+    assert ping.message_id and ping.create_time.seconds and ping.next_attempt_time.seconds
+    deliveries = await stubs.webhooks.ListWebhookDeliveries(
+        pb.ListWebhookDeliveriesRequest(workspace_id=ws), metadata=user.metadata
+    )
+    assert list(deliveries.deliveries) == [ping]
+
+
 async def test_ping_and_resending_failed_deliveries(
     app: App, stubs: SimpleNamespace, new_user: NewUser
 ) -> None:

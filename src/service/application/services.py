@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service.application.billing import BillingService
 from service.application.files import FileService
+from service.application.insights import InsightsService
 from service.application.members import MemberService
 from service.application.organizations import OrganizationService
 from service.application.prompts import PromptService
 from service.application.runs import RunService
 from service.application.schedules import ChargeRun, ScheduleService
 from service.application.service_keys import ServiceKeyService
+from service.application.webhooks import WebhookService
 from service.application.workspaces import WorkspaceService
 from service.config import Settings
 from service.db.database import Database
@@ -28,6 +31,9 @@ class Services:
     runs: RunService
     files: FileService
     service_keys: ServiceKeyService
+    billing: BillingService
+    insights: InsightsService
+    webhooks: WebhookService
 
     @classmethod
     def build(cls, db: Database, settings: Settings, charge_run: ChargeRun) -> Services:
@@ -42,4 +48,7 @@ class Services:
             runs=RunService(db=db, settings=settings),
             files=FileService(db=db, settings=settings),
             service_keys=ServiceKeyService(db=db, settings=settings),
+            billing=BillingService(db=db, settings=settings),
+            insights=InsightsService(db=db, settings=settings),
+            webhooks=WebhookService(db=db, settings=settings),
         )

@@ -8,9 +8,7 @@ from beacon.v1 import billing_service_pb2 as pb
 from beacon.v1 import billing_service_pb2_grpc
 from service.app import App
 from service.auth.context import current_actor
-from service.clock import utcnow
 from service.domain.money import caps
-from service.domain.money.estimates import Pricing
 from service.servicers.convert import estimate_to_proto
 
 
@@ -31,56 +29,42 @@ def spending_to_proto(spending: caps.Spending) -> pb.Spending:
 
 
 class BillingServicer(billing_service_pb2_grpc.BillingServiceServicer):
+    """Each handler converts the request, makes one call to `service.application.billing`
+    and converts the result."""
+
     def __init__(self, app: App) -> None:
-        self.app = app
+        self.billing = app.services.billing
 
     async def GetCostEstimate(
         self, request: pb.GetCostEstimateRequest, context: grpc.aio.ServicerContext
     ) -> pb.CostEstimate:
-        settings = self.app.settings
-        async with self.app.db.transaction(write=False) as session:
-            estimate = await caps.estimate_workspace(
-                session,
-                request.workspace_id,
-                configured=settings.configured_providers(),
-                pricing=Pricing.from_settings(settings),
-                now=utcnow(),
-            )
-        return estimate_to_proto(estimate)
+        return estimate_to_proto(await self.billing.estimate(request.workspace_id))
 
     async def SetSpendingCap(
         self, request: pb.SetSpendingCapRequest, context: grpc.aio.ServicerContext
     ) -> pb.Spending:
-        async with self.app.db.transaction() as session:
-            spending = await caps.set_spending_cap(
-                session,
-                current_actor(),
-                request.organization_id,
-                request.workspace_id,
-                request.monthly_cap_micros,
-                now=utcnow(),
-            )
+        spending = await self.billing.set_spending_cap(
+            current_actor(),
+            request.organization_id,
+            request.workspace_id,
+            request.monthly_cap_micros,
+        )
         return spending_to_proto(spending)
 
     async def GetSpending(
         self, request: pb.GetSpendingRequest, context: grpc.aio.ServicerContext
     ) -> pb.Spending:
-        async with self.app.db.transaction(write=False) as session:
-            spending = await caps.spending(session, request.organization_id, utcnow())
-        return spending_to_proto(spending)
+        return spending_to_proto(await self.billing.spending(request.organization_id))
 
     async def ListUsage(
         self, request: pb.ListUsageRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListUsageResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await caps.list_usage(
-                session,
-                request.organization_id,
-                request.months,
-                utcnow(),
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
+        page = await self.billing.list_usage(
+            request.organization_id,
+            request.months,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
         return pb.ListUsageResponse(
             next_page_token=page.next_page_token,
             rows=[

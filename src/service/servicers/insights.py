@@ -13,10 +13,8 @@ from beacon.v1 import run_service_pb2 as run_pb
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
 from service.auth.context import current_actor
-from service.clock import utcnow
 from service.domain.collection import insight_reports, reports, suggestions
 from service.domain.errors import InvalidArgument
-from service.domain.paging import parse_page
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,
@@ -90,8 +88,11 @@ def suggestion_to_proto(item: suggestions.Suggestion) -> pb.CompetitorSuggestion
 
 
 class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
+    """Each handler converts (and checks) the request, makes one call to
+    `service.application.insights` and converts the result."""
+
     def __init__(self, app: App) -> None:
-        self.app = app
+        self.insights = app.services.insights
 
     async def GetSourcesReport(
         self, request: pb.GetSourcesReportRequest, context: grpc.aio.ServicerContext
@@ -100,15 +101,13 @@ class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
         if request.order not in (0, pb.SOURCE_ORDER_CITATIONS, pb.SOURCE_ORDER_ANSWERS):
             raise InvalidArgument("order", "is not a SourceOrder")
         workspace_id = request.workspace_id
-        async with self.app.db.transaction(write=False) as session:
-            found = await insight_reports.sources_report(
-                session,
-                workspace_id,
-                start=start,
-                end=end,
-                order="answers" if request.order == pb.SOURCE_ORDER_ANSWERS else "citations",
-                limit=request.max_sources,
-            )
+        found = await self.insights.sources_report(
+            workspace_id,
+            start=start,
+            end=end,
+            order="answers" if request.order == pb.SOURCE_ORDER_ANSWERS else "citations",
+            limit=request.max_sources,
+        )
         report = pb.SourcesReport(
             workspace_id=workspace_id, previous_start_time=timestamp(found.previous_start)
         )
@@ -124,16 +123,14 @@ class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
     ) -> pb.ListCitedUrlsResponse:
         domain = insight_reports.source_domain("domain", request.domain)
         start, end = _range(request)
-        workspace_id = request.workspace_id
-        page = parse_page(
-            request.page_size,
-            request.page_token,
-            scope=f"cited_urls|{workspace_id}|{domain}|{start.isoformat()}|{end.isoformat()}",
+        urls, token = await self.insights.cited_urls(
+            request.workspace_id,
+            domain,
+            start=start,
+            end=end,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
-        async with self.app.db.transaction(write=False) as session:
-            urls, token = await insight_reports.cited_urls(
-                session, workspace_id, domain, start=start, end=end, page=page
-            )
         response = pb.ListCitedUrlsResponse(domain=domain, next_page_token=token)
         for item in urls:
             add = response.urls.add(url=item.url, citations=item.citations).prompts.add
@@ -153,18 +150,16 @@ class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
         prompt_ids = insight_reports.check_filter("prompt_ids", list(request.prompt_ids))
         providers = _providers("providers", list(request.providers))
         workspace_id = request.workspace_id
-        async with self.app.db.transaction(write=False) as session:
-            rows = await insight_reports.prompt_report(
-                session,
-                workspace_id,
-                start=start,
-                end=end,
-                granularity=granularity,
-                time_zone=time_zone,
-                prompt_ids=prompt_ids,
-                providers=providers,
-                by_provider=request.by_provider,
-            )
+        rows = await self.insights.prompt_report(
+            workspace_id,
+            start=start,
+            end=end,
+            granularity=granularity,
+            time_zone=time_zone,
+            prompt_ids=prompt_ids,
+            providers=providers,
+            by_provider=request.by_provider,
+        )
         report = pb.PromptReport(workspace_id=workspace_id)
         for row in rows:
             add = report.rows.add(
@@ -184,12 +179,9 @@ class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
     async def ListCompetitorSuggestions(
         self, request: pb.ListCompetitorSuggestionsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListCompetitorSuggestionsResponse:
-        workspace_id = request.workspace_id
-        page = parse_page(
-            request.page_size, request.page_token, scope=f"suggestions|{workspace_id}"
+        items, token = await self.insights.list_suggestions(
+            request.workspace_id, page_size=request.page_size, page_token=request.page_token
         )
-        async with self.app.db.transaction(write=False) as session:
-            items, token = await suggestions.list_suggestions(session, workspace_id, page)
         return pb.ListCompetitorSuggestionsResponse(
             suggestions=[suggestion_to_proto(item) for item in items], next_page_token=token
         )
@@ -201,15 +193,9 @@ class InsightsServicer(insights_service_pb2_grpc.InsightsServiceServicer):
         if decision is None:
             raise InvalidArgument("decision", "is required: ACCEPT or DISMISS")
         suggestions.parse_suggestion_id(request.suggestion_id)
-        async with self.app.db.transaction() as session:
-            item = await suggestions.decide(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.suggestion_id,
-                decision,
-                now=utcnow(),
-            )
+        item = await self.insights.decide(
+            current_actor(), request.workspace_id, request.suggestion_id, decision
+        )
         return suggestion_to_proto(item)
 
 

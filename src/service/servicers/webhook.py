@@ -9,12 +9,19 @@ from beacon.v1 import webhook_service_pb2 as pb
 from beacon.v1 import webhook_service_pb2_grpc
 from beacon.v1 import workspace_service_pb2 as ws_pb
 from service.app import App
+from service.application.webhooks import (
+    AlertRuleView,
+    AlertView,
+    DeliveryView,
+    DigestFields,
+    EndpointChange,
+    EndpointSecretView,
+    EndpointView,
+    RuleFields,
+)
 from service.auth.context import current_actor
-from service.clock import utcnow
-from service.db.models import Alert, AlertRule, WebhookDelivery, WebhookEndpoint
-from service.domain.notifications import alerts, deliveries, digests, endpoints
+from service.domain.notifications import alerts, deliveries, digests
 from service.domain.notifications.digests import DigestState
-from service.domain.notifications.endpoints import EndpointWithSecret
 from service.servicers.convert import (
     PROVIDER_FROM_PROTO,
     PROVIDER_TO_PROTO,
@@ -44,7 +51,7 @@ FREQUENCY_TO_PROTO = {
 FREQUENCY_FROM_PROTO = {v: k for k, v in FREQUENCY_TO_PROTO.items()}
 
 
-def endpoint_to_proto(row: WebhookEndpoint) -> pb.WebhookEndpoint:
+def endpoint_to_proto(row: EndpointView) -> pb.WebhookEndpoint:
     return pb.WebhookEndpoint(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -59,13 +66,13 @@ def endpoint_to_proto(row: WebhookEndpoint) -> pb.WebhookEndpoint:
     )
 
 
-def _with_secret(made: EndpointWithSecret) -> pb.WebhookEndpointWithSecret:
+def _with_secret(made: EndpointSecretView) -> pb.WebhookEndpointWithSecret:
     return pb.WebhookEndpointWithSecret(
         endpoint=endpoint_to_proto(made.endpoint), secret=made.secret
     )
 
 
-def delivery_to_proto(row: WebhookDelivery) -> pb.WebhookDelivery:
+def delivery_to_proto(row: DeliveryView) -> pb.WebhookDelivery:
     return pb.WebhookDelivery(
         id=row.id,
         endpoint_id=row.endpoint_id,
@@ -82,7 +89,7 @@ def delivery_to_proto(row: WebhookDelivery) -> pb.WebhookDelivery:
     )
 
 
-def rule_to_proto(row: AlertRule) -> pb.AlertRule:
+def rule_to_proto(row: AlertRuleView) -> pb.AlertRule:
     return pb.AlertRule(
         id=row.id,
         workspace_id=row.workspace_id,
@@ -95,7 +102,7 @@ def rule_to_proto(row: AlertRule) -> pb.AlertRule:
     )
 
 
-def alert_to_proto(row: Alert) -> pb.Alert:
+def alert_to_proto(row: AlertView) -> pb.Alert:
     figures = struct_pb2.Struct()
     figures.update(row.figures)
     return pb.Alert(
@@ -121,189 +128,160 @@ def digest_to_proto(workspace_id: str, state: DigestState) -> pb.Digest:
 
 
 class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
+    """Each handler converts the request, makes one call to `service.application.webhooks`
+    and converts the result."""
+
     def __init__(self, app: App) -> None:
-        self.app = app
+        self.webhooks = app.services.webhooks
 
     async def CreateWebhookEndpoint(
         self, request: pb.CreateWebhookEndpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookEndpointWithSecret:
-        async with self.app.db.transaction() as session:
-            made = await endpoints.create_endpoint(
-                session,
-                current_actor(),
-                request.workspace_id,
-                url=request.url,
-                event_types=list(request.event_types),
-                description=request.description,
-                settings=self.app.settings,
-                now=utcnow(),
-            )
-            return _with_secret(made)
+        made = await self.webhooks.create_endpoint(
+            current_actor(),
+            request.workspace_id,
+            url=request.url,
+            event_types=list(request.event_types),
+            description=request.description,
+        )
+        return _with_secret(made)
 
     async def ListWebhookEndpoints(
         self, request: pb.ListWebhookEndpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWebhookEndpointsResponse:
-        async with self.app.db.transaction(write=False) as session:
-            rows = await endpoints.list_endpoints(session, request.workspace_id)
-            return pb.ListWebhookEndpointsResponse(endpoints=[endpoint_to_proto(r) for r in rows])
+        views = await self.webhooks.list_endpoints(request.workspace_id)
+        return pb.ListWebhookEndpointsResponse(endpoints=[endpoint_to_proto(v) for v in views])
 
     async def UpdateWebhookEndpoint(
         self, request: pb.UpdateWebhookEndpointRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookEndpoint:
         fields = request.endpoint
-        async with self.app.db.transaction() as session:
-            row = await endpoints.update_endpoint(
-                session,
-                current_actor(),
-                request.workspace_id,
-                fields.id,
-                list(request.update_mask.paths),
+        view = await self.webhooks.update_endpoint(
+            current_actor(),
+            request.workspace_id,
+            fields.id,
+            list(request.update_mask.paths),
+            EndpointChange(
                 url=fields.url,
                 event_types=list(fields.event_types),
                 enabled=fields.enabled,
                 description=fields.description,
-                allow_http=self.app.settings.webhook_allow_http,
-                now=utcnow(),
-            )
-            return endpoint_to_proto(row)
+            ),
+        )
+        return endpoint_to_proto(view)
 
     async def DeleteWebhookEndpoint(
         self, request: pb.DeleteWebhookEndpointRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        async with self.app.db.transaction() as session:
-            await endpoints.delete_endpoint(
-                session, current_actor(), request.workspace_id, request.endpoint_id, utcnow()
-            )
+        await self.webhooks.delete_endpoint(
+            current_actor(), request.workspace_id, request.endpoint_id
+        )
         return empty_pb2.Empty()
 
     async def RotateWebhookSecret(
         self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookEndpointWithSecret:
-        async with self.app.db.transaction() as session:
-            made = await endpoints.rotate_secret(
-                session,
-                current_actor(),
-                request.workspace_id,
-                request.endpoint_id,
-                settings=self.app.settings,
-                now=utcnow(),
-            )
-            return _with_secret(made)
+        made = await self.webhooks.rotate_secret(
+            current_actor(), request.workspace_id, request.endpoint_id
+        )
+        return _with_secret(made)
 
     async def SendWebhookPing(
         self, request: pb.SendWebhookPingRequest, context: grpc.aio.ServicerContext
     ) -> pb.WebhookDelivery:
-        async with self.app.db.transaction() as session:
-            row = await deliveries.send_ping(
-                session, current_actor(), request.workspace_id, request.endpoint_id, utcnow()
-            )
-            return delivery_to_proto(row)
+        view = await self.webhooks.send_ping(
+            current_actor(), request.workspace_id, request.endpoint_id
+        )
+        return delivery_to_proto(view)
 
     async def ListWebhookDeliveries(
         self, request: pb.ListWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWebhookDeliveriesResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await deliveries.list_deliveries(
-                session,
-                request.workspace_id,
-                endpoint_id=request.endpoint_id,
-                status=STATUS_FROM_PROTO.get(request.status, ""),
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return pb.ListWebhookDeliveriesResponse(
-                deliveries=[delivery_to_proto(r) for r in page.deliveries],
-                next_page_token=page.next_page_token,
-            )
+        page = await self.webhooks.list_deliveries(
+            request.workspace_id,
+            endpoint_id=request.endpoint_id,
+            status=STATUS_FROM_PROTO.get(request.status, ""),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return pb.ListWebhookDeliveriesResponse(
+            deliveries=[delivery_to_proto(v) for v in page.deliveries],
+            next_page_token=page.next_page_token,
+        )
 
     async def ResendWebhookDeliveries(
         self, request: pb.ResendWebhookDeliveriesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ResendWebhookDeliveriesResponse:
-        since = time_field(request, "failed_since")
-        async with self.app.db.transaction() as session:
-            rows = await deliveries.resend(
-                session,
-                current_actor(),
-                request.workspace_id,
-                delivery_id=request.delivery_id,
-                failed_since=since,
-                endpoint_id=request.endpoint_id,
-                now=utcnow(),
-            )
-            return pb.ResendWebhookDeliveriesResponse(
-                deliveries=[delivery_to_proto(r) for r in rows]
-            )
+        views = await self.webhooks.resend(
+            current_actor(),
+            request.workspace_id,
+            delivery_id=request.delivery_id,
+            failed_since=time_field(request, "failed_since"),
+            endpoint_id=request.endpoint_id,
+        )
+        return pb.ResendWebhookDeliveriesResponse(deliveries=[delivery_to_proto(v) for v in views])
 
     async def CreateAlertRule(
         self, request: pb.CreateAlertRuleRequest, context: grpc.aio.ServicerContext
     ) -> pb.AlertRule:
         rule = request.alert_rule
-        async with self.app.db.transaction() as session:
-            row = await alerts.create_rule(
-                session,
-                current_actor(),
-                request.workspace_id,
+        view = await self.webhooks.create_rule(
+            current_actor(),
+            request.workspace_id,
+            RuleFields(
                 kind=KIND_FROM_PROTO.get(rule.kind, ""),
                 provider=PROVIDER_FROM_PROTO.get(rule.provider, ""),
                 threshold=rule.threshold,
                 trailing_runs=rule.trailing_runs,
                 min_sample=rule.min_sample,
-                now=utcnow(),
-            )
-            return rule_to_proto(row)
+            ),
+        )
+        return rule_to_proto(view)
 
     async def ListAlertRules(
         self, request: pb.ListAlertRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAlertRulesResponse:
-        async with self.app.db.transaction(write=False) as session:
-            rows = await alerts.list_rules(session, request.workspace_id)
-            return pb.ListAlertRulesResponse(alert_rules=[rule_to_proto(r) for r in rows])
+        views = await self.webhooks.list_rules(request.workspace_id)
+        return pb.ListAlertRulesResponse(alert_rules=[rule_to_proto(v) for v in views])
 
     async def DeleteAlertRule(
         self, request: pb.DeleteAlertRuleRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
-        async with self.app.db.transaction() as session:
-            await alerts.delete_rule(
-                session, current_actor(), request.workspace_id, request.alert_rule_id, utcnow()
-            )
+        await self.webhooks.delete_rule(
+            current_actor(), request.workspace_id, request.alert_rule_id
+        )
         return empty_pb2.Empty()
 
     async def ListAlerts(
         self, request: pb.ListAlertsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAlertsResponse:
-        async with self.app.db.transaction(write=False) as session:
-            page = await alerts.list_alerts(
-                session,
-                request.workspace_id,
-                page_size=request.page_size,
-                page_token=request.page_token,
-            )
-            return pb.ListAlertsResponse(
-                alerts=[alert_to_proto(r) for r in page.alerts],
-                next_page_token=page.next_page_token,
-            )
+        page = await self.webhooks.list_alerts(
+            request.workspace_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListAlertsResponse(
+            alerts=[alert_to_proto(v) for v in page.alerts],
+            next_page_token=page.next_page_token,
+        )
 
     async def GetDigest(
         self, request: pb.GetDigestRequest, context: grpc.aio.ServicerContext
     ) -> pb.Digest:
-        async with self.app.db.transaction(write=False) as session:
-            state = await digests.get_digest(session, request.workspace_id)
+        state = await self.webhooks.get_digest(request.workspace_id)
         return digest_to_proto(request.workspace_id, state)
 
     async def SetDigest(
         self, request: pb.SetDigestRequest, context: grpc.aio.ServicerContext
     ) -> pb.Digest:
-        async with self.app.db.transaction() as session:
-            state = await digests.set_digest(
-                session,
-                current_actor(),
-                request.workspace_id,
+        state = await self.webhooks.set_digest(
+            current_actor(),
+            request.workspace_id,
+            DigestFields(
                 frequency=FREQUENCY_FROM_PROTO.get(request.frequency, ""),
                 hour=request.hour,
                 weekday=request.weekday,
                 time_zone=request.time_zone,
-                now=utcnow(),
-            )
+            ),
+        )
         return digest_to_proto(request.workspace_id, state)
 
 
