@@ -39,6 +39,7 @@ from service.domain.collection.run_lifecycle import (
 )
 from service.domain.money import caps
 from service.domain.money.estimates import Pricing
+from service.domain.notifications import spending_alerts
 from service.messages import probe_messages
 from workers import metrics
 from workers.budgets import ProviderBudgets
@@ -104,8 +105,9 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
             configured = context.settings.configured_providers()
             providers = providers_to_ask(run.providers, enabled, configured)
             reason = empty_reason(prompts, providers, bool(run.providers))
+            refused = None
             if not reason and run.trigger == "schedule":
-                reason = await caps.scheduled_run_refusal(
+                refused = await caps.scheduled_run_refusal(
                     session,
                     workspace_id,
                     providers,
@@ -113,8 +115,18 @@ async def expand_run(context: RunContext, run_id: str) -> Expansion:
                     Pricing.from_settings(context.settings),
                     now,
                 )
+                reason = caps.skip_reason(refused) if refused else ""
             if reason:
                 await end_run(session, run_id, RunStatus.FAILED, now, reason)
+                if refused is not None:  # in the skip's transaction
+                    await spending_alerts.run_refused(
+                        session,
+                        workspace_id,
+                        refused,
+                        trigger=spending_alerts.SCHEDULED_RUN,
+                        run_id=run_id,
+                        now=now,
+                    )
                 return Expansion(0, 0)
             created = await _insert_probes(db, session, run, prompts, providers, now)
             await session.execute(

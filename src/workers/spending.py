@@ -34,7 +34,7 @@ from service.config import Settings
 from service.db.database import Database
 from service.db.models import Run
 from service.domain.money import ledger
-from service.domain.money.caps import dollars
+from service.domain.money.caps import stop_reason
 from workers.probe_store import ProbeTask
 
 log = logging.getLogger(__name__)
@@ -213,10 +213,7 @@ class SpendingGuard:
             return Refusal(UNREACHABLE_REASON)
         if found[0] > 0:
             scope = scopes[found[0] - 1]
-            return Refusal(
-                f"spending cap reached: the {scope.name}'s cost this month is"
-                f" {dollars(found[1])} of its {dollars(scope.cap)} monthly cap"
-            )
+            return Refusal(stop_reason(scope.name, found[1], scope.cap))
         return Hold(keys, amount)
 
     async def settle(self, hold: Hold | None, cost: int) -> None:

@@ -71,6 +71,13 @@ class _AlertKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertKind.V
     """A competitor is mentioned that no answer of the trailing runs mentioned."""
     ALERT_KIND_DOMAIN_UNCITED: _AlertKind.ValueType  # 5
     """A provider that cited the brand's domain in the trailing runs cites it in no answer."""
+    ALERT_KIND_SPENDING_CAP_REACHED: _AlertKind.ValueType  # 6
+    """A monthly spending cap (the organization's or the workspace's) stopped this workspace's
+    spending: a StartRun refused, a scheduled run skipped, or a run stopped mid-run. Fires
+    once per cap scope and calendar month (UTC), again after the cap is changed and reached
+    again. `provider`, `threshold`, `trailing_runs` and `min_sample` are unused: it is not
+    a statistic over answers. The alert's `run_id` is empty for a refused StartRun.
+    """
 
 class AlertKind(_AlertKind, metaclass=_AlertKindEnumTypeWrapper):
     """What an alert rule watches."""
@@ -89,6 +96,13 @@ ALERT_KIND_COMPETITOR_APPEARS: AlertKind.ValueType  # 4
 """A competitor is mentioned that no answer of the trailing runs mentioned."""
 ALERT_KIND_DOMAIN_UNCITED: AlertKind.ValueType  # 5
 """A provider that cited the brand's domain in the trailing runs cites it in no answer."""
+ALERT_KIND_SPENDING_CAP_REACHED: AlertKind.ValueType  # 6
+"""A monthly spending cap (the organization's or the workspace's) stopped this workspace's
+spending: a StartRun refused, a scheduled run skipped, or a run stopped mid-run. Fires
+once per cap scope and calendar month (UTC), again after the cap is changed and reached
+again. `provider`, `threshold`, `trailing_runs` and `min_sample` are unused: it is not
+a statistic over answers. The alert's `run_id` is empty for a refused StartRun.
+"""
 Global___AlertKind: _TypeAlias = AlertKind  # noqa: Y015
 
 class _DigestFrequency:
@@ -792,13 +806,20 @@ class Alert(_message.Message):
     kind: Global___AlertKind.ValueType
     """Its kind."""
     run_id: _builtins.str
-    """The run whose end fired it."""
+    """The run whose end fired it (SPENDING_CAP_REACHED: the run skipped or stopped; empty
+    for a refused StartRun).
+    """
     subject: _builtins.str
-    """What moved: a provider name, "overall", or a competitor's name."""
+    """What moved: a provider name, "overall", or a competitor's name (SPENDING_CAP_REACHED:
+    the cap's scope, "organization" or "workspace").
+    """
     @_builtins.property
     def figures(self) -> _struct_pb2.Struct:
         """The figures that fired it: e.g. {"current": 20.0, "baseline": 55.0, "change": -35.0,
-        "sample": 40, "baseline_sample": 200, "trailing_runs": 5}.
+        "sample": 40, "baseline_sample": 200, "trailing_runs": 5}; SPENDING_CAP_REACHED:
+        {"scope", "scope_id", "month", "cap_micros", "month_to_date_micros", "estimate_micros"
+        (null when no estimate was refused), "trigger" ("start_run", "scheduled_run" or
+        "run_stopped")}.
         """
 
     @_builtins.property

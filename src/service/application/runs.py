@@ -18,7 +18,9 @@ from service.domain.actor import Access, Actor
 from service.domain.collection import reports, runs
 from service.domain.collection.reports import VisibilityRow
 from service.domain.collection.runs import ResponseFilter, RunPage, RunView, StartOutcome
+from service.domain.money.caps import SpendingCapReached
 from service.domain.money.estimates import Pricing
+from service.domain.notifications import spending_alerts
 from service.domain.tenancy import workspace_access, workspace_views
 
 
@@ -112,24 +114,39 @@ class RunService(ServiceBase):
         read once: the check's view (its enabled providers and organization) when it read
         one, else here, in the run's transaction."""
         workspace_id = _workspace_id(access)
-        async with self.db.transaction() as session:
-            view = access.workspace
-            if view is None:  # a service key's check resolves the organization only
-                view = await workspace_views.load_view(session, workspace_id)
-            return await runs.start_run(
-                session,
-                actor,
-                workspace_id,
-                configured=self.settings.configured_providers(),
-                pricing=Pricing.from_settings(self.settings),
-                max_open=self.settings.max_open_runs_per_workspace,
-                prompt_ids=request.prompt_ids,
-                providers=request.providers,
-                request_id=request.request_id,
-                now=self.clock(),
-                enabled_providers=view.enabled_providers,
-                organization_id=view.organization_id,
-            )
+        now = self.clock()
+        try:
+            async with self.db.transaction() as session:
+                view = access.workspace
+                if view is None:  # a service key's check resolves the organization only
+                    view = await workspace_views.load_view(session, workspace_id)
+                return await runs.start_run(
+                    session,
+                    actor,
+                    workspace_id,
+                    configured=self.settings.configured_providers(),
+                    pricing=Pricing.from_settings(self.settings),
+                    max_open=self.settings.max_open_runs_per_workspace,
+                    prompt_ids=request.prompt_ids,
+                    providers=request.providers,
+                    request_id=request.request_id,
+                    now=now,
+                    enabled_providers=view.enabled_providers,
+                    organization_id=view.organization_id,
+                )
+        except SpendingCapReached as refused:
+            # The refusal rolled the run's transaction back: its alert (once per cap and
+            # month) commits in a small transaction of its own before the error is raised.
+            async with self.db.transaction() as session:
+                await spending_alerts.run_refused(
+                    session,
+                    workspace_id,
+                    refused,
+                    trigger=spending_alerts.START_RUN,
+                    run_id="",
+                    now=now,
+                )
+            raise
 
     async def get(self, access: Access, run_id: str) -> RunView:
         """One run of the workspace with its progress (the hot read path)."""

@@ -30,6 +30,7 @@ from service.domain.collection import runs
 from service.domain.errors import InvalidArgument
 from service.domain.money.caps import SpendingCapReached
 from service.domain.money.estimates import Pricing
+from service.domain.notifications import spending_alerts
 from service.domain.tenancy import workspace_views
 from service.domain.tenancy.workspace_views import WorkspaceView
 
@@ -496,6 +497,15 @@ async def _immediate_run(
             pricing=pricing,
         )
     except (runs.RunAlreadyOpen, SpendingCapReached) as error:
+        if isinstance(error, SpendingCapReached):  # SetSchedule's transaction commits it
+            await spending_alerts.run_refused(
+                session,
+                workspace_id,
+                error,
+                trigger=spending_alerts.SCHEDULE_SET,
+                run_id="",
+                now=now,
+            )
         return ImmediateRun("failed", reason=error.message)
     if outcome.run is not None:
         return ImmediateRun("queued", run_id=outcome.run.id)

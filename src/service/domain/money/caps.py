@@ -66,6 +66,8 @@ class SpendingCapReached(FailedPrecondition):
             f"spending cap reached: the {scope}'s cost this month is {dollars(spent)}, this run"
             f" is estimated at {dollars(estimate)}, and its monthly cap is {dollars(cap)}"
         )
+        self.scope, self.scope_id = scope, scope_id
+        self.spent, self.estimate, self.cap = spent, estimate, cap
         super().__init__(
             message,
             [PreconditionViolation(REASON, scope_id, message)],
@@ -131,14 +133,38 @@ async def scheduled_run_refusal(
     prompt_count: int,
     pricing: Pricing,
     now: datetime,
-) -> str:
-    """Why a scheduled run is skipped ("" when it fits under the caps): `check_run`'s
-    message, for the run's failure reason."""
+) -> SpendingCapReached | None:
+    """Why a scheduled run is skipped (None when it fits under the caps): `check_run`'s
+    refusal; `skip_reason` words it for the run's failure reason."""
     try:
         await check_run(reader, workspace_id, providers, prompt_count, pricing, now)
     except SpendingCapReached as refused:
-        return f"skipped: {refused.message}"
-    return ""
+        return refused
+    return None
+
+
+STOP_PREFIX = "spending cap reached: the "
+
+
+def stop_reason(scope: str, spent: int, cap: int) -> str:
+    """Why the workers stopped a run's calls (its failure reason once it ends)."""
+    return (
+        f"{STOP_PREFIX}{scope}'s cost this month is {dollars(spent)} of its"
+        f" {dollars(cap)} monthly cap"
+    )
+
+
+def stopped_scope(reason: str) -> str | None:
+    """The cap's scope ("organization", "workspace") of a `stop_reason`, else None."""
+    if not reason.startswith(STOP_PREFIX):
+        return None
+    scope = reason[len(STOP_PREFIX) :].split("'", 1)[0]
+    return scope if scope in ("organization", "workspace") else None
+
+
+def skip_reason(refused: SpendingCapReached) -> str:
+    """A skipped scheduled run's failure reason."""
+    return f"skipped: {refused.message}"
 
 
 async def estimate_workspace(

@@ -6,6 +6,10 @@ subject (a provider, "overall", a competitor) only when the run, and the trailin
 together, have at least `min_sample` answers: one run of a few noisy answers fires nothing.
 A subject that fired is remembered on the rule (`firing`) and does not fire again until a run
 with enough answers finds its condition false (it recovered).
+
+SPENDING_CAP_REACHED rules are not evaluated here: they fire when a cap stops the workspace's
+spending (`spending_alerts`), and their minimum sample does not apply (a cap reached is a
+fact about money, not a statistic over noisy answers).
 """
 
 from __future__ import annotations
@@ -32,13 +36,16 @@ MENTION_RATE_RISE: Final = "mention_rate_rise"
 AVERAGE_RANK_WORSENS: Final = "average_rank_worsens"
 COMPETITOR_APPEARS: Final = "competitor_appears"
 DOMAIN_UNCITED: Final = "domain_uncited"
-KINDS: Final = (
+SPENDING_CAP_REACHED: Final = "spending_cap_reached"
+# Kinds judged on the answers of each run that ends.
+STATISTIC_KINDS: Final = (
     MENTION_RATE_DROP,
     MENTION_RATE_RISE,
     AVERAGE_RANK_WORSENS,
     COMPETITOR_APPEARS,
     DOMAIN_UNCITED,
 )
+KINDS: Final = (*STATISTIC_KINDS, SPENDING_CAP_REACHED)
 THRESHOLD_KINDS: Final = (MENTION_RATE_DROP, MENTION_RATE_RISE, AVERAGE_RANK_WORSENS)
 OVERALL: Final = "overall"
 MAX_RULES_PER_WORKSPACE = 20
@@ -220,7 +227,10 @@ async def evaluate_rules(
     rules = list(
         await session.scalars(
             select(AlertRule)
-            .where(AlertRule.workspace_id == workspace_id)
+            .where(
+                AlertRule.workspace_id == workspace_id,
+                AlertRule.kind.in_(STATISTIC_KINDS),
+            )
             .order_by(AlertRule.create_time, AlertRule.id)
         )
     )
@@ -239,15 +249,16 @@ async def evaluate_rules(
                 firing.discard(finding.subject)
             elif finding.subject not in firing:
                 firing.add(finding.subject)
-                fired.append(_fire(session, rule, run_id, finding, now))
+                fired.append(fire(session, rule, run_id, finding, now))
         if firing != set(rule.firing):
             rule.firing = sorted(firing)
     return fired
 
 
-def _fire(
+def fire(
     session: AsyncSession, rule: AlertRule, run_id: str, finding: Finding, now: datetime
 ) -> Alert:
+    """Stores the rule's alert on the finding (`run_id` may be empty: no run)."""
     alert = Alert(
         id=new_id("alrt"),
         workspace_id=rule.workspace_id,
@@ -288,14 +299,19 @@ async def create_rule(
     min_sample: int,
     now: datetime,
 ) -> AlertRule:
-    """Adds a rule (at most 20 per workspace); InvalidArgument naming the field."""
+    """Adds a rule (at most 20 per workspace); InvalidArgument naming the field.
+    SPENDING_CAP_REACHED ignores provider, threshold, trailing_runs and min_sample (stored
+    empty): it fires on a cap reached, not on answers."""
     if kind not in KINDS:
         raise InvalidArgument("alert_rule.kind", "is required")
+    if kind == SPENDING_CAP_REACHED:
+        provider, trailing_runs, min_sample = "", 0, 0
     if kind in THRESHOLD_KINDS and not 0 < threshold <= 100:
         raise InvalidArgument("alert_rule.threshold", "must be above 0 and at most 100")
-    if not 1 <= trailing_runs <= MAX_TRAILING_RUNS:
+    statistic = kind in STATISTIC_KINDS
+    if statistic and not 1 <= trailing_runs <= MAX_TRAILING_RUNS:
         raise InvalidArgument("alert_rule.trailing_runs", f"must be 1-{MAX_TRAILING_RUNS}")
-    if not 1 <= min_sample <= MAX_MIN_SAMPLE:
+    if statistic and not 1 <= min_sample <= MAX_MIN_SAMPLE:
         raise InvalidArgument("alert_rule.min_sample", f"must be 1-{MAX_MIN_SAMPLE}")
     count = await session.scalar(select(func.count()).where(AlertRule.workspace_id == workspace_id))
     if (count or 0) >= MAX_RULES_PER_WORKSPACE:

@@ -1,7 +1,8 @@
 """What a run's end tells the outside: `run.completed` / `run.failed`, and the alert rules.
 
 `run_ended` is called once, in the transaction that ends the run (`end_run`), so the events
-and alerts commit with the run's status or not at all. A workspace with neither endpoint nor
+and alerts commit with the run's status or not at all (a run stopped by a spending cap fires
+the SPENDING_CAP_REACHED rules here too). A workspace with neither endpoint nor
 rule costs one small query.
 """
 
@@ -14,7 +15,7 @@ from sqlalchemy import exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db.models import AlertRule, Probe, Run, WebhookEndpoint
-from service.domain.notifications import events
+from service.domain.notifications import events, spending_alerts
 from service.domain.notifications.alerts import (
     COMPLETED,
     alert_data,
@@ -52,12 +53,14 @@ async def run_ended(session: AsyncSession, run_id: str, status: str, now: dateti
         await events.emit(
             session, workspace_id, events.RUN_FAILED, await _run_data(session, run), now
         )
-        return
-    await events.emit(
-        session, workspace_id, events.RUN_COMPLETED, await _run_data(session, run), now
-    )
-    for alert in await evaluate_rules(session, workspace_id, run_id, now):
-        await events.emit(session, workspace_id, events.ALERT_TRIGGERED, alert_data(alert), now)
+    else:
+        await events.emit(
+            session, workspace_id, events.RUN_COMPLETED, await _run_data(session, run), now
+        )
+        for alert in await evaluate_rules(session, workspace_id, run_id, now):
+            await events.emit(session, workspace_id, events.ALERT_TRIGGERED, alert_data(alert), now)
+    # A run whose calls a spending cap stopped (it ends PARTIAL, or FAILED with no answer).
+    await spending_alerts.run_stopped(session, run, now)
 
 
 async def _run_data(session: AsyncSession, run: Run) -> dict[str, Any]:
