@@ -35,8 +35,8 @@ from service.db.models import WebhookDelivery
 from service.domain.actor import Actor
 from service.domain.notifications import alerts, events
 from service.server import start_server
-from tests.notifications.builders import make_endpoint
 from tests.support.builders import insert_prompts, make_workspace
+from tests.support.webhook_builders import make_endpoint
 
 WEBHOOK_KEY = "beacon-bench-webhook-secret-key-0123456789abcdef"
 CONCURRENCY = 20  # deliveries per worker message (service.messages.DELIVERIES_PER_MESSAGE)

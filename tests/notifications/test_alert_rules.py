@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from service.app import App
 from service.clock import new_id, utcnow
-from service.db.models import Alert, AlertRule, WebhookDelivery
+from service.db.models import AlertRule, WebhookDelivery
 from service.domain.collection.run_lifecycle import RunStatus, end_run
-from tests.notifications.builders import make_endpoint, make_workspace
 from tests.support.builders import insert_probe, insert_run
+from tests.support.webhook_builders import alerts_of, make_endpoint, make_workspace
 
 
 async def add_rule(app: App, workspace_id: str, kind: str, **fields: object) -> str:
@@ -64,15 +64,6 @@ async def completed_run(
     async with app.db.transaction() as session:
         assert await end_run(session, run_id, status, utcnow())
     return run_id
-
-
-async def alerts_of(app: App, workspace_id: str) -> list[Alert]:
-    async with app.db.transaction(write=False) as session:
-        return list(
-            await session.scalars(
-                select(Alert).where(Alert.workspace_id == workspace_id).order_by(Alert.create_time)
-            )
-        )
 
 
 async def test_a_mention_rate_drop_fires_once_per_movement(app: App) -> None:

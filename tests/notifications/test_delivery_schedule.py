@@ -15,7 +15,7 @@ from service.clock import utcnow
 from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.notifications import deliveries, events
 from service.domain.notifications.deliveries import Attempt
-from tests.notifications.builders import make_endpoint, make_workspace
+from tests.support.webhook_builders import make_endpoint, make_workspace
 
 FAILED_500 = Attempt(http_status=500, error="HTTP 500", latency_ms=3)
 

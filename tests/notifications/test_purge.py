@@ -12,7 +12,7 @@ from service.clock import new_id, utcnow
 from service.db.models import Alert, AlertRule, Digest, WebhookDelivery, WebhookEndpoint, Workspace
 from service.domain.notifications import events
 from service.domain.tenancy.workspace_purge import purge_deleted_workspaces
-from tests.notifications.builders import make_endpoint, make_workspace
+from tests.support.webhook_builders import make_endpoint, make_workspace
 
 TABLES = (WebhookEndpoint, WebhookDelivery, AlertRule, Alert, Digest)
 

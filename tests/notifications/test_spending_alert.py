@@ -25,12 +25,12 @@ from service.domain.money import caps
 from service.domain.notifications import spending_alerts
 from service.outbox import dispatch_pending_runs
 from service.server import start_server
-from tests.notifications.test_alert_rules import alerts_of
 from tests.support import builders, expect_error
 from tests.support import pipeline as fixtures
 from tests.support.app import NewUser
 from tests.support.app import TestUser as Caller
 from tests.support.pipeline import StartWorker, drained, insert_run
+from tests.support.webhook_builders import alerts_of
 
 collection_db = fixtures.collection_db
 fake_server = fixtures.fake_server

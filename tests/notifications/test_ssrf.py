@@ -15,7 +15,7 @@ from service.config import Settings
 from service.domain.errors import InvalidArgument
 from service.domain.notifications.secrets import new_secret
 from service.domain.notifications.targets import parse_endpoint_url
-from tests.notifications.receiver import Receiver, running_receiver
+from tests.support.receiver import Receiver, running_receiver
 from workers.webhooks import Request, _read_capped, build_client, post
 
 REFUSED = {

@@ -20,13 +20,13 @@ from service.config import Settings
 from service.db.models import AuditEvent, WebhookDelivery, WebhookEndpoint
 from service.domain.notifications import events
 from service.outbox import dispatch_pending_runs
-from tests.notifications.builders import make_endpoint, make_workspace
-from tests.notifications.receiver import Receiver, running_receiver
 from tests.support import pipeline as pipeline_fixtures
 from tests.support.brokers import broker_url
 from tests.support.fakes.provider_server import FakeProviderServer
 from tests.support.pipeline import provider_settings
 from tests.support.processes import Beacon, beacon_env, eventually
+from tests.support.receiver import Receiver, running_receiver
+from tests.support.webhook_builders import make_endpoint, make_workspace
 
 pytestmark = pytest.mark.postgres_only  # worker processes share PostgreSQL and Redis
 fake_server = pipeline_fixtures.fake_server

@@ -171,11 +171,15 @@ class WebhookService(ServiceBase):
             )
             return EndpointSecretView.of(made)
 
-    async def list_endpoints(self, workspace_id: str) -> list[EndpointView]:
-        """The workspace's endpoints."""
+    async def list_endpoints(
+        self, workspace_id: str, *, page_size: int, page_token: str
+    ) -> tuple[list[EndpointView], str]:
+        """A page of the workspace's endpoints and the next page's token."""
         async with self.db.transaction(write=False) as session:
-            rows = await endpoints.list_endpoints(session, workspace_id)
-            return [view_of(EndpointView, row) for row in rows]
+            rows, token = await endpoints.list_endpoints(
+                session, workspace_id, page_size=page_size, page_token=page_token
+            )
+            return [view_of(EndpointView, row) for row in rows], token
 
     async def update_endpoint(
         self,
@@ -293,11 +297,15 @@ class WebhookService(ServiceBase):
             )
             return view_of(AlertRuleView, row)
 
-    async def list_rules(self, workspace_id: str) -> list[AlertRuleView]:
-        """The workspace's alert rules."""
+    async def list_rules(
+        self, workspace_id: str, *, page_size: int, page_token: str
+    ) -> tuple[list[AlertRuleView], str]:
+        """A page of the workspace's alert rules and the next page's token."""
         async with self.db.transaction(write=False) as session:
-            rows = await alerts.list_rules(session, workspace_id)
-            return [view_of(AlertRuleView, row) for row in rows]
+            rows, token = await alerts.list_rules(
+                session, workspace_id, page_size=page_size, page_token=page_token
+            )
+            return [view_of(AlertRuleView, row) for row in rows], token
 
     async def delete_rule(self, actor: Actor, workspace_id: str, rule_id: str) -> None:
         """Removes an alert rule (the alerts it fired stay)."""

@@ -150,8 +150,12 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
     async def ListWebhookEndpoints(
         self, request: pb.ListWebhookEndpointsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListWebhookEndpointsResponse:
-        views = await self.webhooks.list_endpoints(request.workspace_id)
-        return pb.ListWebhookEndpointsResponse(endpoints=[endpoint_to_proto(v) for v in views])
+        views, token = await self.webhooks.list_endpoints(
+            request.workspace_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListWebhookEndpointsResponse(
+            endpoints=[endpoint_to_proto(v) for v in views], next_page_token=token
+        )
 
     async def UpdateWebhookEndpoint(
         self, request: pb.UpdateWebhookEndpointRequest, context: grpc.aio.ServicerContext
@@ -242,8 +246,12 @@ class WebhookServicer(webhook_service_pb2_grpc.WebhookServiceServicer):
     async def ListAlertRules(
         self, request: pb.ListAlertRulesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAlertRulesResponse:
-        views = await self.webhooks.list_rules(request.workspace_id)
-        return pb.ListAlertRulesResponse(alert_rules=[rule_to_proto(v) for v in views])
+        views, token = await self.webhooks.list_rules(
+            request.workspace_id, page_size=request.page_size, page_token=request.page_token
+        )
+        return pb.ListAlertRulesResponse(
+            alert_rules=[rule_to_proto(v) for v in views], next_page_token=token
+        )
 
     async def DeleteAlertRule(
         self, request: pb.DeleteAlertRuleRequest, context: grpc.aio.ServicerContext

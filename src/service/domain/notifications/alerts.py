@@ -335,15 +335,23 @@ async def create_rule(
     return rule
 
 
-async def list_rules(session: AsyncSession, workspace_id: str) -> list[AlertRule]:
-    """The workspace's rules, oldest first."""
-    return list(
+async def list_rules(
+    session: AsyncSession, workspace_id: str, *, page_size: int = 0, page_token: str = ""
+) -> tuple[list[AlertRule], str]:
+    """A page of the workspace's rules, oldest first, and the next page's token."""
+    page = parse_page(page_size, page_token, scope=f"alert_rules|{workspace_id}")
+    rows = list(
         await session.scalars(
             select(AlertRule)
-            .where(AlertRule.workspace_id == workspace_id)
+            .where(
+                AlertRule.workspace_id == workspace_id,
+                page.where(AlertRule.create_time, AlertRule.id),
+            )
             .order_by(AlertRule.create_time, AlertRule.id)
+            .limit(page.size + 1)
         )
     )
+    return rows[: page.size], page.next_token(rows)
 
 
 async def delete_rule(

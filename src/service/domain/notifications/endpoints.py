@@ -23,6 +23,7 @@ from service.domain.inputs import require_id
 from service.domain.notifications.events import EVENT_TYPES
 from service.domain.notifications.secrets import SecretBox, new_secret
 from service.domain.notifications.targets import parse_endpoint_url
+from service.domain.paging import parse_page
 
 MAX_ENDPOINTS_PER_WORKSPACE = 10
 MAX_DESCRIPTION_LENGTH = 200
@@ -96,14 +97,23 @@ async def create_endpoint(
     return EndpointWithSecret(endpoint, secret)
 
 
-async def list_endpoints(session: AsyncSession, workspace_id: str) -> list[WebhookEndpoint]:
-    """The workspace's endpoints, oldest first."""
-    rows = await session.scalars(
-        select(WebhookEndpoint)
-        .where(WebhookEndpoint.workspace_id == workspace_id)
-        .order_by(WebhookEndpoint.create_time, WebhookEndpoint.id)
+async def list_endpoints(
+    session: AsyncSession, workspace_id: str, *, page_size: int = 0, page_token: str = ""
+) -> tuple[list[WebhookEndpoint], str]:
+    """A page of the workspace's endpoints, oldest first, and the next page's token."""
+    page = parse_page(page_size, page_token, scope=f"webhook_endpoints|{workspace_id}")
+    rows = list(
+        await session.scalars(
+            select(WebhookEndpoint)
+            .where(
+                WebhookEndpoint.workspace_id == workspace_id,
+                page.where(WebhookEndpoint.create_time, WebhookEndpoint.id),
+            )
+            .order_by(WebhookEndpoint.create_time, WebhookEndpoint.id)
+            .limit(page.size + 1)
+        )
     )
-    return list(rows)
+    return rows[: page.size], page.next_token(rows)
 
 
 async def get_endpoint(

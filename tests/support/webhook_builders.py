@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import select
+
 from service.app import App
 from service.clock import new_id, utcnow
-from service.db.models import Organization, WebhookEndpoint, Workspace
+from service.db.models import Alert, Organization, WebhookEndpoint, Workspace
 from service.domain.notifications.secrets import SecretBox, new_secret
 from tests.support import unique
 
@@ -55,3 +57,12 @@ async def make_endpoint(
             )
         )
     return endpoint_id, secret
+
+
+async def alerts_of(app: App, workspace_id: str) -> list[Alert]:
+    async with app.db.transaction(write=False) as session:
+        return list(
+            await session.scalars(
+                select(Alert).where(Alert.workspace_id == workspace_id).order_by(Alert.create_time)
+            )
+        )
