@@ -23,7 +23,7 @@ from service.outbox import dispatch_pending_runs
 from tests.support import pipeline as pipeline_fixtures
 from tests.support.brokers import broker_url
 from tests.support.fakes.provider_server import FakeProviderServer
-from tests.support.pipeline import provider_settings
+from tests.support.pipeline import derive_settings, provider_settings
 from tests.support.processes import Beacon, beacon_env, eventually
 from tests.support.receiver import Receiver, running_receiver
 from tests.support.webhook_builders import make_endpoint, make_workspace
@@ -39,8 +39,10 @@ async def fleet(
 ) -> AsyncIterator[tuple[Settings, list[Beacon]]]:
     """A worker and a ticker on a broker namespace of their own; retries come fast."""
     async with broker_url("redis") as url:
-        fast = settings.model_copy(
-            update={
+        # Validated (not model_copy): the providers' flat names in `over` fill the nested model.
+        fast = derive_settings(
+            settings,
+            **{
                 **over,
                 "broker_url": url,
                 "webhook_allow_http": True,
@@ -48,7 +50,7 @@ async def fleet(
                 "webhook_timeout_seconds": 3.0,
                 "webhook_backoff_seconds": 0.5,
                 "ticker_interval_seconds": 0.2,
-            }
+            },
         )
         env = beacon_env(fast)
         processes = [
