@@ -3,7 +3,7 @@
 - `workers.ticker`: due cron schedules become runs (`beacon ticker`).
 - `service.outbox`: the run outbox, sending written runs to the broker.
 - `service.messages`: the message schema (queues, actor names, message builders), a leaf.
-- `workers.actors`: the Dramatiq actors (thin) and `configure_broker`; `workers.runs` and
+- `workers.actors`: the Dramatiq actors (thin) and `worker_broker`; `workers.runs` and
   `workers.probes`: their logic; `workers.probe_store`: probe reads and result writes.
 - `workers.runtime`: `beacon worker`, and the in-process worker and ticker of `beacon dev`.
 - `service.broker`: building a broker from its URL (Redis, RabbitMQ or in-process), sending.
