@@ -115,3 +115,20 @@ async def test_the_servers_database_errors_never_show_bound_values(
     shown = str(raised.value)
     assert "INSERT INTO users" in shown and "parameters hidden" in shown
     assert email.split("@")[0] not in shown.replace(str(raised.value.orig), "")
+
+
+async def test_an_http_request_meeting_the_database_down_is_503_not_500() -> None:
+    """The soak's PostgreSQL restart caught uploads checking their URL: 500 then, 503 with
+    Retry-After now (like gRPC's UNAVAILABLE)."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+    from sqlalchemy.exc import DBAPIError
+
+    from service.http.server import database_unavailable
+
+    async def down(_request: web.Request) -> web.StreamResponse:
+        raise DBAPIError("SELECT 1", None, ConnectionRefusedError(111, "refused"))
+
+    response = await database_unavailable(make_mocked_request("POST", "/uploads/f"), down)
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"

@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from sqlalchemy.exc import DBAPIError
 
 from beacon.v1 import options_pb2
 from service.app import App
@@ -228,6 +229,23 @@ async def limit_peers(
     return response
 
 
+@web.middleware
+async def database_unavailable(
+    request: web.Request, handler: Callable[[web.Request], Any]
+) -> web.StreamResponse:
+    """A request that meets the database down (a restart, a failover) is answered 503 with
+    Retry-After, as gRPC answers UNAVAILABLE, never 500 (the soak's PostgreSQL restart
+    caught four uploads checking their URL at that moment)."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except (DBAPIError, ConnectionError) as exc:
+        log.warning("database unavailable for %s: %s", request.path, type(exc).__name__)
+        return _error(
+            503, "DATABASE_UNAVAILABLE", "the database is unavailable; retry", retry_after=1
+        )
+    return response
+
+
 async def _read_capped(request: web.Request, limit: int) -> bytes | None:
     """The body, or None as soon as it exceeds `limit` bytes (never buffers more)."""
     if request.content_length is not None and request.content_length > limit:
@@ -346,7 +364,7 @@ async def healthz(request: web.Request) -> web.Response:
 def build_application(app: App, storage: FileStorage | None = None) -> web.Application:
     """The aiohttp application (routes above) for `app`."""
     settings = app.settings
-    application = web.Application(middlewares=[limit_peers])
+    application = web.Application(middlewares=[limit_peers, database_unavailable])
     application[APP_KEY] = app
     application[STORAGE_KEY] = storage or files.storage_for(settings)
     application[GATE_KEY] = UploadGate(asyncio.Semaphore(settings.upload_decode_concurrency))
